@@ -1,0 +1,20 @@
+# Writes DST with the current git commit of SRC; rewrites only when it changed.
+execute_process(COMMAND git -C ${SRC} rev-parse HEAD OUTPUT_VARIABLE commit
+                OUTPUT_STRIP_TRAILING_WHITESPACE ERROR_QUIET RESULT_VARIABLE rc)
+if(NOT rc EQUAL 0 OR commit STREQUAL "")
+  set(commit "unknown")
+endif()
+execute_process(COMMAND git -C ${SRC} status --porcelain --untracked-files=no
+                OUTPUT_VARIABLE dirty OUTPUT_STRIP_TRAILING_WHITESPACE ERROR_QUIET)
+if(NOT dirty STREQUAL "")
+  set(commit "${commit}-dirty")
+endif()
+set(content "#pragma once\n#define QSWEEP_VERSION \"${VERSION}\"\n#define QSWEEP_GIT_COMMIT \"${commit}\"\n")
+if(EXISTS ${DST})
+  file(READ ${DST} old)
+else()
+  set(old "")
+endif()
+if(NOT old STREQUAL content)
+  file(WRITE ${DST} "${content}")
+endif()

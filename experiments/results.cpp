@@ -1,0 +1,72 @@
+#include "experiments/results.h"
+
+#include <chrono>
+#include <ctime>
+#include <fstream>
+
+#include <fmt/format.h>
+#include <unistd.h>
+
+#include "runtime/error.h"
+
+namespace qsweep {
+
+namespace fs = std::filesystem;
+
+void write_file_atomic(const fs::path& path, const std::string& content) {
+  const fs::path tmp = path.parent_path() / fmt::format(".{}.tmp{}", path.filename().string(), getpid());
+  {
+    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
+    if (!out) user_error("cannot write '{}'", tmp.string());
+    out << content;
+    out.flush();
+    if (!out) user_error("cannot write '{}' (disk full?)", tmp.string());
+  }
+  std::error_code ec;
+  fs::rename(tmp, path, ec);
+  if (ec) user_error("cannot move '{}' to '{}': {}", tmp.string(), path.string(), ec.message());
+}
+
+ResultsFolder::ResultsFolder(const std::string& root, const std::string& experiment) {
+  const fs::path parent = fs::path(root) / experiment;
+  std::error_code ec;
+  fs::create_directories(parent, ec);
+  if (ec) user_error("cannot create the results folder '{}': {}", parent.string(), ec.message());
+  const std::time_t now = std::chrono::system_clock::to_time_t(std::chrono::system_clock::now());
+  std::tm tm{};
+  gmtime_r(&now, &tm);
+  char stamp[32];
+  std::strftime(stamp, sizeof stamp, "%Y%m%dT%H%M%SZ", &tm);
+  run_id_ = stamp;
+  for (int i = 2; fs::exists(parent / run_id_); ++i) run_id_ = fmt::format("{}-{}", stamp, i);
+  final_ = parent / run_id_;
+  staging_ = parent / fmt::format(".{}.partial-{}", run_id_, getpid());
+  fs::create_directories(staging_, ec);
+  if (ec) user_error("cannot create '{}': {}", staging_.string(), ec.message());
+}
+
+ResultsFolder::~ResultsFolder() {
+  if (!committed_) {
+    std::error_code ec;
+    fs::remove_all(staging_, ec);  // never throws from a destructor
+  }
+}
+
+void ResultsFolder::write(const std::string& name, const std::string& content) {
+  write_file_atomic(staging_ / name, content);
+}
+
+fs::path ResultsFolder::commit() {
+  std::error_code ec;
+  // Another run may have taken the name meanwhile: pick the next free one.
+  std::string id = run_id_;
+  for (int i = 2; fs::exists(final_.parent_path() / id); ++i) id = fmt::format("{}-{}", run_id_, i);
+  run_id_ = id;
+  final_ = final_.parent_path() / id;
+  fs::rename(staging_, final_, ec);
+  if (ec) user_error("cannot move '{}' to '{}': {}", staging_.string(), final_.string(), ec.message());
+  committed_ = true;
+  return final_;
+}
+
+}  // namespace qsweep

@@ -1,0 +1,34 @@
+// Results folders: written under a hidden temporary name and renamed into place at the end,
+// so a crashed run never leaves a folder that looks complete.
+#pragma once
+
+#include <filesystem>
+#include <string>
+
+namespace qsweep {
+
+class ResultsFolder {
+ public:
+  // Reserves <root>/<experiment>/<run_id>/ (run_id: UTC time, made unique) and creates
+  // the hidden staging folder beside it.
+  ResultsFolder(const std::string& root, const std::string& experiment);
+  ~ResultsFolder();  // removes the staging folder unless commit() succeeded
+
+  // Writes a file into the staging folder (write to a temp name, then rename).
+  void write(const std::string& name, const std::string& content);
+  // Moves the staging folder to its final name; returns the final path.
+  std::filesystem::path commit();
+
+  const std::string& run_id() const { return run_id_; }
+  const std::filesystem::path& final_path() const { return final_; }
+
+ private:
+  std::filesystem::path final_, staging_;
+  std::string run_id_;
+  bool committed_ = false;
+};
+
+// Writes `content` to `path` atomically (temp file in the same folder + rename).
+void write_file_atomic(const std::filesystem::path& path, const std::string& content);
+
+}  // namespace qsweep

@@ -1,0 +1,85 @@
+#include "kernels/cpu/fake_quant.h"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+
+namespace qsweep {
+
+void quant_range(int bits, Scheme scheme, int32_t* qmin, int32_t* qmax) {
+  if (scheme == Scheme::kAsymmetric) {
+    *qmin = 0;
+    *qmax = (int32_t{1} << bits) - 1;
+  } else {
+    *qmax = (int32_t{1} << (bits - 1)) - 1;
+    *qmin = -*qmax;
+  }
+}
+
+QuantParams choose_quant_params(float min_x, float max_x, int bits, Scheme scheme) {
+  QuantParams p;
+  quant_range(bits, scheme, &p.qmin, &p.qmax);
+  const float eps = std::numeric_limits<float>::epsilon();
+  const float lo = std::min(min_x, 0.0f);
+  const float hi = std::max(max_x, 0.0f);
+  if (scheme == Scheme::kAsymmetric) {
+    // float32 throughout, as torch.ao.quantization.MinMaxObserver computes it.
+    float scale = (hi - lo) / static_cast<float>(p.qmax - p.qmin);
+    scale = std::max(scale, eps);
+    const float zp = static_cast<float>(p.qmin) - std::nearbyint(lo / scale);
+    p.zero_point = static_cast<int32_t>(std::clamp(zp, static_cast<float>(p.qmin),
+                                                   static_cast<float>(p.qmax)));
+    p.scale = scale;
+  } else {
+    const float absmax = std::max(-lo, hi);
+    // (qmax - qmin) / 2 == qmax for the restricted symmetric range.
+    float scale = absmax / (static_cast<float>(p.qmax - p.qmin) / 2.0f);
+    p.scale = std::max(scale, eps);
+    p.zero_point = 0;
+  }
+  p.inv_scale = 1.0f / p.scale;
+  return p;
+}
+
+void fake_quantize_per_tensor(const float* x, float* y, size_t n, const QuantParams& p) {
+  for (size_t i = 0; i < n; ++i) y[i] = dequantize_value(quantize_value(x[i], p), p);
+}
+
+void fake_quantize_per_channel(const float* x, float* y, size_t outer, size_t channels,
+                               size_t inner, const QuantParams* params) {
+  for (size_t o = 0; o < outer; ++o) {
+    for (size_t c = 0; c < channels; ++c) {
+      const size_t base = (o * channels + c) * inner;
+      fake_quantize_per_tensor(x + base, y + base, inner, params[c]);
+    }
+  }
+}
+
+void min_max(const float* x, size_t n, float* lo, float* hi) {
+  float a = std::numeric_limits<float>::infinity();
+  float b = -std::numeric_limits<float>::infinity();
+  for (size_t i = 0; i < n; ++i) {
+    a = std::fmin(a, x[i]);
+    b = std::fmax(b, x[i]);
+  }
+  *lo = a;
+  *hi = b;
+}
+
+void min_max_per_channel(const float* x, size_t outer, size_t channels, size_t inner,
+                         float* lo, float* hi) {
+  for (size_t c = 0; c < channels; ++c) {
+    lo[c] = std::numeric_limits<float>::infinity();
+    hi[c] = -std::numeric_limits<float>::infinity();
+  }
+  for (size_t o = 0; o < outer; ++o) {
+    for (size_t c = 0; c < channels; ++c) {
+      float a, b;
+      min_max(x + (o * channels + c) * inner, inner, &a, &b);
+      lo[c] = std::fmin(lo[c], a);
+      hi[c] = std::fmax(hi[c], b);
+    }
+  }
+}
+
+}  // namespace qsweep

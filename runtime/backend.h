@@ -1,0 +1,47 @@
+// The Backend interface: what runs one node of the graph IR on some device.
+//
+// The CPU backend (runtime/cpu_backend.h) is always built and is the reference every
+// other backend is tested against.
+#pragma once
+
+#include <memory>
+#include <span>
+#include <string>
+
+#include "kernels/cpu/fake_quant.h"
+#include "runtime/graph.h"
+#include "runtime/tensor.h"
+
+namespace qsweep {
+
+// Per-thread state of a backend (primitive caches, streams, scratch buffers). A context is
+// used by one thread at a time; the backend itself is shared.
+class BackendContext {
+ public:
+  virtual ~BackendContext() = default;
+};
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+  virtual std::string name() const = 0;         // "cpu", "cuda"
+  virtual std::string device_name() const = 0;  // what it runs on, for the manifest
+  virtual std::string library_versions() const = 0;
+  virtual bool supports(OpType op) const = 0;
+  virtual std::unique_ptr<BackendContext> make_context() const = 0;
+
+  // Runs one node. `inputs` holds one tensor per node input, constants included, in node
+  // order; a caller may pass a different (e.g. fake-quantized) weight tensor as input 1.
+  virtual void run(BackendContext& ctx, const Node& node, std::span<const Tensor* const> inputs,
+                   Tensor& out) const = 0;
+
+  // y = fake_quantize(x) per tensor; y may be x.
+  virtual void fake_quantize(BackendContext& ctx, const Tensor& x, const QuantParams& p,
+                             Tensor& y) const = 0;
+};
+
+// "cpu", "cuda" or "auto" (CUDA when built in and a device is present, else CPU).
+// Throws UserError naming what is available when the request cannot be met.
+std::unique_ptr<Backend> make_backend(const std::string& name);
+
+}  // namespace qsweep

@@ -1,0 +1,401 @@
+#include "runtime/cpu_backend.h"
+
+#include <algorithm>
+#include <cmath>
+#include <fstream>
+#include <map>
+#include <mutex>
+#include <tuple>
+
+#include <fmt/format.h>
+#include <oneapi/dnnl/dnnl.hpp>
+#include <omp.h>
+
+#include "kernels/cpu/eltwise.h"
+#include "runtime/error.h"
+
+namespace qsweep {
+
+SpatialPlan plan_spatial(const NodeAttrs& a, int64_t h, int64_t w) {
+  const int64_t in[2] = {h, w};
+  int64_t out[2] = {0, 0}, pb[2] = {0, 0}, pe[2] = {0, 0};
+  for (int d = 0; d < 2; ++d) {
+    const int64_t k = a.kernel[d], s = a.strides[d], dil = a.dilations[d];
+    const int64_t span = (k - 1) * dil + 1;
+    switch (a.auto_pad) {
+      case AutoPad::kSameUpper:
+      case AutoPad::kSameLower: {
+        out[d] = (in[d] + s - 1) / s;
+        const int64_t total = std::max<int64_t>(0, (out[d] - 1) * s + span - in[d]);
+        pb[d] = a.auto_pad == AutoPad::kSameUpper ? total / 2 : total - total / 2;
+        pe[d] = total - pb[d];
+        break;
+      }
+      case AutoPad::kValid:
+        pb[d] = pe[d] = 0;
+        out[d] = (in[d] - span) / s + 1;
+        break;
+      case AutoPad::kNotSet: {
+        pb[d] = a.pads[d];
+        pe[d] = a.pads[d + 2];
+        const int64_t num = in[d] + pb[d] + pe[d] - span;
+        out[d] = (a.ceil_mode ? (num + s - 1) / s : num / s) + 1;
+        // The last window must start inside the input or the left padding (PyTorch, ONNX).
+        if (a.ceil_mode && (out[d] - 1) * s >= in[d] + pb[d]) --out[d];
+        // Extra right padding so that (in + pb + pe - span) / s + 1 == out, as oneDNN checks.
+        pe[d] = std::max(pe[d], (out[d] - 1) * s + span - in[d] - pb[d]);
+        break;
+      }
+    }
+    if (out[d] < 1) out[d] = 0;
+  }
+  return SpatialPlan{out[0], out[1], pb[0], pb[1], pe[0], pe[1]};
+}
+
+namespace {
+
+using dnnl::memory;
+using tag = dnnl::memory::format_tag;
+using dt = dnnl::memory::data_type;
+
+// Key of a cached primitive: the node and the input shape it was created for.
+using PrimKey = std::tuple<const Node*, int64_t, int64_t, int64_t, int64_t>;
+
+struct CachedPrimitive {
+  dnnl::primitive prim;
+  memory::desc src, weights, bias, dst;
+};
+
+class CpuContext final : public BackendContext {
+ public:
+  explicit CpuContext(const dnnl::engine& eng) : engine(eng), stream(eng) {}
+  dnnl::engine engine;
+  dnnl::stream stream;
+  std::map<PrimKey, CachedPrimitive> prims;
+  Tensor bias_scratch;
+};
+
+void check_rank(const Node& n, const Tensor& x, size_t rank) {
+  if (x.rank() != rank) {
+    user_error("node '{}' ({}) received an input of shape {}; it needs rank {}", n.name, op_name(n.op),
+               shape_str(x.shape), rank);
+  }
+}
+
+void run_conv(CpuContext& ctx, const Node& n, std::span<const Tensor* const> in, Tensor& out) {
+  const Tensor& x = *in[0];
+  const Tensor& w = *in[1];
+  check_rank(n, x, 4);
+  const int64_t N = x.dim(0), C = x.dim(1), H = x.dim(2), W = x.dim(3);
+  const int64_t O = w.dim(0), G = n.attrs.group;
+  if (C != w.dim(1) * G) {
+    user_error("node '{}' (Conv) received {} input channels; its weight expects {} (group {})", n.name, C,
+               w.dim(1) * G, G);
+  }
+  const SpatialPlan sp = plan_spatial(n.attrs, H, W);
+  out.reshape_to({N, O, sp.out_h, sp.out_w});
+  const PrimKey key{&n, N, C, H, W};
+  auto it = ctx.prims.find(key);
+  if (it == ctx.prims.end()) {
+    CachedPrimitive c;
+    c.src = memory::desc({N, C, H, W}, dt::f32, tag::nchw);
+    c.dst = memory::desc({N, O, sp.out_h, sp.out_w}, dt::f32, tag::nchw);
+    if (G == 1) {
+      c.weights = memory::desc({O, C, w.dim(2), w.dim(3)}, dt::f32, tag::oihw);
+    } else {
+      c.weights = memory::desc({G, O / G, C / G, w.dim(2), w.dim(3)}, dt::f32, tag::goihw);
+    }
+    c.bias = memory::desc({O}, dt::f32, tag::x);
+    const memory::dims strides = {n.attrs.strides[0], n.attrs.strides[1]};
+    const memory::dims dil = {n.attrs.dilations[0] - 1, n.attrs.dilations[1] - 1};
+    const memory::dims pl = {sp.pad_t, sp.pad_l}, pr = {sp.pad_b, sp.pad_r};
+    dnnl::convolution_forward::desc d(dnnl::prop_kind::forward_inference, dnnl::algorithm::convolution_direct,
+                                      c.src, c.weights, c.bias, c.dst, strides, dil, pl, pr);
+    dnnl::convolution_forward::primitive_desc pd(d, ctx.engine);
+    c.prim = dnnl::convolution_forward(pd);
+    it = ctx.prims.emplace(key, std::move(c)).first;
+  }
+  const CachedPrimitive& c = it->second;
+  const float* bias_ptr;
+  if (in.size() > 2) {
+    bias_ptr = in[2]->ptr();
+  } else {
+    ctx.bias_scratch.reshape_to({O});
+    std::fill(ctx.bias_scratch.data.begin(), ctx.bias_scratch.data.end(), 0.0f);
+    bias_ptr = ctx.bias_scratch.ptr();
+  }
+  memory src(c.src, ctx.engine, const_cast<float*>(x.ptr()));
+  memory wei(c.weights, ctx.engine, const_cast<float*>(w.ptr()));
+  memory bia(c.bias, ctx.engine, const_cast<float*>(bias_ptr));
+  memory dst(c.dst, ctx.engine, out.ptr());
+  c.prim.execute(ctx.stream, {{DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, wei}, {DNNL_ARG_BIAS, bia}, {DNNL_ARG_DST, dst}});
+  ctx.stream.wait();
+}
+
+void run_pool(CpuContext& ctx, const Node& n, const Tensor& x, Tensor& out) {
+  check_rank(n, x, 4);
+  const int64_t N = x.dim(0), C = x.dim(1), H = x.dim(2), W = x.dim(3);
+  const SpatialPlan sp = plan_spatial(n.attrs, H, W);
+  out.reshape_to({N, C, sp.out_h, sp.out_w});
+  const PrimKey key{&n, N, C, H, W};
+  auto it = ctx.prims.find(key);
+  if (it == ctx.prims.end()) {
+    CachedPrimitive c;
+    c.src = memory::desc({N, C, H, W}, dt::f32, tag::nchw);
+    c.dst = memory::desc({N, C, sp.out_h, sp.out_w}, dt::f32, tag::nchw);
+    const auto alg = n.op == OpType::kMaxPool ? dnnl::algorithm::pooling_max
+                     : n.attrs.count_include_pad ? dnnl::algorithm::pooling_avg_include_padding
+                                                 : dnnl::algorithm::pooling_avg_exclude_padding;
+    dnnl::pooling_forward::desc d(dnnl::prop_kind::forward_inference, alg, c.src, c.dst,
+                                  {n.attrs.strides[0], n.attrs.strides[1]}, {n.attrs.kernel[0], n.attrs.kernel[1]},
+                                  {sp.pad_t, sp.pad_l}, {sp.pad_b, sp.pad_r});
+    dnnl::pooling_forward::primitive_desc pd(d, ctx.engine);
+    c.prim = dnnl::pooling_forward(pd);
+    it = ctx.prims.emplace(key, std::move(c)).first;
+  }
+  const CachedPrimitive& c = it->second;
+  memory src(c.src, ctx.engine, const_cast<float*>(x.ptr()));
+  memory dst(c.dst, ctx.engine, out.ptr());
+  c.prim.execute(ctx.stream, {{DNNL_ARG_SRC, src}, {DNNL_ARG_DST, dst}});
+  ctx.stream.wait();
+}
+
+void sgemm(const Node& n, char transb, int64_t M, int64_t N, int64_t K, float alpha, const float* A,
+           const float* B, float beta, float* C) {
+  const int64_t ldb = transb == 'T' ? K : N;
+  const auto st = dnnl_sgemm('N', transb, M, N, K, alpha, A, K, B, ldb, beta, C, N);
+  if (st != dnnl_success) throw std::runtime_error(fmt::format("dnnl_sgemm failed for node '{}'", n.name));
+}
+
+void run_gemm(const Node& n, std::span<const Tensor* const> in, Tensor& out) {
+  const Tensor& a = *in[0];
+  const Tensor& b = *in[1];
+  check_rank(n, a, 2);
+  const int64_t M = a.dim(0), K = a.dim(1);
+  const int64_t N = n.attrs.trans_b ? b.dim(0) : b.dim(1);
+  const int64_t Kb = n.attrs.trans_b ? b.dim(1) : b.dim(0);
+  if (K != Kb) user_error("node '{}' (Gemm) received {} features; its weight expects {}", n.name, K, Kb);
+  out.reshape_to({M, N});
+  float beta = 0.0f;
+  if (in.size() > 2 && n.attrs.beta != 0.0f) {
+    // Y starts as C broadcast to (M, N); sgemm then computes alpha * A * B + beta * Y.
+    const Tensor& c = *in[2];
+    const Shape ys{M, N};
+    const std::vector<float> zero(1, 0.0f);
+    const Shape scalar{1};
+    broadcast_binary(BinaryOp::kAdd, c.ptr(), c.shape, zero.data(), scalar, out.ptr(), ys);
+    beta = n.attrs.beta;
+  }
+  sgemm(n, n.attrs.trans_b ? 'T' : 'N', M, N, K, n.attrs.alpha, a.ptr(), b.ptr(), beta, out.ptr());
+}
+
+void run_matmul(const Node& n, std::span<const Tensor* const> in, Tensor& out) {
+  const Tensor& a = *in[0];
+  const Tensor& b = *in[1];
+  const int64_t K = a.shape.back(), N = b.dim(1);
+  if (K != b.dim(0)) user_error("node '{}' (MatMul) received {} features; its weight expects {}", n.name, K, b.dim(0));
+  Shape os = a.shape;
+  os.back() = N;
+  out.reshape_to(os);
+  sgemm(n, 'N', a.numel() / K, N, K, 1.0f, a.ptr(), b.ptr(), 0.0f, out.ptr());
+}
+
+int64_t norm_axis(const Node& n, int64_t axis, size_t rank) {
+  const int64_t r = static_cast<int64_t>(rank);
+  const int64_t a = axis < 0 ? axis + r : axis;
+  if (a < 0 || a >= std::max<int64_t>(r, 1)) {
+    user_error("node '{}' ({}) has axis {} for an input of rank {}", n.name, op_name(n.op), axis, rank);
+  }
+  return a;
+}
+
+void run_reshape(const Node& n, const Tensor& x, Tensor& out) {
+  Shape s = n.attrs.shape;
+  int64_t known = 1;
+  int infer = -1;
+  for (size_t i = 0; i < s.size(); ++i) {
+    if (s[i] == 0 && !n.attrs.allow_zero) s[i] = i < x.rank() ? x.dim(i) : 0;
+    if (s[i] == -1) {
+      infer = static_cast<int>(i);
+    } else {
+      known *= s[i];
+    }
+  }
+  if (infer >= 0) s[infer] = known ? x.numel() / known : 0;
+  if (shape_numel(s) != x.numel()) {
+    user_error("node '{}' (Reshape) cannot reshape {} into {}; a Reshape that fixes the batch size "
+               "breaks batching (export with torch.flatten)", n.name, shape_str(x.shape), fmt::join(n.attrs.shape, ","));
+  }
+  out.shape = s;
+  out.data.assign(x.data.begin(), x.data.end());
+}
+
+}  // namespace
+
+struct CpuBackend::Impl {
+  dnnl::engine engine{dnnl::engine::kind::cpu, 0};
+};
+
+CpuBackend::CpuBackend() : impl_(std::make_unique<Impl>()) {}
+CpuBackend::~CpuBackend() = default;
+
+std::string CpuBackend::device_name() const {
+  std::string model = "unknown CPU";
+  std::ifstream cpuinfo("/proc/cpuinfo");
+  std::string line;
+  while (std::getline(cpuinfo, line)) {
+    if (line.rfind("model name", 0) == 0) {
+      model = line.substr(line.find(':') + 2);
+      break;
+    }
+  }
+  return fmt::format("{} ({} threads)", model, omp_get_max_threads());
+}
+
+std::string CpuBackend::library_versions() const {
+  const dnnl_version_t* v = dnnl_version();
+  return fmt::format("oneDNN {}.{}.{} ({})", v->major, v->minor, v->patch, v->hash);
+}
+
+bool CpuBackend::supports(OpType) const { return true; }
+
+std::unique_ptr<BackendContext> CpuBackend::make_context() const {
+  return std::make_unique<CpuContext>(impl_->engine);
+}
+
+void CpuBackend::run(BackendContext& base, const Node& n, std::span<const Tensor* const> in, Tensor& out) const {
+  auto& ctx = static_cast<CpuContext&>(base);
+  const Tensor& x = *in[0];
+  const NodeAttrs& a = n.attrs;
+  switch (n.op) {
+    case OpType::kConv:
+      return run_conv(ctx, n, in, out);
+    case OpType::kGemm:
+      return run_gemm(n, in, out);
+    case OpType::kMatMul:
+      return run_matmul(n, in, out);
+    case OpType::kMaxPool:
+    case OpType::kAveragePool:
+      return run_pool(ctx, n, x, out);
+    case OpType::kGlobalAveragePool: {
+      check_rank(n, x, 4);
+      const int64_t N = x.dim(0), C = x.dim(1), hw = x.dim(2) * x.dim(3);
+      out.reshape_to({N, C, 1, 1});
+      for (int64_t i = 0; i < N * C; ++i) {
+        double s = 0.0;
+        for (int64_t k = 0; k < hw; ++k) s += x.data[i * hw + k];
+        out.data[i] = static_cast<float>(s / static_cast<double>(hw));
+      }
+      return;
+    }
+    case OpType::kBatchNorm: {
+      out.reshape_to(x.shape);
+      const int64_t C = x.rank() > 1 ? x.dim(1) : 1;
+      if (C != static_cast<int64_t>(a.bn_scale.size())) {
+        user_error("node '{}' (BatchNormalization) received {} channels; it has {}", n.name, C, a.bn_scale.size());
+      }
+      channel_affine(x.ptr(), out.ptr(), x.dim(0), C, x.numel() / (x.dim(0) * C), a.bn_scale.data(), a.bn_shift.data());
+      return;
+    }
+    case OpType::kRelu:
+    case OpType::kClip:
+    case OpType::kLeakyRelu:
+    case OpType::kSigmoid:
+    case OpType::kHardSigmoid:
+    case OpType::kHardSwish: {
+      static constexpr std::pair<OpType, Activation> kMap[] = {
+          {OpType::kRelu, Activation::kRelu},           {OpType::kClip, Activation::kClip},
+          {OpType::kLeakyRelu, Activation::kLeakyRelu}, {OpType::kSigmoid, Activation::kSigmoid},
+          {OpType::kHardSigmoid, Activation::kHardSigmoid}, {OpType::kHardSwish, Activation::kHardSwish}};
+      Activation act = Activation::kRelu;
+      for (const auto& [op, ac] : kMap) {
+        if (op == n.op) act = ac;
+      }
+      out.reshape_to(x.shape);
+      activation(act, a.act_alpha, a.act_beta, x.ptr(), out.ptr(), x.numel());
+      return;
+    }
+    case OpType::kAdd:
+    case OpType::kMul: {
+      const Tensor& y = *in[1];
+      Shape s;
+      try {
+        s = broadcast_shape(x.shape, y.shape);
+      } catch (const std::invalid_argument&) {
+        user_error("node '{}' ({}) cannot broadcast {} with {}", n.name, op_name(n.op), shape_str(x.shape),
+                   shape_str(y.shape));
+      }
+      out.reshape_to(s);
+      broadcast_binary(n.op == OpType::kAdd ? BinaryOp::kAdd : BinaryOp::kMul, x.ptr(), x.shape, y.ptr(),
+                       y.shape, out.ptr(), s);
+      return;
+    }
+    case OpType::kConcat: {
+      const int64_t axis = norm_axis(n, a.axis, x.rank());
+      Shape s = x.shape;
+      s[axis] = 0;
+      std::vector<const float*> ptrs;
+      std::vector<size_t> sizes;
+      for (const Tensor* t : in) {
+        if (t->rank() != x.rank()) user_error("node '{}' (Concat) received inputs of different ranks", n.name);
+        for (size_t d = 0; d < x.rank(); ++d) {
+          if (static_cast<int64_t>(d) != axis && t->dim(d) != x.dim(d)) {
+            user_error("node '{}' (Concat) received {} and {}", n.name, shape_str(x.shape), shape_str(t->shape));
+          }
+        }
+        s[axis] += t->dim(axis);
+        ptrs.push_back(t->ptr());
+        sizes.push_back(t->dim(axis));
+      }
+      out.reshape_to(s);
+      int64_t outer = 1, inner = 1;
+      for (int64_t d = 0; d < axis; ++d) outer *= s[d];
+      for (size_t d = axis + 1; d < s.size(); ++d) inner *= s[d];
+      concat(ptrs, sizes, outer, inner, out.ptr());
+      return;
+    }
+    case OpType::kFlatten: {
+      const int64_t axis = a.axis < 0 ? a.axis + static_cast<int64_t>(x.rank()) : a.axis;
+      int64_t outer = 1;
+      for (int64_t d = 0; d < axis; ++d) outer *= x.dim(d);
+      out.shape = {outer, outer ? x.numel() / outer : 0};
+      out.data.assign(x.data.begin(), x.data.end());
+      return;
+    }
+    case OpType::kReshape:
+      return run_reshape(n, x, out);
+    case OpType::kSoftmax: {
+      out.reshape_to(x.shape);
+      const int64_t axis = norm_axis(n, a.axis, x.rank());
+      int64_t outer = 1, inner = 1;
+      for (int64_t d = 0; d < axis; ++d) outer *= x.dim(d);
+      if (a.softmax_legacy) {
+        softmax(x.ptr(), out.ptr(), outer, x.numel() / std::max<int64_t>(outer, 1), 1);
+      } else {
+        for (size_t d = axis + 1; d < x.rank(); ++d) inner *= x.dim(d);
+        softmax(x.ptr(), out.ptr(), outer, x.dim(axis), inner);
+      }
+      return;
+    }
+    case OpType::kPad: {
+      if (a.pad_amounts.size() != 2 * x.rank()) {
+        user_error("node '{}' (Pad) has {} pad values for an input of rank {}", n.name, a.pad_amounts.size(), x.rank());
+      }
+      for (int64_t p : a.pad_amounts) {
+        if (p < 0) user_error("node '{}' (Pad) has negative pads, which qsweep does not support", n.name);
+      }
+      Shape s = x.shape;
+      for (size_t d = 0; d < x.rank(); ++d) s[d] += a.pad_amounts[d] + a.pad_amounts[d + x.rank()];
+      out.reshape_to(s);
+      pad(x.ptr(), x.shape, a.pad_amounts, static_cast<PadMode>(a.pad_mode), a.pad_value, out.ptr());
+      return;
+    }
+  }
+}
+
+void CpuBackend::fake_quantize(BackendContext&, const Tensor& x, const QuantParams& p, Tensor& y) const {
+  if (&y != &x) y.reshape_to(x.shape);
+  fake_quantize_per_tensor(x.ptr(), y.ptr(), x.numel(), p);
+}
+
+}  // namespace qsweep

@@ -1,0 +1,38 @@
+// The CPU backend: oneDNN for convolution and pooling, oneDNN's sgemm for Gemm/MatMul,
+// kernels/cpu for everything else. Single-threaded per call: parallelism comes from the
+// caller running independent batches on separate threads (OpenMP), which keeps every
+// result independent of the thread count.
+#pragma once
+
+#include "runtime/backend.h"
+
+namespace qsweep {
+
+class CpuBackend final : public Backend {
+ public:
+  CpuBackend();
+  ~CpuBackend() override;
+  std::string name() const override { return "cpu"; }
+  std::string device_name() const override;
+  std::string library_versions() const override;
+  bool supports(OpType op) const override;
+  std::unique_ptr<BackendContext> make_context() const override;
+  void run(BackendContext& ctx, const Node& node, std::span<const Tensor* const> inputs,
+           Tensor& out) const override;
+  void fake_quantize(BackendContext& ctx, const Tensor& x, const QuantParams& p,
+                     Tensor& y) const override;
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+// Output spatial size and the effective pads of a Conv or pooling node for an input of
+// spatial size (h, w): resolves auto_pad and ceil_mode. pads = {top, left, bottom, right}.
+struct SpatialPlan {
+  int64_t out_h, out_w;
+  int64_t pad_t, pad_l, pad_b, pad_r;
+};
+SpatialPlan plan_spatial(const NodeAttrs& a, int64_t h, int64_t w);
+
+}  // namespace qsweep

@@ -1,0 +1,79 @@
+#include "runtime/executor.h"
+
+#include "runtime/error.h"
+
+namespace qsweep {
+
+Executor::Executor(const Graph& graph, const Backend& backend) : graph_(graph), backend_(backend) {
+  for (const Node& n : graph.nodes) {
+    if (!backend.supports(n.op)) {
+      user_error("the {} backend cannot run node '{}' ({})", backend.name(), n.name, op_name(n.op));
+    }
+  }
+  layer_of_node_.assign(graph.nodes.size(), -1);
+  layer_of_act_.assign(graph.nodes.size(), -1);
+  for (const Layer& L : graph.layers) {
+    layer_of_node_[L.node] = L.index;
+    if (L.act_node >= 0) layer_of_act_[L.act_node] = L.index;
+    suffixes_.push_back(graph.suffix_nodes(L.index));
+    std::vector<char> dirty(graph.values.size(), 0);
+    for (int k : suffixes_.back()) dirty[graph.nodes[k].output] = 1;
+    dirty_.push_back(std::move(dirty));
+  }
+}
+
+Executor::Workspace Executor::make_workspace() const {
+  Workspace ws;
+  ws.ctx = backend_.make_context();
+  ws.values.resize(graph_.values.size());
+  ws.scratch.resize(graph_.values.size());
+  return ws;
+}
+
+template <typename Read>
+void Executor::run_node(Workspace& ws, int k, const LayerQuantization* q, Read read, Tensor& out) const {
+  const Node& node = graph_.nodes[k];
+  ws.args.clear();
+  for (int v : node.inputs) {
+    ws.args.push_back(graph_.values[v].is_constant ? &graph_.values[v].constant : &read(v));
+  }
+  const int layer = layer_of_node_[k];
+  if (q != nullptr && layer >= 0) {
+    // Step 1: the input is fake-quantized on the path into this layer only.
+    if (q->quantize_input) {
+      backend_.fake_quantize(*ws.ctx, *ws.args[0], q->input, ws.quantized_input);
+      ws.args[0] = &ws.quantized_input;
+    }
+    // Step 2: fake-quantized weights, computed once per (layer, bits) by the caller.
+    if (q->weights != nullptr) ws.args[1] = q->weights;
+  }
+  backend_.run(*ws.ctx, node, ws.args, out);
+  // Step 4: the layer's output (after its fused activation, when it has one).
+  if (q != nullptr && q->quantize_output) {
+    const bool is_output = (layer >= 0 && graph_.layers[layer].act_node < 0) || layer_of_act_[k] >= 0;
+    if (is_output) backend_.fake_quantize(*ws.ctx, out, q->output, out);
+  }
+}
+
+const Tensor& Executor::forward(Workspace& ws, const Tensor& input, const QuantPlan* plan) const {
+  ws.values[graph_.input] = input;
+  auto read = [&](int v) -> const Tensor& { return ws.values[v]; };
+  for (size_t k = 0; k < graph_.nodes.size(); ++k) {
+    int layer = layer_of_node_[k] >= 0 ? layer_of_node_[k] : layer_of_act_[k];
+    const LayerQuantization* q = (plan && layer >= 0) ? (*plan)[layer] : nullptr;
+    run_node(ws, static_cast<int>(k), q, read, ws.values[graph_.nodes[k].output]);
+  }
+  return ws.values[graph_.output];
+}
+
+const Tensor& Executor::suffix_forward(Workspace& ws, int layer, const LayerQuantization& q) const {
+  const std::vector<char>& dirty = dirty_[layer];
+  auto read = [&](int v) -> const Tensor& { return dirty[v] ? ws.scratch[v] : ws.values[v]; };
+  for (int k : suffixes_[layer]) {
+    const bool mine = layer_of_node_[k] == layer || layer_of_act_[k] == layer;
+    run_node(ws, k, mine ? &q : nullptr, read, ws.scratch[graph_.nodes[k].output]);
+  }
+  return dirty[graph_.output] ? ws.scratch[graph_.output] : ws.values[graph_.output];
+}
+
+}  // namespace qsweep

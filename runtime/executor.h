@@ -1,0 +1,65 @@
+// Runs a graph on a backend: the float32 forward, forwards with some layers quantized,
+// and the suffix forward that restarts from one layer's cached input (method.md,
+// "Performance contract").
+#pragma once
+
+#include <memory>
+#include <vector>
+
+#include "runtime/backend.h"
+#include "runtime/graph.h"
+
+namespace qsweep {
+
+// How one layer is quantized in a forward (method.md, "Quantizing one layer j").
+struct LayerQuantization {
+  const Tensor* weights = nullptr;  // fake-quantized weights (same shape as the layer's)
+  bool quantize_input = true;
+  QuantParams input;
+  bool quantize_output = true;
+  QuantParams output;
+};
+
+// One entry per layer; nullptr leaves the layer in float32.
+using QuantPlan = std::vector<const LayerQuantization*>;
+
+class Executor {
+ public:
+  Executor(const Graph& graph, const Backend& backend);
+
+  // Per-thread buffers: every value of the last forward, plus the suffix's own values.
+  struct Workspace {
+    std::unique_ptr<BackendContext> ctx;
+    std::vector<Tensor> values;   // indexed by value id; a float forward fills every one
+    std::vector<Tensor> scratch;  // values recomputed by a suffix forward
+    Tensor quantized_input;       // the fake-quantized input of the quantized layer
+    std::vector<const Tensor*> args;
+  };
+  Workspace make_workspace() const;
+
+  // Runs every node on `input` (N, C, H, W). With a plan, the planned layers are
+  // quantized; without one this is the float32 network. ws.values holds every value after.
+  const Tensor& forward(Workspace& ws, const Tensor& input, const QuantPlan* plan = nullptr) const;
+
+  // With ws.values holding a float32 forward of a batch, recomputes only the nodes that
+  // depend on layer j, with layer j quantized by q; returns the network output.
+  const Tensor& suffix_forward(Workspace& ws, int layer, const LayerQuantization& q) const;
+
+  const Graph& graph() const { return graph_; }
+  const std::vector<int>& suffix(int layer) const { return suffixes_[layer]; }
+
+ private:
+  // Runs node k reading inputs through `read` and quantizing per its layer role.
+  template <typename Read>
+  void run_node(Workspace& ws, int k, const LayerQuantization* q, Read read, Tensor& out) const;
+
+  const Graph& graph_;
+  const Backend& backend_;
+  std::vector<std::vector<int>> suffixes_;
+  std::vector<std::vector<char>> dirty_;  // per layer: value recomputed by its suffix
+  // Per node: the layer whose Conv/Gemm it is, or -1; the layer whose fused activation it
+  // is, or -1.
+  std::vector<int> layer_of_node_, layer_of_act_;
+};
+
+}  // namespace qsweep

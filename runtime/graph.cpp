@@ -1,0 +1,192 @@
+#include "runtime/graph.h"
+
+#include <algorithm>
+#include <cmath>
+#include <set>
+
+#include <fmt/format.h>
+
+#include "runtime/error.h"
+
+namespace qsweep {
+
+std::string shape_str(const Shape& s) { return fmt::format("({})", fmt::join(s, ", ")); }
+
+std::string_view op_name(OpType op) {
+  switch (op) {
+    case OpType::kConv: return "Conv";
+    case OpType::kGemm: return "Gemm";
+    case OpType::kMatMul: return "MatMul";
+    case OpType::kBatchNorm: return "BatchNormalization";
+    case OpType::kRelu: return "Relu";
+    case OpType::kClip: return "Clip";
+    case OpType::kLeakyRelu: return "LeakyRelu";
+    case OpType::kSigmoid: return "Sigmoid";
+    case OpType::kHardSigmoid: return "HardSigmoid";
+    case OpType::kHardSwish: return "HardSwish";
+    case OpType::kAdd: return "Add";
+    case OpType::kMul: return "Mul";
+    case OpType::kConcat: return "Concat";
+    case OpType::kMaxPool: return "MaxPool";
+    case OpType::kAveragePool: return "AveragePool";
+    case OpType::kGlobalAveragePool: return "GlobalAveragePool";
+    case OpType::kFlatten: return "Flatten";
+    case OpType::kReshape: return "Reshape";
+    case OpType::kSoftmax: return "Softmax";
+    case OpType::kPad: return "Pad";
+  }
+  return "?";
+}
+
+bool is_activation(OpType op) {
+  switch (op) {
+    case OpType::kRelu:
+    case OpType::kClip:
+    case OpType::kLeakyRelu:
+    case OpType::kSigmoid:
+    case OpType::kHardSigmoid:
+    case OpType::kHardSwish:
+      return true;
+    default:
+      return false;
+  }
+}
+
+int Graph::add_value(std::string name) {
+  values.push_back(Value{std::move(name), false, {}});
+  return static_cast<int>(values.size()) - 1;
+}
+
+int Graph::add_constant(std::string name, Tensor t) {
+  values.push_back(Value{std::move(name), true, std::move(t)});
+  return static_cast<int>(values.size()) - 1;
+}
+
+std::vector<std::vector<int>> Graph::consumers() const {
+  std::vector<std::vector<int>> c(values.size());
+  for (size_t n = 0; n < nodes.size(); ++n) {
+    for (int v : nodes[n].inputs) {
+      auto& list = c[v];
+      if (list.empty() || list.back() != static_cast<int>(n)) list.push_back(static_cast<int>(n));
+    }
+  }
+  return c;
+}
+
+void Graph::enumerate_layers() {
+  layers.clear();
+  const auto cons = consumers();
+  for (size_t n = 0; n < nodes.size(); ++n) {
+    const Node& node = nodes[n];
+    if (node.op != OpType::kConv && node.op != OpType::kGemm && node.op != OpType::kMatMul) continue;
+    if (node.inputs.size() < 2 || !values[node.inputs[1]].is_constant) continue;  // not a layer
+    Layer L;
+    L.index = static_cast<int>(layers.size());
+    L.name = node.name;
+    L.node = static_cast<int>(n);
+    L.input_value = node.inputs[0];
+    L.weight_value = node.inputs[1];
+    L.bias_value = node.inputs.size() > 2 ? node.inputs[2] : -1;
+    L.output_value = node.output;
+    const auto& out_users = cons[node.output];
+    if (out_users.size() == 1 && node.output != output) {
+      const Node& user = nodes[out_users[0]];
+      const bool sole_input = std::count(user.inputs.begin(), user.inputs.end(), node.output) == 1;
+      if (is_activation(user.op) && user.inputs[0] == node.output && sole_input) {
+        L.act_node = out_users[0];
+        L.output_value = user.output;
+      }
+    }
+    const Shape& ws = values[L.weight_value].constant.shape;
+    if (node.op == OpType::kConv) {
+      L.w_outer = 1;
+      L.w_channels = ws[0];
+      L.w_inner = shape_numel(ws) / ws[0];
+    } else if (node.op == OpType::kGemm && node.attrs.trans_b) {
+      L.w_outer = 1;
+      L.w_channels = ws[0];
+      L.w_inner = ws[1];
+    } else {  // (K, N)
+      L.w_outer = ws[0];
+      L.w_channels = ws[1];
+      L.w_inner = 1;
+    }
+    layers.push_back(std::move(L));
+  }
+}
+
+std::vector<int> Graph::suffix_nodes(int layer) const {
+  const Layer& L = layers[layer];
+  std::vector<char> dirty(values.size(), 0);
+  std::vector<int> out;
+  for (size_t n = L.node; n < nodes.size(); ++n) {
+    const Node& node = nodes[n];
+    bool depends = static_cast<int>(n) == L.node;
+    for (int v : node.inputs) depends = depends || dirty[v];
+    if (depends) {
+      dirty[node.output] = 1;
+      out.push_back(static_cast<int>(n));
+    }
+  }
+  return out;
+}
+
+int fold_batch_norms(Graph& g) {
+  int folded = 0;
+  auto cons = g.consumers();
+  std::vector<char> remove(g.nodes.size(), 0);
+  for (size_t n = 0; n < g.nodes.size(); ++n) {
+    Node& bn = g.nodes[n];
+    if (bn.op != OpType::kBatchNorm) continue;
+    const int x = bn.inputs[0];
+    // Find the producing Conv.
+    int producer = -1;
+    for (size_t p = 0; p < n; ++p) {
+      if (g.nodes[p].output == x) producer = static_cast<int>(p);
+    }
+    if (producer < 0 || g.nodes[producer].op != OpType::kConv) continue;
+    if (cons[x].size() != 1 || x == g.output) continue;  // the raw conv output is used elsewhere
+    Node& conv = g.nodes[producer];
+    if (!g.values[conv.inputs[1]].is_constant) continue;
+    const Tensor& gamma = g.constant(bn.inputs[1]);
+    const Tensor& beta = g.constant(bn.inputs[2]);
+    const Tensor& mean = g.constant(bn.inputs[3]);
+    const Tensor& var = g.constant(bn.inputs[4]);
+    const Tensor& w = g.constant(conv.inputs[1]);
+    const int64_t oc = w.shape[0];
+    const int64_t per = w.numel() / oc;
+    if (gamma.numel() != oc) {
+      user_error("BatchNormalization node '{}' has {} channels but the Conv '{}' before it has {}",
+                 bn.name, gamma.numel(), conv.name, oc);
+    }
+    Tensor nw(w.shape);
+    Tensor nb(Shape{oc});
+    const bool has_bias = conv.inputs.size() > 2;
+    for (int64_t c = 0; c < oc; ++c) {
+      const double s = static_cast<double>(gamma.data[c]) /
+                       std::sqrt(static_cast<double>(var.data[c]) + static_cast<double>(bn.attrs.epsilon));
+      for (int64_t i = 0; i < per; ++i) {
+        nw.data[c * per + i] = static_cast<float>(static_cast<double>(w.data[c * per + i]) * s);
+      }
+      const double b = has_bias ? g.constant(conv.inputs[2]).data[c] : 0.0;
+      nb.data[c] = static_cast<float>((b - mean.data[c]) * s + beta.data[c]);
+    }
+    // New constants so that shared initializers (rare) are never modified in place.
+    const int wv = g.add_constant(g.values[conv.inputs[1]].name + "_bnfolded", std::move(nw));
+    const int bv = g.add_constant(conv.name + "_bnfolded_bias", std::move(nb));
+    conv.inputs = {conv.inputs[0], wv, bv};
+    conv.output = bn.output;  // the Conv now produces what the BN produced
+    remove[n] = 1;
+    ++folded;
+  }
+  if (folded) {
+    std::vector<Node> kept;
+    for (size_t n = 0; n < g.nodes.size(); ++n) {
+      if (!remove[n]) kept.push_back(std::move(g.nodes[n]));
+    }
+    g.nodes = std::move(kept);
+  }
+  return folded;
+}
+
+}  // namespace qsweep

@@ -1,0 +1,554 @@
+#include "runtime/onnx_import.h"
+
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <limits>
+#include <map>
+#include <set>
+#include <sstream>
+#include <unordered_map>
+
+#include <onnx/checker.h>
+#include <onnx/onnx_pb.h>
+#include <onnx/shape_inference/implementation.h>
+
+#include "kernels/cpu/eltwise.h"
+#include "runtime/error.h"
+
+namespace qsweep {
+namespace {
+
+constexpr int kMinOpset = 11;
+constexpr int kMaxOpset = 17;
+
+const std::map<std::string, OpType>& op_table() {
+  static const std::map<std::string, OpType> table = {
+      {"Conv", OpType::kConv},
+      {"Gemm", OpType::kGemm},
+      {"MatMul", OpType::kMatMul},
+      {"BatchNormalization", OpType::kBatchNorm},
+      {"Relu", OpType::kRelu},
+      {"Clip", OpType::kClip},
+      {"LeakyRelu", OpType::kLeakyRelu},
+      {"Sigmoid", OpType::kSigmoid},
+      {"HardSigmoid", OpType::kHardSigmoid},
+      {"HardSwish", OpType::kHardSwish},
+      {"Add", OpType::kAdd},
+      {"Mul", OpType::kMul},
+      {"Concat", OpType::kConcat},
+      {"MaxPool", OpType::kMaxPool},
+      {"AveragePool", OpType::kAveragePool},
+      {"GlobalAveragePool", OpType::kGlobalAveragePool},
+      {"Flatten", OpType::kFlatten},
+      {"Reshape", OpType::kReshape},
+      {"Softmax", OpType::kSoftmax},
+      {"Pad", OpType::kPad},
+  };
+  return table;
+}
+
+// Ops handled at import time without a runtime node.
+const std::set<std::string>& import_time_ops() {
+  static const std::set<std::string> s = {"Identity", "Dropout", "Constant"};
+  return s;
+}
+
+Tensor tensor_from_proto(const onnx::TensorProto& t, const std::string& where) {
+  Shape shape(t.dims().begin(), t.dims().end());
+  const int64_t n = shape_numel(shape);
+  if (t.data_location() == onnx::TensorProto::EXTERNAL) {
+    user_error("{}: tensor '{}' uses external data, which qsweep does not load; save the model "
+               "with all tensors inside the .onnx file", where, t.name());
+  }
+  Tensor out(shape);
+  const std::string& raw = t.raw_data();
+  auto check_count = [&](int64_t have) {
+    if (have != n) {
+      user_error("{}: tensor '{}' has {} values for shape {}", where, t.name(), have, shape_str(shape));
+    }
+  };
+  switch (t.data_type()) {
+    case onnx::TensorProto::FLOAT:
+      if (!raw.empty()) {
+        check_count(static_cast<int64_t>(raw.size() / 4));
+        std::memcpy(out.data.data(), raw.data(), raw.size());
+      } else {
+        check_count(t.float_data_size());
+        std::copy(t.float_data().begin(), t.float_data().end(), out.data.begin());
+      }
+      break;
+    case onnx::TensorProto::DOUBLE:
+      if (!raw.empty()) {
+        check_count(static_cast<int64_t>(raw.size() / 8));
+        for (int64_t i = 0; i < n; ++i) {
+          double d;
+          std::memcpy(&d, raw.data() + 8 * i, 8);
+          out.data[i] = static_cast<float>(d);
+        }
+      } else {
+        check_count(t.double_data_size());
+        for (int64_t i = 0; i < n; ++i) out.data[i] = static_cast<float>(t.double_data(i));
+      }
+      break;
+    case onnx::TensorProto::INT64:
+      if (!raw.empty()) {
+        check_count(static_cast<int64_t>(raw.size() / 8));
+        for (int64_t i = 0; i < n; ++i) {
+          int64_t v;
+          std::memcpy(&v, raw.data() + 8 * i, 8);
+          out.data[i] = static_cast<float>(v);
+        }
+      } else {
+        check_count(t.int64_data_size());
+        for (int64_t i = 0; i < n; ++i) out.data[i] = static_cast<float>(t.int64_data(i));
+      }
+      break;
+    case onnx::TensorProto::INT32:
+      if (!raw.empty()) {
+        check_count(static_cast<int64_t>(raw.size() / 4));
+        for (int64_t i = 0; i < n; ++i) {
+          int32_t v;
+          std::memcpy(&v, raw.data() + 4 * i, 4);
+          out.data[i] = static_cast<float>(v);
+        }
+      } else {
+        check_count(t.int32_data_size());
+        for (int64_t i = 0; i < n; ++i) out.data[i] = static_cast<float>(t.int32_data(i));
+      }
+      break;
+    default:
+      user_error("{}: tensor '{}' has ONNX data type {}; qsweep reads float32 networks "
+                 "(float, double, int32 and int64 constants)", where, t.name(), t.data_type());
+  }
+  return out;
+}
+
+// int64 tensors (shapes, pads) are small; they round-trip exactly through float up to 2^24.
+std::vector<int64_t> as_ints(const Tensor& t) {
+  std::vector<int64_t> v(t.data.size());
+  for (size_t i = 0; i < v.size(); ++i) v[i] = static_cast<int64_t>(t.data[i]);
+  return v;
+}
+
+class Importer {
+ public:
+  Importer(std::string origin, const ImportOptions& options) : origin_(std::move(origin)), options_(options) {}
+
+  Graph run(onnx::ModelProto& model) {
+    try {
+      onnx::checker::check_model(model);
+    } catch (const std::exception& e) {
+      user_error("{}: the ONNX checker rejects the model: {}", origin_, first_line(e.what()));
+    }
+    for (const auto& imp : model.opset_import()) {
+      if (imp.domain().empty() || imp.domain() == "ai.onnx") g_.opset = static_cast<int>(imp.version());
+    }
+    if (g_.opset < kMinOpset || g_.opset > kMaxOpset) {
+      user_error("{}: the model uses ONNX opset {}; qsweep accepts opsets {} to {} (re-export "
+                 "with opset_version in that range)", origin_, g_.opset, kMinOpset, kMaxOpset);
+    }
+    try {
+      onnx::shape_inference::InferShapes(model);
+    } catch (const std::exception& e) {
+      user_error("{}: ONNX shape inference fails: {}", origin_, first_line(e.what()));
+    }
+    const onnx::GraphProto& graph = model.graph();
+    for (const auto& init : graph.initializer()) {
+      define(init.name(), g_.add_constant(init.name(), tensor_from_proto(init, origin_)));
+    }
+    read_input(graph);
+    for (int i = 0; i < graph.node_size(); ++i) convert_node(graph.node(i), i);
+    if (graph.output_size() != 1) {
+      user_error("{}: the graph has {} outputs; qsweep needs exactly one (the logits)", origin_,
+                 graph.output_size());
+    }
+    auto it = ids_.find(graph.output(0).name());
+    if (it == ids_.end()) {
+      user_error("{}: no node produces the graph output '{}'", origin_, graph.output(0).name());
+    }
+    g_.output = it->second;
+    if (g_.values[g_.output].is_constant) {
+      user_error("{}: the graph output '{}' is a constant", origin_, graph.output(0).name());
+    }
+    if (options_.fold_batch_norm) fold_batch_norms(g_);
+    g_.enumerate_layers();
+    return std::move(g_);
+  }
+
+ private:
+  static std::string first_line(const std::string& s) {
+    auto p = s.find('\n');
+    return p == std::string::npos ? s : s.substr(0, p);
+  }
+
+  void define(const std::string& name, int id) { ids_[name] = id; }
+
+  void read_input(const onnx::GraphProto& graph) {
+    std::set<std::string> inits;
+    for (const auto& i : graph.initializer()) inits.insert(i.name());
+    std::vector<const onnx::ValueInfoProto*> inputs;
+    for (const auto& in : graph.input()) {
+      if (!inits.count(in.name())) inputs.push_back(&in);
+    }
+    if (inputs.size() != 1) {
+      user_error("{}: the graph has {} non-constant inputs; qsweep needs exactly one (the image "
+                 "batch)", origin_, inputs.size());
+    }
+    const auto& in = *inputs[0];
+    const auto& type = in.type();
+    if (!type.has_tensor_type() || type.tensor_type().elem_type() != onnx::TensorProto::FLOAT) {
+      user_error("{}: the graph input '{}' is not a float32 tensor", origin_, in.name());
+    }
+    const auto& dims = type.tensor_type().shape().dim();
+    if (dims.size() < 2) {
+      user_error("{}: the graph input '{}' has rank {}; qsweep needs (N, C, H, W) or (N, F)",
+                 origin_, in.name(), dims.size());
+    }
+    for (int d = 1; d < dims.size(); ++d) {
+      if (!dims[d].has_dim_value()) {
+        user_error("{}: dimension {} of the graph input '{}' is not fixed; only the batch "
+                   "dimension may be symbolic", origin_, d, in.name());
+      }
+      g_.input_shape.push_back(dims[d].dim_value());
+    }
+    g_.input = g_.add_value(in.name());
+    define(in.name(), g_.input);
+  }
+
+  int lookup(const onnx::NodeProto& n, const std::string& name, const std::string& node_name) {
+    auto it = ids_.find(name);
+    if (it == ids_.end()) {
+      user_error("{}: node '{}' ({}) reads '{}' before any node produces it; ONNX requires "
+                 "nodes in topological order", origin_, node_name, n.op_type(), name);
+    }
+    return it->second;
+  }
+
+  const Tensor& require_constant(const onnx::NodeProto& n, const std::string& node_name, int idx,
+                                 const char* what) {
+    if (idx >= n.input_size() || n.input(idx).empty()) {
+      user_error("{}: node '{}' ({}) has no {} input", origin_, node_name, n.op_type(), what);
+    }
+    int v = lookup(n, n.input(idx), node_name);
+    if (!g_.values[v].is_constant) {
+      user_error("{}: node '{}' ({}): its {} ('{}') must be a constant (an initializer or a "
+                 "Constant node)", origin_, node_name, n.op_type(), what, n.input(idx));
+    }
+    return g_.values[v].constant;
+  }
+
+  static const onnx::AttributeProto* attr(const onnx::NodeProto& n, const char* name) {
+    for (const auto& a : n.attribute()) {
+      if (a.name() == name) return &a;
+    }
+    return nullptr;
+  }
+  static int64_t attr_i(const onnx::NodeProto& n, const char* name, int64_t def) {
+    const auto* a = attr(n, name);
+    return a ? a->i() : def;
+  }
+  static float attr_f(const onnx::NodeProto& n, const char* name, float def) {
+    const auto* a = attr(n, name);
+    return a ? a->f() : def;
+  }
+  static std::vector<int64_t> attr_ints(const onnx::NodeProto& n, const char* name) {
+    const auto* a = attr(n, name);
+    return a ? std::vector<int64_t>(a->ints().begin(), a->ints().end()) : std::vector<int64_t>{};
+  }
+  static std::string attr_s(const onnx::NodeProto& n, const char* name, const std::string& def) {
+    const auto* a = attr(n, name);
+    return a ? a->s() : def;
+  }
+
+  void spatial_attrs(const onnx::NodeProto& n, const std::string& name, size_t spatial, NodeAttrs& a,
+                     bool allow_dilation) {
+    a.strides = attr_ints(n, "strides");
+    if (a.strides.empty()) a.strides.assign(spatial, 1);
+    a.dilations = attr_ints(n, "dilations");
+    if (a.dilations.empty()) a.dilations.assign(spatial, 1);
+    a.pads = attr_ints(n, "pads");
+    if (a.pads.empty()) a.pads.assign(2 * spatial, 0);
+    if (a.strides.size() != spatial || a.dilations.size() != spatial || a.pads.size() != 2 * spatial) {
+      user_error("{}: node '{}' ({}) has strides/dilations/pads of the wrong length for {} spatial "
+                 "dimensions", origin_, name, n.op_type(), spatial);
+    }
+    if (!allow_dilation) {
+      for (int64_t d : a.dilations) {
+        if (d != 1) {
+          user_error("{}: node '{}' ({}) uses dilations; qsweep supports dilated pooling only with "
+                     "dilation 1", origin_, name, n.op_type());
+        }
+      }
+    }
+    const std::string ap = attr_s(n, "auto_pad", "NOTSET");
+    if (ap == "NOTSET") a.auto_pad = AutoPad::kNotSet;
+    else if (ap == "SAME_UPPER") a.auto_pad = AutoPad::kSameUpper;
+    else if (ap == "SAME_LOWER") a.auto_pad = AutoPad::kSameLower;
+    else if (ap == "VALID") a.auto_pad = AutoPad::kValid;
+    else user_error("{}: node '{}' ({}) has auto_pad '{}'; accepted: NOTSET, SAME_UPPER, SAME_LOWER, VALID",
+                    origin_, name, n.op_type(), ap);
+  }
+
+  void convert_node(const onnx::NodeProto& n, int position) {
+    std::string name = n.name();
+    if (name.empty()) name = fmt::format("{}_{}", n.op_type(), position);
+    if (!used_names_.insert(name).second) {
+      name = fmt::format("{}_{}", name, position);
+      used_names_.insert(name);
+    }
+    if (!n.domain().empty() && n.domain() != "ai.onnx") {
+      user_error("{}: node '{}' uses op '{}' from domain '{}'; qsweep supports the standard ONNX "
+                 "domain only: {}", origin_, name, n.op_type(), n.domain(), supported_onnx_ops());
+    }
+    const std::string& op = n.op_type();
+    if (op == "Constant") return convert_constant(n, name);
+    if (op == "Identity" || op == "Dropout") {
+      if (op == "Dropout" && n.output_size() > 1 && !n.output(1).empty()) {
+        user_error("{}: node '{}' (Dropout) exposes its mask output; export the model in eval mode",
+                   origin_, name);
+      }
+      define(n.output(0), lookup(n, n.input(0), name));
+      return;
+    }
+    auto it = op_table().find(op);
+    if (it == op_table().end()) {
+      user_error("{}: node '{}' has op '{}', which qsweep does not support; supported ops: {}",
+                 origin_, name, op, supported_onnx_ops());
+    }
+    Node node;
+    node.name = name;
+    node.onnx_op = op;
+    node.op = it->second;
+    NodeAttrs& a = node.attrs;
+    // The first input is always an activation (or, for Add/Mul/Concat, any value).
+    auto add_input = [&](int idx) { node.inputs.push_back(lookup(n, n.input(idx), name)); };
+    auto has_input = [&](int idx) { return idx < n.input_size() && !n.input(idx).empty(); };
+    if (n.input_size() == 0) user_error("{}: node '{}' ({}) has no inputs", origin_, name, op);
+    for (int o = 1; o < n.output_size(); ++o) {
+      if (!n.output(o).empty() && node.op != OpType::kBatchNorm && node.op != OpType::kMaxPool) {
+        user_error("{}: node '{}' ({}) has {} outputs; qsweep supports one", origin_, name, op, n.output_size());
+      }
+    }
+    switch (node.op) {
+      case OpType::kConv: {
+        add_input(0);
+        const Tensor& w = require_constant(n, name, 1, "weight");
+        if (w.rank() != 4) {
+          user_error("{}: node '{}' (Conv) has a {}-D weight; qsweep supports 2-D convolutions "
+                     "(4-D weights)", origin_, name, w.rank());
+        }
+        node.inputs.push_back(lookup(n, n.input(1), name));
+        if (has_input(2)) {
+          require_constant(n, name, 2, "bias");
+          add_input(2);
+        }
+        a.kernel = {w.shape[2], w.shape[3]};
+        a.group = attr_i(n, "group", 1);
+        spatial_attrs(n, name, 2, a, true);
+        break;
+      }
+      case OpType::kGemm: {
+        add_input(0);
+        if (attr_i(n, "transA", 0) != 0) {
+          user_error("{}: node '{}' (Gemm) has transA=1; qsweep supports Gemm with the activation "
+                     "as untransposed A", origin_, name);
+        }
+        const Tensor& w = require_constant(n, name, 1, "weight (B)");
+        if (w.rank() != 2) user_error("{}: node '{}' (Gemm) has a weight of rank {}", origin_, name, w.rank());
+        node.inputs.push_back(lookup(n, n.input(1), name));
+        if (has_input(2)) {
+          require_constant(n, name, 2, "bias (C)");
+          add_input(2);
+        }
+        a.trans_b = attr_i(n, "transB", 0) != 0;
+        a.alpha = attr_f(n, "alpha", 1.0f);
+        a.beta = attr_f(n, "beta", 1.0f);
+        break;
+      }
+      case OpType::kMatMul: {
+        add_input(0);
+        if (!has_input(1)) user_error("{}: node '{}' (MatMul) has one input", origin_, name);
+        const int b = lookup(n, n.input(1), name);
+        if (!g_.values[b].is_constant || g_.values[b].constant.rank() != 2) {
+          user_error("{}: node '{}' (MatMul) multiplies two activations or uses a weight that is not "
+                     "a 2-D constant; qsweep supports MatMul with a constant 2-D weight", origin_, name);
+        }
+        node.inputs.push_back(b);
+        break;
+      }
+      case OpType::kBatchNorm: {
+        add_input(0);
+        if (attr_i(n, "training_mode", 0) != 0 || (n.output_size() > 1 && !n.output(1).empty())) {
+          user_error("{}: node '{}' (BatchNormalization) is in training mode; export the model in "
+                     "eval mode", origin_, name);
+        }
+        const Tensor& gamma = require_constant(n, name, 1, "scale");
+        const Tensor& beta = require_constant(n, name, 2, "bias");
+        const Tensor& mean = require_constant(n, name, 3, "mean");
+        const Tensor& var = require_constant(n, name, 4, "var");
+        for (int i = 1; i <= 4; ++i) node.inputs.push_back(lookup(n, n.input(i), name));
+        a.epsilon = attr_f(n, "epsilon", 1e-5f);
+        const int64_t c = gamma.numel();
+        if (beta.numel() != c || mean.numel() != c || var.numel() != c) {
+          user_error("{}: node '{}' (BatchNormalization) has parameters of different lengths", origin_, name);
+        }
+        a.bn_scale.resize(c);
+        a.bn_shift.resize(c);
+        for (int64_t i = 0; i < c; ++i) {
+          const double s = gamma.data[i] / std::sqrt(static_cast<double>(var.data[i]) + a.epsilon);
+          a.bn_scale[i] = static_cast<float>(s);
+          a.bn_shift[i] = static_cast<float>(beta.data[i] - mean.data[i] * s);
+        }
+        break;
+      }
+      case OpType::kRelu:
+      case OpType::kSigmoid:
+      case OpType::kHardSwish:
+      case OpType::kGlobalAveragePool:
+        add_input(0);
+        break;
+      case OpType::kLeakyRelu:
+        add_input(0);
+        a.act_alpha = attr_f(n, "alpha", 0.01f);
+        break;
+      case OpType::kHardSigmoid:
+        add_input(0);
+        a.act_alpha = attr_f(n, "alpha", 0.2f);
+        a.act_beta = attr_f(n, "beta", 0.5f);
+        break;
+      case OpType::kClip: {
+        add_input(0);
+        a.act_alpha = -std::numeric_limits<float>::infinity();
+        a.act_beta = std::numeric_limits<float>::infinity();
+        if (g_.opset < 11) {
+          a.act_alpha = attr_f(n, "min", a.act_alpha);
+          a.act_beta = attr_f(n, "max", a.act_beta);
+        } else {
+          if (has_input(1)) a.act_alpha = require_constant(n, name, 1, "min").data.at(0);
+          if (has_input(2)) a.act_beta = require_constant(n, name, 2, "max").data.at(0);
+        }
+        break;
+      }
+      case OpType::kAdd:
+      case OpType::kMul:
+        if (n.input_size() != 2) user_error("{}: node '{}' ({}) needs two inputs", origin_, name, op);
+        add_input(0);
+        add_input(1);
+        if (g_.values[node.inputs[0]].is_constant && g_.values[node.inputs[1]].is_constant) {
+          user_error("{}: node '{}' ({}) combines two constants; fold it before export", origin_, name, op);
+        }
+        break;
+      case OpType::kConcat:
+        for (int i = 0; i < n.input_size(); ++i) add_input(i);
+        a.axis = attr_i(n, "axis", 1);
+        break;
+      case OpType::kMaxPool:
+      case OpType::kAveragePool: {
+        add_input(0);
+        if (n.output_size() > 1 && !n.output(1).empty()) {
+          user_error("{}: node '{}' (MaxPool) exposes its Indices output, which qsweep does not support",
+                     origin_, name);
+        }
+        a.kernel = attr_ints(n, "kernel_shape");
+        if (a.kernel.size() != 2) {
+          user_error("{}: node '{}' ({}) has a {}-D kernel; qsweep supports 2-D pooling", origin_, name,
+                     op, a.kernel.size());
+        }
+        spatial_attrs(n, name, 2, a, false);
+        a.ceil_mode = attr_i(n, "ceil_mode", 0) != 0;
+        a.count_include_pad = attr_i(n, "count_include_pad", 0) != 0;
+        break;
+      }
+      case OpType::kFlatten:
+        add_input(0);
+        a.axis = attr_i(n, "axis", 1);
+        break;
+      case OpType::kReshape:
+        add_input(0);
+        a.shape = as_ints(require_constant(n, name, 1, "shape"));
+        a.allow_zero = attr_i(n, "allowzero", 0) != 0;
+        break;
+      case OpType::kSoftmax:
+        add_input(0);
+        a.axis = attr_i(n, "axis", g_.opset >= 13 ? -1 : 1);
+        a.softmax_legacy = g_.opset < 13;
+        break;
+      case OpType::kPad: {
+        add_input(0);
+        const std::string mode = attr_s(n, "mode", "constant");
+        if (mode == "constant") a.pad_mode = static_cast<int>(PadMode::kConstant);
+        else if (mode == "reflect") a.pad_mode = static_cast<int>(PadMode::kReflect);
+        else if (mode == "edge") a.pad_mode = static_cast<int>(PadMode::kEdge);
+        else user_error("{}: node '{}' (Pad) has mode '{}'; accepted: constant, reflect, edge", origin_, name, mode);
+        a.pad_amounts = as_ints(require_constant(n, name, 1, "pads"));
+        if (has_input(2)) a.pad_value = require_constant(n, name, 2, "constant_value").data.at(0);
+        if (has_input(3)) user_error("{}: node '{}' (Pad) uses the axes input, which qsweep does not support", origin_, name);
+        break;
+      }
+    }
+    node.output = g_.add_value(n.output(0));
+    define(n.output(0), node.output);
+    g_.nodes.push_back(std::move(node));
+  }
+
+  void convert_constant(const onnx::NodeProto& n, const std::string& name) {
+    Tensor t;
+    if (const auto* v = attr(n, "value")) {
+      t = tensor_from_proto(v->t(), origin_);
+    } else if (const auto* f = attr(n, "value_float")) {
+      t = Tensor(Shape{}, {f->f()});
+    } else if (const auto* fs = attr(n, "value_floats")) {
+      t = Tensor(Shape{fs->floats_size()}, std::vector<float>(fs->floats().begin(), fs->floats().end()));
+    } else if (const auto* i = attr(n, "value_int")) {
+      t = Tensor(Shape{}, {static_cast<float>(i->i())});
+    } else if (const auto* is = attr(n, "value_ints")) {
+      std::vector<float> d;
+      for (auto x : is->ints()) d.push_back(static_cast<float>(x));
+      t = Tensor(Shape{is->ints_size()}, d);
+    } else {
+      user_error("{}: Constant node '{}' has no value qsweep can read (value, value_float(s), "
+                 "value_int(s))", origin_, name);
+    }
+    define(n.output(0), g_.add_constant(n.output(0), std::move(t)));
+  }
+
+  std::string origin_;
+  ImportOptions options_;
+  Graph g_;
+  std::unordered_map<std::string, int> ids_;
+  std::set<std::string> used_names_;
+};
+
+}  // namespace
+
+std::string supported_onnx_ops() {
+  std::string s;
+  std::set<std::string> names;
+  for (const auto& [k, v] : op_table()) names.insert(k);
+  for (const auto& k : import_time_ops()) names.insert(k);
+  for (const auto& k : names) s += (s.empty() ? "" : ", ") + k;
+  return s;
+}
+
+Graph import_onnx_bytes(const std::string& bytes, const std::string& origin, const ImportOptions& options) {
+  onnx::ModelProto model;
+  if (!model.ParseFromString(bytes)) {
+    user_error("{}: not a valid ONNX model (protobuf parsing failed)", origin);
+  }
+  return Importer(origin, options).run(model);
+}
+
+Graph import_onnx(const std::string& path, const ImportOptions& options) {
+  std::error_code ec;
+  if (!std::filesystem::is_regular_file(path, ec)) {
+    user_error("model file '{}' does not exist or is not a file", path);
+  }
+  std::ifstream in(path, std::ios::binary);
+  if (!in) user_error("model file '{}' cannot be read", path);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return import_onnx_bytes(ss.str(), path, options);
+}
+
+}  // namespace qsweep
