@@ -52,11 +52,16 @@ struct Ctx {
   std::set<std::string> from_set;   // keys given by --set
 };
 
-std::string where(const Ctx& c, const std::string& key, const toml::node& n) {
+std::string where_src(const Ctx& c, const std::string& key, const toml::source_region& src) {
   if (c.from_set.count(key)) return fmt::format("--set {}", key);
-  const auto& src = n.source();
   if (src.begin.line == 0) return c.file;
   return fmt::format("{}:{}:{}", c.file, src.begin.line, src.begin.column);
+}
+
+std::string where(const Ctx& c, const std::string& key, const toml::node& n) { return where_src(c, key, n.source()); }
+
+std::string with_article(const std::string& type) {
+  return (std::string("aeiou").find(type[0]) != std::string::npos ? "an " : "a ") + type;
 }
 
 std::string type_name(const toml::node& n) {
@@ -88,6 +93,23 @@ std::string known_below(const std::string& prefix) {
   return fmt::format("{}", fmt::join(names, ", "));
 }
 
+// The sections directly below `prefix` ("" for the top level), e.g. "experiment, model, ...".
+std::string sections_below(const std::string& prefix) {
+  std::vector<std::string> out;
+  for (const auto& k : config_keys()) {
+    std::string p = k.path;
+    if (!prefix.empty()) {
+      if (p.rfind(prefix + ".", 0) != 0) continue;
+      p = p.substr(prefix.size() + 1);
+    }
+    const auto dot = p.find('.');
+    if (dot == std::string::npos) continue;
+    const std::string name = (prefix.empty() ? "" : prefix + ".") + p.substr(0, dot);
+    if (std::find(out.begin(), out.end(), name) == out.end()) out.push_back(name);
+  }
+  return fmt::format("{}", fmt::join(out, ", "));
+}
+
 bool is_table_prefix(const std::string& path) {
   for (const auto& k : config_keys()) {
     if (std::string(k.path).rfind(path + ".", 0) == 0) return true;
@@ -100,7 +122,8 @@ void validate(const Ctx& c, const toml::table& t, const std::string& prefix) {
     const std::string path = prefix.empty() ? std::string(k.str()) : prefix + "." + std::string(k.str());
     if (node.is_table()) {
       if (!is_table_prefix(path)) {
-        user_error("{}: unknown section [{}]; known keys: {}", where(c, path, node), path, known_below(""));
+        user_error("{}: unknown section [{}]; known sections{}: {}", where_src(c, path, k.source()), path,
+                   prefix.empty() ? "" : fmt::format(" in [{}]", prefix), sections_below(prefix));
       }
       validate(c, *node.as_table(), path);
       continue;
@@ -109,13 +132,12 @@ void validate(const Ctx& c, const toml::table& t, const std::string& prefix) {
     if (!key) {
       const auto dot = path.rfind('.');
       const std::string section = dot == std::string::npos ? "" : path.substr(0, dot);
-      user_error("{}: unknown key '{}'; known keys{}: {}", where(c, path, node), path,
+      user_error("{}: unknown key '{}'; known keys{}: {}", where_src(c, path, k.source()), path,
                  section.empty() ? "" : fmt::format(" in [{}]", section), known_below(section));
     }
     const std::string type = key->type;
     auto expect = [&](bool ok) {
-      if (!ok) user_error("{}: '{}' must be {} {}, not {}", where(c, path, node), path,
-                          type[0] == 'a' && type[1] == 'r' ? "an" : "a", type, type_name(node));
+      if (!ok) user_error("{}: '{}' must be {}, not {}", where(c, path, node), path, with_article(type), type_name(node));
     };
     if (type == "string") expect(node.is_string());
     else if (type == "integer") expect(node.is_integer());
@@ -125,7 +147,7 @@ void validate(const Ctx& c, const toml::table& t, const std::string& prefix) {
       const bool want_int = type == "array of integers";
       for (const auto& e : *node.as_array()) {
         const bool ok = want_int ? e.is_integer() : (e.is_floating_point() || e.is_integer());
-        if (!ok) user_error("{}: '{}' must be an {}, but holds {}", where(c, path, node), path, type, type_name(e));
+        if (!ok) user_error("{}: '{}' must be {}, but holds {}", where(c, path, node), path, with_article(type), type_name(e));
       }
     }
   }

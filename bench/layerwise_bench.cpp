@@ -1,0 +1,149 @@
+// The layer-wise grid three ways in one process, side by side: qsweep's one pass, qsweep's
+// naive way (full forward per cell), and the same grid written in PyTorch the way a
+// researcher would (bench/torch_grid.py: full network per cell, fake_quantize_per_tensor_affine),
+// timed on a sample of cells and extrapolated to the grid.
+//
+//   build/bench/qsweep_bench_grid [--config configs/quickstart.toml] [--images N] [--torch-cells K]
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <random>
+#include <sstream>
+
+#include <CLI/CLI.hpp>
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+#include <omp.h>
+
+#include "experiments/config.h"
+#include "experiments/layerwise.h"
+#include "runtime/backend.h"
+#include "runtime/error.h"
+#include "runtime/onnx_import.h"
+
+using namespace qsweep;
+
+namespace {
+
+double seconds_since(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+std::string run_capture(const std::string& cmd, int* status) {
+  std::string out;
+  FILE* p = popen(cmd.c_str(), "r");
+  if (!p) {
+    *status = -1;
+    return out;
+  }
+  char buf[4096];
+  size_t n;
+  while ((n = fread(buf, 1, sizeof buf, p)) > 0) out.append(buf, n);
+  *status = pclose(p);
+  return out;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"qsweep grid benchmark: one-pass vs naive vs PyTorch"};
+  std::string config = std::string(QSWEEP_SOURCE_DIR) + "/configs/quickstart.toml";
+  int64_t images = 0;
+  int torch_cells = 6;
+  bool skip_naive = false, skip_torch = false;
+  std::string python = "/usr/bin/python3";
+  app.add_option("--config", config, "Config to benchmark (default: the quickstart)");
+  app.add_option("--images", images, "Evaluation images (default: the config's, i.e. the full test set)");
+  app.add_option("--torch-cells", torch_cells, "Cells the PyTorch peer times (extrapolated to the grid)");
+  app.add_option("--python", python, "Python with torch for the peer");
+  app.add_flag("--skip-naive", skip_naive, "Do not time the naive way");
+  app.add_flag("--skip-torch", skip_torch, "Do not run the PyTorch peer");
+  CLI11_PARSE(app, argc, argv);
+
+  try {
+    Config cfg = load_config(config, {});
+    if (images > 0) cfg.eval_count = images;
+    const Graph g = import_onnx(cfg.model_path);
+    const auto backend = make_backend("cpu");
+    const Executor exec(g, *backend);
+    const Dataset calib = load_idx_split(cfg.data_path, cfg.calibration_split);
+    const Dataset eval = load_idx_split(cfg.data_path, cfg.eval_split);
+    const Normalization norm{cfg.mean, cfg.std};
+    const int threads = cfg.threads > 0 ? cfg.threads : omp_get_num_procs();
+    const int64_t count = cfg.eval_count > 0 ? std::min(cfg.eval_count, eval.count) : eval.count;
+    const ActivationRanges ranges = calibrate(exec, calib, norm, cfg.calibration_count, cfg.batch_size, threads);
+    const size_t cells = g.layers.size() * cfg.weight_bits.size();
+    fmt::print("model {} | {} layers x {} bit-widths = {} cells | {} images | {} threads | batch {}\n", cfg.model_path,
+               g.layers.size(), cfg.weight_bits.size(), cells, count, threads, cfg.batch_size);
+
+    GridOptions o;
+    o.batch_size = cfg.batch_size;
+    o.threads = threads;
+    o.progress = false;
+    auto t0 = std::chrono::steady_clock::now();
+    const GridResult one = run_layerwise_grid(exec, eval, norm, count, ranges, cfg, o);
+    const double t_one = seconds_since(t0);
+    const double rate = static_cast<double>(count) * cells / t_one;
+    fmt::print("one-pass : {:8.2f} s   {:10.0f} images*cells/s\n", t_one, rate);
+
+    if (!skip_naive) {
+      o.naive = true;
+      t0 = std::chrono::steady_clock::now();
+      const GridResult naive = run_layerwise_grid(exec, eval, norm, count, ranges, cfg, o);
+      const double t_naive = seconds_since(t0);
+      bool same = naive.float_correct == one.float_correct;
+      for (size_t c = 0; c < cells; ++c) {
+        same = same && naive.cells[c].noise_sum == one.cells[c].noise_sum && naive.cells[c].correct == one.cells[c].correct;
+      }
+      fmt::print("naive    : {:8.2f} s   {:10.0f} images*cells/s   one-pass speed-up {:.2f}x   identical numbers: {}\n",
+                 t_naive, count * cells / t_naive, t_naive / t_one, same ? "yes" : "NO");
+      if (!same) return 1;
+    }
+
+    if (!skip_torch) {
+      // A seeded sample of cells spread over the layers.
+      std::mt19937 rng(42);
+      std::vector<size_t> all(cells);
+      for (size_t c = 0; c < cells; ++c) all[c] = c;
+      std::shuffle(all.begin(), all.end(), rng);
+      all.resize(std::min<size_t>(torch_cells, cells));
+      std::string spec;
+      for (size_t c : all) spec += fmt::format("{}{}:{}", spec.empty() ? "" : ",", one.cells[c].layer, one.cells[c].weight_bits);
+      const std::string cmd = fmt::format(
+          "{} {}/bench/torch_grid.py --onnx '{}' --data '{}' --mean {} --std {} --calibration {} --images {} "
+          "--batch {} --threads {} --cells {} 2>&1",
+          python, QSWEEP_SOURCE_DIR, cfg.model_path, cfg.data_path, cfg.mean[0], cfg.std[0], cfg.calibration_count,
+          count, cfg.batch_size, threads, spec);
+      int status = 0;
+      const std::string out = run_capture(cmd, &status);
+      const auto brace = out.rfind("\n{");
+      if (status != 0 || brace == std::string::npos) {
+        fmt::print("pytorch  : peer did not run (status {}): {}\n", status, out.substr(0, 2000));
+      } else {
+        const auto j = nlohmann::json::parse(out.substr(brace + 1));
+        const double per_cell = j["seconds_per_cell"];
+        const double t_torch = per_cell * cells;
+        fmt::print("pytorch  : {:8.2f} s   {:10.0f} images*cells/s   (torch {}, {} threads, {} cells timed, "
+                   "{:.2f} s/cell, extrapolated to {} cells)\n",
+                   t_torch, count * cells / t_torch, j["torch_version"].get<std::string>(), threads, all.size(), per_cell,
+                   cells);
+        fmt::print("qsweep one-pass speed-up over PyTorch: {:.1f}x\n", t_torch / t_one);
+        // The peer computes the same cells: show the agreement.
+        for (const auto& cell : j["cells"]) {
+          const int layer = cell["layer"], bits = cell["bits"];
+          for (const auto& c : one.cells) {
+            if (c.layer == layer && c.weight_bits == bits) {
+              fmt::print("  cell layer {:>2} {}-bit: top-1 qsweep {:.2f} torch {:.2f} | noise qsweep {:.5g} torch {:.5g}\n",
+                         layer, bits, one.top1(c), cell["top1"].get<double>(), one.noise(c), cell["noise"].get<double>());
+            }
+          }
+        }
+      }
+    }
+  } catch (const UserError& e) {
+    fmt::print(stderr, "qsweep_bench_grid: error: {}\n", e.what());
+    return 2;
+  }
+  return 0;
+}

@@ -1,0 +1,123 @@
+// The qsweep binary as a user runs it: exit codes, one-sentence errors, results folders.
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+#include <sys/wait.h>
+
+#include "experiments/config.h"
+#include "runtime/data.h"
+#include "tests/shipped_models.h"
+
+namespace qsweep {
+namespace {
+
+namespace fs = std::filesystem;
+
+struct Result {
+  int code;
+  std::string out, err;
+};
+
+std::string slurp(const fs::path& p) {
+  std::ifstream in(p);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+class Cli : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = fs::temp_directory_path() / ("qsweep_cli_" + std::to_string(::getpid()));
+    fs::create_directories(dir_);
+  }
+  void TearDown() override { fs::remove_all(dir_); }
+  Result run(const std::string& args) {
+    const std::string cmd = std::string(QSWEEP_BINARY) + " " + args + " >" + (dir_ / "out").string() + " 2>" +
+                            (dir_ / "err").string();
+    const int st = std::system(cmd.c_str());
+    return Result{WIFEXITED(st) ? WEXITSTATUS(st) : -1, slurp(dir_ / "out"), slurp(dir_ / "err")};
+  }
+  std::string write(const std::string& name, const std::string& text) {
+    std::ofstream(dir_ / name) << text;
+    return (dir_ / name).string();
+  }
+  fs::path dir_;
+};
+
+TEST_F(Cli, MissingConfigIsOneSentenceAndExit2) {
+  const Result r = run("run " + (dir_ / "nope.toml").string() + " --out " + (dir_ / "res").string());
+  EXPECT_EQ(r.code, 2);
+  EXPECT_EQ(r.err, "qsweep: error: config file '" + (dir_ / "nope.toml").string() + "' does not exist\n");
+  EXPECT_FALSE(fs::exists(dir_ / "res"));
+}
+
+TEST_F(Cli, BadModelLeavesNoResultsFolder) {
+  write("bad.onnx", "this is not a protobuf");
+  const std::string cfg = write("c.toml", "[model]\npath = \"bad.onnx\"\n");
+  const Result r = run("run " + cfg + " --out " + (dir_ / "res").string());
+  EXPECT_EQ(r.code, 2);
+  EXPECT_NE(r.err.find("bad.onnx: not a valid ONNX model"), std::string::npos) << r.err;
+  EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << r.err;
+  EXPECT_FALSE(fs::exists(dir_ / "res"));
+}
+
+TEST_F(Cli, UnknownSetKeyIsRejected) {
+  const std::string cfg = write("c.toml", "[model]\npath = \"m.onnx\"\n");
+  const Result r = run("run " + cfg + " --set quant.wieght_bits=[4]");
+  EXPECT_EQ(r.code, 2);
+  EXPECT_NE(r.err.find("--set quant.wieght_bits: unknown key"), std::string::npos) << r.err;
+}
+
+TEST_F(Cli, KeysListsEveryKey) {
+  const Result r = run("keys");
+  EXPECT_EQ(r.code, 0);
+  for (const auto& k : config_keys()) EXPECT_NE(r.out.find(k.path), std::string::npos) << k.path;
+}
+
+TEST_F(Cli, SmallRunWritesACompleteResultsFolder) {
+  if (!fs::exists(kFashionMnistDir)) GTEST_SKIP() << "dataset-fashion-mnist is not installed";
+  const auto models = testing::shipped_models();
+  ASSERT_FALSE(models.empty());
+  const std::string cfg = std::string(QSWEEP_SOURCE_DIR) + "/configs/quickstart.toml";
+  const Result r = run("run " + cfg + " --quiet --out " + (dir_ / "res").string() +
+                       " --set data.eval.count=200 --set 'quant.weight_bits=[4,8]' --set data.calibration.count=64" +
+                       " --set 'experiment.name=\"cli-test\"'");
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_EQ(r.out, "");  // --quiet
+  std::vector<fs::path> runs;
+  for (const auto& e : fs::directory_iterator(dir_ / "res" / "cli-test")) runs.push_back(e.path());
+  ASSERT_EQ(runs.size(), 1u) << "exactly one folder, no leftover staging folder";
+  const fs::path run_dir = runs[0];
+  EXPECT_NE(run_dir.filename().string()[0], '.');
+  for (const char* f : {"config.toml", "manifest.json", "layerwise.csv", "summary.json"}) {
+    EXPECT_TRUE(fs::exists(run_dir / f)) << f;
+  }
+  // CSV: header + layers x 2 rows.
+  std::ifstream csv(run_dir / "layerwise.csv");
+  std::string header;
+  std::getline(csv, header);
+  EXPECT_EQ(header.rfind("layer_index,layer_name,op_type,weight_bits,act_bits,noise,sqnr_db,top1,degradation", 0), 0u);
+  int rows = 0;
+  for (std::string line; std::getline(csv, line);) ++rows;
+  const auto summary = nlohmann::json::parse(slurp(run_dir / "summary.json"));
+  EXPECT_EQ(rows, 2 * static_cast<int>(summary["layers"].size()));
+  EXPECT_EQ(summary["images"], 200);
+  EXPECT_EQ(summary["worst_layers"]["4"].size(), 3u);
+  const auto manifest = nlohmann::json::parse(slurp(run_dir / "manifest.json"));
+  EXPECT_EQ(manifest["model"]["sha256"], models[0].card["sha256"]);
+  EXPECT_FALSE(manifest["git_commit"].get<std::string>().empty());
+  EXPECT_EQ(manifest["dataset"]["eval"]["images_used"], 200);
+  EXPECT_EQ(manifest["backend"]["name"], "cpu");
+  // The config as run holds the overrides and reloads to the same grid.
+  const Config again = load_config((run_dir / "config.toml").string(), {});
+  EXPECT_EQ(again.weight_bits, (std::vector<int>{4, 8}));
+  EXPECT_EQ(again.eval_count, 200);
+}
+
+}  // namespace
+}  // namespace qsweep

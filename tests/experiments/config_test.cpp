@@ -1,0 +1,164 @@
+#include "experiments/config.h"
+
+#include <filesystem>
+#include <fstream>
+#include <regex>
+
+#include <gtest/gtest.h>
+#include <toml++/toml.h>
+
+#include "runtime/error.h"
+
+namespace qsweep {
+namespace {
+
+namespace fs = std::filesystem;
+
+class ConfigFiles : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = fs::temp_directory_path() / ("qsweep_cfg_" + std::to_string(::getpid()));
+    fs::create_directories(dir_);
+  }
+  void TearDown() override { fs::remove_all(dir_); }
+  std::string write(const std::string& name, const std::string& text) {
+    const fs::path p = dir_ / name;
+    std::ofstream(p) << text;
+    return p.string();
+  }
+  // The UserError message load_config throws, or "" when it does not throw.
+  std::string error_of(const std::string& path, const std::vector<std::string>& sets = {}) {
+    try {
+      load_config(path, sets);
+    } catch (const UserError& e) {
+      return e.what();
+    }
+    return "";
+  }
+  fs::path dir_;
+};
+
+TEST_F(ConfigFiles, DefaultsFollowMethodMd) {
+  const Config c = load_config(write("a.toml", "[model]\npath = \"m.onnx\"\n"), {});
+  EXPECT_EQ(c.weight_bits, (std::vector<int>{3, 4, 5, 6, 7, 8}));
+  EXPECT_EQ(c.act_bits, 8);
+  EXPECT_EQ(c.scheme, Scheme::kAsymmetric);
+  EXPECT_EQ(c.granularity, Granularity::kPerTensor);
+  EXPECT_EQ(c.calibration_count, 512);
+  EXPECT_EQ(c.calibration_split, "train");
+  EXPECT_EQ(c.eval_split, "test");
+  EXPECT_EQ(c.eval_count, 0);
+  EXPECT_EQ(c.kind, "layerwise");
+}
+
+TEST_F(ConfigFiles, RelativeModelPathIsResolvedAgainstTheConfigFolder) {
+  const Config c = load_config(write("a.toml", "[model]\npath = \"sub/m.onnx\"\n"), {});
+  EXPECT_EQ(c.model_path, (dir_ / "sub/m.onnx").string());
+  // From --set, against the working directory.
+  const Config d = load_config(write("b.toml", "[model]\npath = \"x.onnx\"\n"), {"model.path=\"y.onnx\""});
+  EXPECT_EQ(d.model_path, (fs::current_path() / "y.onnx").string());
+}
+
+TEST_F(ConfigFiles, UnknownKeyCitesFileLineColumnAndKnownKeys) {
+  const std::string p = write("a.toml", "[model]\npath = \"m.onnx\"\n\n[quant]\nweight_bit = [4]\n");
+  const std::string e = error_of(p);
+  EXPECT_NE(e.find(p + ":5:1: unknown key 'quant.weight_bit'"), std::string::npos) << e;
+  EXPECT_NE(e.find("quant.weight_bits"), std::string::npos) << e;  // the key they meant is listed
+}
+
+TEST_F(ConfigFiles, UnknownSectionIsAnError) {
+  const std::string p = write("a.toml", "[model]\npath = \"m.onnx\"\n[qunat]\nact_bits = 4\n");
+  const std::string e = error_of(p);
+  EXPECT_NE(e.find("unknown section [qunat]"), std::string::npos) << e;
+  EXPECT_NE(e.find(p + ":"), std::string::npos) << e;
+}
+
+TEST_F(ConfigFiles, WrongTypeCitesPositionAndExpectedType) {
+  const std::string p = write("a.toml", "[model]\npath = \"m.onnx\"\n[quant]\nact_bits = \"8\"\n");
+  const std::string e = error_of(p);
+  EXPECT_NE(e.find(p + ":4:12: 'quant.act_bits' must be an integer, not a string"), std::string::npos) << e;
+  const std::string q = write("b.toml", "[model]\npath = \"m.onnx\"\n[quant]\nweight_bits = [4, \"x\"]\n");
+  EXPECT_NE(error_of(q).find("'quant.weight_bits' must be an array of integers"), std::string::npos) << error_of(q);
+}
+
+TEST_F(ConfigFiles, BadValuesAreNamed) {
+  const std::string p = write("a.toml", "[model]\npath = \"m.onnx\"\n[quant]\nscheme = \"affine\"\n");
+  const std::string e = error_of(p);
+  EXPECT_NE(e.find(p + ":4:10: 'quant.scheme' is \"affine\"; accepted: \"asymmetric\", \"symmetric\""),
+            std::string::npos)
+      << e;
+  EXPECT_NE(error_of(write("b.toml", "[model]\npath = \"m\"\n[quant]\nweight_bits = [1]\n")).find("2..16"),
+            std::string::npos);
+  EXPECT_NE(error_of(write("c.toml", "[model]\npath = \"m\"\n[data]\nmean = [0.1, 0.2]\n")).find("data.std"),
+            std::string::npos);
+}
+
+TEST_F(ConfigFiles, MissingFileAndMissingModel) {
+  EXPECT_EQ(error_of((dir_ / "nope.toml").string()), "config file '" + (dir_ / "nope.toml").string() + "' does not exist");
+  const std::string p = write("a.toml", "[quant]\nact_bits = 8\n");
+  EXPECT_NE(error_of(p).find("'model.path' is required"), std::string::npos) << error_of(p);
+}
+
+TEST_F(ConfigFiles, InvalidTomlCitesPosition) {
+  const std::string p = write("a.toml", "[model]\npath = \"m.onnx\n");
+  const std::string e = error_of(p);
+  EXPECT_NE(e.find(p + ":2:"), std::string::npos) << e;
+  EXPECT_NE(e.find("not valid TOML"), std::string::npos) << e;
+}
+
+TEST_F(ConfigFiles, SetOverridesAnyKeyWithTomlValues) {
+  const std::string p = write("a.toml", "[model]\npath = \"m.onnx\"\n[quant]\nact_bits = 8\n");
+  const Config c = load_config(p, {"quant.weight_bits=[4,8]", "quant.act_bits=6", "run.naive=true",
+                                   "data.calibration.count=64", "experiment.name=\"sweep-1\""});
+  EXPECT_EQ(c.weight_bits, (std::vector<int>{4, 8}));
+  EXPECT_EQ(c.act_bits, 6);
+  EXPECT_TRUE(c.naive);
+  EXPECT_EQ(c.calibration_count, 64);
+  EXPECT_EQ(c.name, "sweep-1");
+}
+
+TEST_F(ConfigFiles, SetErrorsNameTheOverride) {
+  const std::string p = write("a.toml", "[model]\npath = \"m.onnx\"\n");
+  EXPECT_NE(error_of(p, {"quant.bits=4"}).find("--set quant.bits: unknown key 'quant.bits'"), std::string::npos)
+      << error_of(p, {"quant.bits=4"});
+  EXPECT_NE(error_of(p, {"quant.act_bits=\"x\""}).find("--set quant.act_bits: 'quant.act_bits' must be an integer"),
+            std::string::npos);
+  EXPECT_NE(error_of(p, {"model.path=m.onnx"}).find("strings need quotes"), std::string::npos);
+  EXPECT_NE(error_of(p, {"quant.act_bits"}).find("expected KEY=VALUE"), std::string::npos);
+}
+
+TEST_F(ConfigFiles, ConfigAsRunRoundTrips) {
+  const std::string p = write("a.toml", "[model]\npath = \"m.onnx\"\n");
+  const Config c = load_config(p, {"quant.weight_bits=[5,3]", "quant.granularity=\"per-channel\""});
+  const std::string again = write("again.toml", config_to_toml(c));
+  const Config d = load_config(again, {});
+  EXPECT_EQ(d.weight_bits, c.weight_bits);
+  EXPECT_EQ(d.granularity, Granularity::kPerChannel);
+  EXPECT_EQ(d.model_path, c.model_path);
+  EXPECT_EQ(d.mean, c.mean);
+  EXPECT_EQ(d.data_path, c.data_path);
+}
+
+// configs/README.md documents every key (it is generated from the same list).
+TEST(ConfigDocs, ReadmeListsEveryKey) {
+  std::ifstream in(std::string(QSWEEP_SOURCE_DIR) + "/configs/README.md");
+  ASSERT_TRUE(in.good()) << "configs/README.md is missing";
+  const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  for (const auto& k : config_keys()) {
+    EXPECT_NE(text.find(std::string("`") + k.path + "`"), std::string::npos) << k.path << " is undocumented";
+  }
+}
+
+// Every shipped config loads.
+TEST(ConfigDocs, ShippedConfigsLoad) {
+  int n = 0;
+  for (const auto& e : fs::directory_iterator(std::string(QSWEEP_SOURCE_DIR) + "/configs")) {
+    if (e.path().extension() != ".toml") continue;
+    EXPECT_NO_THROW(load_config(e.path().string(), {})) << e.path();
+    ++n;
+  }
+  EXPECT_GE(n, 2);
+}
+
+}  // namespace
+}  // namespace qsweep

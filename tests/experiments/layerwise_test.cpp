@@ -1,0 +1,208 @@
+// The layer-wise grid: one pass equals the naive way, cell by cell; results do not depend
+// on threads; and a hand-built one-layer network matches an independent computation.
+#include "experiments/layerwise.h"
+
+#include <cmath>
+#include <filesystem>
+#include <random>
+
+#include <gtest/gtest.h>
+
+#include "runtime/cpu_backend.h"
+#include "runtime/onnx_import.h"
+#include "tests/shipped_models.h"
+
+namespace qsweep {
+namespace {
+
+GridResult run_grid(const Graph& g, const Dataset& calib, const Dataset& eval, const Normalization& norm,
+                    const Config& cfg, int64_t count, bool naive, int threads, int64_t batch) {
+  CpuBackend cpu;
+  Executor exec(g, cpu);
+  const ActivationRanges r = calibrate(exec, calib, norm, cfg.calibration_count, batch, threads);
+  GridOptions o;
+  o.batch_size = batch;
+  o.threads = threads;
+  o.naive = naive;
+  o.progress = false;
+  return run_layerwise_grid(exec, eval, norm, count, r, cfg, o);
+}
+
+void expect_identical(const GridResult& a, const GridResult& b) {
+  ASSERT_EQ(a.cells.size(), b.cells.size());
+  EXPECT_EQ(a.float_correct, b.float_correct);
+  EXPECT_EQ(a.output_energy, b.output_energy);
+  for (size_t c = 0; c < a.cells.size(); ++c) {
+    EXPECT_EQ(a.cells[c].layer, b.cells[c].layer);
+    EXPECT_EQ(a.cells[c].weight_bits, b.cells[c].weight_bits);
+    EXPECT_EQ(a.cells[c].noise_sum, b.cells[c].noise_sum) << "cell " << c;  // bit-identical
+    EXPECT_EQ(a.cells[c].correct, b.cells[c].correct) << "cell " << c;
+  }
+}
+
+class ShippedGrid : public ::testing::TestWithParam<int> {};
+
+TEST_P(ShippedGrid, OnePassEqualsNaiveCellByCell) {
+  if (!std::filesystem::exists(kFashionMnistDir)) GTEST_SKIP() << "dataset-fashion-mnist is not installed";
+  const auto models = testing::shipped_models();
+  if (static_cast<size_t>(GetParam()) >= models.size()) GTEST_SKIP() << "model not shipped";
+  const auto& m = models[GetParam()];
+  const Graph g = import_onnx(m.onnx);
+  const Dataset train = load_idx_split(kFashionMnistDir, "train");
+  const Dataset test = load_idx_split(kFashionMnistDir, "test");
+  const Normalization norm{m.card["mean"].get<std::vector<float>>(), m.card["std"].get<std::vector<float>>()};
+  Config cfg;
+  cfg.calibration_count = 256;
+  // A subset of the test set; batches of 100 with a ragged last batch.
+  const GridResult one = run_grid(g, train, test, norm, cfg, 450, false, 2, 100);
+  const GridResult naive = run_grid(g, train, test, norm, cfg, 450, true, 2, 100);
+  ASSERT_EQ(one.cells.size(), g.layers.size() * 6);
+  expect_identical(one, naive);
+  // Quantization must actually do something: 3-bit cells add noise, and more bits less.
+  double noise3 = 0, noise8 = 0;
+  for (const auto& c : one.cells) {
+    if (c.weight_bits == 3) noise3 += c.noise_sum;
+    if (c.weight_bits == 8) noise8 += c.noise_sum;
+  }
+  EXPECT_GT(noise3, 4 * noise8);
+  EXPECT_GT(noise8, 0.0);
+}
+
+TEST_P(ShippedGrid, ResultsDoNotDependOnThreads) {
+  if (!std::filesystem::exists(kFashionMnistDir)) GTEST_SKIP() << "dataset-fashion-mnist is not installed";
+  const auto models = testing::shipped_models();
+  if (static_cast<size_t>(GetParam()) >= models.size()) GTEST_SKIP() << "model not shipped";
+  const auto& m = models[GetParam()];
+  const Graph g = import_onnx(m.onnx);
+  const Dataset test = load_idx_split(kFashionMnistDir, "test");
+  const Normalization norm{m.card["mean"].get<std::vector<float>>(), m.card["std"].get<std::vector<float>>()};
+  Config cfg;
+  cfg.weight_bits = {4};
+  cfg.calibration_count = 100;
+  expect_identical(run_grid(g, test, test, norm, cfg, 300, false, 1, 50),
+                   run_grid(g, test, test, norm, cfg, 300, false, 2, 50));
+}
+
+INSTANTIATE_TEST_SUITE_P(Models, ShippedGrid, ::testing::Values(0, 1));
+
+// --- A one-layer network computed independently from method.md --------------------------
+
+// method.md's formulas written out again, in double where they allow, for the check.
+struct RefQuant {
+  float scale;
+  int zp, qmin, qmax;
+  RefQuant(float mn, float mx, int bits) {
+    qmin = 0;
+    qmax = (1 << bits) - 1;
+    const float lo = std::min(mn, 0.0f), hi = std::max(mx, 0.0f);
+    scale = std::max((hi - lo) / static_cast<float>(qmax), std::numeric_limits<float>::epsilon());
+    zp = std::clamp(static_cast<int>(-std::nearbyint(lo / scale)), qmin, qmax);
+  }
+  float operator()(float x) const {
+    const float inv = 1.0f / scale;
+    const int q = std::clamp(static_cast<int>(std::nearbyint(x * inv)) + zp, qmin, qmax);
+    return static_cast<float>(q - zp) * scale;
+  }
+};
+
+TEST(LayerwiseGrid, OneGemmLayerMatchesIndependentComputation) {
+  // Graph: input (N, 6) -> Gemm(W (3, 6), transB, bias) -> Relu -> logits (N, 3).
+  std::mt19937 rng(7);
+  std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+  Graph g;
+  g.input = g.add_value("x");
+  g.input_shape = {1, 1, 6};
+  Tensor w(Shape{3, 6}), b(Shape{3});
+  for (auto& v : w.data) v = u(rng);
+  for (auto& v : b.data) v = u(rng) * 0.1f;
+  const int wv = g.add_constant("w", w), bv = g.add_constant("b", b);
+  const int flat = g.add_value("flat"), gemm_out = g.add_value("gemm"), relu_out = g.add_value("y");
+  Node fl;
+  fl.name = "flatten";
+  fl.op = OpType::kFlatten;
+  fl.inputs = {g.input};
+  fl.output = flat;
+  Node gm;
+  gm.name = "fc";
+  gm.op = OpType::kGemm;
+  gm.attrs.trans_b = true;
+  gm.inputs = {flat, wv, bv};
+  gm.output = gemm_out;
+  Node rl;
+  rl.name = "relu";
+  rl.op = OpType::kRelu;
+  rl.inputs = {gemm_out};
+  rl.output = relu_out;
+  g.nodes = {fl, gm, rl};
+  g.output = relu_out;
+  g.enumerate_layers();
+  ASSERT_EQ(g.layers.size(), 1u);
+  ASSERT_EQ(g.layers[0].act_node, 2);
+
+  // Data: 40 "images" of 1x1x6 pixels, 3 classes.
+  Dataset d;
+  d.name = "synthetic";
+  d.count = 40;
+  d.channels = 1;
+  d.height = 1;
+  d.width = 6;
+  std::uniform_int_distribution<int> px(0, 255), lab(0, 2);
+  for (int i = 0; i < 40 * 6; ++i) d.pixels.push_back(static_cast<uint8_t>(px(rng)));
+  for (int i = 0; i < 40; ++i) d.labels.push_back(lab(rng));
+  d.num_classes = 3;
+  const Normalization norm{{0.5f}, {0.25f}};
+
+  Config cfg;
+  cfg.weight_bits = {3, 8};
+  cfg.calibration_count = 40;
+  const GridResult r = run_grid(g, d, d, norm, cfg, 40, false, 1, 16);
+
+  // Independent computation.
+  auto input = [&](int i, int k) { return (static_cast<float>(d.pixels[i * 6 + k]) / 255.0f - 0.5f) / 0.25f; };
+  float xmin = 1e30f, xmax = -1e30f, ymin = 1e30f, ymax = -1e30f;
+  std::vector<std::array<double, 3>> y(40);
+  for (int i = 0; i < 40; ++i) {
+    for (int k = 0; k < 6; ++k) {
+      xmin = std::min(xmin, input(i, k));
+      xmax = std::max(xmax, input(i, k));
+    }
+    for (int o = 0; o < 3; ++o) {
+      double s = b.data[o];
+      for (int k = 0; k < 6; ++k) s += static_cast<double>(input(i, k)) * w.data[o * 6 + k];
+      y[i][o] = std::max(0.0, s);
+      ymin = std::min(ymin, static_cast<float>(y[i][o]));
+      ymax = std::max(ymax, static_cast<float>(y[i][o]));
+    }
+  }
+  const RefQuant qx(xmin, xmax, 8), qy(ymin, ymax, 8);
+  for (size_t bi = 0; bi < cfg.weight_bits.size(); ++bi) {
+    const int bits = cfg.weight_bits[bi];
+    const RefQuant qw(*std::min_element(w.data.begin(), w.data.end()), *std::max_element(w.data.begin(), w.data.end()),
+                      bits);
+    double noise = 0.0;
+    int correct = 0, float_correct = 0;
+    for (int i = 0; i < 40; ++i) {
+      std::array<double, 3> yq{};
+      for (int o = 0; o < 3; ++o) {
+        double s = b.data[o];
+        for (int k = 0; k < 6; ++k) s += static_cast<double>(qx(input(i, k))) * qw(w.data[o * 6 + k]);
+        yq[o] = qy(static_cast<float>(std::max(0.0, s)));
+        noise += (y[i][o] - yq[o]) * (y[i][o] - yq[o]);
+      }
+      auto am = [](const std::array<double, 3>& v) { return static_cast<int>(std::max_element(v.begin(), v.end()) - v.begin()); };
+      correct += am(yq) == d.labels[i];
+      float_correct += am(y[i]) == d.labels[i];
+    }
+    const CellStats& c = r.cells[bi];
+    EXPECT_EQ(c.weight_bits, bits);
+    // float32 vs double summation of 6 products: far below one quantization step.
+    EXPECT_NEAR(c.noise_sum, noise, 1e-4 * noise + 1e-9) << bits << " bits";
+    EXPECT_EQ(c.correct, correct) << bits << " bits";
+    EXPECT_EQ(r.float_correct, float_correct);
+  }
+  // 3-bit weights are much noisier than 8-bit ones.
+  EXPECT_GT(r.cells[0].noise_sum, 10 * r.cells[1].noise_sum);
+}
+
+}  // namespace
+}  // namespace qsweep
