@@ -73,6 +73,7 @@ class CpuContext final : public BackendContext {
   dnnl::stream stream;
   std::map<PrimKey, CachedPrimitive> prims;
   Tensor bias_scratch;
+  Tensor padded;  // explicitly padded pooling input (see run_pool)
 };
 
 void check_rank(const Node& n, const Tensor& x, size_t rank) {
@@ -132,10 +133,29 @@ void run_conv(CpuContext& ctx, const Node& n, std::span<const Tensor* const> in,
   ctx.stream.wait();
 }
 
-void run_pool(CpuContext& ctx, const Node& n, const Tensor& x, Tensor& out) {
-  check_rank(n, x, 4);
+void run_pool(CpuContext& ctx, const Node& n, const Tensor& input, Tensor& out) {
+  check_rank(n, input, 4);
+  SpatialPlan sp = plan_spatial(n.attrs, input.dim(2), input.dim(3));
+  const NodeAttrs& a = n.attrs;
+  const Tensor* src_tensor = &input;
+  bool include_pad = a.count_include_pad;
+  if (n.op == OpType::kAveragePool && include_pad && a.auto_pad == AutoPad::kNotSet &&
+      (sp.pad_b > a.pads[2] || sp.pad_r > a.pads[3])) {
+    // ceil_mode widened the end padding. PyTorch and ONNX divide by the taps inside the
+    // declared padding only, while oneDNN's include-padding mode would count the widening
+    // too: pad explicitly with zeros by the declared pads, then exclude what remains.
+    const Shape s = input.shape;
+    const std::vector<int64_t> pads = {0, 0, a.pads[0], a.pads[1], 0, 0, a.pads[2], a.pads[3]};
+    ctx.padded.reshape_to({s[0], s[1], s[2] + a.pads[0] + a.pads[2], s[3] + a.pads[1] + a.pads[3]});
+    pad(input.ptr(), s, pads, PadMode::kConstant, 0.0f, ctx.padded.ptr());
+    src_tensor = &ctx.padded;
+    sp.pad_t = sp.pad_l = 0;
+    sp.pad_b -= a.pads[2];
+    sp.pad_r -= a.pads[3];
+    include_pad = false;
+  }
+  const Tensor& x = *src_tensor;
   const int64_t N = x.dim(0), C = x.dim(1), H = x.dim(2), W = x.dim(3);
-  const SpatialPlan sp = plan_spatial(n.attrs, H, W);
   out.reshape_to({N, C, sp.out_h, sp.out_w});
   const PrimKey key{&n, N, C, H, W};
   auto it = ctx.prims.find(key);
@@ -144,7 +164,7 @@ void run_pool(CpuContext& ctx, const Node& n, const Tensor& x, Tensor& out) {
     c.src = memory::desc({N, C, H, W}, dt::f32, tag::nchw);
     c.dst = memory::desc({N, C, sp.out_h, sp.out_w}, dt::f32, tag::nchw);
     const auto alg = n.op == OpType::kMaxPool ? dnnl::algorithm::pooling_max
-                     : n.attrs.count_include_pad ? dnnl::algorithm::pooling_avg_include_padding
+                     : include_pad ? dnnl::algorithm::pooling_avg_include_padding
                                                  : dnnl::algorithm::pooling_avg_exclude_padding;
     dnnl::pooling_forward::desc d(dnnl::prop_kind::forward_inference, alg, c.src, c.dst,
                                   {n.attrs.strides[0], n.attrs.strides[1]}, {n.attrs.kernel[0], n.attrs.kernel[1]},

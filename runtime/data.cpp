@@ -79,8 +79,10 @@ Dataset load_idx_split(const std::string& folder, const std::string& split) {
   if (split == "train") prefix = "train";
   else if (split == "test") prefix = "t10k";
   else user_error("data split '{}' is not known; accepted: \"train\", \"test\"", split);
-  return load_idx(first_existing(folder, prefix + "-images-idx3-ubyte"),
-                  first_existing(folder, prefix + "-labels-idx1-ubyte"), split);
+  // Images first, so a folder missing both names the image file.
+  const std::string images = first_existing(folder, prefix + "-images-idx3-ubyte");
+  const std::string labels = first_existing(folder, prefix + "-labels-idx1-ubyte");
+  return load_idx(images, labels, split);
 }
 
 void load_batch(const Dataset& d, const Normalization& norm, int64_t begin, int64_t n, Tensor& out) {

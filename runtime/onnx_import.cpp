@@ -136,10 +136,13 @@ class Importer {
   Importer(std::string origin, const ImportOptions& options) : origin_(std::move(origin)), options_(options) {}
 
   Graph run(onnx::ModelProto& model) {
+    // Our own per-node checks first: their messages name the node and what is accepted,
+    // where the ONNX checker's are multi-line and generic.
+    precheck(model.graph());
     try {
       onnx::checker::check_model(model);
     } catch (const std::exception& e) {
-      user_error("{}: the ONNX checker rejects the model: {}", origin_, first_line(e.what()));
+      user_error("{}: the ONNX checker rejects the model: {}", origin_, one_line(e.what()));
     }
     for (const auto& imp : model.opset_import()) {
       if (imp.domain().empty() || imp.domain() == "ai.onnx") g_.opset = static_cast<int>(imp.version());
@@ -151,7 +154,7 @@ class Importer {
     try {
       onnx::shape_inference::InferShapes(model);
     } catch (const std::exception& e) {
-      user_error("{}: ONNX shape inference fails: {}", origin_, first_line(e.what()));
+      user_error("{}: ONNX shape inference fails: {}", origin_, one_line(e.what()));
     }
     const onnx::GraphProto& graph = model.graph();
     for (const auto& init : graph.initializer()) {
@@ -177,12 +180,49 @@ class Importer {
   }
 
  private:
-  static std::string first_line(const std::string& s) {
-    auto p = s.find('\n');
-    return p == std::string::npos ? s : s.substr(0, p);
+  // Multi-line library messages folded into one line.
+  static std::string one_line(const std::string& s) {
+    std::string out;
+    bool space = false;
+    for (char c : s) {
+      if (c == '\n' || c == '\r' || c == ' ' || c == '\t') {
+        space = !out.empty();
+        continue;
+      }
+      if (space) out += ' ';
+      space = false;
+      out += c;
+    }
+    return out;
   }
 
   void define(const std::string& name, int id) { ids_[name] = id; }
+
+  static std::string node_name(const onnx::NodeProto& n, int position) {
+    return n.name().empty() ? fmt::format("{}_{}", n.op_type(), position) : n.name();
+  }
+
+  void precheck(const onnx::GraphProto& graph) {
+    std::set<std::string> known;
+    for (const auto& i : graph.input()) known.insert(i.name());
+    for (const auto& i : graph.initializer()) known.insert(i.name());
+    for (int i = 0; i < graph.node_size(); ++i) {
+      const auto& n = graph.node(i);
+      const std::string name = node_name(n, i);
+      const bool standard = n.domain().empty() || n.domain() == "ai.onnx";
+      if (!standard || (!op_table().count(n.op_type()) && !import_time_ops().count(n.op_type()))) {
+        user_error("{}: node '{}' has op '{}'{}, which qsweep does not support; supported ops: {}", origin_, name,
+                   n.op_type(), standard ? "" : fmt::format(" from domain '{}'", n.domain()), supported_onnx_ops());
+      }
+      for (const auto& in : n.input()) {
+        if (!in.empty() && !known.count(in)) {
+          user_error("{}: node '{}' ({}) reads '{}' before any node produces it; ONNX requires nodes in "
+                     "topological order", origin_, name, n.op_type(), in);
+        }
+      }
+      for (const auto& out : n.output()) known.insert(out);
+    }
+  }
 
   void read_input(const onnx::GraphProto& graph) {
     std::set<std::string> inits;
@@ -291,8 +331,7 @@ class Importer {
   }
 
   void convert_node(const onnx::NodeProto& n, int position) {
-    std::string name = n.name();
-    if (name.empty()) name = fmt::format("{}_{}", n.op_type(), position);
+    std::string name = node_name(n, position);
     if (!used_names_.insert(name).second) {
       name = fmt::format("{}_{}", name, position);
       used_names_.insert(name);
