@@ -1,0 +1,268 @@
+#!/usr/bin/python3
+"""The layer-wise grid written the way a researcher writes it in PyTorch: for every cell
+(layer j, weight bits b), the whole network is run again over the evaluation set with layer j
+fake-quantized by torch's own MinMaxObserver and fake_quantize_per_tensor_affine.
+
+This is qsweep's peer for speed (bench/layerwise_bench.cpp times a sample of cells and
+extrapolates) and a sanity check of its numbers (it prints the top-1 and noise of each cell
+it ran). The network comes from the same ONNX file, executed op by op with torch.nn.functional;
+BatchNormalization after a Conv is folded with torch.nn.utils.fusion.fuse_conv_bn_weights.
+
+Prints progress on stderr and one JSON object on the last line of stdout.
+  /usr/bin/python3 bench/torch_grid.py --onnx models/qsweep_resnet.onnx --cells 0:4,3:8
+"""
+import argparse
+import gzip
+import json
+import os
+import sys
+import time
+
+import numpy as np
+import onnx
+import torch
+import torch.nn.functional as F
+from onnx import numpy_helper
+from torch.ao.quantization import MinMaxObserver
+
+ACTIVATIONS = {"Relu", "Clip", "LeakyRelu", "Sigmoid", "HardSigmoid", "HardSwish"}
+
+
+def load_idx(folder, split):
+    prefix = "train" if split == "train" else "t10k"
+
+    def read(stem):
+        for ext in (".gz", ""):
+            p = os.path.join(folder, stem + ext)
+            if os.path.exists(p):
+                with (gzip.open(p) if ext else open(p, "rb")) as f:
+                    return f.read()
+        raise SystemExit(f"torch_grid.py: no {stem} in {folder}")
+
+    img = read(f"{prefix}-images-idx3-ubyte")
+    lab = read(f"{prefix}-labels-idx1-ubyte")
+    n, h, w = (int.from_bytes(img[i:i + 4], "big") for i in (4, 8, 12))
+    images = torch.frombuffer(bytearray(img[16:]), dtype=torch.uint8).view(n, 1, h, w)
+    labels = torch.frombuffer(bytearray(lab[8:]), dtype=torch.uint8).long()
+    return images, labels
+
+
+class OnnxNet:
+    """Runs an ONNX graph with torch ops; enumerates layers as qsweep (method.md) does."""
+
+    def __init__(self, path):
+        model = onnx.load(path)
+        g = model.graph
+        self.opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+        self.consts = {t.name: torch.from_numpy(numpy_helper.to_array(t).copy()) for t in g.initializer}
+        inits = set(self.consts)
+        self.input = next(i.name for i in g.input if i.name not in inits)
+        self.output = g.output[0].name
+        self.nodes = []
+        for n in g.node:
+            attrs = {a.name: onnx.helper.get_attribute_value(a) for a in n.attribute}
+            if n.op_type == "Constant":
+                self.consts[n.output[0]] = torch.from_numpy(numpy_helper.to_array(attrs["value"]).copy())
+                continue
+            self.nodes.append({"op": n.op_type, "in": list(n.input), "out": n.output[0], "attrs": attrs,
+                               "name": n.name or f"{n.op_type}_{len(self.nodes)}"})
+        self._fold_bn()
+        consumers = {}
+        for k, n in enumerate(self.nodes):
+            for i in n["in"]:
+                consumers.setdefault(i, []).append(k)
+        self.layers = []
+        for k, n in enumerate(self.nodes):
+            if n["op"] in ("Conv", "Gemm", "MatMul") and n["in"][1] in self.consts:
+                act = None
+                users = consumers.get(n["out"], [])
+                if len(users) == 1 and n["out"] != self.output and self.nodes[users[0]]["op"] in ACTIVATIONS \
+                        and self.nodes[users[0]]["in"][0] == n["out"]:
+                    act = users[0]
+                out = self.nodes[act]["out"] if act is not None else n["out"]
+                self.layers.append({"node": k, "act": act, "input": n["in"][0], "output": out, "name": n["name"]})
+
+    def _fold_bn(self):
+        producers = {n["out"]: k for k, n in enumerate(self.nodes)}
+        uses = {}
+        for n in self.nodes:
+            for i in n["in"]:
+                uses[i] = uses.get(i, 0) + 1
+        kept = []
+        for n in self.nodes:
+            if n["op"] == "BatchNormalization":
+                p = producers.get(n["in"][0])
+                if p is not None and self.nodes[p]["op"] == "Conv" and uses[n["in"][0]] == 1:
+                    conv = self.nodes[p]
+                    w = self.consts[conv["in"][1]]
+                    b = self.consts[conv["in"][2]] if len(conv["in"]) > 2 and conv["in"][2] else None
+                    scale, bias, mean, var = (self.consts[i] for i in n["in"][1:5])
+                    fw, fb = torch.nn.utils.fusion.fuse_conv_bn_weights(
+                        w, b, mean, var, n["attrs"].get("epsilon", 1e-5), scale, bias)
+                    wn, bn = conv["name"] + ".folded_w", conv["name"] + ".folded_b"
+                    self.consts[wn], self.consts[bn] = fw.detach(), fb.detach()
+                    conv["in"] = [conv["in"][0], wn, bn]
+                    conv["out"] = n["out"]
+                    continue
+            kept.append(n)
+        self.nodes = kept
+
+    def run_node(self, n, x, w=None):
+        op, a, c = n["op"], n["attrs"], self.consts
+        arg = lambda i: c[n["in"][i]] if n["in"][i] in c else None  # noqa: E731
+        if op == "Conv":
+            w = c[n["in"][1]] if w is None else w
+            b = arg(2) if len(n["in"]) > 2 and n["in"][2] else None
+            pads = a.get("pads", [0, 0, 0, 0])
+            if pads[0] != pads[2] or pads[1] != pads[3]:
+                x = F.pad(x, (pads[1], pads[3], pads[0], pads[2]))
+                pads = [0, 0, 0, 0]
+            return F.conv2d(x, w, b, a.get("strides", [1, 1]), (pads[0], pads[1]), a.get("dilations", [1, 1]),
+                            a.get("group", 1))
+        if op == "Gemm":
+            w = c[n["in"][1]] if w is None else w
+            y = a.get("alpha", 1.0) * (x @ (w.t() if a.get("transB", 0) else w))
+            if len(n["in"]) > 2 and n["in"][2]:
+                y = y + a.get("beta", 1.0) * c[n["in"][2]]
+            return y
+        if op == "MatMul":
+            return x @ (c[n["in"][1]] if w is None else w)
+        if op == "BatchNormalization":
+            return F.batch_norm(x, arg(3), arg(4), arg(1), arg(2), False, 0.0, a.get("epsilon", 1e-5))
+        if op == "Relu":
+            return F.relu(x)
+        if op == "Clip":
+            lo = arg(1).item() if len(n["in"]) > 1 and n["in"][1] else a.get("min", float("-inf"))
+            hi = arg(2).item() if len(n["in"]) > 2 and n["in"][2] else a.get("max", float("inf"))
+            return torch.clamp(x, lo, hi)
+        if op == "LeakyRelu":
+            return F.leaky_relu(x, a.get("alpha", 0.01))
+        if op == "Sigmoid":
+            return torch.sigmoid(x)
+        if op == "HardSigmoid":
+            return torch.clamp(a.get("alpha", 0.2) * x + a.get("beta", 0.5), 0, 1)
+        if op == "HardSwish":
+            return F.hardswish(x)
+        if op == "MaxPool":
+            p = a.get("pads", [0, 0, 0, 0])
+            return F.max_pool2d(x, a["kernel_shape"], a.get("strides", a["kernel_shape"]), (p[0], p[1]),
+                                ceil_mode=bool(a.get("ceil_mode", 0)))
+        if op == "AveragePool":
+            p = a.get("pads", [0, 0, 0, 0])
+            return F.avg_pool2d(x, a["kernel_shape"], a.get("strides", a["kernel_shape"]), (p[0], p[1]),
+                                ceil_mode=bool(a.get("ceil_mode", 0)),
+                                count_include_pad=bool(a.get("count_include_pad", 0)))
+        if op == "GlobalAveragePool":
+            return F.adaptive_avg_pool2d(x, 1)
+        if op == "Flatten":
+            return torch.flatten(x, a.get("axis", 1))
+        if op in ("Identity", "Dropout"):
+            return x
+        if op == "Softmax":
+            return F.softmax(x, a.get("axis", -1 if self.opset >= 13 else 1))
+        raise SystemExit(f"torch_grid.py: op {op} (node {n['name']}) is not supported by the peer")
+
+    def forward(self, x, record=None, q=None):
+        """q: (layer index, fake-quantized weight, input quantizer, output quantizer)."""
+        env = {self.input: x}
+        get = lambda name: env[name] if name in env else self.consts[name]  # noqa: E731
+        qn = self.layers[q[0]] if q else None
+        for k, n in enumerate(self.nodes):
+            if n["op"] in ("Add", "Mul", "Concat"):
+                ins = [get(i) for i in n["in"]]
+                if n["op"] == "Add":
+                    y = ins[0] + ins[1]
+                elif n["op"] == "Mul":
+                    y = ins[0] * ins[1]
+                else:
+                    y = torch.cat(ins, n["attrs"].get("axis", 1))
+            elif qn is not None and k == qn["node"]:
+                y = self.run_node(n, q[2](get(n["in"][0])), q[1])  # input quantized on this path only
+                if qn["act"] is None:
+                    y = q[3](y)
+            else:
+                y = self.run_node(n, get(n["in"][0]))
+                if qn is not None and k == qn["act"]:
+                    y = q[3](y)
+            env[n["out"]] = y
+            if record is not None:
+                record(n["out"], y)
+        return env[self.output]
+
+
+def observer(bits):
+    return MinMaxObserver(dtype=torch.quint8, qscheme=torch.per_tensor_affine, quant_min=0, quant_max=2 ** bits - 1)
+
+
+def quantizer(obs):
+    scale, zp = obs.calculate_qparams()
+    s, z, lo, hi = float(scale), int(zp), obs.quant_min, obs.quant_max
+    return lambda t: torch.fake_quantize_per_tensor_affine(t, s, z, lo, hi)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--onnx", required=True)
+    ap.add_argument("--data", default="/usr/share/datasets/fashion-mnist")
+    ap.add_argument("--mean", type=float, default=0.2860)
+    ap.add_argument("--std", type=float, default=0.3530)
+    ap.add_argument("--calibration", type=int, default=512)
+    ap.add_argument("--images", type=int, default=10000)
+    ap.add_argument("--batch", type=int, default=250)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--act-bits", type=int, default=8)
+    ap.add_argument("--cells", required=True, help="comma-separated LAYER:BITS")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    net = OnnxNet(args.onnx)
+    train_x, _ = load_idx(args.data, "train")
+    test_x, test_y = load_idx(args.data, "test")
+    test_x, test_y = test_x[:args.images], test_y[:args.images]
+    normalize = lambda u8: ((u8.float() / 255.0) - args.mean) / args.std  # noqa: E731
+
+    with torch.no_grad():
+        # Calibration: one MinMaxObserver per tensor over the first images of the train split.
+        observers = {}
+
+        def record(name, t):
+            observers.setdefault(name, observer(args.act_bits))(t)
+
+        record(net.input, normalize(train_x[:args.calibration]))
+        for b in range(0, args.calibration, args.batch):
+            x = normalize(train_x[b:min(b + args.batch, args.calibration)])
+            net.forward(x, record=record)
+
+        t0 = time.perf_counter()
+        reference = [net.forward(normalize(test_x[b:b + args.batch])) for b in range(0, len(test_x), args.batch)]
+        reference_seconds = time.perf_counter() - t0
+        float_top1 = 100.0 * sum(int((r.argmax(1) == test_y[i * args.batch:(i + 1) * args.batch]).sum())
+                                 for i, r in enumerate(reference)) / len(test_x)
+
+        cells, seconds = [], 0.0
+        for spec in args.cells.split(","):
+            j, bits = (int(v) for v in spec.split(":"))
+            L = net.layers[j]
+            t0 = time.perf_counter()
+            w = net.consts[net.nodes[L["node"]]["in"][1]]
+            wobs = observer(bits)
+            wobs(w)
+            wq = quantizer(wobs)(w)
+            q = (j, wq, quantizer(observers[L["input"]]), quantizer(observers[L["output"]]))
+            noise, correct = 0.0, 0
+            for i, b in enumerate(range(0, len(test_x), args.batch)):
+                y = net.forward(normalize(test_x[b:b + args.batch]), q=q)
+                noise += float(((y - reference[i]) ** 2).sum(dtype=torch.float64))
+                correct += int((y.argmax(1) == test_y[b:b + args.batch]).sum())
+            dt = time.perf_counter() - t0
+            seconds += dt
+            cells.append({"layer": j, "bits": bits, "name": L["name"], "seconds": dt,
+                          "noise": noise / len(test_x), "top1": 100.0 * correct / len(test_x)})
+            print(f"torch_grid: layer {j} {bits}-bit: {dt:.2f} s, top-1 {cells[-1]['top1']:.2f}", file=sys.stderr)
+
+    print(json.dumps({"torch_version": torch.__version__, "threads": args.threads, "images": len(test_x),
+                      "layers": len(net.layers), "float_top1": float_top1, "reference_seconds": reference_seconds,
+                      "seconds_per_cell": seconds / len(cells), "cells": cells}))
+
+
+if __name__ == "__main__":
+    main()
