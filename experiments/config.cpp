@@ -16,25 +16,51 @@ namespace qsweep {
 
 namespace fs = std::filesystem;
 
-const std::vector<ConfigKey>& config_keys() {
+namespace {
+
+// The documented keys; variant.quant.* mirrors of the quant.* keys are added below.
+const std::vector<ConfigKey>& base_keys() {
   static const std::vector<ConfigKey> keys = {
       {"experiment.name", "string", "\"quickstart\"", "Name of the experiment; results go to `<output.root>/<name>/<run-id>/`."},
-      {"experiment.kind", "string", "\"layerwise\"", "What to run. `\"layerwise\"`: the layer-wise grid (every layer x every weight bit-width)."},
+      {"experiment.kind", "string", "\"layerwise\"", "What to run: `\"layerwise\"` (every layer x every weight bit-width, one layer quantized at a time), `\"additivity\"` (random many-layer configurations, measured vs predicted from the grid), `\"full\"` (the whole network quantized under [quant], or one row per [[variant]] in `comparison.csv`)."},
       {"model.path", "string", "(required)", "ONNX file of the float32 network (opsets 11-17). Relative paths are resolved against the config file's folder."},
       {"data.dataset", "string", "\"fashion-mnist\"", "Dataset format. `\"fashion-mnist\"` / `\"mnist\"` / `\"idx\"`: IDX files (`train-*` and `t10k-*`, gzipped or not) in `data.path`."},
       {"data.path", "string", "\"/usr/share/datasets/fashion-mnist\"", "Folder of the dataset (default: where Debian's `dataset-fashion-mnist` installs it). Relative to the config file."},
       {"data.mean", "array of floats", "[0.2860]", "Per-channel mean; inputs are `(pixel / 255 - mean) / std`, one value per input channel."},
       {"data.std", "array of floats", "[0.3530]", "Per-channel standard deviation (see `data.mean`)."},
       {"data.calibration.split", "string", "\"train\"", "Split the activation ranges are calibrated on (`\"train\"` or `\"test\"`)."},
-      {"data.calibration.count", "integer", "512", "Number of images (the first ones, in file order) used to calibrate activation ranges."},
+      {"data.calibration.count", "integer", "512", "Number of images (the first ones, in file order) used to calibrate activation ranges (and bias correction)."},
       {"data.eval.split", "string", "\"test\"", "Split the metrics are computed on."},
       {"data.eval.count", "integer", "0", "Number of evaluation images (the first ones); 0 means the whole split."},
-      {"quant.weight_bits", "array of integers", "[3, 4, 5, 6, 7, 8]", "Weight bit-widths of the grid (each 2..16)."},
-      {"quant.act_bits", "integer", "8", "Bit-width of the quantized layer's input and output activations (2..16)."},
-      {"quant.scheme", "string", "\"asymmetric\"", "`\"asymmetric\"` (affine, zero point) or `\"symmetric\"` (zero point 0, restricted range)."},
+      {"quant.weight_bits", "array of integers", "[3, 4, 5, 6, 7, 8]", "Weight bit-widths (each 2..16): the grid's columns for `layerwise`; for `full`, give one value (the bit-width of every layer not overridden)."},
+      {"quant.act_bits", "integer", "8", "Bit-width of a quantized layer's input and output activations (2..16)."},
+      {"quant.scheme", "string", "\"asymmetric\"", "`\"asymmetric\"` (affine, zero point) or `\"symmetric\"` (zero point 0, restricted range); weights and activations."},
       {"quant.granularity", "string", "\"per-tensor\"", "Weight quantization granularity: `\"per-tensor\"` or `\"per-channel\"` (per output channel). Activations are always per tensor."},
-      {"quant.quantize_input", "boolean", "true", "Fake-quantize the quantized layer's input activation (method.md step 1)."},
-      {"quant.quantize_output", "boolean", "true", "Fake-quantize the quantized layer's output activation (method.md step 4)."},
+      {"quant.weight_clip", "string", "\"minmax\"", "Weight range: `\"minmax\"`, `\"sawb\"` (Choi et al. 2018), `\"mse\"` (clip minimizing the weights' quantization MSE on a grid), `\"percentile\"` (see `quant.percentile`)."},
+      {"quant.percentile", "float", "99.99", "For `weight_clip = \"percentile\"`: the range is [P(100 - p), P(p)] of the weights (per tensor or per channel)."},
+      {"quant.mse_grid", "integer", "100", "For `weight_clip = \"mse\"`: clip candidates max|w| * k / N, k = 1..N."},
+      {"quant.quantize_input", "boolean", "true", "Fake-quantize a quantized layer's input activation (method.md step 1)."},
+      {"quant.quantize_output", "boolean", "true", "Fake-quantize a quantized layer's output activation (method.md step 4)."},
+      {"quant.equalization", "boolean", "false", "Cross-layer equalization (Nagel et al. 2019; Meller et al. 2019) of every Conv -> ReLU -> Conv pair before calibration."},
+      {"quant.bias_correction", "boolean", "false", "Empirical bias correction: each quantized layer's bias absorbs the mean output shift its quantization causes on the calibration images."},
+      {"quant.layer", "array of tables", "[]", "Per-layer overrides, applied in order: `[[quant.layer]]` with `layers = [...]` and any of `weight_bits`, `act_bits`, `scheme`, `granularity`, `weight_clip`, `percentile`."},
+      {"quant.layer.layers", "array of integers or strings", "(required)", "Which layers an override applies to: indices, exact names, or glob patterns over names (`\"/layer3/*\"`)."},
+      {"quant.layer.weight_bits", "integer", "(inherited)", "Weight bit-width of these layers (`full`, `additivity`; ignored by the grid, whose columns set it)."},
+      {"quant.layer.act_bits", "integer", "(inherited)", "Activation bit-width of these layers."},
+      {"quant.layer.scheme", "string", "(inherited)", "As `quant.scheme`, for these layers."},
+      {"quant.layer.granularity", "string", "(inherited)", "As `quant.granularity`, for these layers."},
+      {"quant.layer.weight_clip", "string", "(inherited)", "As `quant.weight_clip`, for these layers."},
+      {"quant.layer.percentile", "float", "(inherited)", "As `quant.percentile`, for these layers."},
+      {"variant", "array of tables", "[]", "For `kind = \"full\"`: one comparison row each. `[[variant]]` with `name`, `description` and `quant.*` keys that change the base [quant] (its `[[variant.quant.layer]]` overrides are applied after the base ones)."},
+      {"variant.name", "string", "(required)", "Row name in `comparison.csv`."},
+      {"variant.description", "string", "\"\"", "Free text shown beside the row."},
+      {"additivity.configs", "integer", "20", "Number K of random configurations (subset sizes spread from 1 layer to all)."},
+      {"additivity.low_bits", "integer", "4", "Weight bit-width of the layers in a configuration's random subset."},
+      {"additivity.high_bits", "integer", "8", "Weight bit-width of the other layers; 0 leaves them in float32."},
+      {"additivity.seed", "integer", "1", "Seed of the random subsets."},
+      {"stats.bootstrap", "integer", "1000", "Paired bootstrap resamples (over images) for the degradation intervals; 0 turns intervals off."},
+      {"stats.seed", "integer", "0", "Seed of the bootstrap."},
+      {"stats.confidence", "float", "0.95", "Confidence level of the intervals."},
       {"run.backend", "string", "\"auto\"", "`\"cpu\"`, `\"cuda\"` or `\"auto\"` (CUDA when built in and a device is present, else CPU)."},
       {"run.batch_size", "integer", "250", "Images per batch. Each batch is processed by one thread; results do not depend on the number of threads."},
       {"run.threads", "integer", "0", "CPU threads; 0 uses every core."},
@@ -44,6 +70,32 @@ const std::vector<ConfigKey>& config_keys() {
   };
   return keys;
 }
+
+}  // namespace
+
+const std::vector<ConfigKey>& config_keys() { return base_keys(); }
+
+namespace {
+
+// Every key the validator accepts: the documented ones plus variant.quant.* mirrors.
+const std::vector<ConfigKey>& accepted_keys() {
+  static const std::vector<ConfigKey> keys = [] {
+    std::vector<ConfigKey> k = base_keys();
+    static std::vector<std::string> names;  // keeps the mirrored paths alive
+    names.reserve(64);
+    for (const auto& key : base_keys()) {
+      if (std::string(key.path).rfind("quant.", 0) == 0) names.push_back(std::string("variant.") + key.path);
+    }
+    size_t i = 0;
+    for (const auto& key : base_keys()) {
+      if (std::string(key.path).rfind("quant.", 0) == 0) k.push_back({names[i++].c_str(), key.type, key.default_value, key.doc});
+    }
+    return k;
+  }();
+  return keys;
+}
+
+}  // namespace
 
 namespace {
 
@@ -77,7 +129,7 @@ std::string type_name(const toml::node& n) {
 }
 
 const ConfigKey* find_key(const std::string& path) {
-  for (const auto& k : config_keys()) {
+  for (const auto& k : accepted_keys()) {
     if (path == k.path) return &k;
   }
   return nullptr;
@@ -86,7 +138,7 @@ const ConfigKey* find_key(const std::string& path) {
 // Every known key below `prefix` (a table path), for "known keys" hints.
 std::string known_below(const std::string& prefix) {
   std::vector<std::string> names;
-  for (const auto& k : config_keys()) {
+  for (const auto& k : accepted_keys()) {
     std::string p = k.path;
     if (prefix.empty() || p.rfind(prefix + ".", 0) == 0) names.push_back(p);
   }
@@ -96,7 +148,7 @@ std::string known_below(const std::string& prefix) {
 // The sections directly below `prefix` ("" for the top level), e.g. "experiment, model, ...".
 std::string sections_below(const std::string& prefix) {
   std::vector<std::string> out;
-  for (const auto& k : config_keys()) {
+  for (const auto& k : accepted_keys()) {
     std::string p = k.path;
     if (!prefix.empty()) {
       if (p.rfind(prefix + ".", 0) != 0) continue;
@@ -111,7 +163,7 @@ std::string sections_below(const std::string& prefix) {
 }
 
 bool is_table_prefix(const std::string& path) {
-  for (const auto& k : config_keys()) {
+  for (const auto& k : accepted_keys()) {
     if (std::string(k.path).rfind(path + ".", 0) == 0) return true;
   }
   return false;
@@ -141,7 +193,20 @@ void validate(const Ctx& c, const toml::table& t, const std::string& prefix) {
     };
     if (type == "string") expect(node.is_string());
     else if (type == "integer") expect(node.is_integer());
+    else if (type == "float") expect(node.is_floating_point() || node.is_integer());
     else if (type == "boolean") expect(node.is_boolean());
+    else if (type == "array of tables") {
+      expect(node.is_array_of_tables() || (node.is_array() && node.as_array()->empty()));
+      for (const auto& e : *node.as_array()) validate(c, *e.as_table(), path);
+    } else if (type == "array of integers or strings") {
+      expect(node.is_array());
+      for (const auto& e : *node.as_array()) {
+        if (!e.is_integer() && !e.is_string()) {
+          user_error("{}: '{}' must hold layer indices (integers) or names/patterns (strings), but holds {}",
+                     where(c, path, node), path, type_name(e));
+        }
+      }
+    }
     else if (type == "array of integers" || type == "array of floats") {
       expect(node.is_array());
       const bool want_int = type == "array of integers";
@@ -182,7 +247,136 @@ std::string resolve(const std::string& p, const fs::path& base) {
   return path.lexically_normal().string();
 }
 
+// Typed reads of validated keys, with positions for value errors.
+struct Reader {
+  const Ctx& c;
+  const toml::table& t;
+  fs::path base;
+
+  std::string where_node(const std::string& key, const toml::node& n) const { return where(c, key, n); }
+  [[noreturn]] void fail(const std::string& k, const std::string& msg) const {
+    const toml::node* n = t.at_path(k).node();
+    user_error("{}: '{}' {}", n ? where(c, k, *n) : c.file, k, msg);
+  }
+  void str(const char* k, std::string& out) const {
+    if (auto v = t.at_path(k).value<std::string>()) out = *v;
+  }
+  template <typename T>
+  void integer(const char* k, T& out) const {
+    if (auto v = t.at_path(k).value<int64_t>()) out = static_cast<T>(*v);
+  }
+  void number(const char* k, double& out) const {
+    if (auto v = t.at_path(k).value<double>()) out = *v;
+  }
+  void boolean(const char* k, bool& out) const {
+    if (auto v = t.at_path(k).value<bool>()) out = *v;
+  }
+  void floats(const char* k, std::vector<float>& out) const {
+    if (auto* a = t.at_path(k).as_array()) {
+      out.clear();
+      for (const auto& e : *a) out.push_back(static_cast<float>(e.value<double>().value()));
+    }
+  }
+  void path_key(const char* k, std::string& out) const {
+    str(k, out);
+    if (!out.empty()) out = resolve(out, c.from_set.count(k) ? fs::current_path() : base);
+  }
+};
+
+Scheme parse_scheme(const Reader& r, const std::string& key, const toml::node& n) {
+  const std::string v = n.value_or(std::string());
+  if (v == "asymmetric") return Scheme::kAsymmetric;
+  if (v == "symmetric") return Scheme::kSymmetric;
+  user_error("{}: '{}' is \"{}\"; accepted: \"asymmetric\", \"symmetric\"", r.where_node(key, n), key, v);
+}
+
+Granularity parse_granularity(const Reader& r, const std::string& key, const toml::node& n) {
+  const std::string v = n.value_or(std::string());
+  if (v == "per-tensor") return Granularity::kPerTensor;
+  if (v == "per-channel") return Granularity::kPerChannel;
+  user_error("{}: '{}' is \"{}\"; accepted: \"per-tensor\", \"per-channel\"", r.where_node(key, n), key, v);
+}
+
+ClipMethod parse_clip(const Reader& r, const std::string& key, const toml::node& n) {
+  const std::string v = n.value_or(std::string());
+  if (v == "minmax") return ClipMethod::kMinMax;
+  if (v == "sawb") return ClipMethod::kSawb;
+  if (v == "mse") return ClipMethod::kMse;
+  if (v == "percentile") return ClipMethod::kPercentile;
+  user_error("{}: '{}' is \"{}\"; accepted: \"minmax\", \"sawb\", \"mse\", \"percentile\"", r.where_node(key, n), key, v);
+}
+
+int parse_bits(const Reader& r, const std::string& key, const toml::node& n) {
+  const int64_t b = n.value_or(int64_t{0});
+  if (b < 2 || b > 16) user_error("{}: '{}' holds {}; bit-widths must be 2..16", r.where_node(key, n), key, b);
+  return static_cast<int>(b);
+}
+
+double parse_percentile(const Reader& r, const std::string& key, const toml::node& n) {
+  const double p = n.value_or(0.0);
+  if (!(p > 50.0 && p <= 100.0)) user_error("{}: '{}' is {}; it must be in (50, 100]", r.where_node(key, n), key, p);
+  return p;
+}
+
+// Reads a [quant] table (prefix "quant" or "variant.quant") on top of `q`.
+void read_quant(const Reader& r, const toml::table& t, const std::string& prefix, QuantConfig& q) {
+  auto key = [&](const char* k) { return prefix + "." + k; };
+  if (const toml::array* a = t["weight_bits"].as_array()) {
+    q.weight_bits.clear();
+    for (const auto& e : *a) q.weight_bits.push_back(parse_bits(r, key("weight_bits"), e));
+    if (q.weight_bits.empty()) user_error("{}: '{}' must list at least one bit-width", r.where_node(key("weight_bits"), *a), key("weight_bits"));
+    std::vector<int> sorted = q.weight_bits;
+    std::sort(sorted.begin(), sorted.end());
+    if (std::adjacent_find(sorted.begin(), sorted.end()) != sorted.end()) {
+      user_error("{}: '{}' lists a bit-width twice", r.where_node(key("weight_bits"), *a), key("weight_bits"));
+    }
+  }
+  if (const toml::node* n = t.get("act_bits")) q.base.act_bits = parse_bits(r, key("act_bits"), *n);
+  if (const toml::node* n = t.get("scheme")) q.base.scheme = parse_scheme(r, key("scheme"), *n);
+  if (const toml::node* n = t.get("granularity")) q.base.granularity = parse_granularity(r, key("granularity"), *n);
+  if (const toml::node* n = t.get("weight_clip")) q.base.clip = parse_clip(r, key("weight_clip"), *n);
+  if (const toml::node* n = t.get("percentile")) q.base.percentile = parse_percentile(r, key("percentile"), *n);
+  if (const toml::node* n = t.get("mse_grid")) {
+    q.base.mse_grid = static_cast<int>(n->value_or(int64_t{0}));
+    if (q.base.mse_grid < 2) user_error("{}: '{}' must be at least 2", r.where_node(key("mse_grid"), *n), key("mse_grid"));
+  }
+  if (auto v = t["quantize_input"].value<bool>()) q.base.quantize_input = *v;
+  if (auto v = t["quantize_output"].value<bool>()) q.base.quantize_output = *v;
+  if (auto v = t["equalization"].value<bool>()) q.equalization = *v;
+  if (auto v = t["bias_correction"].value<bool>()) q.bias_correction = *v;
+  if (const toml::array* layers = t["layer"].as_array()) {
+    const std::string lp = key("layer");
+    for (const auto& e : *layers) {
+      const toml::table& lt = *e.as_table();
+      LayerOverride o;
+      o.where = r.where_node(lp, e);
+      const toml::array* sel = lt["layers"].as_array();
+      if (!sel || sel->empty()) user_error("{}: every [[{}]] needs a non-empty 'layers' list (indices, names or patterns)", o.where, lp);
+      for (const auto& s : *sel) {
+        o.selectors.push_back(s.is_integer() ? std::to_string(*s.value<int64_t>()) : *s.value<std::string>());
+      }
+      if (const toml::node* n = lt.get("weight_bits")) o.weight_bits = parse_bits(r, lp + ".weight_bits", *n);
+      if (const toml::node* n = lt.get("act_bits")) o.act_bits = parse_bits(r, lp + ".act_bits", *n);
+      if (const toml::node* n = lt.get("scheme")) o.scheme = parse_scheme(r, lp + ".scheme", *n);
+      if (const toml::node* n = lt.get("granularity")) o.granularity = parse_granularity(r, lp + ".granularity", *n);
+      if (const toml::node* n = lt.get("weight_clip")) o.clip = parse_clip(r, lp + ".weight_clip", *n);
+      if (const toml::node* n = lt.get("percentile")) o.percentile = parse_percentile(r, lp + ".percentile", *n);
+      q.layers.push_back(std::move(o));
+    }
+  }
+}
+
 }  // namespace
+
+std::string clip_name(ClipMethod c) {
+  switch (c) {
+    case ClipMethod::kMinMax: return "minmax";
+    case ClipMethod::kSawb: return "sawb";
+    case ClipMethod::kMse: return "mse";
+    case ClipMethod::kPercentile: return "percentile";
+  }
+  return "?";
+}
 
 std::string scheme_name(Scheme s) { return s == Scheme::kAsymmetric ? "asymmetric" : "symmetric"; }
 std::string granularity_name(Granularity g) { return g == Granularity::kPerTensor ? "per-tensor" : "per-channel"; }
@@ -228,64 +422,57 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
 
   Config cfg;
   cfg.source = c.file;
-  auto str = [&](const char* k, std::string& out) {
-    if (auto v = t.at_path(k).value<std::string>()) out = *v;
-  };
-  auto integer = [&](const char* k, auto& out) {
-    if (auto v = t.at_path(k).value<int64_t>()) out = static_cast<std::remove_reference_t<decltype(out)>>(*v);
-  };
-  auto boolean = [&](const char* k, bool& out) {
-    if (auto v = t.at_path(k).value<bool>()) out = *v;
-  };
-  auto floats = [&](const char* k, std::vector<float>& out) {
-    if (auto* a = t.at_path(k).as_array()) {
-      out.clear();
-      for (const auto& e : *a) out.push_back(static_cast<float>(e.value<double>().value()));
+  Reader r{c, t, base};
+  r.str("experiment.name", cfg.name);
+  r.str("experiment.kind", cfg.kind);
+  r.path_key("model.path", cfg.model_path);
+  r.str("data.dataset", cfg.dataset);
+  r.path_key("data.path", cfg.data_path);
+  r.floats("data.mean", cfg.mean);
+  r.floats("data.std", cfg.std);
+  r.str("data.calibration.split", cfg.calibration_split);
+  r.integer("data.calibration.count", cfg.calibration_count);
+  r.str("data.eval.split", cfg.eval_split);
+  r.integer("data.eval.count", cfg.eval_count);
+  if (const toml::table* q = t["quant"].as_table()) read_quant(r, *q, "quant", cfg.quant);
+  if (const toml::array* vs = t["variant"].as_array()) {
+    for (const auto& v : *vs) {
+      const toml::table& vt = *v.as_table();
+      Variant var;
+      var.quant = cfg.quant;
+      const auto name = vt["name"].value<std::string>();
+      if (!name || name->empty()) user_error("{}: every [[variant]] needs a non-empty name", r.where_node("variant", v));
+      var.name = *name;
+      var.description = vt["description"].value_or(std::string());
+      if (const toml::table* q = vt["quant"].as_table()) read_quant(r, *q, "variant.quant", var.quant);
+      for (const auto& other : cfg.variants) {
+        if (other.name == var.name) user_error("{}: two variants are named '{}'", r.where_node("variant.name", *vt.get("name")), var.name);
+      }
+      cfg.variants.push_back(std::move(var));
     }
-  };
-  auto fail = [&](const char* k, const std::string& msg) {
-    const toml::node* n = t.at_path(k).node();
-    const std::string w = n ? where(c, k, *n) : c.file;
-    user_error("{}: '{}' {}", w, k, msg);
-  };
-  auto path_key = [&](const char* k, std::string& out) {
-    str(k, out);
-    if (!out.empty()) out = resolve(out, c.from_set.count(k) ? fs::current_path() : base);
-  };
-
-  str("experiment.name", cfg.name);
-  str("experiment.kind", cfg.kind);
-  path_key("model.path", cfg.model_path);
-  str("data.dataset", cfg.dataset);
-  path_key("data.path", cfg.data_path);
-  floats("data.mean", cfg.mean);
-  floats("data.std", cfg.std);
-  str("data.calibration.split", cfg.calibration_split);
-  integer("data.calibration.count", cfg.calibration_count);
-  str("data.eval.split", cfg.eval_split);
-  integer("data.eval.count", cfg.eval_count);
-  if (auto* a = t.at_path("quant.weight_bits").as_array()) {
-    cfg.weight_bits.clear();
-    for (const auto& e : *a) cfg.weight_bits.push_back(static_cast<int>(*e.value<int64_t>()));
   }
-  integer("quant.act_bits", cfg.act_bits);
-  std::string scheme = scheme_name(cfg.scheme), gran = granularity_name(cfg.granularity);
-  str("quant.scheme", scheme);
-  str("quant.granularity", gran);
-  boolean("quant.quantize_input", cfg.quantize_input);
-  boolean("quant.quantize_output", cfg.quantize_output);
-  str("run.backend", cfg.backend);
-  integer("run.batch_size", cfg.batch_size);
-  integer("run.threads", cfg.threads);
-  boolean("run.naive", cfg.naive);
-  str("output.root", cfg.root);
-  integer("output.worst", cfg.worst);
+  r.integer("additivity.configs", cfg.additivity_configs);
+  r.integer("additivity.low_bits", cfg.low_bits);
+  r.integer("additivity.high_bits", cfg.high_bits);
+  r.integer("additivity.seed", cfg.additivity_seed);
+  r.integer("stats.bootstrap", cfg.bootstrap);
+  r.integer("stats.seed", cfg.stats_seed);
+  r.number("stats.confidence", cfg.confidence);
+  r.str("run.backend", cfg.backend);
+  r.integer("run.batch_size", cfg.batch_size);
+  r.integer("run.threads", cfg.threads);
+  r.boolean("run.naive", cfg.naive);
+  r.str("output.root", cfg.root);
+  r.integer("output.worst", cfg.worst);
 
   // Values.
+  auto fail = [&](const char* k, const std::string& msg) { r.fail(k, msg); };
   if (cfg.name.empty() || cfg.name.find_first_of("/\\") != std::string::npos || cfg.name[0] == '.') {
     fail("experiment.name", "must be a non-empty name without slashes that does not start with '.'");
   }
-  if (cfg.kind != "layerwise") fail("experiment.kind", fmt::format("is \"{}\"; accepted: \"layerwise\"", cfg.kind));
+  if (cfg.kind != "layerwise" && cfg.kind != "additivity" && cfg.kind != "full") {
+    fail("experiment.kind", fmt::format("is \"{}\"; accepted: \"layerwise\", \"additivity\", \"full\"", cfg.kind));
+  }
   if (cfg.model_path.empty()) {
     user_error("{}: 'model.path' is required (the ONNX file to analyse), e.g. model.path = \"model.onnx\"", c.file);
   }
@@ -299,8 +486,8 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
   if (cfg.mean.empty() || cfg.mean.size() != cfg.std.size()) {
     fail("data.std", fmt::format("must have as many values as data.mean ({} vs {})", cfg.std.size(), cfg.mean.size()));
   }
-  for (float s : cfg.std) {
-    if (!(s > 0.0f)) fail("data.std", "values must be positive");
+  for (float sd : cfg.std) {
+    if (!(sd > 0.0f)) fail("data.std", "values must be positive");
   }
   for (const char* k : {"data.calibration.split", "data.eval.split"}) {
     const std::string& v = std::string(k) == "data.eval.split" ? cfg.eval_split : cfg.calibration_split;
@@ -308,20 +495,22 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
   }
   if (cfg.calibration_count < 1) fail("data.calibration.count", "must be at least 1");
   if (cfg.eval_count < 0) fail("data.eval.count", "must be 0 (all) or positive");
-  if (cfg.weight_bits.empty()) fail("quant.weight_bits", "must list at least one bit-width");
-  for (int b : cfg.weight_bits) {
-    if (b < 2 || b > 16) fail("quant.weight_bits", fmt::format("holds {}; bit-widths must be 2..16", b));
+  if (cfg.kind == "full" && cfg.quant.weight_bits.size() != 1) {
+    fail("quant.weight_bits", "must hold exactly one bit-width for kind = \"full\" (per-layer bit-widths go in [[quant.layer]])");
   }
-  std::vector<int> sorted = cfg.weight_bits;
-  std::sort(sorted.begin(), sorted.end());
-  if (std::adjacent_find(sorted.begin(), sorted.end()) != sorted.end()) fail("quant.weight_bits", "lists a bit-width twice");
-  if (cfg.act_bits < 2 || cfg.act_bits > 16) fail("quant.act_bits", "must be 2..16");
-  if (scheme == "asymmetric") cfg.scheme = Scheme::kAsymmetric;
-  else if (scheme == "symmetric") cfg.scheme = Scheme::kSymmetric;
-  else fail("quant.scheme", fmt::format("is \"{}\"; accepted: \"asymmetric\", \"symmetric\"", scheme));
-  if (gran == "per-tensor") cfg.granularity = Granularity::kPerTensor;
-  else if (gran == "per-channel") cfg.granularity = Granularity::kPerChannel;
-  else fail("quant.granularity", fmt::format("is \"{}\"; accepted: \"per-tensor\", \"per-channel\"", gran));
+  if (!cfg.quant.weight_bits.empty()) cfg.quant.base.weight_bits = cfg.quant.weight_bits.front();
+  for (auto& v : cfg.variants) {
+    if (v.quant.weight_bits.size() != 1 && cfg.kind == "full") {
+      fail("variant.quant.weight_bits", fmt::format("of variant '{}' must hold exactly one bit-width", v.name));
+    }
+    if (!v.quant.weight_bits.empty()) v.quant.base.weight_bits = v.quant.weight_bits.front();
+  }
+  if (!cfg.variants.empty() && cfg.kind != "full") fail("variant", "is only used by kind = \"full\"");
+  if (cfg.additivity_configs < 1) fail("additivity.configs", "must be at least 1");
+  if (cfg.low_bits < 2 || cfg.low_bits > 16) fail("additivity.low_bits", "must be 2..16");
+  if (cfg.high_bits != 0 && (cfg.high_bits < 2 || cfg.high_bits > 16)) fail("additivity.high_bits", "must be 0 (float32) or 2..16");
+  if (cfg.bootstrap < 0) fail("stats.bootstrap", "must be 0 (no intervals) or positive");
+  if (!(cfg.confidence > 0.0 && cfg.confidence < 1.0)) fail("stats.confidence", "must be between 0 and 1");
   if (cfg.backend != "cpu" && cfg.backend != "cuda" && cfg.backend != "auto") {
     fail("run.backend", fmt::format("is \"{}\"; accepted: \"cpu\", \"cuda\", \"auto\"", cfg.backend));
   }
@@ -332,12 +521,50 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
   return cfg;
 }
 
+namespace {
+
+toml::array int_array(const std::vector<int>& v) {
+  toml::array a;
+  for (int x : v) a.push_back(x);
+  return a;
+}
+
+toml::table quant_table(const QuantConfig& q) {
+  toml::table t{{"weight_bits", int_array(q.weight_bits)},
+                {"act_bits", q.base.act_bits},
+                {"scheme", scheme_name(q.base.scheme)},
+                {"granularity", granularity_name(q.base.granularity)},
+                {"weight_clip", clip_name(q.base.clip)},
+                {"percentile", q.base.percentile},
+                {"mse_grid", q.base.mse_grid},
+                {"quantize_input", q.base.quantize_input},
+                {"quantize_output", q.base.quantize_output},
+                {"equalization", q.equalization},
+                {"bias_correction", q.bias_correction}};
+  toml::array layers;
+  for (const auto& o : q.layers) {
+    toml::array sel;
+    for (const auto& s : o.selectors) {
+      const bool numeric = !s.empty() && std::all_of(s.begin(), s.end(), ::isdigit);
+      if (numeric) sel.push_back(static_cast<int64_t>(std::stoll(s)));
+      else sel.push_back(s);
+    }
+    toml::table lt{{"layers", sel}};
+    if (o.weight_bits) lt.insert("weight_bits", *o.weight_bits);
+    if (o.act_bits) lt.insert("act_bits", *o.act_bits);
+    if (o.scheme) lt.insert("scheme", scheme_name(*o.scheme));
+    if (o.granularity) lt.insert("granularity", granularity_name(*o.granularity));
+    if (o.clip) lt.insert("weight_clip", clip_name(*o.clip));
+    if (o.percentile) lt.insert("percentile", *o.percentile);
+    layers.push_back(std::move(lt));
+  }
+  if (!layers.empty()) t.insert("layer", std::move(layers));
+  return t;
+}
+
+}  // namespace
+
 std::string config_to_toml(const Config& c) {
-  auto ints = [](const std::vector<int>& v) {
-    toml::array a;
-    for (int x : v) a.push_back(x);
-    return a;
-  };
   auto flts = [](const std::vector<float>& v) {
     toml::array a;
     for (float x : v) a.push_back(static_cast<double>(x));
@@ -352,15 +579,23 @@ std::string config_to_toml(const Config& c) {
                            {"std", flts(c.std)},
                            {"calibration", toml::table{{"split", c.calibration_split}, {"count", c.calibration_count}}},
                            {"eval", toml::table{{"split", c.eval_split}, {"count", c.eval_count}}}}},
-      {"quant", toml::table{{"weight_bits", ints(c.weight_bits)},
-                            {"act_bits", c.act_bits},
-                            {"scheme", scheme_name(c.scheme)},
-                            {"granularity", granularity_name(c.granularity)},
-                            {"quantize_input", c.quantize_input},
-                            {"quantize_output", c.quantize_output}}},
+      {"quant", quant_table(c.quant)},
+      {"additivity", toml::table{{"configs", c.additivity_configs},
+                                 {"low_bits", c.low_bits},
+                                 {"high_bits", c.high_bits},
+                                 {"seed", static_cast<int64_t>(c.additivity_seed)}}},
+      {"stats", toml::table{{"bootstrap", c.bootstrap}, {"seed", static_cast<int64_t>(c.stats_seed)}, {"confidence", c.confidence}}},
       {"run", toml::table{{"backend", c.backend}, {"batch_size", c.batch_size}, {"threads", c.threads}, {"naive", c.naive}}},
       {"output", toml::table{{"root", c.root}, {"worst", c.worst}}},
   };
+  if (!c.variants.empty()) {
+    toml::array vs;
+    for (const auto& v : c.variants) {
+      // Each variant is written whole (its quant as resolved), so it reloads the same.
+      vs.push_back(toml::table{{"name", v.name}, {"description", v.description}, {"quant", quant_table(v.quant)}});
+    }
+    t.insert("variant", std::move(vs));
+  }
   std::ostringstream os;
   os << "# The configuration as run (defaults filled in, overrides applied).\n" << t << "\n";
   return os.str();

@@ -1,6 +1,8 @@
 // The run configuration: TOML (TOML++), every key documented in configs/README.md.
 #pragma once
 
+#include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -13,6 +15,49 @@ class table;
 }  // namespace toml
 
 namespace qsweep {
+
+enum class ClipMethod { kMinMax, kSawb, kMse, kPercentile };
+
+// How one layer is quantized (method.md): every field can be set globally in [quant] and
+// overridden for chosen layers in [[quant.layer]].
+struct QuantSpec {
+  int weight_bits = 8;  // kind = "full" / variants; the grid's columns replace it
+  int act_bits = 8;
+  Scheme scheme = Scheme::kAsymmetric;
+  Granularity granularity = Granularity::kPerTensor;
+  ClipMethod clip = ClipMethod::kMinMax;
+  double percentile = 99.99;
+  int mse_grid = 100;
+  bool quantize_input = true;
+  bool quantize_output = true;
+};
+
+// A [[quant.layer]] table: selectors plus the fields it sets.
+struct LayerOverride {
+  // Each selector: a layer index (an integer), an exact layer name, or a glob pattern
+  // (* ? [..]) over names.
+  std::vector<std::string> selectors;
+  std::optional<int> weight_bits, act_bits;
+  std::optional<Scheme> scheme;
+  std::optional<Granularity> granularity;
+  std::optional<ClipMethod> clip;
+  std::optional<double> percentile;
+  std::string where;  // file:line for messages
+};
+
+struct QuantConfig {
+  std::vector<int> weight_bits{3, 4, 5, 6, 7, 8};  // the grid's columns
+  QuantSpec base;
+  std::vector<LayerOverride> layers;
+  bool equalization = false;    // cross-layer equalization of Conv->ReLU->Conv pairs
+  bool bias_correction = false;  // empirical bias correction from calibration data
+};
+
+// One row of a comparison (kind = "full"): the base [quant] with this variant's changes.
+struct Variant {
+  std::string name, description;
+  QuantConfig quant;
+};
 
 struct Config {
   // [experiment]
@@ -29,13 +74,19 @@ struct Config {
   int64_t calibration_count = 512;
   std::string eval_split = "test";
   int64_t eval_count = 0;  // 0: the whole split
-  // [quant]
-  std::vector<int> weight_bits{3, 4, 5, 6, 7, 8};
-  int act_bits = 8;
-  Scheme scheme = Scheme::kAsymmetric;
-  Granularity granularity = Granularity::kPerTensor;
-  bool quantize_input = true;
-  bool quantize_output = true;
+  // [quant], [[quant.layer]]
+  QuantConfig quant;
+  // [[variant]]
+  std::vector<Variant> variants;
+  // [additivity]
+  int additivity_configs = 20;
+  int low_bits = 4;
+  int high_bits = 8;  // 0: the other layers stay float32
+  uint64_t additivity_seed = 1;
+  // [stats]
+  int bootstrap = 1000;
+  uint64_t stats_seed = 0;
+  double confidence = 0.95;
   // [run]
   std::string backend = "auto";
   int64_t batch_size = 250;
@@ -45,7 +96,7 @@ struct Config {
   std::string root = "results";
   int worst = 3;
 
-  std::string source;  // the file it came from ("built-in default" when none)
+  std::string source;  // the file it came from
 };
 
 // One documented key: dotted path, TOML type, default as written in TOML, description.
@@ -70,5 +121,6 @@ std::string config_keys_markdown();
 
 std::string scheme_name(Scheme s);
 std::string granularity_name(Granularity g);
+std::string clip_name(ClipMethod c);
 
 }  // namespace qsweep

@@ -2,6 +2,7 @@
 // bit-width, only that layer quantized, over the whole evaluation set, in one pass.
 #pragma once
 
+#include <memory>
 #include <vector>
 
 #include "experiments/config.h"
@@ -11,19 +12,22 @@
 
 namespace qsweep {
 
+// Per-image outcomes and sums of one quantized configuration over the evaluation set.
 struct CellStats {
-  int layer = 0;
+  int layer = -1;          // grid cells: the quantized layer; -1 for many-layer configurations
   int weight_bits = 0;
   double noise_sum = 0.0;  // sum over images of ||y - y_hat||^2
   int64_t correct = 0;     // images whose argmax(y_hat) is the label
+  std::vector<uint8_t> correct_images;  // per image: 1 when classified correctly
 };
 
 struct GridResult {
   int64_t images = 0;
   int64_t float_correct = 0;
   double output_energy = 0.0;  // sum over images of ||y||^2
+  std::vector<uint8_t> float_correct_images;
   std::vector<int> weight_bits;
-  std::vector<CellStats> cells;  // layer-major, bits in config order
+  std::vector<CellStats> cells;  // grid: layer-major, bits in config order
   double seconds = 0.0;
   bool naive = false;
 
@@ -42,13 +46,46 @@ struct GridOptions {
   bool progress = true;
 };
 
-// Runs the grid. The one-pass way: each batch is decoded and run through the float32
-// network once, and each cell restarts from its layer's cached input (the suffix). The
-// naive way: for each cell, every batch is decoded again and run through the whole network.
-// Both give identical numbers: every batch is processed by one thread with the same ops,
-// and per-batch sums are added in batch order.
-GridResult run_layerwise_grid(const Executor& exec, const Dataset& eval, const Normalization& norm,
-                              int64_t count, const ActivationRanges& ranges, const Config& cfg,
-                              const GridOptions& options);
+// Where empirical bias correction takes its calibration images from.
+struct BiasCorrectionSource {
+  const Dataset* data = nullptr;
+  Normalization norm;
+  int64_t count = 0;
+};
+
+// One quantized layer: its weights, optional corrected bias, and quantizers.
+struct QuantizedLayer {
+  int layer = 0;
+  int bits = 0;
+  QuantizedWeights weights;
+  Tensor bias;
+  bool corrected_bias = false;
+  LayerQuantization q;  // points into this object: do not copy after finalize()
+  void finalize() {
+    q.weights = &weights.weights;
+    q.bias = corrected_bias ? &bias : nullptr;
+  }
+};
+
+// Quantizes layer `layer` at `bits` under `spec`: weights once, the bias corrected when
+// asked (bc != nullptr).
+std::unique_ptr<QuantizedLayer> quantize_layer(const Executor& exec, int layer, const QuantSpec& spec, int bits,
+                                               const ActivationRanges& ranges, const BiasCorrectionSource* bc,
+                                               int64_t batch_size, int threads);
+
+// Runs the grid: weight_bits x layers under per-layer specs. The one-pass way: each batch
+// is decoded and run through the float32 network once, and each cell restarts from its
+// layer's cached input (the suffix). The naive way: for each cell, every batch is decoded
+// again and run through the whole network. Both give identical numbers: every batch is
+// processed by one thread with the same ops, and per-batch sums are added in batch order.
+GridResult run_layerwise_grid(const Executor& exec, const Dataset& eval, const Normalization& norm, int64_t count,
+                              const ActivationRanges& ranges, const std::vector<QuantSpec>& specs,
+                              const std::vector<int>& weight_bits, const GridOptions& options,
+                              const BiasCorrectionSource* bc = nullptr);
+
+// Evaluates whole-network plans (any set of layers quantized at once, full forwards) over
+// the evaluation set; result.cells[i] belongs to plans[i] (layer = -1).
+GridResult run_network_plans(const Executor& exec, const Dataset& eval, const Normalization& norm, int64_t count,
+                             const std::vector<QuantPlan>& plans, const GridOptions& options, const char* label);
 
 }  // namespace qsweep

@@ -1,11 +1,16 @@
 #include "experiments/quant_plan.h"
 
 #include <algorithm>
+#include <cmath>
+#include <fnmatch.h>
 #include <limits>
 
+#include <fmt/format.h>
 #include <omp.h>
 
+#include "kernels/cpu/clipping.h"
 #include "kernels/cpu/fake_quant.h"
+#include "runtime/error.h"
 
 namespace qsweep {
 
@@ -47,32 +52,306 @@ ActivationRanges calibrate(const Executor& exec, const Dataset& data, const Norm
   return r;
 }
 
-Tensor quantize_weights(const Graph& g, const Layer& L, int bits, Scheme scheme, Granularity granularity) {
+std::vector<int> select_layers(const Graph& g, const std::vector<std::string>& selectors, const std::string& where) {
+  std::vector<int> out;
+  for (const auto& s : selectors) {
+    bool matched = false;
+    const bool numeric = !s.empty() && std::all_of(s.begin(), s.end(), ::isdigit);
+    const bool glob = s.find_first_of("*?[") != std::string::npos;
+    for (const Layer& L : g.layers) {
+      const bool hit = numeric ? std::to_string(L.index) == s
+                               : glob ? fnmatch(s.c_str(), L.name.c_str(), 0) == 0 : L.name == s;
+      if (hit) {
+        matched = true;
+        if (std::find(out.begin(), out.end(), L.index) == out.end()) out.push_back(L.index);
+      }
+    }
+    if (!matched) {
+      user_error("{}: the layer selector '{}' matches no layer; layers are 0..{} (see `qsweep layers MODEL`)", where, s,
+                 g.layers.size() - 1);
+    }
+  }
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+std::vector<QuantSpec> resolve_layer_specs(const Graph& g, const QuantConfig& q) {
+  std::vector<QuantSpec> specs(g.layers.size(), q.base);
+  for (const LayerOverride& o : q.layers) {
+    for (int l : select_layers(g, o.selectors, o.where)) {
+      QuantSpec& s = specs[l];
+      if (o.weight_bits) s.weight_bits = *o.weight_bits;
+      if (o.act_bits) s.act_bits = *o.act_bits;
+      if (o.scheme) s.scheme = *o.scheme;
+      if (o.granularity) s.granularity = *o.granularity;
+      if (o.clip) s.clip = *o.clip;
+      if (o.percentile) s.percentile = *o.percentile;
+    }
+  }
+  return specs;
+}
+
+namespace {
+
+// The quantization range of one slice of weights under a clipping method.
+void clip_range(const std::vector<float>& w, const QuantSpec& spec, int bits, float* lo, float* hi) {
+  float mn, mx;
+  min_max(w.data(), w.size(), &mn, &mx);
+  float alpha;
+  switch (spec.clip) {
+    case ClipMethod::kMinMax:
+      *lo = mn;
+      *hi = mx;
+      return;
+    case ClipMethod::kPercentile:
+      percentile_range(w.data(), w.size(), spec.percentile, lo, hi);
+      return;
+    case ClipMethod::kSawb:
+      if (!sawb_coefficients(bits)) {
+        user_error("weight_clip = \"sawb\" at {} bits: SAWB coefficients exist for 2..8 bits", bits);
+      }
+      alpha = std::fabs(sawb_clip(w.data(), w.size(), bits));
+      break;
+    case ClipMethod::kMse:
+      alpha = mse_clip(w.data(), w.size(), bits, spec.scheme, spec.mse_grid);
+      break;
+  }
+  *lo = std::max(mn, -alpha);
+  *hi = std::min(mx, alpha);
+}
+
+// The weights of output channel c of layer L, gathered from the (outer, channels, inner) layout.
+std::vector<float> channel_slice(const Tensor& w, const Layer& L, int64_t c) {
+  std::vector<float> s;
+  s.reserve(L.w_outer * L.w_inner);
+  for (int64_t o = 0; o < L.w_outer; ++o) {
+    const float* p = w.ptr() + (o * L.w_channels + c) * L.w_inner;
+    s.insert(s.end(), p, p + L.w_inner);
+  }
+  return s;
+}
+
+}  // namespace
+
+QuantizedWeights quantize_weights(const Graph& g, const Layer& L, const QuantSpec& spec, int bits) {
   const Tensor& w = g.constant(L.weight_value);
-  Tensor out(w.shape);
-  if (granularity == Granularity::kPerTensor) {
+  QuantizedWeights out;
+  out.weights = Tensor(w.shape);
+  if (spec.granularity == Granularity::kPerTensor) {
     float lo, hi;
-    min_max(w.ptr(), w.data.size(), &lo, &hi);
-    fake_quantize_per_tensor(w.ptr(), out.ptr(), w.data.size(), choose_quant_params(lo, hi, bits, scheme));
+    clip_range(w.data, spec, bits, &lo, &hi);
+    fake_quantize_per_tensor(w.ptr(), out.weights.ptr(), w.data.size(), choose_quant_params(lo, hi, bits, spec.scheme));
+    out.range_lo = lo;
+    out.range_hi = hi;
+    out.clip_fraction = clipped_fraction(w.ptr(), w.data.size(), lo, hi);
   } else {
-    std::vector<float> lo(L.w_channels), hi(L.w_channels);
-    min_max_per_channel(w.ptr(), L.w_outer, L.w_channels, L.w_inner, lo.data(), hi.data());
     std::vector<QuantParams> p(L.w_channels);
-    for (int64_t c = 0; c < L.w_channels; ++c) p[c] = choose_quant_params(lo[c], hi[c], bits, scheme);
-    fake_quantize_per_channel(w.ptr(), out.ptr(), L.w_outer, L.w_channels, L.w_inner, p.data());
+    size_t clipped = 0;
+    out.range_lo = std::numeric_limits<float>::infinity();
+    out.range_hi = -std::numeric_limits<float>::infinity();
+    for (int64_t c = 0; c < L.w_channels; ++c) {
+      const std::vector<float> s = channel_slice(w, L, c);
+      float lo, hi;
+      clip_range(s, spec, bits, &lo, &hi);
+      p[c] = choose_quant_params(lo, hi, bits, spec.scheme);
+      clipped += static_cast<size_t>(std::llround(clipped_fraction(s.data(), s.size(), lo, hi) * s.size()));
+      out.range_lo = std::min(out.range_lo, lo);
+      out.range_hi = std::max(out.range_hi, hi);
+    }
+    fake_quantize_per_channel(w.ptr(), out.weights.ptr(), L.w_outer, L.w_channels, L.w_inner, p.data());
+    out.clip_fraction = static_cast<double>(clipped) / static_cast<double>(w.data.size());
   }
   return out;
 }
 
 LayerQuantization make_layer_quantization(const Layer& L, const Tensor* weights, const ActivationRanges& r,
-                                          const Config& cfg) {
+                                          const QuantSpec& spec) {
   LayerQuantization q;
   q.weights = weights;
-  q.quantize_input = cfg.quantize_input;
-  q.quantize_output = cfg.quantize_output;
-  q.input = choose_quant_params(r.lo[L.input_value], r.hi[L.input_value], cfg.act_bits, cfg.scheme);
-  q.output = choose_quant_params(r.lo[L.output_value], r.hi[L.output_value], cfg.act_bits, cfg.scheme);
+  q.quantize_input = spec.quantize_input;
+  q.quantize_output = spec.quantize_output;
+  q.input = choose_quant_params(r.lo[L.input_value], r.hi[L.input_value], spec.act_bits, spec.scheme);
+  q.output = choose_quant_params(r.lo[L.output_value], r.hi[L.output_value], spec.act_bits, spec.scheme);
   return q;
+}
+
+LayerStats layer_stats(const Graph& g, const Layer& L, const QuantSpec& spec, int bits) {
+  const Tensor& w = g.constant(L.weight_value);
+  LayerStats s;
+  min_max(w.ptr(), w.data.size(), &s.weight_min, &s.weight_max);
+  const QuantizedWeights q = quantize_weights(g, L, spec, bits);
+  s.range_min = q.range_lo;
+  s.range_max = q.range_hi;
+  s.clip_fraction = q.clip_fraction;
+  double mean = 0.0;
+  for (float v : w.data) mean += v;
+  mean /= static_cast<double>(w.data.size());
+  double m2 = 0.0, m4 = 0.0;
+  for (float v : w.data) {
+    const double d = v - mean;
+    m2 += d * d;
+    m4 += d * d * d * d;
+  }
+  m2 /= static_cast<double>(w.data.size());
+  m4 /= static_cast<double>(w.data.size());
+  s.kurtosis = m2 > 0 ? m4 / (m2 * m2) : 0.0;
+  std::vector<double> ranges;
+  for (int64_t c = 0; c < L.w_channels; ++c) {
+    const auto sl = channel_slice(w, L, c);
+    float lo, hi;
+    min_max(sl.data(), sl.size(), &lo, &hi);
+    ranges.push_back(static_cast<double>(hi) - lo);
+  }
+  std::vector<double> sorted = ranges;
+  std::sort(sorted.begin(), sorted.end());
+  const double median = sorted[sorted.size() / 2];
+  s.channel_range_spread = median > 0 ? sorted.back() / median : std::numeric_limits<double>::infinity();
+  return s;
+}
+
+std::string layers_csv(const Graph& g, const std::vector<QuantSpec>& specs, int bits) {
+  std::string out =
+      "layer_index,layer_name,op_type,weight_min,weight_max,range_min,range_max,clip_fraction,kurtosis,"
+      "channel_range_spread,weight_clip,granularity,bits\n";
+  for (const Layer& L : g.layers) {
+    const LayerStats s = layer_stats(g, L, specs[L.index], bits);
+    std::string name = L.name;
+    if (name.find_first_of(",\"\n") != std::string::npos) name = "\"" + name + "\"";
+    out += fmt::format("{},{},{},{:.9g},{:.9g},{:.9g},{:.9g},{:.6g},{:.6g},{:.6g},{},{},{}\n", L.index, name,
+                       op_name(g.nodes[L.node].op), s.weight_min, s.weight_max, s.range_min, s.range_max,
+                       s.clip_fraction, s.kurtosis, s.channel_range_spread, clip_name(specs[L.index].clip),
+                       granularity_name(specs[L.index].granularity), bits);
+  }
+  return out;
+}
+
+int equalize_cross_layer(Graph& g, int iterations) {
+  const auto cons = g.consumers();
+  struct Pair {
+    int first, second;
+  };
+  std::vector<Pair> pairs;
+  for (const Layer& L1 : g.layers) {
+    const Node& n1 = g.nodes[L1.node];
+    if (n1.op != OpType::kConv) continue;
+    if (L1.act_node >= 0) {
+      const OpType a = g.nodes[L1.act_node].op;
+      if (a != OpType::kRelu && a != OpType::kLeakyRelu) continue;  // not positively homogeneous
+    }
+    const auto& users = cons[L1.output_value];
+    if (users.size() != 1 || L1.output_value == g.output) continue;
+    for (const Layer& L2 : g.layers) {
+      if (L2.node == users[0] && g.nodes[L2.node].op == OpType::kConv && L2.input_value == L1.output_value) {
+        pairs.push_back({L1.index, L2.index});
+      }
+    }
+  }
+  // Equalize on private copies of the constants (they may be shared initializers).
+  auto own = [&](int& value) {
+    const int v = g.add_constant(g.values[value].name + "_equalized", g.values[value].constant);
+    value = v;
+  };
+  for (const Pair& p : pairs) {
+    Layer& L1 = g.layers[p.first];
+    Layer& L2 = g.layers[p.second];
+    Node& n1 = g.nodes[L1.node];
+    Node& n2 = g.nodes[L2.node];
+    own(n1.inputs[1]);
+    L1.weight_value = n1.inputs[1];
+    if (n1.inputs.size() > 2) {
+      own(n1.inputs[2]);
+      L1.bias_value = n1.inputs[2];
+    }
+    own(n2.inputs[1]);
+    L2.weight_value = n2.inputs[1];
+  }
+  for (int it = 0; it < iterations; ++it) {
+    double change = 0.0;
+    for (const Pair& p : pairs) {
+      const Layer& L1 = g.layers[p.first];
+      const Layer& L2 = g.layers[p.second];
+      Tensor& w1 = g.values[L1.weight_value].constant;  // (C, I1/g1, kh, kw)
+      Tensor& w2 = g.values[L2.weight_value].constant;  // (O, C/g2, kh, kw)
+      const int64_t C = w1.dim(0);
+      const int64_t g2 = g.nodes[L2.node].attrs.group;
+      const int64_t per_group_in = w2.dim(1), per_group_out = w2.dim(0) / g2, k2 = w2.dim(2) * w2.dim(3);
+      const int64_t per1 = w1.numel() / C;
+      for (int64_t c = 0; c < C; ++c) {
+        float r1 = 0.0f, r2 = 0.0f;
+        for (int64_t i = 0; i < per1; ++i) r1 = std::max(r1, std::fabs(w1.data[c * per1 + i]));
+        const int64_t grp = c / per_group_in, local = c % per_group_in;
+        for (int64_t o = grp * per_group_out; o < (grp + 1) * per_group_out; ++o) {
+          for (int64_t k = 0; k < k2; ++k) r2 = std::max(r2, std::fabs(w2.data[(o * per_group_in + local) * k2 + k]));
+        }
+        if (r1 == 0.0f || r2 == 0.0f) continue;
+        const double s = std::sqrt(static_cast<double>(r1) / r2);  // range of both becomes sqrt(r1 * r2)
+        change = std::max(change, std::fabs(std::log(s)));
+        for (int64_t i = 0; i < per1; ++i) w1.data[c * per1 + i] = static_cast<float>(w1.data[c * per1 + i] / s);
+        if (L1.bias_value >= 0) {
+          float& b = g.values[L1.bias_value].constant.data[c];
+          b = static_cast<float>(b / s);
+        }
+        for (int64_t o = grp * per_group_out; o < (grp + 1) * per_group_out; ++o) {
+          for (int64_t k = 0; k < k2; ++k) {
+            float& v = w2.data[(o * per_group_in + local) * k2 + k];
+            v = static_cast<float>(v * s);
+          }
+        }
+      }
+    }
+    if (change < 1e-6) break;
+  }
+  return static_cast<int>(pairs.size());
+}
+
+Tensor bias_correction(const Executor& exec, int layer, const LayerQuantization& q, const Dataset& data,
+                       const Normalization& norm, int64_t count, int64_t batch_size, int threads) {
+  const Graph& g = exec.graph();
+  const Layer& L = g.layers[layer];
+  const int out_value = g.nodes[L.node].output;
+  count = std::min(count, data.count);
+  const int64_t chunks = (count + batch_size - 1) / batch_size;
+  std::vector<std::vector<double>> sums(chunks);
+  int64_t channels = 0, per_image = 0;
+#pragma omp parallel num_threads(threads)
+  {
+    auto ws = exec.make_workspace();
+    Tensor x;
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t c = 0; c < chunks; ++c) {
+      const int64_t begin = c * batch_size, n = std::min(batch_size, count - begin);
+      load_batch(data, norm, begin, n, x);
+      exec.forward(ws, x);
+      const Tensor& y = ws.values[out_value];  // float pre-activation output, (N, C, ...)
+      const Tensor& yq = exec.layer_node_output(ws, layer, q);
+      const int64_t C = y.dim(1), inner = y.numel() / (y.dim(0) * C);
+      std::vector<double> s(C, 0.0);
+      for (int64_t i = 0; i < y.dim(0); ++i) {
+        for (int64_t ch = 0; ch < C; ++ch) {
+          for (int64_t k = 0; k < inner; ++k) {
+            const int64_t idx = (i * C + ch) * inner + k;
+            s[ch] += static_cast<double>(y.data[idx]) - yq.data[idx];
+          }
+        }
+      }
+      sums[c] = std::move(s);
+#pragma omp critical
+      {
+        channels = C;
+        per_image = inner;
+      }
+    }
+  }
+  std::vector<double> total(channels, 0.0);
+  for (const auto& s : sums) {  // batch order: deterministic
+    for (int64_t ch = 0; ch < channels; ++ch) total[ch] += s[ch];
+  }
+  Tensor bias(Shape{channels});
+  for (int64_t ch = 0; ch < channels; ++ch) {
+    const double base = L.bias_value >= 0 ? g.constant(L.bias_value).data[ch] : 0.0;
+    bias.data[ch] = static_cast<float>(base + total[ch] / static_cast<double>(count * per_image));
+  }
+  return bias;
 }
 
 }  // namespace qsweep

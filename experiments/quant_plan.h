@@ -1,5 +1,6 @@
-// From ranges to quantizers: activation calibration and weight fake-quantization, shared
-// by every experiment.
+// From ranges to quantizers: activation calibration, per-layer quantization specs (global
+// settings plus [[quant.layer]] overrides), weight fake-quantization with the clipping
+// methods, and the statistics that explain a bad layer.
 #pragma once
 
 #include <vector>
@@ -18,12 +19,51 @@ struct ActivationRanges {
 ActivationRanges calibrate(const Executor& exec, const Dataset& data, const Normalization& norm,
                            int64_t count, int64_t batch_size, int threads);
 
-// Fake-quantized copy of layer L's weights at `bits` (min/max range, per tensor or per
-// output channel).
-Tensor quantize_weights(const Graph& g, const Layer& L, int bits, Scheme scheme, Granularity granularity);
+// Which layers a selector list picks (indices, exact names, glob patterns). Throws
+// UserError citing `where` when a selector matches nothing.
+std::vector<int> select_layers(const Graph& g, const std::vector<std::string>& selectors, const std::string& where);
 
-// The LayerQuantization of layer L at weight `bits` (weights must outlive it).
+// The spec of every layer: q.base with the matching [[quant.layer]] overrides applied in order.
+std::vector<QuantSpec> resolve_layer_specs(const Graph& g, const QuantConfig& q);
+
+// A layer's fake-quantized weights and the range they were quantized with.
+struct QuantizedWeights {
+  Tensor weights;
+  float range_lo = 0.0f, range_hi = 0.0f;  // per tensor; per channel: the widest channel range
+  double clip_fraction = 0.0;              // weights outside their (channel's) range
+};
+
+// Fake-quantizes layer L's weights at `bits` with spec's scheme, granularity and clipping.
+QuantizedWeights quantize_weights(const Graph& g, const Layer& L, const QuantSpec& spec, int bits);
+
+// The LayerQuantization of layer L (weights, and bias when given, must outlive it).
 LayerQuantization make_layer_quantization(const Layer& L, const Tensor* weights, const ActivationRanges& r,
-                                          const Config& cfg);
+                                          const QuantSpec& spec);
+
+// Weight statistics of one layer (Figure 6), at the spec and bit-width given.
+struct LayerStats {
+  float weight_min = 0, weight_max = 0;
+  float range_min = 0, range_max = 0;
+  double clip_fraction = 0;
+  double kurtosis = 0;              // E[(w - mu)^4] / sigma^4 (3 for a Gaussian)
+  double channel_range_spread = 0;  // max / median of the per-output-channel ranges
+};
+LayerStats layer_stats(const Graph& g, const Layer& L, const QuantSpec& spec, int bits);
+std::string layers_csv(const Graph& g, const std::vector<QuantSpec>& specs, int bits);
+
+// Cross-layer equalization (Nagel et al. 2019, "Data-Free Quantization Through Weight
+// Equalization and Bias Correction"; Meller et al. 2019): for every Conv -> (ReLU |
+// LeakyReLU | none) -> Conv pair where the first conv's output reaches only the second,
+// output channel i of the first is divided by s_i and input channel i of the second
+// multiplied by it, s_i = sqrt(r1_i / r2_i) with r the per-channel weight ranges, so both
+// get the range sqrt(r1_i * r2_i). Float outputs are unchanged (positive scaling commutes
+// with ReLU). Iterated to convergence; returns the number of pairs.
+int equalize_cross_layer(Graph& g, int iterations = 20);
+
+// Empirical bias correction: per output channel, the mean over calibration images (and
+// positions) of layer(x) - layer_quantized(x) before the activation; adding it to the bias
+// removes the mean shift quantization causes. Returns the corrected bias.
+Tensor bias_correction(const Executor& exec, int layer, const LayerQuantization& q, const Dataset& data,
+                       const Normalization& norm, int64_t count, int64_t batch_size, int threads);
 
 }  // namespace qsweep

@@ -13,6 +13,8 @@
 #include <unistd.h>
 
 #include "experiments/results.h"
+#include "experiments/stats.h"
+#include "experiments/studies.h"
 #include "qsweep_version.h"
 #include "runtime/error.h"
 #include "runtime/onnx_import.h"
@@ -37,6 +39,7 @@ std::string utc_now() {
 json num(double v) { return std::isfinite(v) ? json(v) : json(nullptr); }
 
 std::string fmt_sqnr(double v) { return std::isfinite(v) ? fmt::format("{:.4f}", v) : "inf"; }
+std::string fmt_ci(double v) { return std::isfinite(v) ? fmt::format("{:.4f}", v) : ""; }
 
 json dataset_json(const Dataset& d, int64_t used) {
   return {{"split", d.name},
@@ -64,8 +67,11 @@ std::vector<const CellStats*> worst_at(const GridResult& r, int bits) {
 
 }  // namespace
 
-std::string layerwise_csv(const Graph& g, const GridResult& r, int act_bits) {
-  std::string s = "layer_index,layer_name,op_type,weight_bits,act_bits,noise,sqnr_db,top1,degradation,correct,images,float_top1\n";
+std::string layerwise_csv(const Graph& g, const GridResult& r, const std::vector<QuantSpec>& specs,
+                          const PairedBootstrap& boot) {
+  std::string s =
+      "layer_index,layer_name,op_type,weight_bits,act_bits,noise,sqnr_db,top1,degradation,correct,images,float_top1,"
+      "ci_low,ci_high\n";
   for (const auto& c : r.cells) {
     const Layer& L = g.layers[c.layer];
     std::string name = L.name;
@@ -74,9 +80,11 @@ std::string layerwise_csv(const Graph& g, const GridResult& r, int act_bits) {
       for (char ch : name) q += ch == '"' ? std::string("\"\"") : std::string(1, ch);
       name = q + "\"";
     }
-    s += fmt::format("{},{},{},{},{},{:.9g},{},{:.4f},{:.4f},{},{},{:.4f}\n", c.layer, name,
-                     op_name(g.nodes[L.node].op), c.weight_bits, act_bits, r.noise(c), fmt_sqnr(r.sqnr_db(c)),
-                     r.top1(c), r.degradation(c), c.correct, r.images, r.float_top1());
+    const Interval ci = boot.degradation_interval(r.float_correct_images, c.correct_images);
+    s += fmt::format("{},{},{},{},{},{:.9g},{},{:.4f},{:.4f},{},{},{:.4f},{},{}\n", c.layer, name,
+                     op_name(g.nodes[L.node].op), c.weight_bits, specs[c.layer].act_bits, r.noise(c),
+                     fmt_sqnr(r.sqnr_db(c)), r.top1(c), r.degradation(c), c.correct, r.images, r.float_top1(),
+                     fmt_ci(ci.lo), fmt_ci(ci.hi));
   }
   return s;
 }
@@ -96,6 +104,13 @@ RunOutcome run_experiment(const RunOptions& o) {
 
   Graph g = import_onnx(cfg.model_path);
   if (g.layers.empty()) user_error("{}: the model has no Conv, Gemm or MatMul layer to quantize", cfg.model_path);
+  // Layer selectors are checked before any work is done.
+  std::vector<QuantSpec> specs = resolve_layer_specs(g, cfg.quant);
+  for (const auto& v : cfg.variants) resolve_layer_specs(g, v.quant);
+  if (cfg.kind != "full" && cfg.quant.equalization) {
+    const int pairs = equalize_cross_layer(g);
+    say(fmt::format("cross-layer equalization: {} Conv -> Conv pairs equalized", pairs));
+  }
   const auto backend = make_backend(cfg.backend);
   const Executor exec(g, *backend);
   const Dataset calib = load_idx_split(cfg.data_path, cfg.calibration_split);
@@ -114,35 +129,36 @@ RunOutcome run_experiment(const RunOptions& o) {
   const int64_t eval_count = cfg.eval_count > 0 ? std::min(cfg.eval_count, eval.count) : eval.count;
   const int64_t calib_count = std::min(cfg.calibration_count, calib.count);
 
-  say(fmt::format("qsweep {}: {} layers x {} weight bit-widths on {} {} images ({}), backend {} ({} threads)",
-                  cfg.name, g.layers.size(), cfg.weight_bits.size(), eval_count, cfg.eval_split, cfg.dataset,
-                  backend->name(), threads));
+  say(fmt::format("qsweep {} ({}): {} layers on {} {} images ({}), backend {} ({} threads)", cfg.name, cfg.kind,
+                  g.layers.size(), eval_count, cfg.eval_split, cfg.dataset, backend->name(), threads));
   say(fmt::format("calibrating activation ranges on the first {} {} images", calib_count, cfg.calibration_split));
   const ActivationRanges ranges = calibrate(exec, calib, norm, calib_count, cfg.batch_size, threads);
 
-  GridOptions gopt;
-  gopt.batch_size = cfg.batch_size;
-  gopt.threads = threads;
-  gopt.naive = cfg.naive;
-  gopt.progress = verbose;
-  GridResult grid = run_layerwise_grid(exec, eval, norm, eval_count, ranges, cfg, gopt);
-
-  // Results.
-  ResultsFolder folder(cfg.root, cfg.name);
-  folder.write("config.toml", config_to_toml(cfg));
-  folder.write("layerwise.csv", layerwise_csv(g, grid, cfg.act_bits));
+  StudyContext ctx;
+  ctx.exec = &exec;
+  ctx.calib = &calib;
+  ctx.eval = &eval;
+  ctx.norm = norm;
+  ctx.calib_count = calib_count;
+  ctx.eval_count = eval_count;
+  ctx.ranges = &ranges;
+  ctx.options.batch_size = cfg.batch_size;
+  ctx.options.threads = threads;
+  ctx.options.naive = cfg.naive;
+  ctx.options.progress = verbose;
+  const PairedBootstrap boot(static_cast<size_t>(eval_count), cfg.bootstrap, cfg.stats_seed, cfg.confidence);
+  const BiasCorrectionSource bc{&calib, norm, calib_count};
 
   json summary;
   summary["experiment"] = cfg.name;
   summary["kind"] = cfg.kind;
   summary["mode"] = cfg.naive ? "naive" : "one-pass";
-  summary["images"] = grid.images;
-  summary["float_top1"] = grid.float_top1();
-  summary["float_correct"] = grid.float_correct;
-  summary["weight_bits"] = cfg.weight_bits;
-  summary["act_bits"] = cfg.act_bits;
-  summary["scheme"] = scheme_name(cfg.scheme);
-  summary["granularity"] = granularity_name(cfg.granularity);
+  summary["images"] = eval_count;
+  summary["act_bits"] = cfg.quant.base.act_bits;
+  summary["scheme"] = scheme_name(cfg.quant.base.scheme);
+  summary["granularity"] = granularity_name(cfg.quant.base.granularity);
+  summary["weight_clip"] = clip_name(cfg.quant.base.clip);
+  summary["confidence"] = cfg.confidence;
   json layers = json::array();
   for (const Layer& L : g.layers) {
     layers.push_back({{"index", L.index},
@@ -152,32 +168,97 @@ RunOutcome run_experiment(const RunOptions& o) {
                       {"weight_shape", g.constant(L.weight_value).shape}});
   }
   summary["layers"] = layers;
-  json cells = json::array();
-  for (const auto& c : grid.cells) {
-    cells.push_back({{"layer_index", c.layer},
-                     {"layer_name", g.layers[c.layer].name},
-                     {"weight_bits", c.weight_bits},
-                     {"noise", grid.noise(c)},
-                     {"sqnr_db", num(grid.sqnr_db(c))},
-                     {"top1", grid.top1(c)},
-                     {"degradation", grid.degradation(c)},
-                     {"correct", c.correct}});
-  }
-  summary["grid"] = cells;
-  json worst = json::object();
-  for (int b : cfg.weight_bits) {
-    json list = json::array();
-    auto w = worst_at(grid, b);
-    for (size_t i = 0; i < w.size() && i < static_cast<size_t>(cfg.worst); ++i) {
-      list.push_back({{"layer_index", w[i]->layer},
-                      {"layer_name", g.layers[w[i]->layer].name},
-                      {"degradation", grid.degradation(*w[i])},
-                      {"noise", grid.noise(*w[i])}});
+
+  ResultsFolder folder(cfg.root, cfg.name);
+  folder.write("config.toml", config_to_toml(cfg));
+  GridResult grid;
+  int stats_bits = *std::min_element(cfg.quant.weight_bits.begin(), cfg.quant.weight_bits.end());
+  auto grid_json = [&](const GridResult& gr) {
+    summary["float_top1"] = gr.float_top1();
+    summary["float_correct"] = gr.float_correct;
+    summary["weight_bits"] = gr.weight_bits;
+    json cells = json::array();
+    for (const auto& c : gr.cells) {
+      const Interval ci = boot.degradation_interval(gr.float_correct_images, c.correct_images);
+      cells.push_back({{"layer_index", c.layer},
+                       {"layer_name", g.layers[c.layer].name},
+                       {"weight_bits", c.weight_bits},
+                       {"noise", gr.noise(c)},
+                       {"sqnr_db", num(gr.sqnr_db(c))},
+                       {"top1", gr.top1(c)},
+                       {"degradation", gr.degradation(c)},
+                       {"ci_low", num(ci.lo)},
+                       {"ci_high", num(ci.hi)},
+                       {"correct", c.correct}});
     }
-    worst[std::to_string(b)] = list;
+    summary["grid"] = cells;
+    json worst = json::object();
+    for (int b : gr.weight_bits) {
+      json list = json::array();
+      auto w = worst_at(gr, b);
+      for (size_t i = 0; i < w.size() && i < static_cast<size_t>(cfg.worst); ++i) {
+        list.push_back({{"layer_index", w[i]->layer},
+                        {"layer_name", g.layers[w[i]->layer].name},
+                        {"degradation", gr.degradation(*w[i])},
+                        {"noise", gr.noise(*w[i])}});
+      }
+      worst[std::to_string(b)] = list;
+    }
+    summary["worst_layers"] = worst;
+    summary["grid_seconds"] = gr.seconds;
+    folder.write("layerwise.csv", layerwise_csv(g, gr, specs, boot));
+  };
+
+  if (cfg.kind == "layerwise") {
+    grid = run_layerwise_grid(exec, eval, norm, eval_count, ranges, specs, cfg.quant.weight_bits, ctx.options,
+                              cfg.quant.bias_correction ? &bc : nullptr);
+    grid_json(grid);
+  } else if (cfg.kind == "additivity") {
+    AdditivityResult a = run_additivity(ctx, cfg, boot);
+    grid = std::move(a.grid);
+    grid_json(grid);
+    stats_bits = cfg.low_bits;
+    folder.write("additivity.csv", additivity_csv(a, cfg));
+    summary["additivity"] = {{"configs", a.rows.size()},
+                             {"low_bits", cfg.low_bits},
+                             {"high_bits", cfg.high_bits},
+                             {"seed", cfg.additivity_seed},
+                             {"degradation", {{"pearson_r", num(a.r_degradation)}, {"slope", num(a.slope_degradation)}}},
+                             {"noise", {{"pearson_r", num(a.r_noise)}, {"slope", num(a.slope_noise)}}}};
+    if (verbose) {
+      fmt::print("additivity over {} configurations ({}-bit subsets, others {}): degradation r = {:.3f}, slope = {:.3f}; "
+                 "noise r = {:.3f}, slope = {:.3f}\n",
+                 a.rows.size(), cfg.low_bits, cfg.high_bits ? fmt::format("{}-bit", cfg.high_bits) : "float32",
+                 a.r_degradation, a.slope_degradation, a.r_noise, a.slope_noise);
+    }
+  } else {  // full
+    ComparisonResult c = run_comparison(ctx, cfg, boot);
+    summary["float_top1"] = c.eval.float_top1();
+    summary["float_correct"] = c.eval.float_correct;
+    json rows = json::array();
+    for (const auto& row : c.rows) {
+      rows.push_back({{"variant", row.name},
+                      {"description", row.description},
+                      {"top1", row.top1},
+                      {"degradation", row.degradation},
+                      {"noise", row.noise},
+                      {"ci_low", num(row.ci.lo)},
+                      {"ci_high", num(row.ci.hi)}});
+    }
+    summary["comparison"] = rows;
+    folder.write("comparison.csv", comparison_csv(c));
+    stats_bits = cfg.quant.base.weight_bits;
+    grid.images = c.eval.images;
+    grid.float_correct = c.eval.float_correct;
+    if (verbose) {
+      fmt::print("float32 top-1: {:.2f}% on {} images\n", c.eval.float_top1(), c.eval.images);
+      for (const auto& row : c.rows) {
+        fmt::print("  {:<24} top-1 {:6.2f}%  degradation {:+6.2f} pts [{}, {}]  noise {:.4g}\n", row.name, row.top1,
+                   row.degradation, fmt_ci(row.ci.lo), fmt_ci(row.ci.hi), row.noise);
+      }
+    }
   }
-  summary["worst_layers"] = worst;
-  summary["grid_seconds"] = grid.seconds;
+  folder.write("layers.csv", layers_csv(g, specs, stats_bits));
   folder.write("summary.json", summary.dump(2) + "\n");
 
   char host[256] = {0};
@@ -216,10 +297,10 @@ RunOutcome run_experiment(const RunOptions& o) {
   out.config = cfg;
   for (const Layer& L : g.layers) out.layer_names.push_back(L.name);
 
-  if (verbose) {
+  if (verbose && !grid.cells.empty()) {
     fmt::print("float32 top-1: {:.2f}% on {} images; grid of {} cells in {}\n", grid.float_top1(), grid.images,
                grid.cells.size(), fmt::format("{:.1f} s", grid.seconds));
-    const auto [lowest, highest] = std::minmax_element(cfg.weight_bits.begin(), cfg.weight_bits.end());
+    const auto [lowest, highest] = std::minmax_element(grid.weight_bits.begin(), grid.weight_bits.end());
     for (int b : {*lowest, *highest}) {
       fmt::print("worst layers at {}-bit weights:\n", b);
       auto w = worst_at(grid, b);
@@ -227,10 +308,10 @@ RunOutcome run_experiment(const RunOptions& o) {
         fmt::print("  {:>3} {:<40} degradation {:+7.2f} pts  noise {:.4g}  SQNR {} dB\n", w[i]->layer,
                    g.layers[w[i]->layer].name, grid.degradation(*w[i]), grid.noise(*w[i]), fmt_sqnr(grid.sqnr_db(*w[i])));
       }
-      if (cfg.weight_bits.size() == 1) break;
+      if (grid.weight_bits.size() == 1) break;
     }
-    fmt::print("results: {}\n", out.folder.string());
   }
+  if (verbose) fmt::print("results: {}\n", out.folder.string());
   out.grid = std::move(grid);
   return out;
 }

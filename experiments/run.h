@@ -7,6 +7,7 @@
 
 #include "experiments/config.h"
 #include "experiments/layerwise.h"
+#include "experiments/stats.h"
 
 namespace qsweep {
 
@@ -29,7 +30,8 @@ struct RunOutcome {
 
 RunOutcome run_experiment(const RunOptions& options);
 
-// Text of layerwise.csv for a grid.
-std::string layerwise_csv(const Graph& g, const GridResult& r, int act_bits);
+// Text of layerwise.csv for a grid (with bootstrap intervals of each cell's degradation).
+std::string layerwise_csv(const Graph& g, const GridResult& r, const std::vector<QuantSpec>& specs,
+                          const PairedBootstrap& boot);
 
 }  // namespace qsweep

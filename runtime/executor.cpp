@@ -46,6 +46,10 @@ void Executor::run_node(Workspace& ws, int k, const LayerQuantization* q, Read r
     }
     // Step 2: fake-quantized weights, computed once per (layer, bits) by the caller.
     if (q->weights != nullptr) ws.args[1] = q->weights;
+    if (q->bias != nullptr) {
+      if (ws.args.size() > 2) ws.args[2] = q->bias;
+      else ws.args.push_back(q->bias);
+    }
   }
   backend_.run(*ws.ctx, node, ws.args, out);
   // Step 4: the layer's output (after its fused activation, when it has one).
@@ -64,6 +68,15 @@ const Tensor& Executor::forward(Workspace& ws, const Tensor& input, const QuantP
     run_node(ws, static_cast<int>(k), q, read, ws.values[graph_.nodes[k].output]);
   }
   return ws.values[graph_.output];
+}
+
+const Tensor& Executor::layer_node_output(Workspace& ws, int layer, const LayerQuantization& q) const {
+  LayerQuantization no_output = q;
+  no_output.quantize_output = false;
+  const int k = graph_.layers[layer].node;
+  auto read = [&](int v) -> const Tensor& { return ws.values[v]; };
+  run_node(ws, k, &no_output, read, ws.scratch[graph_.nodes[k].output]);
+  return ws.scratch[graph_.nodes[k].output];
 }
 
 const Tensor& Executor::suffix_forward(Workspace& ws, int layer, const LayerQuantization& q) const {

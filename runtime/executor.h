@@ -14,6 +14,7 @@ namespace qsweep {
 // How one layer is quantized in a forward (method.md, "Quantizing one layer j").
 struct LayerQuantization {
   const Tensor* weights = nullptr;  // fake-quantized weights (same shape as the layer's)
+  const Tensor* bias = nullptr;     // replaces the layer's bias when set (bias correction)
   bool quantize_input = true;
   QuantParams input;
   bool quantize_output = true;
@@ -45,7 +46,12 @@ class Executor {
   // depend on layer j, with layer j quantized by q; returns the network output.
   const Tensor& suffix_forward(Workspace& ws, int layer, const LayerQuantization& q) const;
 
+  // With ws.values holding a float32 forward, runs only layer j's Conv/Gemm node on its
+  // (fake-quantized) input with q's weights: the quantized pre-activation output.
+  const Tensor& layer_node_output(Workspace& ws, int layer, const LayerQuantization& q) const;
+
   const Graph& graph() const { return graph_; }
+  const Backend& backend() const { return backend_; }
   const std::vector<int>& suffix(int layer) const { return suffixes_[layer]; }
 
  private:

@@ -115,7 +115,7 @@ TEST_F(Cli, SmallRunWritesACompleteResultsFolder) {
   EXPECT_EQ(manifest["backend"]["name"], "cpu");
   // The config as run holds the overrides and reloads to the same grid.
   const Config again = load_config((run_dir / "config.toml").string(), {});
-  EXPECT_EQ(again.weight_bits, (std::vector<int>{4, 8}));
+  EXPECT_EQ(again.quant.weight_bits, (std::vector<int>{4, 8}));
   EXPECT_EQ(again.eval_count, 200);
 }
 

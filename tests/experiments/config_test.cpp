@@ -40,10 +40,10 @@ class ConfigFiles : public ::testing::Test {
 
 TEST_F(ConfigFiles, DefaultsFollowMethodMd) {
   const Config c = load_config(write("a.toml", "[model]\npath = \"m.onnx\"\n"), {});
-  EXPECT_EQ(c.weight_bits, (std::vector<int>{3, 4, 5, 6, 7, 8}));
-  EXPECT_EQ(c.act_bits, 8);
-  EXPECT_EQ(c.scheme, Scheme::kAsymmetric);
-  EXPECT_EQ(c.granularity, Granularity::kPerTensor);
+  EXPECT_EQ(c.quant.weight_bits, (std::vector<int>{3, 4, 5, 6, 7, 8}));
+  EXPECT_EQ(c.quant.base.act_bits, 8);
+  EXPECT_EQ(c.quant.base.scheme, Scheme::kAsymmetric);
+  EXPECT_EQ(c.quant.base.granularity, Granularity::kPerTensor);
   EXPECT_EQ(c.calibration_count, 512);
   EXPECT_EQ(c.calibration_split, "train");
   EXPECT_EQ(c.eval_split, "test");
@@ -110,8 +110,8 @@ TEST_F(ConfigFiles, SetOverridesAnyKeyWithTomlValues) {
   const std::string p = write("a.toml", "[model]\npath = \"m.onnx\"\n[quant]\nact_bits = 8\n");
   const Config c = load_config(p, {"quant.weight_bits=[4,8]", "quant.act_bits=6", "run.naive=true",
                                    "data.calibration.count=64", "experiment.name=\"sweep-1\""});
-  EXPECT_EQ(c.weight_bits, (std::vector<int>{4, 8}));
-  EXPECT_EQ(c.act_bits, 6);
+  EXPECT_EQ(c.quant.weight_bits, (std::vector<int>{4, 8}));
+  EXPECT_EQ(c.quant.base.act_bits, 6);
   EXPECT_TRUE(c.naive);
   EXPECT_EQ(c.calibration_count, 64);
   EXPECT_EQ(c.name, "sweep-1");
@@ -132,8 +132,8 @@ TEST_F(ConfigFiles, ConfigAsRunRoundTrips) {
   const Config c = load_config(p, {"quant.weight_bits=[5,3]", "quant.granularity=\"per-channel\""});
   const std::string again = write("again.toml", config_to_toml(c));
   const Config d = load_config(again, {});
-  EXPECT_EQ(d.weight_bits, c.weight_bits);
-  EXPECT_EQ(d.granularity, Granularity::kPerChannel);
+  EXPECT_EQ(d.quant.weight_bits, c.quant.weight_bits);
+  EXPECT_EQ(d.quant.base.granularity, Granularity::kPerChannel);
   EXPECT_EQ(d.model_path, c.model_path);
   EXPECT_EQ(d.mean, c.mean);
   EXPECT_EQ(d.data_path, c.data_path);

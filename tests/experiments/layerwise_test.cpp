@@ -4,7 +4,10 @@
 
 #include <cmath>
 #include <filesystem>
+#include <fstream>
 #include <random>
+
+#include <nlohmann/json.hpp>
 
 #include <gtest/gtest.h>
 
@@ -25,7 +28,7 @@ GridResult run_grid(const Graph& g, const Dataset& calib, const Dataset& eval, c
   o.threads = threads;
   o.naive = naive;
   o.progress = false;
-  return run_layerwise_grid(exec, eval, norm, count, r, cfg, o);
+  return run_layerwise_grid(exec, eval, norm, count, r, resolve_layer_specs(g, cfg.quant), cfg.quant.weight_bits, o);
 }
 
 void expect_identical(const GridResult& a, const GridResult& b) {
@@ -77,7 +80,7 @@ TEST_P(ShippedGrid, ResultsDoNotDependOnThreads) {
   const Dataset test = load_idx_split(kFashionMnistDir, "test");
   const Normalization norm{m.card["mean"].get<std::vector<float>>(), m.card["std"].get<std::vector<float>>()};
   Config cfg;
-  cfg.weight_bits = {4};
+  cfg.quant.weight_bits = {4};
   cfg.calibration_count = 100;
   expect_identical(run_grid(g, test, test, norm, cfg, 300, false, 1, 50),
                    run_grid(g, test, test, norm, cfg, 300, false, 2, 50));
@@ -153,7 +156,7 @@ TEST(LayerwiseGrid, OneGemmLayerMatchesIndependentComputation) {
   const Normalization norm{{0.5f}, {0.25f}};
 
   Config cfg;
-  cfg.weight_bits = {3, 8};
+  cfg.quant.weight_bits = {3, 8};
   cfg.calibration_count = 40;
   const GridResult r = run_grid(g, d, d, norm, cfg, 40, false, 1, 16);
 
@@ -175,8 +178,8 @@ TEST(LayerwiseGrid, OneGemmLayerMatchesIndependentComputation) {
     }
   }
   const RefQuant qx(xmin, xmax, 8), qy(ymin, ymax, 8);
-  for (size_t bi = 0; bi < cfg.weight_bits.size(); ++bi) {
-    const int bits = cfg.weight_bits[bi];
+  for (size_t bi = 0; bi < cfg.quant.weight_bits.size(); ++bi) {
+    const int bits = cfg.quant.weight_bits[bi];
     const RefQuant qw(*std::min_element(w.data.begin(), w.data.end()), *std::max_element(w.data.begin(), w.data.end()),
                       bits);
     double noise = 0.0;
@@ -202,6 +205,45 @@ TEST(LayerwiseGrid, OneGemmLayerMatchesIndependentComputation) {
   }
   // 3-bit weights are much noisier than 8-bit ones.
   EXPECT_GT(r.cells[0].noise_sum, 10 * r.cells[1].noise_sum);
+}
+
+}  // namespace
+}  // namespace qsweep
+
+namespace qsweep {
+namespace {
+
+// The peer: bench/torch_grid.py ran every cell of the shipped ResNet's grid in PyTorch
+// (torch's MinMaxObserver, fake_quantize_per_tensor_affine, fuse_conv_bn_weights, its own
+// convolutions) on the first 1,000 test images; see tests/data/README.md.
+constexpr double kMaxPeerNoiseRelDiff = 5e-3;  // float32 summation order and BN-fold rounding
+constexpr int64_t kMaxPeerTop1Diff = 1;        // images, of 1,000
+
+TEST(LayerwiseGrid, MatchesPyTorchPeerOnShippedResnet) {
+  if (!std::filesystem::exists(kFashionMnistDir)) GTEST_SKIP() << "dataset-fashion-mnist is not installed";
+  const auto models = testing::shipped_models();
+  ASSERT_FALSE(models.empty());
+  std::ifstream in(std::string(QSWEEP_SOURCE_DIR) + "/tests/data/resnet_grid_torch_1000.json");
+  ASSERT_TRUE(in.good());
+  const auto peer = nlohmann::json::parse(in);
+  const Graph g = import_onnx(models[0].onnx);
+  const Dataset train = load_idx_split(kFashionMnistDir, "train");
+  const Dataset test = load_idx_split(kFashionMnistDir, "test");
+  const Normalization norm{{0.2860f}, {0.3530f}};
+  Config cfg;  // method.md defaults: bits 3..8, 8-bit activations, 512 calibration images
+  const GridResult r = run_grid(g, train, test, norm, cfg, 1000, false, 2, 250);
+  EXPECT_NEAR(r.float_top1(), peer["float_top1"].get<double>(), 1e-9);
+  ASSERT_EQ(peer["cells"].size(), r.cells.size());
+  for (const auto& pc : peer["cells"]) {
+    const int layer = pc["layer"], bits = pc["bits"];
+    const CellStats& c = r.cells[layer * 6 + (bits - 3)];
+    ASSERT_EQ(c.layer, layer);
+    ASSERT_EQ(c.weight_bits, bits);
+    const double noise = pc["noise"];
+    EXPECT_LE(std::abs(r.noise(c) - noise), kMaxPeerNoiseRelDiff * noise) << "layer " << layer << " bits " << bits;
+    const int64_t peer_correct = std::llround(pc["top1"].get<double>() * 10.0);
+    EXPECT_LE(std::llabs(c.correct - peer_correct), kMaxPeerTop1Diff) << "layer " << layer << " bits " << bits;
+  }
 }
 
 }  // namespace

@@ -1,0 +1,97 @@
+#include "experiments/stats.h"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <random>
+
+namespace qsweep {
+
+PairedBootstrap::PairedBootstrap(size_t images, int resamples, uint64_t seed, double confidence)
+    : n_(images), resamples_(resamples), confidence_(confidence) {
+  if (resamples_ <= 0 || n_ == 0) {
+    resamples_ = 0;
+    return;
+  }
+  counts_.assign(static_cast<size_t>(resamples_) * n_, 0);
+  std::mt19937_64 rng(seed);
+  std::uniform_int_distribution<size_t> pick(0, n_ - 1);
+  for (int b = 0; b < resamples_; ++b) {
+    uint8_t* row = counts_.data() + static_cast<size_t>(b) * n_;
+    for (size_t i = 0; i < n_; ++i) {
+      uint8_t& c = row[pick(rng)];
+      if (c < 255) ++c;  // an image drawn 255+ times in one resample of thousands: never in practice
+    }
+  }
+}
+
+Interval PairedBootstrap::degradation_interval(const std::vector<uint8_t>& reference,
+                                               const std::vector<uint8_t>& other) const {
+  if (!enabled()) return {NAN, NAN};
+  // Only images whose outcome differs contribute; all others add 0 to every resample.
+  std::vector<size_t> idx;
+  std::vector<int> diff;
+  for (size_t i = 0; i < n_; ++i) {
+    const int d = static_cast<int>(reference[i]) - static_cast<int>(other[i]);
+    if (d != 0) {
+      idx.push_back(i);
+      diff.push_back(d);
+    }
+  }
+  std::vector<double> stats(resamples_);
+  for (int b = 0; b < resamples_; ++b) {
+    const uint8_t* row = counts_.data() + static_cast<size_t>(b) * n_;
+    int64_t s = 0;
+    for (size_t k = 0; k < idx.size(); ++k) s += static_cast<int64_t>(row[idx[k]]) * diff[k];
+    stats[b] = 100.0 * static_cast<double>(s) / static_cast<double>(n_);
+  }
+  std::sort(stats.begin(), stats.end());
+  auto quantile = [&](double q) {
+    const double pos = q * (resamples_ - 1);
+    const size_t i = static_cast<size_t>(std::floor(pos));
+    const double f = pos - i;
+    return i + 1 < stats.size() ? stats[i] + f * (stats[i + 1] - stats[i]) : stats.back();
+  };
+  const double tail = (1.0 - confidence_) / 2.0;
+  return {quantile(tail), quantile(1.0 - tail)};
+}
+
+double pearson_r(const std::vector<double>& x, const std::vector<double>& y) {
+  const size_t n = x.size();
+  if (n < 2) return NAN;
+  double mx = 0, my = 0;
+  for (size_t i = 0; i < n; ++i) {
+    mx += x[i];
+    my += y[i];
+  }
+  mx /= n;
+  my /= n;
+  double sxy = 0, sxx = 0, syy = 0;
+  for (size_t i = 0; i < n; ++i) {
+    sxy += (x[i] - mx) * (y[i] - my);
+    sxx += (x[i] - mx) * (x[i] - mx);
+    syy += (y[i] - my) * (y[i] - my);
+  }
+  if (sxx == 0 || syy == 0) return NAN;
+  return sxy / std::sqrt(sxx * syy);
+}
+
+double ls_slope(const std::vector<double>& x, const std::vector<double>& y) {
+  const size_t n = x.size();
+  if (n < 2) return NAN;
+  double mx = 0, my = 0;
+  for (size_t i = 0; i < n; ++i) {
+    mx += x[i];
+    my += y[i];
+  }
+  mx /= n;
+  my /= n;
+  double sxy = 0, sxx = 0;
+  for (size_t i = 0; i < n; ++i) {
+    sxy += (x[i] - mx) * (y[i] - my);
+    sxx += (x[i] - mx) * (x[i] - mx);
+  }
+  return sxx == 0 ? NAN : sxy / sxx;
+}
+
+}  // namespace qsweep
