@@ -1,6 +1,8 @@
 // qsweep: batch experiment runner for layer-wise quantization analysis.
+#include <csignal>
 #include <cstdio>
 #include <exception>
+#include <filesystem>
 #include <string>
 #include <vector>
 
@@ -8,7 +10,9 @@
 #include <fmt/format.h>
 
 #include "experiments/config.h"
+#include "experiments/report.h"
 #include "experiments/run.h"
+#include "experiments/slurm.h"
 #include "qsweep_version.h"
 #include "runtime/error.h"
 #include "runtime/onnx_import.h"
@@ -38,6 +42,34 @@ int list_layers(const std::string& model) {
   return 0;
 }
 
+int report(const std::string& dir, double saturate, int bar_bits) {
+  std::error_code ec;
+  if (!std::filesystem::is_directory(dir, ec)) qsweep::user_error("results folder '{}' does not exist", dir);
+  qsweep::ReportOptions o = qsweep::report_options_for(dir);
+  o.plots = true;  // asked for by name, whatever output.plots says
+  if (saturate > 0.0) o.saturate = saturate;
+  if (bar_bits > 0) o.bar_bits = bar_bits;
+  const qsweep::ReportResult r = qsweep::write_report(dir, o);
+  for (const auto& w : r.warnings) fmt::print(stderr, "qsweep: warning: {}\n", w);
+  fmt::print("{} of {} figures drawn; report: {}\n", r.drawn.size(), r.figures.size(),
+             (std::filesystem::path(dir) / "report.html").string());
+  return 0;
+}
+
+// SIGTERM (what SLURM sends before killing) and SIGINT: finish the batches in flight, keep
+// what is recorded, exit 143; a second signal ends the process at once.
+extern "C" void on_stop_signal(int sig) {
+  if (qsweep::stop_requested().exchange(true)) {
+    std::signal(sig, SIG_DFL);
+    std::raise(sig);
+  }
+}
+
+void install_signal_handlers() {
+  std::signal(SIGTERM, on_stop_signal);
+  std::signal(SIGINT, on_stop_signal);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -55,6 +87,29 @@ int main(int argc, char** argv) {
   run_cmd->add_option("--backend", run.backend, "cpu, cuda or auto (overrides run.backend)");
   run_cmd->add_flag("--naive", run.naive, "Run the grid the slow way (full forward per cell), for comparison");
   run_cmd->add_flag("--quiet,-q", run.quiet, "No progress or summary output");
+  run_cmd->add_option("--shard", run.shard, "Compute shard I of N of a layer-wise grid (default inside a SLURM array "
+                                            "task: from SLURM_ARRAY_TASK_ID/COUNT); merge with `qsweep merge`")
+      ->type_name("I/N");
+  run_cmd->add_option("--run-id", run.run_id, "Name of the run folder (default: the SLURM array job, else a hash "
+                                              "of the config as run, so shards and restarts find it)");
+  run_cmd->add_flag("--fresh", run.fresh, "Start a new run instead of resuming or reusing a finished one");
+
+  std::string merge_dir;
+  bool merge_quiet = false;
+  auto* merge_cmd = app.add_subcommand("merge", "Merge the shards of a run into its results folder");
+  merge_cmd->add_option("run_dir", merge_dir, "The run's results folder, <output.root>/<name>/<run-id>")->required();
+  merge_cmd->add_flag("--quiet,-q", merge_quiet, "No summary output");
+
+  qsweep::SubmitOptions submit;
+  auto* submit_cmd = app.add_subcommand("submit", "Submit a layer-wise grid as a SLURM job array plus a merge job; "
+                                                  "options qsweep does not know are passed to sbatch");
+  submit_cmd->add_option("config", submit.config_path, "TOML config")->required();
+  submit_cmd->add_option("--array", submit.array, "Number of array tasks (shards)")->required();
+  submit_cmd->add_option("--set", submit.overrides, "Override a config key (as for run)")->type_name("KEY=VALUE");
+  submit_cmd->add_option("--out", submit.out_root, "Results root folder (overrides output.root)");
+  submit_cmd->add_option("--run-id", submit.run_id, "Name of the run folder (default: a hash of the config as run)");
+  submit_cmd->add_flag("--dry-run", submit.dry_run, "Write the sbatch scripts and print their paths; submit nothing");
+  submit_cmd->allow_extras();
 
   std::string model;
   auto* layers_cmd = app.add_subcommand("layers", "List the layers qsweep finds in an ONNX model");
@@ -62,15 +117,35 @@ int main(int argc, char** argv) {
 
   auto* keys_cmd = app.add_subcommand("keys", "Print every config key with its default (Markdown)");
 
+  std::string report_dir;
+  double report_saturate = 0.0;
+  int report_bar_bits = 0;
+  auto* report_cmd = app.add_subcommand("report", "(Re)draw the figures and report.html of a results folder from its "
+                                                  "CSV/JSON files alone");
+  report_cmd->add_option("dir", report_dir, "Results folder (holds layerwise.csv)")->required();
+  report_cmd->add_option("--saturate", report_saturate, "Degradation (points) at which the heatmap's colour scale "
+                                                        "saturates (default: output.saturate in DIR/config.toml)");
+  report_cmd->add_option("--bar-bits", report_bar_bits, "Weight bit-width of the per-layer bars (default: "
+                                                        "output.bar_bits in DIR/config.toml, else the lowest)");
+
   CLI11_PARSE(app, argc, argv);
   run.command_line = join_args(argc, argv);
   try {
     if (*run_cmd) {
-      qsweep::run_experiment(run);
+      install_signal_handlers();
+      if (qsweep::run_experiment(run).interrupted) return 143;
+    } else if (*merge_cmd) {
+      qsweep::merge_run(merge_dir, merge_quiet);
+    } else if (*submit_cmd) {
+      submit.sbatch_args = submit_cmd->remaining();
+      const auto r = qsweep::submit_run(submit);
+      if (submit.dry_run) fmt::print("{}\n{}\n", r.array_script.string(), r.merge_script.string());
     } else if (*layers_cmd) {
       return list_layers(model);
     } else if (*keys_cmd) {
       fmt::print("{}", qsweep::config_keys_markdown());
+    } else if (*report_cmd) {
+      return report(report_dir, report_saturate, report_bar_bits);
     }
   } catch (const qsweep::UserError& e) {
     fmt::print(stderr, "qsweep: error: {}\n", e.what());

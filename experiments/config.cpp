@@ -66,7 +66,10 @@ const std::vector<ConfigKey>& base_keys() {
       {"run.threads", "integer", "0", "CPU threads; 0 uses every core."},
       {"run.naive", "boolean", "false", "Run the grid the slow way (a full forward per cell), for comparison; the numbers are identical."},
       {"output.root", "string", "\"results\"", "Folder under which results are written (relative to the working directory)."},
-      {"output.worst", "integer", "3", "How many worst layers per bit-width `summary.json` and the final printout list."},
+      {"output.worst", "integer", "3", "How many worst layers per bit-width `summary.json` and the final printout list; also how many the figures highlight and histogram."},
+      {"output.plots", "boolean", "true", "Draw the figures (`figures/*.png`, `*.svg`) with gnuplot; `false` writes only their data, scripts and `report.html`. Without gnuplot a run still succeeds and `qsweep report DIR` draws them later."},
+      {"output.saturate", "float", "5.0", "Degradation (points) at which the heatmap's colour scale saturates."},
+      {"output.bar_bits", "integer", "0", "Weight bit-width of the per-layer bar chart; 0 means the lowest bit-width of the grid."},
   };
   return keys;
 }
@@ -464,6 +467,9 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
   r.boolean("run.naive", cfg.naive);
   r.str("output.root", cfg.root);
   r.integer("output.worst", cfg.worst);
+  r.boolean("output.plots", cfg.plots);
+  r.number("output.saturate", cfg.saturate);
+  r.integer("output.bar_bits", cfg.bar_bits);
 
   // Values.
   auto fail = [&](const char* k, const std::string& msg) { r.fail(k, msg); };
@@ -518,6 +524,11 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
   if (cfg.threads < 0) fail("run.threads", "must be 0 (every core) or positive");
   if (cfg.root.empty()) fail("output.root", "must not be empty");
   if (cfg.worst < 1) fail("output.worst", "must be at least 1");
+  if (!(cfg.saturate > 0.0)) fail("output.saturate", "must be positive");
+  if (cfg.bar_bits != 0 && std::find(cfg.quant.weight_bits.begin(), cfg.quant.weight_bits.end(), cfg.bar_bits) ==
+                               cfg.quant.weight_bits.end()) {
+    fail("output.bar_bits", fmt::format("is {}; it must be 0 (the lowest) or one of quant.weight_bits", cfg.bar_bits));
+  }
   return cfg;
 }
 
@@ -586,7 +597,11 @@ std::string config_to_toml(const Config& c) {
                                  {"seed", static_cast<int64_t>(c.additivity_seed)}}},
       {"stats", toml::table{{"bootstrap", c.bootstrap}, {"seed", static_cast<int64_t>(c.stats_seed)}, {"confidence", c.confidence}}},
       {"run", toml::table{{"backend", c.backend}, {"batch_size", c.batch_size}, {"threads", c.threads}, {"naive", c.naive}}},
-      {"output", toml::table{{"root", c.root}, {"worst", c.worst}}},
+      {"output", toml::table{{"root", c.root},
+                             {"worst", c.worst},
+                             {"plots", c.plots},
+                             {"saturate", c.saturate},
+                             {"bar_bits", c.bar_bits}}},
   };
   if (!c.variants.empty()) {
     toml::array vs;

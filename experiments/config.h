@@ -95,6 +95,9 @@ struct Config {
   // [output]
   std::string root = "results";
   int worst = 3;
+  bool plots = true;      // figures (gnuplot) and report.html
+  double saturate = 5.0;  // the degradation heatmap's colour scale saturates here (points)
+  int bar_bits = 0;       // bit-width of the per-layer bars; 0: the lowest of the grid
 
   std::string source;  // the file it came from
 };

@@ -1,6 +1,9 @@
 #include "experiments/layerwise.h"
 
 #include <chrono>
+#include <cstring>
+#include <numeric>
+#include <stdexcept>
 #include <cmath>
 #include <limits>
 
@@ -107,35 +110,24 @@ GridResult run_layerwise_grid(const Executor& exec, const Dataset& eval, const N
   }
   std::vector<uint8_t> float_images(count, 0);
   auto sums = make_sums(batches, ncells);
-  Progress progress(opt.naive ? "grid, naive" : "grid", opt.naive ? count * static_cast<int64_t>(ncells) : count,
-                    opt.naive ? 1 : static_cast<int64_t>(ncells), opt.progress);
 
   if (!opt.naive) {
-#pragma omp parallel num_threads(opt.threads)
-    {
-      auto ws = exec.make_workspace();
-      Tensor x;
-#pragma omp for schedule(dynamic, 1)
-      for (int64_t i = 0; i < batches; ++i) {
-        const int64_t begin = i * bs, n = std::min(bs, count - begin);
-        const int32_t* labels = eval.labels.data() + begin;
-        load_batch(eval, norm, begin, n, x);
-        const Tensor& y = exec.forward(ws, x);  // float32, every value kept in ws.values
-        const size_t classes = static_cast<size_t>(y.numel() / n);
-        BatchSums& s = sums[i];
-        s.float_correct = record_top1(y, labels, n, float_images.data() + begin);
-        s.energy = squared_norm_sum(y.ptr(), n, classes);
-        for (size_t c = 0; c < ncells; ++c) {
-          const Tensor& yq = exec.suffix_forward(ws, static_cast<int>(c / B), quant[c]->q);
-          s.noise[c] = squared_error_sum(y.ptr(), yq.ptr(), n, classes);
-          s.correct[c] = record_top1(yq, labels, n, cells[c].correct_images.data() + begin);
-        }
-        progress.add_images(n);
-      }
-    }
+    GridJob job;
+    job.cells_of_batch.assign(batches, std::vector<int>(ncells));
+    for (auto& v : job.cells_of_batch) std::iota(v.begin(), v.end(), 0);
+    std::vector<BatchRecord> records(batches);
+    job.sink = [&](BatchRecord&& rec) { records[rec.batch] = std::move(rec); };
+    std::vector<const LayerQuantization*> cq(ncells);
+    for (size_t c = 0; c < ncells; ++c) cq[c] = &quant[c]->q;
+    GridOptions o = opt;
+    run_grid_batches(exec, eval, norm, count, cq, B, job, o);
+    GridResult r = assemble_grid(std::move(records), L, weight_bits, count, bs);
+    r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    return r;
   } else {
     // Float32 reference logits first (one pass), then every cell re-decodes and re-runs
     // the whole network on every batch, the way a per-configuration script does.
+    Progress progress("grid, naive", count * static_cast<int64_t>(ncells), 1, opt.progress);
     std::vector<Tensor> reference(batches);
 #pragma omp parallel num_threads(opt.threads)
     {
@@ -169,13 +161,218 @@ GridResult run_layerwise_grid(const Executor& exec, const Dataset& eval, const N
         }
       }
     }
+    progress.finish();
   }
-  progress.finish();
   GridResult r = collect(sums, std::move(cells), std::move(float_images), count);
   r.weight_bits = weight_bits;
   r.naive = opt.naive;
   r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   return r;
+}
+
+namespace {
+
+// Little-endian, fixed-width encoding helpers for BatchRecord.
+class Writer {
+ public:
+  template <typename T>
+  void put(const T& v) {
+    const char* p = reinterpret_cast<const char*>(&v);
+    out.append(p, sizeof(T));
+  }
+  void bytes(const std::vector<uint8_t>& v) {
+    put<uint64_t>(v.size());
+    out.append(reinterpret_cast<const char*>(v.data()), v.size());
+  }
+  std::string out;
+};
+
+class Reader {
+ public:
+  explicit Reader(const std::string& s) : s_(s) {}
+  template <typename T>
+  bool get(T* v) {
+    if (pos_ + sizeof(T) > s_.size()) return false;
+    std::memcpy(v, s_.data() + pos_, sizeof(T));
+    pos_ += sizeof(T);
+    return true;
+  }
+  bool bytes(std::vector<uint8_t>* v, uint64_t max) {
+    uint64_t n;
+    if (!get(&n) || n > max || pos_ + n > s_.size()) return false;
+    v->assign(s_.begin() + pos_, s_.begin() + pos_ + n);
+    pos_ += n;
+    return true;
+  }
+  size_t pos() const { return pos_; }
+
+ private:
+  const std::string& s_;
+  size_t pos_ = 0;
+};
+
+uint64_t fnv1a(const char* p, size_t n) {
+  uint64_t h = 1469598103934665603ull;
+  for (size_t i = 0; i < n; ++i) {
+    h ^= static_cast<uint8_t>(p[i]);
+    h *= 1099511628211ull;
+  }
+  return h;
+}
+
+constexpr uint64_t kRecordMagic = 0x3143455253575351ull;  // "QSWSREC1"
+
+}  // namespace
+
+std::string encode_record(const BatchRecord& r) {
+  Writer w;
+  w.put(kRecordMagic);
+  w.put(r.batch);
+  w.put(r.begin);
+  w.put(r.images);
+  w.put(r.float_correct);
+  w.put(r.energy);
+  w.bytes(r.float_flags);
+  w.put<uint64_t>(r.cells.size());
+  for (size_t i = 0; i < r.cells.size(); ++i) {
+    w.put<int32_t>(r.cells[i]);
+    w.put(r.noise[i]);
+    w.put(r.correct[i]);
+    w.bytes(r.flags[i]);
+  }
+  w.put(fnv1a(w.out.data(), w.out.size()));
+  return w.out;
+}
+
+std::optional<BatchRecord> decode_record(const std::string& bytes) {
+  if (bytes.size() < 16) return std::nullopt;
+  uint64_t sum;
+  std::memcpy(&sum, bytes.data() + bytes.size() - 8, 8);
+  if (sum != fnv1a(bytes.data(), bytes.size() - 8)) return std::nullopt;
+  Reader rd(bytes);
+  BatchRecord r;
+  uint64_t magic, ncells;
+  if (!rd.get(&magic) || magic != kRecordMagic) return std::nullopt;
+  if (!rd.get(&r.batch) || !rd.get(&r.begin) || !rd.get(&r.images) || !rd.get(&r.float_correct) ||
+      !rd.get(&r.energy) || !rd.bytes(&r.float_flags, 1u << 30) || !rd.get(&ncells) || ncells > (1u << 24)) {
+    return std::nullopt;
+  }
+  for (uint64_t i = 0; i < ncells; ++i) {
+    int32_t cell;
+    double noise;
+    int64_t correct;
+    std::vector<uint8_t> flags;
+    if (!rd.get(&cell) || !rd.get(&noise) || !rd.get(&correct) || !rd.bytes(&flags, 1u << 30)) return std::nullopt;
+    r.cells.push_back(cell);
+    r.noise.push_back(noise);
+    r.correct.push_back(correct);
+    r.flags.push_back(std::move(flags));
+  }
+  if (rd.pos() + 8 != bytes.size()) return std::nullopt;
+  return r;
+}
+
+bool run_grid_batches(const Executor& exec, const Dataset& eval, const Normalization& norm, int64_t count,
+                      const std::vector<const LayerQuantization*>& cell_quant, size_t bits_per_layer,
+                      const GridJob& job, const GridOptions& opt) {
+  const int64_t bs = opt.batch_size;
+  const int64_t batches = static_cast<int64_t>(job.cells_of_batch.size());
+  std::vector<int64_t> todo;
+  int64_t todo_images = 0, cells_max = 0;
+  for (int64_t b = 0; b < batches; ++b) {
+    if (job.cells_of_batch[b].empty() || (job.done && job.done(b))) continue;
+    todo.push_back(b);
+    todo_images += std::min(bs, count - b * bs);
+    cells_max = std::max<int64_t>(cells_max, static_cast<int64_t>(job.cells_of_batch[b].size()));
+  }
+  Progress progress("grid", todo_images, cells_max, opt.progress);
+  std::atomic<bool> stopped{false};
+#pragma omp parallel num_threads(opt.threads)
+  {
+    auto ws = exec.make_workspace();
+    Tensor x;
+#pragma omp for schedule(dynamic, 1)
+    for (size_t t = 0; t < todo.size(); ++t) {
+      if (job.stop && job.stop->load()) {
+        stopped = true;
+        continue;
+      }
+      const int64_t i = todo[t];
+      const int64_t begin = i * bs, n = std::min(bs, count - begin);
+      const int32_t* labels = eval.labels.data() + begin;
+      load_batch(eval, norm, begin, n, x);
+      const Tensor& y = exec.forward(ws, x);  // float32, every value kept in ws.values
+      const size_t classes = static_cast<size_t>(y.numel() / n);
+      BatchRecord rec;
+      rec.batch = i;
+      rec.begin = begin;
+      rec.images = n;
+      rec.float_flags.assign(n, 0);
+      rec.float_correct = record_top1(y, labels, n, rec.float_flags.data());
+      rec.energy = squared_norm_sum(y.ptr(), n, classes);
+      for (int c : job.cells_of_batch[i]) {
+        const Tensor& yq = exec.suffix_forward(ws, static_cast<int>(c / bits_per_layer), *cell_quant[c]);
+        rec.cells.push_back(c);
+        rec.noise.push_back(squared_error_sum(y.ptr(), yq.ptr(), n, classes));
+        rec.flags.emplace_back(n, 0);
+        rec.correct.push_back(record_top1(yq, labels, n, rec.flags.back().data()));
+      }
+      job.sink(std::move(rec));
+      progress.add_images(n);
+    }
+  }
+  progress.finish();
+  return !stopped;
+}
+
+GridResult assemble_grid(std::vector<BatchRecord> records, size_t layers, const std::vector<int>& weight_bits,
+                         int64_t count, int64_t batch_size) {
+  const size_t B = weight_bits.size(), ncells = layers * B;
+  const int64_t batches = (count + batch_size - 1) / batch_size;
+  std::stable_sort(records.begin(), records.end(),
+                   [](const BatchRecord& a, const BatchRecord& b) { return a.batch < b.batch; });
+  // Where each (batch, cell) lives.
+  std::vector<std::vector<std::pair<int, int>>> at(batches, std::vector<std::pair<int, int>>(ncells, {-1, -1}));
+  std::vector<int> float_of(batches, -1);
+  for (size_t r = 0; r < records.size(); ++r) {
+    const BatchRecord& rec = records[r];
+    if (rec.batch < 0 || rec.batch >= batches) throw std::runtime_error("record of a batch outside the grid");
+    if (float_of[rec.batch] < 0) float_of[rec.batch] = static_cast<int>(r);
+    for (size_t k = 0; k < rec.cells.size(); ++k) {
+      const int c = rec.cells[k];
+      if (c < 0 || static_cast<size_t>(c) >= ncells) throw std::runtime_error("record of a cell outside the grid");
+      if (at[rec.batch][c].first >= 0) {
+        throw std::runtime_error("cell " + std::to_string(c) + " of batch " + std::to_string(rec.batch) + " recorded twice");
+      }
+      at[rec.batch][c] = {static_cast<int>(r), static_cast<int>(k)};
+    }
+  }
+  GridResult g;
+  g.images = count;
+  g.weight_bits = weight_bits;
+  g.float_correct_images.assign(count, 0);
+  g.cells.resize(ncells);
+  for (size_t c = 0; c < ncells; ++c) {
+    g.cells[c].layer = static_cast<int>(c / B);
+    g.cells[c].weight_bits = weight_bits[c % B];
+    g.cells[c].correct_images.assign(count, 0);
+  }
+  for (int64_t b = 0; b < batches; ++b) {  // batch order, as a single pass adds them
+    if (float_of[b] < 0) throw std::runtime_error("batch " + std::to_string(b) + " is missing");
+    const BatchRecord& fr = records[float_of[b]];
+    g.float_correct += fr.float_correct;
+    g.output_energy += fr.energy;
+    std::copy(fr.float_flags.begin(), fr.float_flags.end(), g.float_correct_images.begin() + fr.begin);
+    for (size_t c = 0; c < ncells; ++c) {
+      const auto [r, k] = at[b][c];
+      if (r < 0) throw std::runtime_error("cell " + std::to_string(c) + " of batch " + std::to_string(b) + " is missing");
+      const BatchRecord& rec = records[r];
+      g.cells[c].noise_sum += rec.noise[k];
+      g.cells[c].correct += rec.correct[k];
+      std::copy(rec.flags[k].begin(), rec.flags[k].end(), g.cells[c].correct_images.begin() + rec.begin);
+    }
+  }
+  return g;
 }
 
 GridResult run_network_plans(const Executor& exec, const Dataset& eval, const Normalization& norm, int64_t count,

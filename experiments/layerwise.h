@@ -2,7 +2,11 @@
 // bit-width, only that layer quantized, over the whole evaluation set, in one pass.
 #pragma once
 
+#include <atomic>
+#include <functional>
 #include <memory>
+#include <optional>
+#include <string>
 #include <vector>
 
 #include "experiments/config.h"
@@ -82,6 +86,44 @@ GridResult run_layerwise_grid(const Executor& exec, const Dataset& eval, const N
                               const ActivationRanges& ranges, const std::vector<QuantSpec>& specs,
                               const std::vector<int>& weight_bits, const GridOptions& options,
                               const BiasCorrectionSource* bc = nullptr);
+
+// What one batch contributes: the float32 outcomes and, for each cell computed on it, the
+// noise sum, the correct count and the per-image outcomes. Grids are assembled from these
+// in batch order, so a grid computed in pieces (shards, resumed runs) is bit-identical to
+// one computed at once.
+struct BatchRecord {
+  int64_t batch = 0, begin = 0, images = 0;
+  int64_t float_correct = 0;
+  double energy = 0.0;
+  std::vector<uint8_t> float_flags;
+  std::vector<int> cells;  // global cell indices (layer * bit-widths + bit index)
+  std::vector<double> noise;
+  std::vector<int64_t> correct;
+  std::vector<std::vector<uint8_t>> flags;
+};
+
+// Binary encoding with a checksum; decode returns nothing for a damaged or foreign file.
+std::string encode_record(const BatchRecord& r);
+std::optional<BatchRecord> decode_record(const std::string& bytes);
+
+// A piece of a grid: which cells to compute on which batch, what is already done, and
+// where finished batches go.
+struct GridJob {
+  std::vector<std::vector<int>> cells_of_batch;  // per batch; empty: skip the batch
+  std::function<bool(int64_t)> done;             // true: the batch is already recorded (resume)
+  std::function<void(BatchRecord&&)> sink;       // called from worker threads, one batch at a time each
+  const std::atomic<bool>* stop = nullptr;       // set: finish the batches in flight, start no more
+};
+
+// The one-pass grid over a job; cell_quant[c] quantizes cell c's layer (nullptr where no
+// batch of the job needs cell c). Returns false when stopped before the end.
+bool run_grid_batches(const Executor& exec, const Dataset& eval, const Normalization& norm, int64_t count,
+                      const std::vector<const LayerQuantization*>& cell_quant, size_t bits_per_layer,
+                      const GridJob& job, const GridOptions& options);
+
+// Assembles a grid from records covering every (batch, cell) once; throws on a gap.
+GridResult assemble_grid(std::vector<BatchRecord> records, size_t layers, const std::vector<int>& weight_bits,
+                         int64_t count, int64_t batch_size);
 
 // Evaluates whole-network plans (any set of layers quantized at once, full forwards) over
 // the evaluation set; result.cells[i] belongs to plans[i] (layer = -1).

@@ -45,6 +45,19 @@ ResultsFolder::ResultsFolder(const std::string& root, const std::string& experim
   if (ec) user_error("cannot create '{}': {}", staging_.string(), ec.message());
 }
 
+ResultsFolder::ResultsFolder(const std::string& root, const std::string& experiment, const std::string& run_id)
+    : run_id_(run_id), fixed_id_(true) {
+  const fs::path parent = fs::path(root) / experiment;
+  std::error_code ec;
+  fs::create_directories(parent, ec);
+  if (ec) user_error("cannot create the results folder '{}': {}", parent.string(), ec.message());
+  final_ = parent / run_id_;
+  staging_ = parent / fmt::format(".{}.partial-{}", run_id_, getpid());
+  fs::remove_all(staging_, ec);
+  fs::create_directories(staging_, ec);
+  if (ec) user_error("cannot create '{}': {}", staging_.string(), ec.message());
+}
+
 ResultsFolder::~ResultsFolder() {
   if (!committed_) {
     std::error_code ec;
@@ -58,6 +71,13 @@ void ResultsFolder::write(const std::string& name, const std::string& content) {
 
 fs::path ResultsFolder::commit() {
   std::error_code ec;
+  if (fixed_id_) {
+    if (fs::exists(final_)) user_error("'{}' already exists; remove it or choose another --run-id", final_.string());
+    fs::rename(staging_, final_, ec);
+    if (ec) user_error("cannot move '{}' to '{}': {}", staging_.string(), final_.string(), ec.message());
+    committed_ = true;
+    return final_;
+  }
   // Another run may have taken the name meanwhile: pick the next free one.
   std::string id = run_id_;
   for (int i = 2; fs::exists(final_.parent_path() / id); ++i) id = fmt::format("{}-{}", run_id_, i);

@@ -12,6 +12,8 @@ class ResultsFolder {
   // Reserves <root>/<experiment>/<run_id>/ (run_id: UTC time, made unique) and creates
   // the hidden staging folder beside it.
   ResultsFolder(const std::string& root, const std::string& experiment);
+  // A fixed run id: <root>/<experiment>/<run_id>/ (it must not exist yet when committing).
+  ResultsFolder(const std::string& root, const std::string& experiment, const std::string& run_id);
   ~ResultsFolder();  // removes the staging folder unless commit() succeeded
 
   // Writes a file into the staging folder (write to a temp name, then rename).
@@ -21,11 +23,13 @@ class ResultsFolder {
 
   const std::string& run_id() const { return run_id_; }
   const std::filesystem::path& final_path() const { return final_; }
+  const std::filesystem::path& staging_path() const { return staging_; }
 
  private:
   std::filesystem::path final_, staging_;
   std::string run_id_;
   bool committed_ = false;
+  bool fixed_id_ = false;
 };
 
 // Writes `content` to `path` atomically (temp file in the same folder + rename).

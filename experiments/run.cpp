@@ -4,6 +4,14 @@
 #include <chrono>
 #include <cmath>
 #include <ctime>
+#include <filesystem>
+#include <fstream>
+#include <mutex>
+#include <functional>
+#include <map>
+#include <numeric>
+#include <set>
+#include <sstream>
 
 #include <fmt/format.h>
 #include <google/protobuf/stubs/common.h>
@@ -12,12 +20,14 @@
 #include <toml++/toml.h>
 #include <unistd.h>
 
+#include "experiments/report.h"
 #include "experiments/results.h"
 #include "experiments/stats.h"
 #include "experiments/studies.h"
 #include "qsweep_version.h"
 #include "runtime/error.h"
 #include "runtime/onnx_import.h"
+#include "runtime/scheduler.h"
 #include "runtime/sha256.h"
 
 namespace qsweep {
@@ -40,6 +50,16 @@ json num(double v) { return std::isfinite(v) ? json(v) : json(nullptr); }
 
 std::string fmt_sqnr(double v) { return std::isfinite(v) ? fmt::format("{:.4f}", v) : "inf"; }
 std::string fmt_ci(double v) { return std::isfinite(v) ? fmt::format("{:.4f}", v) : ""; }
+
+// A TOML basic string literal for --set values.
+std::string toml_string(const std::string& s) {
+  std::string out = "\"";
+  for (char c : s) {
+    if (c == '"' || c == '\\') out += '\\';
+    out += c;
+  }
+  return out + "\"";
+}
 
 json dataset_json(const Dataset& d, int64_t used) {
   return {{"split", d.name},
@@ -89,134 +109,475 @@ std::string layerwise_csv(const Graph& g, const GridResult& r, const std::vector
   return s;
 }
 
-RunOutcome run_experiment(const RunOptions& o) {
-  const auto t0 = std::chrono::steady_clock::now();
-  const std::string started = utc_now();
-  std::vector<std::string> overrides = o.overrides;
-  if (!o.backend.empty()) overrides.push_back(fmt::format("run.backend=\"{}\"", o.backend));
-  if (o.naive) overrides.push_back("run.naive=true");
-  Config cfg = load_config(o.config_path, overrides);
-  if (!o.out_root.empty()) cfg.root = o.out_root;
-  const bool verbose = !o.quiet;
-  auto say = [&](const std::string& s) {
-    if (verbose) fmt::print(stderr, "{}\n", s);
-  };
+std::atomic<bool>& stop_requested() {
+  static std::atomic<bool> flag{false};
+  return flag;
+}
 
-  Graph g = import_onnx(cfg.model_path);
+namespace {
+
+namespace fs = std::filesystem;
+
+// Everything a run needs, loaded and checked. Not movable: the executor points into it.
+struct Prepared {
+  Config cfg;
+  Graph g;
+  std::vector<QuantSpec> specs;
+  std::unique_ptr<Backend> backend;
+  std::unique_ptr<Executor> exec;
+  Dataset calib, eval;
+  Normalization norm;
+  int threads = 1;
+  int64_t eval_count = 0, calib_count = 0;
+  std::string model_sha256;
+};
+
+std::unique_ptr<Prepared> prepare(const Config& cfg, const std::function<void(const std::string&)>& say) {
+  auto p = std::make_unique<Prepared>();
+  p->cfg = cfg;
+  p->g = import_onnx(cfg.model_path);
+  Graph& g = p->g;
   if (g.layers.empty()) user_error("{}: the model has no Conv, Gemm or MatMul layer to quantize", cfg.model_path);
   // Layer selectors are checked before any work is done.
-  std::vector<QuantSpec> specs = resolve_layer_specs(g, cfg.quant);
+  p->specs = resolve_layer_specs(g, cfg.quant);
   for (const auto& v : cfg.variants) resolve_layer_specs(g, v.quant);
   if (cfg.kind != "full" && cfg.quant.equalization) {
     const int pairs = equalize_cross_layer(g);
     say(fmt::format("cross-layer equalization: {} Conv -> Conv pairs equalized", pairs));
   }
-  const auto backend = make_backend(cfg.backend);
-  const Executor exec(g, *backend);
-  const Dataset calib = load_idx_split(cfg.data_path, cfg.calibration_split);
-  const Dataset eval = cfg.eval_split == cfg.calibration_split ? calib : load_idx_split(cfg.data_path, cfg.eval_split);
-  if (static_cast<int64_t>(cfg.mean.size()) != eval.channels) {
+  p->backend = make_backend(cfg.backend);
+  p->exec = std::make_unique<Executor>(g, *p->backend);
+  p->calib = load_idx_split(cfg.data_path, cfg.calibration_split);
+  p->eval = cfg.eval_split == cfg.calibration_split ? p->calib : load_idx_split(cfg.data_path, cfg.eval_split);
+  if (static_cast<int64_t>(cfg.mean.size()) != p->eval.channels) {
     user_error("{}: data.mean and data.std have {} values; the images have {} channel(s)", cfg.source, cfg.mean.size(),
-               eval.channels);
+               p->eval.channels);
   }
-  const Shape sample{eval.channels, eval.height, eval.width};
+  const Shape sample{p->eval.channels, p->eval.height, p->eval.width};
   if (g.input_shape != sample) {
     user_error("{}: the model expects inputs of shape {} per image; the dataset in '{}' has {}", cfg.model_path,
                shape_str(g.input_shape), cfg.data_path, shape_str(sample));
   }
-  const Normalization norm{cfg.mean, cfg.std};
-  const int threads = cfg.threads > 0 ? cfg.threads : omp_get_num_procs();
-  const int64_t eval_count = cfg.eval_count > 0 ? std::min(cfg.eval_count, eval.count) : eval.count;
-  const int64_t calib_count = std::min(cfg.calibration_count, calib.count);
+  p->norm = Normalization{cfg.mean, cfg.std};
+  p->threads = cfg.threads > 0 ? cfg.threads : omp_get_num_procs();
+  p->eval_count = cfg.eval_count > 0 ? std::min(cfg.eval_count, p->eval.count) : p->eval.count;
+  p->calib_count = std::min(cfg.calibration_count, p->calib.count);
+  p->model_sha256 = sha256_file(cfg.model_path);
+  return p;
+}
 
-  say(fmt::format("qsweep {} ({}): {} layers on {} {} images ({}), backend {} ({} threads)", cfg.name, cfg.kind,
-                  g.layers.size(), eval_count, cfg.eval_split, cfg.dataset, backend->name(), threads));
-  say(fmt::format("calibrating activation ranges on the first {} {} images", calib_count, cfg.calibration_split));
-  const ActivationRanges ranges = calibrate(exec, calib, norm, calib_count, cfg.batch_size, threads);
-
-  StudyContext ctx;
-  ctx.exec = &exec;
-  ctx.calib = &calib;
-  ctx.eval = &eval;
-  ctx.norm = norm;
-  ctx.calib_count = calib_count;
-  ctx.eval_count = eval_count;
-  ctx.ranges = &ranges;
-  ctx.options.batch_size = cfg.batch_size;
-  ctx.options.threads = threads;
-  ctx.options.naive = cfg.naive;
-  ctx.options.progress = verbose;
-  const PairedBootstrap boot(static_cast<size_t>(eval_count), cfg.bootstrap, cfg.stats_seed, cfg.confidence);
-  const BiasCorrectionSource bc{&calib, norm, calib_count};
-
+json summary_header(const Prepared& p) {
+  const Config& cfg = p.cfg;
   json summary;
   summary["experiment"] = cfg.name;
   summary["kind"] = cfg.kind;
   summary["mode"] = cfg.naive ? "naive" : "one-pass";
-  summary["images"] = eval_count;
+  summary["images"] = p.eval_count;
   summary["act_bits"] = cfg.quant.base.act_bits;
   summary["scheme"] = scheme_name(cfg.quant.base.scheme);
   summary["granularity"] = granularity_name(cfg.quant.base.granularity);
   summary["weight_clip"] = clip_name(cfg.quant.base.clip);
   summary["confidence"] = cfg.confidence;
   json layers = json::array();
-  for (const Layer& L : g.layers) {
+  for (const Layer& L : p.g.layers) {
     layers.push_back({{"index", L.index},
                       {"name", L.name},
-                      {"op_type", op_name(g.nodes[L.node].op)},
-                      {"activation", L.act_node >= 0 ? std::string(op_name(g.nodes[L.act_node].op)) : ""},
-                      {"weight_shape", g.constant(L.weight_value).shape}});
+                      {"op_type", op_name(p.g.nodes[L.node].op)},
+                      {"activation", L.act_node >= 0 ? std::string(op_name(p.g.nodes[L.act_node].op)) : ""},
+                      {"weight_shape", p.g.constant(L.weight_value).shape}});
   }
   summary["layers"] = layers;
+  return summary;
+}
 
-  ResultsFolder folder(cfg.root, cfg.name);
+// layerwise.csv and the grid part of summary.json.
+void write_grid(ResultsFolder& folder, const Prepared& p, const GridResult& gr, const PairedBootstrap& boot,
+                json& summary) {
+  summary["float_top1"] = gr.float_top1();
+  summary["float_correct"] = gr.float_correct;
+  summary["weight_bits"] = gr.weight_bits;
+  json cells = json::array();
+  for (const auto& c : gr.cells) {
+    const Interval ci = boot.degradation_interval(gr.float_correct_images, c.correct_images);
+    cells.push_back({{"layer_index", c.layer},
+                     {"layer_name", p.g.layers[c.layer].name},
+                     {"weight_bits", c.weight_bits},
+                     {"noise", gr.noise(c)},
+                     {"sqnr_db", num(gr.sqnr_db(c))},
+                     {"top1", gr.top1(c)},
+                     {"degradation", gr.degradation(c)},
+                     {"ci_low", num(ci.lo)},
+                     {"ci_high", num(ci.hi)},
+                     {"correct", c.correct}});
+  }
+  summary["grid"] = cells;
+  json worst = json::object();
+  for (int b : gr.weight_bits) {
+    json list = json::array();
+    auto w = worst_at(gr, b);
+    for (size_t i = 0; i < w.size() && i < static_cast<size_t>(p.cfg.worst); ++i) {
+      list.push_back({{"layer_index", w[i]->layer},
+                      {"layer_name", p.g.layers[w[i]->layer].name},
+                      {"degradation", gr.degradation(*w[i])},
+                      {"noise", gr.noise(*w[i])}});
+    }
+    worst[std::to_string(b)] = list;
+  }
+  summary["worst_layers"] = worst;
+  summary["grid_seconds"] = gr.seconds;
+  folder.write("layerwise.csv", layerwise_csv(p.g, gr, p.specs, boot));
+}
+
+json manifest_json(const Prepared& p, const std::string& command_line, const std::vector<std::string>& overrides,
+                   const std::string& started, double wall_seconds) {
+  const Config& cfg = p.cfg;
+  char host[256] = {0};
+  gethostname(host, sizeof host - 1);
+  json manifest;
+  manifest["qsweep_version"] = QSWEEP_VERSION;
+  manifest["git_commit"] = QSWEEP_GIT_COMMIT;
+  manifest["command_line"] = command_line;
+  manifest["config_file"] = cfg.source;
+  manifest["overrides"] = overrides;
+  manifest["started_utc"] = started;
+  manifest["finished_utc"] = utc_now();
+  manifest["wall_seconds"] = wall_seconds;
+  manifest["host"] = host;
+  manifest["model"] = {{"path", cfg.model_path},
+                       {"sha256", p.model_sha256},
+                       {"opset", p.g.opset},
+                       {"layers", p.g.layers.size()},
+                       {"nodes", p.g.nodes.size()}};
+  manifest["dataset"] = {{"name", cfg.dataset},
+                         {"path", cfg.data_path},
+                         {"eval", dataset_json(p.eval, p.eval_count)},
+                         {"calibration", dataset_json(p.calib, p.calib_count)}};
+  manifest["backend"] = {{"name", p.backend->name()}, {"device", p.backend->device_name()}, {"threads", p.threads}};
+  manifest["libraries"] = {{"backend", p.backend->library_versions()},
+                           {"protobuf", google::protobuf::internal::VersionString(GOOGLE_PROTOBUF_VERSION)},
+                           {"tomlplusplus", fmt::format("{}.{}.{}", TOML_LIB_MAJOR, TOML_LIB_MINOR, TOML_LIB_PATCH)},
+                           {"fmt", FMT_VERSION},
+                           {"nlohmann_json", fmt::format("{}.{}.{}", NLOHMANN_JSON_VERSION_MAJOR,
+                                                         NLOHMANN_JSON_VERSION_MINOR, NLOHMANN_JSON_VERSION_PATCH)},
+                           {"compiler", __VERSION__}};
+  return manifest;
+}
+
+// Figures and report.html into the staging folder; never fails the run.
+void add_report(ResultsFolder& folder, const Graph& g, bool verbose) {
+  try {
+    const fs::path dir = folder.staging_path();
+    ReportOptions ro = report_options_for(dir);
+    ro.final_dir = folder.final_path();
+    const ReportResult r = write_report(dir, ro, &g);
+    if (verbose) {
+      for (const auto& w : r.warnings) fmt::print(stderr, "qsweep: warning: {}\n", w);
+    }
+  } catch (const std::exception& e) {
+    fmt::print(stderr, "qsweep: warning: the report could not be written: {}\n", e.what());
+  }
+}
+
+void print_grid(const Prepared& p, const GridResult& grid) {
+  fmt::print("float32 top-1: {:.2f}% on {} images; grid of {} cells in {:.1f} s\n", grid.float_top1(), grid.images,
+             grid.cells.size(), grid.seconds);
+  const auto [lowest, highest] = std::minmax_element(grid.weight_bits.begin(), grid.weight_bits.end());
+  for (int b : {*lowest, *highest}) {
+    fmt::print("worst layers at {}-bit weights:\n", b);
+    auto w = worst_at(grid, b);
+    for (size_t i = 0; i < w.size() && i < static_cast<size_t>(p.cfg.worst); ++i) {
+      fmt::print("  {:>3} {:<40} degradation {:+7.2f} pts  noise {:.4g}  SQNR {} dB\n", w[i]->layer,
+                 p.g.layers[w[i]->layer].name, grid.degradation(*w[i]), grid.noise(*w[i]), fmt_sqnr(grid.sqnr_db(*w[i])));
+    }
+    if (grid.weight_bits.size() == 1) break;
+  }
+}
+
+std::string read_file(const fs::path& p) {
+  std::ifstream in(p, std::ios::binary);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+// Shard I of N: --shard, else the SLURM array task, else 0 of 1.
+std::pair<int, int> resolve_shard(const std::string& spec) {
+  if (!spec.empty()) {
+    int i = -1, n = -1;
+    char slash = 0;
+    std::istringstream in(spec);
+    if (!(in >> i >> slash >> n) || slash != '/' || !in.eof() || n < 1 || i < 0 || i >= n) {
+      user_error("--shard {}: expected I/N with 0 <= I < N, e.g. --shard 2/8", spec);
+    }
+    return {i, n};
+  }
+  const char* id = std::getenv("SLURM_ARRAY_TASK_ID");
+  const char* count = std::getenv("SLURM_ARRAY_TASK_COUNT");
+  if (id && count) {
+    const char* min = std::getenv("SLURM_ARRAY_TASK_MIN");
+    const int i = std::atoi(id) - (min ? std::atoi(min) : 0), n = std::atoi(count);
+    if (n < 1 || i < 0 || i >= n) {
+      user_error("SLURM_ARRAY_TASK_ID={} (min {}) and SLURM_ARRAY_TASK_COUNT={} do not name a shard; use a "
+                 "contiguous array such as --array=0-{}", id, min ? min : "0", count, n > 0 ? n - 1 : 0);
+    }
+    return {i, n};
+  }
+  return {0, 1};
+}
+
+// --run-id, else the SLURM array job, else a hash of the config as run: every shard of one
+// run finds the same folder without talking to the others.
+std::string resolve_run_id(const RunOptions& o, const Config& cfg) {
+  std::string id = o.run_id;
+  if (id.empty() && o.shard.empty() && std::getenv("SLURM_ARRAY_TASK_ID")) {
+    if (const char* job = std::getenv("SLURM_ARRAY_JOB_ID")) id = std::string("slurm-") + job;
+  }
+  if (id.empty()) {
+    const std::string text = config_to_toml(cfg);
+    id = "cfg-" + sha256_hex(text.data(), text.size()).substr(0, 12);
+  }
+  if (id.find_first_of("/\\") != std::string::npos || id[0] == '.') {
+    user_error("--run-id {}: a run id is a name without slashes that does not start with '.'", id);
+  }
+  return id;
+}
+
+fs::path work_dir_of(const fs::path& final_dir) {
+  return final_dir.parent_path() / ("." + final_dir.filename().string() + ".work");
+}
+
+std::string shard_dir_name(int i, int n) { return fmt::format("shard-{}-of-{}", i, n); }
+
+// The grid cells' per-image costs and the shard plan, identical on every shard.
+ShardPlan make_plan(const Prepared& p, int shards) {
+  Tensor one;
+  load_batch(p.eval, p.norm, 0, 1, one);
+  const auto nc = node_costs(*p.exec, one);
+  std::vector<double> cell_cost;
+  for (const Layer& L : p.g.layers) {
+    for (size_t b = 0; b < p.cfg.quant.weight_bits.size(); ++b) cell_cost.push_back(suffix_cost(*p.exec, nc, L.index));
+  }
+  const int64_t batches = (p.eval_count + p.cfg.batch_size - 1) / p.cfg.batch_size;
+  return plan_shards(cell_cost, forward_cost(nc), batches, p.cfg.batch_size, p.eval_count, shards);
+}
+
+// Writes the final results folder of a layer-wise grid (unsharded end of run, or merge).
+fs::path finish_layerwise(const Prepared& p, const GridResult& grid, const std::string& run_id, json manifest,
+                          bool verbose) {
+  const PairedBootstrap boot(static_cast<size_t>(p.eval_count), p.cfg.bootstrap, p.cfg.stats_seed, p.cfg.confidence);
+  ResultsFolder folder(p.cfg.root, p.cfg.name, run_id);
+  folder.write("config.toml", config_to_toml(p.cfg));
+  json summary = summary_header(p);
+  write_grid(folder, p, grid, boot, summary);
+  folder.write("layers.csv", layers_csv(p.g, p.specs,
+                                        *std::min_element(p.cfg.quant.weight_bits.begin(), p.cfg.quant.weight_bits.end())));
+  folder.write("summary.json", summary.dump(2) + "\n");
+  folder.write("manifest.json", manifest.dump(2) + "\n");
+  add_report(folder, p.g, verbose);
+  return folder.commit();
+}
+
+RunOutcome run_layerwise(const RunOptions& o, const Prepared& p, const ActivationRanges& ranges,
+                         const std::string& started, std::chrono::steady_clock::time_point t0, bool verbose) {
+  const Config& cfg = p.cfg;
+  const auto [shard, shards] = resolve_shard(o.shard);
+  if (cfg.naive && shards > 1) user_error("run.naive cannot be sharded; the naive way is for comparisons on one machine");
+  const std::string run_id = resolve_run_id(o, cfg);
+  const fs::path final_dir = fs::path(cfg.root) / cfg.name / run_id;
+  const fs::path work = work_dir_of(final_dir);
+  RunOutcome out;
+  out.config = cfg;
+  out.folder = final_dir;
+  for (const Layer& L : p.g.layers) out.layer_names.push_back(L.name);
+  if (fs::exists(final_dir / "summary.json")) {
+    if (verbose) fmt::print("already complete: {} (pass --fresh to compute it again)\n", final_dir.string());
+    return out;
+  }
+
+  // The config as run is the run's identity: every shard must have the same one.
+  std::error_code ec;
+  fs::create_directories(work, ec);
+  if (ec) user_error("cannot create '{}': {}", work.string(), ec.message());
+  const std::string config_text = config_to_toml(cfg);
+  if (fs::exists(work / "config.toml")) {
+    if (read_file(work / "config.toml") != config_text) {
+      user_error("'{}' belongs to a run with another configuration (compare its config.toml); use another --run-id",
+                 work.string());
+    }
+  } else {
+    write_file_atomic(work / "config.toml", config_text);
+  }
+  const fs::path sdir = work / shard_dir_name(shard, shards);
+  fs::create_directories(sdir, ec);
+  if (ec) user_error("cannot create '{}': {}", sdir.string(), ec.message());
+
+  const ShardPlan plan = make_plan(p, shards);
+  GridJob job;
+  job.cells_of_batch = cells_by_batch(plan, shard);
+  const size_t B = cfg.quant.weight_bits.size();
+  const size_t ncells = p.g.layers.size() * B;
+
+  // Resume: batches already recorded by an earlier attempt are kept; damaged or partial
+  // files (a kill mid-write leaves only temp files, but be safe) are discarded.
+  std::vector<BatchRecord> records;
+  std::set<int64_t> done;
+  for (const auto& e : fs::directory_iterator(sdir)) {
+    const std::string name = e.path().filename().string();
+    if (name.rfind("batch-", 0) != 0 || e.path().extension() != ".rec") {
+      if (name[0] == '.') fs::remove(e.path(), ec);  // temp files of an interrupted write
+      continue;
+    }
+    auto rec = decode_record(read_file(e.path()));
+    if (!rec || rec->batch < 0 || rec->batch >= plan.batches || rec->cells != job.cells_of_batch[rec->batch]) {
+      fs::remove(e.path(), ec);
+      continue;
+    }
+    done.insert(rec->batch);
+    records.push_back(std::move(*rec));
+  }
+  int64_t todo = 0;
+  for (int64_t b = 0; b < plan.batches; ++b) todo += !job.cells_of_batch[b].empty() && !done.count(b);
+  if (verbose && shards > 1) {
+    fmt::print(stderr, "shard {}/{} of run {}: {} work units, estimated cost {:.3g} (mean {:.3g})\n", shard, shards, run_id,
+               plan.units[shard].size(), plan.cost[shard],
+               std::accumulate(plan.cost.begin(), plan.cost.end(), 0.0) / shards);
+  }
+  if (verbose && !done.empty()) fmt::print(stderr, "resuming: {} batches already recorded, {} to go\n", done.size(), todo);
+
+  // Quantize only the cells this shard computes, once each.
+  std::vector<char> needed(ncells, 0);
+  for (const auto& cells : job.cells_of_batch) {
+    for (int c : cells) needed[c] = 1;
+  }
+  const BiasCorrectionSource bc{&p.calib, p.norm, p.calib_count};
+  std::vector<std::unique_ptr<QuantizedLayer>> quant(ncells);
+  std::vector<const LayerQuantization*> cell_quant(ncells, nullptr);
+  for (size_t c = 0; c < ncells; ++c) {
+    if (!needed[c] || todo == 0) continue;
+    const int layer = static_cast<int>(c / B);
+    quant[c] = quantize_layer(*p.exec, layer, p.specs[layer], cfg.quant.weight_bits[c % B], ranges,
+                              cfg.quant.bias_correction ? &bc : nullptr, cfg.batch_size, p.threads);
+    cell_quant[c] = &quant[c]->q;
+  }
+  std::mutex mu;
+  job.done = [&](int64_t b) { return done.count(b) > 0; };
+  job.sink = [&](BatchRecord&& rec) {
+    write_file_atomic(sdir / fmt::format("batch-{:06}.rec", rec.batch), encode_record(rec));
+    std::lock_guard lock(mu);
+    records.push_back(std::move(rec));
+  };
+  job.stop = &stop_requested();
+  GridOptions gopt;
+  gopt.batch_size = cfg.batch_size;
+  gopt.threads = p.threads;
+  gopt.progress = verbose;
+  GridResult grid;
+  if (cfg.naive) {
+    grid = run_layerwise_grid(*p.exec, p.eval, p.norm, p.eval_count, ranges, p.specs, cfg.quant.weight_bits, gopt,
+                              cfg.quant.bias_correction ? &bc : nullptr);
+  } else {
+    const auto g0 = std::chrono::steady_clock::now();
+    if (!run_grid_batches(*p.exec, p.eval, p.norm, p.eval_count, cell_quant, B, job, gopt)) {
+      out.interrupted = true;
+      fmt::print(stderr, "qsweep: interrupted: {} batches of shard {}/{} are recorded in {}; run the same command "
+                 "again to resume\n", records.size(), shard, shards, sdir.string());
+      return out;
+    }
+    if (shards > 1) {
+      json dj = {{"shard", shard},
+                 {"shards", shards},
+                 {"run_id", run_id},
+                 {"config_sha256", sha256_hex(config_text.data(), config_text.size())},
+                 {"model_sha256", p.model_sha256},
+                 {"eval_images_sha256", sha256_file(p.eval.images_path)},
+                 {"eval_labels_sha256", sha256_file(p.eval.labels_path)},
+                 {"batches", plan.batches},
+                 {"records", records.size()},
+                 {"estimated_cost", plan.cost[shard]},
+                 {"finished_utc", utc_now()}};
+      write_file_atomic(sdir / "DONE.json", dj.dump(2) + "\n");
+      if (verbose) {
+        fmt::print("shard {}/{} done ({} batches); once all {} shards are done: qsweep merge {}\n", shard, shards,
+                   records.size(), shards, final_dir.string());
+      }
+      return out;
+    }
+    grid = assemble_grid(std::move(records), p.g.layers.size(), cfg.quant.weight_bits, p.eval_count, cfg.batch_size);
+    grid.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - g0).count();
+  }
+  json manifest = manifest_json(p, o.command_line, o.overrides, started,
+                                std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+  manifest["run_id"] = run_id;
+  out.folder = finish_layerwise(p, grid, run_id, manifest, verbose);
+  fs::remove_all(work, ec);  // its records are in the results now
+  if (verbose) print_grid(p, grid);
+  out.grid = std::move(grid);
+  return out;
+}
+
+}  // namespace
+
+RunOutcome run_experiment(const RunOptions& o) {
+  const auto t0 = std::chrono::steady_clock::now();
+  const std::string started = utc_now();
+  std::vector<std::string> overrides = o.overrides;
+  if (!o.backend.empty()) overrides.push_back(fmt::format("run.backend=\"{}\"", o.backend));
+  if (o.naive) overrides.push_back("run.naive=true");
+  if (!o.out_root.empty()) overrides.push_back(fmt::format("output.root={}", toml_string(o.out_root)));
+  Config cfg = load_config(o.config_path, overrides);
+  const bool verbose = !o.quiet;
+  auto say = [&](const std::string& s) {
+    if (verbose) fmt::print(stderr, "{}\n", s);
+  };
+  if (cfg.kind != "layerwise" && (!o.shard.empty() || std::getenv("SLURM_ARRAY_TASK_ID"))) {
+    if (!o.shard.empty() || std::getenv("SLURM_ARRAY_TASK_COUNT")) {
+      user_error("kind = \"{}\" cannot be sharded yet; shard a \"layerwise\" grid", cfg.kind);
+    }
+  }
+  if (o.fresh) {
+    // A new run id: nothing earlier is reused.
+    RunOptions fresh = o;
+    fresh.fresh = false;
+    fresh.run_id = resolve_run_id(o, cfg) + "-" + started.substr(0, 10) + "T" + started.substr(11, 2) +
+                   started.substr(14, 2) + started.substr(17, 2);
+    return run_experiment(fresh);
+  }
+  const auto p = prepare(cfg, say);
+  say(fmt::format("qsweep {} ({}): {} layers on {} {} images ({}), backend {} ({} threads)", cfg.name, cfg.kind,
+                  p->g.layers.size(), p->eval_count, cfg.eval_split, cfg.dataset, p->backend->name(), p->threads));
+  say(fmt::format("calibrating activation ranges on the first {} {} images", p->calib_count, cfg.calibration_split));
+  const ActivationRanges ranges = calibrate(*p->exec, p->calib, p->norm, p->calib_count, cfg.batch_size, p->threads);
+  if (cfg.kind == "layerwise") return run_layerwise(o, *p, ranges, started, t0, verbose);
+
+  StudyContext ctx;
+  ctx.exec = p->exec.get();
+  ctx.calib = &p->calib;
+  ctx.eval = &p->eval;
+  ctx.norm = p->norm;
+  ctx.calib_count = p->calib_count;
+  ctx.eval_count = p->eval_count;
+  ctx.ranges = &ranges;
+  ctx.options.batch_size = cfg.batch_size;
+  ctx.options.threads = p->threads;
+  ctx.options.naive = cfg.naive;
+  ctx.options.progress = verbose;
+  const PairedBootstrap boot(static_cast<size_t>(p->eval_count), cfg.bootstrap, cfg.stats_seed, cfg.confidence);
+  json summary = summary_header(*p);
+  ResultsFolder folder(cfg.root, cfg.name, resolve_run_id(o, cfg));
+  if (fs::exists(folder.final_path() / "summary.json")) {
+    RunOutcome out;
+    out.config = cfg;
+    out.folder = folder.final_path();
+    if (verbose) fmt::print("already complete: {} (pass --fresh to compute it again)\n", out.folder.string());
+    return out;
+  }
   folder.write("config.toml", config_to_toml(cfg));
   GridResult grid;
-  int stats_bits = *std::min_element(cfg.quant.weight_bits.begin(), cfg.quant.weight_bits.end());
-  auto grid_json = [&](const GridResult& gr) {
-    summary["float_top1"] = gr.float_top1();
-    summary["float_correct"] = gr.float_correct;
-    summary["weight_bits"] = gr.weight_bits;
-    json cells = json::array();
-    for (const auto& c : gr.cells) {
-      const Interval ci = boot.degradation_interval(gr.float_correct_images, c.correct_images);
-      cells.push_back({{"layer_index", c.layer},
-                       {"layer_name", g.layers[c.layer].name},
-                       {"weight_bits", c.weight_bits},
-                       {"noise", gr.noise(c)},
-                       {"sqnr_db", num(gr.sqnr_db(c))},
-                       {"top1", gr.top1(c)},
-                       {"degradation", gr.degradation(c)},
-                       {"ci_low", num(ci.lo)},
-                       {"ci_high", num(ci.hi)},
-                       {"correct", c.correct}});
-    }
-    summary["grid"] = cells;
-    json worst = json::object();
-    for (int b : gr.weight_bits) {
-      json list = json::array();
-      auto w = worst_at(gr, b);
-      for (size_t i = 0; i < w.size() && i < static_cast<size_t>(cfg.worst); ++i) {
-        list.push_back({{"layer_index", w[i]->layer},
-                        {"layer_name", g.layers[w[i]->layer].name},
-                        {"degradation", gr.degradation(*w[i])},
-                        {"noise", gr.noise(*w[i])}});
-      }
-      worst[std::to_string(b)] = list;
-    }
-    summary["worst_layers"] = worst;
-    summary["grid_seconds"] = gr.seconds;
-    folder.write("layerwise.csv", layerwise_csv(g, gr, specs, boot));
-  };
-
-  if (cfg.kind == "layerwise") {
-    grid = run_layerwise_grid(exec, eval, norm, eval_count, ranges, specs, cfg.quant.weight_bits, ctx.options,
-                              cfg.quant.bias_correction ? &bc : nullptr);
-    grid_json(grid);
-  } else if (cfg.kind == "additivity") {
+  int stats_bits = cfg.quant.base.weight_bits;
+  if (cfg.kind == "additivity") {
     AdditivityResult a = run_additivity(ctx, cfg, boot);
     grid = std::move(a.grid);
-    grid_json(grid);
+    write_grid(folder, *p, grid, boot, summary);
     stats_bits = cfg.low_bits;
     folder.write("additivity.csv", additivity_csv(a, cfg));
     summary["additivity"] = {{"configs", a.rows.size()},
@@ -226,6 +587,7 @@ RunOutcome run_experiment(const RunOptions& o) {
                              {"degradation", {{"pearson_r", num(a.r_degradation)}, {"slope", num(a.slope_degradation)}}},
                              {"noise", {{"pearson_r", num(a.r_noise)}, {"slope", num(a.slope_noise)}}}};
     if (verbose) {
+      print_grid(*p, grid);
       fmt::print("additivity over {} configurations ({}-bit subsets, others {}): degradation r = {:.3f}, slope = {:.3f}; "
                  "noise r = {:.3f}, slope = {:.3f}\n",
                  a.rows.size(), cfg.low_bits, cfg.high_bits ? fmt::format("{}-bit", cfg.high_bits) : "float32",
@@ -247,9 +609,6 @@ RunOutcome run_experiment(const RunOptions& o) {
     }
     summary["comparison"] = rows;
     folder.write("comparison.csv", comparison_csv(c));
-    stats_bits = cfg.quant.base.weight_bits;
-    grid.images = c.eval.images;
-    grid.float_correct = c.eval.float_correct;
     if (verbose) {
       fmt::print("float32 top-1: {:.2f}% on {} images\n", c.eval.float_top1(), c.eval.images);
       for (const auto& row : c.rows) {
@@ -258,60 +617,127 @@ RunOutcome run_experiment(const RunOptions& o) {
       }
     }
   }
-  folder.write("layers.csv", layers_csv(g, specs, stats_bits));
+  folder.write("layers.csv", layers_csv(p->g, p->specs, stats_bits));
   folder.write("summary.json", summary.dump(2) + "\n");
-
-  char host[256] = {0};
-  gethostname(host, sizeof host - 1);
-  json manifest;
-  manifest["qsweep_version"] = QSWEEP_VERSION;
-  manifest["git_commit"] = QSWEEP_GIT_COMMIT;
-  manifest["command_line"] = o.command_line;
-  manifest["config_file"] = cfg.source;
-  manifest["overrides"] = o.overrides;
-  manifest["started_utc"] = started;
-  manifest["finished_utc"] = utc_now();
-  manifest["wall_seconds"] = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  manifest["host"] = host;
-  manifest["model"] = {{"path", cfg.model_path},
-                       {"sha256", sha256_file(cfg.model_path)},
-                       {"opset", g.opset},
-                       {"layers", g.layers.size()},
-                       {"nodes", g.nodes.size()}};
-  manifest["dataset"] = {{"name", cfg.dataset},
-                         {"path", cfg.data_path},
-                         {"eval", dataset_json(eval, eval_count)},
-                         {"calibration", dataset_json(calib, calib_count)}};
-  manifest["backend"] = {{"name", backend->name()}, {"device", backend->device_name()}, {"threads", threads}};
-  manifest["libraries"] = {{"backend", backend->library_versions()},
-                           {"protobuf", google::protobuf::internal::VersionString(GOOGLE_PROTOBUF_VERSION)},
-                           {"tomlplusplus", fmt::format("{}.{}.{}", TOML_LIB_MAJOR, TOML_LIB_MINOR, TOML_LIB_PATCH)},
-                           {"fmt", FMT_VERSION},
-                           {"nlohmann_json", fmt::format("{}.{}.{}", NLOHMANN_JSON_VERSION_MAJOR,
-                                                         NLOHMANN_JSON_VERSION_MINOR, NLOHMANN_JSON_VERSION_PATCH)},
-                           {"compiler", __VERSION__}};
+  json manifest = manifest_json(*p, o.command_line, o.overrides, started,
+                                std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+  manifest["run_id"] = folder.run_id();
   folder.write("manifest.json", manifest.dump(2) + "\n");
+  add_report(folder, p->g, verbose);
 
   RunOutcome out;
   out.folder = folder.commit();
   out.config = cfg;
-  for (const Layer& L : g.layers) out.layer_names.push_back(L.name);
+  for (const Layer& L : p->g.layers) out.layer_names.push_back(L.name);
+  out.grid = std::move(grid);
+  if (verbose) fmt::print("results: {}\n", out.folder.string());
+  return out;
+}
 
-  if (verbose && !grid.cells.empty()) {
-    fmt::print("float32 top-1: {:.2f}% on {} images; grid of {} cells in {}\n", grid.float_top1(), grid.images,
-               grid.cells.size(), fmt::format("{:.1f} s", grid.seconds));
-    const auto [lowest, highest] = std::minmax_element(grid.weight_bits.begin(), grid.weight_bits.end());
-    for (int b : {*lowest, *highest}) {
-      fmt::print("worst layers at {}-bit weights:\n", b);
-      auto w = worst_at(grid, b);
-      for (size_t i = 0; i < w.size() && i < static_cast<size_t>(cfg.worst); ++i) {
-        fmt::print("  {:>3} {:<40} degradation {:+7.2f} pts  noise {:.4g}  SQNR {} dB\n", w[i]->layer,
-                   g.layers[w[i]->layer].name, grid.degradation(*w[i]), grid.noise(*w[i]), fmt_sqnr(grid.sqnr_db(*w[i])));
-      }
-      if (grid.weight_bits.size() == 1) break;
+RunOutcome merge_run(const std::string& dir, bool quiet) {
+  const auto t0 = std::chrono::steady_clock::now();
+  const bool verbose = !quiet;
+  fs::path given = fs::path(dir).lexically_normal();
+  if (given.filename().empty()) given = given.parent_path();
+  fs::path final_dir, work;
+  const std::string base = given.filename().string();
+  if (base.size() > 6 && base[0] == '.' && base.substr(base.size() - 5) == ".work") {
+    work = given;
+    final_dir = given.parent_path() / base.substr(1, base.size() - 6);
+  } else {
+    final_dir = given;
+    work = work_dir_of(given);
+  }
+  RunOutcome out;
+  out.folder = final_dir;
+  if (fs::exists(final_dir / "summary.json")) {
+    if (verbose) fmt::print("already merged: {}\n", final_dir.string());
+    return out;
+  }
+  if (!fs::is_directory(work)) {
+    user_error("'{}' has no shard results (expected the folder '{}' written by `qsweep run --shard I/N`)", dir,
+               work.string());
+  }
+  if (!fs::exists(work / "config.toml")) user_error("'{}' has no config.toml; it is not a qsweep run folder", work.string());
+  const std::string config_text = read_file(work / "config.toml");
+  const std::string config_sha = sha256_hex(config_text.data(), config_text.size());
+  // Shards present and their count.
+  std::map<int, fs::path> shard_dirs;
+  std::set<int> counts;
+  for (const auto& e : fs::directory_iterator(work)) {
+    int i, n;
+    if (e.is_directory() && std::sscanf(e.path().filename().c_str(), "shard-%d-of-%d", &i, &n) == 2) {
+      counts.insert(n);
+      shard_dirs[i] = e.path();
     }
   }
-  if (verbose) fmt::print("results: {}\n", out.folder.string());
+  if (counts.empty()) user_error("'{}' holds no shard folders", work.string());
+  if (counts.size() > 1) {
+    user_error("'{}' mixes shards of different splits ({}); they come from different runs", work.string(),
+               fmt::join(counts, " and "));
+  }
+  const int shards = *counts.begin();
+  std::vector<std::string> missing, mismatched;
+  for (int i = 0; i < shards; ++i) {
+    const fs::path done = work / shard_dir_name(i, shards) / "DONE.json";
+    if (!fs::exists(done)) missing.push_back(std::to_string(i));
+  }
+  if (!missing.empty()) {
+    user_error("cannot merge '{}': shard(s) {} of {} are missing or unfinished; run them (e.g. qsweep run CONFIG "
+               "--shard {}/{}) and merge again", final_dir.string(), fmt::join(missing, ", "), shards, missing[0], shards);
+  }
+  Config cfg = load_config((work / "config.toml").string(), {});
+  auto p = prepare(cfg, [](const std::string&) {});
+  const std::string eval_images_sha = sha256_file(p->eval.images_path), eval_labels_sha = sha256_file(p->eval.labels_path);
+  std::vector<BatchRecord> records;
+  for (int i = 0; i < shards; ++i) {
+    const fs::path sdir = work / shard_dir_name(i, shards);
+    json dj;
+    try {
+      dj = json::parse(read_file(sdir / "DONE.json"));
+    } catch (const std::exception&) {
+      mismatched.push_back(fmt::format("shard {} (DONE.json is damaged)", i));
+      continue;
+    }
+    if (dj.value("config_sha256", "") != config_sha) mismatched.push_back(fmt::format("shard {} (another config)", i));
+    else if (dj.value("model_sha256", "") != p->model_sha256) mismatched.push_back(fmt::format("shard {} (another model file)", i));
+    else if (dj.value("eval_images_sha256", "") != eval_images_sha || dj.value("eval_labels_sha256", "") != eval_labels_sha) {
+      mismatched.push_back(fmt::format("shard {} (another dataset)", i));
+    }
+    size_t n = 0;
+    for (const auto& e : fs::directory_iterator(sdir)) {
+      if (e.path().extension() != ".rec" || e.path().filename().string()[0] == '.') continue;
+      auto rec = decode_record(read_file(e.path()));
+      if (!rec) {
+        mismatched.push_back(fmt::format("shard {} ({} is corrupted)", i, e.path().filename().string()));
+        continue;
+      }
+      records.push_back(std::move(*rec));
+      ++n;
+    }
+    if (dj.contains("records") && dj["records"].get<size_t>() != n) {
+      mismatched.push_back(fmt::format("shard {} ({} batch files, DONE.json lists {})", i, n, dj["records"].get<size_t>()));
+    }
+  }
+  if (!mismatched.empty()) {
+    user_error("cannot merge '{}': {}; rerun those shards", final_dir.string(), fmt::join(mismatched, "; "));
+  }
+  GridResult grid;
+  try {
+    grid = assemble_grid(std::move(records), p->g.layers.size(), cfg.quant.weight_bits, p->eval_count, cfg.batch_size);
+  } catch (const std::runtime_error& e) {
+    user_error("cannot merge '{}': {}", final_dir.string(), e.what());
+  }
+  json manifest = manifest_json(*p, "qsweep merge " + dir, {}, utc_now(),
+                                std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+  manifest["run_id"] = final_dir.filename().string();
+  manifest["shards"] = shards;
+  out.folder = finish_layerwise(*p, grid, final_dir.filename().string(), manifest, verbose);
+  out.config = cfg;
+  if (verbose) {
+    print_grid(*p, grid);
+    fmt::print("merged {} shards: {}\n", shards, out.folder.string());
+  }
   out.grid = std::move(grid);
   return out;
 }

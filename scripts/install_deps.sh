@@ -13,6 +13,7 @@ packages=(
   libcli11-dev libfmt-dev nlohmann-json3-dev zlib1g-dev
   libgtest-dev libbenchmark-dev    # tests and benchmarks
   dataset-fashion-mnist            # the built-in real dataset
+  gnuplot-nox                      # figures (cairo terminals: pngcairo, svg)
 )
 for arg in "$@"; do
   case "$arg" in

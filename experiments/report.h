@@ -1,0 +1,60 @@
+// Figures and report.html for a results folder, drawn from its CSV/JSON files alone.
+//
+// Layout written into the folder:
+//   figures/<stem>.dat   the numbers behind the figure (tab-separated, header in a # line),
+//                        copied verbatim from the CSV files
+//   figures/<stem>.gp    the gnuplot script that draws <stem>.png and <stem>.svg from the .dat
+//                        (run `gnuplot <stem>.gp` inside figures/ after editing it)
+//   figures/<stem>.png, .svg
+//   weights/<layer>.f32  raw float32 weights of the worst layers (when a model is at hand)
+//   report.html          one self-contained page: manifest, float32 accuracy, worst layers,
+//                        every figure and table, the commands to re-run and redraw
+// gnuplot (Debian gnuplot-nox, cairo terminals) runs as a child process with a time limit; a
+// missing or failing gnuplot is reported as one warning line, never as an error.
+#pragma once
+
+#include <filesystem>
+#include <string>
+#include <vector>
+
+namespace qsweep {
+
+struct Graph;
+
+struct ReportOptions {
+  bool plots = true;             // run gnuplot; false: data, scripts and page only
+  double saturate = 5.0;         // the degradation heatmap's colour scale saturates here (points)
+  int bar_bits = 0;              // bit-width of the per-layer bars; 0: the lowest of the run
+  int worst = 0;                 // worst layers highlighted and histogrammed; 0: as summary.json lists
+  std::string gnuplot = "gnuplot";  // program to run, looked up on PATH
+  int gnuplot_timeout_s = 60;       // per figure
+  // Where the folder lives once complete (a run writes into a staging folder that is renamed
+  // afterwards): used in the page's commands and the warnings. Empty: the folder itself.
+  std::filesystem::path final_dir;
+};
+
+struct ReportResult {
+  std::vector<std::string> figures;   // stems whose data and script were written
+  std::vector<std::string> drawn;     // stems drawn as PNG and SVG
+  bool gnuplot_missing = false;
+  std::vector<std::string> warnings;  // one line each, for the user
+};
+
+// Reads layerwise.csv (required), summary.json, manifest.json, additivity.csv,
+// comparison.csv, layers.csv and weights/*.f32 from `dir` (each optional but the first) and
+// writes figures/ and report.html into it. `graph`: the model the folder was computed from;
+// when given, the worst layers' weights are saved to weights/ (else the model named in
+// manifest.json is imported when that file exists). Throws UserError when `dir` has no
+// readable layerwise.csv; figure problems become warnings.
+ReportResult write_report(const std::filesystem::path& dir, const ReportOptions& options,
+                          const Graph* graph = nullptr);
+
+// The options a results folder's config.toml sets (output.plots, output.saturate,
+// output.bar_bits, output.worst), defaults for what it does not set. Read leniently: only
+// these keys matter, so a config.toml from another qsweep version still works.
+ReportOptions report_options_for(const std::filesystem::path& dir);
+
+// Escapes &, <, >, " and ' for HTML text and attribute values.
+std::string html_escape(const std::string& s);
+
+}  // namespace qsweep

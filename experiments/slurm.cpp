@@ -1,0 +1,124 @@
+#include "experiments/slurm.h"
+
+#include <cstdio>
+#include <fmt/format.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "experiments/config.h"
+#include "experiments/results.h"
+#include "runtime/error.h"
+#include "runtime/sha256.h"
+#include "slurm_templates.h"
+
+namespace qsweep {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+// Single-quoted for bash.
+std::string sh_quote(const std::string& s) {
+  std::string out = "'";
+  for (char c : s) out += c == '\'' ? std::string("'\\''") : std::string(1, c);
+  return out + "'";
+}
+
+std::string fill(std::string t, const std::vector<std::pair<std::string, std::string>>& vars) {
+  for (const auto& [k, v] : vars) {
+    const std::string key = "@" + k + "@";
+    for (size_t pos = t.find(key); pos != std::string::npos; pos = t.find(key, pos + v.size())) t.replace(pos, key.size(), v);
+  }
+  return t;
+}
+
+std::string self_path() {
+  char buf[4096];
+  const ssize_t n = readlink("/proc/self/exe", buf, sizeof buf - 1);
+  if (n <= 0) return "qsweep";
+  buf[n] = 0;
+  return buf;
+}
+
+// Runs sbatch --parsable; returns the job id.
+std::string sbatch(const std::vector<std::string>& args) {
+  std::string cmd = "sbatch --parsable";
+  for (const auto& a : args) cmd += fmt::format(" {}", sh_quote(a));
+  cmd += " 2>&1";
+  FILE* p = popen(cmd.c_str(), "r");
+  if (!p) user_error("cannot run sbatch");
+  std::string out;
+  char buf[512];
+  while (fgets(buf, sizeof buf, p)) out += buf;
+  const int st = pclose(p);
+  while (!out.empty() && (out.back() == '\n' || out.back() == ' ')) out.pop_back();
+  if (st != 0 || out.empty()) {
+    user_error("sbatch failed ({}): {}", WIFEXITED(st) ? WEXITSTATUS(st) : -1,
+               out.empty() ? "no output; is SLURM installed and SLURM_CONF set?" : out);
+  }
+  const auto semi = out.find(';');  // "jobid;cluster"
+  return semi == std::string::npos ? out : out.substr(0, semi);
+}
+
+}  // namespace
+
+SubmitOutcome submit_run(const SubmitOptions& o) {
+  if (o.array < 1) user_error("--array {}: the number of array tasks (shards) must be at least 1", o.array);
+  std::vector<std::string> overrides = o.overrides;
+  const fs::path root = fs::absolute(o.out_root.empty() ? load_config(o.config_path, overrides).root : o.out_root);
+  overrides.push_back(fmt::format("output.root=\"{}\"", root.string()));
+  const Config cfg = load_config(o.config_path, overrides);
+  if (cfg.kind != "layerwise") user_error("qsweep submit shards layer-wise grids; '{}' has kind = \"{}\"", o.config_path, cfg.kind);
+  std::string run_id = o.run_id;
+  if (run_id.empty()) {
+    const std::string text = config_to_toml(cfg);
+    run_id = "cfg-" + sha256_hex(text.data(), text.size()).substr(0, 12);
+  }
+  SubmitOutcome out;
+  out.run_dir = root / cfg.name / run_id;
+  const fs::path work = root / cfg.name / ("." + run_id + ".work");
+  const fs::path slurm = work / "slurm";
+  std::error_code ec;
+  fs::create_directories(slurm, ec);
+  if (ec) user_error("cannot create '{}': {}", slurm.string(), ec.message());
+
+  std::string sets;
+  for (const auto& s : o.overrides) sets += fmt::format("{}--set {}", sets.empty() ? "" : " ", sh_quote(s));
+  std::string sbatch_args;
+  for (const auto& a : o.sbatch_args) sbatch_args += (sbatch_args.empty() ? "" : " ") + a;
+  const std::vector<std::pair<std::string, std::string>> vars = {
+      {"NAME", cfg.name},
+      {"ARRAY_MAX", std::to_string(o.array - 1)},
+      {"LOG_DIR", slurm.string()},
+      {"QSWEEP", sh_quote(self_path())},
+      {"CONFIG", sh_quote(fs::absolute(o.config_path).string())},
+      {"RUN_ID", sh_quote(run_id)},
+      {"OUT", sh_quote(root.string())},
+      {"SETS", sets},
+      {"RUN_DIR", sh_quote(out.run_dir.string())},
+      {"SBATCH_ARGS", sbatch_args.empty() ? "(none)" : sbatch_args},
+  };
+  out.array_script = slurm / "array.sbatch";
+  out.merge_script = slurm / "merge.sbatch";
+  write_file_atomic(out.array_script, fill(kArraySbatchTemplate, vars));
+  write_file_atomic(out.merge_script, fill(kMergeSbatchTemplate, vars));
+  chmod(out.array_script.c_str(), 0755);
+  chmod(out.merge_script.c_str(), 0755);
+  if (o.dry_run) return out;
+
+  std::vector<std::string> a = o.sbatch_args;
+  a.push_back(out.array_script.string());
+  out.array_job = sbatch(a);
+  std::vector<std::string> m = o.sbatch_args;
+  m.push_back("--dependency=afterok:" + out.array_job);
+  m.push_back(out.merge_script.string());
+  out.merge_job = sbatch(m);
+  if (!o.quiet) {
+    fmt::print("submitted array job {} ({} shards) and merge job {} (afterok)\nresults will be in {}\n", out.array_job,
+               o.array, out.merge_job, out.run_dir.string());
+  }
+  return out;
+}
+
+}  // namespace qsweep
