@@ -97,7 +97,7 @@ namespace {
 void clip_range(const std::vector<float>& w, const QuantSpec& spec, int bits, float* lo, float* hi) {
   float mn, mx;
   min_max(w.data(), w.size(), &mn, &mx);
-  float alpha;
+  float alpha = 0.0f;
   switch (spec.clip) {
     case ClipMethod::kMinMax:
       *lo = mn;
@@ -110,7 +110,10 @@ void clip_range(const std::vector<float>& w, const QuantSpec& spec, int bits, fl
       if (!sawb_coefficients(bits)) {
         user_error("weight_clip = \"sawb\" at {} bits: SAWB coefficients exist for 2..8 bits", bits);
       }
-      alpha = std::fabs(sawb_clip(w.data(), w.size(), bits));
+      alpha = sawb_clip(w.data(), w.size(), bits);
+      // The fitted formula can go to (or below) zero for slices whose rms/mean|w| ratio is
+      // near c2/c1 (a few equal-magnitude weights, e.g. a small depthwise kernel): no clip.
+      if (!(alpha > 1e-3f * std::max(std::fabs(mn), std::fabs(mx)))) alpha = std::max(std::fabs(mn), std::fabs(mx));
       break;
     case ClipMethod::kMse:
       alpha = mse_clip(w.data(), w.size(), bits, spec.scheme, spec.mse_grid);
@@ -216,7 +219,11 @@ std::string layers_csv(const Graph& g, const std::vector<QuantSpec>& specs, int 
   for (const Layer& L : g.layers) {
     const LayerStats s = layer_stats(g, L, specs[L.index], bits);
     std::string name = L.name;
-    if (name.find_first_of(",\"\n") != std::string::npos) name = "\"" + name + "\"";
+    if (name.find_first_of(",\"\n") != std::string::npos) {  // RFC 4180: quote, double the quotes
+      std::string q = "\"";
+      for (char ch : name) q += ch == '"' ? std::string("\"\"") : std::string(1, ch);
+      name = q + "\"";
+    }
     out += fmt::format("{},{},{},{:.9g},{:.9g},{:.9g},{:.9g},{:.6g},{:.6g},{:.6g},{},{},{}\n", L.index, name,
                        op_name(g.nodes[L.node].op), s.weight_min, s.weight_max, s.range_min, s.range_max,
                        s.clip_fraction, s.kurtosis, s.channel_range_spread, clip_name(specs[L.index].clip),

@@ -1,29 +1,28 @@
 #include "experiments/report.h"
 
+#include <fcntl.h>
+#include <fmt/format.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/wait.h>
+#include <toml++/toml.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <array>
 #include <bit>
+#include <cerrno>
 #include <chrono>
 #include <cmath>
-#include <cerrno>
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
 #include <map>
+#include <nlohmann/json.hpp>
 #include <optional>
 #include <set>
 #include <sstream>
 #include <thread>
-
-#include <fcntl.h>
-#include <signal.h>
-#include <spawn.h>
-#include <sys/wait.h>
-#include <unistd.h>
-
-#include <fmt/format.h>
-#include <nlohmann/json.hpp>
-#include <toml++/toml.h>
 
 #include "experiments/results.h"
 #include "runtime/error.h"
@@ -171,9 +170,9 @@ struct Cell {
 
 struct Results {
   fs::path dir;
-  Csv grid;  // layerwise.csv
-  std::vector<LayerInfo> layers;  // by index (topological order)
-  std::vector<int> bits;          // ascending
+  Csv grid;                                   // layerwise.csv
+  std::vector<LayerInfo> layers;              // by index (topological order)
+  std::vector<int> bits;                      // ascending
   std::map<std::pair<int, int>, Cell> cells;  // (layer, bits)
   double float_top1 = std::nan("");
   long long images = 0;
@@ -222,7 +221,8 @@ Results load_results(const fs::path& dir, std::vector<std::string>& warnings) {
   // A layer-wise or additivity run has a grid; a comparison (kind = "full") has none.
   auto grid = read_csv(dir / "layerwise.csv");
   if (!grid && !r.comparison && !r.additivity) {
-    user_error("'{}' has no layerwise.csv, comparison.csv or additivity.csv: not a qsweep results folder", dir.string());
+    user_error("'{}' has no layerwise.csv, comparison.csv or additivity.csv: not a qsweep results folder",
+               dir.string());
   }
   if (grid) {
     r.grid = std::move(*grid);
@@ -238,8 +238,8 @@ Results load_results(const fs::path& dir, std::vector<std::string>& warnings) {
     if (li < 0 || b < 1) continue;
     layers[li] = LayerInfo{li, r.grid.at(i, "layer_name"), r.grid.at(i, "op_type")};
     bits.insert(b);
-    r.cells[{li, b}] = Cell{i, number(r.grid.at(i, "noise")), number(r.grid.at(i, "degradation")),
-                            number(r.grid.at(i, "top1"))};
+    r.cells[{li, b}] =
+        Cell{i, number(r.grid.at(i, "noise")), number(r.grid.at(i, "degradation")), number(r.grid.at(i, "top1"))};
     if (std::isnan(r.float_top1)) r.float_top1 = number(r.grid.at(i, "float_top1"));
     if (r.images == 0) r.images = integer(r.grid.at(i, "images"));
   }
@@ -349,8 +349,8 @@ struct Figure {
 
 // The part every script shares: what it is, the size and font, and the loop that draws the
 // same plot once per terminal.
-std::string script(const std::string& stem, const std::string& title, int width, int height,
-                   const std::string& setup, const std::string& body) {
+std::string script(const std::string& stem, const std::string& title, int width, int height, const std::string& setup,
+                   const std::string& body) {
   return subst(R"GP(# @STEM@.gp: @TITLE@
 # Draws @STEM@.png and @STEM@.svg from @STEM@.dat (its columns are named in its first line).
 # Restyle by editing this file and running `gnuplot @STEM@.gp` in this folder.
@@ -438,13 +438,14 @@ std::string degradation_rgb(double v, double saturate) {
 Figure heatmap(const Results& r, bool noise, double saturate) {
   Figure f;
   f.stem = noise ? "heatmap_noise" : "heatmap_degradation";
-  f.title = noise ? "Output noise (dB) per layer and weight bit-width"
-                  : "Top-1 degradation per layer and weight bit-width";
+  f.title =
+      noise ? "Output noise (dB) per layer and weight bit-width" : "Top-1 degradation per layer and weight bit-width";
   f.caption = noise ? "Each cell: 10·log10 of the output noise E‖y − ŷ‖² when only that layer is quantized "
                       "(weights at the column's bit-width, activations at 8 bits). Darker is noisier."
-                    : fmt::format("Each cell: top-1 degradation (points) when only that layer is quantized. "
-                                  "The colour scale saturates at {:g} points; blue cells improved.",
-                                  saturate);
+                    : fmt::format(
+                          "Each cell: top-1 degradation (points) when only that layer is quantized. "
+                          "The colour scale saturates at {:g} points; blue cells improved.",
+                          saturate);
   const char* metric = noise ? "noise" : "degradation";
   f.dat = fmt::format("# row\tcol\tlayer_index\tweight_bits\t{}\tlabel\tlayer_name\n", metric);
   size_t longest = 0;
@@ -455,8 +456,8 @@ Figure heatmap(const Results& r, bool noise, double saturate) {
     for (size_t col = 0; col < r.bits.size(); ++col) {
       const Cell* c = r.cell(L.index, r.bits[col]);
       if (!c) continue;
-      f.dat += fmt::format("{}\t{}\t{}\t{}\t{}\t{}\t{}\n", row, col, L.index, r.bits[col],
-                           r.grid.at(c->row, metric), label, tsv_text(L.name));
+      f.dat += fmt::format("{}\t{}\t{}\t{}\t{}\t{}\t{}\n", row, col, L.index, r.bits[col], r.grid.at(c->row, metric),
+                           label, tsv_text(L.name));
     }
     f.dat += "\n";  // one block per layer: `every ::0::0` picks one line per layer for the ticks
   }
@@ -497,7 +498,8 @@ cbval(v) = db(v)
     setup += R"GP(set cbrange [-0.2 * saturate : saturate]
 set cbtics add (sprintf("≥ %g", saturate) saturate, sprintf("≤ %g", -0.2 * saturate) -0.2 * saturate)
 set cblabel sprintf("top-1 degradation, points (saturated at %g)", saturate)
-dark(v) = v >= )GP" + gp_number(kWhiteTextFrom) + R"GP( * saturate
+dark(v) = v >= )GP" +
+             gp_number(kWhiteTextFrom) + R"GP( * saturate
 # Degradations are multiples of 100/images: two decimals show them exactly up to 10,000 images.
 label(v) = abs(v) < 0.005 ? "0" : sprintf("%.2f", v)
 cbval(v) = v > saturate ? saturate : (v < -0.2 * saturate ? -0.2 * saturate : v)
@@ -519,11 +521,12 @@ cbval(v) = v > saturate ? saturate : (v < -0.2 * saturate ? -0.2 * saturate : v)
 Figure layer_bars(const Results& r, int bits, int worst) {
   Figure f;
   f.stem = "layer_bars";
-  f.title = fmt::format("Per-layer degradation and output noise at {}-bit weights (red: the {} worst layers)", bits,
-                        worst);
-  f.caption = fmt::format("Each bar: that layer alone quantized (weights at {} bits, activations at 8 bits). "
-                          "The {} worst layers by degradation are red.",
-                          bits, worst);
+  f.title =
+      fmt::format("Per-layer degradation and output noise at {}-bit weights (red: the {} worst layers)", bits, worst);
+  f.caption = fmt::format(
+      "Each bar: that layer alone quantized (weights at {} bits, activations at 8 bits). "
+      "The {} worst layers by degradation are red.",
+      bits, worst);
   const auto order = r.worst_at(bits);
   std::map<int, int> rank;
   for (size_t i = 0; i < order.size() && i < static_cast<size_t>(worst); ++i) rank[order[i]] = static_cast<int>(i) + 1;
@@ -537,10 +540,10 @@ Figure layer_bars(const Results& r, int bits, int worst) {
     if (!c) continue;
     const std::string label = r.tick_label(L);
     longest = std::max(longest, utf8_length(label));
-    f.dat += fmt::format("{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\n", row++, L.index, bits,
-                         r.grid.at(c->row, "degradation"), r.grid.at(c->row, "noise"),
-                         rank.count(L.index) ? rank[L.index] : 0, label, tsv_text(L.name),
-                         tsv_number(r.grid.at(c->row, "ci_low")), tsv_number(r.grid.at(c->row, "ci_high")));
+    f.dat +=
+        fmt::format("{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\n", row++, L.index, bits, r.grid.at(c->row, "degradation"),
+                    r.grid.at(c->row, "noise"), rank.count(L.index) ? rank[L.index] : 0, label, tsv_text(L.name),
+                    tsv_number(r.grid.at(c->row, "ci_low")), tsv_number(r.grid.at(c->row, "ci_high")));
   }
   const int left = label_px(longest);
   const int width = std::max(900, left + 2 * 380);
@@ -587,8 +590,8 @@ label_x(v, hi) = (hi == hi && hi > v ? hi : v) > 0 ? (hi == hi && hi > v ? hi : 
   set ytics format "%g"
   unset multiplot)GP",
       gp_string(f.title), layer_axis_label(r), static_cast<double>(left) / width, (split - 20) / width,
-      ci ? "       datafile using 4:1:9:10 with xerrorbars pt -1 lw 0.8 lc \"gray20\", \\\n" : "",
-      (split + 20) / width, 1.0 - 30.0 / width);
+      ci ? "       datafile using 4:1:9:10 with xerrorbars pt -1 lw 0.8 lc \"gray20\", \\\n" : "", (split + 20) / width,
+      1.0 - 30.0 / width);
   f.gp = script(f.stem, f.title, width, height, setup, body);
   return f;
 }
@@ -598,9 +601,22 @@ Figure noise_vs_degradation(const Results& r) {
   Figure f;
   f.stem = "noise_vs_degradation";
   f.title = "Output noise vs top-1 degradation, every (layer, bit-width) cell";
-  f.caption = "Each point: one layer quantized at one weight bit-width. Noise is on a log scale; "
-              "cells without noise are left out.";
-  f.dat = "# layer_index\tweight_bits\tnoise\tdegradation\tlayer_name\n";
+  f.caption =
+      "Each point: one layer quantized at one weight bit-width. Noise is on a log scale; "
+      "cells without noise are left out.";
+  // The five most degrading cells (degradation, then noise) get their layer index as a label.
+  constexpr size_t kLabelled = 5;
+  std::vector<std::pair<int, int>> order;
+  for (const auto& [key, c] : r.cells) {
+    if (c.degradation > 0) order.push_back(key);
+  }
+  std::stable_sort(order.begin(), order.end(), [&](const auto& a, const auto& b) {
+    const Cell &x = r.cells.at(a), &y = r.cells.at(b);
+    return x.degradation != y.degradation ? x.degradation > y.degradation : x.noise > y.noise;
+  });
+  if (order.size() > kLabelled) order.resize(kLabelled);
+  f.caption += " The most degrading cells are labelled with their layer index.";
+  f.dat = "# layer_index\tweight_bits\tnoise\tdegradation\tlabel_rank\tlayer_name\n";
   std::string titles;
   for (size_t i = 0; i < r.bits.size(); ++i) {
     if (i) f.dat += "\n\n";  // one data set per bit-width: `index i`
@@ -608,28 +624,25 @@ Figure noise_vs_degradation(const Results& r) {
     for (const LayerInfo& L : r.layers) {
       const Cell* c = r.cell(L.index, r.bits[i]);
       if (!c) continue;
-      f.dat += fmt::format("{}\t{}\t{}\t{}\t{}\n", L.index, r.bits[i], r.grid.at(c->row, "noise"),
-                           r.grid.at(c->row, "degradation"), tsv_text(L.name));
+      const auto it = std::find(order.begin(), order.end(), std::make_pair(L.index, r.bits[i]));
+      f.dat += fmt::format("{}\t{}\t{}\t{}\t{}\t{}\n", L.index, r.bits[i], r.grid.at(c->row, "noise"),
+                           r.grid.at(c->row, "degradation"), it == order.end() ? 0 : it - order.begin() + 1,
+                           tsv_text(L.name));
     }
   }
-  // Name the worst cells by layer index: the five largest positive degradations.
-  std::vector<double> degs;
-  for (const auto& [key, c] : r.cells) degs.push_back(c.degradation);
-  std::sort(degs.rbegin(), degs.rend());
-  const double label_from = degs.empty() ? 1e300 : std::max(degs[std::min<size_t>(4, degs.size() - 1)], 1e-9);
-  f.caption += " The five most degrading cells are labelled with their layer index.";
   // Colours in bit-width order, red (fewest bits) to purple (most), all dark enough on white.
-  static constexpr std::array<const char*, 6> kOrdered{"#b2182b", "#e66101", "#b8860b", "#1b7837", "#2166ac", "#542788"};
+  static constexpr std::array<const char*, 6> kOrdered{"#b2182b", "#e66101", "#b8860b",
+                                                       "#1b7837", "#2166ac", "#542788"};
   std::string colours;
   for (size_t i = 0; i < r.bits.size(); ++i) {
-    const size_t k = r.bits.size() <= kOrdered.size() ? i * (kOrdered.size() - 1) / std::max<size_t>(1, r.bits.size() - 1)
-                                                      : i % kOrdered.size();
+    const size_t k = r.bits.size() <= kOrdered.size()
+                         ? i * (kOrdered.size() - 1) / std::max<size_t>(1, r.bits.size() - 1)
+                         : i % kOrdered.size();
     colours += fmt::format("{}{}", i ? " " : "", kOrdered[k]);
   }
   const std::string setup = fmt::format(R"GP(nsets = {}
 titles = "{}"
 colours = "{}"
-label_from = {}   # cells degrading at least this much get their layer index as a label
 set logscale x
 set format x "1e%T"
 set xlabel "output noise E||y - ŷ||² (log scale)"
@@ -638,10 +651,13 @@ set grid lc "gray85" lw 0.5
 set key top left box opaque
 set title {}
 set xzeroaxis lc "gray50" dt 2
+set autoscale xfix
+set offsets graph 0.03, graph 0.08, graph 0.06, graph 0.02   # room for the labels at the edges
 )GP",
-                                        r.bits.size(), titles, colours, gp_number(label_from), gp_string(f.title));
-  const std::string body = R"GP(  plot for [i = 0 : nsets - 1] datafile index i using ($3 > 0 ? $3 : NaN):4 with points pt 7 ps 0.9 lc rgb word(colours, i + 1) title word(titles, i + 1), \
-       for [i = 0 : nsets - 1] datafile index i using ($3 > 0 ? $3 : NaN):4:($4 >= label_from ? sprintf("%d", $1) : "") with labels left offset 0.6, 0.3 font small tc "gray20" notitle)GP";
+                                        r.bits.size(), titles, colours, gp_string(f.title));
+  const std::string body =
+      R"GP(  plot for [i = 0 : nsets - 1] datafile index i using ($3 > 0 ? $3 : NaN):4 with points pt 7 ps 0.9 lc rgb word(colours, i + 1) title word(titles, i + 1), \
+       for [i = 0 : nsets - 1] datafile index i using ($3 > 0 ? $3 : NaN):4:($5 > 0 ? sprintf("%d", $1) : "") with labels left offset 0.6, 0.3 font small tc "gray20" notitle)GP";
   f.gp = script(f.stem, f.title, 820, 560, setup, body);
   return f;
 }
@@ -655,8 +671,10 @@ std::string ci_kind(const Csv& csv, const char* deg_col, const char* top1_col) {
     if (!std::isfinite(lo) || !std::isfinite(hi)) continue;
     ++n;
     const double d = number(csv.at(i, deg_col)), t = number(csv.at(i, top1_col));
-    if (lo <= d + 1e-9 && d <= hi + 1e-9) ++deg;
-    else if (lo <= t + 1e-9 && t <= hi + 1e-9) ++top;
+    if (lo <= d + 1e-9 && d <= hi + 1e-9)
+      ++deg;
+    else if (lo <= t + 1e-9 && t <= hi + 1e-9)
+      ++top;
   }
   if (n == 0) return "none";
   if (deg * 2 > n) return "degradation";
@@ -697,15 +715,15 @@ Figure additivity(const Results& r, bool noise) {
     f.dat += fmt::format("{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\n", tsv_text(a.at(i, "config_index")),
                          tsv_text(a.at(i, "low_bits")), tsv_text(a.at(i, "high_bits")),
                          tsv_text(a.at(i, "num_low_layers")), tsv_text(a.at(i, pred)), tsv_text(a.at(i, meas)),
-                         tsv_text(a.at(i, "measured_top1")), tsv_text(a.at(i, "ci_low")),
-                         tsv_text(a.at(i, "ci_high")));
+                         tsv_text(a.at(i, "measured_top1")), tsv_text(a.at(i, "ci_low")), tsv_text(a.at(i, "ci_high")));
     if (!std::isfinite(x) || !std::isfinite(y)) continue;
     xs.push_back(x);
     ys.push_back(y);
     lo = std::min({lo, x, y});
     hi = std::max({hi, x, y});
     if (!noise) {  // keep the confidence intervals inside the plot
-      const double cl = number(a.at(i, "ci_low")), ch = number(a.at(i, "ci_high")), t = number(a.at(i, "measured_top1"));
+      const double cl = number(a.at(i, "ci_low")), ch = number(a.at(i, "ci_high")),
+                   t = number(a.at(i, "measured_top1"));
       if (std::isfinite(cl) && std::isfinite(ch)) {
         const bool of_top1 = !(cl <= y + 1e-9 && y <= ch + 1e-9) && std::isfinite(t) && cl <= t && t <= ch;
         lo = std::min(lo, of_top1 ? r.float_top1 - ch : cl);
@@ -725,10 +743,11 @@ Figure additivity(const Results& r, bool noise) {
     }
   }
   const std::string ci = noise ? "none" : ci_kind(a, meas.c_str(), "measured_top1");
-  f.caption = fmt::format("Each point: one configuration (a random subset of layers at the low bit-width, the rest "
-                          "at the high one), coloured by how many layers are at the low bit-width. Dashed: y = x. "
-                          "r and slope {}.{}",
-                          source, ci != "none" ? " Bars: the confidence interval of the measured degradation." : "");
+  f.caption = fmt::format(
+      "Each point: one configuration (a random subset of layers at the low bit-width, the rest "
+      "at the high one), coloured by how many layers are at the low bit-width. Dashed: y = x. "
+      "r and slope {}.{}",
+      source, ci != "none" ? " Bars: the confidence interval of the measured degradation." : "");
   const double pad = 0.05 * (hi - lo > 0 ? hi - lo : 1.0);
   // Layer counts are integers: whole-number colour-bar steps, about eight of them.
   int max_low = 1;
@@ -839,9 +858,10 @@ Figure weight_histogram(const Results& r, const std::vector<WeightLayer>& layers
   Figure f;
   f.stem = "weight_histogram";
   f.title = fmt::format("Weight distribution of the {} worst layers at {}-bit weights", layers.size(), bits);
-  f.caption = "Histogram of each layer's (BatchNorm-folded) float32 weights, counts on a log scale. Dash-dot: the "
-              "quantization range at the lowest bit-width; dotted: the weights' min and max where the range clips "
-              "them.";
+  f.caption =
+      "Histogram of each layer's (BatchNorm-folded) float32 weights, counts on a log scale. Dash-dot: the "
+      "quantization range at the lowest bit-width; dotted: the weights' min and max where the range clips "
+      "them.";
   f.dat = "# one data set per layer (gnuplot `index k`): bin_center\tbin_low\tbin_high\tcount\n";
   std::string panels;
   for (size_t k = 0; k < layers.size(); ++k) {
@@ -954,8 +974,8 @@ std::vector<WeightLayer> worst_layer_weights(const Results& r, const std::vector
     if (info && info->name != L.name) return nullptr;  // not the model this folder came from
     return &g->constant(L.weight_value).data;
   };
-  const std::string scheme = r.summary && (*r.summary)["scheme"].is_string() ? (*r.summary)["scheme"].get<std::string>()
-                                                                             : "asymmetric";
+  const std::string scheme =
+      r.summary && (*r.summary)["scheme"].is_string() ? (*r.summary)["scheme"].get<std::string>() : "asymmetric";
   for (int index : worst) {
     WeightLayer W;
     W.index = index;
@@ -985,7 +1005,8 @@ std::vector<WeightLayer> worst_layer_weights(const Results& r, const std::vector
         if (std::isfinite(lo) && std::isfinite(hi)) {
           W.range_lo = lo;
           W.range_hi = hi;
-          W.range_source = "layers.csv";
+          const int at = integer(s.at(i, "bits"));
+          W.range_source = at > 0 ? fmt::format("layers.csv, {}-bit", at) : "layers.csv";
           from_csv = true;
         }
       }
@@ -1017,8 +1038,7 @@ struct GnuplotRun {
 
 // Runs `program script` inside `dir` with stdin and stdout on /dev/null, stderr to a file,
 // killed after `timeout_s`.
-GnuplotRun run_gnuplot(const std::string& program, const fs::path& dir, const std::string& script_name,
-                       int timeout_s) {
+GnuplotRun run_gnuplot(const std::string& program, const fs::path& dir, const std::string& script_name, int timeout_s) {
   GnuplotRun out;
   const fs::path err_file = dir / fmt::format(".gnuplot-{}.err", getpid());
   posix_spawn_file_actions_t fa;
@@ -1073,7 +1093,7 @@ GnuplotRun run_gnuplot(const std::string& program, const fs::path& dir, const st
     line = l;
     if (l.find("line ") != std::string::npos && l.find(':') != std::string::npos) break;
   }
-  out.message = !line.empty() ? line
+  out.message = !line.empty()       ? line
                 : WIFEXITED(status) ? fmt::format("exit code {}", WEXITSTATUS(status))
                                     : fmt::format("killed by signal {}", WTERMSIG(status));
   return out;
@@ -1196,7 +1216,8 @@ std::string build_page(const Results& r, const std::vector<PageFigure>& figures,
   const json& m = r.manifest ? *r.manifest : empty;
   const json& s = r.summary ? *r.summary : empty;
   auto get = [](const json& j, const char* k) -> std::string { return j.contains(k) ? json_text(j[k]) : ""; };
-  const std::string name = s.contains("experiment") ? get(s, "experiment") : final_dir.parent_path().filename().string();
+  const std::string name =
+      s.contains("experiment") ? get(s, "experiment") : final_dir.parent_path().filename().string();
   const std::string run_id = final_dir.filename().string();
   std::string h;
   h += "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n";
@@ -1214,10 +1235,11 @@ std::string build_page(const Results& r, const std::vector<PageFigure>& figures,
 
   // Accuracy and worst layers.
   h += "<h2 id=\"accuracy\">Float32 accuracy and the worst layers</h2>\n";
-  h += fmt::format("<p class=\"big\">float32 top-1: <b>{}</b> on {} images", 
+  h += fmt::format("<p class=\"big\">float32 top-1: <b>{}</b> on {} images",
                    std::isfinite(r.float_top1) ? fmt::format("{:.2f}%", r.float_top1) : "?", r.images);
   if (m.contains("model") && m["model"].contains("path")) {
-    h += fmt::format(" &middot; model <code>{}</code>", html_escape(fs::path(get(m["model"], "path")).filename().string()));
+    h += fmt::format(" &middot; model <code>{}</code>",
+                     html_escape(fs::path(get(m["model"], "path")).filename().string()));
   }
   if (!r.cells.empty()) {
     h += fmt::format(" &middot; {} layers &times; {} weight bit-widths", r.layers.size(), r.bits.size());
@@ -1225,7 +1247,8 @@ std::string build_page(const Results& r, const std::vector<PageFigure>& figures,
     h += fmt::format(" &middot; kind {}", html_escape(get(s, "kind")));
   }
   if (s.contains("act_bits")) h += fmt::format(", activations at {} bits", html_escape(get(s, "act_bits")));
-  if (s.contains("scheme")) h += fmt::format(", {} {}", html_escape(get(s, "scheme")), html_escape(get(s, "granularity")));
+  if (s.contains("scheme"))
+    h += fmt::format(", {} {}", html_escape(get(s, "scheme")), html_escape(get(s, "granularity")));
   h += "</p>\n";
   // The worst layers at each bit-width, lowest first, numbers as layerwise.csv has them.
   const size_t nworst = worst_lowest.size();
@@ -1244,15 +1267,16 @@ std::string build_page(const Results& r, const std::vector<PageFigure>& figures,
         if (i == 0) h += fmt::format("<td class=\"n\" rowspan=\"{}\"><b>{}</b></td>", n, b);
         h += fmt::format("<td class=\"n\">{}</td><td class=\"n\">{}</td><td>{}</td>", i + 1, order[i],
                          html_escape(L ? L->name : ""));
-        h += fmt::format("<td class=\"n\" style=\"background:{}{}\">{}</td>", degradation_rgb(c->degradation, o.saturate),
+        h += fmt::format("<td class=\"n\" style=\"background:{}{}\">{}</td>",
+                         degradation_rgb(c->degradation, o.saturate),
                          c->degradation >= kWhiteTextFrom * o.saturate ? ";color:#fff" : "",
                          html_escape(r.grid.at(c->row, "degradation")));
         if (has_ci) {
           h += fmt::format("<td class=\"n\">[{}, {}]</td>", html_escape(r.grid.at(c->row, "ci_low")),
                            html_escape(r.grid.at(c->row, "ci_high")));
         }
-        h += fmt::format("<td class=\"n\">{}</td><td class=\"n\">{}</td></tr>\n", html_escape(r.grid.at(c->row, "noise")),
-                         html_escape(r.grid.at(c->row, "sqnr_db")));
+        h += fmt::format("<td class=\"n\">{}</td><td class=\"n\">{}</td></tr>\n",
+                         html_escape(r.grid.at(c->row, "noise")), html_escape(r.grid.at(c->row, "sqnr_db")));
       }
     }
     h += "</tbody></table>\n";
@@ -1261,11 +1285,12 @@ std::string build_page(const Results& r, const std::vector<PageFigure>& figures,
   // Figures.
   h += "<h2 id=\"figures\">Figures</h2>\n";
   if (result.gnuplot_missing || !o.plots) {
-    h += fmt::format("<p class=\"note\">The figures were not drawn ({}). Their data and gnuplot scripts are in "
-                     "<code>figures/</code>; draw them with <code>qsweep report {}</code> once gnuplot is "
-                     "installed (Debian: <code>apt-get install gnuplot-nox</code>).</p>\n",
-                     result.gnuplot_missing ? "gnuplot was not found" : "output.plots is false",
-                     html_escape(shell_quote(final_dir.string())));
+    h += fmt::format(
+        "<p class=\"note\">The figures were not drawn ({}). Their data and gnuplot scripts are in "
+        "<code>figures/</code>; draw them with <code>qsweep report {}</code> once gnuplot is "
+        "installed (Debian: <code>apt-get install gnuplot-nox</code>).</p>\n",
+        result.gnuplot_missing ? "gnuplot was not found" : "output.plots is false",
+        html_escape(shell_quote(final_dir.string())));
   }
   for (const auto& pf : figures) {
     const Figure& f = pf.fig;
@@ -1279,9 +1304,10 @@ std::string build_page(const Results& r, const std::vector<PageFigure>& figures,
       h += fmt::format("<a href=\"figures/{0}.png\">PNG</a> &middot; <a href=\"figures/{0}.svg\">SVG</a> &middot; ",
                        f.stem);
     }
-    h += fmt::format("data <a href=\"figures/{0}.dat\">{0}.dat</a> &middot; script <a href=\"figures/{0}.gp\">{0}.gp</a>"
-                     "</div>\n",
-                     f.stem);
+    h += fmt::format(
+        "data <a href=\"figures/{0}.dat\">{0}.dat</a> &middot; script <a href=\"figures/{0}.gp\">{0}.gp</a>"
+        "</div>\n",
+        f.stem);
     // Table 1 beside its chart.
     if (f.stem == "comparison" && r.comparison) {
       h += "<p class=\"files\">from <a href=\"comparison.csv\">comparison.csv</a></p>\n" +
@@ -1293,9 +1319,10 @@ std::string build_page(const Results& r, const std::vector<PageFigure>& figures,
   // Tables.
   h += "<h2 id=\"tables\">Tables</h2>\n";
   if (!r.cells.empty()) {
-    h += fmt::format("<h3>Top-1 degradation (points), one layer quantized</h3>\n<p class=\"files\">from "
-                     "<a href=\"layerwise.csv\">layerwise.csv</a>; colours as in the heatmap (saturated at {:g})</p>\n",
-                     o.saturate);
+    h += fmt::format(
+        "<h3>Top-1 degradation (points), one layer quantized</h3>\n<p class=\"files\">from "
+        "<a href=\"layerwise.csv\">layerwise.csv</a>; colours as in the heatmap (saturated at {:g})</p>\n",
+        o.saturate);
     h += grid_table(r, false, o.saturate);
     h += "<h3>Output noise E&#8214;y &minus; &ycirc;&#8214;&sup2;, one layer quantized</h3>\n";
     h += grid_table(r, true, o.saturate);
@@ -1324,7 +1351,8 @@ std::string build_page(const Results& r, const std::vector<PageFigure>& figures,
     for (const auto& L : s["layers"]) {
       h += fmt::format("<tr><td class=\"n\">{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>\n",
                        html_escape(get(L, "index")), html_escape(get(L, "name")), html_escape(get(L, "op_type")),
-                       html_escape(get(L, "activation")), html_escape(L.contains("weight_shape") ? L["weight_shape"].dump() : ""));
+                       html_escape(get(L, "activation")),
+                       html_escape(L.contains("weight_shape") ? L["weight_shape"].dump() : ""));
     }
     h += "</tbody></table></div>\n";
   }
@@ -1349,19 +1377,22 @@ std::string build_page(const Results& r, const std::vector<PageFigure>& figures,
   // Re-run.
   h += "<h2 id=\"rerun\">Re-run</h2>\n";
   if (m.contains("command_line")) {
-    h += fmt::format("<p>The command that produced this folder (run in the same working directory):</p>\n"
-                     "<pre>{}</pre>\n",
-                     html_escape(get(m, "command_line")));
+    h += fmt::format(
+        "<p>The command that produced this folder (run in the same working directory):</p>\n"
+        "<pre>{}</pre>\n",
+        html_escape(get(m, "command_line")));
   }
   const std::string folder = shell_quote(final_dir.string());
-  h += fmt::format("<p>The same experiment from the configuration saved here (every default filled in):</p>\n"
-                   "<pre>qsweep run {}/config.toml</pre>\n"
-                   "<p>Redraw the figures and this page from the files in this folder alone (after editing "
-                   "<code>output.saturate</code> or <code>output.bar_bits</code> in config.toml, or with "
-                   "<code>--saturate</code> / <code>--bar-bits</code>):</p>\n<pre>qsweep report {}</pre>\n"
-                   "<p>Restyle one figure: edit <code>figures/&lt;name&gt;.gp</code> and run "
-                   "<code>gnuplot &lt;name&gt;.gp</code> inside <code>figures/</code>.</p>\n",
-                   html_escape(folder), html_escape(folder));
+  h += fmt::format(
+      "<p>The same experiment from the configuration saved here (every default filled in; "
+      "<code>--fresh</code> computes it again instead of finding this finished run):</p>\n"
+      "<pre>qsweep run {}/config.toml --fresh</pre>\n"
+      "<p>Redraw the figures and this page from the files in this folder alone (after editing "
+      "<code>output.saturate</code> or <code>output.bar_bits</code> in config.toml, or with "
+      "<code>--saturate</code> / <code>--bar-bits</code>):</p>\n<pre>qsweep report {}</pre>\n"
+      "<p>Restyle one figure: edit <code>figures/&lt;name&gt;.gp</code> and run "
+      "<code>gnuplot &lt;name&gt;.gp</code> inside <code>figures/</code>.</p>\n",
+      html_escape(folder), html_escape(folder));
   if (bar_bits > 0) h += fmt::format("<p class=\"files\">Per-layer bars drawn at {} bits.</p>\n", bar_bits);
   h += "</body>\n</html>\n";
   return h;
@@ -1374,12 +1405,23 @@ std::string html_escape(const std::string& s) {
   out.reserve(s.size());
   for (char c : s) {
     switch (c) {
-      case '&': out += "&amp;"; break;
-      case '<': out += "&lt;"; break;
-      case '>': out += "&gt;"; break;
-      case '"': out += "&quot;"; break;
-      case '\'': out += "&#39;"; break;
-      default: out += c;
+      case '&':
+        out += "&amp;";
+        break;
+      case '<':
+        out += "&lt;";
+        break;
+      case '>':
+        out += "&gt;";
+        break;
+      case '"':
+        out += "&quot;";
+        break;
+      case '\'':
+        out += "&#39;";
+        break;
+      default:
+        out += c;
     }
   }
   return out;
@@ -1412,9 +1454,10 @@ ReportResult write_report(const fs::path& dir, const ReportOptions& o, const Gra
   const int lowest = grid ? r.bits.front() : 0;
   int bar_bits = o.bar_bits > 0 ? o.bar_bits : lowest;
   if (grid && std::find(r.bits.begin(), r.bits.end(), bar_bits) == r.bits.end()) {
-    result.warnings.push_back(fmt::format("output.bar_bits = {} is not a bit-width of this run; the per-layer bars "
-                                          "use {} bits",
-                                          bar_bits, lowest));
+    result.warnings.push_back(
+        fmt::format("output.bar_bits = {} is not a bit-width of this run; the per-layer bars "
+                    "use {} bits",
+                    bar_bits, lowest));
     bar_bits = lowest;
   }
   // How many worst layers: as asked, else as many as summary.json lists.
@@ -1431,7 +1474,9 @@ ReportResult write_report(const fs::path& dir, const ReportOptions& o, const Gra
   auto add = [&](Figure f) { figures.push_back(PageFigure{std::move(f), false}); };
   if (grid) {
     add(heatmap(r, false, saturate));
-    add(heatmap(r, true, saturate));
+    if (std::any_of(r.cells.begin(), r.cells.end(), [](const auto& c) { return c.second.noise > 0; })) {
+      add(heatmap(r, true, saturate));
+    }
     add(layer_bars(r, bar_bits, nworst));
     add(noise_vs_degradation(r));
   }
@@ -1476,8 +1521,8 @@ ReportResult write_report(const fs::path& dir, const ReportOptions& o, const Gra
       fs::remove(fig_dir / (stem + ".svg"), ec);
       failed.push_back(stem);
       if (first_error.empty()) {
-        first_error = fmt::format("{}: {}", stem, run.status == GnuplotRun::Status::kOk ? "no valid PNG/SVG written"
-                                                                                          : run.message);
+        first_error = fmt::format("{}: {}", stem,
+                                  run.status == GnuplotRun::Status::kOk ? "no valid PNG/SVG written" : run.message);
       }
       // A gnuplot that hangs once would hang again: the run's time stays bounded by one limit.
       if (run.status == GnuplotRun::Status::kTimedOut) {
@@ -1491,10 +1536,10 @@ ReportResult write_report(const fs::path& dir, const ReportOptions& o, const Gra
           "with: qsweep report {}",
           o.gnuplot, shell_quote(final_dir.string())));
     } else if (hung) {
-      result.warnings.push_back(fmt::format("gnuplot did not finish {}, so {} of {} figures were not drawn; their "
-                                            "scripts are in {}",
-                                            first_error, figures.size() - result.drawn.size(), figures.size(),
-                                            (final_dir / "figures").string()));
+      result.warnings.push_back(fmt::format(
+          "gnuplot did not finish {}, so {} of {} figures were not drawn; their "
+          "scripts are in {}",
+          first_error, figures.size() - result.drawn.size(), figures.size(), (final_dir / "figures").string()));
     } else if (!failed.empty()) {
       result.warnings.push_back(fmt::format("gnuplot could not draw {} of {} figures ({}); their scripts are in {}",
                                             failed.size(), figures.size(), first_error,

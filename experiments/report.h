@@ -22,10 +22,10 @@ namespace qsweep {
 struct Graph;
 
 struct ReportOptions {
-  bool plots = true;             // run gnuplot; false: data, scripts and page only
-  double saturate = 5.0;         // the degradation heatmap's colour scale saturates here (points)
-  int bar_bits = 0;              // bit-width of the per-layer bars; 0: the lowest of the run
-  int worst = 0;                 // worst layers highlighted and histogrammed; 0: as summary.json lists
+  bool plots = true;                // run gnuplot; false: data, scripts and page only
+  double saturate = 5.0;            // the degradation heatmap's colour scale saturates here (points)
+  int bar_bits = 0;                 // bit-width of the per-layer bars; 0: the lowest of the run
+  int worst = 0;                    // worst layers highlighted and histogrammed; 0: as summary.json lists
   std::string gnuplot = "gnuplot";  // program to run, looked up on PATH
   int gnuplot_timeout_s = 60;       // per figure
   // Where the folder lives once complete (a run writes into a staging folder that is renamed
@@ -34,8 +34,8 @@ struct ReportOptions {
 };
 
 struct ReportResult {
-  std::vector<std::string> figures;   // stems whose data and script were written
-  std::vector<std::string> drawn;     // stems drawn as PNG and SVG
+  std::vector<std::string> figures;  // stems whose data and script were written
+  std::vector<std::string> drawn;    // stems drawn as PNG and SVG
   bool gnuplot_missing = false;
   std::vector<std::string> warnings;  // one line each, for the user
 };
@@ -46,8 +46,7 @@ struct ReportResult {
 // when given, the worst layers' weights are saved to weights/ (else the model named in
 // manifest.json is imported when that file exists). Throws UserError when `dir` has no
 // readable layerwise.csv; figure problems become warnings.
-ReportResult write_report(const std::filesystem::path& dir, const ReportOptions& options,
-                          const Graph* graph = nullptr);
+ReportResult write_report(const std::filesystem::path& dir, const ReportOptions& options, const Graph* graph = nullptr);
 
 // The options a results folder's config.toml sets (output.plots, output.saturate,
 // output.bar_bits, output.worst), defaults for what it does not set. Read leniently: only

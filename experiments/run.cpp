@@ -270,9 +270,9 @@ void add_report(ResultsFolder& folder, const Graph& g, bool verbose) {
     ReportOptions ro = report_options_for(dir);
     ro.final_dir = folder.final_path();
     const ReportResult r = write_report(dir, ro, &g);
-    if (verbose) {
-      for (const auto& w : r.warnings) fmt::print(stderr, "qsweep: warning: {}\n", w);
-    }
+    // Warnings (figures skipped: gnuplot missing or failing) are shown even with --quiet.
+    for (const auto& w : r.warnings) fmt::print(stderr, "qsweep: warning: {}\n", w);
+    (void)verbose;
   } catch (const std::exception& e) {
     fmt::print(stderr, "qsweep: warning: the report could not be written: {}\n", e.what());
   }
@@ -343,7 +343,7 @@ std::string resolve_run_id(const RunOptions& o, const Config& cfg) {
 }
 
 fs::path work_dir_of(const fs::path& final_dir) {
-  return final_dir.parent_path() / ("." + final_dir.filename().string() + ".work");
+  return final_dir.parent_path() / fmt::format(".{}.work", final_dir.filename().string());
 }
 
 std::string shard_dir_name(int i, int n) { return fmt::format("shard-{}-of-{}", i, n); }

@@ -1,0 +1,263 @@
+// Sharding, merging and resuming, through the qsweep binary as users and SLURM run it.
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <random>
+#include <sstream>
+#include <thread>
+
+#include <gtest/gtest.h>
+
+#include "runtime/cpu_backend.h"
+#include "runtime/data.h"
+#include "runtime/onnx_import.h"
+#include "runtime/scheduler.h"
+#include "tests/shipped_models.h"
+
+namespace qsweep {
+namespace {
+
+namespace fs = std::filesystem;
+
+// The cost model's promise on the shipped model (issue: most expensive of 4 shards).
+constexpr double kMaxShardImbalance = 1.2;
+
+std::string slurp(const fs::path& p) {
+  std::ifstream in(p);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+class Shards : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (!fs::exists(kFashionMnistDir)) GTEST_SKIP() << "dataset-fashion-mnist is not installed";
+    dir_ = fs::temp_directory_path() / ("qsweep_shard_" + std::to_string(::getpid()) + "_" +
+                                        ::testing::UnitTest::GetInstance()->current_test_info()->name());
+    fs::remove_all(dir_);
+    fs::create_directories(dir_);
+  }
+  void TearDown() override { fs::remove_all(dir_); }
+
+  // A small grid: 300 images in batches of 50 (6 batches) x 10 layers x `bits` bit-widths.
+  std::string common(const std::string& root, const std::string& bits = "[3,8]") const {
+    return std::string(QSWEEP_SOURCE_DIR) + "/configs/quickstart.toml --quiet --out " + root +
+           " --set data.eval.count=300 --set run.batch_size=50 --set data.calibration.count=100"
+           " --set stats.bootstrap=100 --set 'quant.weight_bits=" + bits + "'";
+  }
+  int run(const std::string& args) const {
+    const std::string cmd = std::string(QSWEEP_BINARY) + " " + args + " 2>>" + (dir_ / "stderr").string();
+    const int st = std::system(cmd.c_str());
+    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+  }
+  // The one results folder under root/quickstart.
+  fs::path result(const fs::path& root) const {
+    std::vector<fs::path> found;
+    for (const auto& e : fs::directory_iterator(root / "quickstart")) {
+      if (e.path().filename().string()[0] != '.') found.push_back(e.path());
+    }
+    EXPECT_EQ(found.size(), 1u) << root;
+    return found.empty() ? fs::path() : found[0];
+  }
+  // The hidden work folder of the (only) run under root/quickstart.
+  fs::path work_of(const fs::path& root) const {
+    for (const auto& e : fs::directory_iterator(root / "quickstart")) {
+      if (e.path().extension() == ".work") return e.path();
+    }
+    ADD_FAILURE() << "no work folder under " << root;
+    return {};
+  }
+  fs::path dir_;
+};
+
+TEST_F(Shards, MergedEqualsSingleProcessForOneToSevenShards) {
+  ASSERT_EQ(run("run " + common((dir_ / "single").string())), 0) << slurp(dir_ / "stderr");
+  const std::string expected = slurp(result(dir_ / "single") / "layerwise.csv");
+  ASSERT_FALSE(expected.empty());
+  for (int n = 1; n <= 7; ++n) {
+    const fs::path root = dir_ / ("n" + std::to_string(n));
+    for (int i = 0; i < n; ++i) {
+      ASSERT_EQ(run("run " + common(root.string()) + " --shard " + std::to_string(i) + "/" + std::to_string(n)), 0)
+          << slurp(dir_ / "stderr");
+    }
+    if (n > 1) {
+      // Before the merge there is no results folder, only the hidden work folder.
+      for (const auto& e : fs::directory_iterator(root / "quickstart")) {
+        EXPECT_EQ(e.path().filename().string()[0], '.') << e.path();
+      }
+      ASSERT_EQ(run("merge " + work_of(root).string() + " --quiet"), 0)
+          << slurp(dir_ / "stderr");
+    }
+    EXPECT_EQ(slurp(result(root) / "layerwise.csv"), expected) << n << " shards";
+  }
+}
+
+TEST_F(Shards, DataIsSplitWhenShardsOutnumberCells) {
+  // One bit-width: 10 cells over 7 shards forces chunks of batches.
+  ASSERT_EQ(run("run " + common((dir_ / "single").string(), "[4]")), 0) << slurp(dir_ / "stderr");
+  const fs::path root = dir_ / "split";
+  for (int i = 0; i < 7; ++i) ASSERT_EQ(run("run " + common(root.string(), "[4]") + " --shard " + std::to_string(i) + "/7"), 0);
+  ASSERT_EQ(run("merge " + work_of(root).string() + " --quiet"), 0)
+      << slurp(dir_ / "stderr");
+  EXPECT_EQ(slurp(result(root) / "layerwise.csv"), slurp(result(dir_ / "single") / "layerwise.csv"));
+}
+
+TEST_F(Shards, MergeRefusesMissingForeignAndCorruptedShards) {
+  const fs::path root = dir_ / "r";
+  const std::string id = " --run-id test-run";
+  for (int i = 0; i < 3; ++i) ASSERT_EQ(run("run " + common(root.string()) + id + " --shard " + std::to_string(i) + "/3"), 0);
+  const fs::path work = root / "quickstart" / ".test-run.work";
+  const fs::path final_dir = root / "quickstart" / "test-run";
+  // Missing: hide shard 1.
+  fs::rename(work / "shard-1-of-3", dir_ / "held");
+  fs::remove(dir_ / "stderr");
+  EXPECT_EQ(run("merge " + final_dir.string()), 2);
+  EXPECT_NE(slurp(dir_ / "stderr").find("shard(s) 1 of 3 are missing"), std::string::npos) << slurp(dir_ / "stderr");
+  EXPECT_FALSE(fs::exists(final_dir));
+  fs::rename(dir_ / "held", work / "shard-1-of-3");
+  // Corrupted: flip a byte in one record.
+  fs::path victim;
+  for (const auto& e : fs::directory_iterator(work / "shard-2-of-3")) {
+    if (e.path().extension() == ".rec") victim = e.path();
+  }
+  ASSERT_FALSE(victim.empty());
+  const std::string good = slurp(victim);
+  std::string bad = good;
+  bad[bad.size() / 2] ^= 0x5a;
+  std::ofstream(victim, std::ios::binary) << bad;
+  fs::remove(dir_ / "stderr");
+  EXPECT_EQ(run("merge " + final_dir.string()), 2);
+  EXPECT_NE(slurp(dir_ / "stderr").find("is corrupted"), std::string::npos) << slurp(dir_ / "stderr");
+  EXPECT_FALSE(fs::exists(final_dir));
+  std::ofstream(victim, std::ios::binary) << good;
+  // Foreign: shard 0 recomputed from another config (act_bits 6) into the same run id.
+  const fs::path other = dir_ / "other";
+  ASSERT_EQ(run("run " + common(other.string()) + id + " --set quant.act_bits=6 --shard 0/3"), 0);
+  fs::remove_all(work / "shard-0-of-3");
+  fs::copy(other / "quickstart" / ".test-run.work" / "shard-0-of-3", work / "shard-0-of-3");
+  fs::remove(dir_ / "stderr");
+  EXPECT_EQ(run("merge " + final_dir.string()), 2);
+  EXPECT_NE(slurp(dir_ / "stderr").find("shard 0 (another config)"), std::string::npos) << slurp(dir_ / "stderr");
+  EXPECT_FALSE(fs::exists(final_dir));
+  // A shard run with another config into an existing run folder is refused up front.
+  fs::remove(dir_ / "stderr");
+  EXPECT_EQ(run("run " + common(root.string()) + id + " --set quant.act_bits=6 --shard 0/3"), 2);
+  EXPECT_NE(slurp(dir_ / "stderr").find("belongs to a run with another configuration"), std::string::npos);
+}
+
+// Starts qsweep, kills it with `sig` after `delay`, and returns its exit status.
+int run_and_kill(const std::string& args, int sig, std::chrono::milliseconds delay) {
+  const pid_t pid = fork();
+  if (pid == 0) {
+    const std::string cmd = "exec " + std::string(QSWEEP_BINARY) + " " + args + " 2>/dev/null";
+    execl("/bin/sh", "sh", "-c", cmd.c_str(), static_cast<char*>(nullptr));
+    _exit(127);
+  }
+  std::this_thread::sleep_for(delay);
+  kill(pid, sig);
+  int st = 0;
+  waitpid(pid, &st, 0);
+  return st;
+}
+
+TEST_F(Shards, KilledRunsResumeToIdenticalResults) {
+  // 2,000 images in batches of 50: 40 batches, a few seconds of work.
+  const auto args = [&](const fs::path& root) {
+    return "run " + std::string(QSWEEP_SOURCE_DIR) + "/configs/quickstart.toml --quiet --out " + root.string() +
+           " --set data.eval.count=2000 --set run.batch_size=50 --set data.calibration.count=100"
+           " --set stats.bootstrap=100 --set 'quant.weight_bits=[3,5,8]'";
+  };
+  ASSERT_EQ(run(args(dir_ / "clean")), 0) << slurp(dir_ / "stderr");
+  const std::string expected = slurp(result(dir_ / "clean") / "layerwise.csv");
+  for (int seed = 1; seed <= 4; ++seed) {
+    const fs::path root = dir_ / ("kill" + std::to_string(seed));
+    std::mt19937 rng(seed);
+    // Kill at 2 random moments (SIGKILL: no chance to clean up), then let it finish.
+    for (int k = 0; k < 2; ++k) {
+      const int ms = std::uniform_int_distribution<int>(300, 2500)(rng);
+      run_and_kill(args(root), SIGKILL, std::chrono::milliseconds(ms));
+      // Nothing that looks complete: no visible results folder unless the run had finished.
+      for (const auto& e : fs::directory_iterator(root / "quickstart")) {
+        if (e.path().filename().string()[0] != '.') EXPECT_TRUE(fs::exists(e.path() / "summary.json")) << e.path();
+      }
+    }
+    ASSERT_EQ(run(args(root)), 0) << slurp(dir_ / "stderr");
+    EXPECT_EQ(slurp(result(root) / "layerwise.csv"), expected) << "seed " << seed;
+    // The work folder is gone once the results are in.
+    for (const auto& e : fs::directory_iterator(root / "quickstart")) EXPECT_NE(e.path().extension(), ".work");
+  }
+}
+
+TEST_F(Shards, SigtermCheckpointsAndExits143) {
+  const std::string a = "run " + std::string(QSWEEP_SOURCE_DIR) +
+                        "/configs/quickstart.toml --quiet --out " + (dir_ / "t").string() +
+                        " --set data.eval.count=3000 --set run.batch_size=50 --set data.calibration.count=100";
+  auto records = [&] {
+    size_t n = 0;
+    if (!fs::exists(dir_ / "t")) return n;
+    for (const auto& e : fs::recursive_directory_iterator(dir_ / "t")) n += e.path().extension() == ".rec";
+    return n;
+  };
+  const pid_t pid = fork();
+  if (pid == 0) {
+    const std::string cmd = "exec " + std::string(QSWEEP_BINARY) + " " + a + " 2>/dev/null";
+    execl("/bin/sh", "sh", "-c", cmd.c_str(), static_cast<char*>(nullptr));
+    _exit(127);
+  }
+  // Signal once the grid has recorded its first batch (bounded wait).
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(120);
+  while (records() == 0 && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  kill(pid, SIGTERM);
+  int st = 0;
+  waitpid(pid, &st, 0);
+  if (WIFEXITED(st) && WEXITSTATUS(st) == 0) GTEST_SKIP() << "the run finished before the signal";
+  ASSERT_TRUE(WIFEXITED(st)) << "SIGTERM must end the run cleanly, not kill it";
+  EXPECT_EQ(WEXITSTATUS(st), 143);
+  EXPECT_GT(records(), 0u) << "finished batches are kept";
+  ASSERT_EQ(run(a), 0) << slurp(dir_ / "stderr");
+  EXPECT_TRUE(fs::exists(result(dir_ / "t") / "summary.json"));
+}
+
+TEST(CostModel, FourShardsOfTheShippedGridAreBalanced) {
+  const auto models = testing::shipped_models();
+  ASSERT_FALSE(models.empty());
+  const Graph g = import_onnx(models[0].onnx);
+  CpuBackend cpu;
+  Executor exec(g, cpu);
+  Tensor one(Shape{1, 1, 28, 28});
+  const auto nc = node_costs(exec, one);
+  std::vector<double> cells;
+  for (const Layer& L : g.layers) {
+    for (int b = 0; b < 6; ++b) cells.push_back(suffix_cost(exec, nc, L.index));
+  }
+  // Costs are real: the stem's suffix is the whole network, the classifier's almost nothing.
+  EXPECT_NEAR(suffix_cost(exec, nc, 0), forward_cost(nc), 0.05 * forward_cost(nc));
+  EXPECT_LT(suffix_cost(exec, nc, static_cast<int>(g.layers.size()) - 1), 0.01 * forward_cost(nc));
+  const ShardPlan p = plan_shards(cells, forward_cost(nc), 40, 250, 10000, 4);
+  double total = 0, worst = 0;
+  for (double c : p.cost) {
+    total += c;
+    worst = std::max(worst, c);
+  }
+  EXPECT_LE(worst, kMaxShardImbalance * total / 4) << "most expensive shard vs the mean";
+  // Every (cell, batch) exactly once.
+  std::vector<int> seen(cells.size() * 40, 0);
+  for (int s = 0; s < 4; ++s) {
+    const auto by_batch = cells_by_batch(p, s);
+    for (int64_t b = 0; b < 40; ++b) {
+      for (int c : by_batch[b]) ++seen[c * 40 + b];
+    }
+  }
+  for (int v : seen) ASSERT_EQ(v, 1);
+}
+
+}  // namespace
+}  // namespace qsweep
