@@ -64,6 +64,7 @@ const std::vector<ConfigKey>& base_keys() {
       {"run.backend", "string", "\"auto\"", "`\"cpu\"`, `\"cuda\"` or `\"auto\"` (CUDA when built in and a device is present, else CPU)."},
       {"run.batch_size", "integer", "250", "Images per batch. Each batch is processed by one thread; results do not depend on the number of threads."},
       {"run.threads", "integer", "0", "CPU threads; 0 uses every core."},
+      {"run.devices", "\"all\" or array of integers", "\"all\"", "Devices to run on, one worker each (`[0, 2, 3]` or `\"all\"`). Workers split the batches and share the CPU cores; with the CPU backend `\"all\"` is one worker. Results are identical for any choice."},
       {"run.naive", "boolean", "false", "Run the grid the slow way (a full forward per cell), for comparison; the numbers are identical."},
       {"output.root", "string", "\"results\"", "Folder under which results are written (relative to the working directory)."},
       {"output.worst", "integer", "3", "How many worst layers per bit-width `summary.json` and the final printout list; also how many the figures highlight and histogram."},
@@ -201,6 +202,11 @@ void validate(const Ctx& c, const toml::table& t, const std::string& prefix) {
     else if (type == "array of tables") {
       expect(node.is_array_of_tables() || (node.is_array() && node.as_array()->empty()));
       for (const auto& e : *node.as_array()) validate(c, *e.as_table(), path);
+    } else if (type == "\"all\" or array of integers") {
+      const bool ok = (node.is_string() && node.value_or(std::string()) == "all") ||
+                      (node.is_array() && node.as_array()->is_homogeneous(toml::node_type::integer) &&
+                       !node.as_array()->empty());
+      if (!ok) user_error("{}: '{}' must be \"all\" or a non-empty array of device numbers, e.g. [0, 1]", where(c, path, node), path);
     } else if (type == "array of integers or strings") {
       expect(node.is_array());
       for (const auto& e : *node.as_array()) {
@@ -465,6 +471,16 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
   r.integer("run.batch_size", cfg.batch_size);
   r.integer("run.threads", cfg.threads);
   r.boolean("run.naive", cfg.naive);
+  if (const toml::array* d = t.at_path("run.devices").as_array()) {
+    for (const auto& e : *d) {
+      const int64_t v = *e.value<int64_t>();
+      if (v < 0) r.fail("run.devices", "holds a negative device number");
+      if (std::find(cfg.devices.begin(), cfg.devices.end(), static_cast<int>(v)) != cfg.devices.end()) {
+        r.fail("run.devices", "lists a device twice");
+      }
+      cfg.devices.push_back(static_cast<int>(v));
+    }
+  }
   r.str("output.root", cfg.root);
   r.integer("output.worst", cfg.worst);
   r.boolean("output.plots", cfg.plots);
@@ -596,7 +612,15 @@ std::string config_to_toml(const Config& c) {
                                  {"high_bits", c.high_bits},
                                  {"seed", static_cast<int64_t>(c.additivity_seed)}}},
       {"stats", toml::table{{"bootstrap", c.bootstrap}, {"seed", static_cast<int64_t>(c.stats_seed)}, {"confidence", c.confidence}}},
-      {"run", toml::table{{"backend", c.backend}, {"batch_size", c.batch_size}, {"threads", c.threads}, {"naive", c.naive}}},
+      {"run", [&] {
+         toml::table r{{"backend", c.backend}, {"batch_size", c.batch_size}, {"threads", c.threads}, {"naive", c.naive}};
+         if (c.devices.empty()) {
+           r.insert("devices", "all");
+         } else {
+           r.insert("devices", int_array(c.devices));
+         }
+         return r;
+       }()},
       {"output", toml::table{{"root", c.root},
                              {"worst", c.worst},
                              {"plots", c.plots},

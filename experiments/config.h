@@ -92,6 +92,7 @@ struct Config {
   int64_t batch_size = 250;
   int threads = 0;  // 0: every core
   bool naive = false;
+  std::vector<int> devices;  // run.devices: empty = "all"
   // [output]
   std::string root = "results";
   int worst = 3;

@@ -12,6 +12,7 @@
 #include <numeric>
 #include <set>
 #include <sstream>
+#include <thread>
 
 #include <fmt/format.h>
 #include <google/protobuf/stubs/common.h>
@@ -477,7 +478,47 @@ RunOutcome run_layerwise(const RunOptions& o, const Prepared& p, const Activatio
                               cfg.quant.bias_correction ? &bc : nullptr);
   } else {
     const auto g0 = std::chrono::steady_clock::now();
-    if (!run_grid_batches(*p.exec, p.eval, p.norm, p.eval_count, cell_quant, B, job, gopt)) {
+    // One worker per device, each with its own backend and executor; they take turns over
+    // the batches and share the CPU threads. Records do not depend on who computed them.
+    const int workers = p.backend->name() == "cpu" && cfg.devices.empty() ? 1 : std::max<int>(1, cfg.devices.size());
+    bool complete = true;
+    if (workers == 1) {
+      complete = run_grid_batches(*p.exec, p.eval, p.norm, p.eval_count, cell_quant, B, job, gopt);
+    } else {
+      if (verbose) {
+        fmt::print(stderr, "{} workers on devices [{}], {} threads each\n", workers, fmt::join(cfg.devices, ", "),
+                   std::max(1, p.threads / workers));
+      }
+      std::vector<std::thread> pool;
+      std::vector<char> ok(workers, 1);
+      std::vector<std::string> errors(workers);
+      for (int w = 0; w < workers; ++w) {
+        pool.emplace_back([&, w] {
+          try {
+            auto backend = make_backend(cfg.backend, cfg.devices[w]);
+            const Executor exec(p.g, *backend);
+            GridJob mine = job;
+            int64_t k = 0;
+            for (auto& cells : mine.cells_of_batch) {
+              if (!cells.empty() && (k++ % workers) != w) cells.clear();
+            }
+            GridOptions wo = gopt;
+            wo.threads = std::max(1, p.threads / workers);
+            wo.progress = gopt.progress && w == 0;
+            ok[w] = run_grid_batches(exec, p.eval, p.norm, p.eval_count, cell_quant, B, mine, wo);
+          } catch (const std::exception& e) {
+            ok[w] = 0;
+            errors[w] = e.what();
+          }
+        });
+      }
+      for (auto& t : pool) t.join();
+      for (int w = 0; w < workers; ++w) {
+        if (!errors[w].empty()) user_error("worker {} (device {}): {}", w, cfg.devices[w], errors[w]);
+        complete = complete && ok[w];
+      }
+    }
+    if (!complete) {
       out.interrupted = true;
       fmt::print(stderr, "qsweep: interrupted: {} batches of shard {}/{} are recorded in {}; run the same command "
                  "again to resume\n", records.size(), shard, shards, sdir.string());
@@ -538,8 +579,12 @@ RunOutcome run_experiment(const RunOptions& o) {
     // A new run id: nothing earlier is reused.
     RunOptions fresh = o;
     fresh.fresh = false;
-    fresh.run_id = resolve_run_id(o, cfg) + "-" + started.substr(0, 10) + "T" + started.substr(11, 2) +
-                   started.substr(14, 2) + started.substr(17, 2);
+    // started is YYYY-MM-DDTHH:MM:SSZ; the suffix is YYYYMMDDTHHMMSSZ.
+    std::string stamp;
+    for (char ch : started) {
+      if (ch != '-' && ch != ':') stamp += ch;
+    }
+    fresh.run_id = fmt::format("{}-{}", resolve_run_id(o, cfg), stamp);
     return run_experiment(fresh);
   }
   const auto p = prepare(cfg, say);

@@ -40,8 +40,9 @@ class Backend {
                              Tensor& y) const = 0;
 };
 
-// "cpu", "cuda" or "auto" (CUDA when built in and a device is present, else CPU).
-// Throws UserError naming what is available when the request cannot be met.
-std::unique_ptr<Backend> make_backend(const std::string& name);
+// "cpu", "cuda" or "auto" (CUDA when built in and a device is present, else CPU), on
+// device `device` (the CPU backend has one device and ignores it). Throws UserError naming
+// what is available when the request cannot be met.
+std::unique_ptr<Backend> make_backend(const std::string& name, int device = 0);
 
 }  // namespace qsweep

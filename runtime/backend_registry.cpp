@@ -4,7 +4,7 @@
 
 namespace qsweep {
 
-std::unique_ptr<Backend> make_backend(const std::string& name) {
+std::unique_ptr<Backend> make_backend(const std::string& name, int /*device*/) {
   if (name == "cpu" || name == "auto") return std::make_unique<CpuBackend>();
   if (name == "cuda") {
 #ifdef QSWEEP_WITH_CUDA

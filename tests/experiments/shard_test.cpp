@@ -108,6 +108,15 @@ TEST_F(Shards, DataIsSplitWhenShardsOutnumberCells) {
   EXPECT_EQ(slurp(result(root) / "layerwise.csv"), slurp(result(dir_ / "single") / "layerwise.csv"));
 }
 
+TEST_F(Shards, SeveralWorkersGiveTheSameNumbersAsOne) {
+  ASSERT_EQ(run("run " + common((dir_ / "one").string())), 0) << slurp(dir_ / "stderr");
+  ASSERT_EQ(run("run " + common((dir_ / "three").string()) + " --set 'run.devices=[0,1,2]'"), 0) << slurp(dir_ / "stderr");
+  EXPECT_EQ(slurp(result(dir_ / "three") / "layerwise.csv"), slurp(result(dir_ / "one") / "layerwise.csv"));
+  fs::remove(dir_ / "stderr");
+  EXPECT_EQ(run("run " + common((dir_ / "bad").string()) + " --set 'run.devices=[1,1]'"), 2);
+  EXPECT_NE(slurp(dir_ / "stderr").find("'run.devices' lists a device twice"), std::string::npos) << slurp(dir_ / "stderr");
+}
+
 TEST_F(Shards, MergeRefusesMissingForeignAndCorruptedShards) {
   const fs::path root = dir_ / "r";
   const std::string id = " --run-id test-run";
