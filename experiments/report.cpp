@@ -1038,8 +1038,12 @@ struct GnuplotRun {
 
 // Runs `program script` inside `dir` with stdin and stdout on /dev/null, stderr to a file,
 // killed after `timeout_s`.
-GnuplotRun run_gnuplot(const std::string& program, const fs::path& dir, const std::string& script_name, int timeout_s) {
+GnuplotRun run_gnuplot(const std::string& program, const fs::path& relative_dir, const std::string& script_name,
+                       int timeout_s) {
   GnuplotRun out;
+  // Absolute: the child changes into `dir` before it opens the error file, so a relative
+  // path would resolve twice (and the spawn fail as if gnuplot were missing).
+  const fs::path dir = fs::absolute(relative_dir);
   const fs::path err_file = dir / fmt::format(".gnuplot-{}.err", getpid());
   posix_spawn_file_actions_t fa;
   posix_spawn_file_actions_init(&fa);

@@ -17,6 +17,7 @@
 #include <fmt/format.h>
 #include <google/protobuf/stubs/common.h>
 #include <nlohmann/json.hpp>
+#include <onnx/common/version.h>
 #include <omp.h>
 #include <toml++/toml.h>
 #include <unistd.h>
@@ -255,6 +256,7 @@ json manifest_json(const Prepared& p, const std::string& command_line, const std
                          {"calibration", dataset_json(p.calib, p.calib_count)}};
   manifest["backend"] = {{"name", p.backend->name()}, {"device", p.backend->device_name()}, {"threads", p.threads}};
   manifest["libraries"] = {{"backend", p.backend->library_versions()},
+                           {"onnx", ONNX_NAMESPACE::LAST_RELEASE_VERSION},
                            {"protobuf", google::protobuf::internal::VersionString(GOOGLE_PROTOBUF_VERSION)},
                            {"tomlplusplus", fmt::format("{}.{}.{}", TOML_LIB_MAJOR, TOML_LIB_MINOR, TOML_LIB_PATCH)},
                            {"fmt", FMT_VERSION},

@@ -121,3 +121,24 @@ TEST_F(Cli, SmallRunWritesACompleteResultsFolder) {
 
 }  // namespace
 }  // namespace qsweep
+
+namespace qsweep {
+namespace {
+
+// Regression: with a relative output root the figures were skipped as if gnuplot were
+// missing (the child resolved a relative path after changing directory).
+TEST_F(Cli, RelativeOutputRootStillDrawsFigures) {
+  if (!fs::exists(kFashionMnistDir)) GTEST_SKIP() << "dataset-fashion-mnist is not installed";
+  if (std::system("command -v gnuplot >/dev/null 2>&1") != 0) GTEST_SKIP() << "gnuplot is not installed";
+  const std::string cmd = "cd " + dir_.string() + " && " + QSWEEP_BINARY + " run " + QSWEEP_SOURCE_DIR +
+                          "/configs/quickstart.toml --quiet --out rel --set data.eval.count=100"
+                          " --set 'quant.weight_bits=[4]' --set data.calibration.count=50 2>err.txt";
+  ASSERT_EQ(std::system(cmd.c_str()), 0) << slurp(dir_ / "err.txt");
+  EXPECT_EQ(slurp(dir_ / "err.txt"), "");
+  size_t pngs = 0;
+  for (const auto& e : fs::recursive_directory_iterator(dir_ / "rel")) pngs += e.path().extension() == ".png";
+  EXPECT_GE(pngs, 3u);
+}
+
+}  // namespace
+}  // namespace qsweep
