@@ -393,7 +393,7 @@ RunOutcome run_layerwise(const RunOptions& o, const Prepared& p, const Activatio
   out.folder = final_dir;
   for (const Layer& L : p.g.layers) out.layer_names.push_back(L.name);
   if (fs::exists(final_dir / "summary.json")) {
-    if (verbose) fmt::print("already complete: {} (pass --fresh to compute it again)\n", final_dir.string());
+    if (verbose) fmt::print("already complete: {} (pass --fresh to compute it again)\nresults: {}\n", final_dir.string(), final_dir.string());
     return out;
   }
 
@@ -553,7 +553,10 @@ RunOutcome run_layerwise(const RunOptions& o, const Prepared& p, const Activatio
   manifest["run_id"] = run_id;
   out.folder = finish_layerwise(p, grid, run_id, manifest, verbose);
   fs::remove_all(work, ec);  // its records are in the results now
-  if (verbose) print_grid(p, grid);
+  if (verbose) {
+    print_grid(p, grid);
+    fmt::print("results: {}\n", out.folder.string());
+  }
   out.grid = std::move(grid);
   return out;
 }
