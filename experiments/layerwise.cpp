@@ -9,6 +9,7 @@
 
 #include <omp.h>
 
+#include "experiments/batches.h"
 #include "experiments/progress.h"
 #include "kernels/cpu/metrics.h"
 
@@ -129,37 +130,24 @@ GridResult run_layerwise_grid(const Executor& exec, const Dataset& eval, const N
     // the whole network on every batch, the way a per-configuration script does.
     Progress progress("grid, naive", count * static_cast<int64_t>(ncells), 1, opt.progress);
     std::vector<Tensor> reference(batches);
-#pragma omp parallel num_threads(opt.threads)
-    {
-      auto ws = exec.make_workspace();
-      Tensor x;
-#pragma omp for schedule(dynamic, 1)
-      for (int64_t i = 0; i < batches; ++i) {
-        const int64_t begin = i * bs, n = std::min(bs, count - begin);
-        load_batch(eval, norm, begin, n, x);
-        reference[i] = exec.forward(ws, x);
-        sums[i].float_correct = record_top1(reference[i], eval.labels.data() + begin, n, float_images.data() + begin);
-        sums[i].energy = squared_norm_sum(reference[i].ptr(), n, reference[i].numel() / n);
-      }
-    }
+    const int32_t* labels = eval.labels.data();
+    for_each_batch(exec, eval, norm, count, bs, opt.threads,
+                   [&](Executor::Workspace& ws, const Tensor& x, int64_t i, int64_t begin, int64_t n) {
+                     reference[i] = exec.forward(ws, x);
+                     sums[i].float_correct = record_top1(reference[i], labels + begin, n, float_images.data() + begin);
+                     sums[i].energy = squared_norm_sum(reference[i].ptr(), n, reference[i].numel() / n);
+                   });
     for (size_t c = 0; c < ncells; ++c) {
       QuantPlan plan(L, nullptr);
       plan[c / B] = &quant[c]->q;
-#pragma omp parallel num_threads(opt.threads)
-      {
-        auto ws = exec.make_workspace();
-        Tensor x;
-#pragma omp for schedule(dynamic, 1)
-        for (int64_t i = 0; i < batches; ++i) {
-          const int64_t begin = i * bs, n = std::min(bs, count - begin);
-          load_batch(eval, norm, begin, n, x);
-          const Tensor& yq = exec.forward(ws, x, &plan);
-          const Tensor& y = reference[i];
-          sums[i].noise[c] = squared_error_sum(y.ptr(), yq.ptr(), n, y.numel() / n);
-          sums[i].correct[c] = record_top1(yq, eval.labels.data() + begin, n, cells[c].correct_images.data() + begin);
-          progress.add_images(n);
-        }
-      }
+      for_each_batch(exec, eval, norm, count, bs, opt.threads,
+                     [&](Executor::Workspace& ws, const Tensor& x, int64_t i, int64_t begin, int64_t n) {
+                       const Tensor& yq = exec.forward(ws, x, &plan);
+                       const Tensor& y = reference[i];
+                       sums[i].noise[c] = squared_error_sum(y.ptr(), yq.ptr(), n, y.numel() / n);
+                       sums[i].correct[c] = record_top1(yq, labels + begin, n, cells[c].correct_images.data() + begin);
+                       progress.add_images(n);
+                     });
     }
     progress.finish();
   }
@@ -287,40 +275,34 @@ bool run_grid_batches(const Executor& exec, const Dataset& eval, const Normaliza
   }
   Progress progress("grid", todo_images, cells_max, opt.progress);
   std::atomic<bool> stopped{false};
-#pragma omp parallel num_threads(opt.threads)
-  {
-    auto ws = exec.make_workspace();
-    Tensor x;
-#pragma omp for schedule(dynamic, 1)
-    for (size_t t = 0; t < todo.size(); ++t) {
-      if (job.stop && job.stop->load()) {
-        stopped = true;
-        continue;
-      }
-      const int64_t i = todo[t];
-      const int64_t begin = i * bs, n = std::min(bs, count - begin);
-      const int32_t* labels = eval.labels.data() + begin;
-      load_batch(eval, norm, begin, n, x);
-      const Tensor& y = exec.forward(ws, x);  // float32, every value kept in ws.values
-      const size_t classes = static_cast<size_t>(y.numel() / n);
-      BatchRecord rec;
-      rec.batch = i;
-      rec.begin = begin;
-      rec.images = n;
-      rec.float_flags.assign(n, 0);
-      rec.float_correct = record_top1(y, labels, n, rec.float_flags.data());
-      rec.energy = squared_norm_sum(y.ptr(), n, classes);
-      for (int c : job.cells_of_batch[i]) {
-        const Tensor& yq = exec.suffix_forward(ws, static_cast<int>(c / bits_per_layer), *cell_quant[c]);
-        rec.cells.push_back(c);
-        rec.noise.push_back(squared_error_sum(y.ptr(), yq.ptr(), n, classes));
-        rec.flags.emplace_back(n, 0);
-        rec.correct.push_back(record_top1(yq, labels, n, rec.flags.back().data()));
-      }
-      job.sink(std::move(rec));
-      progress.add_images(n);
-    }
-  }
+  for_each_batch(
+      exec, eval, norm, count, bs, opt.threads,
+      [&](Executor::Workspace& ws, const Tensor& x, int64_t i, int64_t begin, int64_t n) {
+        if (job.stop && job.stop->load()) {
+          stopped = true;
+          return;
+        }
+        const int32_t* labels = eval.labels.data() + begin;
+        const Tensor& y = exec.forward(ws, x);  // float32, every value kept in ws.values
+        const size_t classes = static_cast<size_t>(y.numel() / n);
+        BatchRecord rec;
+        rec.batch = i;
+        rec.begin = begin;
+        rec.images = n;
+        rec.float_flags.assign(n, 0);
+        rec.float_correct = record_top1(y, labels, n, rec.float_flags.data());
+        rec.energy = squared_norm_sum(y.ptr(), n, classes);
+        for (int c : job.cells_of_batch[i]) {
+          const Tensor& yq = exec.suffix_forward(ws, static_cast<int>(c / bits_per_layer), *cell_quant[c]);
+          rec.cells.push_back(c);
+          rec.noise.push_back(squared_error_sum(y.ptr(), yq.ptr(), n, classes));
+          rec.flags.emplace_back(n, 0);
+          rec.correct.push_back(record_top1(yq, labels, n, rec.flags.back().data()));
+        }
+        job.sink(std::move(rec));
+        progress.add_images(n);
+      },
+      &todo);
   progress.finish();
   return !stopped;
 }
@@ -387,28 +369,21 @@ GridResult run_network_plans(const Executor& exec, const Dataset& eval, const No
   std::vector<uint8_t> float_images(count, 0);
   auto sums = make_sums(batches, P);
   Progress progress(label, count, static_cast<int64_t>(P), opt.progress);
-#pragma omp parallel num_threads(opt.threads)
-  {
-    auto ws = exec.make_workspace();
-    Tensor x, y;
-#pragma omp for schedule(dynamic, 1)
-    for (int64_t i = 0; i < batches; ++i) {
-      const int64_t begin = i * bs, n = std::min(bs, count - begin);
-      const int32_t* labels = eval.labels.data() + begin;
-      load_batch(eval, norm, begin, n, x);
-      y = exec.forward(ws, x);
-      const size_t classes = static_cast<size_t>(y.numel() / n);
-      BatchSums& s = sums[i];
-      s.float_correct = record_top1(y, labels, n, float_images.data() + begin);
-      s.energy = squared_norm_sum(y.ptr(), n, classes);
-      for (size_t p = 0; p < P; ++p) {
-        const Tensor& yq = exec.forward(ws, x, &plans[p]);
-        s.noise[p] = squared_error_sum(y.ptr(), yq.ptr(), n, classes);
-        s.correct[p] = record_top1(yq, labels, n, cells[p].correct_images.data() + begin);
-      }
-      progress.add_images(n);
-    }
-  }
+  for_each_batch(exec, eval, norm, count, bs, opt.threads,
+                 [&](Executor::Workspace& ws, const Tensor& x, int64_t i, int64_t begin, int64_t n) {
+                   const int32_t* labels = eval.labels.data() + begin;
+                   const Tensor y = exec.forward(ws, x);  // a copy: the plans' forwards reuse ws
+                   const size_t classes = static_cast<size_t>(y.numel() / n);
+                   BatchSums& s = sums[i];
+                   s.float_correct = record_top1(y, labels, n, float_images.data() + begin);
+                   s.energy = squared_norm_sum(y.ptr(), n, classes);
+                   for (size_t p = 0; p < P; ++p) {
+                     const Tensor& yq = exec.forward(ws, x, &plans[p]);
+                     s.noise[p] = squared_error_sum(y.ptr(), yq.ptr(), n, classes);
+                     s.correct[p] = record_top1(yq, labels, n, cells[p].correct_images.data() + begin);
+                   }
+                   progress.add_images(n);
+                 });
   progress.finish();
   GridResult r = collect(sums, std::move(cells), std::move(float_images), count);
   r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();

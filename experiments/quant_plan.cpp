@@ -8,6 +8,8 @@
 #include <fmt/format.h>
 #include <omp.h>
 
+#include "experiments/batches.h"
+#include "experiments/results.h"
 #include "kernels/cpu/clipping.h"
 #include "kernels/cpu/fake_quant.h"
 #include "runtime/error.h"
@@ -19,34 +21,24 @@ ActivationRanges calibrate(const Executor& exec, const Dataset& data, const Norm
   const Graph& g = exec.graph();
   const size_t nv = g.values.size();
   count = std::min(count, data.count);
-  const int64_t chunks = (count + batch_size - 1) / batch_size;
+  const int64_t batches = (count + batch_size - 1) / batch_size;
+  constexpr float kInf = std::numeric_limits<float>::infinity();
+  std::vector<std::vector<float>> lo(batches, std::vector<float>(nv, kInf)), hi(batches, std::vector<float>(nv, -kInf));
+  for_each_batch(exec, data, norm, count, batch_size, threads,
+                 [&](Executor::Workspace& ws, const Tensor& x, int64_t b, int64_t, int64_t) {
+                   exec.forward(ws, x);
+                   for (size_t v = 0; v < nv; ++v) {
+                     if (g.values[v].is_constant || ws.values[v].data.empty()) continue;
+                     min_max(ws.values[v].ptr(), ws.values[v].data.size(), &lo[b][v], &hi[b][v]);
+                   }
+                 });
   ActivationRanges r;
-  r.lo.assign(nv, std::numeric_limits<float>::infinity());
-  r.hi.assign(nv, -std::numeric_limits<float>::infinity());
-#pragma omp parallel num_threads(threads)
-  {
-    auto ws = exec.make_workspace();
-    std::vector<float> lo(nv, std::numeric_limits<float>::infinity());
-    std::vector<float> hi(nv, -std::numeric_limits<float>::infinity());
-    Tensor x;
-#pragma omp for schedule(dynamic, 1)
-    for (int64_t c = 0; c < chunks; ++c) {
-      const int64_t begin = c * batch_size;
-      load_batch(data, norm, begin, std::min(batch_size, count - begin), x);
-      exec.forward(ws, x);
-      for (size_t v = 0; v < nv; ++v) {
-        if (g.values[v].is_constant || ws.values[v].data.empty()) continue;
-        float a, b;
-        min_max(ws.values[v].ptr(), ws.values[v].data.size(), &a, &b);
-        lo[v] = std::min(lo[v], a);
-        hi[v] = std::max(hi[v], b);
-      }
-    }
-    // min/max are exact, so the merge order does not matter.
-#pragma omp critical
+  r.lo.assign(nv, kInf);
+  r.hi.assign(nv, -kInf);
+  for (int64_t b = 0; b < batches; ++b) {  // min/max are exact: the order does not matter
     for (size_t v = 0; v < nv; ++v) {
-      r.lo[v] = std::min(r.lo[v], lo[v]);
-      r.hi[v] = std::max(r.hi[v], hi[v]);
+      r.lo[v] = std::min(r.lo[v], lo[b][v]);
+      r.hi[v] = std::max(r.hi[v], hi[b][v]);
     }
   }
   return r;
@@ -218,12 +210,7 @@ std::string layers_csv(const Graph& g, const std::vector<QuantSpec>& specs, int 
       "channel_range_spread,weight_clip,granularity,bits\n";
   for (const Layer& L : g.layers) {
     const LayerStats s = layer_stats(g, L, specs[L.index], bits);
-    std::string name = L.name;
-    if (name.find_first_of(",\"\n") != std::string::npos) {  // RFC 4180: quote, double the quotes
-      std::string q = "\"";
-      for (char ch : name) q += ch == '"' ? std::string("\"\"") : std::string(1, ch);
-      name = q + "\"";
-    }
+    const std::string name = csv_field(L.name);
     out += fmt::format("{},{},{},{:.9g},{:.9g},{:.9g},{:.9g},{:.6g},{:.6g},{:.6g},{},{},{}\n", L.index, name,
                        op_name(g.nodes[L.node].op), s.weight_min, s.weight_max, s.range_min, s.range_max,
                        s.clip_fraction, s.kurtosis, s.channel_range_spread, clip_name(specs[L.index].clip),
@@ -317,38 +304,28 @@ Tensor bias_correction(const Executor& exec, int layer, const LayerQuantization&
   const Layer& L = g.layers[layer];
   const int out_value = g.nodes[L.node].output;
   count = std::min(count, data.count);
-  const int64_t chunks = (count + batch_size - 1) / batch_size;
-  std::vector<std::vector<double>> sums(chunks);
-  int64_t channels = 0, per_image = 0;
-#pragma omp parallel num_threads(threads)
-  {
-    auto ws = exec.make_workspace();
-    Tensor x;
-#pragma omp for schedule(dynamic, 1)
-    for (int64_t c = 0; c < chunks; ++c) {
-      const int64_t begin = c * batch_size, n = std::min(batch_size, count - begin);
-      load_batch(data, norm, begin, n, x);
-      exec.forward(ws, x);
-      const Tensor& y = ws.values[out_value];  // float pre-activation output, (N, C, ...)
-      const Tensor& yq = exec.layer_node_output(ws, layer, q);
-      const int64_t C = y.dim(1), inner = y.numel() / (y.dim(0) * C);
-      std::vector<double> s(C, 0.0);
-      for (int64_t i = 0; i < y.dim(0); ++i) {
-        for (int64_t ch = 0; ch < C; ++ch) {
-          for (int64_t k = 0; k < inner; ++k) {
-            const int64_t idx = (i * C + ch) * inner + k;
-            s[ch] += static_cast<double>(y.data[idx]) - yq.data[idx];
-          }
-        }
-      }
-      sums[c] = std::move(s);
-#pragma omp critical
-      {
-        channels = C;
-        per_image = inner;
-      }
-    }
-  }
+  const int64_t batches = (count + batch_size - 1) / batch_size;
+  std::vector<std::vector<double>> sums(batches);  // per batch, per output channel
+  std::vector<int64_t> per_image(batches, 0);
+  for_each_batch(exec, data, norm, count, batch_size, threads,
+                 [&](Executor::Workspace& ws, const Tensor& x, int64_t b, int64_t, int64_t) {
+                   exec.forward(ws, x);
+                   const Tensor& y = ws.values[out_value];  // float pre-activation output, (N, C, ...)
+                   const Tensor& yq = exec.layer_node_output(ws, layer, q);
+                   const int64_t C = y.dim(1), inner = y.numel() / (y.dim(0) * C);
+                   std::vector<double> s(C, 0.0);
+                   for (int64_t i = 0; i < y.dim(0); ++i) {
+                     for (int64_t ch = 0; ch < C; ++ch) {
+                       for (int64_t k = 0; k < inner; ++k) {
+                         const int64_t idx = (i * C + ch) * inner + k;
+                         s[ch] += static_cast<double>(y.data[idx]) - yq.data[idx];
+                       }
+                     }
+                   }
+                   sums[b] = std::move(s);
+                   per_image[b] = inner;
+                 });
+  const int64_t channels = static_cast<int64_t>(sums[0].size());
   std::vector<double> total(channels, 0.0);
   for (const auto& s : sums) {  // batch order: deterministic
     for (int64_t ch = 0; ch < channels; ++ch) total[ch] += s[ch];
@@ -356,7 +333,7 @@ Tensor bias_correction(const Executor& exec, int layer, const LayerQuantization&
   Tensor bias(Shape{channels});
   for (int64_t ch = 0; ch < channels; ++ch) {
     const double base = L.bias_value >= 0 ? g.constant(L.bias_value).data[ch] : 0.0;
-    bias.data[ch] = static_cast<float>(base + total[ch] / static_cast<double>(count * per_image));
+    bias.data[ch] = static_cast<float>(base + total[ch] / static_cast<double>(count * per_image[0]));
   }
   return bias;
 }

@@ -13,6 +13,13 @@ namespace qsweep {
 
 namespace fs = std::filesystem;
 
+std::string csv_field(const std::string& s) {
+  if (s.find_first_of(",\"\n\r") == std::string::npos) return s;
+  std::string q = "\"";
+  for (char ch : s) q += ch == '"' ? std::string("\"\"") : std::string(1, ch);
+  return q + "\"";
+}
+
 void write_file_atomic(const fs::path& path, const std::string& content) {
   const fs::path tmp = path.parent_path() / fmt::format(".{}.tmp{}", path.filename().string(), getpid());
   {

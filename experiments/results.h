@@ -32,6 +32,9 @@ class ResultsFolder {
   bool fixed_id_ = false;
 };
 
+// A CSV field (RFC 4180): quoted, with quotes doubled, when it holds a comma, quote or newline.
+std::string csv_field(const std::string& s);
+
 // Writes `content` to `path` atomically (temp file in the same folder + rename).
 void write_file_atomic(const std::filesystem::path& path, const std::string& content);
 

@@ -96,12 +96,7 @@ std::string layerwise_csv(const Graph& g, const GridResult& r, const std::vector
       "ci_low,ci_high\n";
   for (const auto& c : r.cells) {
     const Layer& L = g.layers[c.layer];
-    std::string name = L.name;
-    if (name.find_first_of(",\"\n") != std::string::npos) {
-      std::string q = "\"";
-      for (char ch : name) q += ch == '"' ? std::string("\"\"") : std::string(1, ch);
-      name = q + "\"";
-    }
+    const std::string name = csv_field(L.name);
     const Interval ci = boot.degradation_interval(r.float_correct_images, c.correct_images);
     s += fmt::format("{},{},{},{},{},{:.9g},{},{:.4f},{:.4f},{},{},{:.4f},{},{}\n", c.layer, name,
                      op_name(g.nodes[L.node].op), c.weight_bits, specs[c.layer].act_bits, r.noise(c),

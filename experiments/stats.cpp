@@ -56,9 +56,15 @@ Interval PairedBootstrap::degradation_interval(const std::vector<uint8_t>& refer
   return {quantile(tail), quantile(1.0 - tail)};
 }
 
-double pearson_r(const std::vector<double>& x, const std::vector<double>& y) {
+namespace {
+
+// Centered sums of x and y: sxx, syy, sxy.
+struct Moments {
+  double sxx = 0, syy = 0, sxy = 0;
+};
+
+Moments centered(const std::vector<double>& x, const std::vector<double>& y) {
   const size_t n = x.size();
-  if (n < 2) return NAN;
   double mx = 0, my = 0;
   for (size_t i = 0; i < n; ++i) {
     mx += x[i];
@@ -66,32 +72,28 @@ double pearson_r(const std::vector<double>& x, const std::vector<double>& y) {
   }
   mx /= n;
   my /= n;
-  double sxy = 0, sxx = 0, syy = 0;
+  Moments m;
   for (size_t i = 0; i < n; ++i) {
-    sxy += (x[i] - mx) * (y[i] - my);
-    sxx += (x[i] - mx) * (x[i] - mx);
-    syy += (y[i] - my) * (y[i] - my);
+    m.sxy += (x[i] - mx) * (y[i] - my);
+    m.sxx += (x[i] - mx) * (x[i] - mx);
+    m.syy += (y[i] - my) * (y[i] - my);
   }
-  if (sxx == 0 || syy == 0) return NAN;
-  return sxy / std::sqrt(sxx * syy);
+  return m;
+}
+
+}  // namespace
+
+double pearson_r(const std::vector<double>& x, const std::vector<double>& y) {
+  if (x.size() < 2) return NAN;
+  const Moments m = centered(x, y);
+  if (m.sxx == 0 || m.syy == 0) return NAN;
+  return m.sxy / std::sqrt(m.sxx * m.syy);
 }
 
 double ls_slope(const std::vector<double>& x, const std::vector<double>& y) {
-  const size_t n = x.size();
-  if (n < 2) return NAN;
-  double mx = 0, my = 0;
-  for (size_t i = 0; i < n; ++i) {
-    mx += x[i];
-    my += y[i];
-  }
-  mx /= n;
-  my /= n;
-  double sxy = 0, sxx = 0;
-  for (size_t i = 0; i < n; ++i) {
-    sxy += (x[i] - mx) * (y[i] - my);
-    sxx += (x[i] - mx) * (x[i] - mx);
-  }
-  return sxx == 0 ? NAN : sxy / sxx;
+  if (x.size() < 2) return NAN;
+  const Moments m = centered(x, y);
+  return m.sxx == 0 ? NAN : m.sxy / m.sxx;
 }
 
 }  // namespace qsweep

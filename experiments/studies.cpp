@@ -7,6 +7,8 @@
 
 #include <fmt/format.h>
 
+#include "experiments/results.h"
+
 namespace qsweep {
 
 std::vector<std::vector<int>> additivity_subsets(int layers, int configs, uint64_t seed) {
@@ -163,13 +165,6 @@ ComparisonResult run_comparison(const StudyContext& ctx, const Config& cfg, cons
 }
 
 namespace {
-
-std::string csv_field(const std::string& s) {
-  if (s.find_first_of(",\"\n") == std::string::npos) return s;
-  std::string q = "\"";
-  for (char ch : s) q += ch == '"' ? std::string("\"\"") : std::string(1, ch);
-  return q + "\"";
-}
 
 std::string ci_str(double v) { return std::isfinite(v) ? fmt::format("{:.4f}", v) : ""; }
 
