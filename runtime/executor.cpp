@@ -41,7 +41,16 @@ void Executor::run_node(Workspace& ws, int k, const LayerQuantization* q, Read r
   if (q != nullptr && layer >= 0) {
     // Step 1: the input is fake-quantized on the path into this layer only.
     if (q->quantize_input) {
-      backend_.fake_quantize(*ws.ctx, *ws.args[0], q->input, ws.quantized_input);
+      const QuantParams& p = q->input;
+      const bool cached = ws.qin_layer == layer && ws.qin_generation == ws.generation &&
+                          ws.qin_params.scale == p.scale && ws.qin_params.zero_point == p.zero_point &&
+                          ws.qin_params.qmin == p.qmin && ws.qin_params.qmax == p.qmax;
+      if (!cached) {
+        backend_.fake_quantize(*ws.ctx, *ws.args[0], p, ws.quantized_input);
+        ws.qin_layer = layer;
+        ws.qin_generation = ws.generation;
+        ws.qin_params = p;
+      }
       ws.args[0] = &ws.quantized_input;
     }
     // Step 2: fake-quantized weights, computed once per (layer, bits) by the caller.
@@ -60,6 +69,7 @@ void Executor::run_node(Workspace& ws, int k, const LayerQuantization* q, Read r
 }
 
 const Tensor& Executor::forward(Workspace& ws, const Tensor& input, const QuantPlan* plan) const {
+  ++ws.generation;  // every value may change
   ws.values[graph_.input] = input;
   auto read = [&](int v) -> const Tensor& { return ws.values[v]; };
   for (size_t k = 0; k < graph_.nodes.size(); ++k) {

@@ -35,6 +35,12 @@ class Executor {
     std::vector<Tensor> scratch;  // values recomputed by a suffix forward
     Tensor quantized_input;       // the fake-quantized input of the quantized layer
     std::vector<const Tensor*> args;
+    // quantized_input is reused while the float values it came from are unchanged: the
+    // grid's cells of one layer (one per weight bit-width) share it on every batch.
+    uint64_t generation = 0;  // bumped by every forward
+    int qin_layer = -1;
+    uint64_t qin_generation = 0;
+    QuantParams qin_params;
   };
   Workspace make_workspace() const;
 
