@@ -310,8 +310,9 @@ Tensor bias_correction(const Executor& exec, int layer, const LayerQuantization&
   for_each_batch(exec, data, norm, count, batch_size, threads,
                  [&](Executor::Workspace& ws, const Tensor& x, int64_t b, int64_t, int64_t) {
                    exec.forward(ws, x);
-                   const Tensor& y = ws.values[out_value];  // float pre-activation output, (N, C, ...)
-                   const Tensor& yq = exec.layer_node_output(ws, layer, q);
+                   Tensor y, yq;  // float and quantized pre-activation outputs, (N, C, ...) in NCHW order
+                   to_nchw(ws.values[out_value], y);
+                   to_nchw(exec.layer_node_output(ws, layer, q), yq);
                    const int64_t C = y.dim(1), inner = y.numel() / (y.dim(0) * C);
                    std::vector<double> s(C, 0.0);
                    for (int64_t i = 0; i < y.dim(0); ++i) {

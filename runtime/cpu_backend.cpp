@@ -60,7 +60,7 @@ using tag = dnnl::memory::format_tag;
 using dt = dnnl::memory::data_type;
 
 // Key of a cached primitive: the node and the input shape it was created for.
-using PrimKey = std::tuple<const Node*, int64_t, int64_t, int64_t, int64_t>;
+using PrimKey = std::tuple<const Node*, int64_t, int64_t, int64_t, int64_t, bool>;
 
 struct CachedPrimitive {
   dnnl::primitive prim;
@@ -81,6 +81,7 @@ class CpuContext final : public BackendContext {
   Tensor bias_scratch;
   std::vector<float> src_k, weights_k, dst_k;  // blocked-layout buffers of the conv in flight
   Tensor padded;  // explicitly padded pooling input (see run_pool)
+  std::vector<Tensor> nchw;  // NCHW copies of NHWC inputs, for ops that need NCHW
 };
 
 void check_rank(const Node& n, const Tensor& x, size_t rank) {
@@ -102,12 +103,15 @@ void run_conv(CpuContext& ctx, const Node& n, std::span<const Tensor* const> in,
   }
   const SpatialPlan sp = plan_spatial(n.attrs, H, W);
   out.reshape_to({N, O, sp.out_h, sp.out_w});
-  const PrimKey key{&n, N, C, H, W};
+  out.nhwc = true;
+  const PrimKey key{&n, N, C, H, W, x.nhwc};
   auto it = ctx.prims.find(key);
   if (it == ctx.prims.end()) {
     CachedPrimitive c;
-    c.src = memory::desc({N, C, H, W}, dt::f32, tag::nchw);
-    c.dst = memory::desc({N, O, sp.out_h, sp.out_w}, dt::f32, tag::nchw);
+    // Activations stay NHWC from conv to conv (oneDNN's convolutions read and write it
+    // natively), so only the first conv's input is reordered.
+    c.src = memory::desc({N, C, H, W}, dt::f32, x.nhwc ? tag::nhwc : tag::nchw);
+    c.dst = memory::desc({N, O, sp.out_h, sp.out_w}, dt::f32, tag::nhwc);
     if (G == 1) {
       c.weights = memory::desc({O, C, w.dim(2), w.dim(3)}, dt::f32, tag::oihw);
     } else {
@@ -117,11 +121,10 @@ void run_conv(CpuContext& ctx, const Node& n, std::span<const Tensor* const> in,
     const memory::dims strides = {n.attrs.strides[0], n.attrs.strides[1]};
     const memory::dims dil = {n.attrs.dilations[0] - 1, n.attrs.dilations[1] - 1};
     const memory::dims pl = {sp.pad_t, sp.pad_l}, pr = {sp.pad_b, sp.pad_r};
-    const memory::desc src_any({N, C, H, W}, dt::f32, tag::any);
-    const memory::desc dst_any({N, O, sp.out_h, sp.out_w}, dt::f32, tag::any);
+    const memory::desc src_any({N, C, H, W}, dt::f32, C == 1 ? tag::any : tag::nhwc);
     const memory::desc wei_any(c.weights.dims(), dt::f32, tag::any);
     dnnl::convolution_forward::desc d(dnnl::prop_kind::forward_inference, dnnl::algorithm::convolution_direct,
-                                      src_any, wei_any, c.bias, dst_any, strides, dil, pl, pr);
+                                      src_any, wei_any, c.bias, c.dst, strides, dil, pl, pr);
     dnnl::convolution_forward::primitive_desc pd(d, ctx.engine);
     c.prim = dnnl::convolution_forward(pd);
     c.src_k = pd.src_desc();
@@ -174,10 +177,15 @@ void run_pool(CpuContext& ctx, const Node& n, const Tensor& input, Tensor& out) 
     // ceil_mode widened the end padding. PyTorch and ONNX divide by the taps inside the
     // declared padding only, while oneDNN's include-padding mode would count the widening
     // too: pad explicitly with zeros by the declared pads, then exclude what remains.
+    if (input.nhwc) {
+      ctx.nchw.resize(std::max<size_t>(ctx.nchw.size(), 1));
+      to_nchw(input, ctx.nchw[0]);
+      src_tensor = &ctx.nchw[0];
+    }
     const Shape s = input.shape;
     const std::vector<int64_t> pads = {0, 0, a.pads[0], a.pads[1], 0, 0, a.pads[2], a.pads[3]};
     ctx.padded.reshape_to({s[0], s[1], s[2] + a.pads[0] + a.pads[2], s[3] + a.pads[1] + a.pads[3]});
-    pad(input.ptr(), s, pads, PadMode::kConstant, 0.0f, ctx.padded.ptr());
+    pad(src_tensor->ptr(), s, pads, PadMode::kConstant, 0.0f, ctx.padded.ptr());
     src_tensor = &ctx.padded;
     sp.pad_t = sp.pad_l = 0;
     sp.pad_b -= a.pads[2];
@@ -186,13 +194,15 @@ void run_pool(CpuContext& ctx, const Node& n, const Tensor& input, Tensor& out) 
   }
   const Tensor& x = *src_tensor;
   const int64_t N = x.dim(0), C = x.dim(1), H = x.dim(2), W = x.dim(3);
+  const tag layout = x.nhwc ? tag::nhwc : tag::nchw;
   out.reshape_to({N, C, sp.out_h, sp.out_w});
-  const PrimKey key{&n, N, C, H, W};
+  out.nhwc = x.nhwc;
+  const PrimKey key{&n, N, C, H, W, x.nhwc};
   auto it = ctx.prims.find(key);
   if (it == ctx.prims.end()) {
     CachedPrimitive c;
-    c.src = memory::desc({N, C, H, W}, dt::f32, tag::nchw);
-    c.dst = memory::desc({N, C, sp.out_h, sp.out_w}, dt::f32, tag::nchw);
+    c.src = memory::desc({N, C, H, W}, dt::f32, layout);
+    c.dst = memory::desc({N, C, sp.out_h, sp.out_w}, dt::f32, layout);
     const auto alg = n.op == OpType::kMaxPool ? dnnl::algorithm::pooling_max
                      : include_pad ? dnnl::algorithm::pooling_avg_include_padding
                                                  : dnnl::algorithm::pooling_avg_exclude_padding;
@@ -315,6 +325,23 @@ std::unique_ptr<BackendContext> CpuBackend::make_context() const {
 
 void CpuBackend::run(BackendContext& base, const Node& n, std::span<const Tensor* const> in, Tensor& out) const {
   auto& ctx = static_cast<CpuContext&>(base);
+  // Convolutions, pooling, activations, global pooling and same-shape Add/Mul work on NHWC
+  // (channels-innermost) tensors; every other op sees NCHW copies of NHWC inputs.
+  const bool same_shape_binary = (n.op == OpType::kAdd || n.op == OpType::kMul) && in.size() == 2 &&
+                                 in[0]->shape == in[1]->shape && in[0]->nhwc == in[1]->nhwc;
+  const bool layout_aware = n.op == OpType::kConv || n.op == OpType::kMaxPool || n.op == OpType::kAveragePool ||
+                            n.op == OpType::kGlobalAveragePool || is_activation(n.op) || same_shape_binary;
+  if (!layout_aware && std::any_of(in.begin(), in.end(), [](const Tensor* t) { return t->nhwc; })) {
+    ctx.nchw.resize(std::max(ctx.nchw.size(), in.size()));
+    std::vector<const Tensor*> converted(in.begin(), in.end());
+    for (size_t i = 0; i < in.size(); ++i) {
+      if (in[i]->nhwc) {
+        to_nchw(*in[i], ctx.nchw[i]);
+        converted[i] = &ctx.nchw[i];
+      }
+    }
+    return run(base, n, converted, out);
+  }
   const Tensor& x = *in[0];
   const NodeAttrs& a = n.attrs;
   switch (n.op) {
@@ -330,7 +357,19 @@ void CpuBackend::run(BackendContext& base, const Node& n, std::span<const Tensor
     case OpType::kGlobalAveragePool: {
       check_rank(n, x, 4);
       const int64_t N = x.dim(0), C = x.dim(1), hw = x.dim(2) * x.dim(3);
-      out.reshape_to({N, C, 1, 1});
+      out.reshape_to({N, C, 1, 1});  // (N, C, 1, 1) is the same in both layouts
+      if (x.nhwc) {
+        std::vector<double> s(C);
+        for (int64_t i = 0; i < N; ++i) {
+          std::fill(s.begin(), s.end(), 0.0);
+          for (int64_t k = 0; k < hw; ++k) {
+            const float* px = x.data.data() + (i * hw + k) * C;
+            for (int64_t c = 0; c < C; ++c) s[c] += px[c];
+          }
+          for (int64_t c = 0; c < C; ++c) out.data[i * C + c] = static_cast<float>(s[c] / static_cast<double>(hw));
+        }
+        return;
+      }
       for (int64_t i = 0; i < N * C; ++i) {
         double s = 0.0;
         for (int64_t k = 0; k < hw; ++k) s += x.data[i * hw + k];
@@ -362,6 +401,7 @@ void CpuBackend::run(BackendContext& base, const Node& n, std::span<const Tensor
         if (op == n.op) act = ac;
       }
       out.reshape_to(x.shape);
+      out.nhwc = x.nhwc;
       activation(act, a.act_alpha, a.act_beta, x.ptr(), out.ptr(), x.numel());
       return;
     }
@@ -376,6 +416,7 @@ void CpuBackend::run(BackendContext& base, const Node& n, std::span<const Tensor
                    shape_str(y.shape));
       }
       out.reshape_to(s);
+      out.nhwc = same_shape_binary && x.nhwc;  // same shape and layout: element by element
       broadcast_binary(n.op == OpType::kAdd ? BinaryOp::kAdd : BinaryOp::kMul, x.ptr(), x.shape, y.ptr(),
                        y.shape, out.ptr(), s);
       return;
@@ -444,7 +485,10 @@ void CpuBackend::run(BackendContext& base, const Node& n, std::span<const Tensor
 }
 
 void CpuBackend::fake_quantize(BackendContext&, const Tensor& x, const QuantParams& p, Tensor& y) const {
-  if (&y != &x) y.reshape_to(x.shape);
+  if (&y != &x) {
+    y.reshape_to(x.shape);
+    y.nhwc = x.nhwc;  // element-wise: any layout
+  }
   fake_quantize_per_tensor(x.ptr(), y.ptr(), x.numel(), p);
 }
 

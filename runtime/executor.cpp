@@ -22,6 +22,13 @@ Executor::Executor(const Graph& graph, const Backend& backend) : graph_(graph), 
   }
 }
 
+// Callers read outputs in NCHW order whatever layout the last op chose.
+static const Tensor& nchw_output(Executor::Workspace& ws, const Tensor& y) {
+  if (!y.nhwc) return y;
+  to_nchw(y, ws.output_nchw);
+  return ws.output_nchw;
+}
+
 Executor::Workspace Executor::make_workspace() const {
   Workspace ws;
   ws.ctx = backend_.make_context();
@@ -77,7 +84,7 @@ const Tensor& Executor::forward(Workspace& ws, const Tensor& input, const QuantP
     const LayerQuantization* q = (plan && layer >= 0) ? (*plan)[layer] : nullptr;
     run_node(ws, static_cast<int>(k), q, read, ws.values[graph_.nodes[k].output]);
   }
-  return ws.values[graph_.output];
+  return nchw_output(ws, ws.values[graph_.output]);
 }
 
 const Tensor& Executor::layer_node_output(Workspace& ws, int layer, const LayerQuantization& q) const {
@@ -96,7 +103,7 @@ const Tensor& Executor::suffix_forward(Workspace& ws, int layer, const LayerQuan
     const bool mine = layer_of_node_[k] == layer || layer_of_act_[k] == layer;
     run_node(ws, k, mine ? &q : nullptr, read, ws.scratch[graph_.nodes[k].output]);
   }
-  return dirty[graph_.output] ? ws.scratch[graph_.output] : ws.values[graph_.output];
+  return nchw_output(ws, dirty[graph_.output] ? ws.scratch[graph_.output] : ws.values[graph_.output]);
 }
 
 }  // namespace qsweep

@@ -34,6 +34,7 @@ class Executor {
     std::vector<Tensor> values;   // indexed by value id; a float forward fills every one
     std::vector<Tensor> scratch;  // values recomputed by a suffix forward
     Tensor quantized_input;       // the fake-quantized input of the quantized layer
+    Tensor output_nchw;           // the network output, when its last op left it NHWC
     std::vector<const Tensor*> args;
     // quantized_input is reused while the float values it came from are unchanged: the
     // grid's cells of one layer (one per weight bit-width) share it on every batch.

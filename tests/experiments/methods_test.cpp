@@ -559,9 +559,10 @@ std::vector<double> mean_shift(const Executor& exec, int layer, const LayerQuant
     const int64_t n = std::min<int64_t>(50, count - begin);
     load_batch(data, norm, begin, n, x);
     exec.forward(ws, x);
-    const Tensor y = ws.values[node_out];
+    Tensor y, yq;  // intermediate values may be NHWC: read them in NCHW order
+    to_nchw(ws.values[node_out], y);
     exec.forward(ws, x, &plan);
-    const Tensor& yq = ws.values[node_out];
+    to_nchw(ws.values[node_out], yq);
     const int64_t C = y.dim(1), inner = y.numel() / (y.dim(0) * C);
     sum.resize(C, 0.0);
     for (int64_t i = 0; i < n; ++i) {
