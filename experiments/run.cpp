@@ -570,6 +570,7 @@ RunOutcome run_experiment(const RunOptions& o) {
   auto say = [&](const std::string& s) {
     if (verbose) fmt::print(stderr, "{}\n", s);
   };
+  resolve_shard(o.shard);  // a bad --shard is reported before any work
   if (cfg.kind != "layerwise" && (!o.shard.empty() || std::getenv("SLURM_ARRAY_TASK_ID"))) {
     if (!o.shard.empty() || std::getenv("SLURM_ARRAY_TASK_COUNT")) {
       user_error("kind = \"{}\" cannot be sharded yet; shard a \"layerwise\" grid", cfg.kind);
