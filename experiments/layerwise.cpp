@@ -77,7 +77,7 @@ std::unique_ptr<QuantizedLayer> quantize_layer(const Executor& exec, int layer, 
   ql->layer = layer;
   ql->bits = bits;
   ql->weights = quantize_weights(g, g.layers[layer], spec, bits);
-  ql->q = make_layer_quantization(g.layers[layer], nullptr, ranges, spec);
+  ql->q = make_layer_quantization(g.layers[layer], ranges, spec);
   ql->finalize();
   if (bc != nullptr) {
     ql->bias = bias_correction(exec, layer, ql->q, *bc->data, bc->norm, bc->count, batch_size, threads);
@@ -100,32 +100,32 @@ GridResult run_layerwise_grid(const Executor& exec, const Dataset& eval, const N
 
   // Weights are quantized once per (layer, bits), never per batch.
   std::vector<std::unique_ptr<QuantizedLayer>> quant(ncells);
-  std::vector<CellStats> cells(ncells);
-  for (size_t l = 0; l < L; ++l) {
-    for (size_t b = 0; b < B; ++b) {
-      quant[l * B + b] = quantize_layer(exec, static_cast<int>(l), specs[l], weight_bits[b], ranges, bc, bs, opt.threads);
-      cells[l * B + b].layer = static_cast<int>(l);
-      cells[l * B + b].weight_bits = weight_bits[b];
-      cells[l * B + b].correct_images.assign(count, 0);
-    }
+  std::vector<const LayerQuantization*> cell_quant(ncells);
+  for (size_t c = 0; c < ncells; ++c) {
+    quant[c] = quantize_layer(exec, static_cast<int>(c / B), specs[c / B], weight_bits[c % B], ranges, bc, bs,
+                              opt.threads);
+    cell_quant[c] = &quant[c]->q;
   }
-  std::vector<uint8_t> float_images(count, 0);
-  auto sums = make_sums(batches, ncells);
 
-  if (!opt.naive) {
+  if (!opt.naive) {  // one pass: each batch once through the float network, cells from cached inputs
     GridJob job;
     job.cells_of_batch.assign(batches, std::vector<int>(ncells));
     for (auto& v : job.cells_of_batch) std::iota(v.begin(), v.end(), 0);
     std::vector<BatchRecord> records(batches);
     job.sink = [&](BatchRecord&& rec) { records[rec.batch] = std::move(rec); };
-    std::vector<const LayerQuantization*> cq(ncells);
-    for (size_t c = 0; c < ncells; ++c) cq[c] = &quant[c]->q;
-    GridOptions o = opt;
-    run_grid_batches(exec, eval, norm, count, cq, B, job, o);
+    run_grid_batches(exec, eval, norm, count, cell_quant, B, job, opt);
     GridResult r = assemble_grid(std::move(records), L, weight_bits, count, bs);
     r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     return r;
-  } else {
+  } else {  // naive: only the per-cell sums a full forward per cell produces
+    std::vector<CellStats> cells(ncells);
+    for (size_t c = 0; c < ncells; ++c) {
+      cells[c].layer = static_cast<int>(c / B);
+      cells[c].weight_bits = weight_bits[c % B];
+      cells[c].correct_images.assign(count, 0);
+    }
+    std::vector<uint8_t> float_images(count, 0);
+    auto sums = make_sums(batches, ncells);
     // Float32 reference logits first (one pass), then every cell re-decodes and re-runs
     // the whole network on every batch, the way a per-configuration script does.
     Progress progress("grid, naive", count * static_cast<int64_t>(ncells), 1, opt.progress);
@@ -139,7 +139,7 @@ GridResult run_layerwise_grid(const Executor& exec, const Dataset& eval, const N
                    });
     for (size_t c = 0; c < ncells; ++c) {
       QuantPlan plan(L, nullptr);
-      plan[c / B] = &quant[c]->q;
+      plan[c / B] = cell_quant[c];
       for_each_batch(exec, eval, norm, count, bs, opt.threads,
                      [&](Executor::Workspace& ws, const Tensor& x, int64_t i, int64_t begin, int64_t n) {
                        const Tensor& yq = exec.forward(ws, x, &plan);
@@ -150,12 +150,12 @@ GridResult run_layerwise_grid(const Executor& exec, const Dataset& eval, const N
                      });
     }
     progress.finish();
+    GridResult r = collect(sums, std::move(cells), std::move(float_images), count);
+    r.weight_bits = weight_bits;
+    r.naive = true;
+    r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    return r;
   }
-  GridResult r = collect(sums, std::move(cells), std::move(float_images), count);
-  r.weight_bits = weight_bits;
-  r.naive = opt.naive;
-  r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  return r;
 }
 
 namespace {

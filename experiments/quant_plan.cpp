@@ -159,10 +159,8 @@ QuantizedWeights quantize_weights(const Graph& g, const Layer& L, const QuantSpe
   return out;
 }
 
-LayerQuantization make_layer_quantization(const Layer& L, const Tensor* weights, const ActivationRanges& r,
-                                          const QuantSpec& spec) {
+LayerQuantization make_layer_quantization(const Layer& L, const ActivationRanges& r, const QuantSpec& spec) {
   LayerQuantization q;
-  q.weights = weights;
   q.quantize_input = spec.quantize_input;
   q.quantize_output = spec.quantize_output;
   q.input = choose_quant_params(r.lo[L.input_value], r.hi[L.input_value], spec.act_bits, spec.scheme);

@@ -36,9 +36,9 @@ struct QuantizedWeights {
 // Fake-quantizes layer L's weights at `bits` with spec's scheme, granularity and clipping.
 QuantizedWeights quantize_weights(const Graph& g, const Layer& L, const QuantSpec& spec, int bits);
 
-// The LayerQuantization of layer L (weights, and bias when given, must outlive it).
-LayerQuantization make_layer_quantization(const Layer& L, const Tensor* weights, const ActivationRanges& r,
-                                          const QuantSpec& spec);
+// The activation quantizers of layer L under `spec` (the caller points weights/bias at
+// tensors that outlive it: see QuantizedLayer::finalize).
+LayerQuantization make_layer_quantization(const Layer& L, const ActivationRanges& r, const QuantSpec& spec);
 
 // Weight statistics of one layer (Figure 6), at the spec and bit-width given.
 struct LayerStats {

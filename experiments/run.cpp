@@ -262,7 +262,7 @@ json manifest_json(const Prepared& p, const std::string& command_line, const std
 }
 
 // Figures and report.html into the staging folder; never fails the run.
-void add_report(ResultsFolder& folder, const Graph& g, bool verbose) {
+void add_report(ResultsFolder& folder, const Graph& g) {
   try {
     const fs::path dir = folder.staging_path();
     ReportOptions ro = report_options_for(dir);
@@ -270,7 +270,6 @@ void add_report(ResultsFolder& folder, const Graph& g, bool verbose) {
     const ReportResult r = write_report(dir, ro, &g);
     // Warnings (figures skipped: gnuplot missing or failing) are shown even with --quiet.
     for (const auto& w : r.warnings) fmt::print(stderr, "qsweep: warning: {}\n", w);
-    (void)verbose;
   } catch (const std::exception& e) {
     fmt::print(stderr, "qsweep: warning: the report could not be written: {}\n", e.what());
   }
@@ -360,8 +359,7 @@ ShardPlan make_plan(const Prepared& p, int shards) {
 }
 
 // Writes the final results folder of a layer-wise grid (unsharded end of run, or merge).
-fs::path finish_layerwise(const Prepared& p, const GridResult& grid, const std::string& run_id, json manifest,
-                          bool verbose) {
+fs::path finish_layerwise(const Prepared& p, const GridResult& grid, const std::string& run_id, json manifest) {
   const PairedBootstrap boot(static_cast<size_t>(p.eval_count), p.cfg.bootstrap, p.cfg.stats_seed, p.cfg.confidence);
   ResultsFolder folder(p.cfg.root, p.cfg.name, run_id);
   folder.write("config.toml", config_to_toml(p.cfg));
@@ -371,7 +369,7 @@ fs::path finish_layerwise(const Prepared& p, const GridResult& grid, const std::
                                         *std::min_element(p.cfg.quant.weight_bits.begin(), p.cfg.quant.weight_bits.end())));
   folder.write("summary.json", summary.dump(2) + "\n");
   folder.write("manifest.json", manifest.dump(2) + "\n");
-  add_report(folder, p.g, verbose);
+  add_report(folder, p.g);
   return folder.commit();
 }
 
@@ -386,7 +384,6 @@ RunOutcome run_layerwise(const RunOptions& o, const Prepared& p, const Activatio
   RunOutcome out;
   out.config = cfg;
   out.folder = final_dir;
-  for (const Layer& L : p.g.layers) out.layer_names.push_back(L.name);
   if (fs::exists(final_dir / "summary.json")) {
     if (verbose) fmt::print("already complete: {} (pass --fresh to compute it again)\nresults: {}\n", final_dir.string(), final_dir.string());
     return out;
@@ -546,7 +543,7 @@ RunOutcome run_layerwise(const RunOptions& o, const Prepared& p, const Activatio
   json manifest = manifest_json(p, o.command_line, o.overrides, started,
                                 std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
   manifest["run_id"] = run_id;
-  out.folder = finish_layerwise(p, grid, run_id, manifest, verbose);
+  out.folder = finish_layerwise(p, grid, run_id, manifest);
   fs::remove_all(work, ec);  // its records are in the results now
   if (verbose) {
     print_grid(p, grid);
@@ -669,12 +666,11 @@ RunOutcome run_experiment(const RunOptions& o) {
                                 std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
   manifest["run_id"] = folder.run_id();
   folder.write("manifest.json", manifest.dump(2) + "\n");
-  add_report(folder, p->g, verbose);
+  add_report(folder, p->g);
 
   RunOutcome out;
   out.folder = folder.commit();
   out.config = cfg;
-  for (const Layer& L : p->g.layers) out.layer_names.push_back(L.name);
   out.grid = std::move(grid);
   if (verbose) fmt::print("results: {}\n", out.folder.string());
   return out;
@@ -778,7 +774,7 @@ RunOutcome merge_run(const std::string& dir, bool quiet) {
                                 std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
   manifest["run_id"] = final_dir.filename().string();
   manifest["shards"] = shards;
-  out.folder = finish_layerwise(*p, grid, final_dir.filename().string(), manifest, verbose);
+  out.folder = finish_layerwise(*p, grid, final_dir.filename().string(), manifest);
   out.config = cfg;
   if (verbose) {
     print_grid(*p, grid);

@@ -30,7 +30,6 @@ struct RunOutcome {
   std::filesystem::path folder;
   Config config;
   GridResult grid;
-  std::vector<std::string> layer_names;
 };
 
 RunOutcome run_experiment(const RunOptions& options);

@@ -121,8 +121,6 @@ struct Graph {
   void enumerate_layers();
   // Nodes whose output depends on layer j's output (including its own nodes), in order.
   std::vector<int> suffix_nodes(int layer) const;
-  // Total multiply-accumulates of nodes in `nodes` for one sample (for cost reports).
-  // Filled by the executor after a forward pass; see Executor::macs_per_sample.
 };
 
 // Folds every BatchNormalization that directly and solely consumes a Conv output into
