@@ -13,6 +13,7 @@
 
 #include "runtime/cpu_backend.h"
 #include "runtime/onnx_import.h"
+#include "tests/reference_quant.h"
 #include "tests/shipped_models.h"
 
 namespace qsweep {
@@ -90,23 +91,6 @@ INSTANTIATE_TEST_SUITE_P(Models, ShippedGrid, ::testing::Values(0, 1));
 
 // --- A one-layer network computed independently from method.md --------------------------
 
-// method.md's formulas written out again, in double where they allow, for the check.
-struct RefQuant {
-  float scale;
-  int zp, qmin, qmax;
-  RefQuant(float mn, float mx, int bits) {
-    qmin = 0;
-    qmax = (1 << bits) - 1;
-    const float lo = std::min(mn, 0.0f), hi = std::max(mx, 0.0f);
-    scale = std::max((hi - lo) / static_cast<float>(qmax), std::numeric_limits<float>::epsilon());
-    zp = std::clamp(static_cast<int>(-std::nearbyint(lo / scale)), qmin, qmax);
-  }
-  float operator()(float x) const {
-    const float inv = 1.0f / scale;
-    const int q = std::clamp(static_cast<int>(std::nearbyint(x * inv)) + zp, qmin, qmax);
-    return static_cast<float>(q - zp) * scale;
-  }
-};
 
 TEST(LayerwiseGrid, OneGemmLayerMatchesIndependentComputation) {
   // Graph: input (N, 6) -> Gemm(W (3, 6), transB, bias) -> Relu -> logits (N, 3).
@@ -177,10 +161,10 @@ TEST(LayerwiseGrid, OneGemmLayerMatchesIndependentComputation) {
       ymax = std::max(ymax, static_cast<float>(y[i][o]));
     }
   }
-  const RefQuant qx(xmin, xmax, 8), qy(ymin, ymax, 8);
+  const testing::RefQuant qx(xmin, xmax, 8), qy(ymin, ymax, 8);
   for (size_t bi = 0; bi < cfg.quant.weight_bits.size(); ++bi) {
     const int bits = cfg.quant.weight_bits[bi];
-    const RefQuant qw(*std::min_element(w.data.begin(), w.data.end()), *std::max_element(w.data.begin(), w.data.end()),
+    const testing::RefQuant qw(*std::min_element(w.data.begin(), w.data.end()), *std::max_element(w.data.begin(), w.data.end()),
                       bits);
     double noise = 0.0;
     int correct = 0, float_correct = 0;

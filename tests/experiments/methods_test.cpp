@@ -24,9 +24,12 @@
 #include "runtime/onnx_import.h"
 #include "tests/runtime/onnx_builder.h"
 #include "tests/shipped_models.h"
+#include "tests/reference_quant.h"
 
 namespace qsweep {
 namespace {
+
+using testing::RefQuant;
 
 using test::attr_i;
 using test::attr_ints;
@@ -146,30 +149,6 @@ std::vector<float> channel_of(const Graph& g, const Layer& L, int64_t c) {
   return s;
 }
 
-// method.md's quantizer from a range, written out again (asymmetric and symmetric).
-struct RefQuant {
-  float scale;
-  int zp, qmin, qmax;
-  RefQuant(float mn, float mx, int bits, Scheme scheme) {
-    const float lo = std::min(mn, 0.0f), hi = std::max(mx, 0.0f);
-    if (scheme == Scheme::kAsymmetric) {
-      qmin = 0;
-      qmax = (1 << bits) - 1;
-      scale = std::max((hi - lo) / static_cast<float>(qmax - qmin), std::numeric_limits<float>::epsilon());
-      zp = std::clamp(qmin - static_cast<int>(std::nearbyint(lo / scale)), qmin, qmax);
-    } else {
-      qmax = (1 << (bits - 1)) - 1;
-      qmin = -qmax;
-      scale = std::max(std::max(-lo, hi) / static_cast<float>(qmax), std::numeric_limits<float>::epsilon());
-      zp = 0;
-    }
-  }
-  float operator()(float x) const {
-    const float r = std::nearbyint(x * (1.0f / scale)) + static_cast<float>(zp);
-    const int q = static_cast<int>(std::clamp(r, static_cast<float>(qmin), static_cast<float>(qmax)));
-    return static_cast<float>(q - zp) * scale;
-  }
-};
 
 // The range a clipping method gives one slice of weights (the kernels are tested against
 // hand computations in tests/kernels/clipping_test.cpp; here the plumbing is under test).

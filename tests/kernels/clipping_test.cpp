@@ -3,6 +3,7 @@
 // search over the same candidate grid, percentiles against NumPy's linear interpolation
 // worked by hand.
 #include "kernels/cpu/clipping.h"
+#include "tests/reference_quant.h"
 
 #include <gtest/gtest.h>
 
@@ -15,6 +16,8 @@
 
 namespace qsweep {
 namespace {
+
+using testing::RefQuant;
 
 // sawb_clip accumulates in double and rounds once to float32.
 constexpr double kSawbRelTol = 1e-6;
@@ -86,31 +89,6 @@ TEST(Sawb, NoClipOutsideTwoToEightBits) {
 
 // ---------------------------------------------------------------- MSE
 
-// method.md's fake quantization written out again (asymmetric and symmetric).
-struct RefQuant {
-  float scale;
-  int zp, qmin, qmax;
-  RefQuant(float mn, float mx, int bits, Scheme scheme) {
-    const float lo = std::min(mn, 0.0f), hi = std::max(mx, 0.0f);
-    if (scheme == Scheme::kAsymmetric) {
-      qmin = 0;
-      qmax = (1 << bits) - 1;
-      scale = std::max((hi - lo) / static_cast<float>(qmax - qmin), std::numeric_limits<float>::epsilon());
-      zp = std::clamp(qmin - static_cast<int>(std::nearbyint(lo / scale)), qmin, qmax);
-    } else {
-      qmax = (1 << (bits - 1)) - 1;
-      qmin = -qmax;
-      scale = std::max(std::max(-lo, hi) / static_cast<float>(qmax), std::numeric_limits<float>::epsilon());
-      zp = 0;
-    }
-  }
-  float operator()(float x) const {
-    const float inv = 1.0f / scale;
-    const float r = std::nearbyint(x * inv) + static_cast<float>(zp);
-    const int q = static_cast<int>(std::clamp(r, static_cast<float>(qmin), static_cast<float>(qmax)));
-    return static_cast<float>(q - zp) * scale;
-  }
-};
 
 // Squared quantization error of w under the clip alpha: range [max(min, -a), min(max, a)].
 double clip_error(const std::vector<float>& w, float alpha, int bits, Scheme scheme) {
