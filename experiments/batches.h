@@ -4,12 +4,15 @@
 #pragma once
 
 #include <algorithm>
+#include <atomic>
 #include <cstdint>
+#include <span>
 #include <vector>
 
 #include <omp.h>
 
 #include "runtime/data.h"
+#include "runtime/device_session.h"
 #include "runtime/executor.h"
 
 namespace qsweep {
@@ -34,6 +37,44 @@ void for_each_batch(const Executor& exec, const Dataset& data, const Normalizati
       f(ws, x, i, begin, n);
     }
   }
+}
+
+// The device-resident loop (a backend with a DeviceSession): for each batch listed in
+// `todo`, in order, the float32 forward and jobs_of(batch)'s jobs run on the device while
+// the host decodes and stages the next batch; done(batch, begin, n, outcome) receives each
+// outcome. Stops early (returns false) when *stop becomes true.
+template <typename JobsOf, typename Done>
+bool for_each_device_batch(DeviceSession& session, const Dataset& data, const Normalization& norm, int64_t count,
+                           int64_t batch_size, const std::vector<int64_t>& todo, JobsOf&& jobs_of, bool materialize,
+                           Done&& done, const std::atomic<bool>* stop = nullptr) {
+  count = std::min(count, data.count);
+  Tensor x;
+  auto stage = [&](int64_t i) {
+    const int64_t begin = i * batch_size, n = std::min(batch_size, count - begin);
+    load_batch(data, norm, begin, n, x);
+    session.stage(x, data.labels.data() + begin, n);
+  };
+  if (todo.empty()) return true;
+  stage(todo[0]);
+  DeviceOutcome out;
+  for (size_t j = 0; j < todo.size(); ++j) {
+    const int64_t i = todo[j], begin = i * batch_size, n = std::min(batch_size, count - begin);
+    const std::span<const DeviceJob> jobs = jobs_of(i);
+    session.launch(jobs, materialize);
+    const bool stopping = stop && stop->load();
+    if (j + 1 < todo.size() && !stopping) stage(todo[j + 1]);  // overlaps the device's work
+    session.collect(out);
+    done(i, begin, n, out);
+    if (stopping) return j + 1 == todo.size();
+  }
+  return true;
+}
+
+// Every batch index of the first `count` images.
+inline std::vector<int64_t> all_batches(int64_t count, int64_t batch_size) {
+  std::vector<int64_t> v((count + batch_size - 1) / batch_size);
+  for (size_t i = 0; i < v.size(); ++i) v[i] = static_cast<int64_t>(i);
+  return v;
 }
 
 }  // namespace qsweep

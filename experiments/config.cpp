@@ -62,7 +62,8 @@ const std::vector<ConfigKey>& base_keys() {
       {"stats.seed", "integer", "0", "Seed of the bootstrap."},
       {"stats.confidence", "float", "0.95", "Confidence level of the intervals."},
       {"run.backend", "string", "\"auto\"", "`\"cpu\"`, `\"cuda\"` or `\"auto\"` (CUDA when built in and a device is present, else CPU)."},
-      {"run.batch_size", "integer", "250", "Images per batch. Each batch is processed by one thread; results do not depend on the number of threads."},
+      {"run.batch_size", "integer or \"auto\"", "250", "Images per batch. Each batch is processed by one thread; results do not depend on the number of threads. `\"auto\"`: the CUDA backend picks the largest batch whose values fit in half of the free device memory (the CPU backend uses 250); shards of one run must agree, so give a number with `--shard` on mixed machines."},
+      {"run.tf32", "boolean", "false", "CUDA only: let cuDNN and cuBLAS use TF32 tensor cores for the float32 network and the unfused ops (faster on Ampere and later, about 3 decimal digits). Off, the reference network is plain FP32 (FMA math). Recorded in the manifest."},
       {"run.threads", "integer", "0", "CPU threads; 0 uses every core."},
       {"run.devices", "\"all\" or array of integers", "\"all\"", "Devices to run on, one worker each (`[0, 2, 3]` or `\"all\"`). Workers split the batches and share the CPU cores; with the CPU backend `\"all\"` is one worker. Results are identical for any choice."},
       {"run.naive", "boolean", "false", "Run the grid the slow way (a full forward per cell), for comparison; the numbers are identical."},
@@ -197,6 +198,11 @@ void validate(const Ctx& c, const toml::table& t, const std::string& prefix) {
     };
     if (type == "string") expect(node.is_string());
     else if (type == "integer") expect(node.is_integer());
+    else if (type == "integer or \"auto\"") {
+      if (!node.is_integer() && !(node.is_string() && node.value_or(std::string()) == "auto")) {
+        user_error("{}: '{}' must be an integer or \"auto\", not {}", where(c, path, node), path, type_name(node));
+      }
+    }
     else if (type == "float") expect(node.is_floating_point() || node.is_integer());
     else if (type == "boolean") expect(node.is_boolean());
     else if (type == "array of tables") {
@@ -468,7 +474,12 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
   r.integer("stats.seed", cfg.stats_seed);
   r.number("stats.confidence", cfg.confidence);
   r.str("run.backend", cfg.backend);
-  r.integer("run.batch_size", cfg.batch_size);
+  if (t.at_path("run.batch_size").is_string()) {
+    cfg.batch_size = 0;  // "auto" (validated above)
+  } else {
+    r.integer("run.batch_size", cfg.batch_size);
+  }
+  r.boolean("run.tf32", cfg.tf32);
   r.integer("run.threads", cfg.threads);
   r.boolean("run.naive", cfg.naive);
   if (const toml::array* d = t.at_path("run.devices").as_array()) {
@@ -536,7 +547,9 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
   if (cfg.backend != "cpu" && cfg.backend != "cuda" && cfg.backend != "auto") {
     fail("run.backend", fmt::format("is \"{}\"; accepted: \"cpu\", \"cuda\", \"auto\"", cfg.backend));
   }
-  if (cfg.batch_size < 1) fail("run.batch_size", "must be at least 1");
+  if (cfg.batch_size < 0 || (cfg.batch_size == 0 && !t.at_path("run.batch_size").is_string())) {
+    fail("run.batch_size", "must be at least 1 (or \"auto\")");
+  }
   if (cfg.threads < 0) fail("run.threads", "must be 0 (every core) or positive");
   if (cfg.root.empty()) fail("output.root", "must not be empty");
   if (cfg.worst < 1) fail("output.worst", "must be at least 1");
@@ -613,7 +626,12 @@ std::string config_to_toml(const Config& c) {
                                  {"seed", static_cast<int64_t>(c.additivity_seed)}}},
       {"stats", toml::table{{"bootstrap", c.bootstrap}, {"seed", static_cast<int64_t>(c.stats_seed)}, {"confidence", c.confidence}}},
       {"run", [&] {
-         toml::table r{{"backend", c.backend}, {"batch_size", c.batch_size}, {"threads", c.threads}, {"naive", c.naive}};
+         toml::table r{{"backend", c.backend}, {"threads", c.threads}, {"naive", c.naive}, {"tf32", c.tf32}};
+         if (c.batch_size == 0) {
+           r.insert("batch_size", "auto");
+         } else {
+           r.insert("batch_size", c.batch_size);
+         }
          if (c.devices.empty()) {
            r.insert("devices", "all");
          } else {

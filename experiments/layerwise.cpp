@@ -129,6 +129,40 @@ GridResult run_layerwise_grid(const Executor& exec, const Dataset& eval, const N
     // Float32 reference logits first (one pass), then every cell re-decodes and re-runs
     // the whole network on every batch, the way a per-configuration script does.
     Progress progress("grid, naive", count * static_cast<int64_t>(ncells), 1, opt.progress);
+    if (auto session = exec.backend().make_session(exec.graph())) {
+      // On the device, each cell's whole-network forward runs after a float32 forward of the
+      // same batch (the naive way re-runs everything per cell).
+      std::vector<QuantPlan> plans(ncells, QuantPlan(L, nullptr));
+      std::vector<std::pair<int, const LayerQuantization*>> prep;
+      for (size_t c = 0; c < ncells; ++c) {
+        plans[c][c / B] = cell_quant[c];
+        prep.emplace_back(static_cast<int>(c / B), cell_quant[c]);
+      }
+      session->prepare(prep);
+      for (size_t c = 0; c < ncells; ++c) {
+        const DeviceJob job{-1, nullptr, &plans[c]};
+        for_each_device_batch(
+            *session, eval, norm, count, bs, all_batches(count, bs),
+            [&](int64_t) { return std::span<const DeviceJob>(&job, 1); }, false,
+            [&](int64_t i, int64_t begin, int64_t n, DeviceOutcome& o) {
+              if (c == 0) {
+                sums[i].float_correct = o.float_correct;
+                sums[i].energy = o.energy;
+                std::copy(o.float_flags.begin(), o.float_flags.end(), float_images.begin() + begin);
+              }
+              sums[i].noise[c] = o.noise[0];
+              sums[i].correct[c] = o.correct[0];
+              std::copy(o.flags[0].begin(), o.flags[0].end(), cells[c].correct_images.begin() + begin);
+              progress.add_images(n);
+            });
+      }
+      progress.finish();
+      GridResult r = collect(sums, std::move(cells), std::move(float_images), count);
+      r.weight_bits = weight_bits;
+      r.naive = true;
+      r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      return r;
+    }
     std::vector<Tensor> reference(batches);
     const int32_t* labels = eval.labels.data();
     for_each_batch(exec, eval, norm, count, bs, opt.threads,
@@ -274,6 +308,45 @@ bool run_grid_batches(const Executor& exec, const Dataset& eval, const Normaliza
     cells_max = std::max<int64_t>(cells_max, static_cast<int64_t>(job.cells_of_batch[b].size()));
   }
   Progress progress("grid", todo_images, cells_max, opt.progress);
+  if (auto session = exec.backend().make_session(exec.graph())) {
+    // Device-resident: every cell's weights uploaded once, each batch staged while the
+    // previous one computes.
+    std::vector<std::pair<int, const LayerQuantization*>> prep;
+    for (size_t c = 0; c < cell_quant.size(); ++c) {
+      if (cell_quant[c]) prep.emplace_back(static_cast<int>(c / bits_per_layer), cell_quant[c]);
+    }
+    session->prepare(prep);
+    std::vector<DeviceJob> jobs;
+    const bool finished = for_each_device_batch(
+        *session, eval, norm, count, bs, todo,
+        [&](int64_t i) {
+          jobs.clear();
+          for (int c : job.cells_of_batch[i]) jobs.push_back({static_cast<int>(c / bits_per_layer), cell_quant[c], nullptr});
+          return std::span<const DeviceJob>(jobs);
+        },
+        false,
+        [&](int64_t i, int64_t begin, int64_t n, DeviceOutcome& o) {
+          BatchRecord rec;
+          rec.batch = i;
+          rec.begin = begin;
+          rec.images = n;
+          rec.float_flags = std::move(o.float_flags);
+          rec.float_correct = o.float_correct;
+          rec.energy = o.energy;
+          const auto& cells = job.cells_of_batch[i];
+          for (size_t k = 0; k < cells.size(); ++k) {
+            rec.cells.push_back(cells[k]);
+            rec.noise.push_back(o.noise[k]);
+            rec.correct.push_back(o.correct[k]);
+            rec.flags.push_back(std::move(o.flags[k]));
+          }
+          job.sink(std::move(rec));
+          progress.add_images(n);
+        },
+        job.stop);
+    progress.finish();
+    return finished;
+  }
   std::atomic<bool> stopped{false};
   for_each_batch(
       exec, eval, norm, count, bs, opt.threads,
@@ -369,6 +442,31 @@ GridResult run_network_plans(const Executor& exec, const Dataset& eval, const No
   std::vector<uint8_t> float_images(count, 0);
   auto sums = make_sums(batches, P);
   Progress progress(label, count, static_cast<int64_t>(P), opt.progress);
+  if (auto session = exec.backend().make_session(exec.graph())) {
+    std::vector<std::pair<int, const LayerQuantization*>> prep;
+    std::vector<DeviceJob> jobs;
+    for (const QuantPlan& plan : plans) {
+      for (size_t l = 0; l < plan.size(); ++l) {
+        if (plan[l]) prep.emplace_back(static_cast<int>(l), plan[l]);
+      }
+      jobs.push_back({-1, nullptr, &plan});
+    }
+    session->prepare(prep);
+    for_each_device_batch(
+        *session, eval, norm, count, bs, all_batches(count, bs), [&](int64_t) { return std::span<const DeviceJob>(jobs); },
+        false, [&](int64_t i, int64_t begin, int64_t n, DeviceOutcome& o) {
+          BatchSums& s = sums[i];
+          s.float_correct = o.float_correct;
+          s.energy = o.energy;
+          std::copy(o.float_flags.begin(), o.float_flags.end(), float_images.begin() + begin);
+          for (size_t p = 0; p < P; ++p) {
+            s.noise[p] = o.noise[p];
+            s.correct[p] = o.correct[p];
+            std::copy(o.flags[p].begin(), o.flags[p].end(), cells[p].correct_images.begin() + begin);
+          }
+          progress.add_images(n);
+        });
+  } else {
   for_each_batch(exec, eval, norm, count, bs, opt.threads,
                  [&](Executor::Workspace& ws, const Tensor& x, int64_t i, int64_t begin, int64_t n) {
                    const int32_t* labels = eval.labels.data() + begin;
@@ -384,6 +482,7 @@ GridResult run_network_plans(const Executor& exec, const Dataset& eval, const No
                    }
                    progress.add_images(n);
                  });
+  }
   progress.finish();
   GridResult r = collect(sums, std::move(cells), std::move(float_images), count);
   r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();

@@ -23,6 +23,16 @@ ActivationRanges calibrate(const Executor& exec, const Dataset& data, const Norm
   count = std::min(count, data.count);
   const int64_t batches = (count + batch_size - 1) / batch_size;
   constexpr float kInf = std::numeric_limits<float>::infinity();
+  if (auto session = exec.backend().make_session(g)) {  // on the device: every value materialized
+    ActivationRanges r;
+    r.lo.assign(nv, kInf);
+    r.hi.assign(nv, -kInf);
+    for_each_device_batch(
+        *session, data, norm, count, batch_size, all_batches(count, batch_size),
+        [](int64_t) { return std::span<const DeviceJob>(); }, true,
+        [&](int64_t, int64_t, int64_t, DeviceOutcome&) { session->widen_ranges(r.lo, r.hi); });
+    return r;
+  }
   std::vector<std::vector<float>> lo(batches, std::vector<float>(nv, kInf)), hi(batches, std::vector<float>(nv, -kInf));
   for_each_batch(exec, data, norm, count, batch_size, threads,
                  [&](Executor::Workspace& ws, const Tensor& x, int64_t b, int64_t, int64_t) {

@@ -1,4 +1,5 @@
 #include "experiments/run.h"
+#include "runtime/device_session.h"
 
 #include <algorithm>
 #include <chrono>
@@ -142,7 +143,9 @@ std::unique_ptr<Prepared> prepare(const Config& cfg, const std::function<void(co
     const int pairs = equalize_cross_layer(g);
     say(fmt::format("cross-layer equalization: {} Conv -> Conv pairs equalized", pairs));
   }
-  p->backend = make_backend(cfg.backend);
+  BackendOptions bo;
+  bo.tf32 = cfg.tf32;
+  p->backend = make_backend(cfg.backend, bo);
   p->exec = std::make_unique<Executor>(g, *p->backend);
   p->calib = load_idx_split(cfg.data_path, cfg.calibration_split);
   p->eval = cfg.eval_split == cfg.calibration_split ? p->calib : load_idx_split(cfg.data_path, cfg.eval_split);
@@ -160,6 +163,14 @@ std::unique_ptr<Prepared> prepare(const Config& cfg, const std::function<void(co
   p->eval_count = cfg.eval_count > 0 ? std::min(cfg.eval_count, p->eval.count) : p->eval.count;
   p->calib_count = std::min(cfg.calibration_count, p->calib.count);
   p->model_sha256 = sha256_file(cfg.model_path);
+  if (cfg.batch_size == 0) {  // "auto"
+    if (auto session = p->backend->make_session(g)) {
+      p->cfg.batch_size = session->max_batch(std::min<int64_t>(std::max(p->eval_count, p->calib_count), 8192));
+    } else {
+      p->cfg.batch_size = 250;
+    }
+    say(fmt::format("run.batch_size = \"auto\": {} images per batch on {}", p->cfg.batch_size, p->backend->device_name()));
+  }
   return p;
 }
 
@@ -249,7 +260,9 @@ json manifest_json(const Prepared& p, const std::string& command_line, const std
                          {"path", cfg.data_path},
                          {"eval", dataset_json(p.eval, p.eval_count)},
                          {"calibration", dataset_json(p.calib, p.calib_count)}};
-  manifest["backend"] = {{"name", p.backend->name()}, {"device", p.backend->device_name()}, {"threads", p.threads}};
+  manifest["backend"] = {{"name", p.backend->name()},     {"device", p.backend->device_name()},
+                         {"threads", p.threads},            {"tf32", p.backend->tf32()},
+                         {"batch_size", p.cfg.batch_size}};
   manifest["libraries"] = {{"backend", p.backend->library_versions()},
                            {"onnx", ONNX_NAMESPACE::LAST_RELEASE_VERSION},
                            {"protobuf", google::protobuf::internal::VersionString(GOOGLE_PROTOBUF_VERSION)},
@@ -489,7 +502,10 @@ RunOutcome run_layerwise(const RunOptions& o, const Prepared& p, const Activatio
       for (int w = 0; w < workers; ++w) {
         pool.emplace_back([&, w] {
           try {
-            auto backend = make_backend(cfg.backend, cfg.devices[w]);
+            BackendOptions wbo;
+            wbo.device = cfg.devices[w];
+            wbo.tf32 = cfg.tf32;
+            auto backend = make_backend(cfg.backend, wbo);
             const Executor exec(p.g, *backend);
             GridJob mine = job;
             int64_t k = 0;
@@ -589,7 +605,7 @@ RunOutcome run_experiment(const RunOptions& o) {
   say(fmt::format("qsweep {} ({}): {} layers on {} {} images ({}), backend {} ({} threads)", cfg.name, cfg.kind,
                   p->g.layers.size(), p->eval_count, cfg.eval_split, cfg.dataset, p->backend->name(), p->threads));
   say(fmt::format("calibrating activation ranges on the first {} {} images", p->calib_count, cfg.calibration_split));
-  const ActivationRanges ranges = calibrate(*p->exec, p->calib, p->norm, p->calib_count, cfg.batch_size, p->threads);
+  const ActivationRanges ranges = calibrate(*p->exec, p->calib, p->norm, p->calib_count, p->cfg.batch_size, p->threads);
   if (cfg.kind == "layerwise") return run_layerwise(o, *p, ranges, started, t0, verbose);
 
   StudyContext ctx;
@@ -600,7 +616,7 @@ RunOutcome run_experiment(const RunOptions& o) {
   ctx.calib_count = p->calib_count;
   ctx.eval_count = p->eval_count;
   ctx.ranges = &ranges;
-  ctx.options.batch_size = cfg.batch_size;
+  ctx.options.batch_size = p->cfg.batch_size;
   ctx.options.threads = p->threads;
   ctx.options.naive = cfg.naive;
   ctx.options.progress = verbose;
@@ -766,7 +782,7 @@ RunOutcome merge_run(const std::string& dir, bool quiet) {
   }
   GridResult grid;
   try {
-    grid = assemble_grid(std::move(records), p->g.layers.size(), cfg.quant.weight_bits, p->eval_count, cfg.batch_size);
+    grid = assemble_grid(std::move(records), p->g.layers.size(), cfg.quant.weight_bits, p->eval_count, p->cfg.batch_size);
   } catch (const std::runtime_error& e) {
     user_error("cannot merge '{}': {}", final_dir.string(), e.what());
   }

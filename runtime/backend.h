@@ -16,6 +16,8 @@ namespace qsweep {
 
 // Per-thread state of a backend (primitive caches, streams, scratch buffers). A context is
 // used by one thread at a time; the backend itself is shared.
+class DeviceSession;
+
 class BackendContext {
  public:
   virtual ~BackendContext() = default;
@@ -38,11 +40,27 @@ class Backend {
   // y = fake_quantize(x) per tensor; y may be x.
   virtual void fake_quantize(BackendContext& ctx, const Tensor& x, const QuantParams& p,
                              Tensor& y) const = 0;
+
+  // A device-resident session for `graph` (runtime/device_session.h), or nullptr when the
+  // backend runs node by node on host tensors (the CPU backend).
+  virtual std::unique_ptr<DeviceSession> make_session(const Graph& graph) const;
+
+  // Whether the float32 reference uses TF32 tensor cores (run.tf32; CUDA only).
+  virtual bool tf32() const { return false; }
+};
+
+struct BackendOptions {
+  int device = 0;     // which GPU (CUDA)
+  bool tf32 = false;  // allow TF32 in cuDNN/cuBLAS (CUDA); the default is plain FP32 FMA
 };
 
 // "cpu", "cuda" or "auto" (CUDA when built in and a device is present, else CPU), on
 // device `device` (the CPU backend has one device and ignores it). Throws UserError naming
 // what is available when the request cannot be met.
 std::unique_ptr<Backend> make_backend(const std::string& name, int device = 0);
+std::unique_ptr<Backend> make_backend(const std::string& name, const BackendOptions& options);
+
+// Whether this build has the CUDA backend and at least one device is visible.
+bool cuda_device_available();
 
 }  // namespace qsweep

@@ -1,18 +1,51 @@
 #include "runtime/backend.h"
 #include "runtime/cpu_backend.h"
+#include "runtime/device_session.h"
 #include "runtime/error.h"
+
+#ifdef QSWEEP_WITH_CUDA_BACKEND
+#include "runtime/cuda_backend.h"
+#endif
 
 namespace qsweep {
 
-std::unique_ptr<Backend> make_backend(const std::string& name, int /*device*/) {
-  if (name == "cpu" || name == "auto") return std::make_unique<CpuBackend>();
-  if (name == "cuda") {
-#ifdef QSWEEP_WITH_CUDA
-    user_error("run.backend = \"cuda\": this build has CUDA kernels but the CUDA backend is not "
-               "implemented yet; use \"cpu\" or \"auto\"");
+std::unique_ptr<DeviceSession> Backend::make_session(const Graph&) const { return nullptr; }
+
+bool cuda_device_available() {
+#ifdef QSWEEP_WITH_CUDA_BACKEND
+  return cuda_device_count() > 0;
 #else
-    user_error("run.backend = \"cuda\": this qsweep was built without CUDA (no nvcc found, or "
-               "-DQSWEEP_CUDA=OFF); use \"cpu\" or \"auto\"");
+  return false;
+#endif
+}
+
+std::unique_ptr<Backend> make_backend(const std::string& name, int device) {
+  BackendOptions o;
+  o.device = device;
+  return make_backend(name, o);
+}
+
+std::unique_ptr<Backend> make_backend(const std::string& name, const BackendOptions& options) {
+  if (name == "cpu") return std::make_unique<CpuBackend>();
+  if (name == "auto") {
+    if (cuda_device_available()) return make_backend("cuda", options);
+    return std::make_unique<CpuBackend>();
+  }
+  if (name == "cuda") {
+#ifdef QSWEEP_WITH_CUDA_BACKEND
+    const int count = cuda_device_count();
+    if (count <= 0) {
+      user_error("run.backend = \"cuda\": no CUDA device is visible ({}); use \"cpu\" or \"auto\"",
+                 cuda_device_status());
+    }
+    if (options.device < 0 || options.device >= count) {
+      user_error("run.backend = \"cuda\": device {} does not exist; this machine has {} CUDA device(s), 0..{}",
+                 options.device, count, count - 1);
+    }
+    return std::make_unique<CudaBackend>(options);
+#else
+    user_error("run.backend = \"cuda\": this qsweep was built without the CUDA backend (no nvcc or cuDNN "
+               "found, or -DQSWEEP_CUDA=OFF); use \"cpu\" or \"auto\"");
 #endif
   }
   user_error("run.backend = \"{}\" is not a backend; accepted: \"cpu\", \"cuda\", \"auto\"", name);

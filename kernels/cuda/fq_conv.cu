@@ -1,0 +1,218 @@
+#include "kernels/cuda/fq_conv.cuh"
+
+#include "kernels/cuda/ops.cuh"
+
+namespace qsweep::cuda {
+
+namespace {
+
+// The same rounding as kernels/cpu/fake_quant.h (nearbyint, then add the zero point).
+__device__ __forceinline__ float fq(float x, const QuantParams& p) {
+  float q = rintf(__fmul_rn(x, p.inv_scale)) + static_cast<float>(p.zero_point);
+  if (!(q >= static_cast<float>(p.qmin))) q = static_cast<float>(p.qmin);
+  if (q > static_cast<float>(p.qmax)) q = static_cast<float>(p.qmax);
+  return __fmul_rn(static_cast<float>(static_cast<int>(q) - p.zero_point), p.scale);
+}
+
+__device__ __forceinline__ float act_of(const FqConv& p, float x) {
+  switch (p.act) {
+    case Activation::kRelu:
+      return x > 0.0f ? x : 0.0f;
+    case Activation::kClip:
+      return fminf(fmaxf(x, p.act_alpha), p.act_beta);
+    case Activation::kLeakyRelu:
+      return x >= 0.0f ? x : __fmul_rn(p.act_alpha, x);
+    case Activation::kSigmoid:
+      return 1.0f / (1.0f + expf(-x));
+    case Activation::kHardSigmoid:
+      return fmaxf(0.0f, fminf(1.0f, __fadd_rn(__fmul_rn(p.act_alpha, x), p.act_beta)));
+    case Activation::kHardSwish:
+      return __fmul_rn(x, fmaxf(0.0f, fminf(1.0f, __fadd_rn(__fmul_rn(x, 1.0f / 6.0f), 0.5f))));
+  }
+  return x;
+}
+
+__device__ __forceinline__ float epilogue(const FqConv& p, float acc, int64_t oc) {
+  float v = p.alpha == 1.0f ? acc : __fmul_rn(acc, p.alpha);
+  if (p.bias) v = __fadd_rn(v, p.bias[oc]);
+  if (p.has_activation) v = act_of(p, v);
+  if (p.quantize_output) v = fq(v, p.output);
+  return v;
+}
+
+// Implicit GEMM per group: rows m = output channel of the group (M = O/G), columns
+// p = (n, oh, ow) (P = N*OH*OW), reduction k = (c, kh, kw) (K = C/G*KH*KW). Each block
+// computes a BM x BP tile with BK-deep steps through shared memory; each thread a TM x TP
+// sub-tile in registers. The next step's tiles are fetched into registers while the current
+// one is multiplied.
+template <int BM, int BP, int BK, int TM, int TP>
+__global__ void __launch_bounds__((BM / TM) * (BP / TP))
+    implicit_gemm_kernel(const FqConv p) {
+  constexpr int kThreads = (BM / TM) * (BP / TP);
+  constexpr int kALoads = BM * BK / kThreads;
+  constexpr int kBLoads = BK * BP / kThreads;
+  static_assert(BM * BK % kThreads == 0 && BK * BP % kThreads == 0, "tile loads must divide evenly");
+  static_assert(kThreads % BP == 0, "each thread loads B elements of one column");
+  __shared__ float As[2][BK][BM];
+  __shared__ float Bs[2][BK][BP];
+
+  const int tid = threadIdx.x;
+  const int64_t G = p.groups, Cg = p.C / G, Og = p.O / G;
+  const int64_t KHW = p.KH * p.KW, K = Cg * KHW;
+  const int64_t HW = p.H * p.W, OHW = p.OH * p.OW, P = p.N * OHW;
+  const int64_t g = blockIdx.z;
+  const int64_t m0 = static_cast<int64_t>(blockIdx.y) * BM;
+  const int64_t p0 = static_cast<int64_t>(blockIdx.x) * BP;
+
+  // The column this thread loads B elements for, decoded once.
+  const int b_col = tid % BP;
+  const int b_row0 = tid / BP;
+  constexpr int kBRowStep = kThreads / BP;
+  const int64_t pc = p0 + b_col;
+  const bool col_ok = pc < P;
+  int64_t ih0 = 0, iw0 = 0;
+  const float* xbase = p.x;
+  if (col_ok) {
+    const int64_t n = pc / OHW, r = pc % OHW;
+    const int64_t oh = r / p.OW, ow = r % p.OW;
+    ih0 = oh * p.stride_h - p.pad_t;
+    iw0 = ow * p.stride_w - p.pad_l;
+    xbase = p.x + (n * p.C + g * Cg) * HW;
+  }
+  const float* wbase = p.w + g * Og * K;
+
+  float a_reg[kALoads], b_reg[kBLoads];
+  auto load_tiles = [&](int64_t k0) {
+#pragma unroll
+    for (int i = 0; i < kALoads; ++i) {
+      const int idx = tid + i * kThreads;
+      const int64_t m = m0 + idx / BK, k = k0 + idx % BK;
+      a_reg[i] = (m < Og && k < K) ? wbase[m * K + k] : 0.0f;
+    }
+#pragma unroll
+    for (int i = 0; i < kBLoads; ++i) {
+      const int64_t k = k0 + b_row0 + i * kBRowStep;
+      float v = 0.0f;
+      if (col_ok && k < K) {
+        const int64_t c = k / KHW, r = k % KHW;
+        const int64_t ih = ih0 + (r / p.KW) * p.dil_h, iw = iw0 + (r % p.KW) * p.dil_w;
+        if (ih >= 0 && ih < p.H && iw >= 0 && iw < p.W) {
+          v = __ldg(xbase + c * HW + ih * p.W + iw);
+          if (p.quantize_input) v = fq(v, p.input);
+        }
+      }
+      b_reg[i] = v;
+    }
+  };
+  auto store_tiles = [&](int buf) {
+#pragma unroll
+    for (int i = 0; i < kALoads; ++i) {
+      const int idx = tid + i * kThreads;
+      As[buf][idx % BK][idx / BK] = a_reg[i];
+    }
+#pragma unroll
+    for (int i = 0; i < kBLoads; ++i) Bs[buf][b_row0 + i * kBRowStep][b_col] = b_reg[i];
+  };
+
+  const int tx = tid % (BP / TP), ty = tid / (BP / TP);
+  float acc[TM][TP];
+#pragma unroll
+  for (int i = 0; i < TM; ++i) {
+#pragma unroll
+    for (int j = 0; j < TP; ++j) acc[i][j] = 0.0f;
+  }
+
+  load_tiles(0);
+  store_tiles(0);
+  __syncthreads();
+  int buf = 0;
+  for (int64_t k0 = 0; k0 < K; k0 += BK) {
+    const bool more = k0 + BK < K;
+    if (more) load_tiles(k0 + BK);
+#pragma unroll
+    for (int kk = 0; kk < BK; ++kk) {
+      float a[TM], b[TP];
+#pragma unroll
+      for (int i = 0; i < TM; ++i) a[i] = As[buf][kk][ty * TM + i];
+#pragma unroll
+      for (int j = 0; j < TP; ++j) b[j] = Bs[buf][kk][tx * TP + j];
+#pragma unroll
+      for (int i = 0; i < TM; ++i) {
+#pragma unroll
+        for (int j = 0; j < TP; ++j) acc[i][j] = fmaf(a[i], b[j], acc[i][j]);
+      }
+    }
+    if (more) {
+      store_tiles(buf ^ 1);
+      __syncthreads();
+      buf ^= 1;
+    }
+  }
+
+#pragma unroll
+  for (int i = 0; i < TM; ++i) {
+    const int64_t m = m0 + ty * TM + i;
+    if (m >= Og) continue;
+    const int64_t oc = g * Og + m;
+#pragma unroll
+    for (int j = 0; j < TP; ++j) {
+      const int64_t pp = p0 + tx * TP + j;
+      if (pp >= P) continue;
+      const int64_t n = pp / OHW, r = pp % OHW;
+      p.y[(n * p.O + oc) * OHW + r] = epilogue(p, acc[i][j], oc);
+    }
+  }
+}
+
+// Depthwise (one input and one output channel per group): one thread per output value.
+__global__ void depthwise_kernel(const FqConv p) {
+  const int64_t total = p.N * p.O * p.OH * p.OW;
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < total;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t ow = i % p.OW, oh = (i / p.OW) % p.OH, c = (i / (p.OW * p.OH)) % p.O, n = i / (p.OW * p.OH * p.O);
+    const float* xp = p.x + (n * p.C + c) * p.H * p.W;
+    const float* wp = p.w + c * p.KH * p.KW;
+    float acc = 0.0f;
+    for (int64_t kh = 0; kh < p.KH; ++kh) {
+      const int64_t ih = oh * p.stride_h - p.pad_t + kh * p.dil_h;
+      if (ih < 0 || ih >= p.H) continue;
+      for (int64_t kw = 0; kw < p.KW; ++kw) {
+        const int64_t iw = ow * p.stride_w - p.pad_l + kw * p.dil_w;
+        if (iw < 0 || iw >= p.W) continue;
+        float v = __ldg(xp + ih * p.W + iw);
+        if (p.quantize_input) v = fq(v, p.input);
+        acc = fmaf(v, wp[kh * p.KW + kw], acc);
+      }
+    }
+    p.y[i] = epilogue(p, acc, c);
+  }
+}
+
+template <int BM, int BP, int BK, int TM, int TP>
+void launch_gemm(const FqConv& p, cudaStream_t stream) {
+  const int64_t Og = p.O / p.groups, P = p.N * p.OH * p.OW;
+  dim3 grid(static_cast<unsigned>((P + BP - 1) / BP), static_cast<unsigned>((Og + BM - 1) / BM),
+            static_cast<unsigned>(p.groups));
+  implicit_gemm_kernel<BM, BP, BK, TM, TP><<<grid, (BM / TM) * (BP / TP), 0, stream>>>(p);
+}
+
+}  // namespace
+
+void fq_conv2d(const FqConv& p, cudaStream_t stream) {
+  if (p.N * p.O * p.OH * p.OW == 0) return;
+  const int64_t Cg = p.C / p.groups, Og = p.O / p.groups;
+  if (Cg == 1 && Og == 1) {
+    const int64_t total = p.N * p.O * p.OH * p.OW;
+    const int64_t blocks = std::min<int64_t>((total + 255) / 256, int64_t{1} << 30);
+    depthwise_kernel<<<static_cast<unsigned>(blocks), 256, 0, stream>>>(p);
+  } else if (Og >= 128) {
+    launch_gemm<128, 128, 8, 8, 8>(p, stream);
+  } else if (Og >= 64) {
+    launch_gemm<64, 128, 8, 4, 8>(p, stream);
+  } else {
+    launch_gemm<32, 128, 8, 2, 8>(p, stream);
+  }
+  check(cudaGetLastError(), "fused fake-quant convolution");
+}
+
+}  // namespace qsweep::cuda

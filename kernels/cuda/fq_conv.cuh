@@ -1,0 +1,43 @@
+// The fused fake-quant convolution (method.md, "Quantizing one layer j", steps 1-4 in one
+// kernel): the layer's input is fake-quantized as it is loaded, the weights arrive already
+// fake-quantized (once per layer, bit-width and method), and the epilogue adds the bias,
+// applies the fused activation and fake-quantizes the output.
+//
+// Its CPU twin is the CPU backend's path: fake_quantize(x) -> Conv (oneDNN) -> activation
+// -> fake_quantize(y) (tests/kernels/cuda_ops_test.cpp compares the two).
+//
+// Layouts: x (N, C, H, W), w (O, C/G, KH, KW), y (N, O, OH, OW), all NCHW float32. A Gemm
+// y = alpha * x @ w^T + bias is the same kernel with H = W = KH = KW = 1 and w (O, K).
+#pragma once
+
+#include <cstdint>
+
+#include <cuda_runtime.h>
+
+#include "kernels/cpu/eltwise.h"
+#include "kernels/cpu/fake_quant.h"
+
+namespace qsweep::cuda {
+
+struct FqConv {
+  const float* x = nullptr;
+  const float* w = nullptr;
+  const float* bias = nullptr;  // O values, or nullptr
+  float* y = nullptr;
+  int64_t N = 0, C = 0, H = 0, W = 0, O = 0, KH = 1, KW = 1, OH = 0, OW = 0;
+  int64_t stride_h = 1, stride_w = 1, pad_t = 0, pad_l = 0, dil_h = 1, dil_w = 1, groups = 1;
+  float alpha = 1.0f;  // scales the product before the bias (Gemm's alpha)
+  bool quantize_input = false;
+  QuantParams input;
+  bool has_activation = false;
+  Activation act = Activation::kRelu;
+  float act_alpha = 0.0f, act_beta = 0.0f;
+  bool quantize_output = false;
+  QuantParams output;
+};
+
+// Launches the fused kernel on `stream`: a register-tiled implicit GEMM for dense and
+// grouped convolutions and Gemm, a direct kernel for depthwise ones (C/G = O/G = 1).
+void fq_conv2d(const FqConv& p, cudaStream_t stream);
+
+}  // namespace qsweep::cuda

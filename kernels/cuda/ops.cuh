@@ -1,0 +1,87 @@
+// The CUDA twins of kernels/cpu: element-wise ops, data movement, pooling, the metric
+// reductions and the weight/activation range reductions. Every launcher is asynchronous on
+// `stream` unless it says otherwise, takes device pointers, and throws std::runtime_error on
+// a launch failure. Semantics follow the CPU functions named in each comment exactly.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <span>
+
+#include <cuda_runtime.h>
+
+#include "kernels/cpu/eltwise.h"
+#include "kernels/cpu/fake_quant.h"
+
+namespace qsweep::cuda {
+
+// Throws std::runtime_error naming `what` when err is not cudaSuccess.
+void check(cudaError_t err, const char* what);
+
+// activation() of kernels/cpu/eltwise.h.
+void activation(Activation act, float alpha, float beta, const float* x, float* y, size_t n, cudaStream_t stream);
+
+// broadcast_binary() (rank <= 8).
+void broadcast_binary(BinaryOp op, const float* a, std::span<const int64_t> a_shape, const float* b,
+                      std::span<const int64_t> b_shape, float* out, std::span<const int64_t> out_shape,
+                      cudaStream_t stream);
+
+// channel_affine(): scale and shift are device arrays of c values.
+void channel_affine(const float* x, float* y, size_t n, size_t c, size_t inner, const float* scale,
+                    const float* shift, cudaStream_t stream);
+
+// softmax() over the middle dimension of (outer, k, inner).
+void softmax(const float* x, float* y, size_t outer, size_t k, size_t inner, cudaStream_t stream);
+
+// pad() (rank <= 8).
+void pad(const float* x, std::span<const int64_t> in_shape, std::span<const int64_t> pads, PadMode mode,
+         float value, float* y, std::span<const int64_t> out_shape, cudaStream_t stream);
+
+// 2-D max or average pooling of NCHW x (N*C planes of H x W) into OH x OW. pad_t/pad_l are
+// the leading pads. Average pooling divides by the taps inside [-decl_t, H + decl_b) x
+// [-decl_l, W + decl_r) when include_pad (the declared pads, as PyTorch and ONNX do when
+// ceil_mode widens the last window), else by the taps inside the input.
+struct Pool2d {
+  bool max = true;
+  int64_t planes = 0, H = 0, W = 0, OH = 0, OW = 0;
+  int64_t KH = 1, KW = 1, SH = 1, SW = 1, pad_t = 0, pad_l = 0;
+  bool include_pad = false;
+  int64_t decl_t = 0, decl_l = 0, decl_b = 0, decl_r = 0;
+};
+void pool2d(const Pool2d& p, const float* x, float* y, cudaStream_t stream);
+
+// Mean over each of `planes` rows of hw values, accumulated in double (as the CPU does).
+void global_avg_pool(const float* x, float* y, size_t planes, size_t hw, cudaStream_t stream);
+
+// y[i] = dequantize(quantize(x[i])) per channel of an (outer, channels, inner) layout with
+// device params[c] (fake_quantize_per_channel()).
+void fake_quantize_per_channel(const float* x, float* y, size_t outer, size_t channels, size_t inner,
+                               const QuantParams* params, cudaStream_t stream);
+
+// Per image of a batch of logits (n rows of k): the squared error ||y - y_hat||^2 in
+// double (y_hat = nullptr: ||y||^2) and whether argmax(y_hat or y) equals the label
+// (argmax() of kernels/cpu/metrics.h: lowest index on ties, NaN never wins). labels are
+// device int32.
+void row_metrics(const float* y, const float* y_hat, const int32_t* labels, size_t n, size_t k, double* sq,
+                 uint8_t* correct, cudaStream_t stream);
+
+// Device-side totals of row_metrics: out_sum[0] = sum of sq[0..n), out_count[0] = number of
+// correct flags, with CUB (deterministic for a given n). `temp` is scratch of at least
+// reduce_temp_bytes(n) bytes.
+size_t reduce_temp_bytes(size_t n);
+void reduce_rows(const double* sq, const uint8_t* correct, size_t n, double* out_sum, int64_t* out_count, void* temp,
+                 size_t temp_bytes, cudaStream_t stream);
+
+// Min and max of n device values, NaNs ignored (min_max() of kernels/cpu/fake_quant.h);
+// synchronous (Thrust), returns to the host.
+void min_max(const float* x, size_t n, float* lo, float* hi, cudaStream_t stream);
+
+// Per-channel min/max over an (outer, channels, inner) layout into device lo/hi arrays
+// (CUB block reductions, one block per channel).
+void min_max_per_channel(const float* x, size_t outer, size_t channels, size_t inner, float* lo, float* hi,
+                         cudaStream_t stream);
+
+// out (rows, cols) = transpose of in (cols, rows).
+void transpose(const float* in, float* out, size_t rows, size_t cols, cudaStream_t stream);
+
+}  // namespace qsweep::cuda

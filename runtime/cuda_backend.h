@@ -1,0 +1,44 @@
+// The CUDA backend: cuDNN convolutions (math pinned to FP32 FMA unless run.tf32), cuBLAS
+// for Gemm/MatMul, kernels/cuda for the rest, and a device-resident session
+// (runtime/device_session.h) that runs the grid with the fused fake-quant kernels of
+// kernels/cuda/fq_conv.cuh. Backend::run works on host tensors (upload, run, download): the
+// path the op tests compare against the CPU backend; experiments use the session.
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include "runtime/backend.h"
+
+namespace qsweep {
+
+// Number of visible CUDA devices (0 when the driver or device is missing).
+int cuda_device_count();
+// Why no device is visible, e.g. "cudaGetDeviceCount: no CUDA-capable device is detected".
+std::string cuda_device_status();
+
+class CudaBackend final : public Backend {
+ public:
+  explicit CudaBackend(const BackendOptions& options);
+  ~CudaBackend() override;
+  std::string name() const override { return "cuda"; }
+  std::string device_name() const override;
+  std::string library_versions() const override;
+  bool supports(OpType op) const override;
+  std::unique_ptr<BackendContext> make_context() const override;
+  void run(BackendContext& ctx, const Node& node, std::span<const Tensor* const> inputs,
+           Tensor& out) const override;
+  void fake_quantize(BackendContext& ctx, const Tensor& x, const QuantParams& p,
+                     Tensor& y) const override;
+  std::unique_ptr<DeviceSession> make_session(const Graph& graph) const override;
+  bool tf32() const override { return options_.tf32; }
+  int device() const { return options_.device; }
+
+  // The card's FP32 (FMA) peak in FLOP/s: SMs x FP32 lanes per SM x 2 x the SM clock.
+  double fp32_peak_flops() const;
+
+ private:
+  BackendOptions options_;
+};
+
+}  // namespace qsweep
