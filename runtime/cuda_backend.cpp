@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <functional>
+#include <random>
 #include <cstring>
 #include <map>
 #include <stdexcept>
@@ -933,6 +934,64 @@ int64_t CudaSession::max_batch(int64_t cap) {
 }  // namespace
 
 // ---------------------------------------------------------------------------------------
+
+ConvTiming time_layer_conv(const Node& conv, const Shape& x_shape, const Shape& w_shape, int reps,
+                           const BackendOptions& options) {
+  DevCtx ctx(options.device, options.tf32);
+  std::mt19937 rng(5);
+  std::uniform_real_distribution<float> d(-1.0f, 1.0f);
+  auto random = [&](const Shape& sh) {
+    Tensor t(sh);
+    for (float& v : t.data) v = d(rng);
+    return t;
+  };
+  DTensor x, w, b, y;
+  upload(random(x_shape), x, ctx.stream);
+  upload(random(w_shape), w, ctx.stream);
+  upload(random({w_shape[0]}), b, ctx.stream);
+  check(cudaStreamSynchronize(ctx.stream), "upload");
+  const QuantParams qin = choose_quant_params(-1.0f, 1.0f, 8, Scheme::kAsymmetric);
+  const QuantParams qout = choose_quant_params(0.0f, 4.0f, 8, Scheme::kAsymmetric);
+  cudaEvent_t e0, e1;
+  check(cudaEventCreate(&e0), "event");
+  check(cudaEventCreate(&e1), "event");
+  auto median_ms = [&](const std::function<void()>& f) {
+    for (int i = 0; i < 3; ++i) f();  // warm-up
+    std::vector<float> ms;
+    for (int i = 0; i < reps; ++i) {
+      check(cudaEventRecord(e0, ctx.stream), "event");
+      f();
+      check(cudaEventRecord(e1, ctx.stream), "event");
+      check(cudaEventSynchronize(e1), "event");
+      float t = 0.0f;
+      check(cudaEventElapsedTime(&t, e0, e1), "event");
+      ms.push_back(t);
+    }
+    std::sort(ms.begin(), ms.end());
+    return static_cast<double>(ms[ms.size() / 2]);
+  };
+  ConvTiming r;
+  r.cudnn_ms = median_ms([&] { run_conv(ctx, conv, x, w, nullptr, false, y); });
+  r.cudnn_bias_relu_ms = median_ms([&] { run_conv(ctx, conv, x, w, b.ptr(), true, y); });
+  r.fused_ms = median_ms([&] {
+    cuda::FqConv p = conv_args(conv, x, w, y);
+    p.bias = b.ptr();
+    p.quantize_input = true;
+    p.input = qin;
+    p.has_activation = true;
+    p.act = Activation::kRelu;
+    p.quantize_output = true;
+    p.output = qout;
+    cuda::fq_conv2d(p, ctx.stream);
+  });
+  cudaEventDestroy(e0);
+  cudaEventDestroy(e1);
+  const int64_t G = conv.attrs.group;
+  r.flops = 2.0 * static_cast<double>(shape_numel(y.shape)) * static_cast<double>(x_shape[1] / G) * w_shape[2] * w_shape[3];
+  r.shape = fmt::format("{}x{}x{}x{} -> {}, {}x{}/{}, g{}", x_shape[0], x_shape[1], x_shape[2], x_shape[3], w_shape[0],
+                        w_shape[2], w_shape[3], conv.attrs.strides[0], G);
+  return r;
+}
 
 CudaBackend::CudaBackend(const BackendOptions& options) : options_(options) {
   check(cudaSetDevice(options.device), "cudaSetDevice");

@@ -9,6 +9,7 @@
 #include <string>
 
 #include "runtime/backend.h"
+#include "runtime/device_session.h"
 
 namespace qsweep {
 
@@ -40,5 +41,18 @@ class CudaBackend final : public Backend {
  private:
   BackendOptions options_;
 };
+
+// Times layer `layer`'s convolution (a Conv layer) at batch size `batch` on seeded random
+// data of the shapes the graph gives it (input spatial size from `input_hw`): cuDNN as the
+// float32 forward runs it (plain, and with bias + ReLU fused), and the fused fake-quant
+// kernel (input and output fake-quant, bias, ReLU). Milliseconds per call, the median of
+// `reps` timed calls after warm-up.
+struct ConvTiming {
+  double cudnn_ms = 0.0, cudnn_bias_relu_ms = 0.0, fused_ms = 0.0;
+  double flops = 0.0;  // 2 x multiply-adds of one call
+  std::string shape;   // "N x C x H x W -> O, k x k / s, groups g"
+};
+ConvTiming time_layer_conv(const Node& conv, const Shape& x_shape, const Shape& w_shape, int reps,
+                           const BackendOptions& options);
 
 }  // namespace qsweep

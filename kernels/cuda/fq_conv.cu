@@ -2,6 +2,9 @@
 
 #include "kernels/cuda/ops.cuh"
 
+#include <algorithm>
+#include <stdexcept>
+
 namespace qsweep::cuda {
 
 namespace {
@@ -56,48 +59,53 @@ __global__ void __launch_bounds__((BM / TM) * (BP / TP))
   __shared__ float As[2][BK][BM];
   __shared__ float Bs[2][BK][BP];
 
+  // 32-bit index math inside the loops (64-bit division is slow on GPUs): one image's
+  // C*H*W, the weights' O*K and N*OH*OW stay below 2^31 (fq_conv2d checks).
   const int tid = threadIdx.x;
-  const int64_t G = p.groups, Cg = p.C / G, Og = p.O / G;
-  const int64_t KHW = p.KH * p.KW, K = Cg * KHW;
-  const int64_t HW = p.H * p.W, OHW = p.OH * p.OW, P = p.N * OHW;
-  const int64_t g = blockIdx.z;
-  const int64_t m0 = static_cast<int64_t>(blockIdx.y) * BM;
-  const int64_t p0 = static_cast<int64_t>(blockIdx.x) * BP;
+  const int Cg = static_cast<int>(p.C / p.groups), Og = static_cast<int>(p.O / p.groups);
+  const int KW = static_cast<int>(p.KW), KHW = static_cast<int>(p.KH * p.KW), K = Cg * KHW;
+  const int H = static_cast<int>(p.H), W = static_cast<int>(p.W), HW = H * W;
+  const int OW = static_cast<int>(p.OW), OHW = static_cast<int>(p.OH * p.OW), P = static_cast<int>(p.N) * OHW;
+  const int dil_h = static_cast<int>(p.dil_h), dil_w = static_cast<int>(p.dil_w);
+  const int g = blockIdx.z;
+  const int m0 = blockIdx.y * BM;
+  const int p0 = blockIdx.x * BP;
 
   // The column this thread loads B elements for, decoded once.
   const int b_col = tid % BP;
   const int b_row0 = tid / BP;
   constexpr int kBRowStep = kThreads / BP;
-  const int64_t pc = p0 + b_col;
+  const int pc = p0 + b_col;
   const bool col_ok = pc < P;
-  int64_t ih0 = 0, iw0 = 0;
+  int ih0 = 0, iw0 = 0;
   const float* xbase = p.x;
   if (col_ok) {
-    const int64_t n = pc / OHW, r = pc % OHW;
-    const int64_t oh = r / p.OW, ow = r % p.OW;
-    ih0 = oh * p.stride_h - p.pad_t;
-    iw0 = ow * p.stride_w - p.pad_l;
-    xbase = p.x + (n * p.C + g * Cg) * HW;
+    const int n = pc / OHW, r = pc % OHW;
+    const int oh = r / OW, ow = r % OW;
+    ih0 = oh * static_cast<int>(p.stride_h) - static_cast<int>(p.pad_t);
+    iw0 = ow * static_cast<int>(p.stride_w) - static_cast<int>(p.pad_l);
+    xbase = p.x + (static_cast<int64_t>(n) * p.C + static_cast<int64_t>(g) * Cg) * HW;
   }
-  const float* wbase = p.w + g * Og * K;
+  const float* wbase = p.w + static_cast<int64_t>(g) * Og * K;
 
   float a_reg[kALoads], b_reg[kBLoads];
-  auto load_tiles = [&](int64_t k0) {
+  auto load_tiles = [&](int k0) {
 #pragma unroll
     for (int i = 0; i < kALoads; ++i) {
       const int idx = tid + i * kThreads;
-      const int64_t m = m0 + idx / BK, k = k0 + idx % BK;
-      a_reg[i] = (m < Og && k < K) ? wbase[m * K + k] : 0.0f;
+      const int m = m0 + idx / BK, k = k0 + idx % BK;
+      a_reg[i] = (m < Og && k < K) ? __ldg(wbase + m * K + k) : 0.0f;
     }
 #pragma unroll
     for (int i = 0; i < kBLoads; ++i) {
-      const int64_t k = k0 + b_row0 + i * kBRowStep;
+      const int k = k0 + b_row0 + i * kBRowStep;
       float v = 0.0f;
       if (col_ok && k < K) {
-        const int64_t c = k / KHW, r = k % KHW;
-        const int64_t ih = ih0 + (r / p.KW) * p.dil_h, iw = iw0 + (r % p.KW) * p.dil_w;
-        if (ih >= 0 && ih < p.H && iw >= 0 && iw < p.W) {
-          v = __ldg(xbase + c * HW + ih * p.W + iw);
+        const int c = k / KHW, r = k - c * KHW;
+        const int kh = r / KW, kw = r - kh * KW;
+        const int ih = ih0 + kh * dil_h, iw = iw0 + kw * dil_w;
+        if (ih >= 0 && ih < H && iw >= 0 && iw < W) {
+          v = __ldg(xbase + c * HW + ih * W + iw);
           if (p.quantize_input) v = fq(v, p.input);
         }
       }
@@ -126,7 +134,7 @@ __global__ void __launch_bounds__((BM / TM) * (BP / TP))
   store_tiles(0);
   __syncthreads();
   int buf = 0;
-  for (int64_t k0 = 0; k0 < K; k0 += BK) {
+  for (int k0 = 0; k0 < K; k0 += BK) {
     const bool more = k0 + BK < K;
     if (more) load_tiles(k0 + BK);
 #pragma unroll
@@ -150,16 +158,17 @@ __global__ void __launch_bounds__((BM / TM) * (BP / TP))
   }
 
 #pragma unroll
-  for (int i = 0; i < TM; ++i) {
-    const int64_t m = m0 + ty * TM + i;
-    if (m >= Og) continue;
-    const int64_t oc = g * Og + m;
+  for (int j = 0; j < TP; ++j) {
+    const int pp = p0 + tx * TP + j;
+    if (pp >= P) continue;
+    const int n = pp / OHW, r = pp - n * OHW;
+    float* yn = p.y + static_cast<int64_t>(n) * p.O * OHW + r;
 #pragma unroll
-    for (int j = 0; j < TP; ++j) {
-      const int64_t pp = p0 + tx * TP + j;
-      if (pp >= P) continue;
-      const int64_t n = pp / OHW, r = pp % OHW;
-      p.y[(n * p.O + oc) * OHW + r] = epilogue(p, acc[i][j], oc);
+    for (int i = 0; i < TM; ++i) {
+      const int m = m0 + ty * TM + i;
+      if (m >= Og) continue;
+      const int oc = g * Og + m;
+      yn[static_cast<int64_t>(oc) * OHW] = epilogue(p, acc[i][j], oc);
     }
   }
 }
@@ -201,6 +210,10 @@ void launch_gemm(const FqConv& p, cudaStream_t stream) {
 void fq_conv2d(const FqConv& p, cudaStream_t stream) {
   if (p.N * p.O * p.OH * p.OW == 0) return;
   const int64_t Cg = p.C / p.groups, Og = p.O / p.groups;
+  constexpr int64_t kMax = int64_t{1} << 31;
+  if (p.C * p.H * p.W >= kMax || p.O * Cg * p.KH * p.KW >= kMax || p.N * p.OH * p.OW >= kMax) {
+    throw std::runtime_error("fused fake-quant convolution: a tensor dimension product exceeds 2^31; use a smaller batch");
+  }
   if (Cg == 1 && Og == 1) {
     const int64_t total = p.N * p.O * p.OH * p.OW;
     const int64_t blocks = std::min<int64_t>((total + 255) / 256, int64_t{1} << 30);

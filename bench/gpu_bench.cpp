@@ -1,0 +1,244 @@
+// The GPU benchmark (issue 3): the full layer-wise grid on the GPU for the shipped ResNet and
+// torchvision's ResNet18 at 224x224 (bench/export_resnet18.py), on generated data, with
+// images*cells/s, the achieved FLOP/s of the float forward + suffix forwards against the
+// card's FP32 peak, the same grid written naively in PyTorch on the same GPU
+// (bench/torch_grid.py --device cuda, a sample of cells extrapolated) side by side, and the
+// fused fake-quant convolution against cuDNN's for every conv layer's shape.
+//
+//   build/bench/qsweep_bench_gpu [--images 2048] [--batch 256] [--resnet18 bench/resnet18.onnx]
+//
+// Without a CUDA device it says so and exits 0.
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <random>
+#include <string>
+#include <vector>
+
+#include <CLI/CLI.hpp>
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include "experiments/config.h"
+#include "experiments/layerwise.h"
+#include "experiments/quant_plan.h"
+#include "runtime/cpu_backend.h"
+#include "runtime/cuda_backend.h"
+#include "runtime/data.h"
+#include "runtime/onnx_import.h"
+
+using namespace qsweep;
+
+namespace {
+
+std::string run_capture(const std::string& cmd, int* status) {
+  std::string out;
+  FILE* p = popen(cmd.c_str(), "r");
+  if (!p) {
+    *status = -1;
+    return out;
+  }
+  char buf[4096];
+  size_t n;
+  while ((n = fread(buf, 1, sizeof buf, p)) > 0) out.append(buf, n);
+  *status = pclose(p);
+  return out;
+}
+
+// n seeded random images of the graph's input shape, labels in [0, classes).
+Dataset generated(const Graph& g, int64_t n, int classes) {
+  Dataset d;
+  d.name = "generated";
+  d.count = n;
+  d.channels = g.input_shape[0];
+  d.height = g.input_shape[1];
+  d.width = g.input_shape[2];
+  d.pixels.resize(static_cast<size_t>(n * d.sample_size()));
+  std::mt19937 rng(7);
+  std::uniform_int_distribution<int> px(0, 255), lab(0, classes - 1);
+  for (auto& p : d.pixels) p = static_cast<uint8_t>(px(rng));
+  d.labels.resize(n);
+  for (auto& l : d.labels) l = lab(rng);
+  d.num_classes = classes;
+  return d;
+}
+
+// 2 x multiply-adds per image of every Conv/Gemm/MatMul node, from a one-image CPU forward.
+std::vector<double> node_flops(const Graph& g, const Normalization& norm, const Dataset& d) {
+  CpuBackend cpu;
+  Executor exec(g, cpu);
+  auto ws = exec.make_workspace();
+  Tensor x;
+  load_batch(d, norm, 0, 1, x);
+  exec.forward(ws, x);
+  std::vector<double> f(g.nodes.size(), 0.0);
+  for (size_t k = 0; k < g.nodes.size(); ++k) {
+    const Node& n = g.nodes[k];
+    const Shape& ys = ws.values[n.output].shape;
+    if (n.op == OpType::kConv) {
+      const Shape& w = g.values[n.inputs[1]].constant.shape;
+      f[k] = 2.0 * static_cast<double>(shape_numel(ys)) * w[1] * w[2] * w[3];
+    } else if (n.op == OpType::kGemm || n.op == OpType::kMatMul) {
+      const Shape& xs = ws.values[n.inputs[0]].shape;
+      f[k] = 2.0 * static_cast<double>(shape_numel(ys)) * xs.back();
+    }
+  }
+  return f;
+}
+
+struct Model {
+  std::string label, onnx;
+  int classes;
+  std::vector<float> mean, std;
+};
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"qsweep GPU benchmark: the one-pass grid on CUDA vs a naive PyTorch grid on the same GPU"};
+  int64_t images = 2048, batch = 256;
+  int torch_cells = 6, reps = 20;
+  std::string python = "python3", resnet18 = std::string(QSWEEP_SOURCE_DIR) + "/bench/resnet18.onnx";
+  bool skip_torch = false, skip_conv = false;
+  app.add_option("--images", images, "Generated images per model");
+  app.add_option("--batch", batch, "Images per batch (0: auto, from free device memory)");
+  app.add_option("--resnet18", resnet18, "torchvision ResNet18 ONNX (bench/export_resnet18.py writes it)");
+  app.add_option("--torch-cells", torch_cells, "Cells the PyTorch peer times (extrapolated to the grid)");
+  app.add_option("--python", python, "Python with torch for the peer");
+  app.add_option("--reps", reps, "Timed calls per convolution in the conv comparison");
+  app.add_flag("--skip-torch", skip_torch, "Do not run the PyTorch peer");
+  app.add_flag("--skip-conv", skip_conv, "Do not compare the fused conv with cuDNN");
+  CLI11_PARSE(app, argc, argv);
+
+  if (cuda_device_count() <= 0) {
+    fmt::print("no CUDA device ({}): nothing to measure\n", cuda_device_status());
+    return 0;
+  }
+  BackendOptions bo;
+  CudaBackend cuda(bo);
+  const double peak = cuda.fp32_peak_flops();
+  fmt::print("device   : {}\nlibraries: {}\nFP32 peak: {:.1f} TFLOP/s (SMs x FP32 lanes x 2 x max SM clock)\n",
+             cuda.device_name(), cuda.library_versions(), peak / 1e12);
+
+  std::vector<Model> models = {
+      {"qsweep_resnet (shipped, 1x28x28)", std::string(QSWEEP_SOURCE_DIR) + "/models/qsweep_resnet.onnx", 10, {0.2860f}, {0.3530f}},
+  };
+  if (std::filesystem::exists(resnet18)) {
+    models.push_back({"torchvision resnet18 (random weights, 3x224x224)", resnet18, 1000, {0.485f, 0.456f, 0.406f},
+                      {0.229f, 0.224f, 0.225f}});
+  } else {
+    fmt::print("(no {}: run bench/export_resnet18.py first for the ResNet18 rows)\n", resnet18);
+  }
+
+  int status_all = 0;
+  for (const Model& m : models) {
+    fmt::print("\n== {}: {} generated images, weight bits 3..8, activations 8 bits\n", m.label, images);
+    Graph g = import_onnx(m.onnx);
+    const Dataset data = generated(g, images, m.classes);
+    const Normalization norm{m.mean, m.std};
+    Executor exec(g, cuda);
+    int64_t bs = batch;
+    if (bs <= 0) bs = cuda.make_session(g)->max_batch(images);
+    const auto t_cal = std::chrono::steady_clock::now();
+    const ActivationRanges ranges = calibrate(exec, data, norm, std::min<int64_t>(512, images), bs, 1);
+    const double cal_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_cal).count();
+    QuantConfig qc;
+    const std::vector<int> bits = {3, 4, 5, 6, 7, 8};
+    const auto specs = resolve_layer_specs(g, qc);
+    GridOptions o;
+    o.batch_size = bs;
+    o.threads = 1;
+    o.progress = false;
+    // Warm-up (cuDNN heuristics, kernel loading) on one batch, then the timed grid.
+    run_layerwise_grid(exec, data, norm, std::min(bs, images), ranges, specs, bits, o);
+    const GridResult r = run_layerwise_grid(exec, data, norm, images, ranges, specs, bits, o);
+    const size_t cells = r.cells.size();
+    const std::vector<double> nf = node_flops(g, norm, data);
+    double full = 0.0, suffixes = 0.0;
+    for (double f : nf) full += f;
+    for (const Layer& L : g.layers) {
+      double s = 0.0;
+      for (int k : g.suffix_nodes(L.index)) s += nf[k];
+      suffixes += s * bits.size();
+    }
+    const double flops = static_cast<double>(images) * (full + suffixes);
+    fmt::print("qsweep   : {:8.2f} s   {:12.0f} images*cells/s   {} layers x {} bits, batch {}, calibration {:.2f} s\n",
+               r.seconds, images * cells / r.seconds, g.layers.size(), bits.size(), bs, cal_s);
+    fmt::print("           {:.2f} TFLOP in the float forward + suffix forwards: {:.1f} TFLOP/s = {:.1f}% of the FP32 peak "
+               "(a naive grid would compute {:.2f} TFLOP: {:.2f}x more)\n",
+               flops / 1e12, flops / r.seconds / 1e12, 100.0 * flops / r.seconds / peak,
+               images * full * (cells + 1) / 1e12, images * full * (cells + 1) / flops);
+
+    if (!skip_torch) {
+      std::mt19937 rng(42);
+      std::vector<size_t> all(cells);
+      for (size_t c = 0; c < cells; ++c) all[c] = c;
+      std::shuffle(all.begin(), all.end(), rng);
+      all.resize(std::min<size_t>(torch_cells, cells));
+      std::string spec;
+      for (size_t c : all) spec += fmt::format("{}{}:{}", spec.empty() ? "" : ",", r.cells[c].layer, r.cells[c].weight_bits);
+      const std::string cmd = fmt::format(
+          "{} {}/bench/torch_grid.py --onnx '{}' --synthetic {} --images {} --calibration 512 --batch {} --threads 8 "
+          "--device cuda --cells {} 2>&1",
+          python, QSWEEP_SOURCE_DIR, m.onnx, images, images, bs, spec);
+      int status = 0;
+      const std::string out = run_capture(cmd, &status);
+      const auto brace = out.rfind("\n{");
+      if (status != 0 || brace == std::string::npos) {
+        fmt::print("pytorch  : peer did not run (status {}): {}\n", status, out.substr(0, 3000));
+      } else {
+        const auto j = nlohmann::json::parse(out.substr(brace + 1));
+        const double per_cell = j["seconds_per_cell"];
+        const double t_torch = j["reference_seconds"].get<double>() + per_cell * cells;
+        fmt::print("pytorch  : {:8.2f} s   {:12.0f} images*cells/s   (torch {}, TF32 off, {} cells timed, {:.3f} s/cell, "
+                   "extrapolated to {} cells + the float32 pass)\n",
+                   t_torch, images * cells / t_torch, j["torch_version"].get<std::string>(), all.size(), per_cell, cells);
+        fmt::print("qsweep one-pass throughput over the naive PyTorch grid: {:.1f}x\n", t_torch / r.seconds);
+      }
+    }
+
+    if (!skip_conv) {
+      // Every distinct conv shape of the network at this batch size.
+      CpuBackend cpu;
+      Executor ce(g, cpu);
+      auto ws = ce.make_workspace();
+      Tensor x;
+      load_batch(data, norm, 0, 1, x);
+      ce.forward(ws, x);
+      std::vector<std::string> seen;
+      double log_sum = 0.0, worst = 0.0, fused_total = 0.0, cudnn_total = 0.0;
+      int n = 0;
+      fmt::print("conv     : fused fake-quant conv (input+output fake-quant, bias, ReLU) vs cuDNN, batch {}, median of {}\n",
+                 bs, reps);
+      for (const Layer& L : g.layers) {
+        const Node& node = g.nodes[L.node];
+        if (node.op != OpType::kConv) continue;
+        Shape xs = ws.values[node.inputs[0]].shape;
+        xs[0] = bs;
+        const Shape& wsh = g.values[node.inputs[1]].constant.shape;
+        const std::string key = fmt::format("{}|{}", shape_str(xs), shape_str(wsh));
+        if (std::find(seen.begin(), seen.end(), key) != seen.end()) continue;
+        seen.push_back(key);
+        const ConvTiming t = time_layer_conv(node, xs, wsh, reps, bo);
+        const double ratio = t.fused_ms / t.cudnn_bias_relu_ms;
+        fmt::print("  {:<40} cuDNN {:7.3f} ms ({:5.1f} TFLOP/s), cuDNN+bias+ReLU {:7.3f} ms, fused {:7.3f} ms "
+                   "({:5.1f} TFLOP/s): {:.2f}x\n",
+                   t.shape, t.cudnn_ms, t.flops / t.cudnn_ms / 1e9, t.cudnn_bias_relu_ms, t.fused_ms,
+                   t.flops / t.fused_ms / 1e9, ratio);
+        log_sum += std::log(ratio);
+        worst = std::max(worst, ratio);
+        fused_total += t.fused_ms;
+        cudnn_total += t.cudnn_bias_relu_ms;
+        ++n;
+      }
+      if (n) {
+        fmt::print("conv     : fused / cuDNN(+bias+ReLU) time: geometric mean {:.2f}x, worst {:.2f}x, summed {:.2f}x "
+                   "(target: within 1.5x)\n",
+                   std::exp(log_sum / n), worst, fused_total / cudnn_total);
+      }
+    }
+  }
+  return status_all;
+}
