@@ -1,43 +1,240 @@
 #!/usr/bin/env bash
-# The GPU check anyone can run: builds with CUDA (cuDNN from $CUDNN_ROOT, else PyTorch's
-# nvidia.cudnn package, else the toolkit's folders), runs the Cuda* test suites, prints the
-# device, and writes a log to $OUT/gpu_check.log (or bench/gpu_logs/). Without a GPU it says
-# so and exits 0 after the build.
+# The GPU check anyone can run: builds the whole project with CUDA (cuDNN from $CUDNN_ROOT,
+# else PyTorch's nvidia-cudnn pip package, else the toolkit's folders), runs the Cuda* test
+# suites and the GPU benchmark, prints the device, and writes a log to $OUT/gpu_check.log (or
+# bench/gpu_logs/). Without a GPU it says so and exits 0 after the build.
 #   bash bench/gpu_check.sh
-# Falls back to a kernels-only build (kernels/ and their tests) when the project's other
-# dependencies are not installed on the GPU machine.
+# On a GPU machine without our Debian packages and without network: run scripts/gpu_deps.sh
+# here first, carry .debs/ there (device tool: "carry": [".debs"]). The .deb files are unpacked
+# with `dpkg -x` into a private prefix (never into /), CMake is pointed at it, LD_LIBRARY_PATH
+# at its libraries, and /usr/share/datasets/fashion-mnist, when missing, becomes a link to the
+# carried dataset. If that build cannot be configured, it falls back to a kernels-only build.
+# Environment:
+#   QSWEEP_DEBS=DIR          the .deb folder (default .debs)
+#   QSWEEP_DEBROOT=DIR       where they are unpacked (default /tmp/qsweep-debroot)
+#   QSWEEP_CUDA_ARCHS=LIST   CMAKE_CUDA_ARCHITECTURES (default 90)
+#   QSWEEP_GPU_BUILD=DIR     build folder (default build-gpu)
+#   QSWEEP_CMAKE_ARGS="..."  extra configure arguments (word-split)
+#   QSWEEP_BENCH_TIMEOUT=S   seconds the GPU benchmark may run (default 240)
+#   CUDNN_ROOT=DIR           a cuDNN folder holding include/cudnn.h and lib*/libcudnn.so*
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." || exit 1
 out=${OUT:-bench/gpu_logs}
 mkdir -p "$out"
 log="$out/gpu_check.log"
 exec > >(tee "$log") 2>&1
-echo "== qsweep GPU check, $(date -u +%Y-%m-%dT%H:%M:%SZ), commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
 
-cudnn_root=${CUDNN_ROOT:-}
-if [ -z "$cudnn_root" ]; then
-  for py in python3 /usr/bin/python3; do
-    cudnn_root=$("$py" -c 'import nvidia.cudnn, os; print(os.path.dirname(nvidia.cudnn.__file__))' 2>/dev/null) && break
-  done
+orig_ld_path=${LD_LIBRARY_PATH:-}
+t0=$SECONDS
+ts=$SECONDS
+stage() {  # closes the previous stage with its time and opens the next
+  echo "== [$((SECONDS - t0)) s total, previous stage $((SECONDS - ts)) s] $*"
+  ts=$SECONDS
+}
+echo "== qsweep GPU check, $(date -u +%Y-%m-%dT%H:%M:%SZ), commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
+have_gpu=0
+if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
+  have_gpu=1
+  nvidia-smi
+  nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv
+else
+  echo "nvidia-smi: no GPU visible"
 fi
-echo "cuDNN root: ${cudnn_root:-(toolkit folders)}"
-build=build-gpu
-args=(-DCMAKE_BUILD_TYPE=Release -DQSWEEP_CUDA=ON -DQSWEEP_BENCH=OFF)
-[ -n "$cudnn_root" ] && args+=("-DCUDNN_ROOT=$cudnn_root")
-if ! cmake -S . -B "$build" "${args[@]}"; then
-  echo "== full configure failed (dependencies missing here?): kernels-only build"
+if ! command -v nvcc >/dev/null 2>&1 && [ -x /usr/local/cuda/bin/nvcc ]; then
+  export PATH=/usr/local/cuda/bin:$PATH
+fi
+# CMake and ninja may come as pip packages of the image's Python environment only.
+if ! command -v cmake >/dev/null 2>&1 && [ -x /opt/torch/.venv/bin/cmake ]; then
+  export PATH=$PATH:/opt/torch/.venv/bin
+fi
+echo "host: $(uname -m), $(nproc) cores, $(. /etc/os-release 2>/dev/null && echo "$PRETTY_NAME")"
+echo "cmake: $(cmake --version 2>/dev/null | head -1 || echo missing)"
+echo "c++: $(c++ --version 2>/dev/null | head -1 || echo missing)"
+echo "nvcc: $(nvcc --version 2>/dev/null | tail -1 || echo 'not on PATH')"
+
+# ---- cuDNN: a folder with cudnn.h and libcudnn.so* ($CUDNN_ROOT, the nvidia.cudnn package,
+# anything under site-packages/nvidia); none found: CMake looks in the toolkit's folders.
+cudnn_dirs=()
+[ -n "${CUDNN_ROOT:-}" ] && cudnn_dirs+=("$CUDNN_ROOT")
+for py in python3 /opt/torch/.venv/bin/python3 /usr/bin/python3; do
+  command -v "$py" >/dev/null 2>&1 || continue
+  while IFS= read -r d; do [ -n "$d" ] && cudnn_dirs+=("$d"); done < <("$py" - 2>/dev/null <<'EOF'
+import os, site
+out = []
+try:
+    import nvidia.cudnn as m
+    out += [os.path.dirname(m.__file__)] if getattr(m, "__file__", None) else list(m.__path__)
+except Exception:
+    pass
+for p in site.getsitepackages() + [site.getusersitepackages()]:
+    out.append(os.path.join(p, "nvidia"))
+print("\n".join(p for p in out if os.path.isdir(p)))
+EOF
+)
+done
+cudnn_include=''
+cudnn_library=''
+for d in "${cudnn_dirs[@]}"; do
+  h=$(find -L "$d" -maxdepth 4 -name cudnn.h -print 2>/dev/null | head -1)
+  [ -n "$h" ] || continue
+  # libcudnn.so, else the highest libcudnn.so.N (the pip wheels ship only libcudnn.so.9)
+  l=$(find -L "$d" -maxdepth 4 \( -name libcudnn.so -o -name 'libcudnn.so.[0-9]*' \) -print 2>/dev/null | sort -V | head -1)
+  [ -n "$l" ] || continue
+  cudnn_include=$(dirname "$h") cudnn_library=$l
+  break
+done
+echo "cuDNN: ${cudnn_library:-(toolkit folders)} ${cudnn_include:+(headers $cudnn_include)}"
+
+# ---- the project's dependencies: installed, or carried as .deb files
+debs=${QSWEEP_DEBS:-.debs}
+root=${QSWEEP_DEBROOT:-/tmp/qsweep-debroot}
+arch_dir=$(gcc -print-multiarch 2>/dev/null || true)
+arch_dir=${arch_dir:-x86_64-linux-gnu}
+deps_installed() {
+  local h
+  for h in oneapi/dnnl/dnnl.hpp onnx/onnx_pb.h google/protobuf/message.h toml++/toml.h CLI/CLI.hpp \
+           fmt/format.h nlohmann/json.hpp gtest/gtest.h benchmark/benchmark.h zlib.h; do
+    [ -f "/usr/include/$h" ] || [ -f "/usr/local/include/$h" ] || return 1
+  done
+}
+extract_deb() {  # dpkg -x, else ar + tar (data.tar.{xz,zst,gz}), else Python for the tar
+  local deb=$1 dest=$2 tmp data
+  if command -v dpkg-deb >/dev/null 2>&1; then dpkg-deb -x "$deb" "$dest"; return; fi
+  tmp=$(mktemp -d)
+  deb=$(cd "$(dirname "$deb")" && pwd)/$(basename "$deb")
+  (cd "$tmp" && ar x "$deb") || { rm -rf "$tmp"; return 1; }
+  data=$(ls "$tmp"/data.tar* | head -1)
+  case "$data" in
+    *.zst) zstd -dc "$data" | tar -x -C "$dest" ;;
+    *) tar -xf "$data" -C "$dest" 2>/dev/null ||
+         python3 -c 'import sys, tarfile; tarfile.open(sys.argv[1]).extractall(sys.argv[2])' "$data" "$dest" ;;
+  esac
+  local rc=$?
+  rm -rf "$tmp"
+  return $rc
+}
+use_debs=0
+debs_ok=0
+env_note=
+if deps_installed; then
+  echo "dependencies: installed"
+elif ls "$debs"/*.deb >/dev/null 2>&1; then
+  stage "unpacking $(ls "$debs"/*.deb | wc -l) .deb files from $debs into $root"
+  use_debs=1
+  rm -rf "$root" && mkdir -p "$root"
+  debs_ok=1
+  for f in "$debs"/*.deb; do extract_deb "$f" "$root" || { echo "cannot unpack $f"; debs_ok=0; }; done
+  # Absolute links (libz.so -> /lib/.../libz.so.1.2.13) are pointed into the prefix.
+  while IFS= read -r l; do
+    t=$(readlink "$l")
+    [ -e "$root$t" ] && ln -sfn "$root$t" "$l"
+  done < <(find "$root" -type l -lname '/*')
+  # The carried libz.so.1 only where the system has none (Python and the toolchain keep theirs).
+  libdirs="$root/usr/lib/$arch_dir:$root/usr/lib"
+  if [ ! -e "/lib/$arch_dir/libz.so.1" ] && [ ! -e "/usr/lib/$arch_dir/libz.so.1" ]; then
+    libdirs="$libdirs:$root/lib/$arch_dir"
+  fi
+  export LD_LIBRARY_PATH="$libdirs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+  env_note="LD_LIBRARY_PATH=$libdirs"
+  du -sh "$root"
+else
+  echo "dependencies: not installed and no .deb files in $debs (scripts/gpu_deps.sh makes them)"
+fi
+if [ -n "$cudnn_library" ]; then
+  LD_LIBRARY_PATH="$(dirname "$cudnn_library")${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+  export LD_LIBRARY_PATH
+fi
+
+# ---- the dataset: Debian's folder, else the carried copy (or the unpacked .deb)
+data_dir=/usr/share/datasets/fashion-mnist
+if [ ! -e "$data_dir" ]; then
+  src=
+  [ -d "$root/usr/share/datasets/fashion-mnist" ] && [ "$use_debs" = 1 ] && src=$root/usr/share/datasets/fashion-mnist
+  [ -d "$debs/fashion-mnist" ] && src=$(cd "$debs/fashion-mnist" && pwd)
+  if [ -n "$src" ] && mkdir -p "$(dirname "$data_dir")" && ln -s "$src" "$data_dir"; then
+    echo "dataset: $data_dir -> $src ($(ls "$src" | tr '\n' ' '))"
+  else
+    echo "dataset: $data_dir missing and none carried; tests that need it skip"
+  fi
+else
+  echo "dataset: $data_dir"
+fi
+
+# ---- configure and build
+build=${QSWEEP_GPU_BUILD:-build-gpu}
+args=(-DCMAKE_BUILD_TYPE=Release -DQSWEEP_CUDA=ON "-DCMAKE_CUDA_ARCHITECTURES=${QSWEEP_CUDA_ARCHS:-90}" -DQSWEEP_BENCH=ON)
+[ -n "$cudnn_library" ] && args+=("-DCUDNN_ROOT=$(dirname "$cudnn_include")" "-DCUDNN_INCLUDE_DIR=$cudnn_include"
+                                  "-DCUDNN_LIBRARY=$cudnn_library")
+if [ "$use_debs" = 1 ]; then
+  # CMake 4 (pip's) refuses config files that ask for policies older than 3.5.
+  export CMAKE_POLICY_VERSION_MINIMUM=3.5
+  # -include cstdint: headers of Debian 12 (ONNX 1.12, CLI11 2.1) predate GCC 13's leaner
+  # transitive includes.
+  args+=("-DCMAKE_PREFIX_PATH=$root/usr;$root/usr/lib/$arch_dir"
+         "-DCMAKE_LIBRARY_PATH=$root/usr/lib/$arch_dir;$root/lib/$arch_dir;$root/usr/lib"
+         "-DCMAKE_INCLUDE_PATH=$root/usr/include"
+         "-DCMAKE_CXX_FLAGS=-include cstdint")
+fi
+# Ninja when there is one (the GPU image has it; make may be missing), for a new build folder.
+if [ ! -f "$build/CMakeCache.txt" ] && command -v ninja >/dev/null 2>&1; then args+=(-G Ninja); fi
+# shellcheck disable=SC2206
+[ -n "${QSWEEP_CMAKE_ARGS:-}" ] && args+=(${QSWEEP_CMAKE_ARGS})
+stage "configure ($build): cmake ${args[*]}"
+configured=0
+if { deps_installed || [ "$debs_ok" = 1 ]; } && cmake -S . -B "$build" "${args[@]}"; then
+  configured=1
+fi
+if [ "$configured" = 0 ]; then
+  stage "full configure failed (dependencies missing here?): kernels-only build"
   rm -rf "$build"
   cmake -S . -B "$build" "${args[@]}" -DQSWEEP_KERNELS_ONLY=ON || { echo "FAILED: configure"; exit 1; }
 fi
-cmake --build "$build" -j"$(nproc)" || { echo "FAILED: build"; exit 1; }
-
-if ! command -v nvidia-smi >/dev/null 2>&1 || ! nvidia-smi -L >/dev/null 2>&1; then
-  echo "== no GPU on this machine: built with CUDA; the Cuda* suites and the GPU benchmark need a device"
-  exit 0
+# Keep going past a failing target: the suites and the benchmark that did build still run.
+keep_going=(-k)
+grep -q '^CMAKE_GENERATOR:INTERNAL=Ninja' "$build/CMakeCache.txt" 2>/dev/null && keep_going=(-k 0)
+stage "build: cmake --build $build -j$(nproc) -- ${keep_going[*]}"
+build_status=0
+if cmake --build "$build" -j"$(nproc)" -- "${keep_going[@]}"; then
+  stage "built"
+else
+  build_status=1
+  stage "FAILED: build (the errors are above); going on with the targets that were built"
 fi
-nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv
-echo "== Cuda* test suites"
-ctest --test-dir "$build" -R '^Cuda' --output-on-failure
+[ -n "$env_note" ] && echo "to run the binaries by hand: export $env_note"
+
+if [ "$have_gpu" = 0 ]; then
+  echo "== no GPU on this machine: built with CUDA; the Cuda* suites and the GPU benchmark need a device"
+  exit "$build_status"
+fi
+stage "Cuda* test suites"
+ctest --test-dir "$build" -R 'Cuda' --output-on-failure -j4
 status=$?
-echo "== GPU grid benchmark: pending the CUDA backend (issue 3); nothing measured"
+[ "$build_status" = 0 ] || status=1
+if [ -x "$build/bench/qsweep_bench_gpu" ]; then
+  # The benchmark's ResNet-18 and its PyTorch peer need a python3 with torch, torchvision, onnx.
+  torch_py=
+  for py in python3 /opt/torch/.venv/bin/python3 /usr/bin/python3; do
+    if command -v "$py" >/dev/null 2>&1 && LD_LIBRARY_PATH=$orig_ld_path "$py" -c 'import torch, torchvision, onnx' 2>/dev/null; then
+      torch_py=$(command -v "$py")
+      break
+    fi
+  done
+  if [ -n "$torch_py" ] && [ "$torch_py" != "$(command -v python3)" ]; then
+    PATH="$(dirname "$torch_py"):$PATH"
+  fi
+  if [ ! -f bench/resnet18.onnx ]; then
+    stage "ResNet-18 for the benchmark: bench/export_resnet18.py (${torch_py:-no python3 with torch, torchvision and onnx})"
+    [ -n "$torch_py" ] && LD_LIBRARY_PATH=$orig_ld_path "$torch_py" bench/export_resnet18.py
+  fi
+  stage "GPU benchmark: $build/bench/qsweep_bench_gpu"
+  py_args=()
+  [ -n "$torch_py" ] && py_args=(--python "env LD_LIBRARY_PATH=$orig_ld_path $torch_py")
+  timeout "${QSWEEP_BENCH_TIMEOUT:-240}" "$build/bench/qsweep_bench_gpu" "${py_args[@]}"
+  rc=$?
+  [ "$rc" = 124 ] && echo "qsweep_bench_gpu: stopped after ${QSWEEP_BENCH_TIMEOUT:-240} s (QSWEEP_BENCH_TIMEOUT)"
+  [ "$rc" = 0 ] || { echo "qsweep_bench_gpu exited $rc"; status=1; }
+else
+  stage "GPU benchmark: pending ($build/bench/qsweep_bench_gpu not built)"
+fi
+stage "done, exit $status"
 exit $status

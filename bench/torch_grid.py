@@ -10,6 +10,14 @@ BatchNormalization after a Conv is folded with torch.nn.utils.fusion.fuse_conv_b
 
 Prints progress on stderr and one JSON object on the last line of stdout.
   /usr/bin/python3 bench/torch_grid.py --onnx models/qsweep_resnet.onnx --cells 0:4,3:8
+  python3 bench/torch_grid.py --onnx bench/resnet18.onnx --synthetic 1000 --device cuda --cells 0:4,20:8
+
+--device cuda runs it on the GPU the way such a script does there: the weights and the
+evaluation set are moved to the device once, TF32 is off (float32 numbers), one warm-up
+forward precedes the timed passes, and the timers are read after torch.cuda.synchronize().
+--synthetic N replaces the dataset by N seeded normal-valued images of the model's input shape
+with seeded random labels (for ImageNet-shaped networks such as bench/export_resnet18.py's,
+with no dataset at hand); calibration then uses the first --calibration of them.
 """
 import argparse
 import gzip
@@ -56,13 +64,19 @@ class OnnxNet:
         self.opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
         self.consts = {t.name: torch.from_numpy(numpy_helper.to_array(t).copy()) for t in g.initializer}
         inits = set(self.consts)
-        self.input = next(i.name for i in g.input if i.name not in inits)
+        graph_input = next(i for i in g.input if i.name not in inits)
+        self.input = graph_input.name
+        self.input_dims = [d.dim_value if d.HasField("dim_value") else None
+                           for d in graph_input.type.tensor_type.shape.dim]
         self.output = g.output[0].name
         self.nodes = []
         for n in g.node:
             attrs = {a.name: onnx.helper.get_attribute_value(a) for a in n.attribute}
             if n.op_type == "Constant":
                 self.consts[n.output[0]] = torch.from_numpy(numpy_helper.to_array(attrs["value"]).copy())
+                continue
+            if n.op_type == "Identity" and n.input[0] in self.consts:  # shared initializers (torch's exporter)
+                self.consts[n.output[0]] = self.consts[n.input[0]]
                 continue
             self.nodes.append({"op": n.op_type, "in": list(n.input), "out": n.output[0], "attrs": attrs,
                                "name": n.name or f"{n.op_type}_{len(self.nodes)}"})
@@ -106,6 +120,10 @@ class OnnxNet:
                     continue
             kept.append(n)
         self.nodes = kept
+
+    def to(self, device):
+        self.consts = {k: v.to(device) for k, v in self.consts.items()}
+        return self
 
     def run_node(self, n, x, w=None):
         op, a, c = n["op"], n["attrs"], self.consts
@@ -190,14 +208,29 @@ class OnnxNet:
         return env[self.output]
 
 
-def observer(bits):
-    return MinMaxObserver(dtype=torch.quint8, qscheme=torch.per_tensor_affine, quant_min=0, quant_max=2 ** bits - 1)
+def observer(bits, device="cpu"):
+    return MinMaxObserver(dtype=torch.quint8, qscheme=torch.per_tensor_affine, quant_min=0,
+                          quant_max=2 ** bits - 1).to(device)
 
 
 def quantizer(obs):
     scale, zp = obs.calculate_qparams()
     s, z, lo, hi = float(scale), int(zp), obs.quant_min, obs.quant_max
     return lambda t: torch.fake_quantize_per_tensor_affine(t, s, z, lo, hi)
+
+
+def synthetic_set(net, n, device):
+    """n seeded N(0,1) images of the model's input shape and seeded labels in [0, classes)."""
+    dims = net.input_dims[1:]
+    if len(dims) != 3 or any(d is None or d <= 0 for d in dims):
+        raise SystemExit(f"torch_grid.py: --synthetic needs a model input of fixed shape (N, C, H, W); "
+                         f"{net.input} has {net.input_dims}")
+    gen = torch.Generator().manual_seed(0)
+    images = torch.randn(n, *dims, generator=gen)
+    with torch.no_grad():
+        classes = int(net.forward(images[:1].to(device)).shape[1])
+    labels = torch.randint(0, classes, (n,), generator=gen)
+    return images, labels
 
 
 def main():
@@ -212,28 +245,57 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--act-bits", type=int, default=8)
     ap.add_argument("--cells", required=True, help="comma-separated LAYER:BITS")
+    ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    ap.add_argument("--synthetic", type=int, default=0, metavar="N",
+                    help="N generated images of the model's input shape instead of the dataset")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    net = OnnxNet(args.onnx)
-    train_x, _ = load_idx(args.data, "train")
-    test_x, test_y = load_idx(args.data, "test")
+    device = torch.device(args.device)
+    cuda = device.type == "cuda"
+    if cuda:
+        if not torch.cuda.is_available():
+            raise SystemExit("torch_grid.py: --device cuda, but torch sees no CUDA device")
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cuda.matmul.allow_tf32 = False
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    net = OnnxNet(args.onnx).to(device)
+    if args.synthetic > 0:
+        test_x, test_y = synthetic_set(net, args.synthetic, device)
+        train_x = test_x
+        normalize = lambda x: x  # noqa: E731  (already float, zero-mean unit-variance)
+    else:
+        train_x, _ = load_idx(args.data, "train")
+        test_x, test_y = load_idx(args.data, "test")
+        normalize = lambda u8: ((u8.float() / 255.0) - args.mean) / args.std  # noqa: E731
     test_x, test_y = test_x[:args.images], test_y[:args.images]
-    normalize = lambda u8: ((u8.float() / 255.0) - args.mean) / args.std  # noqa: E731
+    calibration = min(args.calibration, len(train_x))
+    train_x = train_x[:calibration].to(device)  # the evaluation set and labels go to the device once
+    test_x, test_y = test_x.to(device), test_y.to(device)
 
     with torch.no_grad():
         # Calibration: one MinMaxObserver per tensor over the first images of the train split.
         observers = {}
 
         def record(name, t):
-            observers.setdefault(name, observer(args.act_bits))(t)
+            if name not in observers:
+                observers[name] = observer(args.act_bits, device)
+            observers[name](t)
 
-        record(net.input, normalize(train_x[:args.calibration]))
-        for b in range(0, args.calibration, args.batch):
-            x = normalize(train_x[b:min(b + args.batch, args.calibration)])
+        record(net.input, normalize(train_x[:calibration]))
+        for b in range(0, calibration, args.batch):
+            x = normalize(train_x[b:min(b + args.batch, calibration)])
             net.forward(x, record=record)
 
+        if cuda:  # warm-up: cuDNN handles, kernels, the allocator's first blocks
+            x = normalize(test_x[:args.batch])
+            for _ in range(2):
+                net.forward(x)
+            sync()
+
+        sync()
         t0 = time.perf_counter()
         reference = [net.forward(normalize(test_x[b:b + args.batch])) for b in range(0, len(test_x), args.batch)]
+        sync()
         reference_seconds = time.perf_counter() - t0
         float_top1 = 100.0 * sum(int((r.argmax(1) == test_y[i * args.batch:(i + 1) * args.batch]).sum())
                                  for i, r in enumerate(reference)) / len(test_x)
@@ -242,17 +304,21 @@ def main():
         for spec in args.cells.split(","):
             j, bits = (int(v) for v in spec.split(":"))
             L = net.layers[j]
+            sync()
             t0 = time.perf_counter()
             w = net.consts[net.nodes[L["node"]]["in"][1]]
-            wobs = observer(bits)
+            wobs = observer(bits, device)
             wobs(w)
             wq = quantizer(wobs)(w)
             q = (j, wq, quantizer(observers[L["input"]]), quantizer(observers[L["output"]]))
-            noise, correct = 0.0, 0
+            noise = torch.zeros((), dtype=torch.float64, device=device)
+            correct = torch.zeros((), dtype=torch.int64, device=device)
             for i, b in enumerate(range(0, len(test_x), args.batch)):
                 y = net.forward(normalize(test_x[b:b + args.batch]), q=q)
-                noise += float(((y - reference[i]) ** 2).sum(dtype=torch.float64))
-                correct += int((y.argmax(1) == test_y[b:b + args.batch]).sum())
+                noise += ((y - reference[i]) ** 2).sum(dtype=torch.float64)
+                correct += (y.argmax(1) == test_y[b:b + args.batch]).sum()
+            noise, correct = float(noise), int(correct)  # waits for the device
+            sync()
             dt = time.perf_counter() - t0
             seconds += dt
             cells.append({"layer": j, "bits": bits, "name": L["name"], "seconds": dt,
@@ -261,8 +327,9 @@ def main():
 
     print(json.dumps({"torch_version": torch.__version__, "threads": args.threads, "images": len(test_x),
                       "layers": len(net.layers), "float_top1": float_top1, "reference_seconds": reference_seconds,
-                      "seconds_per_cell": seconds / len(cells), "cells": cells}))
-
+                      "seconds_per_cell": seconds / len(cells), "cells": cells,
+                      "device": torch.cuda.get_device_name(device) if cuda else "cpu", "batch": args.batch,
+                      "synthetic": args.synthetic}))
 
 if __name__ == "__main__":
     main()

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the Debian 12 packages qsweep needs, skipping what is already there.
 #   scripts/install_deps.sh            build + test + run dependencies
-#   scripts/install_deps.sh --torch    also python3-torch / python3-onnx (model training, PyTorch peer benchmark)
+#   scripts/install_deps.sh --torch    also python3-torch / python3-torchvision / python3-onnx (model training,
+#                                      PyTorch peer benchmark, bench/export_resnet18.py)
 # Idempotent: when nothing is missing it changes nothing and does not touch the network.
 set -euo pipefail
 
@@ -17,7 +18,7 @@ packages=(
 )
 for arg in "$@"; do
   case "$arg" in
-    --torch) packages+=(python3-torch python3-onnx) ;;
+    --torch) packages+=(python3-torch python3-torchvision python3-onnx) ;;
     *) echo "install_deps.sh: unknown option '$arg' (accepted: --torch)" >&2; exit 2 ;;
   esac
 done
