@@ -43,30 +43,45 @@ __device__ __forceinline__ float epilogue(const FqConv& p, float acc, int64_t oc
   return v;
 }
 
+// The reduction index k = (c, kh, kw) of a group decoded once per convolution shape: the
+// offset of tap k from an output pixel's window origin in one image's input, and the tap's
+// row/column offsets for the bounds check. One 16-byte load replaces two integer divisions
+// per loaded element.
+__global__ void k_table_kernel(int4* tab, int K, int KHW, int KW, int HW, int W, int dil_h, int dil_w) {
+  const int k = blockIdx.x * blockDim.x + threadIdx.x;
+  if (k >= K) return;
+  const int c = k / KHW, r = k - c * KHW;
+  const int kh = r / KW, kw = r - kh * KW;
+  tab[k] = make_int4(c * HW + kh * dil_h * W + kw * dil_w, kh * dil_h, kw * dil_w, 0);
+}
+
 // Implicit GEMM per group: rows m = output channel of the group (M = O/G), columns
 // p = (n, oh, ow) (P = N*OH*OW), reduction k = (c, kh, kw) (K = C/G*KH*KW). Each block
-// computes a BM x BP tile with BK-deep steps through shared memory; each thread a TM x TP
-// sub-tile in registers. The next step's tiles are fetched into registers while the current
-// one is multiplied.
+// computes a BM x BP tile with BK-deep steps through shared memory (double-buffered: the
+// next step's tiles are fetched into registers while the current one is multiplied); each
+// thread a TM x TP sub-tile in registers, its TP columns strided by BP/TP so that
+// neighbouring threads read neighbouring shared-memory words and write neighbouring pixels.
 template <int BM, int BP, int BK, int TM, int TP>
-__global__ void __launch_bounds__((BM / TM) * (BP / TP))
-    implicit_gemm_kernel(const FqConv p) {
+__global__ void __launch_bounds__((BM / TM) * (BP / TP), 2)
+    implicit_gemm_kernel(const FqConv p, const int4* __restrict__ ktab) {
   constexpr int kThreads = (BM / TM) * (BP / TP);
+  constexpr int kCols = BP / TP;  // threads along the pixel dimension
   constexpr int kALoads = BM * BK / kThreads;
   constexpr int kBLoads = BK * BP / kThreads;
   static_assert(BM * BK % kThreads == 0 && BK * BP % kThreads == 0, "tile loads must divide evenly");
   static_assert(kThreads % BP == 0, "each thread loads B elements of one column");
-  __shared__ float As[2][BK][BM];
-  __shared__ float Bs[2][BK][BP];
+  // A rows padded by 4 floats: the transposing store hits at most 2 threads per bank while
+  // rows stay 16-byte aligned for vector loads.
+  __shared__ __align__(16) float As[2][BK][BM + 4];
+  __shared__ __align__(16) float Bs[2][BK][BP];
 
   // 32-bit index math inside the loops (64-bit division is slow on GPUs): one image's
   // C*H*W, the weights' O*K and N*OH*OW stay below 2^31 (fq_conv2d checks).
   const int tid = threadIdx.x;
   const int Cg = static_cast<int>(p.C / p.groups), Og = static_cast<int>(p.O / p.groups);
-  const int KW = static_cast<int>(p.KW), KHW = static_cast<int>(p.KH * p.KW), K = Cg * KHW;
+  const int K = Cg * static_cast<int>(p.KH * p.KW);
   const int H = static_cast<int>(p.H), W = static_cast<int>(p.W), HW = H * W;
   const int OW = static_cast<int>(p.OW), OHW = static_cast<int>(p.OH * p.OW), P = static_cast<int>(p.N) * OHW;
-  const int dil_h = static_cast<int>(p.dil_h), dil_w = static_cast<int>(p.dil_w);
   const int g = blockIdx.z;
   const int m0 = blockIdx.y * BM;
   const int p0 = blockIdx.x * BP;
@@ -84,7 +99,7 @@ __global__ void __launch_bounds__((BM / TM) * (BP / TP))
     const int oh = r / OW, ow = r % OW;
     ih0 = oh * static_cast<int>(p.stride_h) - static_cast<int>(p.pad_t);
     iw0 = ow * static_cast<int>(p.stride_w) - static_cast<int>(p.pad_l);
-    xbase = p.x + (static_cast<int64_t>(n) * p.C + static_cast<int64_t>(g) * Cg) * HW;
+    xbase = p.x + (static_cast<int64_t>(n) * p.C + static_cast<int64_t>(g) * Cg) * HW + ih0 * W + iw0;
   }
   const float* wbase = p.w + static_cast<int64_t>(g) * Og * K;
 
@@ -101,11 +116,10 @@ __global__ void __launch_bounds__((BM / TM) * (BP / TP))
       const int k = k0 + b_row0 + i * kBRowStep;
       float v = 0.0f;
       if (col_ok && k < K) {
-        const int c = k / KHW, r = k - c * KHW;
-        const int kh = r / KW, kw = r - kh * KW;
-        const int ih = ih0 + kh * dil_h, iw = iw0 + kw * dil_w;
+        const int4 e = __ldg(ktab + k);
+        const int ih = ih0 + e.y, iw = iw0 + e.z;
         if (ih >= 0 && ih < H && iw >= 0 && iw < W) {
-          v = __ldg(xbase + c * HW + ih * W + iw);
+          v = __ldg(xbase + e.x);
           if (p.quantize_input) v = fq(v, p.input);
         }
       }
@@ -122,7 +136,7 @@ __global__ void __launch_bounds__((BM / TM) * (BP / TP))
     for (int i = 0; i < kBLoads; ++i) Bs[buf][b_row0 + i * kBRowStep][b_col] = b_reg[i];
   };
 
-  const int tx = tid % (BP / TP), ty = tid / (BP / TP);
+  const int tx = tid % kCols, ty = tid / kCols;
   float acc[TM][TP];
 #pragma unroll
   for (int i = 0; i < TM; ++i) {
@@ -141,9 +155,12 @@ __global__ void __launch_bounds__((BM / TM) * (BP / TP))
     for (int kk = 0; kk < BK; ++kk) {
       float a[TM], b[TP];
 #pragma unroll
-      for (int i = 0; i < TM; ++i) a[i] = As[buf][kk][ty * TM + i];
+      for (int i = 0; i < TM; i += 4) {
+        const float4 v = *reinterpret_cast<const float4*>(&As[buf][kk][ty * TM + i]);
+        a[i] = v.x, a[i + 1] = v.y, a[i + 2] = v.z, a[i + 3] = v.w;
+      }
 #pragma unroll
-      for (int j = 0; j < TP; ++j) b[j] = Bs[buf][kk][tx * TP + j];
+      for (int j = 0; j < TP; ++j) b[j] = Bs[buf][kk][tx + j * kCols];
 #pragma unroll
       for (int i = 0; i < TM; ++i) {
 #pragma unroll
@@ -159,7 +176,7 @@ __global__ void __launch_bounds__((BM / TM) * (BP / TP))
 
 #pragma unroll
   for (int j = 0; j < TP; ++j) {
-    const int pp = p0 + tx * TP + j;
+    const int pp = p0 + tx + j * kCols;
     if (pp >= P) continue;
     const int n = pp / OHW, r = pp - n * OHW;
     float* yn = p.y + static_cast<int64_t>(n) * p.O * OHW + r;
@@ -200,9 +217,25 @@ __global__ void depthwise_kernel(const FqConv p) {
 template <int BM, int BP, int BK, int TM, int TP>
 void launch_gemm(const FqConv& p, cudaStream_t stream) {
   const int64_t Og = p.O / p.groups, P = p.N * p.OH * p.OW;
+  const int K = static_cast<int>((p.C / p.groups) * p.KH * p.KW);
+  // The k-table lives in a per-thread grow-only device buffer (one per host thread, reused
+  // by every call on it; stream order keeps a call's table alive until its kernel is done).
+  thread_local int4* tab = nullptr;
+  thread_local int cap = 0;
+  if (K > cap) {
+    if (tab) {
+      cudaStreamSynchronize(stream);
+      cudaFree(tab);
+    }
+    check(cudaMalloc(&tab, static_cast<size_t>(K) * sizeof(int4)), "cudaMalloc (fused conv k-table)");
+    cap = K;
+  }
+  k_table_kernel<<<(K + 255) / 256, 256, 0, stream>>>(tab, K, static_cast<int>(p.KH * p.KW), static_cast<int>(p.KW),
+                                                      static_cast<int>(p.H * p.W), static_cast<int>(p.W),
+                                                      static_cast<int>(p.dil_h), static_cast<int>(p.dil_w));
   dim3 grid(static_cast<unsigned>((P + BP - 1) / BP), static_cast<unsigned>((Og + BM - 1) / BM),
             static_cast<unsigned>(p.groups));
-  implicit_gemm_kernel<BM, BP, BK, TM, TP><<<grid, (BM / TM) * (BP / TP), 0, stream>>>(p);
+  implicit_gemm_kernel<BM, BP, BK, TM, TP><<<grid, (BM / TM) * (BP / TP), 0, stream>>>(p, tab);
 }
 
 }  // namespace
@@ -219,11 +252,11 @@ void fq_conv2d(const FqConv& p, cudaStream_t stream) {
     const int64_t blocks = std::min<int64_t>((total + 255) / 256, int64_t{1} << 30);
     depthwise_kernel<<<static_cast<unsigned>(blocks), 256, 0, stream>>>(p);
   } else if (Og >= 128) {
-    launch_gemm<128, 128, 8, 8, 8>(p, stream);
+    launch_gemm<128, 128, 16, 8, 8>(p, stream);
   } else if (Og >= 64) {
-    launch_gemm<64, 128, 8, 4, 8>(p, stream);
+    launch_gemm<64, 128, 16, 4, 8>(p, stream);
   } else {
-    launch_gemm<32, 128, 8, 2, 8>(p, stream);
+    launch_gemm<32, 128, 16, 4, 4>(p, stream);
   }
   check(cudaGetLastError(), "fused fake-quant convolution");
 }
