@@ -101,7 +101,7 @@ int main(int argc, char** argv) {
   int64_t images = 2048, batch = 256;
   int torch_cells = 6, reps = 20;
   std::string python = "python3", resnet18 = std::string(QSWEEP_SOURCE_DIR) + "/bench/resnet18.onnx";
-  bool skip_torch = false, skip_conv = false;
+  bool skip_torch = false, skip_conv = false, skip_tf32 = false;
   app.add_option("--images", images, "Generated images per model");
   app.add_option("--batch", batch, "Images per batch (0: auto, from free device memory)");
   app.add_option("--resnet18", resnet18, "torchvision ResNet18 ONNX (bench/export_resnet18.py writes it)");
@@ -110,6 +110,7 @@ int main(int argc, char** argv) {
   app.add_option("--reps", reps, "Timed calls per convolution in the conv comparison");
   app.add_flag("--skip-torch", skip_torch, "Do not run the PyTorch peer");
   app.add_flag("--skip-conv", skip_conv, "Do not compare the fused conv with cuDNN");
+  app.add_flag("--skip-tf32", skip_tf32, "Do not time the grid again with run.tf32 = true");
   CLI11_PARSE(app, argc, argv);
 
   if (cuda_device_count() <= 0) {
@@ -170,6 +171,24 @@ int main(int argc, char** argv) {
                "(a naive grid would compute {:.2f} TFLOP: {:.2f}x more)\n",
                flops / 1e12, flops / r.seconds / 1e12, 100.0 * flops / r.seconds / peak,
                images * full * (cells + 1) / 1e12, images * full * (cells + 1) / flops);
+
+    if (!skip_tf32) {  // the same grid with TF32 allowed in cuDNN/cuBLAS (run.tf32 = true)
+      BackendOptions to = bo;
+      to.tf32 = true;
+      CudaBackend tf32(to);
+      Executor te(g, tf32);
+      run_layerwise_grid(te, data, norm, std::min(bs, images), ranges, specs, bits, o);
+      const GridResult t = run_layerwise_grid(te, data, norm, images, ranges, specs, bits, o);
+      double worst_top1 = 0.0, worst_noise = 0.0;
+      for (size_t c = 0; c < cells; ++c) {
+        worst_top1 = std::max(worst_top1, std::abs(t.top1(t.cells[c]) - r.top1(r.cells[c])));
+        worst_noise = std::max(worst_noise, std::abs(t.cells[c].noise_sum - r.cells[c].noise_sum) /
+                                                std::max(r.cells[c].noise_sum, 1e-30));
+      }
+      fmt::print("tf32     : {:8.2f} s   {:12.0f} images*cells/s   ({:.2f}x the FP32 grid; vs FP32: worst top-1 diff {:.2f} "
+                 "points, worst noise diff {:.2g} relative)\n",
+                 t.seconds, images * cells / t.seconds, r.seconds / t.seconds, worst_top1, worst_noise);
+    }
 
     if (!skip_torch) {
       std::mt19937 rng(42);

@@ -254,9 +254,9 @@ void fq_conv2d(const FqConv& p, cudaStream_t stream) {
   } else if (Og >= 128) {
     launch_gemm<128, 128, 16, 8, 8>(p, stream);
   } else if (Og >= 64) {
-    launch_gemm<64, 128, 16, 4, 8>(p, stream);
+    launch_gemm<64, 256, 16, 8, 8>(p, stream);
   } else {
-    launch_gemm<32, 128, 16, 4, 4>(p, stream);
+    launch_gemm<32, 256, 16, 4, 8>(p, stream);
   }
   check(cudaGetLastError(), "fused fake-quant convolution");
 }

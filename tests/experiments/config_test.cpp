@@ -139,6 +139,21 @@ TEST_F(ConfigFiles, ConfigAsRunRoundTrips) {
   EXPECT_EQ(d.data_path, c.data_path);
 }
 
+TEST_F(ConfigFiles, BatchSizeAutoAndTf32) {
+  const std::string p = write("a.toml", "[model]\npath = \"m.onnx\"\n[run]\nbatch_size = \"auto\"\ntf32 = true\n");
+  const Config c = load_config(p, {});
+  EXPECT_EQ(c.batch_size, 0);  // auto
+  EXPECT_TRUE(c.tf32);
+  const Config d = load_config(write("again.toml", config_to_toml(c)), {});
+  EXPECT_EQ(d.batch_size, 0);
+  EXPECT_TRUE(d.tf32);
+  EXPECT_EQ(load_config(p, {"run.batch_size=64", "run.tf32=false"}).batch_size, 64);
+  EXPECT_FALSE(load_config(p, {"run.tf32=false"}).tf32);
+  EXPECT_NE(error_of(p, {"run.batch_size=\"big\""}).find("must be an integer or \"auto\""), std::string::npos);
+  EXPECT_NE(error_of(p, {"run.batch_size=0"}).find("run.batch_size"), std::string::npos);
+  EXPECT_NE(error_of(p, {"run.tf32=1"}).find("run.tf32"), std::string::npos);
+}
+
 // configs/README.md documents every key (it is generated from the same list).
 TEST(ConfigDocs, ReadmeListsEveryKey) {
   std::ifstream in(std::string(QSWEEP_SOURCE_DIR) + "/configs/README.md");

@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
+#include <fstream>
 #include <random>
 #include <string>
 #include <thread>
@@ -13,6 +14,7 @@
 
 #include <cuda_runtime.h>
 #include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
 
 #include "experiments/config.h"
 #include "experiments/layerwise.h"
@@ -612,6 +614,38 @@ TEST_P(CudaGrid, AutoBatchSizeFitsAndIsBounded) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Models, CudaGrid, ::testing::Values(0, 1));
+
+#ifdef QSWEEP_BINARY
+// The CLI end to end on the GPU: the default config with --backend cuda and an automatic
+// batch size writes a complete results folder whose manifest names the CUDA device.
+TEST(CudaCli, QuickstartRunsOnTheGpu) {
+  REQUIRE_CUDA_DEVICE();
+  if (!std::filesystem::exists(kFashionMnistDir)) GTEST_SKIP() << "dataset-fashion-mnist is not installed";
+  const auto dir = std::filesystem::temp_directory_path() / "qsweep_cuda_cli";
+  std::filesystem::remove_all(dir);
+  const std::string cmd = std::string(QSWEEP_BINARY) + " run " + QSWEEP_SOURCE_DIR +
+                          "/configs/quickstart.toml --backend cuda --set 'run.batch_size=\"auto\"' --set output.plots=false "
+                          "--set data.eval.count=3000 --quiet --out " + dir.string() + " > " + (dir.string() + ".out") +
+                          " 2>&1";
+  ASSERT_EQ(std::system(cmd.c_str()), 0) << cmd;
+  std::filesystem::path run;
+  for (const auto& e : std::filesystem::recursive_directory_iterator(dir)) {
+    if (e.path().filename() == "manifest.json") run = e.path().parent_path();
+  }
+  ASSERT_FALSE(run.empty());
+  std::ifstream mf(run / "manifest.json");
+  const auto m = nlohmann::json::parse(mf);
+  EXPECT_EQ(m["backend"]["name"], "cuda");
+  EXPECT_EQ(m["backend"]["tf32"], false);
+  EXPECT_GT(m["backend"]["batch_size"].get<int64_t>(), 250);
+  std::ifstream csv(run / "layerwise.csv");
+  std::string line;
+  int rows = -1;  // header
+  while (std::getline(csv, line)) ++rows;
+  EXPECT_EQ(rows, 60);  // 10 layers x 6 bit-widths
+  std::filesystem::remove_all(dir);
+}
+#endif
 
 // Runs everywhere: the backend registry's answers with and without a device.
 TEST(BackendRegistry, CudaRequestIsClearWithoutDevice) {
