@@ -251,12 +251,12 @@ void fq_conv2d(const FqConv& p, cudaStream_t stream) {
     const int64_t total = p.N * p.O * p.OH * p.OW;
     const int64_t blocks = std::min<int64_t>((total + 255) / 256, int64_t{1} << 30);
     depthwise_kernel<<<static_cast<unsigned>(blocks), 256, 0, stream>>>(p);
-  } else if (Og >= 128) {
+  } else if (Og >= 128) {  // tile shapes measured on an H200 (bench/RESULTS.md); 64x256 tiles were no faster
     launch_gemm<128, 128, 16, 8, 8>(p, stream);
   } else if (Og >= 64) {
-    launch_gemm<64, 256, 16, 8, 8>(p, stream);
+    launch_gemm<64, 128, 16, 4, 8>(p, stream);
   } else {
-    launch_gemm<32, 256, 16, 4, 8>(p, stream);
+    launch_gemm<32, 128, 16, 4, 4>(p, stream);
   }
   check(cudaGetLastError(), "fused fake-quant convolution");
 }
