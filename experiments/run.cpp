@@ -1,5 +1,8 @@
 #include "experiments/run.h"
 #include "runtime/device_session.h"
+#ifdef QSWEEP_WITH_CUDA_BACKEND
+#include "runtime/cuda_backend.h"
+#endif
 
 #include <algorithm>
 #include <chrono>
@@ -145,6 +148,7 @@ std::unique_ptr<Prepared> prepare(const Config& cfg, const std::function<void(co
   }
   BackendOptions bo;
   bo.tf32 = cfg.tf32;
+  bo.device = cfg.devices.empty() ? 0 : cfg.devices[0];  // one worker: the first listed device
   p->backend = make_backend(cfg.backend, bo);
   p->exec = std::make_unique<Executor>(g, *p->backend);
   p->calib = load_idx_split(cfg.data_path, cfg.calibration_split);
@@ -487,13 +491,20 @@ RunOutcome run_layerwise(const RunOptions& o, const Prepared& p, const Activatio
     const auto g0 = std::chrono::steady_clock::now();
     // One worker per device, each with its own backend and executor; they take turns over
     // the batches and share the CPU threads. Records do not depend on who computed them.
-    const int workers = p.backend->name() == "cpu" && cfg.devices.empty() ? 1 : std::max<int>(1, cfg.devices.size());
+    // run.devices = "all": every GPU of the CUDA backend, one worker for the CPU backend.
+    std::vector<int> devices = cfg.devices;
+#ifdef QSWEEP_WITH_CUDA_BACKEND
+    if (devices.empty() && p.backend->name() == "cuda") {
+      for (int d = 0; d < cuda_device_count(); ++d) devices.push_back(d);
+    }
+#endif
+    const int workers = std::max<int>(1, devices.size());
     bool complete = true;
     if (workers == 1) {
       complete = run_grid_batches(*p.exec, p.eval, p.norm, p.eval_count, cell_quant, B, job, gopt);
     } else {
       if (verbose) {
-        fmt::print(stderr, "{} workers on devices [{}], {} threads each\n", workers, fmt::join(cfg.devices, ", "),
+        fmt::print(stderr, "{} workers on devices [{}], {} threads each\n", workers, fmt::join(devices, ", "),
                    std::max(1, p.threads / workers));
       }
       std::vector<std::thread> pool;
@@ -503,7 +514,7 @@ RunOutcome run_layerwise(const RunOptions& o, const Prepared& p, const Activatio
         pool.emplace_back([&, w] {
           try {
             BackendOptions wbo;
-            wbo.device = cfg.devices[w];
+            wbo.device = devices[w];
             wbo.tf32 = cfg.tf32;
             auto backend = make_backend(cfg.backend, wbo);
             const Executor exec(p.g, *backend);
@@ -524,7 +535,7 @@ RunOutcome run_layerwise(const RunOptions& o, const Prepared& p, const Activatio
       }
       for (auto& t : pool) t.join();
       for (int w = 0; w < workers; ++w) {
-        if (!errors[w].empty()) user_error("worker {} (device {}): {}", w, cfg.devices[w], errors[w]);
+        if (!errors[w].empty()) user_error("worker {} (device {}): {}", w, devices[w], errors[w]);
         complete = complete && ok[w];
       }
     }
