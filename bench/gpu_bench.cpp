@@ -21,6 +21,7 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
+#include "bench/bench_util.h"
 #include "experiments/config.h"
 #include "experiments/layerwise.h"
 #include "experiments/quant_plan.h"
@@ -33,19 +34,6 @@ using namespace qsweep;
 
 namespace {
 
-std::string run_capture(const std::string& cmd, int* status) {
-  std::string out;
-  FILE* p = popen(cmd.c_str(), "r");
-  if (!p) {
-    *status = -1;
-    return out;
-  }
-  char buf[4096];
-  size_t n;
-  while ((n = fread(buf, 1, sizeof buf, p)) > 0) out.append(buf, n);
-  *status = pclose(p);
-  return out;
-}
 
 // n seeded random images of the graph's input shape, labels in [0, classes).
 Dataset generated(const Graph& g, int64_t n, int classes) {
@@ -203,7 +191,7 @@ int main(int argc, char** argv) {
           "--device cuda --cells {} 2>&1",
           python, QSWEEP_SOURCE_DIR, m.onnx, images, images, bs, spec);
       int status = 0;
-      const std::string out = run_capture(cmd, &status);
+      const std::string out = bench::run_capture(cmd, &status);
       const auto brace = out.rfind("\n{");
       if (status != 0 || brace == std::string::npos) {
         fmt::print("pytorch  : peer did not run (status {}): {}\n", status, out.substr(0, 3000));

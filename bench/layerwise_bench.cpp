@@ -16,6 +16,7 @@
 #include <nlohmann/json.hpp>
 #include <omp.h>
 
+#include "bench/bench_util.h"
 #include "experiments/config.h"
 #include "experiments/layerwise.h"
 #include "runtime/backend.h"
@@ -30,19 +31,6 @@ double seconds_since(std::chrono::steady_clock::time_point t0) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }
 
-std::string run_capture(const std::string& cmd, int* status) {
-  std::string out;
-  FILE* p = popen(cmd.c_str(), "r");
-  if (!p) {
-    *status = -1;
-    return out;
-  }
-  char buf[4096];
-  size_t n;
-  while ((n = fread(buf, 1, sizeof buf, p)) > 0) out.append(buf, n);
-  *status = pclose(p);
-  return out;
-}
 
 }  // namespace
 
@@ -117,7 +105,7 @@ int main(int argc, char** argv) {
           python, QSWEEP_SOURCE_DIR, cfg.model_path, cfg.data_path, cfg.mean[0], cfg.std[0], cfg.calibration_count,
           count, cfg.batch_size, threads, spec);
       int status = 0;
-      const std::string out = run_capture(cmd, &status);
+      const std::string out = bench::run_capture(cmd, &status);
       const auto brace = out.rfind("\n{");
       if (status != 0 || brace == std::string::npos) {
         fmt::print("pytorch  : peer did not run (status {}): {}\n", status, out.substr(0, 2000));

@@ -260,33 +260,8 @@ void run_matmul(const Node& n, std::span<const Tensor* const> in, Tensor& out) {
   sgemm(n, 'N', a.numel() / K, N, K, 1.0f, a.ptr(), b.ptr(), 0.0f, out.ptr());
 }
 
-int64_t norm_axis(const Node& n, int64_t axis, size_t rank) {
-  const int64_t r = static_cast<int64_t>(rank);
-  const int64_t a = axis < 0 ? axis + r : axis;
-  if (a < 0 || a >= std::max<int64_t>(r, 1)) {
-    user_error("node '{}' ({}) has axis {} for an input of rank {}", n.name, op_name(n.op), axis, rank);
-  }
-  return a;
-}
-
 void run_reshape(const Node& n, const Tensor& x, Tensor& out) {
-  Shape s = n.attrs.shape;
-  int64_t known = 1;
-  int infer = -1;
-  for (size_t i = 0; i < s.size(); ++i) {
-    if (s[i] == 0 && !n.attrs.allow_zero) s[i] = i < x.rank() ? x.dim(i) : 0;
-    if (s[i] == -1) {
-      infer = static_cast<int>(i);
-    } else {
-      known *= s[i];
-    }
-  }
-  if (infer >= 0) s[infer] = known ? x.numel() / known : 0;
-  if (shape_numel(s) != x.numel()) {
-    user_error("node '{}' (Reshape) cannot reshape {} into {}; a Reshape that fixes the batch size "
-               "breaks batching (export with torch.flatten)", n.name, shape_str(x.shape), fmt::join(n.attrs.shape, ","));
-  }
-  out.shape = s;
+  out.shape = reshape_target(n, x.shape);
   out.data.assign(x.data.begin(), x.data.end());
 }
 
@@ -422,7 +397,7 @@ void CpuBackend::run(BackendContext& base, const Node& n, std::span<const Tensor
       return;
     }
     case OpType::kConcat: {
-      const int64_t axis = norm_axis(n, a.axis, x.rank());
+      const int64_t axis = normalize_axis(n, a.axis, x.rank());
       Shape s = x.shape;
       s[axis] = 0;
       std::vector<const float*> ptrs;
@@ -457,7 +432,7 @@ void CpuBackend::run(BackendContext& base, const Node& n, std::span<const Tensor
       return run_reshape(n, x, out);
     case OpType::kSoftmax: {
       out.reshape_to(x.shape);
-      const int64_t axis = norm_axis(n, a.axis, x.rank());
+      const int64_t axis = normalize_axis(n, a.axis, x.rank());
       int64_t outer = 1, inner = 1;
       for (int64_t d = 0; d < axis; ++d) outer *= x.dim(d);
       if (a.softmax_legacy) {

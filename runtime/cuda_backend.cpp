@@ -335,36 +335,6 @@ void gemm(DevCtx& ctx, bool trans_b, int64_t M, int64_t N, int64_t K, float alph
              "cublasSgemm");
 }
 
-Shape reshape_target(const Node& n, const DTensor& x) {
-  Shape s = n.attrs.shape;
-  int64_t known = 1;
-  int infer = -1;
-  for (size_t i = 0; i < s.size(); ++i) {
-    if (s[i] == 0 && !n.attrs.allow_zero) s[i] = i < x.shape.size() ? x.shape[i] : 0;
-    if (s[i] == -1) {
-      infer = static_cast<int>(i);
-    } else {
-      known *= s[i];
-    }
-  }
-  if (infer >= 0) s[infer] = known ? x.numel() / known : 0;
-  if (shape_numel(s) != x.numel()) {
-    user_error("node '{}' (Reshape) cannot reshape {} into {}; a Reshape that fixes the batch size breaks batching "
-               "(export with torch.flatten)",
-               n.name, shape_str(x.shape), fmt::join(n.attrs.shape, ","));
-  }
-  return s;
-}
-
-int64_t norm_axis(const Node& n, int64_t axis, size_t rank) {
-  const int64_t r = static_cast<int64_t>(rank);
-  const int64_t a = axis < 0 ? axis + r : axis;
-  if (a < 0 || a >= std::max<int64_t>(r, 1)) {
-    user_error("node '{}' ({}) has axis {} for an input of rank {}", n.name, op_name(n.op), axis, rank);
-  }
-  return a;
-}
-
 void copy_as(DevCtx& ctx, const DTensor& x, const Shape& s, DTensor& out) {
   out.reshape(s);
   check(cudaMemcpyAsync(out.ptr(), x.ptr(), x.numel() * sizeof(float), cudaMemcpyDeviceToDevice, ctx.stream),
@@ -468,7 +438,7 @@ void run_op(DevCtx& ctx, const Node& n, std::span<const DTensor* const> in, DTen
                                     y.ptr(), y.shape, out.ptr(), os, s);
     }
     case OpType::kConcat: {
-      const int64_t axis = norm_axis(n, a.axis, x.shape.size());
+      const int64_t axis = normalize_axis(n, a.axis, x.shape.size());
       Shape os = x.shape;
       os[axis] = 0;
       for (const DTensor* t : in) {
@@ -504,10 +474,10 @@ void run_op(DevCtx& ctx, const Node& n, std::span<const DTensor* const> in, DTen
       return copy_as(ctx, x, {outer, outer ? x.numel() / outer : 0}, out);
     }
     case OpType::kReshape:
-      return copy_as(ctx, x, reshape_target(n, x), out);
+      return copy_as(ctx, x, reshape_target(n, x.shape), out);
     case OpType::kSoftmax: {
       out.reshape(x.shape);
-      const int64_t axis = norm_axis(n, a.axis, x.shape.size());
+      const int64_t axis = normalize_axis(n, a.axis, x.shape.size());
       int64_t outer = 1, inner = 1;
       for (int64_t d = 0; d < axis; ++d) outer *= x.shape[d];
       if (a.softmax_legacy) return cuda::softmax(x.ptr(), out.ptr(), outer, x.numel() / std::max<int64_t>(outer, 1), 1, s);

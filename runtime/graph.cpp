@@ -5,6 +5,7 @@
 #include <set>
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 
 #include "runtime/error.h"
 
@@ -187,6 +188,36 @@ int fold_batch_norms(Graph& g) {
     g.nodes = std::move(kept);
   }
   return folded;
+}
+
+int64_t normalize_axis(const Node& n, int64_t axis, size_t rank) {
+  const int64_t r = static_cast<int64_t>(rank);
+  const int64_t a = axis < 0 ? axis + r : axis;
+  if (a < 0 || a >= std::max<int64_t>(r, 1)) {
+    user_error("node '{}' ({}) has axis {} for an input of rank {}", n.name, op_name(n.op), axis, rank);
+  }
+  return a;
+}
+
+Shape reshape_target(const Node& n, const Shape& in) {
+  Shape s = n.attrs.shape;
+  int64_t known = 1;
+  int infer = -1;
+  for (size_t i = 0; i < s.size(); ++i) {
+    if (s[i] == 0 && !n.attrs.allow_zero) s[i] = i < in.size() ? in[i] : 0;
+    if (s[i] == -1) {
+      infer = static_cast<int>(i);
+    } else {
+      known *= s[i];
+    }
+  }
+  const int64_t numel = shape_numel(in);
+  if (infer >= 0) s[infer] = known ? numel / known : 0;
+  if (shape_numel(s) != numel) {
+    user_error("node '{}' (Reshape) cannot reshape {} into {}; a Reshape that fixes the batch size "
+               "breaks batching (export with torch.flatten)", n.name, shape_str(in), fmt::join(n.attrs.shape, ","));
+  }
+  return s;
 }
 
 }  // namespace qsweep

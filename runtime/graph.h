@@ -123,6 +123,12 @@ struct Graph {
   std::vector<int> suffix_nodes(int layer) const;
 };
 
+// Shape rules every backend applies the same way (UserError naming the node on bad input):
+// an axis attribute normalized against a rank (negative counts from the end), and the
+// output shape of a Reshape of an input of shape `in` (ONNX: 0 copies, -1 is inferred).
+int64_t normalize_axis(const Node& n, int64_t axis, size_t rank);
+Shape reshape_target(const Node& n, const Shape& in);
+
 // Folds every BatchNormalization that directly and solely consumes a Conv output into
 // that Conv (method.md): W' = W * g / sqrt(v + eps), b' = (b - m) * g / sqrt(v + eps) + beta,
 // computed in double and rounded once to float32. Returns how many were folded.
