@@ -613,6 +613,45 @@ TEST_P(CudaGrid, AutoBatchSizeFitsAndIsBounded) {
   std::printf("[ auto batch ] %lld images on %s\n", static_cast<long long>(b), cuda.device_name().c_str());
 }
 
+// Whole-network plans (the additivity and comparison studies' forwards): several layers
+// quantized at once, CUDA against CPU.
+TEST_P(CudaGrid, NetworkPlansMatchTheCpuBackend) {
+  REQUIRE_CUDA_DEVICE();
+  GridSetup s;
+  std::string why;
+  if (!load_setup(GetParam(), s, &why)) GTEST_SKIP() << why;
+  CpuBackend cpu;
+  CudaBackend cuda{BackendOptions{}};
+  Executor ce(s.g, cpu), ge(s.g, cuda);
+  const ActivationRanges r = calibrate(ce, s.calib, s.norm, 512, 256, 8);
+  const auto specs = resolve_layer_specs(s.g, s.cfg.quant);
+  const size_t L = s.g.layers.size();
+  std::vector<std::unique_ptr<QuantizedLayer>> q4, q8;
+  for (size_t l = 0; l < L; ++l) {
+    q4.push_back(quantize_layer(ce, static_cast<int>(l), specs[l], 4, r, nullptr, 256, 1));
+    q8.push_back(quantize_layer(ce, static_cast<int>(l), specs[l], 8, r, nullptr, 256, 1));
+  }
+  std::vector<QuantPlan> plans(3, QuantPlan(L, nullptr));
+  for (size_t l = 0; l < L; ++l) {
+    plans[0][l] = &q8[l]->q;                          // every layer at 8 bits
+    plans[1][l] = l % 2 ? &q4[l]->q : &q8[l]->q;      // alternating 4 / 8
+    if (l == 0 || l + 1 == L) plans[2][l] = &q4[l]->q;  // first and last at 4
+  }
+  GridOptions o;
+  o.batch_size = 500;
+  o.threads = 8;
+  o.progress = false;
+  const GridResult a = run_network_plans(ce, s.eval, s.norm, 5000, plans, o, "cpu");
+  const GridResult b = run_network_plans(ge, s.eval, s.norm, 5000, plans, o, "cuda");
+  ASSERT_EQ(a.cells.size(), b.cells.size());
+  EXPECT_LE(std::abs(a.float_top1() - b.float_top1()), kMaxTop1Points);
+  for (size_t p = 0; p < plans.size(); ++p) {
+    // 5,000 images: one image is 0.02 points, so 0.05 allows two flips.
+    EXPECT_LE(std::abs(a.top1(a.cells[p]) - b.top1(b.cells[p])), kMaxTop1Points) << "plan " << p;
+    EXPECT_LE(std::abs(a.cells[p].noise_sum - b.cells[p].noise_sum) / a.cells[p].noise_sum, kMaxNoiseRelative) << "plan " << p;
+  }
+}
+
 INSTANTIATE_TEST_SUITE_P(Models, CudaGrid, ::testing::Values(0, 1));
 
 #ifdef QSWEEP_BINARY
