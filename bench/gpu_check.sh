@@ -16,6 +16,7 @@
 #   QSWEEP_GPU_BUILD=DIR     build folder (default build-gpu)
 #   QSWEEP_CMAKE_ARGS="..."  extra configure arguments (word-split)
 #   QSWEEP_BENCH_TIMEOUT=S   seconds the GPU benchmark may run (default 240)
+#   QSWEEP_SKIP_BENCH=1      build and run the Cuda* tests only
 #   CUDNN_ROOT=DIR           a cuDNN folder holding include/cudnn.h and lib*/libcudnn.so*
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
@@ -210,7 +211,9 @@ stage "Cuda* test suites"
 ctest --test-dir "$build" -R 'Cuda' --output-on-failure -j4
 status=$?
 [ "$build_status" = 0 ] || status=1
-if [ -x "$build/bench/qsweep_bench_gpu" ]; then
+if [ "${QSWEEP_SKIP_BENCH:-0}" = 1 ]; then
+  stage "GPU benchmark: skipped (QSWEEP_SKIP_BENCH=1)"
+elif [ -x "$build/bench/qsweep_bench_gpu" ]; then
   # The benchmark's ResNet-18 and its PyTorch peer need a python3 with torch, torchvision, onnx.
   torch_py=
   for py in python3 /opt/torch/.venv/bin/python3 /usr/bin/python3; do
