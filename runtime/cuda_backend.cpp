@@ -69,7 +69,16 @@ class DevBuf {
       if (p_) check(cudaFree(p_), "cudaFree");
       p_ = nullptr;
       cap_ = 0;
-      check(cudaMalloc(&p_, bytes), "cudaMalloc");
+      const cudaError_t err = cudaMalloc(&p_, bytes);
+      if (err == cudaErrorMemoryAllocation) {
+        cudaGetLastError();
+        size_t free_bytes = 0, total = 0;
+        cudaMemGetInfo(&free_bytes, &total);
+        user_error("the GPU ran out of memory asking for {:.1f} MiB more ({:.1f} of {:.1f} GiB free): use a smaller "
+                   "run.batch_size, or \"auto\" to size batches from free memory",
+                   bytes / 1048576.0, free_bytes / 1073741824.0, total / 1073741824.0);
+      }
+      check(err, "cudaMalloc");
       cap_ = bytes;
     }
     return p_;
@@ -558,6 +567,7 @@ class CudaSession final : public DeviceSession {
   std::vector<char> act_fusable_;   // per layer: the conv output feeds only its activation
   std::vector<int> relu_of_;        // per node: the Relu that alone consumes this Conv's output, or -1
   DTensor qin_, kn_;                // scratch of the unfused path
+  std::vector<const DTensor*> args_;
   std::vector<uint64_t> done_;      // per node: computed by a fused kernel in pass done_[k]
   uint64_t pass_ = 0;
 
@@ -736,7 +746,8 @@ void CudaSession::run_node(int k, const LayerQuantization* q, const Reader& read
   const int layer = layer_of_node_[k];
   if (q != nullptr && layer >= 0 && fusable(k, read(node.inputs[0]))) return run_fused(k, *q, read, out);
   // Otherwise the Executor's steps, one op at a time.
-  std::vector<const DTensor*> args;
+  std::vector<const DTensor*>& args = args_;
+  args.clear();
   for (int v : node.inputs) args.push_back(g_.values[v].is_constant ? &consts_[v] : &read(v));
   if (q != nullptr && layer >= 0) {
     const Prepared& pq = prepared_.at(q);
