@@ -5,7 +5,6 @@
 #include <stdexcept>
 #include <string>
 
-#include <cub/block/block_reduce.cuh>
 #include <cub/device/device_reduce.cuh>
 #include <thrust/execution_policy.h>
 #include <thrust/iterator/transform_iterator.h>
@@ -209,18 +208,6 @@ __global__ void global_avg_pool_kernel(const float* x, float* y, size_t planes, 
   if (lane == 0) y[warp] = static_cast<float>(s / static_cast<double>(hw));
 }
 
-__global__ void fq_per_channel_kernel(const float* x, float* y, size_t total, size_t channels, size_t inner,
-                                      const QuantParams* params) {
-  for (size_t i = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x; i < total;
-       i += static_cast<size_t>(gridDim.x) * blockDim.x) {
-    const QuantParams p = params[(i / inner) % channels];
-    float q = rintf(x[i] * p.inv_scale) + static_cast<float>(p.zero_point);
-    if (!(q >= static_cast<float>(p.qmin))) q = static_cast<float>(p.qmin);
-    if (q > static_cast<float>(p.qmax)) q = static_cast<float>(p.qmax);
-    y[i] = static_cast<float>(static_cast<int>(q) - p.zero_point) * p.scale;
-  }
-}
-
 // One warp per row: the squared error in double and the argmax (lowest index of the largest
 // non-NaN value; 0 when every value is NaN), as kernels/cpu/metrics.cpp.
 __global__ void row_metrics_kernel(const float* y, const float* y_hat, const int32_t* labels, size_t n, size_t k,
@@ -275,37 +262,6 @@ struct MinMaxJoin {
     return make_float2(fminf(a.x, b.x), fmaxf(a.y, b.y));
   }
 };
-
-struct FMin {
-  __device__ float operator()(float a, float b) const { return fminf(a, b); }
-};
-struct FMax {
-  __device__ float operator()(float a, float b) const { return fmaxf(a, b); }
-};
-
-template <int kBlock>
-__global__ void min_max_per_channel_kernel(const float* x, size_t outer, size_t channels, size_t inner, float* lo,
-                                           float* hi) {
-  using Reduce = cub::BlockReduce<float, kBlock>;
-  __shared__ typename Reduce::TempStorage tmp;
-  const size_t c = blockIdx.x;
-  float mn = FLT_MAX, mx = -FLT_MAX;
-  for (size_t j = threadIdx.x; j < outer * inner; j += kBlock) {
-    const size_t o = j / inner, i = j % inner;
-    const float v = x[(o * channels + c) * inner + i];
-    if (v == v) {
-      mn = fminf(mn, v);
-      mx = fmaxf(mx, v);
-    }
-  }
-  const float rmin = Reduce(tmp).Reduce(mn, FMin());
-  __syncthreads();
-  const float rmax = Reduce(tmp).Reduce(mx, FMax());
-  if (threadIdx.x == 0) {
-    lo[c] = rmin;
-    hi[c] = rmax;
-  }
-}
 
 __global__ void transpose_kernel(const float* in, float* out, size_t rows, size_t cols) {
   __shared__ float tile[32][33];
@@ -396,14 +352,6 @@ void global_avg_pool(const float* x, float* y, size_t planes, size_t hw, cudaStr
   launched("global average pool");
 }
 
-void fake_quantize_per_channel(const float* x, float* y, size_t outer, size_t channels, size_t inner,
-                               const QuantParams* params, cudaStream_t stream) {
-  const size_t total = outer * channels * inner;
-  if (total == 0) return;
-  fq_per_channel_kernel<<<blocks_for(total), kThreads, 0, stream>>>(x, y, total, channels, inner, params);
-  launched("fake_quantize_per_channel");
-}
-
 void row_metrics(const float* y, const float* y_hat, const int32_t* labels, size_t n, size_t k, double* sq,
                  uint8_t* correct, cudaStream_t stream) {
   if (n == 0) return;
@@ -436,14 +384,6 @@ void min_max(const float* x, size_t n, float* lo, float* hi, cudaStream_t stream
                                             make_float2(FLT_MAX, -FLT_MAX), MinMaxJoin());
   *lo = r.x;
   *hi = r.y;
-}
-
-void min_max_per_channel(const float* x, size_t outer, size_t channels, size_t inner, float* lo, float* hi,
-                         cudaStream_t stream) {
-  if (channels == 0) return;
-  min_max_per_channel_kernel<256><<<static_cast<unsigned>(channels), 256, 0, stream>>>(x, outer, channels, inner, lo,
-                                                                                      hi);
-  launched("min_max_per_channel");
 }
 
 void transpose(const float* in, float* out, size_t rows, size_t cols, cudaStream_t stream) {

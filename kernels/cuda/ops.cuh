@@ -1,7 +1,9 @@
 // The CUDA twins of kernels/cpu: element-wise ops, data movement, pooling, the metric
-// reductions and the weight/activation range reductions. Every launcher is asynchronous on
-// `stream` unless it says otherwise, takes device pointers, and throws std::runtime_error on
-// a launch failure. Semantics follow the CPU functions named in each comment exactly.
+// reductions and the activation range reduction. (Weight ranges and weight fake-quant stay
+// on the host, once per layer and bit-width, where every clipping method lives.) Every
+// launcher is asynchronous on `stream` unless it says otherwise, takes device pointers, and
+// throws std::runtime_error on a launch failure. Semantics follow the CPU functions named
+// in each comment exactly.
 #pragma once
 
 #include <cstddef>
@@ -53,11 +55,6 @@ void pool2d(const Pool2d& p, const float* x, float* y, cudaStream_t stream);
 // Mean over each of `planes` rows of hw values, accumulated in double (as the CPU does).
 void global_avg_pool(const float* x, float* y, size_t planes, size_t hw, cudaStream_t stream);
 
-// y[i] = dequantize(quantize(x[i])) per channel of an (outer, channels, inner) layout with
-// device params[c] (fake_quantize_per_channel()).
-void fake_quantize_per_channel(const float* x, float* y, size_t outer, size_t channels, size_t inner,
-                               const QuantParams* params, cudaStream_t stream);
-
 // Per image of a batch of logits (n rows of k): the squared error ||y - y_hat||^2 in
 // double (y_hat = nullptr: ||y||^2) and whether argmax(y_hat or y) equals the label
 // (argmax() of kernels/cpu/metrics.h: lowest index on ties, NaN never wins). labels are
@@ -75,11 +72,6 @@ void reduce_rows(const double* sq, const uint8_t* correct, size_t n, double* out
 // Min and max of n device values, NaNs ignored (min_max() of kernels/cpu/fake_quant.h);
 // synchronous (Thrust), returns to the host.
 void min_max(const float* x, size_t n, float* lo, float* hi, cudaStream_t stream);
-
-// Per-channel min/max over an (outer, channels, inner) layout into device lo/hi arrays
-// (CUB block reductions, one block per channel).
-void min_max_per_channel(const float* x, size_t outer, size_t channels, size_t inner, float* lo, float* hi,
-                         cudaStream_t stream);
 
 // out (rows, cols) = transpose of in (cols, rows).
 void transpose(const float* in, float* out, size_t rows, size_t cols, cudaStream_t stream);
