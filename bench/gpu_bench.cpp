@@ -179,13 +179,7 @@ int main(int argc, char** argv) {
     }
 
     if (!skip_torch) {
-      std::mt19937 rng(42);
-      std::vector<size_t> all(cells);
-      for (size_t c = 0; c < cells; ++c) all[c] = c;
-      std::shuffle(all.begin(), all.end(), rng);
-      all.resize(std::min<size_t>(torch_cells, cells));
-      std::string spec;
-      for (size_t c : all) spec += fmt::format("{}{}:{}", spec.empty() ? "" : ",", r.cells[c].layer, r.cells[c].weight_bits);
+      const std::string spec = bench::sample_cells(r, torch_cells);
       const std::string cmd = fmt::format(
           "{} {}/bench/torch_grid.py --onnx '{}' --synthetic {} --images {} --calibration 512 --batch {} --threads 8 "
           "--device cuda --cells {} 2>&1",
@@ -201,7 +195,7 @@ int main(int argc, char** argv) {
         const double t_torch = j["reference_seconds"].get<double>() + per_cell * cells;
         fmt::print("pytorch  : {:8.2f} s   {:12.0f} images*cells/s   (torch {}, TF32 off, {} cells timed, {:.3f} s/cell, "
                    "extrapolated to {} cells + the float32 pass)\n",
-                   t_torch, images * cells / t_torch, j["torch_version"].get<std::string>(), all.size(), per_cell, cells);
+                   t_torch, images * cells / t_torch, j["torch_version"].get<std::string>(), j["cells"].size(), per_cell, cells);
         fmt::print("qsweep one-pass throughput over the naive PyTorch grid: {:.1f}x\n", t_torch / r.seconds);
       }
     }

@@ -91,14 +91,7 @@ int main(int argc, char** argv) {
     }
 
     if (!skip_torch) {
-      // A seeded sample of cells spread over the layers.
-      std::mt19937 rng(42);
-      std::vector<size_t> all(cells);
-      for (size_t c = 0; c < cells; ++c) all[c] = c;
-      std::shuffle(all.begin(), all.end(), rng);
-      all.resize(std::min<size_t>(torch_cells, cells));
-      std::string spec;
-      for (size_t c : all) spec += fmt::format("{}{}:{}", spec.empty() ? "" : ",", one.cells[c].layer, one.cells[c].weight_bits);
+      const std::string spec = bench::sample_cells(one, torch_cells);
       const std::string cmd = fmt::format(
           "{} {}/bench/torch_grid.py --onnx '{}' --data '{}' --mean {} --std {} --calibration {} --images {} "
           "--batch {} --threads {} --cells {} 2>&1",
@@ -116,7 +109,7 @@ int main(int argc, char** argv) {
         const double t_torch = j["reference_seconds"].get<double>() + per_cell * cells;
         fmt::print("pytorch  : {:8.2f} s   {:10.0f} images*cells/s   (torch {}, {} threads, {} cells timed, "
                    "{:.2f} s/cell, extrapolated to {} cells + the float32 pass)\n",
-                   t_torch, count * cells / t_torch, j["torch_version"].get<std::string>(), threads, all.size(), per_cell,
+                   t_torch, count * cells / t_torch, j["torch_version"].get<std::string>(), threads, j["cells"].size(), per_cell,
                    cells);
         fmt::print("qsweep one-pass speed-up over PyTorch: {:.1f}x\n", t_torch / t_one);
         // The peer computes the same cells: show the agreement.

@@ -156,32 +156,27 @@ GridResult run_layerwise_grid(const Executor& exec, const Dataset& eval, const N
               progress.add_images(n);
             });
       }
-      progress.finish();
-      GridResult r = collect(sums, std::move(cells), std::move(float_images), count);
-      r.weight_bits = weight_bits;
-      r.naive = true;
-      r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-      return r;
-    }
-    std::vector<Tensor> reference(batches);
-    const int32_t* labels = eval.labels.data();
-    for_each_batch(exec, eval, norm, count, bs, opt.threads,
-                   [&](Executor::Workspace& ws, const Tensor& x, int64_t i, int64_t begin, int64_t n) {
-                     reference[i] = exec.forward(ws, x);
-                     sums[i].float_correct = record_top1(reference[i], labels + begin, n, float_images.data() + begin);
-                     sums[i].energy = squared_norm_sum(reference[i].ptr(), n, reference[i].numel() / n);
-                   });
-    for (size_t c = 0; c < ncells; ++c) {
-      QuantPlan plan(L, nullptr);
-      plan[c / B] = cell_quant[c];
+    } else {
+      std::vector<Tensor> reference(batches);
+      const int32_t* labels = eval.labels.data();
       for_each_batch(exec, eval, norm, count, bs, opt.threads,
                      [&](Executor::Workspace& ws, const Tensor& x, int64_t i, int64_t begin, int64_t n) {
-                       const Tensor& yq = exec.forward(ws, x, &plan);
-                       const Tensor& y = reference[i];
-                       sums[i].noise[c] = squared_error_sum(y.ptr(), yq.ptr(), n, y.numel() / n);
-                       sums[i].correct[c] = record_top1(yq, labels + begin, n, cells[c].correct_images.data() + begin);
-                       progress.add_images(n);
+                       reference[i] = exec.forward(ws, x);
+                       sums[i].float_correct = record_top1(reference[i], labels + begin, n, float_images.data() + begin);
+                       sums[i].energy = squared_norm_sum(reference[i].ptr(), n, reference[i].numel() / n);
                      });
+      for (size_t c = 0; c < ncells; ++c) {
+        QuantPlan plan(L, nullptr);
+        plan[c / B] = cell_quant[c];
+        for_each_batch(exec, eval, norm, count, bs, opt.threads,
+                       [&](Executor::Workspace& ws, const Tensor& x, int64_t i, int64_t begin, int64_t n) {
+                         const Tensor& yq = exec.forward(ws, x, &plan);
+                         const Tensor& y = reference[i];
+                         sums[i].noise[c] = squared_error_sum(y.ptr(), yq.ptr(), n, y.numel() / n);
+                         sums[i].correct[c] = record_top1(yq, labels + begin, n, cells[c].correct_images.data() + begin);
+                         progress.add_images(n);
+                       });
+      }
     }
     progress.finish();
     GridResult r = collect(sums, std::move(cells), std::move(float_images), count);
@@ -467,21 +462,21 @@ GridResult run_network_plans(const Executor& exec, const Dataset& eval, const No
           progress.add_images(n);
         });
   } else {
-  for_each_batch(exec, eval, norm, count, bs, opt.threads,
-                 [&](Executor::Workspace& ws, const Tensor& x, int64_t i, int64_t begin, int64_t n) {
-                   const int32_t* labels = eval.labels.data() + begin;
-                   const Tensor y = exec.forward(ws, x);  // a copy: the plans' forwards reuse ws
-                   const size_t classes = static_cast<size_t>(y.numel() / n);
-                   BatchSums& s = sums[i];
-                   s.float_correct = record_top1(y, labels, n, float_images.data() + begin);
-                   s.energy = squared_norm_sum(y.ptr(), n, classes);
-                   for (size_t p = 0; p < P; ++p) {
-                     const Tensor& yq = exec.forward(ws, x, &plans[p]);
-                     s.noise[p] = squared_error_sum(y.ptr(), yq.ptr(), n, classes);
-                     s.correct[p] = record_top1(yq, labels, n, cells[p].correct_images.data() + begin);
-                   }
-                   progress.add_images(n);
-                 });
+    for_each_batch(exec, eval, norm, count, bs, opt.threads,
+                   [&](Executor::Workspace& ws, const Tensor& x, int64_t i, int64_t begin, int64_t n) {
+                     const int32_t* labels = eval.labels.data() + begin;
+                     const Tensor y = exec.forward(ws, x);  // a copy: the plans' forwards reuse ws
+                     const size_t classes = static_cast<size_t>(y.numel() / n);
+                     BatchSums& s = sums[i];
+                     s.float_correct = record_top1(y, labels, n, float_images.data() + begin);
+                     s.energy = squared_norm_sum(y.ptr(), n, classes);
+                     for (size_t p = 0; p < P; ++p) {
+                       const Tensor& yq = exec.forward(ws, x, &plans[p]);
+                       s.noise[p] = squared_error_sum(y.ptr(), yq.ptr(), n, classes);
+                       s.correct[p] = record_top1(yq, labels, n, cells[p].correct_images.data() + begin);
+                     }
+                     progress.add_images(n);
+                   });
   }
   progress.finish();
   GridResult r = collect(sums, std::move(cells), std::move(float_images), count);
