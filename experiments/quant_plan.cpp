@@ -36,6 +36,7 @@ ActivationRanges calibrate(const Executor& exec, const Dataset& data, const Norm
   std::vector<std::vector<float>> lo(batches, std::vector<float>(nv, kInf)), hi(batches, std::vector<float>(nv, -kInf));
   for_each_batch(exec, data, norm, count, batch_size, threads,
                  [&](Executor::Workspace& ws, const Tensor& x, int64_t b, int64_t, int64_t) {
+                   ws.keep_all_values = true;  // the ranges of every value, conv outputs included
                    exec.forward(ws, x);
                    for (size_t v = 0; v < nv; ++v) {
                      if (g.values[v].is_constant || ws.values[v].data.empty()) continue;
@@ -317,6 +318,7 @@ Tensor bias_correction(const Executor& exec, int layer, const LayerQuantization&
   std::vector<int64_t> per_image(batches, 0);
   for_each_batch(exec, data, norm, count, batch_size, threads,
                  [&](Executor::Workspace& ws, const Tensor& x, int64_t b, int64_t, int64_t) {
+                   ws.keep_all_values = true;  // the conv's pre-activation output is read below
                    exec.forward(ws, x);
                    Tensor y, yq;  // float and quantized pre-activation outputs, (N, C, ...) in NCHW order
                    to_nchw(ws.values[out_value], y);

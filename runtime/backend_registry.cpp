@@ -3,6 +3,10 @@
 #include "runtime/device_session.h"
 #include "runtime/error.h"
 
+#include <stdexcept>
+
+#include <fmt/format.h>
+
 #ifdef QSWEEP_WITH_CUDA_BACKEND
 #include "runtime/cuda_backend.h"
 #endif
@@ -10,6 +14,11 @@
 namespace qsweep {
 
 std::unique_ptr<DeviceSession> Backend::make_session(const Graph&) const { return nullptr; }
+
+void Backend::run_conv_activation(BackendContext&, const Node& conv, const Node& act, std::span<const Tensor* const>,
+                                  Tensor&) const {
+  throw std::logic_error(fmt::format("the {} backend cannot fuse node '{}' with '{}'", name(), conv.name, act.name));
+}
 
 bool cuda_device_available() {
 #ifdef QSWEEP_WITH_CUDA_BACKEND

@@ -59,8 +59,9 @@ using dnnl::memory;
 using tag = dnnl::memory::format_tag;
 using dt = dnnl::memory::data_type;
 
-// Key of a cached primitive: the node and the input shape it was created for.
-using PrimKey = std::tuple<const Node*, int64_t, int64_t, int64_t, int64_t, bool>;
+// Key of a cached primitive: the node, the input shape it was created for, and the
+// activation fused into it (nullptr: none).
+using PrimKey = std::tuple<const Node*, int64_t, int64_t, int64_t, int64_t, bool, const Node*>;
 
 struct CachedPrimitive {
   dnnl::primitive prim;
@@ -91,7 +92,8 @@ void check_rank(const Node& n, const Tensor& x, size_t rank) {
   }
 }
 
-void run_conv(CpuContext& ctx, const Node& n, std::span<const Tensor* const> in, Tensor& out) {
+void run_conv(CpuContext& ctx, const Node& n, std::span<const Tensor* const> in, Tensor& out,
+              const Node* act = nullptr) {
   const Tensor& x = *in[0];
   const Tensor& w = *in[1];
   check_rank(n, x, 4);
@@ -104,7 +106,7 @@ void run_conv(CpuContext& ctx, const Node& n, std::span<const Tensor* const> in,
   const SpatialPlan sp = plan_spatial(n.attrs, H, W);
   out.reshape_to({N, O, sp.out_h, sp.out_w});
   out.nhwc = true;
-  const PrimKey key{&n, N, C, H, W, x.nhwc};
+  const PrimKey key{&n, N, C, H, W, x.nhwc, act};
   auto it = ctx.prims.find(key);
   if (it == ctx.prims.end()) {
     CachedPrimitive c;
@@ -125,7 +127,17 @@ void run_conv(CpuContext& ctx, const Node& n, std::span<const Tensor* const> in,
     const memory::desc wei_any(c.weights.dims(), dt::f32, tag::any);
     dnnl::convolution_forward::desc d(dnnl::prop_kind::forward_inference, dnnl::algorithm::convolution_direct,
                                       src_any, wei_any, c.bias, c.dst, strides, dil, pl, pr);
-    dnnl::convolution_forward::primitive_desc pd(d, ctx.engine);
+    dnnl::primitive_attr attr;
+    if (act != nullptr) {  // y = act(conv(x)): ReLU and clip are exact in either order of operations
+      dnnl::post_ops po;
+      if (act->op == OpType::kRelu) {
+        po.append_eltwise(1.0f, dnnl::algorithm::eltwise_relu, 0.0f, 0.0f);
+      } else {
+        po.append_eltwise(1.0f, dnnl::algorithm::eltwise_clip, act->attrs.act_alpha, act->attrs.act_beta);
+      }
+      attr.set_post_ops(po);
+    }
+    dnnl::convolution_forward::primitive_desc pd(d, attr, ctx.engine);
     c.prim = dnnl::convolution_forward(pd);
     c.src_k = pd.src_desc();
     c.weights_k = pd.weights_desc();
@@ -197,7 +209,7 @@ void run_pool(CpuContext& ctx, const Node& n, const Tensor& input, Tensor& out) 
   const tag layout = x.nhwc ? tag::nhwc : tag::nchw;
   out.reshape_to({N, C, sp.out_h, sp.out_w});
   out.nhwc = x.nhwc;
-  const PrimKey key{&n, N, C, H, W, x.nhwc};
+  const PrimKey key{&n, N, C, H, W, x.nhwc, nullptr};
   auto it = ctx.prims.find(key);
   if (it == ctx.prims.end()) {
     CachedPrimitive c;
@@ -457,6 +469,14 @@ void CpuBackend::run(BackendContext& base, const Node& n, std::span<const Tensor
       return;
     }
   }
+}
+
+bool CpuBackend::fuses_conv_activation(OpType act) const { return act == OpType::kRelu || act == OpType::kClip; }
+
+void CpuBackend::run_conv_activation(BackendContext& base, const Node& conv, const Node& act,
+                                     std::span<const Tensor* const> in, Tensor& out) const {
+  if (conv.op != OpType::kConv || !fuses_conv_activation(act.op)) return Backend::run_conv_activation(base, conv, act, in, out);
+  run_conv(static_cast<CpuContext&>(base), conv, in, out, &act);
 }
 
 void CpuBackend::fake_quantize(BackendContext&, const Tensor& x, const QuantParams& p, Tensor& y) const {

@@ -12,9 +12,14 @@ Executor::Executor(const Graph& graph, const Backend& backend) : graph_(graph), 
   }
   layer_of_node_.assign(graph.nodes.size(), -1);
   layer_of_act_.assign(graph.nodes.size(), -1);
+  fused_act_.assign(graph.nodes.size(), -1);
   for (const Layer& L : graph.layers) {
     layer_of_node_[L.node] = L.index;
     if (L.act_node >= 0) layer_of_act_[L.act_node] = L.index;
+    if (L.act_node >= 0 && graph.nodes[L.node].op == OpType::kConv &&
+        backend.fuses_conv_activation(graph.nodes[L.act_node].op)) {
+      fused_act_[L.node] = L.act_node;
+    }
     suffixes_.push_back(graph.suffix_nodes(L.index));
     std::vector<char> dirty(graph.values.size(), 0);
     for (int k : suffixes_.back()) dirty[graph.nodes[k].output] = 1;
@@ -34,11 +39,13 @@ Executor::Workspace Executor::make_workspace() const {
   ws.ctx = backend_.make_context();
   ws.values.resize(graph_.values.size());
   ws.scratch.resize(graph_.values.size());
+  ws.fused.assign(graph_.nodes.size(), 0);
   return ws;
 }
 
 template <typename Read>
-void Executor::run_node(Workspace& ws, int k, const LayerQuantization* q, Read read, Tensor& out) const {
+void Executor::run_node(Workspace& ws, int k, const LayerQuantization* q, Read read, Tensor& out,
+                        const Node* act) const {
   const Node& node = graph_.nodes[k];
   ws.args.clear();
   for (int v : node.inputs) {
@@ -67,22 +74,37 @@ void Executor::run_node(Workspace& ws, int k, const LayerQuantization* q, Read r
       else ws.args.push_back(q->bias);
     }
   }
-  backend_.run(*ws.ctx, node, ws.args, out);
+  if (act != nullptr) {
+    backend_.run_conv_activation(*ws.ctx, node, *act, ws.args, out);
+  } else {
+    backend_.run(*ws.ctx, node, ws.args, out);
+  }
   // Step 4: the layer's output (after its fused activation, when it has one).
   if (q != nullptr && q->quantize_output) {
-    const bool is_output = (layer >= 0 && graph_.layers[layer].act_node < 0) || layer_of_act_[k] >= 0;
+    const bool is_output =
+        act != nullptr || (layer >= 0 && graph_.layers[layer].act_node < 0) || layer_of_act_[k] >= 0;
     if (is_output) backend_.fake_quantize(*ws.ctx, out, q->output, out);
   }
 }
 
+template <typename Read>
+void Executor::pass_node(Workspace& ws, int k, const LayerQuantization* q, Read read, std::vector<Tensor>& slots) const {
+  if (ws.fused[k] == ws.pass) return;  // computed with its convolution
+  const int a = ws.keep_all_values ? -1 : fused_act_[k];
+  if (a < 0) return run_node(ws, k, q, read, slots[graph_.nodes[k].output]);
+  run_node(ws, k, q, read, slots[graph_.nodes[a].output], &graph_.nodes[a]);
+  ws.fused[a] = ws.pass;
+}
+
 const Tensor& Executor::forward(Workspace& ws, const Tensor& input, const QuantPlan* plan) const {
   ++ws.generation;  // every value may change
+  ++ws.pass;
   ws.values[graph_.input] = input;
   auto read = [&](int v) -> const Tensor& { return ws.values[v]; };
   for (size_t k = 0; k < graph_.nodes.size(); ++k) {
     int layer = layer_of_node_[k] >= 0 ? layer_of_node_[k] : layer_of_act_[k];
     const LayerQuantization* q = (plan && layer >= 0) ? (*plan)[layer] : nullptr;
-    run_node(ws, static_cast<int>(k), q, read, ws.values[graph_.nodes[k].output]);
+    pass_node(ws, static_cast<int>(k), q, read, ws.values);
   }
   return nchw_output(ws, ws.values[graph_.output]);
 }
@@ -99,9 +121,10 @@ const Tensor& Executor::layer_node_output(Workspace& ws, int layer, const LayerQ
 const Tensor& Executor::suffix_forward(Workspace& ws, int layer, const LayerQuantization& q) const {
   const std::vector<char>& dirty = dirty_[layer];
   auto read = [&](int v) -> const Tensor& { return dirty[v] ? ws.scratch[v] : ws.values[v]; };
+  ++ws.pass;
   for (int k : suffixes_[layer]) {
     const bool mine = layer_of_node_[k] == layer || layer_of_act_[k] == layer;
-    run_node(ws, k, mine ? &q : nullptr, read, ws.scratch[graph_.nodes[k].output]);
+    pass_node(ws, k, mine ? &q : nullptr, read, ws.scratch);
   }
   return nchw_output(ws, dirty[graph_.output] ? ws.scratch[graph_.output] : ws.values[graph_.output]);
 }

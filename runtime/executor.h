@@ -42,6 +42,12 @@ class Executor {
     int qin_layer = -1;
     uint64_t qin_generation = 0;
     QuantParams qin_params;
+    // Every value, conv outputs included, even where the backend computes a conv and its
+    // activation in one call (which leaves the conv's own output unset): for readers of
+    // pre-activation values (calibration, bias correction).
+    bool keep_all_values = false;
+    std::vector<uint64_t> fused;  // per node: the pass that already computed it (fused into its conv)
+    uint64_t pass = 0;
   };
   Workspace make_workspace() const;
 
@@ -63,8 +69,15 @@ class Executor {
 
  private:
   // Runs node k reading inputs through `read` and quantizing per its layer role.
+  // With `act` (the activation that alone consumes conv node k's output), both run as one
+  // backend call into `out`, the activation's value.
   template <typename Read>
-  void run_node(Workspace& ws, int k, const LayerQuantization* q, Read read, Tensor& out) const;
+  void run_node(Workspace& ws, int k, const LayerQuantization* q, Read read, Tensor& out,
+                const Node* act = nullptr) const;
+  // Runs node k of a forward or suffix pass over `slots`, fused with its activation when the
+  // backend can (marking the activation done for this pass); skips nodes already done.
+  template <typename Read>
+  void pass_node(Workspace& ws, int k, const LayerQuantization* q, Read read, std::vector<Tensor>& slots) const;
 
   const Graph& graph_;
   const Backend& backend_;
@@ -73,6 +86,7 @@ class Executor {
   // Per node: the layer whose Conv/Gemm it is, or -1; the layer whose fused activation it
   // is, or -1.
   std::vector<int> layer_of_node_, layer_of_act_;
+  std::vector<int> fused_act_;  // per node: the activation the backend runs with this Conv, or -1
 };
 
 }  // namespace qsweep

@@ -531,6 +531,7 @@ std::vector<double> mean_shift(const Executor& exec, int layer, const LayerQuant
   QuantPlan plan(g.layers.size(), nullptr);
   plan[layer] = &q;
   auto ws = exec.make_workspace();
+  ws.keep_all_values = true;  // the conv's pre-activation output is read below
   std::vector<double> sum;
   int64_t per_channel = 0;
   Tensor x;

@@ -22,6 +22,7 @@
 #include "runtime/executor.h"
 #include "runtime/onnx_import.h"
 #include "tests/runtime/onnx_builder.h"
+#include "tests/shipped_models.h"
 
 namespace qsweep {
 namespace {
@@ -1177,6 +1178,62 @@ TEST(Executor, SuffixForwardEqualsSingleLayerPlanBitForBit) {
   }
   // The float forward cached in ws is intact.
   for (size_t v = 0; v < g.values.size(); ++v) EXPECT_TRUE(bitwise_equal(ws.values[v], float_values[v])) << g.values[v].name;
+}
+
+// Conv + Relu / Clip run as one oneDNN call (a post-op) in forwards and suffixes; with
+// keep_all_values they run as two ops. Both give the same outputs, bit for bit, float and
+// with every layer quantized, on the shipped ResNet (Relu) and MobileNet-V2 (Clip = ReLU6).
+TEST(Executor, FusedConvActivationEqualsSeparateOpsBitForBit) {
+  CpuBackend backend;
+  std::mt19937 rng(77);
+  int models = 0;
+  for (const auto& m : testing::shipped_models()) {
+    const Graph g = import_onnx(m.onnx);
+    Executor ex(g, backend);
+    int fusable = 0;
+    for (const Layer& L : g.layers) {
+      fusable += L.act_node >= 0 && g.nodes[L.node].op == OpType::kConv &&
+                 backend.fuses_conv_activation(g.nodes[L.act_node].op);
+    }
+    EXPECT_GT(fusable, 0) << m.name << ": nothing to fuse, the test is vacuous";
+    Shape s = g.input_shape;
+    s.insert(s.begin(), 5);
+    const Tensor x = random_tensor(rng, s, -2.0f, 2.0f);
+    auto fused = ex.make_workspace();
+    auto separate = ex.make_workspace();
+    separate.keep_all_values = true;
+    const Tensor yf = ex.forward(fused, x);
+    const Tensor ys = ex.forward(separate, x);
+    EXPECT_TRUE(bitwise_equal(yf, ys)) << m.name;
+    for (const Layer& L : g.layers) {  // the fused way really skipped the pre-activation values
+      if (L.act_node < 0 || !backend.fuses_conv_activation(g.nodes[L.act_node].op)) continue;
+      EXPECT_TRUE(fused.values[g.nodes[L.node].output].data.empty()) << m.name << " " << L.name;
+      EXPECT_FALSE(separate.values[g.nodes[L.node].output].data.empty()) << m.name << " " << L.name;
+    }
+    const size_t L = g.layers.size();
+    std::vector<Tensor> wq(L);
+    std::vector<LayerQuantization> q(L);
+    QuantPlan plan(L, nullptr);
+    for (size_t j = 0; j < L; ++j) {
+      const Tensor& w = g.constant(g.layers[j].weight_value);
+      wq[j] = Tensor(w.shape);
+      fake_quantize_per_tensor(w.ptr(), wq[j].ptr(), w.data.size(), range_params(w, 4));
+      q[j].weights = &wq[j];
+      q[j].input = range_params(separate.values[g.layers[j].input_value], 8);
+      q[j].output = range_params(separate.values[g.layers[j].output_value], 8);
+      plan[j] = &q[j];
+    }
+    EXPECT_TRUE(bitwise_equal(ex.forward(fused, x, &plan), ex.forward(separate, x, &plan))) << m.name;
+    ex.forward(fused, x);
+    ex.forward(separate, x);
+    for (size_t j = 0; j < L; ++j) {
+      EXPECT_TRUE(bitwise_equal(ex.suffix_forward(fused, static_cast<int>(j), q[j]),
+                                ex.suffix_forward(separate, static_cast<int>(j), q[j])))
+          << m.name << " layer " << j;
+    }
+    ++models;
+  }
+  EXPECT_EQ(models, 2);
 }
 
 }  // namespace
