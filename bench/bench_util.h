@@ -8,6 +8,8 @@
 #include <vector>
 
 #include <fmt/format.h>
+#include <nlohmann/json.hpp>
+#include <optional>
 
 #include "experiments/layerwise.h"
 
@@ -39,6 +41,19 @@ inline std::string sample_cells(const GridResult& grid, size_t k) {
   std::string spec;
   for (size_t c : all) spec += fmt::format("{}{}:{}", spec.empty() ? "" : ",", grid.cells[c].layer, grid.cells[c].weight_bits);
   return spec;
+}
+
+// Runs the PyTorch peer (bench/torch_grid.py, command `cmd`) and returns the JSON object it
+// prints last; prints why and returns nothing when it did not run.
+inline std::optional<nlohmann::json> run_torch_peer(const std::string& cmd) {
+  int status = 0;
+  const std::string out = run_capture(cmd, &status);
+  const auto brace = out.rfind("\n{");
+  if (status != 0 || brace == std::string::npos) {
+    fmt::print("pytorch  : peer did not run (status {}): {}\n", status, out.substr(0, 3000));
+    return std::nullopt;
+  }
+  return nlohmann::json::parse(out.substr(brace + 1));
 }
 
 }  // namespace qsweep::bench

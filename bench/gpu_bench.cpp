@@ -53,23 +53,31 @@ Dataset generated(const Graph& g, int64_t n, int classes) {
   return d;
 }
 
-// 2 x multiply-adds per image of every Conv/Gemm/MatMul node, from a one-image CPU forward.
-std::vector<double> node_flops(const Graph& g, const Normalization& norm, const Dataset& d) {
+// The shape of every value for one image, from a CPU forward.
+std::vector<Shape> one_image_shapes(const Graph& g, const Normalization& norm, const Dataset& d) {
   CpuBackend cpu;
   Executor exec(g, cpu);
   auto ws = exec.make_workspace();
+  ws.keep_all_values = true;
   Tensor x;
   load_batch(d, norm, 0, 1, x);
   exec.forward(ws, x);
+  std::vector<Shape> shapes;
+  for (const Tensor& t : ws.values) shapes.push_back(t.shape);
+  return shapes;
+}
+
+// 2 x multiply-adds per image of every Conv/Gemm/MatMul node.
+std::vector<double> node_flops(const Graph& g, const std::vector<Shape>& shapes) {
   std::vector<double> f(g.nodes.size(), 0.0);
   for (size_t k = 0; k < g.nodes.size(); ++k) {
     const Node& n = g.nodes[k];
-    const Shape& ys = ws.values[n.output].shape;
+    const Shape& ys = shapes[n.output];
     if (n.op == OpType::kConv) {
       const Shape& w = g.values[n.inputs[1]].constant.shape;
       f[k] = 2.0 * static_cast<double>(shape_numel(ys)) * w[1] * w[2] * w[3];
     } else if (n.op == OpType::kGemm || n.op == OpType::kMatMul) {
-      const Shape& xs = ws.values[n.inputs[0]].shape;
+      const Shape& xs = shapes[n.inputs[0]];
       f[k] = 2.0 * static_cast<double>(shape_numel(ys)) * xs.back();
     }
   }
@@ -144,7 +152,8 @@ int main(int argc, char** argv) {
     run_layerwise_grid(exec, data, norm, std::min(bs, images), ranges, specs, bits, o);
     const GridResult r = run_layerwise_grid(exec, data, norm, images, ranges, specs, bits, o);
     const size_t cells = r.cells.size();
-    const std::vector<double> nf = node_flops(g, norm, data);
+    const std::vector<Shape> shapes = one_image_shapes(g, norm, data);
+    const std::vector<double> nf = node_flops(g, shapes);
     double full = 0.0, suffixes = 0.0;
     for (double f : nf) full += f;
     for (const Layer& L : g.layers) {
@@ -184,13 +193,8 @@ int main(int argc, char** argv) {
           "{} {}/bench/torch_grid.py --onnx '{}' --synthetic {} --images {} --calibration 512 --batch {} --threads 8 "
           "--device cuda --cells {} 2>&1",
           python, QSWEEP_SOURCE_DIR, m.onnx, images, images, bs, spec);
-      int status = 0;
-      const std::string out = bench::run_capture(cmd, &status);
-      const auto brace = out.rfind("\n{");
-      if (status != 0 || brace == std::string::npos) {
-        fmt::print("pytorch  : peer did not run (status {}): {}\n", status, out.substr(0, 3000));
-      } else {
-        const auto j = nlohmann::json::parse(out.substr(brace + 1));
+      if (const auto peer = bench::run_torch_peer(cmd)) {
+        const nlohmann::json& j = *peer;
         const double per_cell = j["seconds_per_cell"];
         const double t_torch = j["reference_seconds"].get<double>() + per_cell * cells;
         fmt::print("pytorch  : {:8.2f} s   {:12.0f} images*cells/s   (torch {}, TF32 off, {} cells timed, {:.3f} s/cell, "
@@ -202,12 +206,6 @@ int main(int argc, char** argv) {
 
     if (!skip_conv) {
       // Every distinct conv shape of the network at this batch size.
-      CpuBackend cpu;
-      Executor ce(g, cpu);
-      auto ws = ce.make_workspace();
-      Tensor x;
-      load_batch(data, norm, 0, 1, x);
-      ce.forward(ws, x);
       std::vector<std::string> seen;
       double log_sum = 0.0, worst = 0.0, fused_total = 0.0, cudnn_total = 0.0;
       int n = 0;
@@ -216,7 +214,7 @@ int main(int argc, char** argv) {
       for (const Layer& L : g.layers) {
         const Node& node = g.nodes[L.node];
         if (node.op != OpType::kConv) continue;
-        Shape xs = ws.values[node.inputs[0]].shape;
+        Shape xs = shapes[node.inputs[0]];
         xs[0] = bs;
         const Shape& wsh = g.values[node.inputs[1]].constant.shape;
         const std::string key = fmt::format("{}|{}", shape_str(xs), shape_str(wsh));

@@ -97,13 +97,8 @@ int main(int argc, char** argv) {
           "--batch {} --threads {} --cells {} 2>&1",
           python, QSWEEP_SOURCE_DIR, cfg.model_path, cfg.data_path, cfg.mean[0], cfg.std[0], cfg.calibration_count,
           count, cfg.batch_size, threads, spec);
-      int status = 0;
-      const std::string out = bench::run_capture(cmd, &status);
-      const auto brace = out.rfind("\n{");
-      if (status != 0 || brace == std::string::npos) {
-        fmt::print("pytorch  : peer did not run (status {}): {}\n", status, out.substr(0, 2000));
-      } else {
-        const auto j = nlohmann::json::parse(out.substr(brace + 1));
+      if (const auto peer = bench::run_torch_peer(cmd)) {
+        const nlohmann::json& j = *peer;
         const double per_cell = j["seconds_per_cell"];
         // The float32 reference pass plus every cell's full pass, as the researcher's script runs.
         const double t_torch = j["reference_seconds"].get<double>() + per_cell * cells;
