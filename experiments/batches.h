@@ -27,6 +27,9 @@ void for_each_batch(const Executor& exec, const Dataset& data, const Normalizati
   const int64_t jobs = only ? static_cast<int64_t>(only->size()) : batches;
 #pragma omp parallel num_threads(threads)
   {
+    // oneDNN sizes a primitive's work split by the thread count it sees when it creates it
+    // (omp_get_max_threads), though inside this region it runs on one thread: pin it to 1.
+    omp_set_num_threads(1);
     auto ws = exec.make_workspace();
     Tensor x;
 #pragma omp for schedule(dynamic, 1)

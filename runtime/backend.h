@@ -41,11 +41,12 @@ class Backend {
   virtual void fake_quantize(BackendContext& ctx, const Tensor& x, const QuantParams& p,
                              Tensor& y) const = 0;
 
-  // Runs a Conv node together with the activation `act` that alone consumes its output, in
-  // one call, with the same result as the two nodes one after the other; `out` is the
-  // activation's output. Only called when fuses_conv_activation(act.op) is true.
-  virtual bool fuses_conv_activation(OpType /*act*/) const { return false; }
-  virtual void run_conv_activation(BackendContext& ctx, const Node& conv, const Node& act,
+  // Runs a node (a Conv, or an Add) together with the activation `act` that alone consumes
+  // its output, in one call, with the same result, bit for bit, as the two nodes one after
+  // the other; `out` is the activation's output. Only called when fuses_activation(node.op,
+  // act.op) is true.
+  virtual bool fuses_activation(OpType /*op*/, OpType /*act*/) const { return false; }
+  virtual void run_with_activation(BackendContext& ctx, const Node& node, const Node& act,
                                    std::span<const Tensor* const> inputs, Tensor& out) const;
 
   // A device-resident session for `graph` (runtime/device_session.h), or nullptr when the

@@ -15,9 +15,9 @@ namespace qsweep {
 
 std::unique_ptr<DeviceSession> Backend::make_session(const Graph&) const { return nullptr; }
 
-void Backend::run_conv_activation(BackendContext&, const Node& conv, const Node& act, std::span<const Tensor* const>,
+void Backend::run_with_activation(BackendContext&, const Node& node, const Node& act, std::span<const Tensor* const>,
                                   Tensor&) const {
-  throw std::logic_error(fmt::format("the {} backend cannot fuse node '{}' with '{}'", name(), conv.name, act.name));
+  throw std::logic_error(fmt::format("the {} backend cannot fuse node '{}' with '{}'", name(), node.name, act.name));
 }
 
 bool cuda_device_available() {

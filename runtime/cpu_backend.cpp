@@ -471,12 +471,29 @@ void CpuBackend::run(BackendContext& base, const Node& n, std::span<const Tensor
   }
 }
 
-bool CpuBackend::fuses_conv_activation(OpType act) const { return act == OpType::kRelu || act == OpType::kClip; }
+// Conv + Relu/Clip: a oneDNN post-op. Add + Relu/Clip: one loop over same-shape operands
+// (a broadcasting Add runs as two steps). Both equal the separate ops bit for bit: the
+// activation sees the same rounded float.
+bool CpuBackend::fuses_activation(OpType op, OpType act) const {
+  return (op == OpType::kConv || op == OpType::kAdd) && (act == OpType::kRelu || act == OpType::kClip);
+}
 
-void CpuBackend::run_conv_activation(BackendContext& base, const Node& conv, const Node& act,
+void CpuBackend::run_with_activation(BackendContext& base, const Node& node, const Node& act,
                                      std::span<const Tensor* const> in, Tensor& out) const {
-  if (conv.op != OpType::kConv || !fuses_conv_activation(act.op)) return Backend::run_conv_activation(base, conv, act, in, out);
-  run_conv(static_cast<CpuContext&>(base), conv, in, out, &act);
+  if (!fuses_activation(node.op, act.op)) return Backend::run_with_activation(base, node, act, in, out);
+  auto& ctx = static_cast<CpuContext&>(base);
+  if (node.op == OpType::kConv) return run_conv(ctx, node, in, out, &act);
+  const float lo = act.op == OpType::kClip ? act.attrs.act_alpha : 0.0f;
+  const float hi = act.op == OpType::kClip ? act.attrs.act_beta : std::numeric_limits<float>::infinity();
+  if (in.size() == 2 && in[0]->shape == in[1]->shape && in[0]->nhwc == in[1]->nhwc) {
+    out.reshape_to(in[0]->shape);
+    out.nhwc = in[0]->nhwc;
+    add_clamp(in[0]->ptr(), in[1]->ptr(), out.ptr(), in[0]->numel(), lo, hi, act.op == OpType::kRelu);
+    return;
+  }
+  run(base, node, in, out);
+  const Tensor* y = &out;
+  run(base, act, std::span<const Tensor* const>(&y, 1), out);
 }
 
 void CpuBackend::fake_quantize(BackendContext&, const Tensor& x, const QuantParams& p, Tensor& y) const {

@@ -22,8 +22,8 @@ class CpuBackend final : public Backend {
   void fake_quantize(BackendContext& ctx, const Tensor& x, const QuantParams& p,
                      Tensor& y) const override;
   // Relu and Clip (ReLU6) run as oneDNN post-ops of the convolution: exact, as separate ops.
-  bool fuses_conv_activation(OpType act) const override;
-  void run_conv_activation(BackendContext& ctx, const Node& conv, const Node& act,
+  bool fuses_activation(OpType op, OpType act) const override;
+  void run_with_activation(BackendContext& ctx, const Node& conv, const Node& act,
                            std::span<const Tensor* const> inputs, Tensor& out) const override;
 
  private:

@@ -86,7 +86,7 @@ class Executor {
   // Per node: the layer whose Conv/Gemm it is, or -1; the layer whose fused activation it
   // is, or -1.
   std::vector<int> layer_of_node_, layer_of_act_;
-  std::vector<int> fused_act_;  // per node: the activation the backend runs with this Conv, or -1
+  std::vector<int> fused_act_;  // per node (a Conv or an Add): the activation the backend runs with it, or -1
 };
 
 }  // namespace qsweep

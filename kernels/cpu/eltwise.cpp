@@ -31,6 +31,19 @@ void activation(Activation act, float alpha, float beta, const float* x, float* 
   }
 }
 
+void add_clamp(const float* a, const float* b, float* y, size_t n, float lo, float hi, bool relu) {
+  // The same expressions as activation() applied to the rounded sum, so the result is that of
+  // Add then Relu/Clip bit for bit (NaN included).
+  if (relu) {
+    for (size_t i = 0; i < n; ++i) {
+      const float s = a[i] + b[i];
+      y[i] = s > 0.0f ? s : 0.0f;
+    }
+  } else {
+    for (size_t i = 0; i < n; ++i) y[i] = std::min(std::max(a[i] + b[i], lo), hi);
+  }
+}
+
 std::vector<int64_t> broadcast_shape(std::span<const int64_t> a, std::span<const int64_t> b) {
   const size_t r = std::max(a.size(), b.size());
   std::vector<int64_t> out(r);

@@ -14,6 +14,10 @@ enum class Activation { kRelu, kClip, kLeakyRelu, kSigmoid, kHardSigmoid, kHardS
 // = max(0, min(1, alpha * x + beta)); HardSwish = x * HardSigmoid(1/6, 1/2).
 void activation(Activation act, float alpha, float beta, const float* x, float* y, size_t n);
 
+// y = relu(a + b) (relu = true) or y = min(max(a + b, lo), hi): Add then Relu/Clip in one pass,
+// bit for bit the two ops one after the other. y may alias a or b.
+void add_clamp(const float* a, const float* b, float* y, size_t n, float lo, float hi, bool relu);
+
 enum class BinaryOp { kAdd, kMul };
 
 // NumPy-style broadcasting of a and b into out_shape (computed by broadcast_shape).

@@ -8,6 +8,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <bit>
 #include <limits>
 #include <map>
 #include <random>
@@ -1106,6 +1107,64 @@ bool bitwise_equal(const Tensor& a, const Tensor& b) {
   return a.shape == b.shape && std::memcmp(a.data.data(), b.data.data(), a.data.size() * sizeof(float)) == 0;
 }
 
+// Add + Relu / Clip in one call equals Add then the activation, bit for bit, on values that
+// tell the orders apart: sums that round to ties, signed zeros, infinities and NaN, for
+// same-shape operands (one loop) and broadcasting ones (two steps).
+TEST(CpuBackend, AddWithActivationEqualsSeparateOpsBitForBit) {
+  std::mt19937 rng(314);
+  CpuBackend backend;
+  auto ctx = backend.make_context();
+  const float inf = std::numeric_limits<float>::infinity(), nan = std::numeric_limits<float>::quiet_NaN();
+  Node add;
+  add.name = "add";
+  add.op = OpType::kAdd;
+  std::vector<Node> acts(3);
+  acts[0].name = "relu";
+  acts[0].op = OpType::kRelu;
+  acts[1].name = "relu6";
+  acts[1].op = OpType::kClip;
+  acts[1].attrs.act_alpha = 0.0f;
+  acts[1].attrs.act_beta = 6.0f;
+  acts[2].name = "clip";
+  acts[2].op = OpType::kClip;
+  acts[2].attrs.act_alpha = -0.5f;
+  acts[2].attrs.act_beta = 0.25f;
+  for (bool broadcast : {false, true}) {
+    Tensor a = random_tensor(rng, {3, 4, 5, 5}, -8.0f, 8.0f);
+    Tensor b = broadcast ? random_tensor(rng, {1, 4, 1, 1}, -8.0f, 8.0f) : random_tensor(rng, {3, 4, 5, 5}, -8.0f, 8.0f);
+    const float specials[][2] = {{-0.0f, 0.0f}, {0.0f, -0.0f}, {-0.0f, -0.0f}, {inf, 1.0f}, {-inf, 1.0f},
+                                 {nan, 1.0f},   {1.0f, -1.0f}, {6.0f, 1e-7f},   {0.25f, 1e-8f}, {1.0f, 0x1p-24f}};
+    if (!broadcast) {
+      for (size_t i = 0; i < std::size(specials); ++i) {
+        a.data[i] = specials[i][0];
+        b.data[i] = specials[i][1];
+      }
+    }
+    for (const Node& act : acts) {
+      ASSERT_TRUE(backend.fuses_activation(OpType::kAdd, act.op));
+      Tensor fused, sum, separate;
+      backend.run_with_activation(*ctx, add, act, std::vector<const Tensor*>{&a, &b}, fused);
+      backend.run(*ctx, add, std::vector<const Tensor*>{&a, &b}, sum);
+      backend.run(*ctx, act, std::vector<const Tensor*>{&sum}, separate);
+      EXPECT_TRUE(bitwise_equal(fused, separate)) << act.name << (broadcast ? " broadcast" : "");
+      // and against the definition, element by element
+      int nans = 0;
+      for (size_t i = 0; i < fused.data.size(); ++i) {
+        const float x = a.data[i], y = broadcast ? b.data[(i / 25) % 4] : b.data[i], v = x + y;
+        const float want = act.op == OpType::kRelu ? (v > 0.0f ? v : 0.0f)
+                                                   : std::min(std::max(v, act.attrs.act_alpha), act.attrs.act_beta);
+        if (std::isnan(want)) {
+          EXPECT_TRUE(std::isnan(fused.data[i])) << act.name << " at " << i;
+          ++nans;
+        } else {
+          EXPECT_EQ(std::bit_cast<uint32_t>(fused.data[i]), std::bit_cast<uint32_t>(want)) << act.name << " at " << i;
+        }
+      }
+      if (!broadcast) EXPECT_EQ(nans, act.op == OpType::kRelu ? 0 : 1) << act.name;
+    }
+  }
+}
+
 TEST(Executor, SuffixForwardEqualsSingleLayerPlanBitForBit) {
   std::mt19937 rng(1001);
   const Graph g = import_onnx_bytes(multi_branch_model(rng), "test.onnx");
@@ -1180,20 +1239,20 @@ TEST(Executor, SuffixForwardEqualsSingleLayerPlanBitForBit) {
   for (size_t v = 0; v < g.values.size(); ++v) EXPECT_TRUE(bitwise_equal(ws.values[v], float_values[v])) << g.values[v].name;
 }
 
-// Conv + Relu / Clip run as one oneDNN call (a post-op) in forwards and suffixes; with
-// keep_all_values they run as two ops. Both give the same outputs, bit for bit, float and
+// Conv + Relu / Clip run as one oneDNN call (a post-op) in forwards and suffixes, and a
+// residual Add + Relu as one loop; with keep_all_values they run as separate ops. Both give the same outputs, bit for bit, float and
 // with every layer quantized, on the shipped ResNet (Relu) and MobileNet-V2 (Clip = ReLU6).
 TEST(Executor, FusedConvActivationEqualsSeparateOpsBitForBit) {
   CpuBackend backend;
   std::mt19937 rng(77);
-  int models = 0;
+  int models = 0, fused_adds = 0;
   for (const auto& m : testing::shipped_models()) {
     const Graph g = import_onnx(m.onnx);
     Executor ex(g, backend);
     int fusable = 0;
     for (const Layer& L : g.layers) {
       fusable += L.act_node >= 0 && g.nodes[L.node].op == OpType::kConv &&
-                 backend.fuses_conv_activation(g.nodes[L.act_node].op);
+                 backend.fuses_activation(g.nodes[L.node].op, g.nodes[L.act_node].op);
     }
     EXPECT_GT(fusable, 0) << m.name << ": nothing to fuse, the test is vacuous";
     Shape s = g.input_shape;
@@ -1206,9 +1265,17 @@ TEST(Executor, FusedConvActivationEqualsSeparateOpsBitForBit) {
     const Tensor ys = ex.forward(separate, x);
     EXPECT_TRUE(bitwise_equal(yf, ys)) << m.name;
     for (const Layer& L : g.layers) {  // the fused way really skipped the pre-activation values
-      if (L.act_node < 0 || !backend.fuses_conv_activation(g.nodes[L.act_node].op)) continue;
+      if (L.act_node < 0 || !backend.fuses_activation(g.nodes[L.node].op, g.nodes[L.act_node].op)) continue;
       EXPECT_TRUE(fused.values[g.nodes[L.node].output].data.empty()) << m.name << " " << L.name;
       EXPECT_FALSE(separate.values[g.nodes[L.node].output].data.empty()) << m.name << " " << L.name;
+    }
+    const auto consumers = g.consumers();
+    for (const Node& n : g.nodes) {  // and every residual Add + Relu skipped the sum
+      if (n.op != OpType::kAdd || consumers[n.output].size() != 1) continue;
+      if (g.nodes[consumers[n.output][0]].op != OpType::kRelu) continue;
+      ++fused_adds;
+      EXPECT_TRUE(fused.values[n.output].data.empty()) << m.name << " " << n.name;
+      EXPECT_FALSE(separate.values[n.output].data.empty()) << m.name << " " << n.name;
     }
     const size_t L = g.layers.size();
     std::vector<Tensor> wq(L);
@@ -1234,6 +1301,7 @@ TEST(Executor, FusedConvActivationEqualsSeparateOpsBitForBit) {
     ++models;
   }
   EXPECT_EQ(models, 2);
+  EXPECT_GT(fused_adds, 0) << "the ResNet's residual Add + Relu were not fused";
 }
 
 }  // namespace
