@@ -26,6 +26,7 @@
 #include "experiments/layerwise.h"
 #include "experiments/quant_plan.h"
 #include "runtime/cpu_backend.h"
+#include "kernels/cuda/fq_conv.cuh"
 #include "runtime/cuda_backend.h"
 #include "runtime/data.h"
 #include "runtime/onnx_import.h"
@@ -97,7 +98,8 @@ int main(int argc, char** argv) {
   int64_t images = 2048, batch = 256;
   int torch_cells = 6, reps = 20;
   std::string python = "python3", resnet18 = std::string(QSWEEP_SOURCE_DIR) + "/bench/resnet18.onnx";
-  bool skip_torch = false, skip_conv = false, skip_tf32 = false;
+  bool skip_torch = false, skip_conv = false, skip_tf32 = false, conv_only = false;
+  std::string which = "all";
   app.add_option("--images", images, "Generated images per model");
   app.add_option("--batch", batch, "Images per batch (0: auto, from free device memory)");
   app.add_option("--resnet18", resnet18, "torchvision ResNet18 ONNX (bench/export_resnet18.py writes it)");
@@ -107,6 +109,9 @@ int main(int argc, char** argv) {
   app.add_flag("--skip-torch", skip_torch, "Do not run the PyTorch peer");
   app.add_flag("--skip-conv", skip_conv, "Do not compare the fused conv with cuDNN");
   app.add_flag("--skip-tf32", skip_tf32, "Do not time the grid again with run.tf32 = true");
+  app.add_flag("--conv-only", conv_only, "Only the fused conv vs cuDNN comparison (no grids; e.g. under ncu)");
+  app.add_option("--model", which, "Which models: all, shipped or resnet18")
+      ->check(CLI::IsMember({"all", "shipped", "resnet18"}));
   CLI11_PARSE(app, argc, argv);
 
   if (cuda_device_count() <= 0) {
@@ -119,10 +124,13 @@ int main(int argc, char** argv) {
   fmt::print("device   : {}\nlibraries: {}\nFP32 peak: {:.1f} TFLOP/s (SMs x FP32 lanes x 2 x max SM clock)\n",
              cuda.device_name(), cuda.library_versions(), peak / 1e12);
 
-  std::vector<Model> models = {
-      {"qsweep_resnet (shipped, 1x28x28)", std::string(QSWEEP_SOURCE_DIR) + "/models/qsweep_resnet.onnx", 10, {0.2860f}, {0.3530f}},
-  };
-  if (std::filesystem::exists(resnet18)) {
+  std::vector<Model> models;
+  if (which != "resnet18") {
+    models.push_back({"qsweep_resnet (shipped, 1x28x28)", std::string(QSWEEP_SOURCE_DIR) + "/models/qsweep_resnet.onnx",
+                      10, {0.2860f}, {0.3530f}});
+  }
+  if (which == "shipped") {
+  } else if (std::filesystem::exists(resnet18)) {
     models.push_back({"torchvision resnet18 (random weights, 3x224x224)", resnet18, 1000, {0.485f, 0.456f, 0.406f},
                       {0.229f, 0.224f, 0.225f}});
   } else {
@@ -138,69 +146,71 @@ int main(int argc, char** argv) {
     Executor exec(g, cuda);
     int64_t bs = batch;
     if (bs <= 0) bs = cuda.make_session(g)->max_batch(images);
-    const auto t_cal = std::chrono::steady_clock::now();
-    const ActivationRanges ranges = calibrate(exec, data, norm, std::min<int64_t>(512, images), bs, 1);
-    const double cal_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_cal).count();
-    QuantConfig qc;
-    const std::vector<int> bits = {3, 4, 5, 6, 7, 8};
-    const auto specs = resolve_layer_specs(g, qc);
-    GridOptions o;
-    o.batch_size = bs;
-    o.threads = 1;
-    o.progress = false;
-    // Warm-up (cuDNN heuristics, kernel loading) on one batch, then the timed grid.
-    run_layerwise_grid(exec, data, norm, std::min(bs, images), ranges, specs, bits, o);
-    const GridResult r = run_layerwise_grid(exec, data, norm, images, ranges, specs, bits, o);
-    const size_t cells = r.cells.size();
     const std::vector<Shape> shapes = one_image_shapes(g, norm, data);
-    const std::vector<double> nf = node_flops(g, shapes);
-    double full = 0.0, suffixes = 0.0;
-    for (double f : nf) full += f;
-    for (const Layer& L : g.layers) {
-      double s = 0.0;
-      for (int k : g.suffix_nodes(L.index)) s += nf[k];
-      suffixes += s * bits.size();
-    }
-    const double flops = static_cast<double>(images) * (full + suffixes);
-    fmt::print("qsweep   : {:8.2f} s   {:12.0f} images*cells/s   {} layers x {} bits, batch {}, calibration {:.2f} s\n",
-               r.seconds, images * cells / r.seconds, g.layers.size(), bits.size(), bs, cal_s);
-    fmt::print("           {:.2f} TFLOP in the float forward + suffix forwards: {:.1f} TFLOP/s = {:.1f}% of the FP32 peak "
-               "(a naive grid would compute {:.2f} TFLOP: {:.2f}x more)\n",
-               flops / 1e12, flops / r.seconds / 1e12, 100.0 * flops / r.seconds / peak,
-               images * full * (cells + 1) / 1e12, images * full * (cells + 1) / flops);
-
-    if (!skip_tf32) {  // the same grid with TF32 allowed in cuDNN/cuBLAS (run.tf32 = true)
-      BackendOptions to = bo;
-      to.tf32 = true;
-      CudaBackend tf32(to);
-      Executor te(g, tf32);
-      run_layerwise_grid(te, data, norm, std::min(bs, images), ranges, specs, bits, o);
-      const GridResult t = run_layerwise_grid(te, data, norm, images, ranges, specs, bits, o);
-      double worst_top1 = 0.0, worst_noise = 0.0;
-      for (size_t c = 0; c < cells; ++c) {
-        worst_top1 = std::max(worst_top1, std::abs(t.top1(t.cells[c]) - r.top1(r.cells[c])));
-        worst_noise = std::max(worst_noise, std::abs(t.cells[c].noise_sum - r.cells[c].noise_sum) /
-                                                std::max(r.cells[c].noise_sum, 1e-30));
+    if (!conv_only) {
+      const auto t_cal = std::chrono::steady_clock::now();
+      const ActivationRanges ranges = calibrate(exec, data, norm, std::min<int64_t>(512, images), bs, 1);
+      const double cal_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_cal).count();
+      QuantConfig qc;
+      const std::vector<int> bits = {3, 4, 5, 6, 7, 8};
+      const auto specs = resolve_layer_specs(g, qc);
+      GridOptions o;
+      o.batch_size = bs;
+      o.threads = 1;
+      o.progress = false;
+      // Warm-up (cuDNN heuristics, kernel loading) on one batch, then the timed grid.
+      run_layerwise_grid(exec, data, norm, std::min(bs, images), ranges, specs, bits, o);
+      const GridResult r = run_layerwise_grid(exec, data, norm, images, ranges, specs, bits, o);
+      const size_t cells = r.cells.size();
+      const std::vector<double> nf = node_flops(g, shapes);
+      double full = 0.0, suffixes = 0.0;
+      for (double f : nf) full += f;
+      for (const Layer& L : g.layers) {
+        double s = 0.0;
+        for (int k : g.suffix_nodes(L.index)) s += nf[k];
+        suffixes += s * bits.size();
       }
-      fmt::print("tf32     : {:8.2f} s   {:12.0f} images*cells/s   ({:.2f}x the FP32 grid; vs FP32: worst top-1 diff {:.2f} "
-                 "points, worst noise diff {:.2g} relative)\n",
-                 t.seconds, images * cells / t.seconds, r.seconds / t.seconds, worst_top1, worst_noise);
-    }
+      const double flops = static_cast<double>(images) * (full + suffixes);
+      fmt::print("qsweep   : {:8.2f} s   {:12.0f} images*cells/s   {} layers x {} bits, batch {}, calibration {:.2f} s\n",
+                 r.seconds, images * cells / r.seconds, g.layers.size(), bits.size(), bs, cal_s);
+      fmt::print("           {:.2f} TFLOP in the float forward + suffix forwards: {:.1f} TFLOP/s = {:.1f}% of the FP32 peak "
+                 "(a naive grid would compute {:.2f} TFLOP: {:.2f}x more)\n",
+                 flops / 1e12, flops / r.seconds / 1e12, 100.0 * flops / r.seconds / peak,
+                 images * full * (cells + 1) / 1e12, images * full * (cells + 1) / flops);
 
-    if (!skip_torch) {
-      const std::string spec = bench::sample_cells(r, torch_cells);
-      const std::string cmd = fmt::format(
-          "{} {}/bench/torch_grid.py --onnx '{}' --synthetic {} --images {} --calibration 512 --batch {} --threads 8 "
-          "--device cuda --cells {} 2>&1",
-          python, QSWEEP_SOURCE_DIR, m.onnx, images, images, bs, spec);
-      if (const auto peer = bench::run_torch_peer(cmd)) {
-        const nlohmann::json& j = *peer;
-        const double per_cell = j["seconds_per_cell"];
-        const double t_torch = j["reference_seconds"].get<double>() + per_cell * cells;
-        fmt::print("pytorch  : {:8.2f} s   {:12.0f} images*cells/s   (torch {}, TF32 off, {} cells timed, {:.3f} s/cell, "
-                   "extrapolated to {} cells + the float32 pass)\n",
-                   t_torch, images * cells / t_torch, j["torch_version"].get<std::string>(), j["cells"].size(), per_cell, cells);
-        fmt::print("qsweep one-pass throughput over the naive PyTorch grid: {:.1f}x\n", t_torch / r.seconds);
+      if (!skip_tf32) {  // the same grid with TF32 allowed in cuDNN/cuBLAS (run.tf32 = true)
+        BackendOptions to = bo;
+        to.tf32 = true;
+        CudaBackend tf32(to);
+        Executor te(g, tf32);
+        run_layerwise_grid(te, data, norm, std::min(bs, images), ranges, specs, bits, o);
+        const GridResult t = run_layerwise_grid(te, data, norm, images, ranges, specs, bits, o);
+        double worst_top1 = 0.0, worst_noise = 0.0;
+        for (size_t c = 0; c < cells; ++c) {
+          worst_top1 = std::max(worst_top1, std::abs(t.top1(t.cells[c]) - r.top1(r.cells[c])));
+          worst_noise = std::max(worst_noise, std::abs(t.cells[c].noise_sum - r.cells[c].noise_sum) /
+                                                  std::max(r.cells[c].noise_sum, 1e-30));
+        }
+        fmt::print("tf32     : {:8.2f} s   {:12.0f} images*cells/s   ({:.2f}x the FP32 grid; vs FP32: worst top-1 diff {:.2f} "
+                   "points, worst noise diff {:.2g} relative)\n",
+                   t.seconds, images * cells / t.seconds, r.seconds / t.seconds, worst_top1, worst_noise);
+      }
+
+      if (!skip_torch) {
+        const std::string spec = bench::sample_cells(r, torch_cells);
+        const std::string cmd = fmt::format(
+            "{} {}/bench/torch_grid.py --onnx '{}' --synthetic {} --images {} --calibration 512 --batch {} --threads 8 "
+            "--device cuda --cells {} 2>&1",
+            python, QSWEEP_SOURCE_DIR, m.onnx, images, images, bs, spec);
+        if (const auto peer = bench::run_torch_peer(cmd)) {
+          const nlohmann::json& j = *peer;
+          const double per_cell = j["seconds_per_cell"];
+          const double t_torch = j["reference_seconds"].get<double>() + per_cell * cells;
+          fmt::print("pytorch  : {:8.2f} s   {:12.0f} images*cells/s   (torch {}, TF32 off, {} cells timed, {:.3f} s/cell, "
+                     "extrapolated to {} cells + the float32 pass)\n",
+                     t_torch, images * cells / t_torch, j["torch_version"].get<std::string>(), j["cells"].size(), per_cell, cells);
+          fmt::print("qsweep one-pass throughput over the naive PyTorch grid: {:.1f}x\n", t_torch / r.seconds);
+        }
       }
     }
 
@@ -208,6 +218,8 @@ int main(int argc, char** argv) {
       // Every distinct conv shape of the network at this batch size.
       std::vector<std::string> seen;
       double log_sum = 0.0, worst = 0.0, fused_total = 0.0, cudnn_total = 0.0;
+      const int nv = cuda::kFqConvVariants;
+      std::vector<double> v_log(nv, 0.0), v_worst(nv, 0.0), v_total(nv, 0.0);
       int n = 0;
       fmt::print("conv     : fused fake-quant conv (input+output fake-quant, bias, ReLU) vs cuDNN, batch {}, median of {}\n",
                  bs, reps);
@@ -226,6 +238,15 @@ int main(int argc, char** argv) {
                    "({:5.1f} TFLOP/s): {:.2f}x\n",
                    t.shape, t.cudnn_ms, t.flops / t.cudnn_ms / 1e9, t.cudnn_bias_relu_ms, t.fused_ms,
                    t.flops / t.fused_ms / 1e9, ratio);
+        std::string variants;
+        for (int v = 0; v < nv; ++v) {
+          const double rv = t.fused_variant_ms[v] / t.cudnn_bias_relu_ms;
+          variants += fmt::format("{}v{} {:.3f} ms ({:.2f}x)", v ? ", " : "", v, t.fused_variant_ms[v], rv);
+          v_log[v] += std::log(rv);
+          v_worst[v] = std::max(v_worst[v], rv);
+          v_total[v] += t.fused_variant_ms[v];
+        }
+        fmt::print("  {:<40} variants: {}\n", "", variants);
         log_sum += std::log(ratio);
         worst = std::max(worst, ratio);
         fused_total += t.fused_ms;
@@ -233,9 +254,13 @@ int main(int argc, char** argv) {
         ++n;
       }
       if (n) {
-        fmt::print("conv     : fused / cuDNN(+bias+ReLU) time: geometric mean {:.2f}x, worst {:.2f}x, summed {:.2f}x "
-                   "(target: within 1.5x)\n",
-                   std::exp(log_sum / n), worst, fused_total / cudnn_total);
+        fmt::print("conv     : fused (variant {} in use) / cuDNN(+bias+ReLU) time: geometric mean {:.2f}x, worst {:.2f}x, "
+                   "summed {:.2f}x (target: within 1.5x)\n",
+                   cuda::fq_conv_variant(), std::exp(log_sum / n), worst, fused_total / cudnn_total);
+        for (int v = 0; v < nv; ++v) {
+          fmt::print("conv     :   variant {}: geometric mean {:.2f}x, worst {:.2f}x, summed {:.2f}x\n", v,
+                     std::exp(v_log[v] / n), v_worst[v], v_total[v] / cudnn_total);
+        }
       }
     }
   }

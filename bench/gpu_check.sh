@@ -17,6 +17,12 @@
 #   QSWEEP_CMAKE_ARGS="..."  extra configure arguments (word-split)
 #   QSWEEP_BENCH_TIMEOUT=S   seconds the GPU benchmark may run (default 240)
 #   QSWEEP_SKIP_BENCH=1      build and run the Cuda* tests only
+#   QSWEEP_NCU=0             skip the Nsight Compute profile of the fused conv and cuDNN's
+#                            kernels on ResNet18's shapes (default: run it when ncu exists;
+#                            reports in $OUT/ncu_*.txt, a digest in the log)
+#   QSWEEP_NCU_TIMEOUT=S     seconds each of the two ncu runs may take (default 120)
+#   QSWEEP_FQCONV_VARIANT=V  the fused conv kernel variant the tests' grids and the benchmark's
+#                            grids use (kernels/cuda/fq_conv.cuh; the conv table times them all)
 #   CUDNN_ROOT=DIR           a cuDNN folder holding include/cudnn.h and lib*/libcudnn.so*
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
@@ -238,6 +244,30 @@ elif [ -x "$build/bench/qsweep_bench_gpu" ]; then
   [ "$rc" = 0 ] || { echo "qsweep_bench_gpu exited $rc"; status=1; }
 else
   stage "GPU benchmark: pending ($build/bench/qsweep_bench_gpu not built)"
+fi
+
+# ---- Nsight Compute: where the fused conv's time goes, next to cuDNN's kernels, on ResNet18's
+# conv shapes (the benchmark's conv table only, one timed call per kernel and variant).
+ncu_bin=$(command -v ncu 2>/dev/null || true)
+[ -z "$ncu_bin" ] && [ -x /usr/local/cuda/bin/ncu ] && ncu_bin=/usr/local/cuda/bin/ncu
+if [ "${QSWEEP_NCU:-1}" = 0 ] || [ "${QSWEEP_SKIP_BENCH:-0}" = 1 ]; then
+  stage "ncu: skipped"
+elif [ -z "$ncu_bin" ] || [ ! -x "$build/bench/qsweep_bench_gpu" ] || [ ! -f bench/resnet18.onnx ]; then
+  stage "ncu: skipped (${ncu_bin:-no ncu}; needs $build/bench/qsweep_bench_gpu and bench/resnet18.onnx)"
+else
+  ncu_sections=(--section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats
+                --section MemoryWorkloadAnalysis)
+  for what in fused cudnn; do
+    if [ "$what" = fused ]; then filter='regex:implicit_gemm_kernel'; count=48; else filter='regex:xmma|convolve|fprop|cudnn|sgemm'; count=24; fi
+    stage "ncu ($what kernels, $count launches): $ncu_bin --kernel-name $filter"
+    timeout "${QSWEEP_NCU_TIMEOUT:-120}" "$ncu_bin" --kernel-name "$filter" --launch-count "$count" "${ncu_sections[@]}" \
+      "$build/bench/qsweep_bench_gpu" --conv-only --model resnet18 --reps 1 > "$out/ncu_$what.txt" 2>&1
+    rc=$?
+    [ "$rc" = 124 ] && echo "ncu: stopped after ${QSWEEP_NCU_TIMEOUT:-120} s (QSWEEP_NCU_TIMEOUT); the report is partial"
+    [ "$rc" = 0 ] || [ "$rc" = 124 ] || echo "ncu exited $rc (not counted as a failure): $(tail -3 "$out/ncu_$what.txt")"
+    # Digest: one line per profiled launch (the full report comes back in $OUT).
+    awk -f scripts/ncu_digest.awk "$out/ncu_$what.txt" | head -60
+  done
 fi
 stage "done, exit $status"
 exit $status

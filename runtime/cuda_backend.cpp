@@ -954,17 +954,23 @@ ConvTiming time_layer_conv(const Node& conv, const Shape& x_shape, const Shape& 
   ConvTiming r;
   r.cudnn_ms = median_ms([&] { run_conv(ctx, conv, x, w, nullptr, false, y); });
   r.cudnn_bias_relu_ms = median_ms([&] { run_conv(ctx, conv, x, w, b.ptr(), true, y); });
-  r.fused_ms = median_ms([&] {
-    cuda::FqConv p = conv_args(conv, x, w, y);
-    p.bias = b.ptr();
-    p.quantize_input = true;
-    p.input = qin;
-    p.has_activation = true;
-    p.act = Activation::kRelu;
-    p.quantize_output = true;
-    p.output = qout;
-    cuda::fq_conv2d(p, ctx.stream);
-  });
+  const int in_use = cuda::fq_conv_variant();
+  for (int v = 0; v < cuda::kFqConvVariants; ++v) {
+    cuda::set_fq_conv_variant(v);
+    r.fused_variant_ms.push_back(median_ms([&] {
+      cuda::FqConv p = conv_args(conv, x, w, y);
+      p.bias = b.ptr();
+      p.quantize_input = true;
+      p.input = qin;
+      p.has_activation = true;
+      p.act = Activation::kRelu;
+      p.quantize_output = true;
+      p.output = qout;
+      cuda::fq_conv2d(p, ctx.stream);
+    }));
+  }
+  cuda::set_fq_conv_variant(in_use);
+  r.fused_ms = r.fused_variant_ms[in_use];
   cudaEventDestroy(e0);
   cudaEventDestroy(e1);
   const int64_t G = conv.attrs.group;

@@ -7,6 +7,7 @@
 
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "runtime/backend.h"
 #include "runtime/device_session.h"
@@ -45,10 +46,13 @@ class CudaBackend final : public Backend {
 // Times layer `layer`'s convolution (a Conv layer) at batch size `batch` on seeded random
 // data of the shapes the graph gives it (input spatial size from `input_hw`): cuDNN as the
 // float32 forward runs it (plain, and with bias + ReLU fused), and the fused fake-quant
-// kernel (input and output fake-quant, bias, ReLU). Milliseconds per call, the median of
-// `reps` timed calls after warm-up.
+// kernel (input and output fake-quant, bias, ReLU), in each of its implementation variants
+// (kernels/cuda/fq_conv.cuh). Milliseconds per call, the median of `reps` timed calls after
+// warm-up.
 struct ConvTiming {
-  double cudnn_ms = 0.0, cudnn_bias_relu_ms = 0.0, fused_ms = 0.0;
+  double cudnn_ms = 0.0, cudnn_bias_relu_ms = 0.0;
+  double fused_ms = 0.0;                  // the variant in use (cuda::fq_conv_variant())
+  std::vector<double> fused_variant_ms;   // every variant, by index
   double flops = 0.0;  // 2 x multiply-adds of one call
   std::string shape;   // "N x C x H x W -> O, k x k / s, groups g"
 };

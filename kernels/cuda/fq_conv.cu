@@ -3,7 +3,10 @@
 #include "kernels/cuda/ops.cuh"
 
 #include <algorithm>
+#include <atomic>
+#include <cstdlib>
 #include <stdexcept>
+#include <string>
 
 namespace qsweep::cuda {
 
@@ -60,8 +63,10 @@ __global__ void k_table_kernel(int4* tab, int K, int KHW, int KW, int HW, int W,
 // computes a BM x BP tile with BK-deep steps through shared memory (double-buffered: the
 // next step's tiles are fetched into registers while the current one is multiplied); each
 // thread a TM x TP sub-tile in registers, its TP columns strided by BP/TP so that
-// neighbouring threads read neighbouring shared-memory words and write neighbouring pixels.
-template <int BM, int BP, int BK, int TM, int TP>
+// neighbouring threads read neighbouring shared-memory words and write neighbouring pixels
+// (kVecB = false), or in TP/4 groups of 4 adjacent columns read as one float4 each, the
+// groups strided by 4*BP/TP (kVecB = true). Both sum k in the same order.
+template <int BM, int BP, int BK, int TM, int TP, bool kVecB>
 __global__ void __launch_bounds__((BM / TM) * (BP / TP), 2)
     implicit_gemm_kernel(const FqConv p, const int4* __restrict__ ktab) {
   constexpr int kThreads = (BM / TM) * (BP / TP);
@@ -70,6 +75,15 @@ __global__ void __launch_bounds__((BM / TM) * (BP / TP), 2)
   constexpr int kBLoads = BK * BP / kThreads;
   static_assert(BM * BK % kThreads == 0 && BK * BP % kThreads == 0, "tile loads must divide evenly");
   static_assert(kThreads % BP == 0, "each thread loads B elements of one column");
+  static_assert(!kVecB || TP % 4 == 0, "float4 B fragments need TP a multiple of 4");
+  // Tile column of this thread's j-th accumulator column.
+  auto col_of = [](int tx, int j) {
+    if constexpr (kVecB) {
+      return (j / 4) * (4 * kCols) + tx * 4 + (j % 4);
+    } else {
+      return tx + j * kCols;
+    }
+  };
   // A rows padded by 4 floats: the transposing store hits at most 2 threads per bank while
   // rows stay 16-byte aligned for vector loads.
   __shared__ __align__(16) float As[2][BK][BM + 4];
@@ -159,8 +173,16 @@ __global__ void __launch_bounds__((BM / TM) * (BP / TP), 2)
         const float4 v = *reinterpret_cast<const float4*>(&As[buf][kk][ty * TM + i]);
         a[i] = v.x, a[i + 1] = v.y, a[i + 2] = v.z, a[i + 3] = v.w;
       }
+      if constexpr (kVecB) {
 #pragma unroll
-      for (int j = 0; j < TP; ++j) b[j] = Bs[buf][kk][tx + j * kCols];
+        for (int j = 0; j < TP; j += 4) {
+          const float4 v = *reinterpret_cast<const float4*>(&Bs[buf][kk][col_of(tx, j)]);
+          b[j] = v.x, b[j + 1] = v.y, b[j + 2] = v.z, b[j + 3] = v.w;
+        }
+      } else {
+#pragma unroll
+        for (int j = 0; j < TP; ++j) b[j] = Bs[buf][kk][col_of(tx, j)];
+      }
 #pragma unroll
       for (int i = 0; i < TM; ++i) {
 #pragma unroll
@@ -176,7 +198,7 @@ __global__ void __launch_bounds__((BM / TM) * (BP / TP), 2)
 
 #pragma unroll
   for (int j = 0; j < TP; ++j) {
-    const int pp = p0 + tx + j * kCols;
+    const int pp = p0 + col_of(tx, j);
     if (pp >= P) continue;
     const int n = pp / OHW, r = pp - n * OHW;
     float* yn = p.y + static_cast<int64_t>(n) * p.O * OHW + r;
@@ -214,7 +236,7 @@ __global__ void depthwise_kernel(const FqConv p) {
   }
 }
 
-template <int BM, int BP, int BK, int TM, int TP>
+template <int BM, int BP, int BK, int TM, int TP, bool kVecB>
 void launch_gemm(const FqConv& p, cudaStream_t stream) {
   const int64_t Og = p.O / p.groups, P = p.N * p.OH * p.OW;
   const int K = static_cast<int>((p.C / p.groups) * p.KH * p.KW);
@@ -235,10 +257,47 @@ void launch_gemm(const FqConv& p, cudaStream_t stream) {
                                                       static_cast<int>(p.dil_h), static_cast<int>(p.dil_w));
   dim3 grid(static_cast<unsigned>((P + BP - 1) / BP), static_cast<unsigned>((Og + BM - 1) / BM),
             static_cast<unsigned>(p.groups));
-  implicit_gemm_kernel<BM, BP, BK, TM, TP><<<grid, (BM / TM) * (BP / TP), 0, stream>>>(p, tab);
+  implicit_gemm_kernel<BM, BP, BK, TM, TP, kVecB><<<grid, (BM / TM) * (BP / TP), 0, stream>>>(p, tab);
+}
+
+template <bool kVecB>
+void launch_dense(const FqConv& p, int64_t Og, cudaStream_t stream) {
+  if (Og >= 128) {  // tile shapes measured on an H200 (bench/RESULTS.md); 64x256 tiles were no faster
+    launch_gemm<128, 128, 16, 8, 8, kVecB>(p, stream);
+  } else if (Og >= 64) {
+    launch_gemm<64, 128, 16, 4, 8, kVecB>(p, stream);
+  } else {
+    launch_gemm<32, 128, 16, 4, 4, kVecB>(p, stream);
+  }
+}
+
+int initial_variant() {
+  const char* env = std::getenv("QSWEEP_FQCONV_VARIANT");
+  if (env == nullptr || *env == '\0') return 0;
+  const std::string s(env);
+  if (s.size() != 1 || s[0] < '0' || s[0] >= '0' + kFqConvVariants) {
+    throw std::invalid_argument("QSWEEP_FQCONV_VARIANT='" + s + "': accepted values are 0.." +
+                                std::to_string(kFqConvVariants - 1));
+  }
+  return s[0] - '0';
+}
+
+std::atomic<int>& variant_slot() {
+  static std::atomic<int> v{initial_variant()};
+  return v;
 }
 
 }  // namespace
+
+void set_fq_conv_variant(int variant) {
+  if (variant < 0 || variant >= kFqConvVariants) {
+    throw std::invalid_argument("fused conv variant " + std::to_string(variant) + ": accepted values are 0.." +
+                                std::to_string(kFqConvVariants - 1));
+  }
+  variant_slot().store(variant);
+}
+
+int fq_conv_variant() { return variant_slot().load(); }
 
 void fq_conv2d(const FqConv& p, cudaStream_t stream) {
   if (p.N * p.O * p.OH * p.OW == 0) return;
@@ -251,12 +310,10 @@ void fq_conv2d(const FqConv& p, cudaStream_t stream) {
     const int64_t total = p.N * p.O * p.OH * p.OW;
     const int64_t blocks = std::min<int64_t>((total + 255) / 256, int64_t{1} << 30);
     depthwise_kernel<<<static_cast<unsigned>(blocks), 256, 0, stream>>>(p);
-  } else if (Og >= 128) {  // tile shapes measured on an H200 (bench/RESULTS.md); 64x256 tiles were no faster
-    launch_gemm<128, 128, 16, 8, 8>(p, stream);
-  } else if (Og >= 64) {
-    launch_gemm<64, 128, 16, 4, 8>(p, stream);
+  } else if (fq_conv_variant() == 1) {
+    launch_dense<true>(p, Og, stream);
   } else {
-    launch_gemm<32, 128, 16, 4, 4>(p, stream);
+    launch_dense<false>(p, Og, stream);
   }
   check(cudaGetLastError(), "fused fake-quant convolution");
 }

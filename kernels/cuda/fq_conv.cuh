@@ -40,4 +40,16 @@ struct FqConv {
 // grouped convolutions and Gemm, a direct kernel for depthwise ones (C/G = O/G = 1).
 void fq_conv2d(const FqConv& p, cudaStream_t stream);
 
+// Implementation variants of the implicit-GEMM kernel, all computing the same sums in the
+// same order (bit-identical results), kept side by side so a GPU run can measure them
+// (bench/gpu_bench.cpp) and the tests check every one:
+//   0  the default, measured on an H200 (bench/RESULTS.md): each thread's pixel columns
+//      strided across the tile, read from shared memory one float at a time;
+//   1  each thread's pixel columns in groups of 4 adjacent ones, read as float4 (a quarter
+//      of the shared-memory load instructions of the inner loop).
+// The process-wide choice starts at $QSWEEP_FQCONV_VARIANT when set, else 0.
+constexpr int kFqConvVariants = 2;
+void set_fq_conv_variant(int variant);  // throws std::invalid_argument outside [0, kFqConvVariants)
+int fq_conv_variant();
+
 }  // namespace qsweep::cuda

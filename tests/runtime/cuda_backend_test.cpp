@@ -5,6 +5,8 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
+#include <stdexcept>
 #include <filesystem>
 #include <fstream>
 #include <random>
@@ -380,8 +382,27 @@ double one_step_fraction(const Tensor& got, const Tensor& ref, const QuantParams
   return ref.data.empty() ? 0.0 : static_cast<double>(one) / ref.data.size();
 }
 
+// Restores the process-wide fused-conv variant when a test that switches it ends.
+struct VariantGuard {
+  int saved = cuda::fq_conv_variant();
+  ~VariantGuard() { cuda::set_fq_conv_variant(saved); }
+};
+
+TEST(CudaFakeQuantConv, VariantChoiceIsChecked) {
+  VariantGuard guard;
+  EXPECT_THROW(cuda::set_fq_conv_variant(-1), std::invalid_argument);
+  EXPECT_THROW(cuda::set_fq_conv_variant(cuda::kFqConvVariants), std::invalid_argument);
+  for (int v = 0; v < cuda::kFqConvVariants; ++v) {
+    cuda::set_fq_conv_variant(v);
+    EXPECT_EQ(cuda::fq_conv_variant(), v);
+  }
+}
+
+// Every variant of the kernel (cuda::kFqConvVariants) is checked: variant 0 against the
+// unfused paths, the others bit for bit against variant 0 (same sums, same order).
 TEST(CudaFakeQuantConv, MatchesUnfusedCudaAndCpuPaths) {
   REQUIRE_CUDA_DEVICE();
+  VariantGuard guard;
   CpuBackend cpu;
   CudaBackend cuda{BackendOptions{}};
   std::mt19937 rng(21);
@@ -448,15 +469,26 @@ TEST(CudaFakeQuantConv, MatchesUnfusedCudaAndCpuPaths) {
     f.act_beta = 6.0f;
     f.quantize_output = true;
     f.output = qout;
-    cuda::fq_conv2d(f, nullptr);
-    ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
-    const Tensor got = dy.get(ref_cpu.shape);
     const std::string what = "case " + std::to_string(t);
-    const double a = one_step_fraction(got, ref_cuda, qout, what + " vs CUDA unfused");
-    const double b = one_step_fraction(got, ref_cpu, qout, what + " vs CPU");
-    EXPECT_LE(a, kMaxOneStepFraction) << what;
-    EXPECT_LE(b, kMaxOneStepFraction) << what;
-    worst.add(std::max(a, b));
+    Tensor first;
+    for (int v = 0; v < cuda::kFqConvVariants; ++v) {
+      cuda::set_fq_conv_variant(v);
+      ASSERT_EQ(cudaMemset(dy.p, 0xff, ref_cpu.data.size() * sizeof(float)), cudaSuccess);  // NaNs: no stale pass
+      cuda::fq_conv2d(f, nullptr);
+      ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+      const Tensor got = dy.get(ref_cpu.shape);
+      if (v > 0) {
+        EXPECT_TRUE(std::memcmp(got.data.data(), first.data.data(), got.data.size() * sizeof(float)) == 0)
+            << what << ": variant " << v << " differs from variant 0";
+        continue;
+      }
+      first = got;
+      const double a = one_step_fraction(got, ref_cuda, qout, what + " vs CUDA unfused");
+      const double b = one_step_fraction(got, ref_cpu, qout, what + " vs CPU");
+      EXPECT_LE(a, kMaxOneStepFraction) << what;
+      EXPECT_LE(b, kMaxOneStepFraction) << what;
+      worst.add(std::max(a, b));
+    }
   }
 }
 
@@ -465,8 +497,11 @@ TEST(CudaFakeQuantConv, MatchesUnfusedCudaAndCpuPaths) {
 // depthwise kernels).
 TEST(CudaFakeQuantConv, InputQuantizationIsBitExactOnTies) {
   REQUIRE_CUDA_DEVICE();
+  VariantGuard guard;
   const QuantParams q = choose_quant_params(-1.0f, 2.5f, 5, Scheme::kAsymmetric);
+  for (int variant = 0; variant < cuda::kFqConvVariants; ++variant)
   for (int64_t groups : {1, 4}) {
+    cuda::set_fq_conv_variant(variant);
     const int64_t C = 4, O = 4, HW = 2 * (q.qmax - q.qmin + 6);
     Tensor x({1, C, 1, HW});
     for (int64_t c = 0; c < C; ++c) {
@@ -487,7 +522,7 @@ TEST(CudaFakeQuantConv, InputQuantizationIsBitExactOnTies) {
     ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
     Tensor want = x;
     fake_quantize_per_tensor(x.ptr(), want.ptr(), x.data.size(), q);
-    EXPECT_EQ(dy.get(x.shape).data, want.data) << "groups " << groups;
+    EXPECT_EQ(dy.get(x.shape).data, want.data) << "groups " << groups << ", variant " << variant;
   }
 }
 
