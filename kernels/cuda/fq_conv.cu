@@ -64,11 +64,16 @@ __global__ void k_table_kernel(int4* tab, int K, int KHW, int KW, int HW, int W,
 // next step's tiles are fetched into registers while the current one is multiplied); each
 // thread a TM x TP sub-tile in registers, its TP columns strided by BP/TP so that
 // neighbouring threads read neighbouring shared-memory words and write neighbouring pixels
-// (kVecB = false), or in TP/4 groups of 4 adjacent columns read as one float4 each, the
-// groups strided by 4*BP/TP (kVecB = true). Both sum k in the same order.
-template <int BM, int BP, int BK, int TM, int TP, bool kVecB>
+// (variant bit 0 clear), or in TP/4 groups of 4 adjacent columns read as one float4 each,
+// the groups strided by 4*BP/TP (bit 0 set). The next step's input values are fake-quantized
+// as they arrive (bit 1 clear: the thread waits for its loads before the current step's
+// multiplications), or just before they are stored to shared memory (bit 1 set: the loads
+// stay in flight during the multiplications). Every variant sums k in the same order.
+template <int BM, int BP, int BK, int TM, int TP, int kVariant>
 __global__ void __launch_bounds__((BM / TM) * (BP / TP), 2)
     implicit_gemm_kernel(const FqConv p, const int4* __restrict__ ktab) {
+  constexpr bool kVecB = (kVariant & 1) != 0;
+  constexpr bool kDeferQuant = (kVariant & 2) != 0;
   constexpr int kThreads = (BM / TM) * (BP / TP);
   constexpr int kCols = BP / TP;  // threads along the pixel dimension
   constexpr int kALoads = BM * BK / kThreads;
@@ -118,6 +123,8 @@ __global__ void __launch_bounds__((BM / TM) * (BP / TP), 2)
   const float* wbase = p.w + static_cast<int64_t>(g) * Og * K;
 
   float a_reg[kALoads], b_reg[kBLoads];
+  static_assert(kBLoads <= 32, "the in-bounds mask is 32 bits");
+  uint32_t b_in = 0;  // kDeferQuant: which b_reg hold a loaded (not padding) value
   auto load_tiles = [&](int k0) {
 #pragma unroll
     for (int i = 0; i < kALoads; ++i) {
@@ -125,6 +132,7 @@ __global__ void __launch_bounds__((BM / TM) * (BP / TP), 2)
       const int m = m0 + idx / BK, k = k0 + idx % BK;
       a_reg[i] = (m < Og && k < K) ? __ldg(wbase + m * K + k) : 0.0f;
     }
+    if constexpr (kDeferQuant) b_in = 0;
 #pragma unroll
     for (int i = 0; i < kBLoads; ++i) {
       const int k = k0 + b_row0 + i * kBRowStep;
@@ -134,7 +142,11 @@ __global__ void __launch_bounds__((BM / TM) * (BP / TP), 2)
         const int ih = ih0 + e.y, iw = iw0 + e.z;
         if (ih >= 0 && ih < H && iw >= 0 && iw < W) {
           v = __ldg(xbase + e.x);
-          if (p.quantize_input) v = fq(v, p.input);
+          if constexpr (kDeferQuant) {
+            b_in |= 1u << i;
+          } else {
+            if (p.quantize_input) v = fq(v, p.input);
+          }
         }
       }
       b_reg[i] = v;
@@ -147,7 +159,13 @@ __global__ void __launch_bounds__((BM / TM) * (BP / TP), 2)
       As[buf][idx % BK][idx / BK] = a_reg[i];
     }
 #pragma unroll
-    for (int i = 0; i < kBLoads; ++i) Bs[buf][b_row0 + i * kBRowStep][b_col] = b_reg[i];
+    for (int i = 0; i < kBLoads; ++i) {
+      float v = b_reg[i];
+      if constexpr (kDeferQuant) {
+        if (p.quantize_input && ((b_in >> i) & 1u)) v = fq(v, p.input);  // padding stays 0
+      }
+      Bs[buf][b_row0 + i * kBRowStep][b_col] = v;
+    }
   };
 
   const int tx = tid % kCols, ty = tid / kCols;
@@ -236,7 +254,7 @@ __global__ void depthwise_kernel(const FqConv p) {
   }
 }
 
-template <int BM, int BP, int BK, int TM, int TP, bool kVecB>
+template <int BM, int BP, int BK, int TM, int TP, int kVariant>
 void launch_gemm(const FqConv& p, cudaStream_t stream) {
   const int64_t Og = p.O / p.groups, P = p.N * p.OH * p.OW;
   const int K = static_cast<int>((p.C / p.groups) * p.KH * p.KW);
@@ -257,17 +275,17 @@ void launch_gemm(const FqConv& p, cudaStream_t stream) {
                                                       static_cast<int>(p.dil_h), static_cast<int>(p.dil_w));
   dim3 grid(static_cast<unsigned>((P + BP - 1) / BP), static_cast<unsigned>((Og + BM - 1) / BM),
             static_cast<unsigned>(p.groups));
-  implicit_gemm_kernel<BM, BP, BK, TM, TP, kVecB><<<grid, (BM / TM) * (BP / TP), 0, stream>>>(p, tab);
+  implicit_gemm_kernel<BM, BP, BK, TM, TP, kVariant><<<grid, (BM / TM) * (BP / TP), 0, stream>>>(p, tab);
 }
 
-template <bool kVecB>
+template <int kVariant>
 void launch_dense(const FqConv& p, int64_t Og, cudaStream_t stream) {
   if (Og >= 128) {  // tile shapes measured on an H200 (bench/RESULTS.md); 64x256 tiles were no faster
-    launch_gemm<128, 128, 16, 8, 8, kVecB>(p, stream);
+    launch_gemm<128, 128, 16, 8, 8, kVariant>(p, stream);
   } else if (Og >= 64) {
-    launch_gemm<64, 128, 16, 4, 8, kVecB>(p, stream);
+    launch_gemm<64, 128, 16, 4, 8, kVariant>(p, stream);
   } else {
-    launch_gemm<32, 128, 16, 4, 4, kVecB>(p, stream);
+    launch_gemm<32, 128, 16, 4, 4, kVariant>(p, stream);
   }
 }
 
@@ -310,10 +328,20 @@ void fq_conv2d(const FqConv& p, cudaStream_t stream) {
     const int64_t total = p.N * p.O * p.OH * p.OW;
     const int64_t blocks = std::min<int64_t>((total + 255) / 256, int64_t{1} << 30);
     depthwise_kernel<<<static_cast<unsigned>(blocks), 256, 0, stream>>>(p);
-  } else if (fq_conv_variant() == 1) {
-    launch_dense<true>(p, Og, stream);
   } else {
-    launch_dense<false>(p, Og, stream);
+    switch (fq_conv_variant()) {
+      case 1:
+        launch_dense<1>(p, Og, stream);
+        break;
+      case 2:
+        launch_dense<2>(p, Og, stream);
+        break;
+      case 3:
+        launch_dense<3>(p, Og, stream);
+        break;
+      default:
+        launch_dense<0>(p, Og, stream);
+    }
   }
   check(cudaGetLastError(), "fused fake-quant convolution");
 }
