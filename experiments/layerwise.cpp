@@ -78,6 +78,9 @@ std::unique_ptr<QuantizedLayer> quantize_layer(const Executor& exec, int layer, 
   ql->bits = bits;
   ql->weights = quantize_weights(g, g.layers[layer], spec, bits);
   ql->q = make_layer_quantization(g.layers[layer], ranges, spec);
+  if (spec.clip == ClipMethod::kMinMax) {  // a device session reduces the ranges and quantizes there
+    ql->q.recipe = WeightRecipe{bits, spec.scheme, spec.granularity == Granularity::kPerChannel};
+  }
   ql->finalize();
   if (bc != nullptr) {
     ql->bias = bias_correction(exec, layer, ql->q, *bc->data, bc->norm, bc->count, batch_size, threads);

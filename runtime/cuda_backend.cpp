@@ -61,6 +61,14 @@ class DevBuf {
   DevBuf(const DevBuf&) = delete;
   DevBuf& operator=(const DevBuf&) = delete;
   DevBuf(DevBuf&& o) noexcept : p_(o.p_), cap_(o.cap_) { o.p_ = nullptr, o.cap_ = 0; }
+  DevBuf& operator=(DevBuf&& o) noexcept {
+    if (this != &o) {
+      if (p_) cudaFree(p_);
+      p_ = o.p_, cap_ = o.cap_;
+      o.p_ = nullptr, o.cap_ = 0;
+    }
+    return *this;
+  }
   ~DevBuf() {
     if (p_) cudaFree(p_);
   }
@@ -535,8 +543,10 @@ class CudaSession final : public DeviceSession {
   void collect(DeviceOutcome& out) override;
   void widen_ranges(std::vector<float>& lo, std::vector<float>& hi) override;
   int64_t max_batch(int64_t cap) override;
+  Tensor prepared_weights(int layer, const LayerQuantization* q) override;
 
  private:
+  void quantize_weights_here(const Layer& L, const WeightRecipe& r, DTensor& out);
   struct Prepared {
     DTensor weights;  // (O, C/G, KH, KW), or (N, K) for Gemm/MatMul
     DTensor bias;
@@ -636,15 +646,25 @@ void CudaSession::prepare(std::span<const std::pair<int, const LayerQuantization
     Prepared& p = prepared_[q];
     const Layer& L = g_.layers.at(layer);
     const Node& node = g_.nodes[L.node];
-    // The weights the fused kernel reads: the quantized ones, else the layer's own.
+    // The weights the fused kernel reads: the quantized ones, else the layer's own. With a
+    // recipe they are made here from the float weights the session holds (ranges reduced on
+    // the device); otherwise the host's are uploaded.
     const Tensor& w = q->weights ? *q->weights : g_.values[L.weight_value].constant;
     const bool to_nk = node.op == OpType::kMatMul || (node.op == OpType::kGemm && !node.attrs.trans_b);
+    DTensor here;
+    if (q->recipe.bits > 0) quantize_weights_here(L, q->recipe, here);
     if (to_nk) {  // (K, N) -> (N, K): one output channel's weights contiguous
       DTensor tmp;
-      upload(w, tmp, ctx_.stream);
+      if (q->recipe.bits > 0) {
+        tmp = std::move(here);
+      } else {
+        upload(w, tmp, ctx_.stream);
+      }
       p.weights.reshape({w.shape[1], w.shape[0]});
       cuda::transpose(tmp.ptr(), p.weights.ptr(), w.shape[1], w.shape[0], ctx_.stream);
       check(cudaStreamSynchronize(ctx_.stream), "transpose");
+    } else if (q->recipe.bits > 0) {
+      p.weights = std::move(here);
     } else {
       upload(w, p.weights, ctx_.stream);
     }
@@ -654,6 +674,51 @@ void CudaSession::prepare(std::span<const std::pair<int, const LayerQuantization
     }
   }
   check(cudaStreamSynchronize(ctx_.stream), "prepare");
+}
+
+// The host's quantize_weights() for min/max ranges, on the device: the per-tensor or
+// per-channel ranges reduced with CUB, the parameters chosen on the host from them with the
+// same choose_quant_params(), the weights fake-quantized by the CUDA twin of the host's
+// kernel. Equal to the host's result bit for bit (CudaSession.WeightsMadeOnTheDeviceEqualTheHosts).
+void CudaSession::quantize_weights_here(const Layer& L, const WeightRecipe& r, DTensor& out) {
+  const DTensor& wf = consts_.at(L.weight_value);
+  const size_t n = static_cast<size_t>(wf.numel());
+  const size_t outer = r.per_channel ? static_cast<size_t>(L.w_outer) : 1;
+  const size_t channels = r.per_channel ? static_cast<size_t>(L.w_channels) : 1;
+  const size_t inner = r.per_channel ? static_cast<size_t>(L.w_inner) : n;
+  DevBuf ranges, params;
+  float* d_ranges = static_cast<float*>(ranges.reserve(2 * channels * sizeof(float)));
+  cuda::min_max_per_channel(wf.ptr(), outer, channels, inner, d_ranges, d_ranges + channels, ctx_.stream);
+  std::vector<float> h(2 * channels);
+  check(cudaMemcpyAsync(h.data(), d_ranges, h.size() * sizeof(float), cudaMemcpyDeviceToHost, ctx_.stream),
+        "weight ranges");
+  check(cudaStreamSynchronize(ctx_.stream), "weight ranges");
+  std::vector<QuantParams> qp(channels);
+  for (size_t c = 0; c < channels; ++c) qp[c] = choose_quant_params(h[c], h[channels + c], r.bits, r.scheme);
+  auto* d_params = static_cast<QuantParams*>(params.reserve(channels * sizeof(QuantParams)));
+  check(cudaMemcpyAsync(d_params, qp.data(), channels * sizeof(QuantParams), cudaMemcpyHostToDevice, ctx_.stream),
+        "weight quantizers");
+  out.reshape(wf.shape);
+  cuda::fake_quantize_per_channel(wf.ptr(), out.ptr(), n / (channels * inner), channels, inner, d_params, ctx_.stream);
+  check(cudaStreamSynchronize(ctx_.stream), "weight fake-quant");  // before params and ranges go
+}
+
+Tensor CudaSession::prepared_weights(int layer, const LayerQuantization* q) {
+  const auto it = prepared_.find(q);
+  if (it == prepared_.end()) throw std::logic_error("CUDA session: prepared_weights of a quantization not prepared");
+  const Layer& L = g_.layers.at(layer);
+  const Node& node = g_.nodes[L.node];
+  const DTensor& d = it->second.weights;
+  Tensor h;
+  download(ctx_, d, h);
+  if (node.op == OpType::kMatMul || (node.op == OpType::kGemm && !node.attrs.trans_b)) {  // held as (N, K)
+    Tensor kn({h.shape[1], h.shape[0]});
+    for (int64_t i = 0; i < h.shape[0]; ++i) {
+      for (int64_t j = 0; j < h.shape[1]; ++j) kn.data[j * h.shape[0] + i] = h.data[i * h.shape[1] + j];
+    }
+    return kn;
+  }
+  return h;
 }
 
 void CudaSession::stage(const Tensor& x, const int32_t* labels, int64_t n) {

@@ -61,6 +61,10 @@ class DeviceSession {
   // The largest batch (at most `cap`) whose values, suffix scratch and staging buffers fit
   // in half of the device's free memory.
   virtual int64_t max_batch(int64_t cap) = 0;
+
+  // The weights a prepared quantization's layer runs with, as the device holds them, copied
+  // back (in the layer's own layout): for tests.
+  virtual Tensor prepared_weights(int layer, const LayerQuantization* q) = 0;
 };
 
 }  // namespace qsweep

@@ -12,8 +12,19 @@
 namespace qsweep {
 
 // How one layer is quantized in a forward (method.md, "Quantizing one layer j").
+// How a layer's fake-quantized weights were made, when a device backend may remake them from
+// the float32 weights it already holds: min/max ranges (per tensor, or per output channel),
+// then fake-quant at `bits` under `scheme`. bits = 0: no recipe (another clipping method,
+// or weights from elsewhere); only LayerQuantization::weights describes them.
+struct WeightRecipe {
+  int bits = 0;
+  Scheme scheme = Scheme::kAsymmetric;
+  bool per_channel = false;
+};
+
 struct LayerQuantization {
   const Tensor* weights = nullptr;  // fake-quantized weights (same shape as the layer's)
+  WeightRecipe recipe;              // when set, equal to what made `weights`, bit for bit
   const Tensor* bias = nullptr;     // replaces the layer's bias when set (bias correction)
   bool quantize_input = true;
   QuantParams input;

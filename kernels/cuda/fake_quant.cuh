@@ -13,4 +13,16 @@ namespace qsweep::cuda {
 // y[i] = dequantize(quantize(x[i])) for n device floats; x and y may alias.
 void fake_quantize_per_tensor(const float* x, float* y, size_t n, const QuantParams& p, cudaStream_t stream);
 
+// fake_quantize_per_channel() of kernels/cpu/fake_quant.h on the device: x and y laid out
+// (outer, channels, inner), `params` holds `channels` QuantParams in device memory.
+void fake_quantize_per_channel(const float* x, float* y, size_t outer, size_t channels, size_t inner,
+                               const QuantParams* params, cudaStream_t stream);
+
+// min_max_per_channel() of kernels/cpu/fake_quant.h on the device, with CUB block
+// reductions: lo[c] and hi[c] (device arrays of `channels` floats) receive the min and max of
+// channel c of x (outer, channels, inner), NaNs ignored, +inf / -inf for a channel of NaNs
+// only. A per-tensor range is channels = 1, inner = n. Asynchronous on `stream`.
+void min_max_per_channel(const float* x, size_t outer, size_t channels, size_t inner, float* lo, float* hi,
+                         cudaStream_t stream);
+
 }  // namespace qsweep::cuda

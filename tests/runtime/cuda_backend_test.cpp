@@ -9,6 +9,7 @@
 #include <stdexcept>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <random>
 #include <string>
 #include <thread>
@@ -23,6 +24,7 @@
 #include "experiments/quant_plan.h"
 #include "kernels/cpu/eltwise.h"
 #include "kernels/cpu/fake_quant.h"
+#include "kernels/cuda/fake_quant.cuh"
 #include "kernels/cuda/fq_conv.cuh"
 #include "runtime/cpu_backend.h"
 #include "runtime/cuda_backend.h"
@@ -524,6 +526,95 @@ TEST(CudaFakeQuantConv, InputQuantizationIsBitExactOnTies) {
     fake_quantize_per_tensor(x.ptr(), want.ptr(), x.data.size(), q);
     EXPECT_EQ(dy.get(x.shape).data, want.data) << "groups " << groups << ", variant " << variant;
   }
+}
+
+// ---------------------------------------------------------------- weight ranges on the device
+
+// The CUB per-channel min/max and the per-channel fake-quant against their CPU twins, on
+// (outer, channels, inner) layouts of conv and Gemm weights, NaNs and infinities included.
+TEST(CudaOps, PerChannelRangesAndFakeQuantMatchCpu) {
+  REQUIRE_CUDA_DEVICE();
+  std::mt19937 rng(404);
+  const float nan = std::numeric_limits<float>::quiet_NaN(), inf = std::numeric_limits<float>::infinity();
+  struct Layout { size_t outer, channels, inner; };
+  const Layout layouts[] = {{1, 64, 3 * 3 * 3}, {1, 7, 1000}, {300, 10, 1}, {5, 3, 17}, {1, 1, 200000}, {1, 2, 1}};
+  for (const Layout& l : layouts) {
+    const size_t n = l.outer * l.channels * l.inner;
+    Tensor w = random_tensor(rng, {static_cast<int64_t>(n)}, -0.7f, 0.9f);
+    if (n > 40) {
+      w.data[3] = nan;
+      w.data[n / 2] = -0.0f;
+      w.data[n - 5] = inf;
+    }
+    std::vector<float> lo(l.channels), hi(l.channels);
+    min_max_per_channel(w.ptr(), l.outer, l.channels, l.inner, lo.data(), hi.data());
+    Dev dw(w), dr(2 * l.channels);
+    cuda::min_max_per_channel(dw.p, l.outer, l.channels, l.inner, dr.p, dr.p + l.channels, nullptr);
+    ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+    const Tensor r = dr.get({static_cast<int64_t>(2 * l.channels)});
+    for (size_t c = 0; c < l.channels; ++c) {
+      EXPECT_EQ(r.data[c], lo[c]) << "channel " << c << " of " << l.channels << " x " << l.inner;
+      EXPECT_EQ(r.data[l.channels + c], hi[c]) << "channel " << c << " of " << l.channels << " x " << l.inner;
+    }
+    for (Scheme scheme : {Scheme::kAsymmetric, Scheme::kSymmetric}) {
+      std::vector<QuantParams> qp(l.channels);
+      for (size_t c = 0; c < l.channels; ++c) {
+        qp[c] = choose_quant_params(std::isfinite(lo[c]) ? lo[c] : -1.0f, std::isfinite(hi[c]) ? hi[c] : 1.0f,
+                                    3 + static_cast<int>(c % 6), scheme);
+      }
+      Tensor want(w.shape);
+      fake_quantize_per_channel(w.ptr(), want.ptr(), l.outer, l.channels, l.inner, qp.data());
+      QuantParams* dp = nullptr;
+      ASSERT_EQ(cudaMalloc(&dp, qp.size() * sizeof(QuantParams)), cudaSuccess);
+      cudaMemcpy(dp, qp.data(), qp.size() * sizeof(QuantParams), cudaMemcpyHostToDevice);
+      Dev dy(n);
+      cuda::fake_quantize_per_channel(dw.p, dy.p, l.outer, l.channels, l.inner, dp, nullptr);
+      ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+      cudaFree(dp);
+      const Tensor got = dy.get(w.shape);
+      EXPECT_EQ(std::memcmp(got.ptr(), want.ptr(), n * sizeof(float)), 0) << l.channels << " x " << l.inner;
+    }
+  }
+}
+
+// A session makes min/max-ranged weights itself from the float weights it holds (ranges
+// reduced on the device): bit for bit the host's quantize_weights(), for every layer of both
+// shipped models, per tensor and per channel, both schemes, several bit-widths.
+TEST(CudaSession, WeightsMadeOnTheDeviceEqualTheHosts) {
+  REQUIRE_CUDA_DEVICE();
+  CudaBackend cuda{BackendOptions{}};
+  int checked = 0;
+  for (const auto& m : testing::shipped_models()) {
+    const Graph g = import_onnx(m.onnx);
+    auto session = cuda.make_session(g);
+    ASSERT_NE(session, nullptr);
+    for (const Layer& L : g.layers) {
+      for (int bits : {3, 5, 8}) {
+        for (Scheme scheme : {Scheme::kAsymmetric, Scheme::kSymmetric}) {
+          for (bool per_channel : {false, true}) {
+            QuantSpec spec;
+            spec.scheme = scheme;
+            spec.granularity = per_channel ? Granularity::kPerChannel : Granularity::kPerTensor;
+            const QuantizedWeights host = quantize_weights(g, L, spec, bits);
+            LayerQuantization with, without;
+            with.weights = without.weights = &host.weights;
+            with.recipe = WeightRecipe{bits, scheme, per_channel};
+            const std::pair<int, const LayerQuantization*> qs[] = {{L.index, &with}, {L.index, &without}};
+            session->prepare(qs);
+            const Tensor made = session->prepared_weights(L.index, &with);
+            const Tensor uploaded = session->prepared_weights(L.index, &without);
+            ASSERT_EQ(made.shape, host.weights.shape) << m.name << " " << L.name;
+            EXPECT_EQ(std::memcmp(made.ptr(), host.weights.ptr(), made.data.size() * sizeof(float)), 0)
+                << m.name << " " << L.name << " " << bits << " bits, scheme " << static_cast<int>(scheme)
+                << (per_channel ? ", per channel" : ", per tensor");
+            EXPECT_EQ(uploaded.data, host.weights.data) << m.name << " " << L.name;
+            ++checked;
+          }
+        }
+      }
+    }
+  }
+  EXPECT_GT(checked, 100);
 }
 
 // ---------------------------------------------------------------- whole grids
