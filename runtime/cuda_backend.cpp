@@ -576,6 +576,7 @@ class CudaSession final : public DeviceSession {
   std::vector<std::vector<char>> dirty_;
   std::vector<char> act_fusable_;   // per layer: the conv output feeds only its activation
   std::vector<int> relu_of_;        // per node: the Relu that alone consumes this Conv's output, or -1
+  std::vector<int> act_of_add_;     // per node: the Relu/Clip that alone reads this Add's sum, or -1
   DTensor qin_, kn_;                // scratch of the unfused path
   std::vector<const DTensor*> args_;
   std::vector<uint64_t> done_;      // per node: computed by a fused kernel in pass done_[k]
@@ -626,6 +627,21 @@ CudaSession::CudaSession(const Graph& g, int device, bool tf32) : g_(g), ctx_(de
     if (n.op != OpType::kConv || n.output == g.output) continue;
     const auto& c = consumers[n.output];
     if (c.size() == 1 && g.nodes[c[0]].op == OpType::kRelu && g.nodes[c[0]].inputs[0] == n.output) relu_of_[k] = c[0];
+  }
+  // A residual Add whose sum only a Relu/Clip reads (not a layer's activation, so no
+  // quantizer sits between them): one add_clamp kernel when both inputs have one shape.
+  act_of_add_.assign(g.nodes.size(), -1);
+  for (size_t k = 0; k < g.nodes.size(); ++k) {
+    const Node& n = g.nodes[k];
+    if (n.op != OpType::kAdd || n.output == g.output || n.inputs.size() != 2) continue;
+    if (g.values[n.inputs[0]].is_constant || g.values[n.inputs[1]].is_constant) continue;
+    const auto& c = consumers[n.output];
+    if (c.size() != 1 || layer_of_act_[c[0]] >= 0) continue;
+    const Node& act = g.nodes[c[0]];
+    if ((act.op != OpType::kRelu && act.op != OpType::kClip) || act.inputs[0] != n.output) continue;
+    bool only_sum = true;
+    for (size_t i = 1; i < act.inputs.size(); ++i) only_sum = only_sum && g.values[act.inputs[i]].is_constant;
+    if (only_sum) act_of_add_[k] = c[0];
   }
   check(cudaStreamSynchronize(ctx_.stream), "upload");
 }
@@ -810,6 +826,20 @@ void CudaSession::run_node(int k, const LayerQuantization* q, const Reader& read
   const Node& node = g_.nodes[k];
   const int layer = layer_of_node_[k];
   if (q != nullptr && layer >= 0 && fusable(k, read(node.inputs[0]))) return run_fused(k, *q, read, out);
+  if (float_pass && act_of_add_[k] >= 0) {  // residual Add + Relu/Clip in one pass (every forward alike)
+    const DTensor& a = read(node.inputs[0]);
+    const DTensor& b = read(node.inputs[1]);
+    if (a.shape == b.shape) {
+      const Node& act = g_.nodes[act_of_add_[k]];
+      DTensor& y = out[act.output];
+      y.reshape(a.shape);
+      const bool relu = act.op == OpType::kRelu;
+      cuda::add_clamp(a.ptr(), b.ptr(), y.ptr(), static_cast<size_t>(a.numel()), act.attrs.act_alpha,
+                      act.attrs.act_beta, relu, ctx_.stream);
+      done_[act_of_add_[k]] = pass_;
+      return;
+    }
+  }
   // Otherwise the Executor's steps, one op at a time.
   std::vector<const DTensor*>& args = args_;
   args.clear();

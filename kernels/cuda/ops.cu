@@ -81,6 +81,16 @@ __global__ void binary_same_kernel(bool add, const float* a, const float* b, flo
   }
 }
 
+// The CPU add_clamp's expressions on the rounded sum (fmaxf/fminf for Clip: NaN-free inputs
+// give the same value; a NaN sum gives NaN on the CPU and the bound here, see the test).
+__global__ void add_clamp_kernel(const float* a, const float* b, float* y, size_t n, float lo, float hi, bool relu) {
+  for (size_t i = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<size_t>(gridDim.x) * blockDim.x) {
+    const float s = __fadd_rn(a[i], b[i]);
+    y[i] = relu ? (s > 0.0f ? s : 0.0f) : apply_activation(Activation::kClip, lo, hi, s);
+  }
+}
+
 __global__ void binary_broadcast_kernel(bool add, const float* a, const float* b, float* y, size_t n, Dims d) {
   for (size_t i = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<size_t>(gridDim.x) * blockDim.x) {
@@ -283,6 +293,12 @@ void activation(Activation act, float alpha, float beta, const float* x, float* 
   if (n == 0) return;
   activation_kernel<<<blocks_for(n), kThreads, 0, stream>>>(act, alpha, beta, x, y, n);
   launched("activation");
+}
+
+void add_clamp(const float* a, const float* b, float* y, size_t n, float lo, float hi, bool relu, cudaStream_t stream) {
+  if (n == 0) return;
+  add_clamp_kernel<<<blocks_for(n), kThreads, 0, stream>>>(a, b, y, n, lo, hi, relu);
+  launched("add + activation");
 }
 
 void broadcast_binary(BinaryOp op, const float* a, std::span<const int64_t> a_shape, const float* b,

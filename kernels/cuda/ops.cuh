@@ -28,6 +28,10 @@ void broadcast_binary(BinaryOp op, const float* a, std::span<const int64_t> a_sh
                       std::span<const int64_t> b_shape, float* out, std::span<const int64_t> out_shape,
                       cudaStream_t stream);
 
+// add_clamp() of kernels/cpu/eltwise.h: y = relu(a + b) (relu) or min(max(a + b, lo), hi),
+// bit for bit Add then Relu/Clip, in one pass.
+void add_clamp(const float* a, const float* b, float* y, size_t n, float lo, float hi, bool relu, cudaStream_t stream);
+
 // channel_affine(): scale and shift are device arrays of c values.
 void channel_affine(const float* x, float* y, size_t n, size_t c, size_t inner, const float* scale,
                     const float* shift, cudaStream_t stream);

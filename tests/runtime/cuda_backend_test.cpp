@@ -26,6 +26,7 @@
 #include "kernels/cpu/fake_quant.h"
 #include "kernels/cuda/fake_quant.cuh"
 #include "kernels/cuda/fq_conv.cuh"
+#include "kernels/cuda/ops.cuh"
 #include "runtime/cpu_backend.h"
 #include "runtime/cuda_backend.h"
 #include "runtime/data.h"
@@ -320,6 +321,48 @@ TEST(CudaOps, ElementwiseAndDataMovementMatchCpuTwin) {
   }
 }
 
+// Device copies for a direct kernel call.
+struct Dev {
+  float* p = nullptr;
+  explicit Dev(const Tensor& t) {
+    cudaMalloc(&p, std::max<size_t>(1, t.data.size()) * sizeof(float));
+    cudaMemcpy(p, t.ptr(), t.data.size() * sizeof(float), cudaMemcpyHostToDevice);
+  }
+  explicit Dev(size_t n) { cudaMalloc(&p, std::max<size_t>(1, n) * sizeof(float)); }
+  ~Dev() { cudaFree(p); }
+  Tensor get(const Shape& s) const {
+    Tensor t(s);
+    cudaMemcpy(t.ptr(), p, t.data.size() * sizeof(float), cudaMemcpyDeviceToHost);
+    return t;
+  }
+};
+
+// The session's residual Add + Relu/Clip kernel against the CPU's add_clamp, bit for bit,
+// on sums that round, signed zeros and infinities (NaN sums: Relu gives 0 on both; Clip is
+// the device activation's, which clamps a NaN to the lower bound, so NaNs are left out).
+TEST(CudaOps, AddClampMatchesCpuTwin) {
+  REQUIRE_CUDA_DEVICE();
+  std::mt19937 rng(88);
+  const float inf = std::numeric_limits<float>::infinity();
+  const size_t n = 100003;
+  Tensor a = random_tensor(rng, {static_cast<int64_t>(n)}, -8.0f, 8.0f);
+  Tensor b = random_tensor(rng, {static_cast<int64_t>(n)}, -8.0f, 8.0f);
+  const float specials[][2] = {{-0.0f, 0.0f}, {0.0f, -0.0f}, {-0.0f, -0.0f}, {inf, 1.0f}, {-inf, 1.0f},
+                               {1.0f, -1.0f}, {6.0f, 1e-7f}, {1.0f, 0x1p-24f}, {0.25f, 1e-8f}};
+  for (size_t i = 0; i < std::size(specials); ++i) a.data[i] = specials[i][0], b.data[i] = specials[i][1];
+  Dev da(a), db(b), dy(n);
+  for (int mode = 0; mode < 3; ++mode) {
+    const bool relu = mode == 0;
+    const float lo = mode == 1 ? 0.0f : -0.5f, hi = mode == 1 ? 6.0f : 0.25f;
+    std::vector<float> want(n);
+    add_clamp(a.ptr(), b.ptr(), want.data(), n, lo, hi, relu);
+    cuda::add_clamp(da.p, db.p, dy.p, n, lo, hi, relu, nullptr);
+    ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+    const Tensor got = dy.get(a.shape);
+    EXPECT_EQ(std::memcmp(got.ptr(), want.data(), n * sizeof(float)), 0) << "mode " << mode;
+  }
+}
+
 TEST(CudaOps, FakeQuantizeIsBitExactWithTies) {
   REQUIRE_CUDA_DEVICE();
   CpuBackend cpu;
@@ -337,21 +380,6 @@ TEST(CudaOps, FakeQuantizeIsBitExactWithTies) {
 
 // ---------------------------------------------------------------- fused fake-quant conv
 
-// Device copies for a direct kernel call.
-struct Dev {
-  float* p = nullptr;
-  explicit Dev(const Tensor& t) {
-    cudaMalloc(&p, std::max<size_t>(1, t.data.size()) * sizeof(float));
-    cudaMemcpy(p, t.ptr(), t.data.size() * sizeof(float), cudaMemcpyHostToDevice);
-  }
-  explicit Dev(size_t n) { cudaMalloc(&p, std::max<size_t>(1, n) * sizeof(float)); }
-  ~Dev() { cudaFree(p); }
-  Tensor get(const Shape& s) const {
-    Tensor t(s);
-    cudaMemcpy(t.ptr(), p, t.data.size() * sizeof(float), cudaMemcpyDeviceToHost);
-    return t;
-  }
-};
 
 // The unfused path of a backend: fake_quantize(x) -> conv/gemm with wq -> act -> fake_quantize.
 Tensor unfused(const Backend& be, const Node& n, const Tensor& x, const Tensor& wq, const Tensor* bias,
