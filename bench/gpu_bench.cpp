@@ -100,6 +100,7 @@ int main(int argc, char** argv) {
   std::string python = "python3", resnet18 = std::string(QSWEEP_SOURCE_DIR) + "/bench/resnet18.onnx";
   bool skip_torch = false, skip_conv = false, skip_tf32 = false, conv_only = false;
   std::string which = "all";
+  std::vector<int> variants;
   app.add_option("--images", images, "Generated images per model");
   app.add_option("--batch", batch, "Images per batch (0: auto, from free device memory)");
   app.add_option("--resnet18", resnet18, "torchvision ResNet18 ONNX (bench/export_resnet18.py writes it)");
@@ -110,6 +111,9 @@ int main(int argc, char** argv) {
   app.add_flag("--skip-conv", skip_conv, "Do not compare the fused conv with cuDNN");
   app.add_flag("--skip-tf32", skip_tf32, "Do not time the grid again with run.tf32 = true");
   app.add_flag("--conv-only", conv_only, "Only the fused conv vs cuDNN comparison (no grids; e.g. under ncu)");
+  app.add_option("--variants", variants, "Fused-conv variants the conv table times (default: all)")
+      ->check(CLI::Range(0, cuda::kFqConvVariants - 1))
+      ->delimiter(',');
   app.add_option("--model", which, "Which models: all, shipped or resnet18")
       ->check(CLI::IsMember({"all", "shipped", "resnet18"}));
   CLI11_PARSE(app, argc, argv);
@@ -232,7 +236,7 @@ int main(int argc, char** argv) {
         const std::string key = fmt::format("{}|{}", shape_str(xs), shape_str(wsh));
         if (std::find(seen.begin(), seen.end(), key) != seen.end()) continue;
         seen.push_back(key);
-        const ConvTiming t = time_layer_conv(node, xs, wsh, reps, bo);
+        const ConvTiming t = time_layer_conv(node, xs, wsh, reps, bo, variants);
         const double ratio = t.fused_ms / t.cudnn_bias_relu_ms;
         fmt::print("  {:<40} cuDNN {:7.3f} ms ({:5.1f} TFLOP/s), cuDNN+bias+ReLU {:7.3f} ms, fused {:7.3f} ms "
                    "({:5.1f} TFLOP/s): {:.2f}x\n",
@@ -240,8 +244,9 @@ int main(int argc, char** argv) {
                    t.flops / t.fused_ms / 1e9, ratio);
         std::string variants;
         for (int v = 0; v < nv; ++v) {
+          if (std::isnan(t.fused_variant_ms[v])) continue;
           const double rv = t.fused_variant_ms[v] / t.cudnn_bias_relu_ms;
-          variants += fmt::format("{}v{} {:.3f} ms ({:.2f}x)", v ? ", " : "", v, t.fused_variant_ms[v], rv);
+          variants += fmt::format("{}v{} {:.3f} ms ({:.2f}x)", variants.empty() ? "" : ", ", v, t.fused_variant_ms[v], rv);
           v_log[v] += std::log(rv);
           v_worst[v] = std::max(v_worst[v], rv);
           v_total[v] += t.fused_variant_ms[v];
@@ -258,6 +263,7 @@ int main(int argc, char** argv) {
                    "summed {:.2f}x (target: within 1.5x)\n",
                    cuda::fq_conv_variant(), std::exp(log_sum / n), worst, fused_total / cudnn_total);
         for (int v = 0; v < nv; ++v) {
+          if (v_total[v] == 0.0) continue;  // not timed
           fmt::print("conv     :   variant {}: geometric mean {:.2f}x, worst {:.2f}x, summed {:.2f}x\n", v,
                      std::exp(v_log[v] / n), v_worst[v], v_total[v] / cudnn_total);
         }

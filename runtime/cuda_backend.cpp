@@ -4,6 +4,7 @@
 #include <functional>
 #include <random>
 #include <cstring>
+#include <limits>
 #include <map>
 #include <stdexcept>
 #include <tuple>
@@ -1012,7 +1013,7 @@ int64_t CudaSession::max_batch(int64_t cap) {
 // ---------------------------------------------------------------------------------------
 
 ConvTiming time_layer_conv(const Node& conv, const Shape& x_shape, const Shape& w_shape, int reps,
-                           const BackendOptions& options) {
+                           const BackendOptions& options, const std::vector<int>& variants) {
   DevCtx ctx(options.device, options.tf32);
   std::mt19937 rng(5);
   std::uniform_real_distribution<float> d(-1.0f, 1.0f);
@@ -1050,9 +1051,11 @@ ConvTiming time_layer_conv(const Node& conv, const Shape& x_shape, const Shape& 
   r.cudnn_ms = median_ms([&] { run_conv(ctx, conv, x, w, nullptr, false, y); });
   r.cudnn_bias_relu_ms = median_ms([&] { run_conv(ctx, conv, x, w, b.ptr(), true, y); });
   const int in_use = cuda::fq_conv_variant();
+  r.fused_variant_ms.assign(cuda::kFqConvVariants, std::numeric_limits<double>::quiet_NaN());
   for (int v = 0; v < cuda::kFqConvVariants; ++v) {
+    if (v != in_use && !variants.empty() && std::find(variants.begin(), variants.end(), v) == variants.end()) continue;
     cuda::set_fq_conv_variant(v);
-    r.fused_variant_ms.push_back(median_ms([&] {
+    r.fused_variant_ms[v] = median_ms([&] {
       cuda::FqConv p = conv_args(conv, x, w, y);
       p.bias = b.ptr();
       p.quantize_input = true;
@@ -1062,7 +1065,7 @@ ConvTiming time_layer_conv(const Node& conv, const Shape& x_shape, const Shape& 
       p.quantize_output = true;
       p.output = qout;
       cuda::fq_conv2d(p, ctx.stream);
-    }));
+    });
   }
   cuda::set_fq_conv_variant(in_use);
   r.fused_ms = r.fused_variant_ms[in_use];

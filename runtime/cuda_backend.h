@@ -52,11 +52,12 @@ class CudaBackend final : public Backend {
 struct ConvTiming {
   double cudnn_ms = 0.0, cudnn_bias_relu_ms = 0.0;
   double fused_ms = 0.0;                  // the variant in use (cuda::fq_conv_variant())
-  std::vector<double> fused_variant_ms;   // every variant, by index
+  std::vector<double> fused_variant_ms;   // by variant index; NaN for variants not timed
   double flops = 0.0;  // 2 x multiply-adds of one call
   std::string shape;   // "N x C x H x W -> O, k x k / s, groups g"
 };
+// `variants`: which fused-kernel variants to time (empty: all); the one in use always is.
 ConvTiming time_layer_conv(const Node& conv, const Shape& x_shape, const Shape& w_shape, int reps,
-                           const BackendOptions& options);
+                           const BackendOptions& options, const std::vector<int>& variants = {});
 
 }  // namespace qsweep
