@@ -98,7 +98,7 @@ int main(int argc, char** argv) {
   int64_t images = 2048, batch = 256;
   int torch_cells = 6, reps = 20;
   std::string python = "python3", resnet18 = std::string(QSWEEP_SOURCE_DIR) + "/bench/resnet18.onnx";
-  bool skip_torch = false, skip_conv = false, skip_tf32 = false, conv_only = false;
+  bool skip_torch = false, skip_conv = false, skip_tf32 = false, skip_transforms = false, conv_only = false;
   std::string which = "all";
   std::vector<int> variants;
   app.add_option("--images", images, "Generated images per model");
@@ -110,6 +110,8 @@ int main(int argc, char** argv) {
   app.add_flag("--skip-torch", skip_torch, "Do not run the PyTorch peer");
   app.add_flag("--skip-conv", skip_conv, "Do not compare the fused conv with cuDNN");
   app.add_flag("--skip-tf32", skip_tf32, "Do not time the grid again with run.tf32 = true");
+  app.add_flag("--skip-transforms", skip_transforms,
+               "Do not time the grid again with cuDNN's FFT/Winograd convolutions allowed");
   app.add_flag("--conv-only", conv_only, "Only the fused conv vs cuDNN comparison (no grids; e.g. under ncu)");
   app.add_option("--variants", variants, "Fused-conv variants the conv table times (default: all)")
       ->check(CLI::Range(0, cuda::kFqConvVariants - 1))
@@ -197,6 +199,24 @@ int main(int argc, char** argv) {
         }
         fmt::print("tf32     : {:8.2f} s   {:12.0f} images*cells/s   ({:.2f}x the FP32 grid; vs FP32: worst top-1 diff {:.2f} "
                    "points, worst noise diff {:.2g} relative)\n",
+                   t.seconds, images * cells / t.seconds, r.seconds / t.seconds, worst_top1, worst_noise);
+      }
+
+      if (!skip_transforms) {  // cuDNN free to pick FFT / Winograd (not a config key: what would it gain?)
+        BackendOptions xo = bo;
+        xo.transform_convs = true;
+        CudaBackend xf(xo);
+        Executor xe(g, xf);
+        run_layerwise_grid(xe, data, norm, std::min(bs, images), ranges, specs, bits, o);
+        const GridResult t = run_layerwise_grid(xe, data, norm, images, ranges, specs, bits, o);
+        double worst_top1 = 0.0, worst_noise = 0.0;
+        for (size_t c = 0; c < cells; ++c) {
+          worst_top1 = std::max(worst_top1, std::abs(t.top1(t.cells[c]) - r.top1(r.cells[c])));
+          worst_noise = std::max(worst_noise, std::abs(t.cells[c].noise_sum - r.cells[c].noise_sum) /
+                                                  std::max(r.cells[c].noise_sum, 1e-30));
+        }
+        fmt::print("fft/wino : {:8.2f} s   {:12.0f} images*cells/s   ({:.2f}x the default grid; vs it: worst top-1 diff "
+                   "{:.2f} points, worst noise diff {:.2g} relative)\n",
                    t.seconds, images * cells / t.seconds, r.seconds / t.seconds, worst_top1, worst_noise);
       }
 

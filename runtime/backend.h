@@ -60,6 +60,10 @@ class Backend {
 struct BackendOptions {
   int device = 0;     // which GPU (CUDA)
   bool tf32 = false;  // allow TF32 in cuDNN/cuBLAS (CUDA); the default is plain FP32 FMA
+  // Let cuDNN pick FFT and Winograd convolutions too (CUDA). Still float32, but rounded
+  // differently from a direct convolution; not a config key: the GPU benchmark measures
+  // what it would gain.
+  bool transform_convs = false;
 };
 
 // "cpu", "cuda" or "auto" (CUDA when built in and a device is present, else CPU), on

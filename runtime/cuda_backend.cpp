@@ -165,6 +165,7 @@ struct ConvPlan {
 struct DevCtx {
   int device = 0;
   bool tf32 = false;
+  bool transform_convs = false;  // FFT / Winograd allowed
   cudaStream_t stream = nullptr;
   cudnnHandle_t dnn = nullptr;
   cublasHandle_t blas = nullptr;
@@ -173,7 +174,8 @@ struct DevCtx {
   std::map<std::tuple<const Node*, int64_t, int64_t, int64_t, int64_t>, ConvPlan> convs;
   std::unordered_map<const Node*, std::pair<DTensor, DTensor>> bn;  // scale, shift
 
-  DevCtx(int dev, bool allow_tf32) : device(dev), tf32(allow_tf32) {
+  DevCtx(int dev, bool allow_tf32, bool allow_transforms = false)
+      : device(dev), tf32(allow_tf32), transform_convs(allow_transforms) {
     check(cudaSetDevice(device), "cudaSetDevice");
     check(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking), "cudaStreamCreate");
     check_dnn(cudnnCreate(&dnn), "cudnnCreate");
@@ -298,8 +300,9 @@ ConvPlan& conv_plan(DevCtx& ctx, const Node& n, const DTensor& x, const DTensor&
   for (int i = 0; i < returned && !found; ++i) {
     const auto& r = perf[i];
     if (r.status != CUDNN_STATUS_SUCCESS) continue;
-    if (r.algo == CUDNN_CONVOLUTION_FWD_ALGO_FFT || r.algo == CUDNN_CONVOLUTION_FWD_ALGO_FFT_TILING ||
-        r.algo == CUDNN_CONVOLUTION_FWD_ALGO_WINOGRAD || r.algo == CUDNN_CONVOLUTION_FWD_ALGO_WINOGRAD_NONFUSED) {
+    if (!ctx.transform_convs &&
+        (r.algo == CUDNN_CONVOLUTION_FWD_ALGO_FFT || r.algo == CUDNN_CONVOLUTION_FWD_ALGO_FFT_TILING ||
+         r.algo == CUDNN_CONVOLUTION_FWD_ALGO_WINOGRAD || r.algo == CUDNN_CONVOLUTION_FWD_ALGO_WINOGRAD_NONFUSED)) {
       continue;
     }
     if (!ctx.tf32 && r.mathType != CUDNN_FMA_MATH && r.mathType != CUDNN_DEFAULT_MATH) continue;
@@ -519,7 +522,7 @@ void run_op(DevCtx& ctx, const Node& n, std::span<const DTensor* const> in, DTen
 }
 
 struct HostCtx final : BackendContext {
-  HostCtx(int device, bool tf32) : dev(device, tf32) {}
+  HostCtx(int device, bool tf32, bool transforms) : dev(device, tf32, transforms) {}
   DevCtx dev;
   std::vector<DTensor> inputs;
   DTensor out;
@@ -536,7 +539,7 @@ void download(DevCtx& ctx, const DTensor& d, Tensor& h) {
 
 class CudaSession final : public DeviceSession {
  public:
-  CudaSession(const Graph& g, int device, bool tf32);
+  CudaSession(const Graph& g, int device, bool tf32, bool transforms);
   ~CudaSession() override;
   void prepare(std::span<const std::pair<int, const LayerQuantization*>> qs) override;
   void stage(const Tensor& x, const int32_t* labels, int64_t n) override;
@@ -591,7 +594,8 @@ class CudaSession final : public DeviceSession {
   PinnedBuf host_flags_, host_sums_, host_counts_;
 };
 
-CudaSession::CudaSession(const Graph& g, int device, bool tf32) : g_(g), ctx_(device, tf32) {
+CudaSession::CudaSession(const Graph& g, int device, bool tf32, bool transforms)
+    : g_(g), ctx_(device, tf32, transforms) {
   check(cudaStreamCreateWithFlags(&copy_, cudaStreamNonBlocking), "cudaStreamCreate");
   for (int i = 0; i < 2; ++i) {
     check(cudaEventCreateWithFlags(&staged_[i], cudaEventDisableTiming), "cudaEventCreate");
@@ -1014,7 +1018,7 @@ int64_t CudaSession::max_batch(int64_t cap) {
 
 ConvTiming time_layer_conv(const Node& conv, const Shape& x_shape, const Shape& w_shape, int reps,
                            const BackendOptions& options, const std::vector<int>& variants) {
-  DevCtx ctx(options.device, options.tf32);
+  DevCtx ctx(options.device, options.tf32, options.transform_convs);
   std::mt19937 rng(5);
   std::uniform_real_distribution<float> d(-1.0f, 1.0f);
   auto random = [&](const Shape& sh) {
@@ -1086,9 +1090,10 @@ CudaBackend::~CudaBackend() = default;
 std::string CudaBackend::device_name() const {
   cudaDeviceProp prop{};
   check(cudaGetDeviceProperties(&prop, options_.device), "cudaGetDeviceProperties");
-  return fmt::format("{} (device {}, sm_{}{}, {:.0f} GiB, {} SMs){}", prop.name, options_.device, prop.major,
+  return fmt::format("{} (device {}, sm_{}{}, {:.0f} GiB, {} SMs){}{}", prop.name, options_.device, prop.major,
                      prop.minor, prop.totalGlobalMem / double(1ull << 30), prop.multiProcessorCount,
-                     options_.tf32 ? ", TF32 allowed" : ", FP32 (no TF32)");
+                     options_.tf32 ? ", TF32 allowed" : ", FP32 (no TF32)",
+                     options_.transform_convs ? ", FFT/Winograd convolutions allowed" : "");
 }
 
 std::string CudaBackend::library_versions() const {
@@ -1116,7 +1121,7 @@ double CudaBackend::fp32_peak_flops() const {
 bool CudaBackend::supports(OpType) const { return true; }
 
 std::unique_ptr<BackendContext> CudaBackend::make_context() const {
-  return std::make_unique<HostCtx>(options_.device, options_.tf32);
+  return std::make_unique<HostCtx>(options_.device, options_.tf32, options_.transform_convs);
 }
 
 void CudaBackend::run(BackendContext& base, const Node& node, std::span<const Tensor* const> inputs,
@@ -1141,7 +1146,7 @@ void CudaBackend::fake_quantize(BackendContext& base, const Tensor& x, const Qua
 }
 
 std::unique_ptr<DeviceSession> CudaBackend::make_session(const Graph& graph) const {
-  return std::make_unique<CudaSession>(graph, options_.device, options_.tf32);
+  return std::make_unique<CudaSession>(graph, options_.device, options_.tf32, options_.transform_convs);
 }
 
 }  // namespace qsweep
