@@ -1083,6 +1083,11 @@ ConvTiming time_layer_conv(const Node& conv, const Shape& x_shape, const Shape& 
 }
 
 CudaBackend::CudaBackend(const BackendOptions& options) : options_(options) {
+  try {  // a bad $QSWEEP_FQCONV_VARIANT is a user's error, reported before any work starts
+    cuda::fq_conv_variant();
+  } catch (const std::invalid_argument& e) {
+    user_error("{}", e.what());
+  }
   check(cudaSetDevice(options.device), "cudaSetDevice");
 }
 CudaBackend::~CudaBackend() = default;
