@@ -184,40 +184,31 @@ int main(int argc, char** argv) {
                  flops / 1e12, flops / r.seconds / 1e12, 100.0 * flops / r.seconds / peak,
                  images * full * (cells + 1) / 1e12, images * full * (cells + 1) / flops);
 
-      if (!skip_tf32) {  // the same grid with TF32 allowed in cuDNN/cuBLAS (run.tf32 = true)
-        BackendOptions to = bo;
-        to.tf32 = true;
-        CudaBackend tf32(to);
-        Executor te(g, tf32);
-        run_layerwise_grid(te, data, norm, std::min(bs, images), ranges, specs, bits, o);
-        const GridResult t = run_layerwise_grid(te, data, norm, images, ranges, specs, bits, o);
+      // The same grid under other backend options, against the default one.
+      auto grid_with = [&](const char* label, const char* against, const BackendOptions& options) {
+        CudaBackend other(options);
+        Executor oe(g, other);
+        run_layerwise_grid(oe, data, norm, std::min(bs, images), ranges, specs, bits, o);
+        const GridResult t = run_layerwise_grid(oe, data, norm, images, ranges, specs, bits, o);
         double worst_top1 = 0.0, worst_noise = 0.0;
         for (size_t c = 0; c < cells; ++c) {
           worst_top1 = std::max(worst_top1, std::abs(t.top1(t.cells[c]) - r.top1(r.cells[c])));
           worst_noise = std::max(worst_noise, std::abs(t.cells[c].noise_sum - r.cells[c].noise_sum) /
                                                   std::max(r.cells[c].noise_sum, 1e-30));
         }
-        fmt::print("tf32     : {:8.2f} s   {:12.0f} images*cells/s   ({:.2f}x the FP32 grid; vs FP32: worst top-1 diff {:.2f} "
+        fmt::print("{:<9}: {:8.2f} s   {:12.0f} images*cells/s   ({:.2f}x the {} grid; vs it: worst top-1 diff {:.2f} "
                    "points, worst noise diff {:.2g} relative)\n",
-                   t.seconds, images * cells / t.seconds, r.seconds / t.seconds, worst_top1, worst_noise);
+                   label, t.seconds, images * cells / t.seconds, r.seconds / t.seconds, against, worst_top1, worst_noise);
+      };
+      if (!skip_tf32) {  // TF32 allowed in cuDNN/cuBLAS (run.tf32 = true)
+        BackendOptions to = bo;
+        to.tf32 = true;
+        grid_with("tf32", "FP32", to);
       }
-
       if (!skip_transforms) {  // cuDNN free to pick FFT / Winograd (not a config key: what would it gain?)
         BackendOptions xo = bo;
         xo.transform_convs = true;
-        CudaBackend xf(xo);
-        Executor xe(g, xf);
-        run_layerwise_grid(xe, data, norm, std::min(bs, images), ranges, specs, bits, o);
-        const GridResult t = run_layerwise_grid(xe, data, norm, images, ranges, specs, bits, o);
-        double worst_top1 = 0.0, worst_noise = 0.0;
-        for (size_t c = 0; c < cells; ++c) {
-          worst_top1 = std::max(worst_top1, std::abs(t.top1(t.cells[c]) - r.top1(r.cells[c])));
-          worst_noise = std::max(worst_noise, std::abs(t.cells[c].noise_sum - r.cells[c].noise_sum) /
-                                                  std::max(r.cells[c].noise_sum, 1e-30));
-        }
-        fmt::print("fft/wino : {:8.2f} s   {:12.0f} images*cells/s   ({:.2f}x the default grid; vs it: worst top-1 diff "
-                   "{:.2f} points, worst noise diff {:.2g} relative)\n",
-                   t.seconds, images * cells / t.seconds, r.seconds / t.seconds, worst_top1, worst_noise);
+        grid_with("fft/wino", "direct-only", xo);
       }
 
       if (!skip_torch) {
