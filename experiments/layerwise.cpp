@@ -69,25 +69,48 @@ std::vector<BatchSums> make_sums(int64_t batches, size_t cells) {
 
 }  // namespace
 
+std::vector<std::unique_ptr<QuantizedLayer>> quantize_layers(const Executor& exec,
+                                                             std::span<const std::pair<int, int>> layer_bits,
+                                                             const std::vector<QuantSpec>& specs,
+                                                             const ActivationRanges& ranges,
+                                                             const BiasCorrectionSource* bc, int64_t batch_size,
+                                                             int threads) {
+  const Graph& g = exec.graph();
+  std::vector<std::unique_ptr<QuantizedLayer>> out;
+  out.reserve(layer_bits.size());
+  for (const auto& [layer, bits] : layer_bits) {
+    const QuantSpec& spec = specs.at(layer);
+    auto ql = std::make_unique<QuantizedLayer>();
+    ql->layer = layer;
+    ql->bits = bits;
+    ql->weights = quantize_weights(g, g.layers[layer], spec, bits);
+    ql->q = make_layer_quantization(g.layers[layer], ranges, spec);
+    if (spec.clip == ClipMethod::kMinMax) {  // a device session reduces the ranges and quantizes there
+      ql->q.recipe = WeightRecipe{bits, spec.scheme, spec.granularity == Granularity::kPerChannel};
+    }
+    ql->finalize();
+    out.push_back(std::move(ql));
+  }
+  if (bc != nullptr && !out.empty()) {
+    std::vector<std::pair<int, const LayerQuantization*>> cells;
+    for (const auto& ql : out) cells.emplace_back(ql->layer, &ql->q);
+    std::vector<Tensor> biases = bias_corrections(exec, cells, *bc->data, bc->norm, bc->count, batch_size, threads);
+    for (size_t i = 0; i < out.size(); ++i) {
+      out[i]->bias = std::move(biases[i]);
+      out[i]->corrected_bias = true;
+      out[i]->finalize();
+    }
+  }
+  return out;
+}
+
 std::unique_ptr<QuantizedLayer> quantize_layer(const Executor& exec, int layer, const QuantSpec& spec, int bits,
                                                const ActivationRanges& ranges, const BiasCorrectionSource* bc,
                                                int64_t batch_size, int threads) {
-  const Graph& g = exec.graph();
-  auto ql = std::make_unique<QuantizedLayer>();
-  ql->layer = layer;
-  ql->bits = bits;
-  ql->weights = quantize_weights(g, g.layers[layer], spec, bits);
-  ql->q = make_layer_quantization(g.layers[layer], ranges, spec);
-  if (spec.clip == ClipMethod::kMinMax) {  // a device session reduces the ranges and quantizes there
-    ql->q.recipe = WeightRecipe{bits, spec.scheme, spec.granularity == Granularity::kPerChannel};
-  }
-  ql->finalize();
-  if (bc != nullptr) {
-    ql->bias = bias_correction(exec, layer, ql->q, *bc->data, bc->norm, bc->count, batch_size, threads);
-    ql->corrected_bias = true;
-    ql->finalize();
-  }
-  return ql;
+  std::vector<QuantSpec> specs(exec.graph().layers.size());
+  specs.at(layer) = spec;
+  const std::pair<int, int> one[] = {{layer, bits}};
+  return std::move(quantize_layers(exec, one, specs, ranges, bc, batch_size, threads)[0]);
 }
 
 GridResult run_layerwise_grid(const Executor& exec, const Dataset& eval, const Normalization& norm, int64_t count,
@@ -102,13 +125,12 @@ GridResult run_layerwise_grid(const Executor& exec, const Dataset& eval, const N
   const int64_t batches = (count + bs - 1) / bs;
 
   // Weights are quantized once per (layer, bits), never per batch.
-  std::vector<std::unique_ptr<QuantizedLayer>> quant(ncells);
+  std::vector<std::pair<int, int>> layer_bits(ncells);
+  for (size_t c = 0; c < ncells; ++c) layer_bits[c] = {static_cast<int>(c / B), weight_bits[c % B]};
+  const std::vector<std::unique_ptr<QuantizedLayer>> quant =
+      quantize_layers(exec, layer_bits, specs, ranges, bc, bs, opt.threads);
   std::vector<const LayerQuantization*> cell_quant(ncells);
-  for (size_t c = 0; c < ncells; ++c) {
-    quant[c] = quantize_layer(exec, static_cast<int>(c / B), specs[c / B], weight_bits[c % B], ranges, bc, bs,
-                              opt.threads);
-    cell_quant[c] = &quant[c]->q;
-  }
+  for (size_t c = 0; c < ncells; ++c) cell_quant[c] = &quant[c]->q;
 
   if (!opt.naive) {  // one pass: each batch once through the float network, cells from cached inputs
     GridJob job;

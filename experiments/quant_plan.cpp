@@ -307,46 +307,63 @@ int equalize_cross_layer(Graph& g, int iterations) {
   return static_cast<int>(pairs.size());
 }
 
-Tensor bias_correction(const Executor& exec, int layer, const LayerQuantization& q, const Dataset& data,
-                       const Normalization& norm, int64_t count, int64_t batch_size, int threads) {
+std::vector<Tensor> bias_corrections(const Executor& exec, std::span<const std::pair<int, const LayerQuantization*>> cells,
+                                     const Dataset& data, const Normalization& norm, int64_t count, int64_t batch_size,
+                                     int threads) {
   const Graph& g = exec.graph();
-  const Layer& L = g.layers[layer];
-  const int out_value = g.nodes[L.node].output;
+  const size_t J = cells.size();
+  if (J == 0) return {};
   count = std::min(count, data.count);
   const int64_t batches = (count + batch_size - 1) / batch_size;
-  std::vector<std::vector<double>> sums(batches);  // per batch, per output channel
-  std::vector<int64_t> per_image(batches, 0);
+  // Per batch, per pair, per output channel; and positions per image of each pair's output.
+  std::vector<std::vector<std::vector<double>>> sums(batches, std::vector<std::vector<double>>(J));
+  std::vector<int64_t> per_image(J, 0);
   for_each_batch(exec, data, norm, count, batch_size, threads,
                  [&](Executor::Workspace& ws, const Tensor& x, int64_t b, int64_t, int64_t) {
-                   ws.keep_all_values = true;  // the conv's pre-activation output is read below
+                   ws.keep_all_values = true;  // the convs' pre-activation outputs are read below
                    exec.forward(ws, x);
                    Tensor y, yq;  // float and quantized pre-activation outputs, (N, C, ...) in NCHW order
-                   to_nchw(ws.values[out_value], y);
-                   to_nchw(exec.layer_node_output(ws, layer, q), yq);
-                   const int64_t C = y.dim(1), inner = y.numel() / (y.dim(0) * C);
-                   std::vector<double> s(C, 0.0);
-                   for (int64_t i = 0; i < y.dim(0); ++i) {
-                     for (int64_t ch = 0; ch < C; ++ch) {
-                       for (int64_t k = 0; k < inner; ++k) {
-                         const int64_t idx = (i * C + ch) * inner + k;
-                         s[ch] += static_cast<double>(y.data[idx]) - yq.data[idx];
+                   for (size_t j = 0; j < J; ++j) {
+                     const auto& [layer, q] = cells[j];
+                     to_nchw(ws.values[g.nodes[g.layers[layer].node].output], y);
+                     to_nchw(exec.layer_node_output(ws, layer, *q), yq);
+                     const int64_t C = y.dim(1), inner = y.numel() / (y.dim(0) * C);
+                     std::vector<double> s(C, 0.0);
+                     for (int64_t i = 0; i < y.dim(0); ++i) {
+                       for (int64_t ch = 0; ch < C; ++ch) {
+                         for (int64_t k = 0; k < inner; ++k) {
+                           const int64_t idx = (i * C + ch) * inner + k;
+                           s[ch] += static_cast<double>(y.data[idx]) - yq.data[idx];
+                         }
                        }
                      }
+                     sums[b][j] = std::move(s);
+                     per_image[j] = inner;  // the same for every batch
                    }
-                   sums[b] = std::move(s);
-                   per_image[b] = inner;
                  });
-  const int64_t channels = static_cast<int64_t>(sums[0].size());
-  std::vector<double> total(channels, 0.0);
-  for (const auto& s : sums) {  // batch order: deterministic
-    for (int64_t ch = 0; ch < channels; ++ch) total[ch] += s[ch];
+  std::vector<Tensor> out;
+  out.reserve(J);
+  for (size_t j = 0; j < J; ++j) {
+    const Layer& L = g.layers[cells[j].first];
+    const int64_t channels = static_cast<int64_t>(sums[0][j].size());
+    std::vector<double> total(channels, 0.0);
+    for (const auto& s : sums) {  // batch order: deterministic
+      for (int64_t ch = 0; ch < channels; ++ch) total[ch] += s[j][ch];
+    }
+    Tensor bias(Shape{channels});
+    for (int64_t ch = 0; ch < channels; ++ch) {
+      const double base = L.bias_value >= 0 ? g.constant(L.bias_value).data[ch] : 0.0;
+      bias.data[ch] = static_cast<float>(base + total[ch] / static_cast<double>(count * per_image[j]));
+    }
+    out.push_back(std::move(bias));
   }
-  Tensor bias(Shape{channels});
-  for (int64_t ch = 0; ch < channels; ++ch) {
-    const double base = L.bias_value >= 0 ? g.constant(L.bias_value).data[ch] : 0.0;
-    bias.data[ch] = static_cast<float>(base + total[ch] / static_cast<double>(count * per_image[0]));
-  }
-  return bias;
+  return out;
+}
+
+Tensor bias_correction(const Executor& exec, int layer, const LayerQuantization& q, const Dataset& data,
+                       const Normalization& norm, int64_t count, int64_t batch_size, int threads) {
+  const std::pair<int, const LayerQuantization*> one[] = {{layer, &q}};
+  return std::move(bias_corrections(exec, one, data, norm, count, batch_size, threads)[0]);
 }
 
 }  // namespace qsweep

@@ -3,6 +3,8 @@
 // methods, and the statistics that explain a bad layer.
 #pragma once
 
+#include <span>
+#include <utility>
 #include <vector>
 
 #include "experiments/config.h"
@@ -65,5 +67,12 @@ int equalize_cross_layer(Graph& g, int iterations = 20);
 // removes the mean shift quantization causes. Returns the corrected bias.
 Tensor bias_correction(const Executor& exec, int layer, const LayerQuantization& q, const Dataset& data,
                        const Normalization& norm, int64_t count, int64_t batch_size, int threads);
+
+// bias_correction() for several (layer, quantization) pairs in one pass over the calibration
+// images: each batch runs through the float network once and serves every pair (only the
+// pair's layer node runs again). Element i equals bias_correction() of pair i, bit for bit.
+std::vector<Tensor> bias_corrections(const Executor& exec, std::span<const std::pair<int, const LayerQuantization*>> cells,
+                                     const Dataset& data, const Normalization& norm, int64_t count, int64_t batch_size,
+                                     int threads);
 
 }  // namespace qsweep

@@ -462,14 +462,20 @@ RunOutcome run_layerwise(const RunOptions& o, const Prepared& p, const Activatio
     for (int c : cells) needed[c] = 1;
   }
   const BiasCorrectionSource bc{&p.calib, p.norm, p.calib_count};
-  std::vector<std::unique_ptr<QuantizedLayer>> quant(ncells);
-  std::vector<const LayerQuantization*> cell_quant(ncells, nullptr);
+  std::vector<size_t> cells_here;
+  std::vector<std::pair<int, int>> layer_bits;
   for (size_t c = 0; c < ncells; ++c) {
     if (!needed[c] || todo == 0) continue;
-    const int layer = static_cast<int>(c / B);
-    quant[c] = quantize_layer(*p.exec, layer, p.specs[layer], cfg.quant.weight_bits[c % B], ranges,
-                              cfg.quant.bias_correction ? &bc : nullptr, cfg.batch_size, p.threads);
-    cell_quant[c] = &quant[c]->q;
+    cells_here.push_back(c);
+    layer_bits.emplace_back(static_cast<int>(c / B), cfg.quant.weight_bits[c % B]);
+  }
+  std::vector<std::unique_ptr<QuantizedLayer>> made = quantize_layers(
+      *p.exec, layer_bits, p.specs, ranges, cfg.quant.bias_correction ? &bc : nullptr, cfg.batch_size, p.threads);
+  std::vector<std::unique_ptr<QuantizedLayer>> quant(ncells);
+  std::vector<const LayerQuantization*> cell_quant(ncells, nullptr);
+  for (size_t i = 0; i < cells_here.size(); ++i) {
+    quant[cells_here[i]] = std::move(made[i]);
+    cell_quant[cells_here[i]] = &quant[cells_here[i]]->q;
   }
   std::mutex mu;
   job.done = [&](int64_t b) { return done.count(b) > 0; };

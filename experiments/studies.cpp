@@ -54,13 +54,17 @@ AdditivityResult run_additivity(const StudyContext& ctx, const Config& cfg, cons
   };
 
   // Quantized layers at both bit-widths, shared by every configuration.
+  std::vector<std::pair<int, int>> layer_bits;
+  for (int l = 0; l < L; ++l) layer_bits.emplace_back(l, cfg.low_bits);
+  if (cfg.high_bits != 0) {
+    for (int l = 0; l < L; ++l) layer_bits.emplace_back(l, cfg.high_bits);
+  }
+  std::vector<std::unique_ptr<QuantizedLayer>> made =
+      quantize_layers(exec, layer_bits, specs, *ctx.ranges, bcp, ctx.options.batch_size, ctx.options.threads);
   std::vector<std::unique_ptr<QuantizedLayer>> low(L), high(L);
   for (int l = 0; l < L; ++l) {
-    low[l] = quantize_layer(exec, l, specs[l], cfg.low_bits, *ctx.ranges, bcp, ctx.options.batch_size, ctx.options.threads);
-    if (cfg.high_bits != 0) {
-      high[l] = quantize_layer(exec, l, specs[l], cfg.high_bits, *ctx.ranges, bcp, ctx.options.batch_size,
-                               ctx.options.threads);
-    }
+    low[l] = std::move(made[l]);
+    if (cfg.high_bits != 0) high[l] = std::move(made[L + l]);
   }
   const auto subsets = additivity_subsets(L, cfg.additivity_configs, cfg.additivity_seed);
   std::vector<QuantPlan> plans;
@@ -134,9 +138,12 @@ ComparisonResult run_comparison(const StudyContext& ctx, const Config& cfg, cons
     }
     const std::vector<QuantSpec> specs = resolve_layer_specs(ve->graph(), q);
     QuantPlan plan(L, nullptr);
+    std::vector<std::pair<int, int>> layer_bits;
+    for (int l = 0; l < L; ++l) layer_bits.emplace_back(l, specs[l].weight_bits);
+    std::vector<std::unique_ptr<QuantizedLayer>> made = quantize_layers(
+        *ve, layer_bits, specs, *vr, q.bias_correction ? &bc : nullptr, ctx.options.batch_size, ctx.options.threads);
     for (int l = 0; l < L; ++l) {
-      auto ql = quantize_layer(*ve, l, specs[l], specs[l].weight_bits, *vr, q.bias_correction ? &bc : nullptr,
-                               ctx.options.batch_size, ctx.options.threads);
+      auto ql = std::move(made[l]);
       const Layer& layer = ve->graph().layers[l];
       if (q.equalization && !ql->corrected_bias && layer.bias_value >= 0) {
         ql->bias = ve->graph().constant(layer.bias_value);

@@ -619,6 +619,40 @@ TEST(BiasCorrection, RemovesTheMeanShiftOnShippedResnet) {
   check_bias_correction(exec, 1, 3, train, norm, 200, 0.1, "/layer1/conv1/Conv");
 }
 
+// quantize_layers() computes every bias from one float forward per calibration batch; each
+// equals the one-layer-at-a-time result bit for bit (layers with and without a bias, two
+// bit-widths, per-tensor and per-channel weights).
+TEST(BiasCorrection, OnePassForManyLayersEqualsOneLayerAtATime) {
+  const Graph g = import_onnx_bytes(unbalanced_model(), "unbalanced.onnx");
+  CpuBackend cpu;
+  Executor exec(g, cpu);
+  const Dataset calib = random_dataset(130, 2, 6, 6, 3, 78);
+  const Normalization norm{{0.5f, 0.5f}, {0.25f, 0.25f}};
+  const ActivationRanges ranges = calibrate(exec, calib, norm, 130, 40, 2);
+  const BiasCorrectionSource bc{&calib, norm, 130};
+  for (Granularity gr : {Granularity::kPerTensor, Granularity::kPerChannel}) {
+    std::vector<QuantSpec> specs(g.layers.size());
+    for (auto& s : specs) s.granularity = gr;
+    std::vector<std::pair<int, int>> layer_bits;
+    for (int bits : {3, 8}) {
+      for (const Layer& L : g.layers) layer_bits.emplace_back(L.index, bits);
+    }
+    const auto batched = quantize_layers(exec, layer_bits, specs, ranges, &bc, 40, 2);
+    ASSERT_EQ(batched.size(), layer_bits.size());
+    for (size_t i = 0; i < layer_bits.size(); ++i) {
+      const auto [layer, bits] = layer_bits[i];
+      const auto single = quantize_layer(exec, layer, specs[layer], bits, ranges, &bc, 40, 2);
+      ASSERT_TRUE(batched[i]->corrected_bias);
+      EXPECT_EQ(batched[i]->layer, layer);
+      EXPECT_EQ(batched[i]->bits, bits);
+      EXPECT_EQ(batched[i]->bias.data, single->bias.data) << g.layers[layer].name << " at " << bits << " bits";
+      EXPECT_EQ(batched[i]->weights.weights.data, single->weights.weights.data) << g.layers[layer].name;
+      EXPECT_EQ(batched[i]->q.bias, &batched[i]->bias);
+      EXPECT_EQ(batched[i]->q.weights, &batched[i]->weights.weights);
+    }
+  }
+}
+
 // ---------------------------------------------------------------- (d) statistics
 
 TEST(PairedBootstrap, IdenticalOutcomesGiveExactlyZero) {
