@@ -323,9 +323,13 @@ std::vector<Tensor> bias_corrections(const Executor& exec, std::span<const std::
                    ws.keep_all_values = true;  // the convs' pre-activation outputs are read below
                    exec.forward(ws, x);
                    Tensor y, yq;  // float and quantized pre-activation outputs, (N, C, ...) in NCHW order
+                   int y_layer = -1;  // whose float output y holds (pairs of one layer come in a row)
                    for (size_t j = 0; j < J; ++j) {
                      const auto& [layer, q] = cells[j];
-                     to_nchw(ws.values[g.nodes[g.layers[layer].node].output], y);
+                     if (layer != y_layer) {
+                       to_nchw(ws.values[g.nodes[g.layers[layer].node].output], y);
+                       y_layer = layer;
+                     }
                      to_nchw(exec.layer_node_output(ws, layer, *q), yq);
                      const int64_t C = y.dim(1), inner = y.numel() / (y.dim(0) * C);
                      std::vector<double> s(C, 0.0);
