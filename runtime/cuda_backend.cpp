@@ -1054,6 +1054,15 @@ ConvTiming time_layer_conv(const Node& conv, const Shape& x_shape, const Shape& 
   ConvTiming r;
   r.cudnn_ms = median_ms([&] { run_conv(ctx, conv, x, w, nullptr, false, y); });
   r.cudnn_bias_relu_ms = median_ms([&] { run_conv(ctx, conv, x, w, b.ptr(), true, y); });
+  // The unfused way to the same result: fake-quant kernel, cuDNN conv + bias + ReLU,
+  // fake-quant kernel (what the quantized layer would cost without the fused kernel).
+  DTensor xq;
+  xq.reshape(x.shape);
+  r.unfused_ms = median_ms([&] {
+    cuda::fake_quantize_per_tensor(x.ptr(), xq.ptr(), static_cast<size_t>(x.numel()), qin, ctx.stream);
+    run_conv(ctx, conv, xq, w, b.ptr(), true, y);
+    cuda::fake_quantize_per_tensor(y.ptr(), y.ptr(), static_cast<size_t>(y.numel()), qout, ctx.stream);
+  });
   const int in_use = cuda::fq_conv_variant();
   r.fused_variant_ms.assign(cuda::kFqConvVariants, std::numeric_limits<double>::quiet_NaN());
   for (int v = 0; v < cuda::kFqConvVariants; ++v) {

@@ -51,6 +51,7 @@ class CudaBackend final : public Backend {
 // warm-up.
 struct ConvTiming {
   double cudnn_ms = 0.0, cudnn_bias_relu_ms = 0.0;
+  double unfused_ms = 0.0;                // fake-quant kernel, cuDNN conv+bias+ReLU, fake-quant kernel
   double fused_ms = 0.0;                  // the variant in use (cuda::fq_conv_variant())
   std::vector<double> fused_variant_ms;   // by variant index; NaN for variants not timed
   double flops = 0.0;  // 2 x multiply-adds of one call
