@@ -62,7 +62,7 @@ const std::vector<ConfigKey>& base_keys() {
       {"stats.seed", "integer", "0", "Seed of the bootstrap."},
       {"stats.confidence", "float", "0.95", "Confidence level of the intervals."},
       {"run.backend", "string", "\"auto\"", "`\"cpu\"`, `\"cuda\"` or `\"auto\"` (CUDA when built in and a device is present, else CPU)."},
-      {"run.batch_size", "integer or \"auto\"", "250", "Images per batch. Each batch is processed by one thread; results do not depend on the number of threads. `\"auto\"`: the CUDA backend picks the largest batch whose values fit in half of the free device memory (the CPU backend uses 250); shards of one run must agree, so give a number with `--shard` on mixed machines."},
+      {"run.batch_size", "integer or \"auto\"", "250", "Images per batch. Each batch is processed by one thread; results do not depend on the number of threads. `\"auto\"`: the CUDA backend picks the largest batch whose values fit in half of the free device memory (the CPU backend: about 4 batches per thread, 32 to 250 images each, i.e. 250 on a few cores); shards of one run must agree, so give a number with `--shard` on mixed machines."},
       {"run.tf32", "boolean", "false", "CUDA only: let cuDNN and cuBLAS use TF32 tensor cores for the float32 network and the unfused ops (faster on Ampere and later, about 3 decimal digits). Off, the reference network is plain FP32 (FMA math). Recorded in the manifest."},
       {"run.threads", "integer", "0", "CPU threads; 0 uses every core."},
       {"run.devices", "\"all\" or array of integers", "\"all\"", "Devices to run on, one worker each (`[0, 2, 3]` or `\"all\"`). Workers split the batches and share the CPU cores; with the CPU backend `\"all\"` is one worker. Results are identical for any choice."},

@@ -89,7 +89,7 @@ struct Config {
   double confidence = 0.95;
   // [run]
   std::string backend = "auto";
-  int64_t batch_size = 250;  // 0: "auto" (from free device memory; 250 on the CPU)
+  int64_t batch_size = 250;  // 0: "auto" (from free device memory; cpu_auto_batch_size() on the CPU)
   int threads = 0;  // 0: every core
   bool tf32 = false;  // run.tf32: the CUDA backend may use TF32 tensor cores
   bool naive = false;

@@ -104,6 +104,11 @@ std::vector<std::unique_ptr<QuantizedLayer>> quantize_layers(const Executor& exe
   return out;
 }
 
+int64_t cpu_auto_batch_size(int64_t images, int threads) {
+  const int64_t per_worker = 4 * static_cast<int64_t>(std::max(threads, 1));
+  return std::clamp<int64_t>(images / per_worker, 32, 250);  // rounded down: at least 4 per worker
+}
+
 std::unique_ptr<QuantizedLayer> quantize_layer(const Executor& exec, int layer, const QuantSpec& spec, int bits,
                                                const ActivationRanges& ranges, const BiasCorrectionSource* bc,
                                                int64_t batch_size, int threads) {

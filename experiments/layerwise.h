@@ -44,6 +44,12 @@ struct GridResult {
   double sqnr_db(const CellStats& c) const;
 };
 
+// run.batch_size = "auto" on a backend without a device session (the CPU): batches of at
+// most 250 images (the measured sweet spot here, bench/RESULTS.md) and at least 32, and
+// small enough that each of `threads` workers gets about 4 of the `images` (one batch per
+// worker at a time: 40 batches of 250 would leave most of a 64-core machine idle).
+int64_t cpu_auto_batch_size(int64_t images, int threads);
+
 struct GridOptions {
   int64_t batch_size = 250;
   int threads = 1;

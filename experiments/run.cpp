@@ -171,7 +171,7 @@ std::unique_ptr<Prepared> prepare(const Config& cfg, const std::function<void(co
     if (auto session = p->backend->make_session(g)) {
       p->cfg.batch_size = session->max_batch(std::min<int64_t>(std::max(p->eval_count, p->calib_count), 8192));
     } else {
-      p->cfg.batch_size = 250;
+      p->cfg.batch_size = cpu_auto_batch_size(std::max(p->eval_count, p->calib_count), p->threads);
     }
     say(fmt::format("run.batch_size = \"auto\": {} images per batch on {}", p->cfg.batch_size, p->backend->device_name()));
   }

@@ -230,5 +230,25 @@ TEST(LayerwiseGrid, MatchesPyTorchPeerOnShippedResnet) {
   }
 }
 
+
+// run.batch_size = "auto" on the CPU: 250 on a few cores (the default grid's batches are
+// unchanged here), smaller on many cores so that every worker gets about 4 batches, never
+// below 32 images.
+TEST(AutoBatch, CpuRuleKeepsEveryWorkerBusy) {
+  EXPECT_EQ(cpu_auto_batch_size(10000, 2), 250);
+  EXPECT_EQ(cpu_auto_batch_size(10000, 8), 250);      // 10000 / 32 = 312.5: capped
+  EXPECT_EQ(cpu_auto_batch_size(10000, 16), 156);     // floor(10000 / 64): 65 batches for 16 workers
+  EXPECT_EQ(cpu_auto_batch_size(10000, 64), 39);      // 257 batches for 64 workers
+  EXPECT_EQ(cpu_auto_batch_size(100, 2), 32);         // floor
+  EXPECT_EQ(cpu_auto_batch_size(10000, 0), 250);      // no threads given: as one
+  for (int threads : {1, 2, 3, 8, 24, 64, 128}) {
+    const int64_t b = cpu_auto_batch_size(10000, threads);
+    EXPECT_GE(b, 32);
+    EXPECT_LE(b, 250);
+    const int64_t batches = (10000 + b - 1) / b;
+    if (b > 32 && b < 250) EXPECT_GE(batches, 4 * threads) << threads << " threads";
+  }
+}
+
 }  // namespace
 }  // namespace qsweep
