@@ -633,21 +633,9 @@ CudaSession::CudaSession(const Graph& g, int device, bool tf32, bool transforms)
     const auto& c = consumers[n.output];
     if (c.size() == 1 && g.nodes[c[0]].op == OpType::kRelu && g.nodes[c[0]].inputs[0] == n.output) relu_of_[k] = c[0];
   }
-  // A residual Add whose sum only a Relu/Clip reads (not a layer's activation, so no
-  // quantizer sits between them): one add_clamp kernel when both inputs have one shape.
+  // A residual Add + Relu/Clip: one add_clamp kernel when both inputs have one shape.
   act_of_add_.assign(g.nodes.size(), -1);
-  for (size_t k = 0; k < g.nodes.size(); ++k) {
-    const Node& n = g.nodes[k];
-    if (n.op != OpType::kAdd || n.output == g.output || n.inputs.size() != 2) continue;
-    if (g.values[n.inputs[0]].is_constant || g.values[n.inputs[1]].is_constant) continue;
-    const auto& c = consumers[n.output];
-    if (c.size() != 1 || layer_of_act_[c[0]] >= 0) continue;
-    const Node& act = g.nodes[c[0]];
-    if ((act.op != OpType::kRelu && act.op != OpType::kClip) || act.inputs[0] != n.output) continue;
-    bool only_sum = true;
-    for (size_t i = 1; i < act.inputs.size(); ++i) only_sum = only_sum && g.values[act.inputs[i]].is_constant;
-    if (only_sum) act_of_add_[k] = c[0];
-  }
+  for (size_t k = 0; k < g.nodes.size(); ++k) act_of_add_[k] = g.residual_activation_of(static_cast<int>(k), consumers);
   check(cudaStreamSynchronize(ctx_.stream), "upload");
 }
 
@@ -672,22 +660,18 @@ void CudaSession::prepare(std::span<const std::pair<int, const LayerQuantization
     // the device); otherwise the host's are uploaded.
     const Tensor& w = q->weights ? *q->weights : g_.values[L.weight_value].constant;
     const bool to_nk = node.op == OpType::kMatMul || (node.op == OpType::kGemm && !node.attrs.trans_b);
-    DTensor here;
-    if (q->recipe.bits > 0) quantize_weights_here(L, q->recipe, here);
-    if (to_nk) {  // (K, N) -> (N, K): one output channel's weights contiguous
-      DTensor tmp;
-      if (q->recipe.bits > 0) {
-        tmp = std::move(here);
-      } else {
-        upload(w, tmp, ctx_.stream);
-      }
-      p.weights.reshape({w.shape[1], w.shape[0]});
-      cuda::transpose(tmp.ptr(), p.weights.ptr(), w.shape[1], w.shape[0], ctx_.stream);
-      check(cudaStreamSynchronize(ctx_.stream), "transpose");
-    } else if (q->recipe.bits > 0) {
-      p.weights = std::move(here);
+    DTensor src;  // in the layer's own layout
+    if (q->recipe.bits > 0) {
+      quantize_weights_here(L, q->recipe, src);
     } else {
-      upload(w, p.weights, ctx_.stream);
+      upload(w, src, ctx_.stream);
+    }
+    if (to_nk) {  // (K, N) -> (N, K): one output channel's weights contiguous
+      p.weights.reshape({w.shape[1], w.shape[0]});
+      cuda::transpose(src.ptr(), p.weights.ptr(), w.shape[1], w.shape[0], ctx_.stream);
+      check(cudaStreamSynchronize(ctx_.stream), "transpose");
+    } else {
+      p.weights = std::move(src);
     }
     if (q->bias) {
       upload(*q->bias, p.bias, ctx_.stream);

@@ -13,25 +13,14 @@ Executor::Executor(const Graph& graph, const Backend& backend) : graph_(graph), 
   layer_of_node_.assign(graph.nodes.size(), -1);
   layer_of_act_.assign(graph.nodes.size(), -1);
   fused_act_.assign(graph.nodes.size(), -1);
-  // Outside layers: an Add whose output only an activation reads (a residual Add + ReLU).
-  // Neither is a layer's node, so no quantizer sits between them; a suffix that runs the
-  // activation runs the Add too (its only input), so the sum need never be kept.
+  // Outside layers: a residual Add + ReLU. A suffix that runs the activation runs the Add
+  // too (its only input), so the sum need never be kept.
   const auto consumers = graph.consumers();
   for (size_t k = 0; k < graph.nodes.size(); ++k) {
-    const Node& n = graph.nodes[k];
-    if (n.op != OpType::kAdd || n.output == graph.output || consumers[n.output].size() != 1) continue;
-    const int a = consumers[n.output][0];
-    const Node& act = graph.nodes[a];
-    bool only_reads_sum = act.inputs[0] == n.output;
-    for (size_t i = 1; i < act.inputs.size(); ++i) only_reads_sum = only_reads_sum && graph.values[act.inputs[i]].is_constant;
-    if (only_reads_sum && backend.fuses_activation(n.op, act.op)) fused_act_[k] = a;
+    const int a = graph.residual_activation_of(static_cast<int>(k), consumers);
+    if (a >= 0 && backend.fuses_activation(OpType::kAdd, graph.nodes[a].op)) fused_act_[k] = a;
   }
   for (const Layer& L : graph.layers) {
-    if (L.act_node >= 0) {  // a layer's activation is a quantization point: keep the sum apart
-      for (int& a : fused_act_) {
-        if (a == L.act_node) a = -1;
-      }
-    }
     layer_of_node_[L.node] = L.index;
     if (L.act_node >= 0) layer_of_act_[L.act_node] = L.index;
     if (L.act_node >= 0 && backend.fuses_activation(graph.nodes[L.node].op, graph.nodes[L.act_node].op)) {

@@ -63,6 +63,23 @@ int Graph::add_constant(std::string name, Tensor t) {
   return static_cast<int>(values.size()) - 1;
 }
 
+int Graph::residual_activation_of(int k, const std::vector<std::vector<int>>& consumers) const {
+  const Node& n = nodes[k];
+  if (n.op != OpType::kAdd || n.output == output || n.inputs.size() != 2) return -1;
+  if (values[n.inputs[0]].is_constant || values[n.inputs[1]].is_constant) return -1;
+  const auto& c = consumers[n.output];
+  if (c.size() != 1) return -1;
+  const Node& act = nodes[c[0]];
+  if ((act.op != OpType::kRelu && act.op != OpType::kClip) || act.inputs[0] != n.output) return -1;
+  for (size_t i = 1; i < act.inputs.size(); ++i) {
+    if (!values[act.inputs[i]].is_constant) return -1;
+  }
+  for (const Layer& L : layers) {
+    if (L.act_node == c[0]) return -1;  // a layer's activation is a quantization point
+  }
+  return c[0];
+}
+
 std::vector<std::vector<int>> Graph::consumers() const {
   std::vector<std::vector<int>> c(values.size());
   for (size_t n = 0; n < nodes.size(); ++n) {

@@ -121,6 +121,10 @@ struct Graph {
   void enumerate_layers();
   // Nodes whose output depends on layer j's output (including its own nodes), in order.
   std::vector<int> suffix_nodes(int layer) const;
+  // The Relu or Clip that alone reads node k's sum, when k is an Add of two activations
+  // (a residual join) and no quantizer sits between them (the activation is no layer's):
+  // the pair a backend may run as one op, bit for bit. -1 otherwise. consumers: consumers().
+  int residual_activation_of(int k, const std::vector<std::vector<int>>& consumers) const;
 };
 
 // Shape rules every backend applies the same way (UserError naming the node on bad input):
