@@ -11,14 +11,6 @@ namespace qsweep::cuda {
 
 namespace {
 
-// The same rounding as kernels/cpu/fake_quant.h: nearbyint, add the zero point, clamp (NaN
-// goes to qmin), subtract the zero point, scale.
-__device__ __forceinline__ float fq_value(float x, float scale, float inv_scale, int zero_point, int qmin, int qmax) {
-  float q = rintf(x * inv_scale) + static_cast<float>(zero_point);
-  q = fminf(fmaxf(q, static_cast<float>(qmin)), static_cast<float>(qmax));
-  return static_cast<float>(static_cast<int>(q) - zero_point) * scale;
-}
-
 void launched(const char* what) {
   const cudaError_t err = cudaGetLastError();
   if (err != cudaSuccess) {
@@ -31,8 +23,7 @@ __global__ void fake_quantize_per_channel_kernel(const float* x, float* y, size_
                                                  const QuantParams* params) {
   for (size_t i = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<size_t>(gridDim.x) * blockDim.x) {
-    const QuantParams& p = params[(i / inner) % channels];
-    y[i] = fq_value(x[i], p.scale, p.inv_scale, p.zero_point, p.qmin, p.qmax);
+    y[i] = fake_quant_value(x[i], params[(i / inner) % channels]);
   }
 }
 
@@ -89,19 +80,17 @@ void min_max_per_channel(const float* x, size_t outer, size_t channels, size_t i
   launched("min_max_per_channel_kernel");
 }
 
-static __global__ void fake_quantize_per_tensor_kernel(const float* x, float* y, size_t n, float scale,
-                                                       float inv_scale, int zero_point, int qmin, int qmax) {
+static __global__ void fake_quantize_per_tensor_kernel(const float* x, float* y, size_t n, const QuantParams p) {
   const size_t i = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x;
   if (i >= n) return;
-  y[i] = fq_value(x[i], scale, inv_scale, zero_point, qmin, qmax);
+  y[i] = fake_quant_value(x[i], p);
 }
 
 void fake_quantize_per_tensor(const float* x, float* y, size_t n, const QuantParams& p, cudaStream_t stream) {
   if (n == 0) return;
   constexpr int kThreads = 256;
   const unsigned blocks = static_cast<unsigned>((n + kThreads - 1) / kThreads);
-  fake_quantize_per_tensor_kernel<<<blocks, kThreads, 0, stream>>>(x, y, n, p.scale, p.inv_scale, p.zero_point,
-                                                                   p.qmin, p.qmax);
+  fake_quantize_per_tensor_kernel<<<blocks, kThreads, 0, stream>>>(x, y, n, p);
   const cudaError_t err = cudaGetLastError();
   if (err != cudaSuccess) {
     throw std::runtime_error(std::string(__FILE__) + ": fake_quantize_per_tensor_kernel launch failed: " +

@@ -10,6 +10,18 @@
 
 namespace qsweep::cuda {
 
+#ifdef __CUDACC__
+// One value through the quantizer, in device code, with the rounding of
+// kernels/cpu/fake_quant.h: nearbyint, add the zero point, clamp (NaN goes to qmin),
+// subtract the zero point, scale. Every CUDA kernel that fake-quantizes calls this.
+__device__ __forceinline__ float fake_quant_value(float x, const QuantParams& p) {
+  float q = rintf(__fmul_rn(x, p.inv_scale)) + static_cast<float>(p.zero_point);
+  if (!(q >= static_cast<float>(p.qmin))) q = static_cast<float>(p.qmin);
+  if (q > static_cast<float>(p.qmax)) q = static_cast<float>(p.qmax);
+  return __fmul_rn(static_cast<float>(static_cast<int>(q) - p.zero_point), p.scale);
+}
+#endif
+
 // y[i] = dequantize(quantize(x[i])) for n device floats; x and y may alias.
 void fake_quantize_per_tensor(const float* x, float* y, size_t n, const QuantParams& p, cudaStream_t stream);
 

@@ -1,5 +1,6 @@
 #include "kernels/cuda/fq_conv.cuh"
 
+#include "kernels/cuda/fake_quant.cuh"
 #include "kernels/cuda/ops.cuh"
 
 #include <algorithm>
@@ -11,14 +12,6 @@
 namespace qsweep::cuda {
 
 namespace {
-
-// The same rounding as kernels/cpu/fake_quant.h (nearbyint, then add the zero point).
-__device__ __forceinline__ float fq(float x, const QuantParams& p) {
-  float q = rintf(__fmul_rn(x, p.inv_scale)) + static_cast<float>(p.zero_point);
-  if (!(q >= static_cast<float>(p.qmin))) q = static_cast<float>(p.qmin);
-  if (q > static_cast<float>(p.qmax)) q = static_cast<float>(p.qmax);
-  return __fmul_rn(static_cast<float>(static_cast<int>(q) - p.zero_point), p.scale);
-}
 
 __device__ __forceinline__ float act_of(const FqConv& p, float x) {
   switch (p.act) {
@@ -42,7 +35,7 @@ __device__ __forceinline__ float epilogue(const FqConv& p, float acc, int64_t oc
   float v = p.alpha == 1.0f ? acc : __fmul_rn(acc, p.alpha);
   if (p.bias) v = __fadd_rn(v, p.bias[oc]);
   if (p.has_activation) v = act_of(p, v);
-  if (p.quantize_output) v = fq(v, p.output);
+  if (p.quantize_output) v = fake_quant_value(v, p.output);
   return v;
 }
 
@@ -145,7 +138,7 @@ __global__ void __launch_bounds__((BM / TM) * (BP / TP), 2)
           if constexpr (kDeferQuant) {
             b_in |= 1u << i;
           } else {
-            if (p.quantize_input) v = fq(v, p.input);
+            if (p.quantize_input) v = fake_quant_value(v, p.input);
           }
         }
       }
@@ -162,7 +155,7 @@ __global__ void __launch_bounds__((BM / TM) * (BP / TP), 2)
     for (int i = 0; i < kBLoads; ++i) {
       float v = b_reg[i];
       if constexpr (kDeferQuant) {
-        if (p.quantize_input && ((b_in >> i) & 1u)) v = fq(v, p.input);  // padding stays 0
+        if (p.quantize_input && ((b_in >> i) & 1u)) v = fake_quant_value(v, p.input);  // padding stays 0
       }
       Bs[buf][b_row0 + i * kBRowStep][b_col] = v;
     }
@@ -246,7 +239,7 @@ __global__ void depthwise_kernel(const FqConv p) {
         const int64_t iw = ow * p.stride_w - p.pad_l + kw * p.dil_w;
         if (iw < 0 || iw >= p.W) continue;
         float v = __ldg(xp + ih * p.W + iw);
-        if (p.quantize_input) v = fq(v, p.input);
+        if (p.quantize_input) v = fake_quant_value(v, p.input);
         acc = fmaf(v, wp[kh * p.KW + kw], acc);
       }
     }
