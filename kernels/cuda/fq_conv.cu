@@ -13,28 +13,10 @@ namespace qsweep::cuda {
 
 namespace {
 
-__device__ __forceinline__ float act_of(const FqConv& p, float x) {
-  switch (p.act) {
-    case Activation::kRelu:
-      return x > 0.0f ? x : 0.0f;
-    case Activation::kClip:
-      return fminf(fmaxf(x, p.act_alpha), p.act_beta);
-    case Activation::kLeakyRelu:
-      return x >= 0.0f ? x : __fmul_rn(p.act_alpha, x);
-    case Activation::kSigmoid:
-      return 1.0f / (1.0f + expf(-x));
-    case Activation::kHardSigmoid:
-      return fmaxf(0.0f, fminf(1.0f, __fadd_rn(__fmul_rn(p.act_alpha, x), p.act_beta)));
-    case Activation::kHardSwish:
-      return __fmul_rn(x, fmaxf(0.0f, fminf(1.0f, __fadd_rn(__fmul_rn(x, 1.0f / 6.0f), 0.5f))));
-  }
-  return x;
-}
-
 __device__ __forceinline__ float epilogue(const FqConv& p, float acc, int64_t oc) {
   float v = p.alpha == 1.0f ? acc : __fmul_rn(acc, p.alpha);
   if (p.bias) v = __fadd_rn(v, p.bias[oc]);
-  if (p.has_activation) v = act_of(p, v);
+  if (p.has_activation) v = activation_value(p.act, p.act_alpha, p.act_beta, v);
   if (p.quantize_output) v = fake_quant_value(v, p.output);
   return v;
 }
@@ -284,7 +266,7 @@ void launch_dense(const FqConv& p, int64_t Og, cudaStream_t stream) {
 
 int initial_variant() {
   const char* env = std::getenv("QSWEEP_FQCONV_VARIANT");
-  if (env == nullptr || *env == '\0') return 0;
+  if (env == nullptr || *env == '\0') return 2;  // the fastest measured (fq_conv.cuh)
   const std::string s(env);
   if (s.size() != 1 || s[0] < '0' || s[0] >= '0' + kFqConvVariants) {
     throw std::invalid_argument("QSWEEP_FQCONV_VARIANT='" + s + "': accepted values are 0.." +

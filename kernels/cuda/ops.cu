@@ -49,28 +49,10 @@ void broadcast_strides(std::span<const int64_t> shape, std::span<const int64_t> 
   }
 }
 
-__device__ __forceinline__ float apply_activation(Activation act, float alpha, float beta, float x) {
-  switch (act) {
-    case Activation::kRelu:
-      return x > 0.0f ? x : 0.0f;
-    case Activation::kClip:
-      return fminf(fmaxf(x, alpha), beta);
-    case Activation::kLeakyRelu:
-      return x >= 0.0f ? x : __fmul_rn(alpha, x);
-    case Activation::kSigmoid:
-      return 1.0f / (1.0f + expf(-x));
-    case Activation::kHardSigmoid:
-      return fmaxf(0.0f, fminf(1.0f, __fadd_rn(__fmul_rn(alpha, x), beta)));
-    case Activation::kHardSwish:
-      return __fmul_rn(x, fmaxf(0.0f, fminf(1.0f, __fadd_rn(__fmul_rn(x, 1.0f / 6.0f), 0.5f))));
-  }
-  return x;
-}
-
 __global__ void activation_kernel(Activation act, float alpha, float beta, const float* x, float* y, size_t n) {
   for (size_t i = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<size_t>(gridDim.x) * blockDim.x) {
-    y[i] = apply_activation(act, alpha, beta, x[i]);
+    y[i] = activation_value(act, alpha, beta, x[i]);
   }
 }
 
@@ -81,13 +63,12 @@ __global__ void binary_same_kernel(bool add, const float* a, const float* b, flo
   }
 }
 
-// The CPU add_clamp's expressions on the rounded sum (fmaxf/fminf for Clip: NaN-free inputs
-// give the same value; a NaN sum gives NaN on the CPU and the bound here, see the test).
+// The CPU add_clamp's expressions on the rounded sum: Add then Relu/Clip bit for bit.
 __global__ void add_clamp_kernel(const float* a, const float* b, float* y, size_t n, float lo, float hi, bool relu) {
   for (size_t i = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<size_t>(gridDim.x) * blockDim.x) {
     const float s = __fadd_rn(a[i], b[i]);
-    y[i] = relu ? (s > 0.0f ? s : 0.0f) : apply_activation(Activation::kClip, lo, hi, s);
+    y[i] = relu ? (s > 0.0f ? s : 0.0f) : activation_value(Activation::kClip, lo, hi, s);
   }
 }
 

@@ -17,6 +17,39 @@
 
 namespace qsweep::cuda {
 
+#ifdef __CUDACC__
+// One value through an activation, in device code, with the expressions of the CPU twin
+// (kernels/cpu/eltwise.cpp) written out: std::max(x, lo) is (x < lo ? lo : x) and
+// std::min(x, hi) is (hi < x ? hi : x). fmaxf/fminf differ from them on signed zeros
+// (Clip(-0, 0, 6): the CPU keeps -0) and on NaN (the CPU's Clip keeps it). Every CUDA kernel
+// that applies an activation calls this.
+__device__ __forceinline__ float activation_value(Activation act, float alpha, float beta, float x) {
+  switch (act) {
+    case Activation::kRelu:
+      return x > 0.0f ? x : 0.0f;
+    case Activation::kClip: {
+      const float t = x < alpha ? alpha : x;
+      return beta < t ? beta : t;
+    }
+    case Activation::kLeakyRelu:
+      return x >= 0.0f ? x : __fmul_rn(alpha, x);
+    case Activation::kSigmoid:
+      return 1.0f / (1.0f + expf(-x));
+    case Activation::kHardSigmoid: {
+      const float v = __fadd_rn(__fmul_rn(alpha, x), beta);
+      const float m = v < 1.0f ? v : 1.0f;
+      return 0.0f < m ? m : 0.0f;
+    }
+    case Activation::kHardSwish: {
+      const float v = __fadd_rn(__fmul_rn(x, 1.0f / 6.0f), 0.5f);
+      const float m = v < 1.0f ? v : 1.0f;
+      return __fmul_rn(x, 0.0f < m ? m : 0.0f);
+    }
+  }
+  return x;
+}
+#endif
+
 // Throws std::runtime_error naming `what` when err is not cudaSuccess.
 void check(cudaError_t err, const char* what);
 
