@@ -6,10 +6,12 @@
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <deque>
 #include <stdexcept>
 #include <filesystem>
 #include <fstream>
 #include <limits>
+#include <map>
 #include <random>
 #include <string>
 #include <thread>
@@ -338,8 +340,9 @@ struct Dev {
 };
 
 // The session's residual Add + Relu/Clip kernel against the CPU's add_clamp, bit for bit,
-// on sums that round, signed zeros and infinities (NaN sums: Relu gives 0 on both; Clip is
-// the device activation's, which clamps a NaN to the lower bound, so NaNs are left out).
+// on sums that round, signed zeros (Clip(-0, 0, 6) keeps -0 on the CPU), infinities and NaN
+// (Relu gives 0, Clip keeps the NaN; the device's NaN bits are its canonical ones, so a NaN
+// matches any NaN).
 TEST(CudaOps, AddClampMatchesCpuTwin) {
   REQUIRE_CUDA_DEVICE();
   std::mt19937 rng(88);
@@ -348,7 +351,8 @@ TEST(CudaOps, AddClampMatchesCpuTwin) {
   Tensor a = random_tensor(rng, {static_cast<int64_t>(n)}, -8.0f, 8.0f);
   Tensor b = random_tensor(rng, {static_cast<int64_t>(n)}, -8.0f, 8.0f);
   const float specials[][2] = {{-0.0f, 0.0f}, {0.0f, -0.0f}, {-0.0f, -0.0f}, {inf, 1.0f}, {-inf, 1.0f},
-                               {1.0f, -1.0f}, {6.0f, 1e-7f}, {1.0f, 0x1p-24f}, {0.25f, 1e-8f}};
+                               {1.0f, -1.0f}, {6.0f, 1e-7f}, {1.0f, 0x1p-24f}, {0.25f, 1e-8f},
+                               {std::numeric_limits<float>::quiet_NaN(), 1.0f}};
   for (size_t i = 0; i < std::size(specials); ++i) a.data[i] = specials[i][0], b.data[i] = specials[i][1];
   Dev da(a), db(b), dy(n);
   for (int mode = 0; mode < 3; ++mode) {
@@ -359,7 +363,15 @@ TEST(CudaOps, AddClampMatchesCpuTwin) {
     cuda::add_clamp(da.p, db.p, dy.p, n, lo, hi, relu, nullptr);
     ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
     const Tensor got = dy.get(a.shape);
-    EXPECT_EQ(std::memcmp(got.ptr(), want.data(), n * sizeof(float)), 0) << "mode " << mode;
+    size_t differ = 0, first = n;
+    for (size_t i = 0; i < n; ++i) {
+      const bool same = std::isnan(want[i]) ? std::isnan(got.data[i])
+                                            : std::memcmp(&got.data[i], &want[i], sizeof(float)) == 0;
+      if (!same && differ++ == 0) first = i;
+    }
+    EXPECT_EQ(differ, 0u) << "mode " << mode << ", first at " << first << ": " << a.data[first % n] << " + "
+                          << b.data[first % n] << " gave " << got.data[first % n] << ", CPU "
+                          << want[first % n];
   }
 }
 
@@ -615,6 +627,10 @@ TEST(CudaSession, WeightsMadeOnTheDeviceEqualTheHosts) {
   for (const auto& m : testing::shipped_models()) {
     const Graph g = import_onnx(m.onnx);
     auto session = cuda.make_session(g);
+    // A session knows a quantization by its address: every one stays alive (and distinct)
+    // for the session's life, as the grids keep theirs.
+    std::deque<QuantizedWeights> hosts;
+    std::deque<LayerQuantization> quants;
     ASSERT_NE(session, nullptr);
     for (const Layer& L : g.layers) {
       for (int bits : {3, 5, 8}) {
@@ -623,8 +639,9 @@ TEST(CudaSession, WeightsMadeOnTheDeviceEqualTheHosts) {
             QuantSpec spec;
             spec.scheme = scheme;
             spec.granularity = per_channel ? Granularity::kPerChannel : Granularity::kPerTensor;
-            const QuantizedWeights host = quantize_weights(g, L, spec, bits);
-            LayerQuantization with, without;
+            const QuantizedWeights& host = hosts.emplace_back(quantize_weights(g, L, spec, bits));
+            LayerQuantization& with = quants.emplace_back();
+            LayerQuantization& without = quants.emplace_back();
             with.weights = without.weights = &host.weights;
             with.recipe = WeightRecipe{bits, scheme, per_channel};
             const std::pair<int, const LayerQuantization*> qs[] = {{L.index, &with}, {L.index, &without}};
@@ -810,32 +827,70 @@ INSTANTIATE_TEST_SUITE_P(Models, CudaGrid, ::testing::Values(0, 1));
 
 #ifdef QSWEEP_BINARY
 // The CLI end to end on the GPU: the default config with --backend cuda and an automatic
-// batch size writes a complete results folder whose manifest names the CUDA device.
+// batch size writes a complete results folder whose manifest names the CUDA device; again
+// with run.conv_transforms = true (FFT/Winograd allowed), recorded in the manifest, every
+// cell's top-1 within 0.05 points of the direct convolutions'.
 TEST(CudaCli, QuickstartRunsOnTheGpu) {
   REQUIRE_CUDA_DEVICE();
   if (!std::filesystem::exists(kFashionMnistDir)) GTEST_SKIP() << "dataset-fashion-mnist is not installed";
   const auto dir = std::filesystem::temp_directory_path() / "qsweep_cuda_cli";
   std::filesystem::remove_all(dir);
-  const std::string cmd = std::string(QSWEEP_BINARY) + " run " + QSWEEP_SOURCE_DIR +
-                          "/configs/quickstart.toml --backend cuda --set 'run.batch_size=\"auto\"' --set output.plots=false "
-                          "--set data.eval.count=3000 --quiet --out " + dir.string() + " > " + (dir.string() + ".out") +
-                          " 2>&1";
-  ASSERT_EQ(std::system(cmd.c_str()), 0) << cmd;
-  std::filesystem::path run;
-  for (const auto& e : std::filesystem::recursive_directory_iterator(dir)) {
-    if (e.path().filename() == "manifest.json") run = e.path().parent_path();
-  }
+  auto run_cli = [&](const std::string& extra, const std::string& name) {
+    const std::string cmd = std::string(QSWEEP_BINARY) + " run " + QSWEEP_SOURCE_DIR +
+                            "/configs/quickstart.toml --backend cuda --set 'run.batch_size=\"auto\"' --set output.plots=false "
+                            "--set data.eval.count=3000 --set 'experiment.name=\"" + name + "\"' " + extra +
+                            " --quiet --out " + dir.string() + " > " + (dir.string() + "." + name + ".out") + " 2>&1";
+    EXPECT_EQ(std::system(cmd.c_str()), 0) << cmd;
+    std::filesystem::path run;
+    for (const auto& e : std::filesystem::recursive_directory_iterator(dir / name)) {
+      if (e.path().filename() == "manifest.json") run = e.path().parent_path();
+    }
+    return run;
+  };
+  // layer_name,weight_bits -> top1, from a layerwise.csv
+  auto top1s = [](const std::filesystem::path& csv_path) {
+    std::ifstream csv(csv_path);
+    std::string line;
+    std::getline(csv, line);
+    std::vector<std::string> cols;
+    for (size_t at = 0, next; at <= line.size(); at = next + 1) {
+      next = std::min(line.find(',', at), line.size());
+      cols.push_back(line.substr(at, next - at));
+    }
+    const auto col = [&](const std::string& c) { return std::find(cols.begin(), cols.end(), c) - cols.begin(); };
+    const size_t name = col("layer_name"), bits = col("weight_bits"), top1 = col("top1");
+    std::map<std::string, double> out;
+    while (std::getline(csv, line)) {
+      std::vector<std::string> f;
+      for (size_t at = 0, next; at <= line.size(); at = next + 1) {
+        next = std::min(line.find(',', at), line.size());
+        f.push_back(line.substr(at, next - at));
+      }
+      if (f.size() == cols.size()) out[f[name] + "@" + f[bits]] = std::stod(f[top1]);
+    }
+    return out;
+  };
+  const auto run = run_cli("", "direct");
   ASSERT_FALSE(run.empty());
   std::ifstream mf(run / "manifest.json");
   const auto m = nlohmann::json::parse(mf);
   EXPECT_EQ(m["backend"]["name"], "cuda");
   EXPECT_EQ(m["backend"]["tf32"], false);
+  EXPECT_EQ(m["backend"]["conv_transforms"], false);
   EXPECT_GT(m["backend"]["batch_size"].get<int64_t>(), 250);
-  std::ifstream csv(run / "layerwise.csv");
-  std::string line;
-  int rows = -1;  // header
-  while (std::getline(csv, line)) ++rows;
-  EXPECT_EQ(rows, 60);  // 10 layers x 6 bit-widths
+  const auto direct = top1s(run / "layerwise.csv");
+  EXPECT_EQ(direct.size(), 60u);  // 10 layers x 6 bit-widths
+
+  const auto fast = run_cli("--set run.conv_transforms=true", "transforms");
+  ASSERT_FALSE(fast.empty());
+  std::ifstream mf2(fast / "manifest.json");
+  EXPECT_EQ(nlohmann::json::parse(mf2)["backend"]["conv_transforms"], true);
+  const auto other = top1s(fast / "layerwise.csv");
+  ASSERT_EQ(other.size(), direct.size());
+  for (const auto& [cell, t] : direct) {
+    ASSERT_TRUE(other.count(cell)) << cell;
+    EXPECT_LE(std::abs(other.at(cell) - t), kMaxTop1Points) << cell;
+  }
   std::filesystem::remove_all(dir);
 }
 #endif
