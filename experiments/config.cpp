@@ -64,6 +64,7 @@ const std::vector<ConfigKey>& base_keys() {
       {"run.backend", "string", "\"auto\"", "`\"cpu\"`, `\"cuda\"` or `\"auto\"` (CUDA when built in and a device is present, else CPU)."},
       {"run.batch_size", "integer or \"auto\"", "250", "Images per batch. Each batch is processed by one thread; results do not depend on the number of threads. `\"auto\"`: the CUDA backend picks the largest batch whose values fit in half of the free device memory (the CPU backend: about 4 batches per thread, 32 to 250 images each, i.e. 250 on a few cores); shards of one run must agree, so give a number with `--shard` on mixed machines."},
       {"run.tf32", "boolean", "false", "CUDA only: let cuDNN and cuBLAS use TF32 tensor cores for the float32 network and the unfused ops (faster on Ampere and later, about 3 decimal digits). Off, the reference network is plain FP32 (FMA math). Recorded in the manifest."},
+      {"run.conv_transforms", "boolean", "false", "CUDA only: let cuDNN choose FFT and Winograd algorithms for the float32 network's convolutions. Still float32 arithmetic, but rounded differently from a direct convolution; on ResNet18 (H100) the grid ran 1.57x faster with top-1 identical on every cell and noise within 2e-4 relative (bench/RESULTS.md). Off, every convolution is a direct (implicit GEMM) sum. Recorded in the manifest."},
       {"run.threads", "integer", "0", "CPU threads; 0 uses every core."},
       {"run.devices", "\"all\" or array of integers", "\"all\"", "Devices to run on, one worker each (`[0, 2, 3]` or `\"all\"`). Workers split the batches and share the CPU cores; with the CPU backend `\"all\"` is one worker. Results are identical for any choice."},
       {"run.naive", "boolean", "false", "Run the grid the slow way (a full forward per cell), for comparison; the numbers are identical."},
@@ -480,6 +481,7 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
     r.integer("run.batch_size", cfg.batch_size);
   }
   r.boolean("run.tf32", cfg.tf32);
+  r.boolean("run.conv_transforms", cfg.conv_transforms);
   r.integer("run.threads", cfg.threads);
   r.boolean("run.naive", cfg.naive);
   if (const toml::array* d = t.at_path("run.devices").as_array()) {
@@ -626,7 +628,8 @@ std::string config_to_toml(const Config& c) {
                                  {"seed", static_cast<int64_t>(c.additivity_seed)}}},
       {"stats", toml::table{{"bootstrap", c.bootstrap}, {"seed", static_cast<int64_t>(c.stats_seed)}, {"confidence", c.confidence}}},
       {"run", [&] {
-         toml::table r{{"backend", c.backend}, {"threads", c.threads}, {"naive", c.naive}, {"tf32", c.tf32}};
+         toml::table r{{"backend", c.backend}, {"threads", c.threads}, {"naive", c.naive}, {"tf32", c.tf32},
+                       {"conv_transforms", c.conv_transforms}};
          if (c.batch_size == 0) {
            r.insert("batch_size", "auto");
          } else {

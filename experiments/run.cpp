@@ -148,6 +148,7 @@ std::unique_ptr<Prepared> prepare(const Config& cfg, const std::function<void(co
   }
   BackendOptions bo;
   bo.tf32 = cfg.tf32;
+  bo.transform_convs = cfg.conv_transforms;
   bo.device = cfg.devices.empty() ? 0 : cfg.devices[0];  // one worker: the first listed device
   p->backend = make_backend(cfg.backend, bo);
   p->exec = std::make_unique<Executor>(g, *p->backend);
@@ -266,7 +267,7 @@ json manifest_json(const Prepared& p, const std::string& command_line, const std
                          {"calibration", dataset_json(p.calib, p.calib_count)}};
   manifest["backend"] = {{"name", p.backend->name()},     {"device", p.backend->device_name()},
                          {"threads", p.threads},            {"tf32", p.backend->tf32()},
-                         {"batch_size", p.cfg.batch_size}};
+                         {"conv_transforms", p.backend->conv_transforms()}, {"batch_size", p.cfg.batch_size}};
   manifest["libraries"] = {{"backend", p.backend->library_versions()},
                            {"onnx", ONNX_NAMESPACE::LAST_RELEASE_VERSION},
                            {"protobuf", google::protobuf::internal::VersionString(GOOGLE_PROTOBUF_VERSION)},
@@ -522,6 +523,7 @@ RunOutcome run_layerwise(const RunOptions& o, const Prepared& p, const Activatio
             BackendOptions wbo;
             wbo.device = devices[w];
             wbo.tf32 = cfg.tf32;
+            wbo.transform_convs = cfg.conv_transforms;
             auto backend = make_backend(cfg.backend, wbo);
             const Executor exec(p.g, *backend);
             GridJob mine = job;

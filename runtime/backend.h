@@ -55,14 +55,15 @@ class Backend {
 
   // Whether the float32 reference uses TF32 tensor cores (run.tf32; CUDA only).
   virtual bool tf32() const { return false; }
+  // Whether its convolutions may be FFT / Winograd ones (run.conv_transforms; CUDA only).
+  virtual bool conv_transforms() const { return false; }
 };
 
 struct BackendOptions {
   int device = 0;     // which GPU (CUDA)
   bool tf32 = false;  // allow TF32 in cuDNN/cuBLAS (CUDA); the default is plain FP32 FMA
-  // Let cuDNN pick FFT and Winograd convolutions too (CUDA). Still float32, but rounded
-  // differently from a direct convolution; not a config key: the GPU benchmark measures
-  // what it would gain.
+  // Let cuDNN pick FFT and Winograd convolutions too (CUDA; run.conv_transforms). Still
+  // float32, but rounded differently from a direct convolution.
   bool transform_convs = false;
 };
 

@@ -34,6 +34,7 @@ class CudaBackend final : public Backend {
                      Tensor& y) const override;
   std::unique_ptr<DeviceSession> make_session(const Graph& graph) const override;
   bool tf32() const override { return options_.tf32; }
+  bool conv_transforms() const override { return options_.transform_convs; }
   int device() const { return options_.device; }
 
   // The card's FP32 (FMA) peak in FLOP/s: SMs x FP32 lanes per SM x 2 x the SM clock.

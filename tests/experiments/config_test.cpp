@@ -149,6 +149,11 @@ TEST_F(ConfigFiles, BatchSizeAutoAndTf32) {
   EXPECT_TRUE(d.tf32);
   EXPECT_EQ(load_config(p, {"run.batch_size=64", "run.tf32=false"}).batch_size, 64);
   EXPECT_FALSE(load_config(p, {"run.tf32=false"}).tf32);
+  EXPECT_FALSE(c.conv_transforms);  // the default: direct convolutions only
+  EXPECT_TRUE(load_config(p, {"run.conv_transforms=true"}).conv_transforms);
+  EXPECT_TRUE(load_config(write("ct.toml", config_to_toml(load_config(p, {"run.conv_transforms=true"}))), {})
+                  .conv_transforms);  // written into the run's config.toml
+  EXPECT_NE(error_of(p, {"run.conv_transforms=\"yes\""}).find("run.conv_transforms"), std::string::npos);
   EXPECT_NE(error_of(p, {"run.batch_size=\"big\""}).find("must be an integer or \"auto\""), std::string::npos);
   EXPECT_NE(error_of(p, {"run.batch_size=0"}).find("run.batch_size"), std::string::npos);
   EXPECT_NE(error_of(p, {"run.tf32=1"}).find("run.tf32"), std::string::npos);
