@@ -43,15 +43,16 @@ void fq_conv2d(const FqConv& p, cudaStream_t stream);
 // Implementation variants of the implicit-GEMM kernel, all computing the same sums in the
 // same order (bit-identical results), kept side by side so a GPU run can measure them
 // (bench/gpu_bench.cpp) and the tests check every one:
-//   0  the default, measured on an H200 (bench/RESULTS.md): each thread's pixel columns
-//      strided across the tile, read from shared memory one float at a time;
+//   0  the first one, measured on an H200: each thread's pixel columns strided across the
+//      tile, read from shared memory one float at a time;
 //   1  each thread's pixel columns in groups of 4 adjacent ones, read as float4 (a quarter
 //      of the shared-memory load instructions of the inner loop);
-//   2  the next step's input values fake-quantized just before they go to shared memory,
-//      not as they arrive, so the global loads stay in flight during the multiplications;
+//   2  the default: the next step's input values fake-quantized just before they go to
+//      shared memory, not as they arrive, so the global loads stay in flight during the
+//      multiplications. The fastest of the four on an H100 (bench/RESULTS.md): ResNet18's
+//      conv shapes 1.77x cuDNN's time (geometric mean) where variant 0 took 1.92x;
 //   3  both 1 and 2.
-// Variants 1-3 have not run on a GPU yet (bench/RESULTS.md says what was measured).
-// The process-wide choice starts at $QSWEEP_FQCONV_VARIANT when set, else 0.
+// The process-wide choice starts at $QSWEEP_FQCONV_VARIANT when set, else 2.
 constexpr int kFqConvVariants = 4;
 void set_fq_conv_variant(int variant);  // throws std::invalid_argument outside [0, kFqConvVariants)
 int fq_conv_variant();
