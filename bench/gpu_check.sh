@@ -21,6 +21,9 @@
 #                            kernels on ResNet18's shapes (default: run it when ncu exists;
 #                            reports in $OUT/ncu_*.txt, a digest in the log)
 #   QSWEEP_NCU_TIMEOUT=S     seconds each of the two ncu runs may take (default 120)
+#   QSWEEP_NCU_WHAT="..."    which kernels ncu profiles: "fused cudnn" (default), "fused" or "cudnn"
+#   QSWEEP_NCU_COUNT=N       launches profiled per kind (default: 16 fused, 24 cuDNN); the fused
+#                            ones are the variant in use only, shape by shape from ResNet18's stem
 #   QSWEEP_FQCONV_VARIANT=V  the fused conv kernel variant the tests' grids and the benchmark's
 #                            grids use (kernels/cuda/fq_conv.cuh; the conv table times them all)
 #   CUDNN_ROOT=DIR           a cuDNN folder holding include/cudnn.h and lib*/libcudnn.so*
@@ -240,8 +243,9 @@ elif [ -x "$build/bench/qsweep_bench_gpu" ]; then
   # benchmark): only the default then.
   if [ -x "$build/tests/cuda_backend_test" ] &&
      ! "$build/tests/cuda_backend_test" --gtest_filter='CudaFakeQuantConv.*' >/dev/null 2>&1; then
-    echo "CudaFakeQuantConv.* failed: the benchmark times fused-conv variant 0 only"
+    echo "CudaFakeQuantConv.* failed: the benchmark runs and times fused-conv variant 0 only"
     bench_args=(--variants 0)
+    export QSWEEP_FQCONV_VARIANT=0
   fi
   stage "GPU benchmark: $build/bench/qsweep_bench_gpu ${bench_args[*]}"
   py_args=()
@@ -265,11 +269,18 @@ elif [ -z "$ncu_bin" ] || [ ! -x "$build/bench/qsweep_bench_gpu" ] || [ ! -f ben
 else
   ncu_sections=(--section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats
                 --section MemoryWorkloadAnalysis)
-  for what in fused cudnn; do
-    if [ "$what" = fused ]; then filter='regex:implicit_gemm_kernel'; count=48; else filter='regex:xmma|convolve|fprop|cudnn|sgemm'; count=24; fi
+  for what in ${QSWEEP_NCU_WHAT:-fused cudnn}; do
+    ncu_args=("${bench_args[@]}")
+    if [ "$what" = fused ]; then
+      filter='regex:implicit_gemm_kernel'; count=${QSWEEP_NCU_COUNT:-16}
+      # the variant in use only, so the launches cover more shapes
+      [ ${#bench_args[@]} = 0 ] && ncu_args=(--variants "${QSWEEP_FQCONV_VARIANT:-2}")
+    else
+      filter='regex:xmma|convolve|fprop|cudnn|sgemm'; count=${QSWEEP_NCU_COUNT:-24}
+    fi
     stage "ncu ($what kernels, $count launches): $ncu_bin --kernel-name $filter"
     timeout "${QSWEEP_NCU_TIMEOUT:-120}" "$ncu_bin" --kernel-name "$filter" --launch-count "$count" "${ncu_sections[@]}" \
-      "$build/bench/qsweep_bench_gpu" --conv-only --model resnet18 --reps 1 "${bench_args[@]}" > "$out/ncu_$what.txt" 2>&1
+      "$build/bench/qsweep_bench_gpu" --conv-only --model resnet18 --reps 1 "${ncu_args[@]}" > "$out/ncu_$what.txt" 2>&1
     rc=$?
     [ "$rc" = 124 ] && echo "ncu: stopped after ${QSWEEP_NCU_TIMEOUT:-120} s (QSWEEP_NCU_TIMEOUT); the report is partial"
     [ "$rc" = 0 ] || [ "$rc" = 124 ] || echo "ncu exited $rc (not counted as a failure): $(tail -3 "$out/ncu_$what.txt")"

@@ -17,7 +17,7 @@ function flush() {
 }
 k != "" && /^    Duration / { d = $NF " " $(NF - 1) }
 k != "" && /^    Compute \(SM\) Throughput / { c = $NF }
-k != "" && /^    Memory Throughput / { m = $NF }
+k != "" && /^    Memory Throughput +% / { m = $NF }  # the SpeedOfLight one, not the Gbyte/s of MemoryWorkloadAnalysis
 k != "" && /^    Achieved Occupancy / { o = $NF }
 k != "" && /^    Registers Per Thread / { r = $NF }
 END { flush() }
