@@ -255,19 +255,7 @@ void launch_gemm(const FqConv& p, cudaStream_t stream) {
 
 template <int kVariant>
 void launch_dense(const FqConv& p, int64_t Og, cudaStream_t stream) {
-  if constexpr (kVariant >= 4) {
-    // Variants 4 and 5: the loading of 2 and 3 with twice the work per thread and 128
-    // threads per block (fewer shared-memory loads per FMA, fewer warps: cuDNN's FP32
-    // kernels on these shapes run 128 threads at 255 registers).
-    constexpr int kBits = kVariant - 2;
-    if (Og >= 128) {
-      launch_gemm<128, 128, 16, 8, 16, kBits>(p, stream);
-    } else if (Og >= 64) {
-      launch_gemm<64, 128, 16, 8, 8, kBits>(p, stream);
-    } else {
-      launch_gemm<32, 128, 16, 4, 8, kBits>(p, stream);
-    }
-  } else if (Og >= 128) {  // tile shapes measured on an H200 (bench/RESULTS.md); 64x256 tiles were no faster
+  if (Og >= 128) {  // tile shapes measured on an H200 (bench/RESULTS.md); 64x256 tiles were no faster
     launch_gemm<128, 128, 16, 8, 8, kVariant>(p, stream);
   } else if (Og >= 64) {
     launch_gemm<64, 128, 16, 4, 8, kVariant>(p, stream);
@@ -325,12 +313,6 @@ void fq_conv2d(const FqConv& p, cudaStream_t stream) {
         break;
       case 3:
         launch_dense<3>(p, Og, stream);
-        break;
-      case 4:
-        launch_dense<4>(p, Og, stream);
-        break;
-      case 5:
-        launch_dense<5>(p, Og, stream);
         break;
       default:
         launch_dense<0>(p, Og, stream);

@@ -51,13 +51,9 @@ void fq_conv2d(const FqConv& p, cudaStream_t stream);
 //      shared memory, not as they arrive, so the global loads stay in flight during the
 //      multiplications. The fastest of the four on an H100 (bench/RESULTS.md): ResNet18's
 //      conv shapes 1.77x cuDNN's time (geometric mean) where variant 0 took 1.92x;
-//   3  both 1 and 2;
-//   4  2 with twice the accumulators per thread and 128 threads per block (8x16 per thread
-//      on 128x128 tiles, 8x8 on 64x128, 4x8 on 32x128);
-//   5  3 with the tiles of 4.
-// Variants 4 and 5 have not run on a GPU yet (bench/RESULTS.md says what was measured).
+//   3  both 1 and 2.
 // The process-wide choice starts at $QSWEEP_FQCONV_VARIANT when set, else 2.
-constexpr int kFqConvVariants = 6;
+constexpr int kFqConvVariants = 4;
 void set_fq_conv_variant(int variant);  // throws std::invalid_argument outside [0, kFqConvVariants)
 int fq_conv_variant();
 
