@@ -42,6 +42,8 @@ stage() {  # closes the previous stage with its time and opens the next
   ts=$SECONDS
 }
 echo "== qsweep GPU check, $(date -u +%Y-%m-%dT%H:%M:%SZ), commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
+# A copied working tree (the device tool's) can carry a .git older than its files.
+git diff --quiet HEAD 2>/dev/null || echo "   (the working tree differs from that commit: name the commit it was copied at)"
 have_gpu=0
 if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
   have_gpu=1
