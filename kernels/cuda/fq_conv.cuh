@@ -49,8 +49,8 @@ void fq_conv2d(const FqConv& p, cudaStream_t stream);
 //      of the shared-memory load instructions of the inner loop);
 //   2  the default: the next step's input values fake-quantized just before they go to
 //      shared memory, not as they arrive, so the global loads stay in flight during the
-//      multiplications. The fastest of the four on an H100 (bench/RESULTS.md): ResNet18's
-//      conv shapes 1.77x cuDNN's time (geometric mean) where variant 0 took 1.92x;
+//      multiplications. The fastest of the four in three H100 runs (bench/RESULTS.md):
+//      ResNet18's conv shapes 1.62-1.77x cuDNN's time (geometric mean), variant 0 1.75-1.92x;
 //   3  both 1 and 2.
 // The process-wide choice starts at $QSWEEP_FQCONV_VARIANT when set, else 2.
 constexpr int kFqConvVariants = 4;
