@@ -33,6 +33,70 @@ __global__ void k_table_kernel(int4* tab, int K, int KHW, int KW, int HW, int W,
   tab[k] = make_int4(c * HW + kh * dil_h * W + kw * dil_w, kh * dil_h, kw * dil_w, 0);
 }
 
+// Tile column of a thread's j-th accumulator column: strided by kCols (kVecB false), or in
+// groups of 4 adjacent columns strided by 4 * kCols (kVecB true).
+template <bool kVecB, int kCols>
+__device__ __forceinline__ int col_of(int tx, int j) {
+  if constexpr (kVecB) {
+    return (j / 4) * (4 * kCols) + tx * 4 + (j % 4);
+  } else {
+    return tx + j * kCols;
+  }
+}
+
+// One BK-deep step of a thread's TM x TP accumulators from a shared-memory A tile
+// ([BK][BM + 4], output channels along rows) and B tile ([BK][BP], pixels along rows).
+template <int BM, int BP, int BK, int TM, int TP, bool kVecB>
+__device__ __forceinline__ void tile_step(const float* __restrict__ As, const float* __restrict__ Bs, int tx, int ty,
+                                          float (&acc)[TM][TP]) {
+  constexpr int kCols = BP / TP;
+#pragma unroll
+  for (int kk = 0; kk < BK; ++kk) {
+    float a[TM], b[TP];
+#pragma unroll
+    for (int i = 0; i < TM; i += 4) {
+      const float4 v = *reinterpret_cast<const float4*>(&As[kk * (BM + 4) + ty * TM + i]);
+      a[i] = v.x, a[i + 1] = v.y, a[i + 2] = v.z, a[i + 3] = v.w;
+    }
+    if constexpr (kVecB) {
+#pragma unroll
+      for (int j = 0; j < TP; j += 4) {
+        const float4 v = *reinterpret_cast<const float4*>(&Bs[kk * BP + col_of<true, kCols>(tx, j)]);
+        b[j] = v.x, b[j + 1] = v.y, b[j + 2] = v.z, b[j + 3] = v.w;
+      }
+    } else {
+#pragma unroll
+      for (int j = 0; j < TP; ++j) b[j] = Bs[kk * BP + col_of<false, kCols>(tx, j)];
+    }
+#pragma unroll
+    for (int i = 0; i < TM; ++i) {
+#pragma unroll
+      for (int j = 0; j < TP; ++j) acc[i][j] = fmaf(a[i], b[j], acc[i][j]);
+    }
+  }
+}
+
+// The epilogue of a thread's accumulators: bias, activation, output fake-quant, stores.
+template <int BP, int TM, int TP, bool kVecB>
+__device__ __forceinline__ void store_tile(const FqConv& p, const float (&acc)[TM][TP], int tx, int ty, int m0, int p0,
+                                           int P, int OHW, int Og, int g) {
+  constexpr int kCols = BP / TP;
+#pragma unroll
+  for (int j = 0; j < TP; ++j) {
+    const int pp = p0 + col_of<kVecB, kCols>(tx, j);
+    if (pp >= P) continue;
+    const int n = pp / OHW, r = pp - n * OHW;
+    float* yn = p.y + static_cast<int64_t>(n) * p.O * OHW + r;
+#pragma unroll
+    for (int i = 0; i < TM; ++i) {
+      const int m = m0 + ty * TM + i;
+      if (m >= Og) continue;
+      const int oc = g * Og + m;
+      yn[static_cast<int64_t>(oc) * OHW] = epilogue(p, acc[i][j], oc);
+    }
+  }
+}
+
 // Implicit GEMM per group: rows m = output channel of the group (M = O/G), columns
 // p = (n, oh, ow) (P = N*OH*OW), reduction k = (c, kh, kw) (K = C/G*KH*KW). Each block
 // computes a BM x BP tile with BK-deep steps through shared memory (double-buffered: the
@@ -56,14 +120,6 @@ __global__ void __launch_bounds__((BM / TM) * (BP / TP), 2)
   static_assert(BM * BK % kThreads == 0 && BK * BP % kThreads == 0, "tile loads must divide evenly");
   static_assert(kThreads % BP == 0, "each thread loads B elements of one column");
   static_assert(!kVecB || TP % 4 == 0, "float4 B fragments need TP a multiple of 4");
-  // Tile column of this thread's j-th accumulator column.
-  auto col_of = [](int tx, int j) {
-    if constexpr (kVecB) {
-      return (j / 4) * (4 * kCols) + tx * 4 + (j % 4);
-    } else {
-      return tx + j * kCols;
-    }
-  };
   // A rows padded by 4 floats: the transposing store hits at most 2 threads per bank while
   // rows stay 16-byte aligned for vector loads.
   __shared__ __align__(16) float As[2][BK][BM + 4];
@@ -158,30 +214,7 @@ __global__ void __launch_bounds__((BM / TM) * (BP / TP), 2)
   for (int k0 = 0; k0 < K; k0 += BK) {
     const bool more = k0 + BK < K;
     if (more) load_tiles(k0 + BK);
-#pragma unroll
-    for (int kk = 0; kk < BK; ++kk) {
-      float a[TM], b[TP];
-#pragma unroll
-      for (int i = 0; i < TM; i += 4) {
-        const float4 v = *reinterpret_cast<const float4*>(&As[buf][kk][ty * TM + i]);
-        a[i] = v.x, a[i + 1] = v.y, a[i + 2] = v.z, a[i + 3] = v.w;
-      }
-      if constexpr (kVecB) {
-#pragma unroll
-        for (int j = 0; j < TP; j += 4) {
-          const float4 v = *reinterpret_cast<const float4*>(&Bs[buf][kk][col_of(tx, j)]);
-          b[j] = v.x, b[j + 1] = v.y, b[j + 2] = v.z, b[j + 3] = v.w;
-        }
-      } else {
-#pragma unroll
-        for (int j = 0; j < TP; ++j) b[j] = Bs[buf][kk][col_of(tx, j)];
-      }
-#pragma unroll
-      for (int i = 0; i < TM; ++i) {
-#pragma unroll
-        for (int j = 0; j < TP; ++j) acc[i][j] = fmaf(a[i], b[j], acc[i][j]);
-      }
-    }
+    tile_step<BM, BP, BK, TM, TP, kVecB>(&As[buf][0][0], &Bs[buf][0][0], tx, ty, acc);
     if (more) {
       store_tiles(buf ^ 1);
       __syncthreads();
@@ -189,20 +222,7 @@ __global__ void __launch_bounds__((BM / TM) * (BP / TP), 2)
     }
   }
 
-#pragma unroll
-  for (int j = 0; j < TP; ++j) {
-    const int pp = p0 + col_of(tx, j);
-    if (pp >= P) continue;
-    const int n = pp / OHW, r = pp - n * OHW;
-    float* yn = p.y + static_cast<int64_t>(n) * p.O * OHW + r;
-#pragma unroll
-    for (int i = 0; i < TM; ++i) {
-      const int m = m0 + ty * TM + i;
-      if (m >= Og) continue;
-      const int oc = g * Og + m;
-      yn[static_cast<int64_t>(oc) * OHW] = epilogue(p, acc[i][j], oc);
-    }
-  }
+  store_tile<BP, TM, TP, kVecB>(p, acc, tx, ty, m0, p0, P, OHW, Og, g);
 }
 
 // Depthwise (one input and one output channel per group): one thread per output value.
