@@ -219,7 +219,7 @@ if [ "$have_gpu" = 0 ]; then
   exit "$build_status"
 fi
 stage "Cuda* test suites"
-ctest --test-dir "$build" -R 'Cuda' --output-on-failure -j4
+ctest --test-dir "$build" -R 'Cuda' --output-on-failure -j4 --timeout 180  # a hung kernel must not eat the lease
 status=$?
 [ "$build_status" = 0 ] || status=1
 bench_args=()

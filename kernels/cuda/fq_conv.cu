@@ -4,6 +4,7 @@
 #include "kernels/cuda/ops.cuh"
 
 #include <algorithm>
+#include <cmath>
 #include <atomic>
 #include <cstdlib>
 #include <stdexcept>
@@ -225,6 +226,140 @@ __global__ void __launch_bounds__((BM / TM) * (BP / TP), 2)
   store_tile<BP, TM, TP, kVecB>(p, acc, tx, ty, m0, p0, P, OHW, Og, g);
 }
 
+// Asynchronous 4-byte global -> shared copies (cp.async, sm_80 and later): `valid` false
+// zero-fills the word without reading `src`. Before sm_80 a plain load and store.
+__device__ __forceinline__ void copy4_async(float* dst, const float* src, bool valid) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  const unsigned d = static_cast<unsigned>(__cvta_generic_to_shared(dst));
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(d), "l"(src), "r"(valid ? 4 : 0) : "memory");
+#else
+  *dst = valid ? __ldg(src) : 0.0f;
+#endif
+}
+__device__ __forceinline__ void copy_commit() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile("cp.async.commit_group;\n" ::: "memory");
+#endif
+}
+// Waits until at most kPending of this thread's committed copy groups are still in flight.
+template <int kPending>
+__device__ __forceinline__ void copy_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending) : "memory");
+#endif
+}
+
+// The implicit GEMM of implicit_gemm_kernel with a kStages-deep copy pipeline: the tiles of
+// step t + kStages - 1 are copied global -> shared with cp.async (no staging registers)
+// while step t is multiplied. Each thread fake-quantizes, in shared memory, the input
+// values it copied itself, once they have landed, so padding and out-of-range elements
+// (zero-filled) go through the quantizer too: launch_gemm_async() only runs it when the
+// input quantizer maps +0 to +0 bit for bit, so the sums equal variant 0's.
+template <int BM, int BP, int BK, int TM, int TP, int kStages>
+__global__ void __launch_bounds__((BM / TM) * (BP / TP), 2)
+    implicit_gemm_async_kernel(const FqConv p, const int4* __restrict__ ktab) {
+  constexpr int kThreads = (BM / TM) * (BP / TP);
+  constexpr int kCols = BP / TP;
+  constexpr int kALoads = BM * BK / kThreads;
+  constexpr int kBLoads = BK * BP / kThreads;
+  constexpr int kAStage = BK * (BM + 4), kBStage = BK * BP;
+  static_assert(BM * BK % kThreads == 0 && BK * BP % kThreads == 0, "tile loads must divide evenly");
+  static_assert(kThreads % BP == 0, "each thread loads B elements of one column");
+  static_assert(kStages >= 2, "a pipeline needs two stages");
+  extern __shared__ __align__(16) float smem[];
+  float* const As = smem;                      // [kStages][BK][BM + 4]
+  float* const Bs = smem + kStages * kAStage;  // [kStages][BK][BP]
+
+  const int tid = threadIdx.x;
+  const int Cg = static_cast<int>(p.C / p.groups), Og = static_cast<int>(p.O / p.groups);
+  const int K = Cg * static_cast<int>(p.KH * p.KW);
+  const int H = static_cast<int>(p.H), W = static_cast<int>(p.W), HW = H * W;
+  const int OW = static_cast<int>(p.OW), OHW = static_cast<int>(p.OH * p.OW), P = static_cast<int>(p.N) * OHW;
+  const int g = blockIdx.z;
+  const int m0 = blockIdx.y * BM;
+  const int p0 = blockIdx.x * BP;
+
+  const int b_col = tid % BP;
+  const int b_row0 = tid / BP;
+  constexpr int kBRowStep = kThreads / BP;
+  const int pc = p0 + b_col;
+  const bool col_ok = pc < P;
+  int ih0 = 0, iw0 = 0;
+  const float* xbase = p.x;
+  if (col_ok) {
+    const int n = pc / OHW, r = pc % OHW;
+    const int oh = r / OW, ow = r % OW;
+    ih0 = oh * static_cast<int>(p.stride_h) - static_cast<int>(p.pad_t);
+    iw0 = ow * static_cast<int>(p.stride_w) - static_cast<int>(p.pad_l);
+    xbase = p.x + (static_cast<int64_t>(n) * p.C + static_cast<int64_t>(g) * Cg) * HW + ih0 * W + iw0;
+  }
+  const float* wbase = p.w + static_cast<int64_t>(g) * Og * K;
+
+  auto issue = [&](int stage, int k0) {
+    float* a = As + stage * kAStage;
+#pragma unroll
+    for (int i = 0; i < kALoads; ++i) {
+      const int idx = tid + i * kThreads;
+      const int m = idx / BK, k = idx % BK;
+      const bool ok = m0 + m < Og && k0 + k < K;
+      copy4_async(a + k * (BM + 4) + m, ok ? wbase + (m0 + m) * K + k0 + k : wbase, ok);
+    }
+    float* b = Bs + stage * kBStage;
+#pragma unroll
+    for (int i = 0; i < kBLoads; ++i) {
+      const int row = b_row0 + i * kBRowStep, k = k0 + row;
+      const float* src = p.x;
+      bool ok = false;
+      if (col_ok && k < K) {
+        const int4 e = __ldg(ktab + k);
+        const int ih = ih0 + e.y, iw = iw0 + e.z;
+        if (ih >= 0 && ih < H && iw >= 0 && iw < W) {
+          ok = true;
+          src = xbase + e.x;
+        }
+      }
+      copy4_async(b + row * BP + b_col, src, ok);
+    }
+  };
+
+  const int tx = tid % kCols, ty = tid / kCols;
+  float acc[TM][TP];
+#pragma unroll
+  for (int i = 0; i < TM; ++i) {
+#pragma unroll
+    for (int j = 0; j < TP; ++j) acc[i][j] = 0.0f;
+  }
+
+  const int steps = (K + BK - 1) / BK;
+#pragma unroll
+  for (int st = 0; st < kStages - 1; ++st) {
+    if (st < steps) issue(st, st * BK);
+    copy_commit();  // possibly empty: every thread commits one group per step
+  }
+  for (int t = 0; t < steps; ++t) {
+    const int stage = t % kStages;
+    copy_wait<kStages - 2>();  // this thread's copies of step t have landed
+    if (p.quantize_input) {
+      float* b = Bs + stage * kBStage;
+#pragma unroll
+      for (int i = 0; i < kBLoads; ++i) {
+        float* v = b + (b_row0 + i * kBRowStep) * BP + b_col;
+        *v = fake_quant_value(*v, p.input);
+      }
+    }
+    // Step t's tiles are complete and quantized, and every thread is done with step t - 1,
+    // whose buffers the next copies overwrite.
+    __syncthreads();
+    const int next = t + kStages - 1;
+    if (next < steps) issue(next % kStages, next * BK);
+    copy_commit();
+    tile_step<BM, BP, BK, TM, TP, false>(As + stage * kAStage, Bs + stage * kBStage, tx, ty, acc);
+  }
+  copy_wait<0>();
+
+  store_tile<BP, TM, TP, false>(p, acc, tx, ty, m0, p0, P, OHW, Og, g);
+}
+
 // Depthwise (one input and one output channel per group): one thread per output value.
 __global__ void depthwise_kernel(const FqConv p) {
   const int64_t total = p.N * p.O * p.OH * p.OW;
@@ -249,12 +384,10 @@ __global__ void depthwise_kernel(const FqConv p) {
   }
 }
 
-template <int BM, int BP, int BK, int TM, int TP, int kVariant>
-void launch_gemm(const FqConv& p, cudaStream_t stream) {
-  const int64_t Og = p.O / p.groups, P = p.N * p.OH * p.OW;
-  const int K = static_cast<int>((p.C / p.groups) * p.KH * p.KW);
-  // The k-table lives in a per-thread grow-only device buffer (one per host thread, reused
-  // by every call on it; stream order keeps a call's table alive until its kernel is done).
+// The k-table of a convolution shape (k_table_kernel), in a per-thread grow-only device
+// buffer (one per host thread, reused by every call on it; stream order keeps a call's table
+// alive until its kernel is done).
+const int4* k_table(const FqConv& p, int K, cudaStream_t stream) {
   thread_local int4* tab = nullptr;
   thread_local int cap = 0;
   if (K > cap) {
@@ -268,14 +401,63 @@ void launch_gemm(const FqConv& p, cudaStream_t stream) {
   k_table_kernel<<<(K + 255) / 256, 256, 0, stream>>>(tab, K, static_cast<int>(p.KH * p.KW), static_cast<int>(p.KW),
                                                       static_cast<int>(p.H * p.W), static_cast<int>(p.W),
                                                       static_cast<int>(p.dil_h), static_cast<int>(p.dil_w));
-  dim3 grid(static_cast<unsigned>((P + BP - 1) / BP), static_cast<unsigned>((Og + BM - 1) / BM),
-            static_cast<unsigned>(p.groups));
-  implicit_gemm_kernel<BM, BP, BK, TM, TP, kVariant><<<grid, (BM / TM) * (BP / TP), 0, stream>>>(p, tab);
+  return tab;
+}
+
+template <int BM, int BP>
+dim3 gemm_grid(const FqConv& p) {
+  const int64_t Og = p.O / p.groups, P = p.N * p.OH * p.OW;
+  return dim3(static_cast<unsigned>((P + BP - 1) / BP), static_cast<unsigned>((Og + BM - 1) / BM),
+              static_cast<unsigned>(p.groups));
+}
+
+template <int BM, int BP, int BK, int TM, int TP, int kVariant>
+void launch_gemm(const FqConv& p, cudaStream_t stream) {
+  const int K = static_cast<int>((p.C / p.groups) * p.KH * p.KW);
+  const int4* tab = k_table(p, K, stream);
+  implicit_gemm_kernel<BM, BP, BK, TM, TP, kVariant><<<gemm_grid<BM, BP>(p), (BM / TM) * (BP / TP), 0, stream>>>(p, tab);
+}
+
+template <int BM, int BP, int BK, int TM, int TP, int kStages>
+void launch_gemm_async(const FqConv& p, cudaStream_t stream) {
+  const int K = static_cast<int>((p.C / p.groups) * p.KH * p.KW);
+  const int4* tab = k_table(p, K, stream);
+  constexpr size_t kSmem = sizeof(float) * kStages * (BK * (BM + 4) + BK * BP);
+  auto* kernel = implicit_gemm_async_kernel<BM, BP, BK, TM, TP, kStages>;
+  if constexpr (kSmem > 48 * 1024) {  // above the default limit of dynamic shared memory
+    check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(kSmem)),
+          "cudaFuncSetAttribute (fused conv shared memory)");
+  }
+  kernel<<<gemm_grid<BM, BP>(p), (BM / TM) * (BP / TP), kSmem, stream>>>(p, tab);
+}
+
+// Whether the input quantizer maps +0 to +0 bit for bit (the async kernel quantizes the
+// zero-filled padding; quantizers from choose_quant_params() always do, since their range
+// holds 0 and their zero point lies in [qmin, qmax]).
+bool zero_stays_zero(const FqConv& p) {
+  if (!p.quantize_input) return true;
+  const float zero = 0.0f;
+  float y = 1.0f;
+  fake_quantize_per_tensor(&zero, &y, 1, p.input);
+  return std::signbit(y) == false && y == 0.0f;
 }
 
 template <int kVariant>
 void launch_dense(const FqConv& p, int64_t Og, cudaStream_t stream) {
-  if (Og >= 128) {  // tile shapes measured on an H200 (bench/RESULTS.md); 64x256 tiles were no faster
+  if constexpr (kVariant >= 4) {  // 4: a 3-stage cp.async pipeline, 5: 4 stages
+    if (zero_stays_zero(p)) {
+      constexpr int kStages = kVariant - 1;
+      if (Og >= 128) {
+        launch_gemm_async<128, 128, 16, 8, 8, kStages>(p, stream);
+      } else if (Og >= 64) {
+        launch_gemm_async<64, 128, 16, 4, 8, kStages>(p, stream);
+      } else {
+        launch_gemm_async<32, 128, 16, 4, 4, kStages>(p, stream);
+      }
+      return;
+    }
+    launch_dense<2>(p, Og, stream);
+  } else if (Og >= 128) {  // tile shapes measured on an H200 (bench/RESULTS.md); 64x256 tiles were no faster
     launch_gemm<128, 128, 16, 8, 8, kVariant>(p, stream);
   } else if (Og >= 64) {
     launch_gemm<64, 128, 16, 4, 8, kVariant>(p, stream);
@@ -333,6 +515,12 @@ void fq_conv2d(const FqConv& p, cudaStream_t stream) {
         break;
       case 3:
         launch_dense<3>(p, Og, stream);
+        break;
+      case 4:
+        launch_dense<4>(p, Og, stream);
+        break;
+      case 5:
+        launch_dense<5>(p, Og, stream);
         break;
       default:
         launch_dense<0>(p, Og, stream);

@@ -51,9 +51,14 @@ void fq_conv2d(const FqConv& p, cudaStream_t stream);
 //      shared memory, not as they arrive, so the global loads stay in flight during the
 //      multiplications. The fastest of the four in three H100 runs (bench/RESULTS.md):
 //      ResNet18's conv shapes 1.62-1.77x cuDNN's time (geometric mean), variant 0 1.75-1.92x;
-//   3  both 1 and 2.
+//   3  both 1 and 2;
+//   4  the tiles of 0 and 2 copied global -> shared by cp.async in a 3-stage pipeline (no
+//      staging registers; each thread fake-quantizes its copied input values in shared
+//      memory once they land), so two steps' loads are in flight during the multiplications;
+//   5  4 with 4 stages.
+// Variants 4 and 5 have not run on a GPU yet (bench/RESULTS.md says what was measured).
 // The process-wide choice starts at $QSWEEP_FQCONV_VARIANT when set, else 2.
-constexpr int kFqConvVariants = 4;
+constexpr int kFqConvVariants = 6;
 void set_fq_conv_variant(int variant);  // throws std::invalid_argument outside [0, kFqConvVariants)
 int fq_conv_variant();
 

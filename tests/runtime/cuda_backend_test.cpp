@@ -534,6 +534,71 @@ TEST(CudaFakeQuantConv, MatchesUnfusedCudaAndCpuPaths) {
   }
 }
 
+// An input quantizer that does not map 0 to 0 (a zero point outside [qmin, qmax], which
+// choose_quant_params() never makes): padding must stay 0, not become the quantizer's value,
+// so the pipelined variants (which quantize zero-filled padding) fall back, and every variant
+// still equals variant 0 and the unfused CPU path bit for bit.
+TEST(CudaFakeQuantConv, QuantizerWithoutZeroKeepsPaddingZero) {
+  REQUIRE_CUDA_DEVICE();
+  VariantGuard guard;
+  std::mt19937 rng(5);
+  const int64_t N = 2, C = 8, H = 9, W = 11, O = 70;
+  const Tensor x = random_tensor(rng, {N, C, H, W}, 0.5f, 3.0f);
+  const Tensor w = random_tensor(rng, {O, C, 3, 3}, -0.5f, 0.5f);
+  QuantParams q = choose_quant_params(0.0f, 3.0f, 8, Scheme::kAsymmetric);
+  q.zero_point = q.qmin - 20;  // fq(0) = 20 * scale
+  {
+    const float zero = 0.0f;
+    float y = 0.0f;
+    fake_quantize_per_tensor(&zero, &y, 1, q);
+    ASSERT_GT(y, 0.0f) << "the test needs a quantizer that moves 0";
+  }
+  // The CPU reference: quantize the input, then a padded conv whose padding is 0.
+  Tensor xq(x.shape);
+  fake_quantize_per_tensor(x.ptr(), xq.ptr(), x.data.size(), q);
+  const int64_t OH = H, OW = W;
+  std::vector<float> want(static_cast<size_t>(N * O * OH * OW));
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t o = 0; o < O; ++o)
+      for (int64_t oh = 0; oh < OH; ++oh)
+        for (int64_t ow = 0; ow < OW; ++ow) {
+          double acc = 0.0;
+          for (int64_t c = 0; c < C; ++c)
+            for (int64_t kh = 0; kh < 3; ++kh)
+              for (int64_t kw = 0; kw < 3; ++kw) {
+                const int64_t ih = oh - 1 + kh, iw = ow - 1 + kw;
+                if (ih < 0 || ih >= H || iw < 0 || iw >= W) continue;
+                acc += static_cast<double>(xq.data[((n * C + c) * H + ih) * W + iw]) * w.data[((o * C + c) * 3 + kh) * 3 + kw];
+              }
+          want[((n * O + o) * OH + oh) * OW + ow] = static_cast<float>(acc);
+        }
+  Dev dx(x), dw(w), dy(want.size());
+  cuda::FqConv f;
+  f.x = dx.p, f.w = dw.p, f.y = dy.p;
+  f.N = N, f.C = C, f.H = H, f.W = W, f.O = O, f.KH = f.KW = 3, f.OH = OH, f.OW = OW;
+  f.pad_t = f.pad_l = 1;
+  f.quantize_input = true;
+  f.input = q;
+  Tensor first;
+  for (int v = 0; v < cuda::kFqConvVariants; ++v) {
+    cuda::set_fq_conv_variant(v);
+    ASSERT_EQ(cudaMemset(dy.p, 0xff, want.size() * sizeof(float)), cudaSuccess);
+    cuda::fq_conv2d(f, nullptr);
+    ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+    const Tensor got = dy.get({N, O, OH, OW});
+    if (v == 0) {
+      first = got;
+      double worst = 0.0;
+      for (size_t i = 0; i < want.size(); ++i) {
+        worst = std::max(worst, std::abs(static_cast<double>(got.data[i]) - want[i]) / (1.0 + std::abs(want[i])));
+      }
+      EXPECT_LE(worst, 1e-5) << "variant 0 against the double-precision reference with zero padding";
+    } else {
+      EXPECT_EQ(std::memcmp(got.ptr(), first.ptr(), want.size() * sizeof(float)), 0) << "variant " << v;
+    }
+  }
+}
+
 // With weights of 1 and a 1x1 kernel, the fused kernel's output is its input quantizer's
 // output: it must equal the CPU fake-quant bit for bit, on exact ties too (dense and
 // depthwise kernels).
