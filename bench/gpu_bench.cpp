@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <limits>
 #include <cstdio>
 #include <filesystem>
 #include <random>
@@ -233,6 +234,7 @@ int main(int argc, char** argv) {
       // Every distinct conv shape of the network at this batch size.
       std::vector<std::string> seen;
       double log_sum = 0.0, worst = 0.0, fused_total = 0.0, cudnn_total = 0.0, unfused_total = 0.0;
+      double nhwc_total = 0.0, nhwc_nchw_total = 0.0;  // cuDNN in NHWC, and in NCHW on the same shapes
       const int nv = cuda::kFqConvVariants;
       std::vector<double> v_log(nv, 0.0), v_worst(nv, 0.0), v_total(nv, 0.0);
       int n = 0;
@@ -262,8 +264,14 @@ int main(int argc, char** argv) {
           v_worst[v] = std::max(v_worst[v], rv);
           v_total[v] += t.fused_variant_ms[v];
         }
-        fmt::print("  {:<40} variants: {}; unfused (fake-quant, cuDNN+bias+ReLU, fake-quant) {:.3f} ms ({:.2f}x)\n", "",
-                   variants, t.unfused_ms, t.unfused_ms / t.cudnn_bias_relu_ms);
+        fmt::print("  {:<40} variants: {}; unfused (fake-quant, cuDNN+bias+ReLU, fake-quant) {:.3f} ms ({:.2f}x); "
+                   "cuDNN+bias+ReLU in NHWC {:.3f} ms ({:.2f}x)\n",
+                   "", variants, t.unfused_ms, t.unfused_ms / t.cudnn_bias_relu_ms, t.cudnn_nhwc_bias_relu_ms,
+                   t.cudnn_nhwc_bias_relu_ms / t.cudnn_bias_relu_ms);
+        if (!std::isnan(t.cudnn_nhwc_bias_relu_ms)) {
+          nhwc_total += t.cudnn_nhwc_bias_relu_ms;
+          nhwc_nchw_total += t.cudnn_bias_relu_ms;
+        }
         unfused_total += t.unfused_ms;
         log_sum += std::log(ratio);
         worst = std::max(worst, ratio);
@@ -276,6 +284,8 @@ int main(int argc, char** argv) {
                    "summed {:.2f}x (target: within 1.5x)\n",
                    cuda::fq_conv_variant(), std::exp(log_sum / n), worst, fused_total / cudnn_total);
         fmt::print("conv     :   unfused path: summed {:.2f}x\n", unfused_total / cudnn_total);
+        fmt::print("conv     :   cuDNN conv+bias+ReLU, NHWC / NCHW time, summed over the shapes it runs: {:.2f}x\n",
+                   nhwc_nchw_total > 0 ? nhwc_total / nhwc_nchw_total : std::numeric_limits<double>::quiet_NaN());
         for (int v = 0; v < nv; ++v) {
           if (v_total[v] == 0.0) continue;  // not timed
           fmt::print("conv     :   variant {}: geometric mean {:.2f}x, worst {:.2f}x, summed {:.2f}x\n", v,

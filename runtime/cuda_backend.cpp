@@ -171,7 +171,8 @@ struct DevCtx {
   cublasHandle_t blas = nullptr;
   DevBuf workspace, zeros;
   size_t zeros_count = 0;
-  std::map<std::tuple<const Node*, int64_t, int64_t, int64_t, int64_t>, ConvPlan> convs;
+  // by (node, input shape, tensor format: NCHW, or NHWC for the benchmark's comparison)
+  std::map<std::tuple<const Node*, int64_t, int64_t, int64_t, int64_t, int>, ConvPlan> convs;
   std::unordered_map<const Node*, std::pair<DTensor, DTensor>> bn;  // scale, shift
 
   DevCtx(int dev, bool allow_tf32, bool allow_transforms = false)
@@ -250,9 +251,12 @@ cuda::FqConv conv_args(const Node& n, const DTensor& x, const DTensor& w, DTenso
   return p;
 }
 
-ConvPlan& conv_plan(DevCtx& ctx, const Node& n, const DTensor& x, const DTensor& w) {
+// The cuDNN plan of a conv for x's shape. `format` NHWC describes x, w and y as NHWC (the
+// same logical shapes): only the benchmark uses it, to compare cuDNN's two layouts.
+ConvPlan& conv_plan(DevCtx& ctx, const Node& n, const DTensor& x, const DTensor& w,
+                    cudnnTensorFormat_t format = CUDNN_TENSOR_NCHW) {
   const int64_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3];
-  const auto key = std::make_tuple(&n, N, C, H, W);
+  const auto key = std::make_tuple(&n, N, C, H, W, static_cast<int>(format));
   auto it = ctx.convs.find(key);
   if (it != ctx.convs.end()) return it->second;
   ConvPlan p;
@@ -269,8 +273,8 @@ ConvPlan& conv_plan(DevCtx& ctx, const Node& n, const DTensor& x, const DTensor&
   check_dnn(cudnnCreateFilterDescriptor(&p.w), "descriptor");
   check_dnn(cudnnCreateConvolutionDescriptor(&p.conv), "descriptor");
   check_dnn(cudnnCreateActivationDescriptor(&p.relu), "descriptor");
-  check_dnn(cudnnSetTensor4dDescriptor(p.x, CUDNN_TENSOR_NCHW, CUDNN_DATA_FLOAT, N, C, H, W), "x descriptor");
-  check_dnn(cudnnSetFilter4dDescriptor(p.w, CUDNN_DATA_FLOAT, CUDNN_TENSOR_NCHW, O, C / G, w.shape[2], w.shape[3]),
+  check_dnn(cudnnSetTensor4dDescriptor(p.x, format, CUDNN_DATA_FLOAT, N, C, H, W), "x descriptor");
+  check_dnn(cudnnSetFilter4dDescriptor(p.w, CUDNN_DATA_FLOAT, format, O, C / G, w.shape[2], w.shape[3]),
             "w descriptor");
   check_dnn(cudnnSetConvolution2dDescriptor(p.conv, sp.pad_t, sp.pad_l, n.attrs.strides[0], n.attrs.strides[1],
                                             n.attrs.dilations[0], n.attrs.dilations[1], CUDNN_CROSS_CORRELATION,
@@ -284,7 +288,7 @@ ConvPlan& conv_plan(DevCtx& ctx, const Node& n, const DTensor& x, const DTensor&
     p.use_cudnn = false;
     return ctx.convs.emplace(key, p).first->second;
   }
-  check_dnn(cudnnSetTensor4dDescriptor(p.y, CUDNN_TENSOR_NCHW, CUDNN_DATA_FLOAT, N, O, oh, ow), "y descriptor");
+  check_dnn(cudnnSetTensor4dDescriptor(p.y, format, CUDNN_DATA_FLOAT, N, O, oh, ow), "y descriptor");
   check_dnn(cudnnSetTensor4dDescriptor(p.bias, CUDNN_TENSOR_NCHW, CUDNN_DATA_FLOAT, 1, O, 1, 1), "bias descriptor");
   check_dnn(cudnnSetActivationDescriptor(p.relu, CUDNN_ACTIVATION_RELU, CUDNN_NOT_PROPAGATE_NAN, 0.0), "relu");
   // cuDNN's heuristic ranking (deterministic for a given card and library, so every
@@ -321,10 +325,12 @@ ConvPlan& conv_plan(DevCtx& ctx, const Node& n, const DTensor& x, const DTensor&
 }
 
 // out = Conv(x, w, bias), optionally followed by a ReLU (cuDNN's fused conv+bias+ReLU).
+// `format` NHWC: x, w and out hold NHWC data (the benchmark's layout comparison; cuDNN only).
 void run_conv(DevCtx& ctx, const Node& n, const DTensor& x, const DTensor& w, const float* bias, bool relu,
-              DTensor& out) {
+              DTensor& out, cudnnTensorFormat_t format = CUDNN_TENSOR_NCHW) {
   cuda::FqConv args = conv_args(n, x, w, out);
-  ConvPlan& p = conv_plan(ctx, n, x, w);
+  ConvPlan& p = conv_plan(ctx, n, x, w, format);
+  if (format != CUDNN_TENSOR_NCHW && !p.use_cudnn) throw std::runtime_error("no cuDNN algorithm for this NHWC convolution");
   if (!p.use_cudnn) {
     args.bias = bias;
     args.has_activation = relu;
@@ -1038,6 +1044,14 @@ ConvTiming time_layer_conv(const Node& conv, const Shape& x_shape, const Shape& 
   ConvTiming r;
   r.cudnn_ms = median_ms([&] { run_conv(ctx, conv, x, w, nullptr, false, y); });
   r.cudnn_bias_relu_ms = median_ms([&] { run_conv(ctx, conv, x, w, b.ptr(), true, y); });
+  // The same call with the tensors in NHWC (the values are random either way).
+  r.cudnn_nhwc_bias_relu_ms = std::numeric_limits<double>::quiet_NaN();
+  try {
+    run_conv(ctx, conv, x, w, b.ptr(), true, y, CUDNN_TENSOR_NHWC);
+    r.cudnn_nhwc_bias_relu_ms = median_ms([&] { run_conv(ctx, conv, x, w, b.ptr(), true, y, CUDNN_TENSOR_NHWC); });
+  } catch (const std::exception&) {
+    // no FP32 algorithm for this shape in NHWC: left NaN
+  }
   // The unfused way to the same result: fake-quant kernel, cuDNN conv + bias + ReLU,
   // fake-quant kernel (what the quantized layer would cost without the fused kernel).
   DTensor xq;

@@ -52,6 +52,7 @@ class CudaBackend final : public Backend {
 // warm-up.
 struct ConvTiming {
   double cudnn_ms = 0.0, cudnn_bias_relu_ms = 0.0;
+  double cudnn_nhwc_bias_relu_ms = 0.0;   // the same with x, w and y in NHWC; NaN: no algorithm
   double unfused_ms = 0.0;                // fake-quant kernel, cuDNN conv+bias+ReLU, fake-quant kernel
   double fused_ms = 0.0;                  // the variant in use (cuda::fq_conv_variant())
   std::vector<double> fused_variant_ms;   // by variant index; NaN for variants not timed
