@@ -226,6 +226,13 @@ int main(int argc, char** argv) {
                      "extrapolated to {} cells + the float32 pass)\n",
                      t_torch, images * cells / t_torch, j["torch_version"].get<std::string>(), j["cells"].size(), per_cell, cells);
           fmt::print("qsweep one-pass throughput over the naive PyTorch grid: {:.1f}x\n", t_torch / r.seconds);
+          // Which convolution kernels PyTorch's default heuristics run (direct, Winograd, FFT?).
+          if (j.contains("conv_kernels") && !j["conv_kernels"].empty()) {
+            fmt::print("pytorch  : its conv-like kernels in one float forward of a batch, by device time:\n");
+            for (const auto& k : j["conv_kernels"]) {
+              fmt::print("             {:8.3f} ms  {}\n", k[1].get<double>(), k[0].get<std::string>());
+            }
+          }
         }
       }
     }

@@ -233,6 +233,25 @@ def synthetic_set(net, n, device):
     return images, labels
 
 
+def conv_kernels(net, x, top=8):
+    """The GPU kernels of one float forward of x, by total device time (the convolution-like
+    ones: which algorithms PyTorch's default cuDNN heuristics picked), as [name, ms] pairs."""
+    import re
+    from torch.profiler import ProfilerActivity, profile
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        net.forward(x)
+        torch.cuda.synchronize()
+    pattern = re.compile(r"conv|wino|fft|gemm|xmma|implicit|cudnn", re.IGNORECASE)
+    found = []
+    for item in prof.key_averages():
+        us = getattr(item, "device_time_total", None)
+        if us is None:
+            us = getattr(item, "cuda_time_total", 0.0)
+        if pattern.search(item.key) and us > 0:
+            found.append([item.key[:120], us / 1000.0])
+    return sorted(found, key=lambda kv: -kv[1])[:top]
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--onnx", required=True)
@@ -333,11 +352,18 @@ def main():
                           "noise": noise / len(test_x), "top1": 100.0 * correct / len(test_x)})
             print(f"torch_grid: layer {j} {bits}-bit: {dt:.2f} s, top-1 {cells[-1]['top1']:.2f}", file=sys.stderr)
 
+        kernels = []
+        if cuda:
+            try:
+                kernels = conv_kernels(net, normalize(test_x[:args.batch]))
+            except Exception as e:  # the profiler is a diagnostic: never fail the timing for it
+                print(f"torch_grid: no kernel profile ({e})", file=sys.stderr)
+
     print(json.dumps({"torch_version": torch.__version__, "threads": args.threads, "images": len(test_x),
                       "layers": len(net.layers), "float_top1": float_top1, "reference_seconds": reference_seconds,
                       "seconds_per_cell": seconds / len(cells), "cells": cells,
                       "device": torch.cuda.get_device_name(device) if cuda else "cpu", "batch": args.batch,
-                      "synthetic": args.synthetic, "repeat": args.repeat}))
+                      "synthetic": args.synthetic, "repeat": args.repeat, "conv_kernels": kernels}))
 
 if __name__ == "__main__":
     main()
