@@ -100,6 +100,7 @@ int main(int argc, char** argv) {
   int torch_cells = 6, reps = 20;
   std::string python = "python3", resnet18 = std::string(QSWEEP_SOURCE_DIR) + "/bench/resnet18.onnx";
   bool skip_torch = false, skip_conv = false, skip_tf32 = false, skip_transforms = false, conv_only = false;
+  bool skip_bias = false;
   std::string which = "all";
   std::vector<int> variants;
   app.add_option("--images", images, "Generated images per model");
@@ -113,6 +114,8 @@ int main(int argc, char** argv) {
   app.add_flag("--skip-tf32", skip_tf32, "Do not time the grid again with run.tf32 = true");
   app.add_flag("--skip-transforms", skip_transforms,
                "Do not time the grid again with cuDNN's FFT/Winograd convolutions allowed");
+  app.add_flag("--skip-bias-correction", skip_bias,
+               "Do not time the grid with empirical bias correction (quant.bias_correction = true)");
   app.add_flag("--conv-only", conv_only, "Only the fused conv vs cuDNN comparison (no grids; e.g. under ncu)");
   app.add_option("--variants", variants, "Fused-conv variants the conv table times (default: all)")
       ->check(CLI::Range(0, cuda::kFqConvVariants - 1))
@@ -234,6 +237,19 @@ int main(int argc, char** argv) {
             }
           }
         }
+      }
+      if (!skip_bias) {
+        // The grid with empirical bias correction (quant.bias_correction = true): every cell's
+        // bias from one pass over 512 calibration images. On the CUDA backend that pass runs
+        // node by node through host tensors; this row measures what it costs.
+        const BiasCorrectionSource bcs{&data, norm, std::min<int64_t>(512, images)};
+        const auto t0 = std::chrono::steady_clock::now();
+        const GridResult t = run_layerwise_grid(exec, data, norm, images, ranges, specs, bits, o, &bcs);
+        const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+        fmt::print("bias corr: {:8.2f} s   {:12.0f} images*cells/s   (the grid with quant.bias_correction = true, biases "
+                   "from 512 calibration images: {:.2f}x the plain grid's time; "
+                   "its grid part {:.2f} s)\n",
+                   s, images * cells / s, s / r.seconds, t.seconds);
       }
     }
 
