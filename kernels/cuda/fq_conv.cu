@@ -444,15 +444,16 @@ bool zero_stays_zero(const FqConv& p) {
 
 template <int kVariant>
 void launch_dense(const FqConv& p, int64_t Og, cudaStream_t stream) {
-  if constexpr (kVariant >= 4) {  // 4: a 3-stage cp.async pipeline, 5: 4 stages
+  if constexpr (kVariant >= 4) {  // 4: a 3-stage cp.async pipeline, 5: 4 stages, 6: 3 stages of BK = 32
     if (zero_stays_zero(p)) {
-      constexpr int kStages = kVariant - 1;
+      constexpr int kStages = kVariant == 5 ? 4 : 3;
+      constexpr int kBK = kVariant == 6 ? 32 : 16;
       if (Og >= 128) {
-        launch_gemm_async<128, 128, 16, 8, 8, kStages>(p, stream);
+        launch_gemm_async<128, 128, kBK, 8, 8, kStages>(p, stream);
       } else if (Og >= 64) {
-        launch_gemm_async<64, 128, 16, 4, 8, kStages>(p, stream);
+        launch_gemm_async<64, 128, kBK, 4, 8, kStages>(p, stream);
       } else {
-        launch_gemm_async<32, 128, 16, 4, 4, kStages>(p, stream);
+        launch_gemm_async<32, 128, kBK, 4, 4, kStages>(p, stream);
       }
       return;
     }
@@ -521,6 +522,9 @@ void fq_conv2d(const FqConv& p, cudaStream_t stream) {
         break;
       case 5:
         launch_dense<5>(p, Og, stream);
+        break;
+      case 6:
+        launch_dense<6>(p, Og, stream);
         break;
       default:
         launch_dense<0>(p, Og, stream);

@@ -55,10 +55,11 @@ void fq_conv2d(const FqConv& p, cudaStream_t stream);
 //   4  the tiles of 0 and 2 copied global -> shared by cp.async in a 3-stage pipeline (no
 //      staging registers; each thread fake-quantizes its copied input values in shared
 //      memory once they land), so two steps' loads are in flight during the multiplications;
-//   5  4 with 4 stages.
-// Variants 4 and 5 have not run on a GPU yet (bench/RESULTS.md says what was measured).
+//   5  4 with 4 stages;
+//   6  4 with 32-deep steps (half the barriers; 100 KB of shared memory at the 128x128 tile).
+// Variants 4-6 have not run on a GPU yet (bench/RESULTS.md says what was measured).
 // The process-wide choice starts at $QSWEEP_FQCONV_VARIANT when set, else 2.
-constexpr int kFqConvVariants = 6;
+constexpr int kFqConvVariants = 7;
 void set_fq_conv_variant(int variant);  // throws std::invalid_argument outside [0, kFqConvVariants)
 int fq_conv_variant();
 
