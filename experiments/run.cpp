@@ -151,6 +151,11 @@ std::unique_ptr<Prepared> prepare(const Config& cfg, const std::function<void(co
   bo.transform_convs = cfg.conv_transforms;
   bo.device = cfg.devices.empty() ? 0 : cfg.devices[0];  // one worker: the first listed device
   p->backend = make_backend(cfg.backend, bo);
+  if ((cfg.tf32 && !p->backend->tf32()) || (cfg.conv_transforms && !p->backend->conv_transforms())) {
+    say(fmt::format("note: {} applies to the CUDA backend only; the {} backend runs plain FP32 direct convolutions "
+                    "(the manifest records what ran)",
+                    cfg.tf32 && !p->backend->tf32() ? "run.tf32" : "run.conv_transforms", p->backend->name()));
+  }
   p->exec = std::make_unique<Executor>(g, *p->backend);
   p->calib = load_idx_split(cfg.data_path, cfg.calibration_split);
   p->eval = cfg.eval_split == cfg.calibration_split ? p->calib : load_idx_split(cfg.data_path, cfg.eval_split);
