@@ -294,6 +294,12 @@ __global__ void __launch_bounds__((BM / TM) * (BP / TP), 2)
     xbase = p.x + (static_cast<int64_t>(n) * p.C + static_cast<int64_t>(g) * Cg) * HW + ih0 * W + iw0;
   }
   const float* wbase = p.w + static_cast<int64_t>(g) * Og * K;
+  // A 1x1 kernel whose every output pixel reads inside the image (no top/left padding, and
+  // none at the bottom/right either: the last output row and column map into the image)
+  // reads channel k at xbase + k * HW: no k-table load and no bounds test per element (a
+  // grid-uniform branch). Gemm is such a case.
+  const bool pointwise = p.KH == 1 && p.KW == 1 && p.pad_t == 0 && p.pad_l == 0 &&
+                         (p.OH - 1) * p.stride_h < p.H && (p.OW - 1) * p.stride_w < p.W;
 
   auto issue = [&](int stage, int k0) {
     float* a = As + stage * kAStage;
@@ -310,7 +316,10 @@ __global__ void __launch_bounds__((BM / TM) * (BP / TP), 2)
       const int row = b_row0 + i * kBRowStep, k = k0 + row;
       const float* src = p.x;
       bool ok = false;
-      if (col_ok && k < K) {
+      if (pointwise) {
+        ok = col_ok && k < K;
+        if (ok) src = xbase + k * HW;
+      } else if (col_ok && k < K) {
         const int4 e = __ldg(ktab + k);
         const int ih = ih0 + e.y, iw = iw0 + e.z;
         if (ih >= 0 && ih < H && iw >= 0 && iw < W) {

@@ -534,6 +534,51 @@ TEST(CudaFakeQuantConv, MatchesUnfusedCudaAndCpuPaths) {
   }
 }
 
+// Runs f (its x, w, y set here from the host tensors) under every variant: variant 0 against
+// a double-precision loop over the fake-quantized input with zero padding (padding is not
+// quantized), every other variant bit for bit against variant 0.
+void check_variants_against_reference(cuda::FqConv f, const Tensor& x, const Tensor& w, const std::string& what) {
+  Tensor xq(x.shape);
+  fake_quantize_per_tensor(x.ptr(), xq.ptr(), x.data.size(), f.input);
+  const int64_t N = f.N, C = f.C, H = f.H, W = f.W, O = f.O, KH = f.KH, KW = f.KW, OH = f.OH, OW = f.OW;
+  std::vector<float> want(static_cast<size_t>(N * O * OH * OW));
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t o = 0; o < O; ++o)
+      for (int64_t oh = 0; oh < OH; ++oh)
+        for (int64_t ow = 0; ow < OW; ++ow) {
+          double acc = 0.0;
+          for (int64_t c = 0; c < C; ++c)
+            for (int64_t kh = 0; kh < KH; ++kh)
+              for (int64_t kw = 0; kw < KW; ++kw) {
+                const int64_t ih = oh * f.stride_h - f.pad_t + kh, iw = ow * f.stride_w - f.pad_l + kw;
+                if (ih < 0 || ih >= H || iw < 0 || iw >= W) continue;
+                acc += static_cast<double>(xq.data[((n * C + c) * H + ih) * W + iw]) *
+                       w.data[((o * C + c) * KH + kh) * KW + kw];
+              }
+          want[((n * O + o) * OH + oh) * OW + ow] = static_cast<float>(acc);
+        }
+  Dev dx(x), dw(w), dy(want.size());
+  f.x = dx.p, f.w = dw.p, f.y = dy.p;
+  Tensor first;
+  for (int v = 0; v < cuda::kFqConvVariants; ++v) {
+    cuda::set_fq_conv_variant(v);
+    ASSERT_EQ(cudaMemset(dy.p, 0xff, want.size() * sizeof(float)), cudaSuccess);
+    cuda::fq_conv2d(f, nullptr);
+    ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+    const Tensor got = dy.get({N, O, OH, OW});
+    if (v == 0) {
+      first = got;
+      double worst = 0.0;
+      for (size_t i = 0; i < want.size(); ++i) {
+        worst = std::max(worst, std::abs(static_cast<double>(got.data[i]) - want[i]) / (1.0 + std::abs(want[i])));
+      }
+      EXPECT_LE(worst, 1e-5) << what << ": variant 0 against the double-precision reference";
+    } else {
+      EXPECT_EQ(std::memcmp(got.ptr(), first.ptr(), want.size() * sizeof(float)), 0) << what << ": variant " << v;
+    }
+  }
+}
+
 // An input quantizer that does not map 0 to 0 (a zero point outside [qmin, qmax], which
 // choose_quant_params() never makes): padding must stay 0, not become the quantizer's value,
 // so the pipelined variants (which quantize zero-filled padding) fall back, and every variant
@@ -553,49 +598,32 @@ TEST(CudaFakeQuantConv, QuantizerWithoutZeroKeepsPaddingZero) {
     fake_quantize_per_tensor(&zero, &y, 1, q);
     ASSERT_GT(y, 0.0f) << "the test needs a quantizer that moves 0";
   }
-  // The CPU reference: quantize the input, then a padded conv whose padding is 0.
-  Tensor xq(x.shape);
-  fake_quantize_per_tensor(x.ptr(), xq.ptr(), x.data.size(), q);
-  const int64_t OH = H, OW = W;
-  std::vector<float> want(static_cast<size_t>(N * O * OH * OW));
-  for (int64_t n = 0; n < N; ++n)
-    for (int64_t o = 0; o < O; ++o)
-      for (int64_t oh = 0; oh < OH; ++oh)
-        for (int64_t ow = 0; ow < OW; ++ow) {
-          double acc = 0.0;
-          for (int64_t c = 0; c < C; ++c)
-            for (int64_t kh = 0; kh < 3; ++kh)
-              for (int64_t kw = 0; kw < 3; ++kw) {
-                const int64_t ih = oh - 1 + kh, iw = ow - 1 + kw;
-                if (ih < 0 || ih >= H || iw < 0 || iw >= W) continue;
-                acc += static_cast<double>(xq.data[((n * C + c) * H + ih) * W + iw]) * w.data[((o * C + c) * 3 + kh) * 3 + kw];
-              }
-          want[((n * O + o) * OH + oh) * OW + ow] = static_cast<float>(acc);
-        }
-  Dev dx(x), dw(w), dy(want.size());
   cuda::FqConv f;
-  f.x = dx.p, f.w = dw.p, f.y = dy.p;
-  f.N = N, f.C = C, f.H = H, f.W = W, f.O = O, f.KH = f.KW = 3, f.OH = OH, f.OW = OW;
+  f.N = N, f.C = C, f.H = H, f.W = W, f.O = O, f.KH = f.KW = 3, f.OH = H, f.OW = W;
   f.pad_t = f.pad_l = 1;
   f.quantize_input = true;
   f.input = q;
-  Tensor first;
-  for (int v = 0; v < cuda::kFqConvVariants; ++v) {
-    cuda::set_fq_conv_variant(v);
-    ASSERT_EQ(cudaMemset(dy.p, 0xff, want.size() * sizeof(float)), cudaSuccess);
-    cuda::fq_conv2d(f, nullptr);
-    ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
-    const Tensor got = dy.get({N, O, OH, OW});
-    if (v == 0) {
-      first = got;
-      double worst = 0.0;
-      for (size_t i = 0; i < want.size(); ++i) {
-        worst = std::max(worst, std::abs(static_cast<double>(got.data[i]) - want[i]) / (1.0 + std::abs(want[i])));
-      }
-      EXPECT_LE(worst, 1e-5) << "variant 0 against the double-precision reference with zero padding";
-    } else {
-      EXPECT_EQ(std::memcmp(got.ptr(), first.ptr(), want.size() * sizeof(float)), 0) << "variant " << v;
-    }
+  check_variants_against_reference(f, x, w, "3x3, padding 1, a quantizer that moves 0");
+}
+
+// A 1x1 conv whose last output row and column lie in bottom/right padding (ONNX pads
+// [0, 0, 1, 1]): the pointwise fast path of the pipelined variants must not take it.
+TEST(CudaFakeQuantConv, PointwiseWithBottomRightPadding) {
+  REQUIRE_CUDA_DEVICE();
+  VariantGuard guard;
+  std::mt19937 rng(6);
+  for (int64_t stride : {1, 2}) {
+    const int64_t N = 3, C = 6, H = 8, W = 10, O = 40;
+    const Tensor x = random_tensor(rng, {N, C, H, W}, -2.0f, 3.0f);
+    const Tensor w = random_tensor(rng, {O, C, 1, 1}, -0.5f, 0.5f);
+    cuda::FqConv f;
+    f.N = N, f.C = C, f.H = H, f.W = W, f.O = O, f.KH = f.KW = 1;
+    f.stride_h = f.stride_w = stride;
+    f.OH = (H + 1 - 1) / stride + 1, f.OW = (W + 1 - 1) / stride + 1;  // pads: bottom 1, right 1
+    ASSERT_GE((f.OH - 1) * stride, H);  // the last output row reads padding
+    f.quantize_input = true;
+    f.input = choose_quant_params(-2.0f, 3.0f, 8, Scheme::kAsymmetric);
+    check_variants_against_reference(f, x, w, "1x1, stride " + std::to_string(stride) + ", padding bottom/right");
   }
 }
 
