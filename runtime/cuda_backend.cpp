@@ -554,6 +554,8 @@ class CudaSession final : public DeviceSession {
   void widen_ranges(std::vector<float>& lo, std::vector<float>& hi) override;
   int64_t max_batch(int64_t cap) override;
   Tensor prepared_weights(int layer, const LayerQuantization* q) override;
+  bool bias_sums(std::span<const std::pair<int, const LayerQuantization*>> cells,
+                 std::vector<std::vector<double>>& sums, std::vector<int64_t>& per_image) override;
 
  private:
   void quantize_weights_here(const Layer& L, const WeightRecipe& r, DTensor& out);
@@ -565,6 +567,7 @@ class CudaSession final : public DeviceSession {
   using Reader = std::function<const DTensor&(int)>;
   void run_node(int k, const LayerQuantization* q, const Reader& read, std::vector<DTensor>& out, bool float_pass);
   void run_fused(int k, const LayerQuantization& q, const Reader& read, std::vector<DTensor>& out);
+  cuda::FqConv layer_args(int k, const Prepared& pq, const DTensor& x, DTensor& y) const;
   bool fusable(int k, const DTensor& x) const;
   void metrics(const DTensor& y, const DTensor* yq, size_t slot, int64_t n);
 
@@ -588,6 +591,8 @@ class CudaSession final : public DeviceSession {
   std::vector<int> relu_of_;        // per node: the Relu that alone consumes this Conv's output, or -1
   std::vector<int> act_of_add_;     // per node: the Relu/Clip that alone reads this Add's sum, or -1
   DTensor qin_, kn_;                // scratch of the unfused path
+  DTensor bias_yq_;                 // scratch of bias_sums
+  DevBuf bias_sums_;
   std::vector<const DTensor*> args_;
   std::vector<uint64_t> done_;      // per node: computed by a fused kernel in pass done_[k]
   uint64_t pass_ = 0;
@@ -768,26 +773,7 @@ void CudaSession::run_fused(int k, const LayerQuantization& q, const Reader& rea
   const DTensor& x = read(node.inputs[0]);
   const bool fuse_act = L.act_node >= 0 && act_fusable_[layer];
   DTensor& y = fuse_act ? out[g_.nodes[L.act_node].output] : out[node.output];
-  const float* bias = pq.has_bias ? pq.bias.ptr() : (node.inputs.size() > 2 ? consts_[node.inputs[2]].ptr() : nullptr);
-
-  cuda::FqConv p;
-  if (node.op == OpType::kConv) {
-    p = conv_args(node, x, pq.weights, y);
-  } else {  // Gemm / MatMul as a 1x1 convolution over rows
-    const int64_t K = x.shape.back(), rows = x.numel() / K;
-    const Tensor& w0 = g_.values[node.inputs[1]].constant;
-    const bool nk = node.op == OpType::kGemm && node.attrs.trans_b;
-    const int64_t O = nk ? w0.shape[0] : w0.shape[1];
-    Shape os = x.shape;
-    os.back() = O;
-    y.reshape(os);
-    p.x = x.ptr();
-    p.w = pq.weights.ptr();
-    p.y = y.ptr();
-    p.N = rows, p.C = K, p.H = p.W = 1, p.O = O, p.OH = p.OW = 1;
-    if (node.op == OpType::kGemm) p.alpha = node.attrs.alpha;
-  }
-  p.bias = bias;
+  cuda::FqConv p = layer_args(k, pq, x, y);
   p.quantize_input = q.quantize_input;
   p.input = q.input;
   if (fuse_act) {
@@ -801,6 +787,77 @@ void CudaSession::run_fused(int k, const LayerQuantization& q, const Reader& rea
   p.quantize_output = q.quantize_output && (fuse_act || L.act_node < 0);
   p.output = q.output;
   cuda::fq_conv2d(p, ctx_.stream);
+}
+
+// The fused kernel's geometry, weights and bias for layer node k reading x into y (shaped
+// here): a Conv as itself, Gemm / MatMul as a 1x1 convolution over rows. The bias is the
+// prepared (corrected) one, else the layer's own.
+cuda::FqConv CudaSession::layer_args(int k, const Prepared& pq, const DTensor& x, DTensor& y) const {
+  const Node& node = g_.nodes[k];
+  cuda::FqConv p;
+  if (node.op == OpType::kConv) {
+    p = conv_args(node, x, pq.weights, y);
+  } else {
+    const int64_t K = x.shape.back(), rows = x.numel() / K;
+    const Tensor& w0 = g_.values[node.inputs[1]].constant;
+    const bool nk = node.op == OpType::kGemm && node.attrs.trans_b;
+    const int64_t O = nk ? w0.shape[0] : w0.shape[1];
+    Shape os = x.shape;
+    os.back() = O;
+    y.reshape(os);
+    p.x = x.ptr();
+    p.w = pq.weights.ptr();
+    p.y = y.ptr();
+    p.N = rows, p.C = K, p.H = p.W = 1, p.O = O, p.OH = p.OW = 1;
+    if (node.op == OpType::kGemm) p.alpha = node.attrs.alpha;
+  }
+  p.bias = pq.has_bias ? pq.bias.ptr() : (node.inputs.size() > 2 ? consts_[node.inputs[2]].ptr() : nullptr);
+  return p;
+}
+
+bool CudaSession::bias_sums(std::span<const std::pair<int, const LayerQuantization*>> cells,
+                            std::vector<std::vector<double>>& sums, std::vector<int64_t>& per_image) {
+  check(cudaStreamSynchronize(ctx_.stream), "bias correction");
+  const auto input_of = [&](int k) -> const DTensor& {
+    const int v = g_.nodes[k].inputs[0];
+    return v == g_.input ? input_[last_slot_] : values_[v];
+  };
+  // Every pair's layer must run in the fused kernel, from a float input and to a float
+  // output that the materialized launch kept.
+  size_t total = 0;
+  for (const auto& [layer, q] : cells) {
+    const int k = g_.layers.at(layer).node;
+    const DTensor& y = values_[g_.nodes[k].output];
+    if (q == nullptr || !prepared_.count(q) || !fusable(k, input_of(k)) || y.shape.size() < 2 || y.ptr() == nullptr) {
+      return false;
+    }
+    total += static_cast<size_t>(y.shape[1]);
+  }
+  double* d_sums = static_cast<double*>(bias_sums_.reserve(std::max<size_t>(total, 1) * sizeof(double)));
+  sums.resize(cells.size());
+  per_image.resize(cells.size());
+  size_t at = 0;
+  for (size_t j = 0; j < cells.size(); ++j) {
+    const auto& [layer, q] = cells[j];
+    const int k = g_.layers[layer].node;
+    const DTensor& y = values_[g_.nodes[k].output];
+    cuda::FqConv p = layer_args(k, prepared_.at(q), input_of(k), bias_yq_);
+    p.quantize_input = q->quantize_input;
+    p.input = q->input;
+    cuda::fq_conv2d(p, ctx_.stream);
+    if (bias_yq_.shape != y.shape) throw std::logic_error("CUDA session: bias correction output shapes differ");
+    const size_t outer = static_cast<size_t>(y.shape[0]), channels = static_cast<size_t>(y.shape[1]);
+    const size_t inner = static_cast<size_t>(y.numel()) / (outer * channels);
+    cuda::channel_difference_sums(y.ptr(), bias_yq_.ptr(), outer, channels, inner, d_sums + at, ctx_.stream);
+    // The next pair reuses the scratch: this pair's sums first.
+    sums[j].resize(channels);
+    check(cudaMemcpyAsync(sums[j].data(), d_sums + at, channels * sizeof(double), cudaMemcpyDeviceToHost, ctx_.stream),
+          "bias correction sums");
+    check(cudaStreamSynchronize(ctx_.stream), "bias correction sums");
+    per_image[j] = static_cast<int64_t>(inner);
+    at += channels;
+  }
+  return true;
 }
 
 bool CudaSession::fusable(int k, const DTensor& x) const {

@@ -62,6 +62,17 @@ class DeviceSession {
   // in half of the device's free memory.
   virtual int64_t max_batch(int64_t cap) = 0;
 
+  // Empirical bias correction's statistic, after collect() of a materialized launch: for each
+  // (layer, quantization) pair j, sums[j] receives per output channel the sum over the batch
+  // of (float - quantized) layer node output, the quantized one with the pair's input
+  // quantizer and weights and the layer's own bias, no activation and no output quantizer
+  // (Executor::layer_node_output); per_image[j] the values per channel and image. Channels
+  // are the output's dimension 1, as on the host. Returns false, computing nothing, when a
+  // pair's layer cannot run this way here (the caller then uses the host's path). The
+  // quantizations must be prepared.
+  virtual bool bias_sums(std::span<const std::pair<int, const LayerQuantization*>> cells,
+                         std::vector<std::vector<double>>& sums, std::vector<int64_t>& per_image) = 0;
+
   // The weights a prepared quantization's layer runs with, as the device holds them, copied
   // back (in the layer's own layout): for tests.
   virtual Tensor prepared_weights(int layer, const LayerQuantization* q) = 0;

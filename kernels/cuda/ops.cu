@@ -5,6 +5,7 @@
 #include <stdexcept>
 #include <string>
 
+#include <cub/block/block_reduce.cuh>
 #include <cub/device/device_reduce.cuh>
 #include <thrust/execution_policy.h>
 #include <thrust/iterator/transform_iterator.h>
@@ -374,6 +375,37 @@ void reduce_rows(const double* sq, const uint8_t* correct, size_t n, double* out
   bytes = temp_bytes;
   auto it = thrust::make_transform_iterator(correct, ToInt64());
   check(cub::DeviceReduce::Sum(temp, bytes, it, out_count, static_cast<int>(n), stream), "cub::DeviceReduce::Sum");
+}
+
+namespace {
+constexpr int kDiffThreads = 256;
+__global__ void channel_difference_sums_kernel(const float* a, const float* b, size_t outer, size_t channels,
+                                               size_t inner, double* sums) {
+  const size_t c = blockIdx.x;
+  double acc = 0.0;
+  const size_t count = outer * inner;  // (o, i) flattened: Gemm outputs have inner = 1
+  for (size_t e = threadIdx.x; e < count; e += kDiffThreads) {
+    const size_t o = e / inner, i = e - o * inner;
+    const size_t at = (o * channels + c) * inner + i;
+    acc += static_cast<double>(a[at]) - static_cast<double>(b[at]);
+  }
+  using Reduce = cub::BlockReduce<double, kDiffThreads>;
+  __shared__ typename Reduce::TempStorage temp;
+  const double sum = Reduce(temp).Sum(acc);
+  if (threadIdx.x == 0) sums[c] = sum;
+}
+}  // namespace
+
+void channel_difference_sums(const float* a, const float* b, size_t outer, size_t channels, size_t inner,
+                             double* sums, cudaStream_t stream) {
+  if (channels == 0) return;
+  if (outer * inner == 0) {
+    check(cudaMemsetAsync(sums, 0, channels * sizeof(double), stream), "channel_difference_sums");
+    return;
+  }
+  channel_difference_sums_kernel<<<static_cast<unsigned>(channels), kDiffThreads, 0, stream>>>(a, b, outer, channels,
+                                                                                               inner, sums);
+  launched("channel difference sums");
 }
 
 void min_max(const float* x, size_t n, float* lo, float* hi, cudaStream_t stream) {

@@ -106,6 +106,13 @@ size_t reduce_temp_bytes(size_t n);
 void reduce_rows(const double* sq, const uint8_t* correct, size_t n, double* out_sum, int64_t* out_count, void* temp,
                  size_t temp_bytes, cudaStream_t stream);
 
+// Per channel c of two device arrays laid out (outer, channels, inner): sums[c] = the sum over
+// (o, i) of double(a) - double(b), the sums written to `sums` (device, `channels` doubles).
+// One block per channel, reduced in a fixed order: deterministic for given sizes. Empirical
+// bias correction's statistic (experiments/quant_plan.cpp sums the same differences).
+void channel_difference_sums(const float* a, const float* b, size_t outer, size_t channels, size_t inner,
+                             double* sums, cudaStream_t stream);
+
 // Min and max of n device values, NaNs ignored (min_max() of kernels/cpu/fake_quant.h);
 // synchronous (Thrust), returns to the host.
 void min_max(const float* x, size_t n, float* lo, float* hi, cudaStream_t stream);

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <deque>
 #include <stdexcept>
@@ -914,6 +915,49 @@ TEST_P(CudaGrid, NetworkPlansMatchTheCpuBackend) {
     EXPECT_LE(std::abs(a.top1(a.cells[p]) - b.top1(b.cells[p])), kMaxTop1Points) << "plan " << p;
     EXPECT_LE(std::abs(a.cells[p].noise_sum - b.cells[p].noise_sum) / a.cells[p].noise_sum, kMaxNoiseRelative) << "plan " << p;
   }
+}
+
+// Empirical bias correction on the device (DeviceSession::bias_sums: the layer node in the
+// fused kernel, per-channel sums on the device) against the CPU backend's host path and the
+// CUDA backend's host path (QSWEEP_HOST_BIAS_CORRECTION=1), for every layer at 3 and 8 bits.
+// Not bit for bit: the float inputs and the conv sums are rounded by other kernels.
+TEST_P(CudaGrid, BiasCorrectionOnTheDeviceMatchesTheHostPaths) {
+  REQUIRE_CUDA_DEVICE();
+  GridSetup s;
+  std::string why;
+  if (!load_setup(GetParam(), s, &why)) GTEST_SKIP() << why;
+  CpuBackend cpu;
+  CudaBackend cuda{BackendOptions{}};
+  Executor ce(s.g, cpu), ge(s.g, cuda);
+  const ActivationRanges r = calibrate(ce, s.calib, s.norm, 512, 256, 8);
+  const auto specs = resolve_layer_specs(s.g, s.cfg.quant);
+  std::vector<std::pair<int, int>> layer_bits;
+  for (const Layer& L : s.g.layers) {
+    for (int bits : {3, 8}) layer_bits.emplace_back(L.index, bits);
+  }
+  const auto qs = quantize_layers(ce, layer_bits, specs, r, nullptr, 250, 8);
+  std::vector<std::pair<int, const LayerQuantization*>> cells;
+  for (size_t i = 0; i < qs.size(); ++i) cells.emplace_back(layer_bits[i].first, &qs[i]->q);
+  const std::vector<Tensor> want = bias_corrections(ce, cells, s.calib, s.norm, 512, 250, 8);
+  const std::vector<Tensor> got = bias_corrections(ge, cells, s.calib, s.norm, 512, 250, 1);
+  ASSERT_EQ(setenv("QSWEEP_HOST_BIAS_CORRECTION", "1", 1), 0);
+  const std::vector<Tensor> host = bias_corrections(ge, cells, s.calib, s.norm, 512, 250, 1);
+  unsetenv("QSWEEP_HOST_BIAS_CORRECTION");
+  ASSERT_EQ(got.size(), want.size());
+  ASSERT_EQ(host.size(), want.size());
+  double worst_cpu = 0.0, worst_host = 0.0;
+  for (size_t j = 0; j < want.size(); ++j) {
+    ASSERT_EQ(got[j].shape, want[j].shape) << "pair " << j;
+    for (size_t c = 0; c < want[j].data.size(); ++c) {
+      const double a = got[j].data[c], b = want[j].data[c], h = host[j].data[c];
+      worst_cpu = std::max(worst_cpu, std::abs(a - b) / (1e-2 + std::abs(b)));
+      worst_host = std::max(worst_host, std::abs(a - h) / (1e-2 + std::abs(h)));
+      EXPECT_LE(std::abs(a - b), 1e-5 + 1e-4 * std::abs(b)) << "layer " << cells[j].first << ", channel " << c;
+      EXPECT_LE(std::abs(a - h), 1e-5 + 1e-4 * std::abs(h)) << "layer " << cells[j].first << ", channel " << c;
+    }
+  }
+  std::printf("bias correction on the device: worst difference %.3g (vs CPU), %.3g (vs the CUDA host path), "
+              "relative to |bias| + 0.01\n", worst_cpu, worst_host);
 }
 
 INSTANTIATE_TEST_SUITE_P(Models, CudaGrid, ::testing::Values(0, 1));
