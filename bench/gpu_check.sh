@@ -15,7 +15,7 @@
 #   QSWEEP_CUDA_ARCHS=LIST   CMAKE_CUDA_ARCHITECTURES (default 90)
 #   QSWEEP_GPU_BUILD=DIR     build folder (default build-gpu)
 #   QSWEEP_CMAKE_ARGS="..."  extra configure arguments (word-split)
-#   QSWEEP_BENCH_TIMEOUT=S   seconds the GPU benchmark may run (default 240)
+#   QSWEEP_BENCH_TIMEOUT=S   seconds the GPU benchmark may run (default 300)
 #   QSWEEP_SKIP_BENCH=1      build and run the Cuda* tests only
 #   QSWEEP_NCU=0             skip the Nsight Compute profile of the fused conv and cuDNN's
 #                            kernels on ResNet18's shapes (default: run it when ncu exists;
@@ -252,9 +252,9 @@ elif [ -x "$build/bench/qsweep_bench_gpu" ]; then
   stage "GPU benchmark: $build/bench/qsweep_bench_gpu ${bench_args[*]}"
   py_args=()
   [ -n "$torch_py" ] && py_args=(--python "env LD_LIBRARY_PATH=$orig_ld_path $torch_py")
-  timeout "${QSWEEP_BENCH_TIMEOUT:-240}" "$build/bench/qsweep_bench_gpu" "${py_args[@]}" "${bench_args[@]}"
+  timeout "${QSWEEP_BENCH_TIMEOUT:-300}" "$build/bench/qsweep_bench_gpu" "${py_args[@]}" "${bench_args[@]}"
   rc=$?
-  [ "$rc" = 124 ] && echo "qsweep_bench_gpu: stopped after ${QSWEEP_BENCH_TIMEOUT:-240} s (QSWEEP_BENCH_TIMEOUT)"
+  [ "$rc" = 124 ] && echo "qsweep_bench_gpu: stopped after ${QSWEEP_BENCH_TIMEOUT:-300} s (QSWEEP_BENCH_TIMEOUT)"
   [ "$rc" = 0 ] || { echo "qsweep_bench_gpu exited $rc"; status=1; }
 else
   stage "GPU benchmark: pending ($build/bench/qsweep_bench_gpu not built)"
