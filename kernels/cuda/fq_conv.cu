@@ -98,6 +98,46 @@ __device__ __forceinline__ void store_tile(const FqConv& p, const float (&acc)[T
   }
 }
 
+// What both implicit-GEMM kernels decode once per thread: the group's sizes, the block's
+// tile origin, and the pixel column this thread loads B elements for (rows b_row0,
+// b_row0 + threads / BP, ...), with its window origin and base pointers. 32-bit index math
+// (64-bit division is slow on GPUs): one image's C*H*W, the weights' O*K and N*OH*OW stay
+// below 2^31 (fq_conv2d checks).
+struct TileSetup {
+  int Cg, Og, K, H, W, HW, OHW, P, g, m0, p0, b_col, b_row0, ih0, iw0;
+  bool col_ok;
+  const float* xbase;
+  const float* wbase;
+};
+
+template <int BM, int BP>
+__device__ __forceinline__ TileSetup tile_setup(const FqConv& p, int tid) {
+  TileSetup t;
+  t.Cg = static_cast<int>(p.C / p.groups), t.Og = static_cast<int>(p.O / p.groups);
+  t.K = t.Cg * static_cast<int>(p.KH * p.KW);
+  t.H = static_cast<int>(p.H), t.W = static_cast<int>(p.W), t.HW = t.H * t.W;
+  const int OW = static_cast<int>(p.OW);
+  t.OHW = static_cast<int>(p.OH * p.OW), t.P = static_cast<int>(p.N) * t.OHW;
+  t.g = blockIdx.z;
+  t.m0 = blockIdx.y * BM;
+  t.p0 = blockIdx.x * BP;
+  t.b_col = tid % BP;
+  t.b_row0 = tid / BP;
+  const int pc = t.p0 + t.b_col;
+  t.col_ok = pc < t.P;
+  t.ih0 = 0, t.iw0 = 0;
+  t.xbase = p.x;
+  if (t.col_ok) {
+    const int n = pc / t.OHW, r = pc % t.OHW;
+    const int oh = r / OW, ow = r % OW;
+    t.ih0 = oh * static_cast<int>(p.stride_h) - static_cast<int>(p.pad_t);
+    t.iw0 = ow * static_cast<int>(p.stride_w) - static_cast<int>(p.pad_l);
+    t.xbase = p.x + (static_cast<int64_t>(n) * p.C + static_cast<int64_t>(t.g) * t.Cg) * t.HW + t.ih0 * t.W + t.iw0;
+  }
+  t.wbase = p.w + static_cast<int64_t>(t.g) * t.Og * t.K;
+  return t;
+}
+
 // Implicit GEMM per group: rows m = output channel of the group (M = O/G), columns
 // p = (n, oh, ow) (P = N*OH*OW), reduction k = (c, kh, kw) (K = C/G*KH*KW). Each block
 // computes a BM x BP tile with BK-deep steps through shared memory (double-buffered: the
@@ -126,33 +166,14 @@ __global__ void __launch_bounds__((BM / TM) * (BP / TP), 2)
   __shared__ __align__(16) float As[2][BK][BM + 4];
   __shared__ __align__(16) float Bs[2][BK][BP];
 
-  // 32-bit index math inside the loops (64-bit division is slow on GPUs): one image's
-  // C*H*W, the weights' O*K and N*OH*OW stay below 2^31 (fq_conv2d checks).
   const int tid = threadIdx.x;
-  const int Cg = static_cast<int>(p.C / p.groups), Og = static_cast<int>(p.O / p.groups);
-  const int K = Cg * static_cast<int>(p.KH * p.KW);
-  const int H = static_cast<int>(p.H), W = static_cast<int>(p.W), HW = H * W;
-  const int OW = static_cast<int>(p.OW), OHW = static_cast<int>(p.OH * p.OW), P = static_cast<int>(p.N) * OHW;
-  const int g = blockIdx.z;
-  const int m0 = blockIdx.y * BM;
-  const int p0 = blockIdx.x * BP;
-
-  // The column this thread loads B elements for, decoded once.
-  const int b_col = tid % BP;
-  const int b_row0 = tid / BP;
   constexpr int kBRowStep = kThreads / BP;
-  const int pc = p0 + b_col;
-  const bool col_ok = pc < P;
-  int ih0 = 0, iw0 = 0;
-  const float* xbase = p.x;
-  if (col_ok) {
-    const int n = pc / OHW, r = pc % OHW;
-    const int oh = r / OW, ow = r % OW;
-    ih0 = oh * static_cast<int>(p.stride_h) - static_cast<int>(p.pad_t);
-    iw0 = ow * static_cast<int>(p.stride_w) - static_cast<int>(p.pad_l);
-    xbase = p.x + (static_cast<int64_t>(n) * p.C + static_cast<int64_t>(g) * Cg) * HW + ih0 * W + iw0;
-  }
-  const float* wbase = p.w + static_cast<int64_t>(g) * Og * K;
+  const TileSetup t = tile_setup<BM, BP>(p, tid);
+  const int Og = t.Og, K = t.K, H = t.H, W = t.W, OHW = t.OHW, P = t.P, g = t.g;
+  const int m0 = t.m0, p0 = t.p0, b_col = t.b_col, b_row0 = t.b_row0, ih0 = t.ih0, iw0 = t.iw0;
+  const bool col_ok = t.col_ok;
+  const float* const xbase = t.xbase;
+  const float* const wbase = t.wbase;
 
   float a_reg[kALoads], b_reg[kBLoads];
   static_assert(kBLoads <= 32, "the in-bounds mask is 32 bits");
@@ -271,29 +292,13 @@ __global__ void __launch_bounds__((BM / TM) * (BP / TP), 2)
   float* const Bs = smem + kStages * kAStage;  // [kStages][BK][BP]
 
   const int tid = threadIdx.x;
-  const int Cg = static_cast<int>(p.C / p.groups), Og = static_cast<int>(p.O / p.groups);
-  const int K = Cg * static_cast<int>(p.KH * p.KW);
-  const int H = static_cast<int>(p.H), W = static_cast<int>(p.W), HW = H * W;
-  const int OW = static_cast<int>(p.OW), OHW = static_cast<int>(p.OH * p.OW), P = static_cast<int>(p.N) * OHW;
-  const int g = blockIdx.z;
-  const int m0 = blockIdx.y * BM;
-  const int p0 = blockIdx.x * BP;
-
-  const int b_col = tid % BP;
-  const int b_row0 = tid / BP;
   constexpr int kBRowStep = kThreads / BP;
-  const int pc = p0 + b_col;
-  const bool col_ok = pc < P;
-  int ih0 = 0, iw0 = 0;
-  const float* xbase = p.x;
-  if (col_ok) {
-    const int n = pc / OHW, r = pc % OHW;
-    const int oh = r / OW, ow = r % OW;
-    ih0 = oh * static_cast<int>(p.stride_h) - static_cast<int>(p.pad_t);
-    iw0 = ow * static_cast<int>(p.stride_w) - static_cast<int>(p.pad_l);
-    xbase = p.x + (static_cast<int64_t>(n) * p.C + static_cast<int64_t>(g) * Cg) * HW + ih0 * W + iw0;
-  }
-  const float* wbase = p.w + static_cast<int64_t>(g) * Og * K;
+  const TileSetup t = tile_setup<BM, BP>(p, tid);
+  const int Og = t.Og, K = t.K, H = t.H, W = t.W, HW = t.HW, OHW = t.OHW, P = t.P, g = t.g;
+  const int m0 = t.m0, p0 = t.p0, b_col = t.b_col, b_row0 = t.b_row0, ih0 = t.ih0, iw0 = t.iw0;
+  const bool col_ok = t.col_ok;
+  const float* const xbase = t.xbase;
+  const float* const wbase = t.wbase;
   // A 1x1 kernel whose every output pixel reads inside the image (no top/left padding, and
   // none at the bottom/right either: the last output row and column map into the image)
   // reads channel k at xbase + k * HW: no k-table load and no bounds test per element (a
