@@ -352,9 +352,10 @@ std::vector<Tensor> bias_corrections(const Executor& exec, std::span<const std::
                        y_layer = layer;
                      }
                      to_nchw(exec.layer_node_output(ws, layer, *q), yq);
-                     const int64_t C = y.dim(1), inner = y.numel() / (y.dim(0) * C);
+                     const ChannelLayout cl = output_channel_layout(g.nodes[g.layers[layer].node].op, y.shape);
+                     const int64_t C = cl.channels, inner = cl.inner;
                      std::vector<double> s(C, 0.0);
-                     for (int64_t i = 0; i < y.dim(0); ++i) {
+                     for (int64_t i = 0; i < cl.outer; ++i) {
                        for (int64_t ch = 0; ch < C; ++ch) {
                          for (int64_t k = 0; k < inner; ++k) {
                            const int64_t idx = (i * C + ch) * inner + k;
@@ -363,7 +364,7 @@ std::vector<Tensor> bias_corrections(const Executor& exec, std::span<const std::
                        }
                      }
                      sums[b][j] = std::move(s);
-                     per_image[j] = inner;  // the same for every batch
+                     per_image[j] = y.numel() / (y.dim(0) * C);  // values per channel and image
                    }
                  });
   std::vector<Tensor> out;

@@ -269,7 +269,18 @@ void run_matmul(const Node& n, std::span<const Tensor* const> in, Tensor& out) {
   Shape os = a.shape;
   os.back() = N;
   out.reshape_to(os);
-  sgemm(n, 'N', a.numel() / K, N, K, 1.0f, a.ptr(), b.ptr(), 0.0f, out.ptr());
+  const int64_t rows = a.numel() / K;
+  sgemm(n, 'N', rows, N, K, 1.0f, a.ptr(), b.ptr(), 0.0f, out.ptr());
+  // A third input is a per-output-feature bias (a quantization plan's corrected bias; ONNX
+  // MatMul has two inputs), added after the product as the fused CUDA kernel does.
+  if (in.size() > 2) {
+    const float* bias = in[2]->ptr();
+    if (in[2]->numel() != N) throw std::logic_error(fmt::format("node '{}' (MatMul): bias of {} values for {} features", n.name, in[2]->numel(), N));
+    for (int64_t r = 0; r < rows; ++r) {
+      float* y = out.ptr() + r * N;
+      for (int64_t c = 0; c < N; ++c) y[c] += bias[c];
+    }
+  }
 }
 
 void run_reshape(const Node& n, const Tensor& x, Tensor& out) {

@@ -401,7 +401,13 @@ void run_op(DevCtx& ctx, const Node& n, std::span<const DTensor* const> in, DTen
       Shape os = x.shape;
       os.back() = N;
       out.reshape(os);
-      return gemm(ctx, false, x.numel() / K, N, K, 1.0f, x.ptr(), b.ptr(), 0.0f, out.ptr());
+      gemm(ctx, false, x.numel() / K, N, K, 1.0f, x.ptr(), b.ptr(), 0.0f, out.ptr());
+      if (in.size() > 2) {  // a plan's corrected bias per output feature (cpu_backend.cpp's run_matmul)
+        const int64_t bias_shape[] = {N};
+        cuda::broadcast_binary(BinaryOp::kAdd, out.ptr(), out.shape, in[2]->ptr(), bias_shape, out.ptr(),
+                               out.shape, s);
+      }
+      return;
     }
     case OpType::kMaxPool:
     case OpType::kAveragePool: {
@@ -831,7 +837,7 @@ bool CudaSession::bias_sums(std::span<const std::pair<int, const LayerQuantizati
     if (q == nullptr || !prepared_.count(q) || !fusable(k, input_of(k)) || y.shape.size() < 2 || y.ptr() == nullptr) {
       return false;
     }
-    total += static_cast<size_t>(y.shape[1]);
+    total += static_cast<size_t>(output_channel_layout(g_.nodes[k].op, y.shape).channels);
   }
   double* d_sums = static_cast<double*>(bias_sums_.reserve(std::max<size_t>(total, 1) * sizeof(double)));
   sums.resize(cells.size());
@@ -846,15 +852,16 @@ bool CudaSession::bias_sums(std::span<const std::pair<int, const LayerQuantizati
     p.input = q->input;
     cuda::fq_conv2d(p, ctx_.stream);
     if (bias_yq_.shape != y.shape) throw std::logic_error("CUDA session: bias correction output shapes differ");
-    const size_t outer = static_cast<size_t>(y.shape[0]), channels = static_cast<size_t>(y.shape[1]);
-    const size_t inner = static_cast<size_t>(y.numel()) / (outer * channels);
-    cuda::channel_difference_sums(y.ptr(), bias_yq_.ptr(), outer, channels, inner, d_sums + at, ctx_.stream);
+    const ChannelLayout cl = output_channel_layout(g_.nodes[k].op, y.shape);
+    const size_t channels = static_cast<size_t>(cl.channels);
+    cuda::channel_difference_sums(y.ptr(), bias_yq_.ptr(), static_cast<size_t>(cl.outer), channels,
+                                  static_cast<size_t>(cl.inner), d_sums + at, ctx_.stream);
     // The next pair reuses the scratch: this pair's sums first.
     sums[j].resize(channels);
     check(cudaMemcpyAsync(sums[j].data(), d_sums + at, channels * sizeof(double), cudaMemcpyDeviceToHost, ctx_.stream),
           "bias correction sums");
     check(cudaStreamSynchronize(ctx_.stream), "bias correction sums");
-    per_image[j] = static_cast<int64_t>(inner);
+    per_image[j] = y.numel() / (y.shape[0] * cl.channels);  // values per channel and image
     at += channels;
   }
   return true;

@@ -67,7 +67,7 @@ class DeviceSession {
   // of (float - quantized) layer node output, the quantized one with the pair's input
   // quantizer and weights and the layer's own bias, no activation and no output quantizer
   // (Executor::layer_node_output); per_image[j] the values per channel and image. Channels
-  // are the output's dimension 1, as on the host. Returns false, computing nothing, when a
+  // as output_channel_layout() (runtime/graph.h) says, as on the host. Returns false, computing nothing, when a
   // pair's layer cannot run this way here (the caller then uses the host's path). The
   // quantizations must be prepared.
   virtual bool bias_sums(std::span<const std::pair<int, const LayerQuantization*>> cells,

@@ -11,6 +11,22 @@
 
 namespace qsweep {
 
+ChannelLayout output_channel_layout(OpType op, const Shape& shape) {
+  ChannelLayout l;
+  if (shape.empty()) return l;
+  int64_t numel = 1;
+  for (int64_t d : shape) numel *= d;
+  if (op == OpType::kConv) {
+    l.outer = shape[0];
+    l.channels = shape.size() > 1 ? shape[1] : 1;
+    l.inner = l.outer * l.channels > 0 ? numel / (l.outer * l.channels) : 0;
+  } else {
+    l.channels = shape.back();
+    l.outer = l.channels > 0 ? numel / l.channels : 0;
+  }
+  return l;
+}
+
 std::string shape_str(const Shape& s) { return fmt::format("({})", fmt::join(s, ", ")); }
 
 std::string_view op_name(OpType op) {

@@ -102,6 +102,15 @@ struct Layer {
   int64_t w_outer = 1, w_channels = 1, w_inner = 1;
 };
 
+// How a layer node's output splits into (outer, channels, inner) around its output
+// channels, the axis a per-channel statistic (bias correction) runs over: Conv (N, C, ...)
+// -> (N, C, rest); Gemm / MatMul (..., O) -> (rest, O, 1), the output features being the
+// last axis whatever the rank.
+struct ChannelLayout {
+  int64_t outer = 1, channels = 1, inner = 1;
+};
+ChannelLayout output_channel_layout(OpType op, const Shape& shape);
+
 struct Graph {
   std::vector<Value> values;
   std::vector<Node> nodes;

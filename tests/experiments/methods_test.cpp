@@ -104,6 +104,27 @@ std::string unbalanced_model() {
   return b.serialize();
 }
 
+// A MatMul layer on a rank-3 input: x (N, 2, 6, 6) reshaped to (N, 12, 6), times (6, 5), then
+// ReLU, Flatten and a Gemm. The MatMul's output features are its last axis (5), not axis 1.
+std::string matmul_rank3_model() {
+  std::mt19937 rng(2025);
+  auto wm = uniform(rng, 6 * 5, -0.6f, 0.6f);
+  for (int k = 0; k < 6; ++k) wm[k * 5 + 2] *= 4.0f;  // one wide column: a visible 3-bit shift
+  const auto wf = uniform(rng, 60 * 3, -0.3f, 0.3f);
+  OnnxBuilder b;
+  b.input("x", {2, 6, 6})
+      .int64_initializer("shape", {-1, 12, 6})
+      .initializer("wm", wm, {6, 5})
+      .initializer("wf", wf, {60, 3})
+      .node("Reshape", {"x", "shape"}, {"r"}, {}, "reshape")
+      .node("MatMul", {"r", "wm"}, {"m"}, {}, "/mm")
+      .node("Relu", {"m"}, {"a"}, {}, "/mm/relu")
+      .node("Flatten", {"a"}, {"f"}, {}, "flatten")
+      .node("Gemm", {"f", "wf"}, {"logits"}, {}, "fc")
+      .output("logits");
+  return b.serialize();
+}
+
 Dataset random_dataset(int64_t count, int64_t channels, int64_t h, int64_t w, int classes, uint32_t seed) {
   std::mt19937 rng(seed);
   std::uniform_int_distribution<int> px(0, 255), lab(0, classes - 1);
@@ -543,9 +564,13 @@ std::vector<double> mean_shift(const Executor& exec, int layer, const LayerQuant
     to_nchw(ws.values[node_out], y);
     exec.forward(ws, x, &plan);
     to_nchw(ws.values[node_out], yq);
-    const int64_t C = y.dim(1), inner = y.numel() / (y.dim(0) * C);
+    // Output channels: axis 1 of a Conv's (N, C, H, W); the last axis of a Gemm / MatMul.
+    const bool conv = g.nodes[g.layers[layer].node].op == OpType::kConv;
+    const int64_t C = conv ? y.dim(1) : y.shape.back();
+    const int64_t inner = conv ? y.numel() / (y.dim(0) * C) : 1;
+    const int64_t outer = y.numel() / (C * inner);
     sum.resize(C, 0.0);
-    for (int64_t i = 0; i < n; ++i) {
+    for (int64_t i = 0; i < outer; ++i) {
       for (int64_t c = 0; c < C; ++c) {
         for (int64_t k = 0; k < inner; ++k) {
           const int64_t idx = (i * C + c) * inner + k;
@@ -553,7 +578,7 @@ std::vector<double> mean_shift(const Executor& exec, int layer, const LayerQuant
         }
       }
     }
-    per_channel += n * inner;
+    per_channel += outer * inner;
   }
   for (auto& s : sum) s /= static_cast<double>(per_channel);
   return sum;
@@ -604,6 +629,19 @@ TEST(BiasCorrection, RemovesTheMeanShiftOfAThreeBitLayer) {
   const Normalization norm{{0.5f, 0.5f}, {0.25f, 0.25f}};
   check_bias_correction(exec, 1, 3, calib, norm, 300, 0.1, "/a/conv2 (with bias)");
   check_bias_correction(exec, 2, 3, calib, norm, 300, 0.1, "/b/conv1 (no bias)");
+}
+
+// A MatMul on a rank-3 input: one correction per output feature (the last axis), and the
+// corrected bias is applied (MatMul has no bias input of its own).
+TEST(BiasCorrection, RemovesTheMeanShiftOfARankThreeMatMul) {
+  const Graph g = import_onnx_bytes(matmul_rank3_model(), "matmul3.onnx");
+  ASSERT_EQ(g.layers.size(), 2u);
+  ASSERT_EQ(g.nodes[g.layers[0].node].op, OpType::kMatMul);
+  CpuBackend cpu;
+  Executor exec(g, cpu);
+  const Dataset calib = random_dataset(300, 2, 6, 6, 3, 79);
+  const Normalization norm{{0.5f, 0.5f}, {0.25f, 0.25f}};
+  check_bias_correction(exec, 0, 3, calib, norm, 300, 0.01, "/mm (MatMul, (N, 12, 6) x (6, 5))");
 }
 
 TEST(BiasCorrection, RemovesTheMeanShiftOnShippedResnet) {

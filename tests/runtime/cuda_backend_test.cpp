@@ -193,6 +193,7 @@ TEST(CudaOps, GemmAndMatMulMatchCpuTwin) {
     m.name = "matmul";
     m.op = OpType::kMatMul;
     std::vector<Tensor> mi = {random_tensor(rng, {2, M, K}), random_tensor(rng, {K, N})};
+    if (t % 2) mi.push_back(random_tensor(rng, {N}));  // a plan's corrected bias, per output feature
     auto [mg, mr] = both(m, mi);
     EXPECT_LE(nmse(mg, mr), kMaxNmseGemm) << "MatMul case " << t;
     worst.add(nmse(mg, mr));
