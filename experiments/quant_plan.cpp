@@ -315,6 +315,16 @@ std::vector<Tensor> bias_corrections(const Executor& exec, std::span<const std::
   const Graph& g = exec.graph();
   const size_t J = cells.size();
   if (J == 0) return {};
+  for (const auto& [layer, q] : cells) {
+    // A Gemm scales its C input by beta: a corrected C would move the output by beta times
+    // the correction (and the fused CUDA kernel adds it unscaled).
+    const Node& node = g.nodes[g.layers[layer].node];
+    if (node.op == OpType::kGemm && node.attrs.beta != 1.0f) {
+      user_error("node '{}' (Gemm) has beta = {}; empirical bias correction (quant.bias_correction) supports Gemm "
+                 "layers with beta = 1 only",
+                 node.name, node.attrs.beta);
+    }
+  }
   count = std::min(count, data.count);
   const int64_t batches = (count + batch_size - 1) / batch_size;
   // Per batch, per pair, per output channel; and positions per image of each pair's output.

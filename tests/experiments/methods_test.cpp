@@ -644,6 +644,32 @@ TEST(BiasCorrection, RemovesTheMeanShiftOfARankThreeMatMul) {
   check_bias_correction(exec, 0, 3, calib, norm, 300, 0.01, "/mm (MatMul, (N, 12, 6) x (6, 5))");
 }
 
+// A Gemm with beta != 1 would scale a corrected C: one clear error instead of a wrong bias.
+TEST(BiasCorrection, GemmWithBetaOtherThanOneIsRefused) {
+  std::mt19937 rng(3);
+  OnnxBuilder b;
+  b.input("x", {1, 2, 2})
+      .initializer("w", uniform(rng, 4 * 3), {4, 3})
+      .initializer("c", uniform(rng, 3), {3})
+      .node("Flatten", {"x"}, {"f"}, {}, "flatten")
+      .node("Gemm", {"f", "w", "c"}, {"y"}, {test::attr_f("beta", 2.0f)}, "fc")
+      .output("y");
+  const Graph g = import_onnx_bytes(b.serialize(), "beta.onnx");
+  CpuBackend cpu;
+  Executor exec(g, cpu);
+  const Dataset calib = random_dataset(20, 1, 2, 2, 3, 5);
+  const Normalization norm{{0.5f}, {0.25f}};
+  const ActivationRanges ranges = calibrate(exec, calib, norm, 20, 10, 1);
+  const BiasCorrectionSource bc{&calib, norm, 20};
+  try {
+    quantize_layer(exec, 0, QuantSpec{}, 4, ranges, &bc, 10, 1);
+    FAIL() << "expected a UserError";
+  } catch (const UserError& e) {
+    EXPECT_NE(std::string(e.what()).find("node 'fc' (Gemm) has beta = 2; empirical bias correction"), std::string::npos)
+        << e.what();
+  }
+}
+
 TEST(BiasCorrection, RemovesTheMeanShiftOnShippedResnet) {
   if (!std::filesystem::exists(kFashionMnistDir)) GTEST_SKIP() << "dataset-fashion-mnist is not installed";
   const auto models = testing::shipped_models();
