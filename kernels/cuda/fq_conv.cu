@@ -9,6 +9,7 @@
 #include <cstdlib>
 #include <stdexcept>
 #include <string>
+#include <utility>
 
 namespace qsweep::cuda {
 
@@ -481,6 +482,12 @@ void launch_dense(const FqConv& p, int64_t Og, cudaStream_t stream) {
   }
 }
 
+// launch_dense<v>() for the run-time variant v (checked to lie in [0, kFqConvVariants)).
+template <int... V>
+void launch_variant(int v, const FqConv& p, int64_t Og, cudaStream_t stream, std::integer_sequence<int, V...>) {
+  (void)((v == V && (launch_dense<V>(p, Og, stream), true)) || ...);
+}
+
 int initial_variant() {
   const char* env = std::getenv("QSWEEP_FQCONV_VARIANT");
   if (env == nullptr || *env == '\0') return 2;  // the fastest measured (fq_conv.cuh)
@@ -521,28 +528,7 @@ void fq_conv2d(const FqConv& p, cudaStream_t stream) {
     const int64_t blocks = std::min<int64_t>((total + 255) / 256, int64_t{1} << 30);
     depthwise_kernel<<<static_cast<unsigned>(blocks), 256, 0, stream>>>(p);
   } else {
-    switch (fq_conv_variant()) {
-      case 1:
-        launch_dense<1>(p, Og, stream);
-        break;
-      case 2:
-        launch_dense<2>(p, Og, stream);
-        break;
-      case 3:
-        launch_dense<3>(p, Og, stream);
-        break;
-      case 4:
-        launch_dense<4>(p, Og, stream);
-        break;
-      case 5:
-        launch_dense<5>(p, Og, stream);
-        break;
-      case 6:
-        launch_dense<6>(p, Og, stream);
-        break;
-      default:
-        launch_dense<0>(p, Og, stream);
-    }
+    launch_variant(fq_conv_variant(), p, Og, stream, std::make_integer_sequence<int, kFqConvVariants>{});
   }
   check(cudaGetLastError(), "fused fake-quant convolution");
 }
