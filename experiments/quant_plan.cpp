@@ -1,6 +1,7 @@
 #include "experiments/quant_plan.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdlib>
 #include <fnmatch.h>
@@ -339,14 +340,16 @@ std::vector<Tensor> bias_corrections(const Executor& exec, std::span<const std::
   if (host_only == nullptr || std::string(host_only) != "1") {
     if (auto session = exec.backend().make_session(g)) {
       session->prepare(cells);
-      on_device = true;
       const std::span<const DeviceJob> no_jobs;
+      std::atomic<bool> unsupported{false};  // stops the batches at once
       for_each_device_batch(
           *session, data, norm, count, batch_size, all_batches(count, batch_size),
           [&](int64_t) { return no_jobs; }, true,
           [&](int64_t i, int64_t, int64_t, DeviceOutcome&) {
-            if (on_device) on_device = session->bias_sums(cells, sums[i], per_image);
-          });
+            if (!session->bias_sums(cells, sums[i], per_image)) unsupported = true;
+          },
+          &unsupported);
+      on_device = !unsupported;
     }
   }
   if (!on_device) for_each_batch(exec, data, norm, count, batch_size, threads,
@@ -374,7 +377,7 @@ std::vector<Tensor> bias_corrections(const Executor& exec, std::span<const std::
                        }
                      }
                      sums[b][j] = std::move(s);
-                     per_image[j] = y.numel() / (y.dim(0) * C);  // values per channel and image
+                     per_image[j] = cl.per_image;
                    }
                  });
   std::vector<Tensor> out;

@@ -840,9 +840,10 @@ bool CudaSession::bias_sums(std::span<const std::pair<int, const LayerQuantizati
     total += static_cast<size_t>(output_channel_layout(g_.nodes[k].op, y.shape).channels);
   }
   double* d_sums = static_cast<double*>(bias_sums_.reserve(std::max<size_t>(total, 1) * sizeof(double)));
-  sums.resize(cells.size());
+  std::vector<size_t> channels_of(cells.size());
   per_image.resize(cells.size());
   size_t at = 0;
+  // Every pair on the stream (the scratch output is reused in stream order), then one copy.
   for (size_t j = 0; j < cells.size(); ++j) {
     const auto& [layer, q] = cells[j];
     const int k = g_.layers[layer].node;
@@ -856,13 +857,19 @@ bool CudaSession::bias_sums(std::span<const std::pair<int, const LayerQuantizati
     const size_t channels = static_cast<size_t>(cl.channels);
     cuda::channel_difference_sums(y.ptr(), bias_yq_.ptr(), static_cast<size_t>(cl.outer), channels,
                                   static_cast<size_t>(cl.inner), d_sums + at, ctx_.stream);
-    // The next pair reuses the scratch: this pair's sums first.
-    sums[j].resize(channels);
-    check(cudaMemcpyAsync(sums[j].data(), d_sums + at, channels * sizeof(double), cudaMemcpyDeviceToHost, ctx_.stream),
-          "bias correction sums");
-    check(cudaStreamSynchronize(ctx_.stream), "bias correction sums");
-    per_image[j] = y.numel() / (y.shape[0] * cl.channels);  // values per channel and image
+    channels_of[j] = channels;
+    per_image[j] = cl.per_image;
     at += channels;
+  }
+  std::vector<double> host(total);
+  check(cudaMemcpyAsync(host.data(), d_sums, total * sizeof(double), cudaMemcpyDeviceToHost, ctx_.stream),
+        "bias correction sums");
+  check(cudaStreamSynchronize(ctx_.stream), "bias correction sums");
+  sums.resize(cells.size());
+  at = 0;
+  for (size_t j = 0; j < cells.size(); ++j) {
+    sums[j].assign(host.begin() + static_cast<std::ptrdiff_t>(at), host.begin() + static_cast<std::ptrdiff_t>(at + channels_of[j]));
+    at += channels_of[j];
   }
   return true;
 }

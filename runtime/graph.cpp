@@ -24,6 +24,7 @@ ChannelLayout output_channel_layout(OpType op, const Shape& shape) {
     l.channels = shape.back();
     l.outer = l.channels > 0 ? numel / l.channels : 0;
   }
+  l.per_image = shape[0] > 0 ? l.outer * l.inner / shape[0] : 0;
   return l;
 }
 

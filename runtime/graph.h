@@ -108,6 +108,7 @@ struct Layer {
 // last axis whatever the rank.
 struct ChannelLayout {
   int64_t outer = 1, channels = 1, inner = 1;
+  int64_t per_image = 1;  // values per channel in one image (outer * inner / N)
 };
 ChannelLayout output_channel_layout(OpType op, const Shape& shape);
 
