@@ -133,6 +133,15 @@ struct Prepared {
   std::string model_sha256;
 };
 
+// The backend options a config asks for, on `device`.
+BackendOptions backend_options(const Config& cfg, int device) {
+  BackendOptions bo;
+  bo.device = device;
+  bo.tf32 = cfg.tf32;
+  bo.transform_convs = cfg.conv_transforms;
+  return bo;
+}
+
 std::unique_ptr<Prepared> prepare(const Config& cfg, const std::function<void(const std::string&)>& say) {
   auto p = std::make_unique<Prepared>();
   p->cfg = cfg;
@@ -146,11 +155,8 @@ std::unique_ptr<Prepared> prepare(const Config& cfg, const std::function<void(co
     const int pairs = equalize_cross_layer(g);
     say(fmt::format("cross-layer equalization: {} Conv -> Conv pairs equalized", pairs));
   }
-  BackendOptions bo;
-  bo.tf32 = cfg.tf32;
-  bo.transform_convs = cfg.conv_transforms;
-  bo.device = cfg.devices.empty() ? 0 : cfg.devices[0];  // one worker: the first listed device
-  p->backend = make_backend(cfg.backend, bo);
+  // One worker: the first listed device.
+  p->backend = make_backend(cfg.backend, backend_options(cfg, cfg.devices.empty() ? 0 : cfg.devices[0]));
   if ((cfg.tf32 && !p->backend->tf32()) || (cfg.conv_transforms && !p->backend->conv_transforms())) {
     say(fmt::format("note: {} applies to the CUDA backend only; the {} backend runs plain FP32 direct convolutions "
                     "(the manifest records what ran)",
@@ -525,11 +531,7 @@ RunOutcome run_layerwise(const RunOptions& o, const Prepared& p, const Activatio
       for (int w = 0; w < workers; ++w) {
         pool.emplace_back([&, w] {
           try {
-            BackendOptions wbo;
-            wbo.device = devices[w];
-            wbo.tf32 = cfg.tf32;
-            wbo.transform_convs = cfg.conv_transforms;
-            auto backend = make_backend(cfg.backend, wbo);
+            auto backend = make_backend(cfg.backend, backend_options(cfg, devices[w]));
             const Executor exec(p.g, *backend);
             GridJob mine = job;
             int64_t k = 0;
