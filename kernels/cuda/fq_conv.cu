@@ -277,8 +277,11 @@ __device__ __forceinline__ void copy_wait() {
 // values it copied itself, once they have landed, so padding and out-of-range elements
 // (zero-filled) go through the quantizer too: launch_gemm_async() only runs it when the
 // input quantizer maps +0 to +0 bit for bit, so the sums equal variant 0's.
-template <int BM, int BP, int BK, int TM, int TP, int kStages>
-__global__ void __launch_bounds__((BM / TM) * (BP / TP), 2)
+//
+// kMinBlocks is the blocks per SM the register budget is cut for (__launch_bounds__), kVecB
+// the thread's pixel columns as in implicit_gemm_kernel (groups of 4 read as float4).
+template <int BM, int BP, int BK, int TM, int TP, int kStages, int kMinBlocks, bool kVecB>
+__global__ void __launch_bounds__((BM / TM) * (BP / TP), kMinBlocks)
     implicit_gemm_async_kernel(const FqConv p, const int4* __restrict__ ktab) {
   constexpr int kThreads = (BM / TM) * (BP / TP);
   constexpr int kCols = BP / TP;
@@ -288,6 +291,7 @@ __global__ void __launch_bounds__((BM / TM) * (BP / TP), 2)
   static_assert(BM * BK % kThreads == 0 && BK * BP % kThreads == 0, "tile loads must divide evenly");
   static_assert(kThreads % BP == 0, "each thread loads B elements of one column");
   static_assert(kStages >= 2, "a pipeline needs two stages");
+  static_assert(!kVecB || TP % 4 == 0, "float4 B fragments need TP a multiple of 4");
   extern __shared__ __align__(16) float smem[];
   float* const As = smem;                      // [kStages][BK][BM + 4]
   float* const Bs = smem + kStages * kAStage;  // [kStages][BK][BP]
@@ -368,11 +372,11 @@ __global__ void __launch_bounds__((BM / TM) * (BP / TP), 2)
     const int next = t + kStages - 1;
     if (next < steps) issue(next % kStages, next * BK);
     copy_commit();
-    tile_step<BM, BP, BK, TM, TP, false>(As + stage * kAStage, Bs + stage * kBStage, tx, ty, acc);
+    tile_step<BM, BP, BK, TM, TP, kVecB>(As + stage * kAStage, Bs + stage * kBStage, tx, ty, acc);
   }
   copy_wait<0>();
 
-  store_tile<BP, TM, TP, false>(p, acc, tx, ty, m0, p0, P, OHW, Og, g);
+  store_tile<BP, TM, TP, kVecB>(p, acc, tx, ty, m0, p0, P, OHW, Og, g);
 }
 
 // Depthwise (one input and one output channel per group): one thread per output value.
@@ -433,12 +437,12 @@ void launch_gemm(const FqConv& p, cudaStream_t stream) {
   implicit_gemm_kernel<BM, BP, BK, TM, TP, kVariant><<<gemm_grid<BM, BP>(p), (BM / TM) * (BP / TP), 0, stream>>>(p, tab);
 }
 
-template <int BM, int BP, int BK, int TM, int TP, int kStages>
+template <int BM, int BP, int BK, int TM, int TP, int kStages, int kMinBlocks = 2, bool kVecB = false>
 void launch_gemm_async(const FqConv& p, cudaStream_t stream) {
   const int K = static_cast<int>((p.C / p.groups) * p.KH * p.KW);
   const int4* tab = k_table(p, K, stream);
   constexpr size_t kSmem = sizeof(float) * kStages * (BK * (BM + 4) + BK * BP);
-  auto* kernel = implicit_gemm_async_kernel<BM, BP, BK, TM, TP, kStages>;
+  auto* kernel = implicit_gemm_async_kernel<BM, BP, BK, TM, TP, kStages, kMinBlocks, kVecB>;
   if constexpr (kSmem > 48 * 1024) {  // above the default limit of dynamic shared memory
     check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(kSmem)),
           "cudaFuncSetAttribute (fused conv shared memory)");
@@ -459,20 +463,24 @@ bool zero_stays_zero(const FqConv& p) {
 
 template <int kVariant>
 void launch_dense(const FqConv& p, int64_t Og, cudaStream_t stream) {
-  if constexpr (kVariant >= 4) {  // 4: a 3-stage cp.async pipeline, 5: 4 stages, 6: 3 stages of BK = 32
+  if constexpr (kVariant >= 4) {
+    // 4: a 3-stage cp.async pipeline, 5: 4 stages, 6: 3 stages of BK = 32, 7: 4 with three
+    // blocks per SM for the 64- and 32-row tiles, 8: 4 with float4 B fragments.
     if (zero_stays_zero(p)) {
       constexpr int kStages = kVariant == 5 ? 4 : 3;
       constexpr int kBK = kVariant == 6 ? 32 : 16;
+      constexpr int kSmallTileBlocks = kVariant == 7 ? 3 : 2;
+      constexpr bool kVecB = kVariant == 8;
       if (Og >= 128) {
-        launch_gemm_async<128, 128, kBK, 8, 8, kStages>(p, stream);
+        launch_gemm_async<128, 128, kBK, 8, 8, kStages, 2, kVecB>(p, stream);
       } else if (Og >= 64) {
-        launch_gemm_async<64, 128, kBK, 4, 8, kStages>(p, stream);
+        launch_gemm_async<64, 128, kBK, 4, 8, kStages, kSmallTileBlocks, kVecB>(p, stream);
       } else {
-        launch_gemm_async<32, 128, kBK, 4, 4, kStages>(p, stream);
+        launch_gemm_async<32, 128, kBK, 4, 4, kStages, kSmallTileBlocks, kVecB>(p, stream);
       }
       return;
     }
-    launch_dense<2>(p, Og, stream);
+    launch_dense<2>(p, Og, stream);  // the fastest of the synchronous kernels
   } else if (Og >= 128) {  // tile shapes measured on an H200 (bench/RESULTS.md); 64x256 tiles were no faster
     launch_gemm<128, 128, 16, 8, 8, kVariant>(p, stream);
   } else if (Og >= 64) {
@@ -490,7 +498,7 @@ void launch_variant(int v, const FqConv& p, int64_t Og, cudaStream_t stream, std
 
 int initial_variant() {
   const char* env = std::getenv("QSWEEP_FQCONV_VARIANT");
-  if (env == nullptr || *env == '\0') return 2;  // the fastest measured (fq_conv.cuh)
+  if (env == nullptr || *env == '\0') return 4;  // the fastest measured (fq_conv.cuh)
   const std::string s(env);
   if (s.size() != 1 || s[0] < '0' || s[0] >= '0' + kFqConvVariants) {
     throw std::invalid_argument("QSWEEP_FQCONV_VARIANT='" + s + "': accepted values are 0.." +
