@@ -22,8 +22,8 @@
 #                            reports in $OUT/ncu_*.txt, a digest in the log)
 #   QSWEEP_NCU_TIMEOUT=S     seconds each of the two ncu runs may take (default 120)
 #   QSWEEP_NCU_WHAT="..."    which kernels ncu profiles: "fused cudnn" (default), "fused" or "cudnn"
-#   QSWEEP_NCU_COUNT=N       launches profiled per kind (default: 16 fused, 24 cuDNN); the fused
-#                            ones are the variant in use only, shape by shape from ResNet18's stem
+#   QSWEEP_NCU_COUNT=N       launches profiled per kind (default: 11 fused, 24 cuDNN); the fused
+#                            ones are the variant in use only, one per shape of ResNet18's 11
 #   QSWEEP_FQCONV_VARIANT=V  the fused conv kernel variant the tests' grids and the benchmark's
 #                            grids use (kernels/cuda/fq_conv.cuh; the conv table times them all)
 #   CUDNN_ROOT=DIR           a cuDNN folder holding include/cudnn.h and lib*/libcudnn.so*
@@ -270,11 +270,18 @@ elif [ -z "$ncu_bin" ] || [ ! -x "$build/bench/qsweep_bench_gpu" ] || [ ! -f ben
   stage "ncu: skipped (${ncu_bin:-no ncu}; needs $build/bench/qsweep_bench_gpu and bench/resnet18.onnx)"
 else
   ncu_sections=(--section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats
-                --section MemoryWorkloadAnalysis)
+                --section MemoryWorkloadAnalysis --section ComputeWorkloadAnalysis)
+  # Why warps wait (cycles per issued instruction, by reason): the WarpStateStats section's
+  # breakdown, which its text output leaves out.
+  ncu_metrics=
+  for r in barrier long_scoreboard short_scoreboard mio_throttle math_pipe_throttle wait not_selected \
+           selected dispatch_stall lg_throttle no_instruction branch_resolving; do
+    ncu_metrics+="${ncu_metrics:+,}smsp__average_warps_issue_stalled_${r}_per_issue_active.ratio"
+  done
   for what in ${QSWEEP_NCU_WHAT:-fused cudnn}; do
     ncu_args=("${bench_args[@]}")
     if [ "$what" = fused ]; then
-      filter='regex:implicit_gemm_kernel'; count=${QSWEEP_NCU_COUNT:-16}
+      filter='regex:implicit_gemm'; count=${QSWEEP_NCU_COUNT:-11}  # one launch per ResNet18 shape
       # the variant in use only, so the launches cover more shapes
       [ ${#bench_args[@]} = 0 ] && ncu_args=(--variants "${QSWEEP_FQCONV_VARIANT:-2}")
     else
@@ -282,8 +289,15 @@ else
     fi
     stage "ncu ($what kernels, $count launches): $ncu_bin --kernel-name $filter"
     timeout "${QSWEEP_NCU_TIMEOUT:-120}" "$ncu_bin" --kernel-name "$filter" --launch-count "$count" "${ncu_sections[@]}" \
+      --metrics "$ncu_metrics" \
       "$build/bench/qsweep_bench_gpu" --conv-only --model resnet18 --reps 1 "${ncu_args[@]}" > "$out/ncu_$what.txt" 2>&1
     rc=$?
+    if [ "$rc" != 0 ] && [ "$rc" != 124 ] && grep -qi "metric" "$out/ncu_$what.txt"; then
+      echo "ncu refused the stall metrics (this ncu names them otherwise): again with the sections only"
+      timeout "${QSWEEP_NCU_TIMEOUT:-120}" "$ncu_bin" --kernel-name "$filter" --launch-count "$count" "${ncu_sections[@]}" \
+        "$build/bench/qsweep_bench_gpu" --conv-only --model resnet18 --reps 1 "${ncu_args[@]}" > "$out/ncu_$what.txt" 2>&1
+      rc=$?
+    fi
     [ "$rc" = 124 ] && echo "ncu: stopped after ${QSWEEP_NCU_TIMEOUT:-120} s (QSWEEP_NCU_TIMEOUT); the report is partial"
     [ "$rc" = 0 ] || [ "$rc" = 124 ] || echo "ncu exited $rc (not counted as a failure): $(tail -3 "$out/ncu_$what.txt")"
     # Digest: one line per profiled launch (the full report comes back in $OUT).

@@ -1098,7 +1098,8 @@ ConvTiming time_layer_conv(const Node& conv, const Shape& x_shape, const Shape& 
   check(cudaEventCreate(&e0), "event");
   check(cudaEventCreate(&e1), "event");
   auto median_ms = [&](const std::function<void()>& f) {
-    for (int i = 0; i < 3; ++i) f();  // warm-up
+    const int warmups = reps == 1 ? 0 : 3;  // reps = 1: under a profiler, one launch per shape
+    for (int i = 0; i < warmups; ++i) f();
     std::vector<float> ms;
     for (int i = 0; i < reps; ++i) {
       check(cudaEventRecord(e0, ctx.stream), "event");

@@ -49,7 +49,8 @@ class CudaBackend final : public Backend {
 // float32 forward runs it (plain, and with bias + ReLU fused), and the fused fake-quant
 // kernel (input and output fake-quant, bias, ReLU), in each of its implementation variants
 // (kernels/cuda/fq_conv.cuh). Milliseconds per call, the median of `reps` timed calls after
-// warm-up.
+// 3 warm-up calls; with reps = 1 (a profiler's run: one launch of each kernel per shape)
+// no warm-up.
 struct ConvTiming {
   double cudnn_ms = 0.0, cudnn_bias_relu_ms = 0.0;
   double cudnn_nhwc_bias_relu_ms = 0.0;   // the same with x, w and y in NHWC; NaN: no algorithm
