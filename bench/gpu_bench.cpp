@@ -122,9 +122,13 @@ int main(int argc, char** argv) {
   app.add_option("--variants", variants, "Fused-conv variants the conv table times (default: all)")
       ->check(CLI::Range(0, cuda::kFqConvVariants - 1))
       ->delimiter(',');
+  bool in_use_only = false;
+  app.add_flag("--in-use-only", in_use_only,
+               "The conv table times only the fused-conv variant in use ($QSWEEP_FQCONV_VARIANT or the default)");
   app.add_option("--model", which, "Which models: all, shipped or resnet18")
       ->check(CLI::IsMember({"all", "shipped", "resnet18"}));
   CLI11_PARSE(app, argc, argv);
+  if (in_use_only) variants = {cuda::fq_conv_variant()};
 
   if (cuda_device_count() <= 0) {
     fmt::print("no CUDA device ({}): nothing to measure\n", cuda_device_status());

@@ -283,7 +283,7 @@ else
     if [ "$what" = fused ]; then
       filter='regex:implicit_gemm'; count=${QSWEEP_NCU_COUNT:-11}  # one launch per ResNet18 shape
       # the variant in use only, so the launches cover more shapes
-      [ ${#bench_args[@]} = 0 ] && ncu_args=(--variants "${QSWEEP_FQCONV_VARIANT:-2}")
+      [ ${#bench_args[@]} = 0 ] && ncu_args=(--in-use-only)
     else
       filter='regex:xmma|convolve|fprop|cudnn|sgemm'; count=${QSWEEP_NCU_COUNT:-24}
     fi
