@@ -17,6 +17,7 @@
 #   QSWEEP_CMAKE_ARGS="..."  extra configure arguments (word-split)
 #   QSWEEP_BENCH_TIMEOUT=S   seconds the GPU benchmark may run (default 300)
 #   QSWEEP_SKIP_BENCH=1      build and run the Cuda* tests only
+#   QSWEEP_BENCH_ARGS="..."  extra benchmark arguments (word-split), e.g. "--skip-torch --model resnet18"
 #   QSWEEP_NCU=0             skip the Nsight Compute profile of the fused conv and cuDNN's
 #                            kernels on ResNet18's shapes (default: run it when ncu exists;
 #                            reports in $OUT/ncu_*.txt, a digest in the log)
@@ -249,10 +250,11 @@ elif [ -x "$build/bench/qsweep_bench_gpu" ]; then
     bench_args=(--variants 0)
     export QSWEEP_FQCONV_VARIANT=0
   fi
-  stage "GPU benchmark: $build/bench/qsweep_bench_gpu ${bench_args[*]}"
+  stage "GPU benchmark: $build/bench/qsweep_bench_gpu ${bench_args[*]} ${QSWEEP_BENCH_ARGS:-}"
   py_args=()
   [ -n "$torch_py" ] && py_args=(--python "env LD_LIBRARY_PATH=$orig_ld_path $torch_py")
-  timeout "${QSWEEP_BENCH_TIMEOUT:-300}" "$build/bench/qsweep_bench_gpu" "${py_args[@]}" "${bench_args[@]}"
+  # shellcheck disable=SC2086
+  timeout "${QSWEEP_BENCH_TIMEOUT:-300}" "$build/bench/qsweep_bench_gpu" "${py_args[@]}" "${bench_args[@]}" ${QSWEEP_BENCH_ARGS:-}
   rc=$?
   [ "$rc" = 124 ] && echo "qsweep_bench_gpu: stopped after ${QSWEEP_BENCH_TIMEOUT:-300} s (QSWEEP_BENCH_TIMEOUT)"
   [ "$rc" = 0 ] || { echo "qsweep_bench_gpu exited $rc"; status=1; }
@@ -281,7 +283,7 @@ else
   for what in ${QSWEEP_NCU_WHAT:-fused cudnn}; do
     ncu_args=("${bench_args[@]}")
     if [ "$what" = fused ]; then
-      filter='regex:implicit_gemm'; count=${QSWEEP_NCU_COUNT:-11}  # one launch per ResNet18 shape
+      filter='regex:implicit_gemm(_async)?_kernel'; count=${QSWEEP_NCU_COUNT:-11}  # one launch per ResNet18 shape
       # the variant in use only, so the launches cover more shapes
       [ ${#bench_args[@]} = 0 ] && ncu_args=(--in-use-only)
     else

@@ -465,14 +465,20 @@ template <int kVariant>
 void launch_dense(const FqConv& p, int64_t Og, cudaStream_t stream) {
   if constexpr (kVariant >= 4) {
     // 4: a 3-stage cp.async pipeline, 5: 4 stages, 6: 3 stages of BK = 32, 7: 4 with three
-    // blocks per SM for the 64- and 32-row tiles, 8: 4 with float4 B fragments.
+    // blocks per SM for the 64- and 32-row tiles, 8: 4 with float4 B fragments, 9: 7 with the
+    // float4 B fragments of 8 in the 128-row tile unless the kernel is 1x1 (each the faster
+    // on those shapes in one H200 run).
     if (zero_stays_zero(p)) {
       constexpr int kStages = kVariant == 5 ? 4 : 3;
       constexpr int kBK = kVariant == 6 ? 32 : 16;
-      constexpr int kSmallTileBlocks = kVariant == 7 ? 3 : 2;
+      constexpr int kSmallTileBlocks = kVariant == 7 || kVariant == 9 ? 3 : 2;
       constexpr bool kVecB = kVariant == 8;
       if (Og >= 128) {
-        launch_gemm_async<128, 128, kBK, 8, 8, kStages, 2, kVecB>(p, stream);
+        if (kVariant == 9 && p.KH * p.KW > 1) {
+          launch_gemm_async<128, 128, kBK, 8, 8, kStages, 2, true>(p, stream);
+        } else {
+          launch_gemm_async<128, 128, kBK, 8, 8, kStages, 2, kVecB>(p, stream);
+        }
       } else if (Og >= 64) {
         launch_gemm_async<64, 128, kBK, 4, 8, kStages, kSmallTileBlocks, kVecB>(p, stream);
       } else {
@@ -498,7 +504,7 @@ void launch_variant(int v, const FqConv& p, int64_t Og, cudaStream_t stream, std
 
 int initial_variant() {
   const char* env = std::getenv("QSWEEP_FQCONV_VARIANT");
-  if (env == nullptr || *env == '\0') return 4;  // the fastest measured (fq_conv.cuh)
+  if (env == nullptr || *env == '\0') return 9;  // the fastest measured (fq_conv.cuh)
   const std::string s(env);
   if (s.size() != 1 || s[0] < '0' || s[0] >= '0' + kFqConvVariants) {
     throw std::invalid_argument("QSWEEP_FQCONV_VARIANT='" + s + "': accepted values are 0.." +

@@ -52,21 +52,26 @@ void fq_conv2d(const FqConv& p, cudaStream_t stream);
 //      The fastest of 0-3 in three H100 runs (bench/RESULTS.md): ResNet18's conv shapes
 //      1.62-1.77x cuDNN's time (geometric mean), variant 0 1.75-1.92x;
 //   3  both 1 and 2;
-//   4  the default: the tiles of 0 and 2 copied global -> shared by cp.async in a 3-stage
-//      pipeline (no staging registers; each thread fake-quantizes its copied input values in
-//      shared memory once they land), so two steps' loads are in flight during the
+//   4  the tiles of 0 and 2 copied global -> shared by cp.async in a 3-stage pipeline (no
+//      staging registers; each thread fake-quantizes its copied input values in shared
+//      memory once they land), so two steps' loads are in flight during the
 //      multiplications. On an H200 (bench/RESULTS.md, 2026-11-27) as fast as or faster than
-//      variant 2 on every one of the 19 shapes timed: ResNet18's 1.64x cuDNN's time
-//      (geometric mean; variant 2 1.73x), the shipped model's 0.59x (variant 2 0.68x);
+//      variant 2 on every one of the 19 shapes timed: ResNet18's 1.61-1.64x cuDNN's time
+//      (geometric mean; variant 2 1.69-1.73x), the shipped model's 0.59-0.69x;
 //   5  4 with 4 stages;
 //   6  4 with 32-deep steps (half the barriers; 100 KB of shared memory at the 128x128 tile);
 //   7  4 with the register budget of the 64- and 32-row tiles cut for three blocks per SM
-//      (occupancy 37.5% instead of 25%; the 128-row tile as in 4);
-//   8  4 with the pixel columns read as float4, as in 1.
-// Variants 4-8 run only when the input quantizer maps +0 to +0 bit for bit (every quantizer
+//      (79 registers, occupancy 37.5% instead of 25%; the 128-row tile as in 4). On an H200
+//      ResNet18's 64-channel shapes took 1.11x and 1.89x cuDNN's time (variant 4 1.32x, 2.39x);
+//   8  4 with the pixel columns read as float4, as in 1. On an H200 faster than 4 on
+//      ResNet18's 3x3 shapes of 128+ output channels (e.g. 1.19x cuDNN's time, 4 1.35x),
+//      slower on its 1x1 ones and on the shipped model's 16-channel shapes;
+//   9  the default: 7's small tiles, and 8's 128-row tile for kernels larger than 1x1 (4's
+//      for 1x1 ones), each the faster on those shapes.
+// Variants 4-9 run only when the input quantizer maps +0 to +0 bit for bit (every quantizer
 // from choose_quant_params() does); otherwise they fall back to variant 2.
-// The process-wide choice starts at $QSWEEP_FQCONV_VARIANT when set, else 4.
-constexpr int kFqConvVariants = 9;
+// The process-wide choice starts at $QSWEEP_FQCONV_VARIANT when set, else 9.
+constexpr int kFqConvVariants = 10;
 void set_fq_conv_variant(int variant);  // throws std::invalid_argument outside [0, kFqConvVariants)
 int fq_conv_variant();
 
