@@ -46,6 +46,15 @@ __device__ __forceinline__ int col_of(int tx, int j) {
   }
 }
 
+template <int TM, int TP>
+__device__ __forceinline__ void zero_tile(float (&acc)[TM][TP]) {
+#pragma unroll
+  for (int i = 0; i < TM; ++i) {
+#pragma unroll
+    for (int j = 0; j < TP; ++j) acc[i][j] = 0.0f;
+  }
+}
+
 // One BK-deep step of a thread's TM x TP accumulators from a shared-memory A tile
 // ([BK][BM + 4], output channels along rows) and B tile ([BK][BP], pixels along rows).
 template <int BM, int BP, int BK, int TM, int TP, bool kVecB>
@@ -224,11 +233,7 @@ __global__ void __launch_bounds__((BM / TM) * (BP / TP), 2)
 
   const int tx = tid % kCols, ty = tid / kCols;
   float acc[TM][TP];
-#pragma unroll
-  for (int i = 0; i < TM; ++i) {
-#pragma unroll
-    for (int j = 0; j < TP; ++j) acc[i][j] = 0.0f;
-  }
+  zero_tile(acc);
 
   load_tiles(0);
   store_tiles(0);
@@ -343,11 +348,7 @@ __global__ void __launch_bounds__((BM / TM) * (BP / TP), kMinBlocks)
 
   const int tx = tid % kCols, ty = tid / kCols;
   float acc[TM][TP];
-#pragma unroll
-  for (int i = 0; i < TM; ++i) {
-#pragma unroll
-    for (int j = 0; j < TP; ++j) acc[i][j] = 0.0f;
-  }
+  zero_tile(acc);
 
   const int steps = (K + BK - 1) / BK;
 #pragma unroll
