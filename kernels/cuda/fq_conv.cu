@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cmath>
 #include <atomic>
+#include <charconv>
 #include <cstdlib>
 #include <stdexcept>
 #include <string>
@@ -470,12 +471,28 @@ void launch_dense(const FqConv& p, int64_t Og, cudaStream_t stream) {
     // float4 B fragments of 8 in the 128-row tile unless the kernel is 1x1 (each the faster
     // on those shapes in one H200 run).
     if (zero_stays_zero(p)) {
+      if constexpr (kVariant == 10) {
+        // 128-thread blocks with larger per-thread tiles (cuDNN's FP32 kernels run 128
+        // threads with 255 registers): 8x16 per thread in the 128-row tile, 8x8 in the 64-row
+        // one; float4 B fragments for kernels larger than 1x1.
+        const bool vec = p.KH * p.KW > 1;
+        if (Og >= 128) {
+          vec ? launch_gemm_async<128, 128, 16, 8, 16, 3, 2, true>(p, stream)
+              : launch_gemm_async<128, 128, 16, 8, 16, 3, 2, false>(p, stream);
+          return;
+        }
+        if (Og >= 64) {
+          vec ? launch_gemm_async<64, 128, 16, 8, 8, 3, 4, true>(p, stream)
+              : launch_gemm_async<64, 128, 16, 8, 8, 3, 4, false>(p, stream);
+          return;
+        }
+      }
       constexpr int kStages = kVariant == 5 ? 4 : 3;
       constexpr int kBK = kVariant == 6 ? 32 : 16;
-      constexpr int kSmallTileBlocks = kVariant == 7 || kVariant == 9 ? 3 : 2;
+      constexpr int kSmallTileBlocks = kVariant == 7 || kVariant >= 9 ? 3 : 2;
       constexpr bool kVecB = kVariant == 8;
       if (Og >= 128) {
-        if (kVariant == 9 && p.KH * p.KW > 1) {
+        if (kVariant >= 9 && p.KH * p.KW > 1) {
           launch_gemm_async<128, 128, kBK, 8, 8, kStages, 2, true>(p, stream);
         } else {
           launch_gemm_async<128, 128, kBK, 8, 8, kStages, 2, kVecB>(p, stream);
@@ -507,11 +524,13 @@ int initial_variant() {
   const char* env = std::getenv("QSWEEP_FQCONV_VARIANT");
   if (env == nullptr || *env == '\0') return 9;  // the fastest measured (fq_conv.cuh)
   const std::string s(env);
-  if (s.size() != 1 || s[0] < '0' || s[0] >= '0' + kFqConvVariants) {
+  int v = -1;
+  const auto [end, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
+  if (ec != std::errc() || end != s.data() + s.size() || v < 0 || v >= kFqConvVariants) {
     throw std::invalid_argument("QSWEEP_FQCONV_VARIANT='" + s + "': accepted values are 0.." +
                                 std::to_string(kFqConvVariants - 1));
   }
-  return s[0] - '0';
+  return v;
 }
 
 std::atomic<int>& variant_slot() {

@@ -67,11 +67,14 @@ void fq_conv2d(const FqConv& p, cudaStream_t stream);
 //      ResNet18's 3x3 shapes of 128+ output channels (e.g. 1.19x cuDNN's time, 4 1.35x),
 //      slower on its 1x1 ones and on the shipped model's 16-channel shapes;
 //   9  the default: 7's small tiles, and 8's 128-row tile for kernels larger than 1x1 (4's
-//      for 1x1 ones), each the faster on those shapes.
-// Variants 4-9 run only when the input quantizer maps +0 to +0 bit for bit (every quantizer
+//      for 1x1 ones), each the faster on those shapes;
+//   10 128-thread blocks with 8x16 (128-row tile) or 8x8 (64-row tile) accumulators per
+//      thread, float4 B fragments for kernels larger than 1x1 (the 32-row tile as in 9).
+//      Written after the H200 runs; not yet measured.
+// Variants 4-10 run only when the input quantizer maps +0 to +0 bit for bit (every quantizer
 // from choose_quant_params() does); otherwise they fall back to variant 2.
 // The process-wide choice starts at $QSWEEP_FQCONV_VARIANT when set, else 9.
-constexpr int kFqConvVariants = 10;
+constexpr int kFqConvVariants = 11;
 void set_fq_conv_variant(int variant);  // throws std::invalid_argument outside [0, kFqConvVariants)
 int fq_conv_variant();
 
