@@ -463,37 +463,38 @@ bool zero_stays_zero(const FqConv& p) {
   return std::signbit(y) == false && y == 0.0f;
 }
 
+// launch_gemm_async with kVecB chosen at run time.
+template <int BM, int BP, int BK, int TM, int TP, int kStages, int kMinBlocks>
+void launch_gemm_async_vec(bool vec, const FqConv& p, cudaStream_t stream) {
+  if (vec) {
+    launch_gemm_async<BM, BP, BK, TM, TP, kStages, kMinBlocks, true>(p, stream);
+  } else {
+    launch_gemm_async<BM, BP, BK, TM, TP, kStages, kMinBlocks, false>(p, stream);
+  }
+}
+
 template <int kVariant>
 void launch_dense(const FqConv& p, int64_t Og, cudaStream_t stream) {
   if constexpr (kVariant >= 4) {
     // 4: a 3-stage cp.async pipeline, 5: 4 stages, 6: 3 stages of BK = 32, 7: 4 with three
     // blocks per SM for the 64- and 32-row tiles, 8: 4 with float4 B fragments, 9: 7 with the
     // float4 B fragments of 8 in the 128-row tile unless the kernel is 1x1 (each the faster
-    // on those shapes in one H200 run).
+    // on those shapes in one H200 run), 10: 9 with 128-thread blocks and larger per-thread
+    // tiles in the 128- and 64-row tiles (cuDNN's FP32 kernels run 128 threads with 255
+    // registers): 8x16 per thread in the 128-row tile, 8x8 in the 64-row one.
     if (zero_stays_zero(p)) {
+      const bool wide_kernel = p.KH * p.KW > 1;  // 9 and 10: float4 B fragments unless 1x1
       if constexpr (kVariant == 10) {
-        // 128-thread blocks with larger per-thread tiles (cuDNN's FP32 kernels run 128
-        // threads with 255 registers): 8x16 per thread in the 128-row tile, 8x8 in the 64-row
-        // one; float4 B fragments for kernels larger than 1x1.
-        const bool vec = p.KH * p.KW > 1;
-        if (Og >= 128) {
-          vec ? launch_gemm_async<128, 128, 16, 8, 16, 3, 2, true>(p, stream)
-              : launch_gemm_async<128, 128, 16, 8, 16, 3, 2, false>(p, stream);
-          return;
-        }
-        if (Og >= 64) {
-          vec ? launch_gemm_async<64, 128, 16, 8, 8, 3, 4, true>(p, stream)
-              : launch_gemm_async<64, 128, 16, 8, 8, 3, 4, false>(p, stream);
-          return;
-        }
+        if (Og >= 128) return launch_gemm_async_vec<128, 128, 16, 8, 16, 3, 2>(wide_kernel, p, stream);
+        if (Og >= 64) return launch_gemm_async_vec<64, 128, 16, 8, 8, 3, 4>(wide_kernel, p, stream);
       }
       constexpr int kStages = kVariant == 5 ? 4 : 3;
       constexpr int kBK = kVariant == 6 ? 32 : 16;
       constexpr int kSmallTileBlocks = kVariant == 7 || kVariant >= 9 ? 3 : 2;
       constexpr bool kVecB = kVariant == 8;
       if (Og >= 128) {
-        if (kVariant >= 9 && p.KH * p.KW > 1) {
-          launch_gemm_async<128, 128, kBK, 8, 8, kStages, 2, true>(p, stream);
+        if constexpr (kVariant >= 9) {
+          launch_gemm_async_vec<128, 128, kBK, 8, 8, kStages, 2>(wide_kernel, p, stream);
         } else {
           launch_gemm_async<128, 128, kBK, 8, 8, kStages, 2, kVecB>(p, stream);
         }
