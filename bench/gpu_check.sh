@@ -290,14 +290,16 @@ else
       filter='regex:xmma|convolve|fprop|cudnn|sgemm'; count=${QSWEEP_NCU_COUNT:-24}
     fi
     stage "ncu ($what kernels, $count launches): $ncu_bin --kernel-name $filter"
-    timeout "${QSWEEP_NCU_TIMEOUT:-120}" "$ncu_bin" --kernel-name "$filter" --launch-count "$count" "${ncu_sections[@]}" \
-      --metrics "$ncu_metrics" \
-      "$build/bench/qsweep_bench_gpu" --conv-only --model resnet18 --reps 1 "${ncu_args[@]}" > "$out/ncu_$what.txt" 2>&1
+    profile() {  # extra ncu arguments; the report goes to $out/ncu_$what.txt
+      timeout "${QSWEEP_NCU_TIMEOUT:-120}" "$ncu_bin" --kernel-name "$filter" --launch-count "$count" \
+        "${ncu_sections[@]}" "$@" \
+        "$build/bench/qsweep_bench_gpu" --conv-only --model resnet18 --reps 1 "${ncu_args[@]}" > "$out/ncu_$what.txt" 2>&1
+    }
+    profile --metrics "$ncu_metrics"
     rc=$?
     if [ "$rc" != 0 ] && [ "$rc" != 124 ] && grep -qi "metric" "$out/ncu_$what.txt"; then
       echo "ncu refused the stall metrics (this ncu names them otherwise): again with the sections only"
-      timeout "${QSWEEP_NCU_TIMEOUT:-120}" "$ncu_bin" --kernel-name "$filter" --launch-count "$count" "${ncu_sections[@]}" \
-        "$build/bench/qsweep_bench_gpu" --conv-only --model resnet18 --reps 1 "${ncu_args[@]}" > "$out/ncu_$what.txt" 2>&1
+      profile
       rc=$?
     fi
     [ "$rc" = 124 ] && echo "ncu: stopped after ${QSWEEP_NCU_TIMEOUT:-120} s (QSWEEP_NCU_TIMEOUT); the report is partial"
