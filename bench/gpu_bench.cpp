@@ -25,6 +25,7 @@
 #include <nlohmann/json.hpp>
 
 #include "bench/bench_util.h"
+#include "bench/flops.h"
 #include "experiments/config.h"
 #include "experiments/layerwise.h"
 #include "experiments/quant_plan.h"
@@ -55,37 +56,6 @@ Dataset generated(const Graph& g, int64_t n, int classes) {
   for (auto& l : d.labels) l = lab(rng);
   d.num_classes = classes;
   return d;
-}
-
-// The shape of every value for one image, from a CPU forward.
-std::vector<Shape> one_image_shapes(const Graph& g, const Normalization& norm, const Dataset& d) {
-  CpuBackend cpu;
-  Executor exec(g, cpu);
-  auto ws = exec.make_workspace();
-  ws.keep_all_values = true;
-  Tensor x;
-  load_batch(d, norm, 0, 1, x);
-  exec.forward(ws, x);
-  std::vector<Shape> shapes;
-  for (const Tensor& t : ws.values) shapes.push_back(t.shape);
-  return shapes;
-}
-
-// 2 x multiply-adds per image of every Conv/Gemm/MatMul node.
-std::vector<double> node_flops(const Graph& g, const std::vector<Shape>& shapes) {
-  std::vector<double> f(g.nodes.size(), 0.0);
-  for (size_t k = 0; k < g.nodes.size(); ++k) {
-    const Node& n = g.nodes[k];
-    const Shape& ys = shapes[n.output];
-    if (n.op == OpType::kConv) {
-      const Shape& w = g.values[n.inputs[1]].constant.shape;
-      f[k] = 2.0 * static_cast<double>(shape_numel(ys)) * w[1] * w[2] * w[3];
-    } else if (n.op == OpType::kGemm || n.op == OpType::kMatMul) {
-      const Shape& xs = shapes[n.inputs[0]];
-      f[k] = 2.0 * static_cast<double>(shape_numel(ys)) * xs.back();
-    }
-  }
-  return f;
 }
 
 struct Model {
@@ -162,7 +132,7 @@ int main(int argc, char** argv) {
     Executor exec(g, cuda);
     int64_t bs = batch;
     if (bs <= 0) bs = cuda.make_session(g)->max_batch(images);
-    const std::vector<Shape> shapes = one_image_shapes(g, norm, data);
+    const std::vector<Shape> shapes = bench::one_image_shapes(g, norm, data);
     std::function<void()> bias_row;  // the bias-correction row, printed after the conv table
     if (!conv_only) {
       const auto t_cal = std::chrono::steady_clock::now();
@@ -179,21 +149,14 @@ int main(int argc, char** argv) {
       run_layerwise_grid(exec, data, norm, std::min(bs, images), ranges, specs, bits, o);
       const GridResult r = run_layerwise_grid(exec, data, norm, images, ranges, specs, bits, o);
       const size_t cells = r.cells.size();
-      const std::vector<double> nf = node_flops(g, shapes);
-      double full = 0.0, suffixes = 0.0;
-      for (double f : nf) full += f;
-      for (const Layer& L : g.layers) {
-        double s = 0.0;
-        for (int k : g.suffix_nodes(L.index)) s += nf[k];
-        suffixes += s * bits.size();
-      }
-      const double flops = static_cast<double>(images) * (full + suffixes);
+      const bench::GridFlops gf = bench::grid_flops(g, bench::node_flops(g, shapes), bits.size());
+      const double flops = static_cast<double>(images) * gf.grid;
       fmt::print("qsweep   : {:8.2f} s   {:12.0f} images*cells/s   {} layers x {} bits, batch {}, calibration {:.2f} s\n",
                  r.seconds, images * cells / r.seconds, g.layers.size(), bits.size(), bs, cal_s);
       fmt::print("           {:.2f} TFLOP in the float forward + suffix forwards: {:.1f} TFLOP/s = {:.1f}% of the FP32 peak "
                  "(a naive grid would compute {:.2f} TFLOP: {:.2f}x more)\n",
                  flops / 1e12, flops / r.seconds / 1e12, 100.0 * flops / r.seconds / peak,
-                 images * full * (cells + 1) / 1e12, images * full * (cells + 1) / flops);
+                 images * gf.naive / 1e12, images * gf.naive / flops);
 
       // The same grid under other backend options, against the default one.
       auto grid_with = [&](const char* label, const char* against, const BackendOptions& options) {
