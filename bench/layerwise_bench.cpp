@@ -1,13 +1,19 @@
 // The layer-wise grid three ways in one process, side by side: qsweep's one pass, qsweep's
 // naive way (full forward per cell), and the same grid written in PyTorch the way a
 // researcher would (bench/torch_grid.py: full network per cell, fake_quantize_per_tensor_affine),
-// timed on a sample of cells and extrapolated to the grid.
+// timed on a sample of cells and extrapolated to the grid. The three run in rounds (--repeat),
+// the peer as a fresh process each round; each keeps its fastest round.
 //
 //   build/bench/qsweep_bench_grid [--config configs/quickstart.toml] [--images N] [--torch-cells K]
+//
+// It also prints the FLOPs the one pass computes, this CPU's measured FMA peak, and the time
+// the arithmetic alone would take at that peak: the floor under any FP32 implementation.
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <map>
+#include <optional>
 #include <random>
 #include <sstream>
 
@@ -18,6 +24,7 @@
 #include <omp.h>
 
 #include "bench/bench_util.h"
+#include "bench/flops.h"
 #include "experiments/config.h"
 #include "experiments/layerwise.h"
 #include "runtime/backend.h"
@@ -41,18 +48,20 @@ int main(int argc, char** argv) {
   int64_t images = 0;
   int torch_cells = 6;
   int repeat = 3;
-  bool skip_naive = false, skip_torch = false;
+  bool skip_naive = false, skip_torch = false, skip_peak = false;
   std::string python = "/usr/bin/python3";
   app.add_option("--config", config, "Config to benchmark (default: the quickstart)");
   app.add_option("--images", images, "Evaluation images (default: the config's, i.e. the full test set)");
   app.add_option("--torch-cells", torch_cells, "Cells the PyTorch peer times (extrapolated to the grid)");
   app.add_option("--python", python, "Python with torch for the peer");
   app.add_option("--repeat", repeat,
-                 "Time each way this many times (one pass and naive alternating, and the peer's cells) and keep "
-                 "the fastest of each: this machine's timings vary by 10% from run to run")
+                 "Rounds: each round times the one pass, the naive way and the peer (a fresh process) once; each "
+                 "way keeps its fastest round. This machine's timings vary from run to run, the peer's by up "
+                 "to 2x between processes")
       ->check(CLI::PositiveNumber);
   app.add_flag("--skip-naive", skip_naive, "Do not time the naive way");
   app.add_flag("--skip-torch", skip_torch, "Do not run the PyTorch peer");
+  app.add_flag("--skip-peak", skip_peak, "Do not measure this CPU's FMA peak (nor print the arithmetic floor)");
   CLI11_PARSE(app, argc, argv);
 
   try {
@@ -77,7 +86,6 @@ int main(int argc, char** argv) {
     o.threads = threads;
     o.progress = false;
     const auto specs = resolve_layer_specs(g, cfg.quant);
-    // Each way `repeat` times, alternating, so a slow stretch of the machine hits both.
     auto timed = [&](bool naive, GridResult& result) {
       o.naive = naive;
       const auto t0 = std::chrono::steady_clock::now();
@@ -87,6 +95,20 @@ int main(int argc, char** argv) {
     GridResult one, naive;
     double t_one = 1e300, t_naive = 1e300;
     std::vector<double> all_one, all_naive;
+    // The peer, one process per round (its speed differs from process to process on this
+    // machine): the fastest float pass and the fastest time of each sampled cell over the
+    // rounds, and each round's own extrapolation for the per-round ratio.
+    std::string spec, peer_cmd;
+    std::optional<nlohmann::json> peer;  // the last round's output: versions, the cells' numbers
+    double peer_reference = 1e300;
+    std::map<std::string, double> peer_cell_best;  // "layer:bits" -> fastest seconds
+    std::vector<double> all_torch, round_ratio;
+    auto extrapolate = [&](double reference, double cell_seconds_sum, size_t timed_cells) {
+      // The float32 reference pass plus every cell's full pass, as the researcher's script runs.
+      return reference + cell_seconds_sum / static_cast<double>(timed_cells) * static_cast<double>(cells);
+    };
+    // Each way `repeat` times, in rounds (one pass, naive, peer), so a slow stretch of the
+    // machine hits all of them.
     for (int r = 0; r < repeat; ++r) {
       all_one.push_back(timed(false, one));
       t_one = std::min(t_one, all_one.back());
@@ -94,10 +116,50 @@ int main(int argc, char** argv) {
         all_naive.push_back(timed(true, naive));
         t_naive = std::min(t_naive, all_naive.back());
       }
+      if (skip_torch || (r > 0 && !peer)) continue;
+      if (r == 0) {
+        spec = bench::sample_cells(one, torch_cells);
+        peer_cmd = fmt::format(
+            "{} {}/bench/torch_grid.py --onnx '{}' --data '{}' --mean {} --std {} --calibration {} --images {} "
+            "--batch {} --threads {} --cells {} --repeat 1 2>&1",
+            python, QSWEEP_SOURCE_DIR, cfg.model_path, cfg.data_path, cfg.mean[0], cfg.std[0], cfg.calibration_count,
+            count, cfg.batch_size, threads, spec);
+      }
+      peer = bench::run_torch_peer(peer_cmd);
+      if (!peer) continue;
+      const nlohmann::json& j = *peer;
+      const double reference = j["reference_seconds"];
+      peer_reference = std::min(peer_reference, reference);
+      double sum = 0.0;
+      for (const auto& cell : j["cells"]) {
+        const double sec = cell["seconds"];
+        const std::string key = fmt::format("{}:{}", cell["layer"].get<int>(), cell["bits"].get<int>());
+        const auto it = peer_cell_best.find(key);
+        peer_cell_best[key] = it == peer_cell_best.end() ? sec : std::min(it->second, sec);
+        sum += sec;
+      }
+      all_torch.push_back(extrapolate(reference, sum, j["cells"].size()));
+      round_ratio.push_back(all_torch.back() / all_one.back());
     }
+    // The arithmetic: what the one pass computes, and how long it takes at this CPU's peak.
+    const std::vector<Shape> shapes = bench::one_image_shapes(g, norm, eval);
+    const bench::GridFlops nominal = bench::grid_flops(g, bench::node_flops(g, shapes), cfg.quant.weight_bits.size());
+    const bench::GridFlops inside = bench::grid_flops(g, bench::node_flops(g, shapes, true), cfg.quant.weight_bits.size());
+    const double peak = skip_peak ? 0.0 : bench::measured_fma_peak(threads);
+    double floor_s = 0.0;  // the one pass's inside-the-input FLOPs at the peak
     auto runs = [](const std::vector<double>& v) { return fmt::format("{:.2f}", fmt::join(v, " / ")); };
     fmt::print("one-pass : {:8.2f} s   {:10.0f} images*cells/s   (runs: {} s)\n", t_one, count * cells / t_one,
                runs(all_one));
+    fmt::print("           {:.3f} TFLOP in the float forward + suffix forwards ({:.3f} TFLOP counting the taps on zero "
+               "padding; a naive grid computes {:.2f}x more): {:.1f} GFLOP/s\n",
+               count * inside.grid / 1e12, count * nominal.grid / 1e12, nominal.naive / nominal.grid,
+               count * inside.grid / t_one / 1e9);
+    if (peak > 0.0) {
+      floor_s = count * inside.grid / peak;
+      fmt::print("           this CPU's measured FP32 FMA peak on {} threads: {:.1f} GFLOP/s; at it the one pass's "
+                 "arithmetic alone takes {:.2f} s, {:.0f}% of the time measured\n",
+                 threads, peak / 1e9, floor_s, 100.0 * floor_s / t_one);
+    }
     if (!skip_naive) {
       bool same = naive.float_correct == one.float_correct;
       for (size_t c = 0; c < cells; ++c) {
@@ -109,31 +171,29 @@ int main(int argc, char** argv) {
       if (!same) return 1;
     }
 
-    if (!skip_torch) {
-      const std::string spec = bench::sample_cells(one, torch_cells);
-      const std::string cmd = fmt::format(
-          "{} {}/bench/torch_grid.py --onnx '{}' --data '{}' --mean {} --std {} --calibration {} --images {} "
-          "--batch {} --threads {} --cells {} --repeat {} 2>&1",
-          python, QSWEEP_SOURCE_DIR, cfg.model_path, cfg.data_path, cfg.mean[0], cfg.std[0], cfg.calibration_count,
-          count, cfg.batch_size, threads, spec, repeat);
-      if (const auto peer = bench::run_torch_peer(cmd)) {
-        const nlohmann::json& j = *peer;
-        const double per_cell = j["seconds_per_cell"];
-        // The float32 reference pass plus every cell's full pass, as the researcher's script runs.
-        const double t_torch = j["reference_seconds"].get<double>() + per_cell * cells;
-        fmt::print("pytorch  : {:8.2f} s   {:10.0f} images*cells/s   (torch {}, {} threads, {} cells timed, "
-                   "{:.2f} s/cell, best of {}, extrapolated to {} cells + the float32 pass)\n",
-                   t_torch, count * cells / t_torch, j["torch_version"].get<std::string>(), threads, j["cells"].size(), per_cell,
-                   repeat, cells);
-        fmt::print("qsweep one-pass speed-up over PyTorch: {:.1f}x\n", t_torch / t_one);
-        // The peer computes the same cells: show the agreement.
-        for (const auto& cell : j["cells"]) {
-          const int layer = cell["layer"], bits = cell["bits"];
-          for (const auto& c : one.cells) {
-            if (c.layer == layer && c.weight_bits == bits) {
-              fmt::print("  cell layer {:>2} {}-bit: top-1 qsweep {:.2f} torch {:.2f} | noise qsweep {:.5g} torch {:.5g}\n",
-                         layer, bits, one.top1(c), cell["top1"].get<double>(), one.noise(c), cell["noise"].get<double>());
-            }
+    if (!all_torch.empty()) {
+      double best_sum = 0.0;
+      for (const auto& [key, sec] : peer_cell_best) best_sum += sec;
+      const double t_torch = extrapolate(peer_reference, best_sum, peer_cell_best.size());
+      const nlohmann::json& j = *peer;
+      fmt::print("pytorch  : {:8.2f} s   {:10.0f} images*cells/s   (runs: {} s; torch {}, {} threads, {} cells timed, "
+                 "{:.2f} s/cell, the fastest of {} processes each, extrapolated to {} cells + the float32 pass)\n",
+                 t_torch, count * cells / t_torch, runs(all_torch), j["torch_version"].get<std::string>(), threads,
+                 peer_cell_best.size(), best_sum / static_cast<double>(peer_cell_best.size()), all_torch.size(), cells);
+      fmt::print("qsweep one-pass speed-up over PyTorch: {:.1f}x (fastest against fastest; round by round: {}x)\n",
+                 t_torch / t_one, fmt::format("{:.1f}", fmt::join(round_ratio, " / ")));
+      if (floor_s > 0.0) {
+        fmt::print("  (the most any FP32 implementation of the one pass could reach on this CPU: {:.1f}x, with "
+                   "nothing but the convolutions' and Gemms' multiply-adds, at the FMA peak)\n",
+                   t_torch / floor_s);
+      }
+      // The peer computes the same cells: show the agreement.
+      for (const auto& cell : j["cells"]) {
+        const int layer = cell["layer"], bits = cell["bits"];
+        for (const auto& c : one.cells) {
+          if (c.layer == layer && c.weight_bits == bits) {
+            fmt::print("  cell layer {:>2} {}-bit: top-1 qsweep {:.2f} torch {:.2f} | noise qsweep {:.5g} torch {:.5g}\n",
+                       layer, bits, one.top1(c), cell["top1"].get<double>(), one.noise(c), cell["noise"].get<double>());
           }
         }
       }
