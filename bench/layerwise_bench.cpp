@@ -7,7 +7,7 @@
 //   build/bench/qsweep_bench_grid [--config configs/quickstart.toml] [--images N] [--torch-cells K]
 //
 // It also prints the FLOPs the one pass computes, this CPU's measured FMA peak, and the time
-// the arithmetic alone would take at that peak: the floor under any FP32 implementation.
+// the arithmetic alone would take at that peak: the floor under any FP32 direct convolution.
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
@@ -183,8 +183,8 @@ int main(int argc, char** argv) {
       fmt::print("qsweep one-pass speed-up over PyTorch: {:.1f}x (fastest against fastest; round by round: {}x)\n",
                  t_torch / t_one, fmt::format("{:.1f}", fmt::join(round_ratio, " / ")));
       if (floor_s > 0.0) {
-        fmt::print("  (the most any FP32 implementation of the one pass could reach on this CPU: {:.1f}x, with "
-                   "nothing but the convolutions' and Gemms' multiply-adds, at the FMA peak)\n",
+        fmt::print("  (the most any FP32 direct-convolution implementation of the one pass could reach on this "
+                   "CPU: {:.1f}x, with nothing but the convolutions' and Gemms' multiply-adds, at the FMA peak)\n",
                    t_torch / floor_s);
       }
       // The peer computes the same cells: show the agreement.
