@@ -76,20 +76,20 @@ inline std::vector<double> node_flops(const Graph& g, const std::vector<Shape>& 
 // FLOPs per image of the one-pass grid: the float forward once, plus, for every layer and
 // bit-width, the layer's suffix (the nodes that depend on it, the layer included).
 struct GridFlops {
-  double forward = 0.0;  // one float forward
-  double grid = 0.0;     // the one-pass grid: forward + suffixes
-  double naive = 0.0;    // the naive grid: a full forward per cell, plus the float one
+  double grid = 0.0;   // the one-pass grid: the float forward + the suffixes
+  double naive = 0.0;  // the naive grid: a full forward per cell, plus the float one
 };
 inline GridFlops grid_flops(const Graph& g, const std::vector<double>& nf, size_t bit_widths) {
+  double forward = 0.0;
+  for (double f : nf) forward += f;
   GridFlops r;
-  for (double f : nf) r.forward += f;
-  r.grid = r.forward;
+  r.grid = forward;
   for (const Layer& L : g.layers) {
     double s = 0.0;
     for (int k : g.suffix_nodes(L.index)) s += nf[k];
     r.grid += s * static_cast<double>(bit_widths);
   }
-  r.naive = r.forward * static_cast<double>(g.layers.size() * bit_widths + 1);
+  r.naive = forward * static_cast<double>(g.layers.size() * bit_widths + 1);
   return r;
 }
 

@@ -99,7 +99,8 @@ int main(int argc, char** argv) {
     // machine): the fastest float pass and the fastest time of each sampled cell over the
     // rounds, and each round's own extrapolation for the per-round ratio.
     std::string spec, peer_cmd;
-    std::optional<nlohmann::json> peer;  // the last round's output: versions, the cells' numbers
+    std::optional<nlohmann::json> peer;  // the last successful round's output: versions, the cells' numbers
+    bool peer_failed = false;            // a round in which it did not run: no more rounds of it
     double peer_reference = 1e300;
     std::map<std::string, double> peer_cell_best;  // "layer:bits" -> fastest seconds
     std::vector<double> all_torch, round_ratio;
@@ -116,7 +117,7 @@ int main(int argc, char** argv) {
         all_naive.push_back(timed(true, naive));
         t_naive = std::min(t_naive, all_naive.back());
       }
-      if (skip_torch || (r > 0 && !peer)) continue;
+      if (skip_torch || peer_failed) continue;
       if (r == 0) {
         spec = bench::sample_cells(one, torch_cells);
         peer_cmd = fmt::format(
@@ -125,8 +126,12 @@ int main(int argc, char** argv) {
             python, QSWEEP_SOURCE_DIR, cfg.model_path, cfg.data_path, cfg.mean[0], cfg.std[0], cfg.calibration_count,
             count, cfg.batch_size, threads, spec);
       }
-      peer = bench::run_torch_peer(peer_cmd);
-      if (!peer) continue;
+      auto out = bench::run_torch_peer(peer_cmd);
+      if (!out) {
+        peer_failed = true;
+        continue;
+      }
+      peer = std::move(out);
       const nlohmann::json& j = *peer;
       const double reference = j["reference_seconds"];
       peer_reference = std::min(peer_reference, reference);
