@@ -29,7 +29,6 @@
 #include "experiments/config.h"
 #include "experiments/layerwise.h"
 #include "experiments/quant_plan.h"
-#include "runtime/cpu_backend.h"
 #include "kernels/cuda/fq_conv.cuh"
 #include "runtime/cuda_backend.h"
 #include "runtime/data.h"
