@@ -50,7 +50,9 @@ int main(int argc, char** argv) {
   int repeat = 3;
   bool skip_naive = false, skip_torch = false, skip_peak = false;
   std::string python = "/usr/bin/python3";
+  std::vector<std::string> sets;
   app.add_option("--config", config, "Config to benchmark (default: the quickstart)");
+  app.add_option("--set", sets, "Override a config key, as `qsweep run --set` (e.g. run.conv_transforms=true)");
   app.add_option("--images", images, "Evaluation images (default: the config's, i.e. the full test set)");
   app.add_option("--torch-cells", torch_cells, "Cells the PyTorch peer times (extrapolated to the grid)");
   app.add_option("--python", python, "Python with torch for the peer");
@@ -65,10 +67,12 @@ int main(int argc, char** argv) {
   CLI11_PARSE(app, argc, argv);
 
   try {
-    Config cfg = load_config(config, {});
+    Config cfg = load_config(config, sets);
     if (images > 0) cfg.eval_count = images;
     const Graph g = import_onnx(cfg.model_path);
-    const auto backend = make_backend("cpu");
+    BackendOptions bo;
+    bo.transform_convs = cfg.conv_transforms;
+    const auto backend = make_backend("cpu", bo);
     const Executor exec(g, *backend);
     const Dataset calib = load_idx_split(cfg.data_path, cfg.calibration_split);
     const Dataset eval = load_idx_split(cfg.data_path, cfg.eval_split);
@@ -77,9 +81,9 @@ int main(int argc, char** argv) {
     const int64_t count = cfg.eval_count > 0 ? std::min(cfg.eval_count, eval.count) : eval.count;
     const ActivationRanges ranges = calibrate(exec, calib, norm, cfg.calibration_count, cfg.batch_size, threads);
     const size_t cells = g.layers.size() * cfg.quant.weight_bits.size();
-    fmt::print("model {} | {} layers x {} bit-widths = {} cells | {} images | {} threads | batch {} | best of {}\n",
+    fmt::print("model {} | {} layers x {} bit-widths = {} cells | {} images | {} threads | batch {} | best of {}{}\n",
                cfg.model_path, g.layers.size(), cfg.quant.weight_bits.size(), cells, count, threads, cfg.batch_size,
-               repeat);
+               repeat, cfg.conv_transforms ? " | Winograd F(4x4,3x3) convolutions (run.conv_transforms)" : "");
 
     GridOptions o;
     o.batch_size = cfg.batch_size;

@@ -92,7 +92,7 @@ struct Config {
   int64_t batch_size = 250;  // 0: "auto" (from free device memory; cpu_auto_batch_size() on the CPU)
   int threads = 0;  // 0: every core
   bool tf32 = false;  // run.tf32: the CUDA backend may use TF32 tensor cores
-  bool conv_transforms = false;  // run.conv_transforms: cuDNN may use FFT / Winograd convolutions
+  bool conv_transforms = false;  // run.conv_transforms: FFT / Winograd convolutions (cuDNN; CPU Winograd)
   bool naive = false;
   std::vector<int> devices;  // run.devices: empty = "all"
   // [output]

@@ -157,10 +157,15 @@ std::unique_ptr<Prepared> prepare(const Config& cfg, const std::function<void(co
   }
   // One worker: the first listed device.
   p->backend = make_backend(cfg.backend, backend_options(cfg, cfg.devices.empty() ? 0 : cfg.devices[0]));
-  if ((cfg.tf32 && !p->backend->tf32()) || (cfg.conv_transforms && !p->backend->conv_transforms())) {
-    say(fmt::format("note: {} applies to the CUDA backend only; the {} backend runs plain FP32 direct convolutions "
+  if (cfg.tf32 && !p->backend->tf32()) {
+    say(fmt::format("note: run.tf32 applies to the CUDA backend only; the {} backend computes in plain FP32 "
                     "(the manifest records what ran)",
-                    cfg.tf32 && !p->backend->tf32() ? "run.tf32" : "run.conv_transforms", p->backend->name()));
+                    p->backend->name()));
+  }
+  if (cfg.conv_transforms && !p->backend->conv_transforms()) {
+    say(fmt::format("note: run.conv_transforms needs a CUDA device or a CPU with AVX-512; the {} backend runs "
+                    "plain FP32 direct convolutions here (the manifest records what ran)",
+                    p->backend->name()));
   }
   p->exec = std::make_unique<Executor>(g, *p->backend);
   p->calib = load_idx_split(cfg.data_path, cfg.calibration_split);

@@ -55,15 +55,17 @@ class Backend {
 
   // Whether the float32 reference uses TF32 tensor cores (run.tf32; CUDA only).
   virtual bool tf32() const { return false; }
-  // Whether its convolutions may be FFT / Winograd ones (run.conv_transforms; CUDA only).
+  // Whether its convolutions may be FFT / Winograd ones (run.conv_transforms): cuDNN's choice
+  // on CUDA, Winograd F(4x4, 3x3) for the 3x3 stride-1 ones on an AVX-512 CPU.
   virtual bool conv_transforms() const { return false; }
 };
 
 struct BackendOptions {
   int device = 0;     // which GPU (CUDA)
   bool tf32 = false;  // allow TF32 in cuDNN/cuBLAS (CUDA); the default is plain FP32 FMA
-  // Let cuDNN pick FFT and Winograd convolutions too (CUDA; run.conv_transforms). Still
-  // float32, but rounded differently from a direct convolution.
+  // run.conv_transforms: let cuDNN pick FFT and Winograd convolutions too (CUDA), or run 3x3
+  // stride-1 convolutions as Winograd F(4x4, 3x3) (CPU, AVX-512). Still float32, but rounded
+  // differently from a direct convolution.
   bool transform_convs = false;
 };
 

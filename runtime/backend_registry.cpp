@@ -35,10 +35,10 @@ std::unique_ptr<Backend> make_backend(const std::string& name, int device) {
 }
 
 std::unique_ptr<Backend> make_backend(const std::string& name, const BackendOptions& options) {
-  if (name == "cpu") return std::make_unique<CpuBackend>();
+  if (name == "cpu") return std::make_unique<CpuBackend>(options.transform_convs);
   if (name == "auto") {
     if (cuda_device_available()) return make_backend("cuda", options);
-    return std::make_unique<CpuBackend>();
+    return std::make_unique<CpuBackend>(options.transform_convs);
   }
   if (name == "cuda") {
 #ifdef QSWEEP_WITH_CUDA_BACKEND

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <fstream>
+#include <limits>
 #include <map>
 #include <optional>
 #include <mutex>
@@ -13,6 +14,7 @@
 #include <omp.h>
 
 #include "kernels/cpu/eltwise.h"
+#include "kernels/cpu/winograd.h"
 #include "runtime/error.h"
 
 namespace qsweep {
@@ -75,7 +77,7 @@ struct CachedPrimitive {
 
 class CpuContext final : public BackendContext {
  public:
-  explicit CpuContext(const dnnl::engine& eng) : engine(eng), stream(eng) {}
+  CpuContext(const dnnl::engine& eng, bool transforms) : engine(eng), stream(eng), transform_convs(transforms) {}
   dnnl::engine engine;
   dnnl::stream stream;
   std::map<PrimKey, CachedPrimitive> prims;
@@ -83,6 +85,8 @@ class CpuContext final : public BackendContext {
   std::vector<float> src_k, weights_k, dst_k;  // blocked-layout buffers of the conv in flight
   Tensor padded;  // explicitly padded pooling input (see run_pool)
   std::vector<Tensor> nchw;  // NCHW copies of NHWC inputs, for ops that need NCHW
+  bool transform_convs = false;  // run.conv_transforms: Winograd F(4x4, 3x3) where it applies
+  WinogradScratch winograd;
 };
 
 void check_rank(const Node& n, const Tensor& x, size_t rank) {
@@ -106,6 +110,21 @@ void run_conv(CpuContext& ctx, const Node& n, std::span<const Tensor* const> in,
   const SpatialPlan sp = plan_spatial(n.attrs, H, W);
   out.reshape_to({N, O, sp.out_h, sp.out_w});
   out.nhwc = true;
+  if (ctx.transform_convs && x.nhwc && G == 1 && w.dim(2) == 3 && w.dim(3) == 3 && n.attrs.strides[0] == 1 &&
+      n.attrs.strides[1] == 1 && n.attrs.dilations[0] == 1 && n.attrs.dilations[1] == 1) {
+    WinogradConv p;
+    p.N = N, p.H = H, p.W = W, p.C = C, p.K = O;
+    p.pad_t = sp.pad_t, p.pad_l = sp.pad_l, p.out_h = sp.out_h, p.out_w = sp.out_w;
+    if (act != nullptr) {
+      p.clamp = true;
+      p.lo = act->op == OpType::kClip ? act->attrs.act_alpha : 0.0f;
+      p.hi = act->op == OpType::kClip ? act->attrs.act_beta : std::numeric_limits<float>::infinity();
+    }
+    if (winograd_available(p)) {
+      winograd_conv_f43(p, x.ptr(), w.ptr(), in.size() > 2 ? in[2]->ptr() : nullptr, out.ptr(), ctx.winograd);
+      return;
+    }
+  }
   const PrimKey key{&n, N, C, H, W, x.nhwc, act};
   auto it = ctx.prims.find(key);
   if (it == ctx.prims.end()) {
@@ -292,9 +311,14 @@ void run_reshape(const Node& n, const Tensor& x, Tensor& out) {
 
 struct CpuBackend::Impl {
   dnnl::engine engine{dnnl::engine::kind::cpu, 0};
+  bool transform_convs = false;
 };
 
-CpuBackend::CpuBackend() : impl_(std::make_unique<Impl>()) {}
+CpuBackend::CpuBackend(bool transform_convs) : impl_(std::make_unique<Impl>()) {
+  impl_->transform_convs = transform_convs;
+}
+
+bool CpuBackend::conv_transforms() const { return impl_->transform_convs && winograd_cpu_supported(); }
 CpuBackend::~CpuBackend() = default;
 
 std::string CpuBackend::device_name() const {
@@ -318,7 +342,7 @@ std::string CpuBackend::library_versions() const {
 bool CpuBackend::supports(OpType) const { return true; }
 
 std::unique_ptr<BackendContext> CpuBackend::make_context() const {
-  return std::make_unique<CpuContext>(impl_->engine);
+  return std::make_unique<CpuContext>(impl_->engine, conv_transforms());
 }
 
 void CpuBackend::run(BackendContext& base, const Node& n, std::span<const Tensor* const> in, Tensor& out) const {

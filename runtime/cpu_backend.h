@@ -10,7 +10,10 @@ namespace qsweep {
 
 class CpuBackend final : public Backend {
  public:
-  CpuBackend();
+  // transform_convs (run.conv_transforms): 3x3 stride-1 convolutions whose channel counts
+  // are multiples of 16 run as Winograd F(4x4, 3x3) (kernels/cpu/winograd.h) on AVX-512
+  // CPUs; every other convolution stays a oneDNN direct one.
+  explicit CpuBackend(bool transform_convs = false);
   ~CpuBackend() override;
   std::string name() const override { return "cpu"; }
   std::string device_name() const override;
@@ -23,6 +26,7 @@ class CpuBackend final : public Backend {
                      Tensor& y) const override;
   // Relu and Clip (ReLU6) run as oneDNN post-ops of the convolution: exact, as separate ops.
   bool fuses_activation(OpType op, OpType act) const override;
+  bool conv_transforms() const override;
   void run_with_activation(BackendContext& ctx, const Node& conv, const Node& act,
                            std::span<const Tensor* const> inputs, Tensor& out) const override;
 

@@ -9,6 +9,7 @@
 #include <sys/wait.h>
 
 #include "experiments/config.h"
+#include "kernels/cpu/winograd.h"
 #include "runtime/data.h"
 #include "tests/shipped_models.h"
 
@@ -121,21 +122,28 @@ TEST_F(Cli, SmallRunWritesACompleteResultsFolder) {
 
 // run.tf32 and run.conv_transforms on the CPU backend: a note on stderr, and the manifest
 // records what ran (plain FP32 direct convolutions), not what was asked for.
-TEST_F(Cli, CudaOnlyOptionsOnTheCpuSayTheyAreIgnored) {
+TEST_F(Cli, ComputeOptionsOnTheCpuAreHonouredOrSaidToBeIgnored) {
+  // run.tf32 is CUDA only: a note says so. run.conv_transforms runs Winograd convolutions on
+  // an AVX-512 CPU, and says it is ignored elsewhere. The manifest records what ran.
   if (!fs::exists(kFashionMnistDir)) GTEST_SKIP() << "dataset-fashion-mnist is not installed";
   const std::string cfg = std::string(QSWEEP_SOURCE_DIR) + "/configs/quickstart.toml";
   const Result r = run("run " + cfg + " --backend cpu --out " + (dir_ / "res").string() +
                        " --set data.eval.count=100 --set 'quant.weight_bits=[8]' --set data.calibration.count=32" +
-                       " --set output.plots=false --set run.conv_transforms=true --set 'experiment.name=\"t\"'");
+                       " --set output.plots=false --set run.conv_transforms=true --set run.tf32=true" +
+                       " --set 'experiment.name=\"t\"'");
   ASSERT_EQ(r.code, 0) << r.err;
-  EXPECT_NE(r.err.find("note: run.conv_transforms applies to the CUDA backend only"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("note: run.tf32 applies to the CUDA backend only"), std::string::npos) << r.err;
+  const bool winograd = winograd_cpu_supported();
+  EXPECT_EQ(r.err.find("note: run.conv_transforms needs") == std::string::npos, winograd) << r.err;
   fs::path run_dir;
   for (const auto& e : fs::directory_iterator(dir_ / "res" / "t")) run_dir = e.path();
   const auto manifest = nlohmann::json::parse(slurp(run_dir / "manifest.json"));
-  EXPECT_EQ(manifest["backend"]["conv_transforms"], false);
+  EXPECT_EQ(manifest["backend"]["conv_transforms"], winograd);
   EXPECT_EQ(manifest["backend"]["tf32"], false);
   // What was asked for stays in the config as run.
-  EXPECT_TRUE(load_config((run_dir / "config.toml").string(), {}).conv_transforms);
+  const Config as_run = load_config((run_dir / "config.toml").string(), {});
+  EXPECT_TRUE(as_run.conv_transforms);
+  EXPECT_TRUE(as_run.tf32);
 }
 
 }  // namespace

@@ -11,6 +11,7 @@
 
 #include <gtest/gtest.h>
 
+#include "kernels/cpu/winograd.h"
 #include "runtime/cpu_backend.h"
 #include "runtime/onnx_import.h"
 #include "tests/reference_quant.h"
@@ -20,8 +21,9 @@ namespace qsweep {
 namespace {
 
 GridResult run_grid(const Graph& g, const Dataset& calib, const Dataset& eval, const Normalization& norm,
-                    const Config& cfg, int64_t count, bool naive, int threads, int64_t batch) {
-  CpuBackend cpu;
+                    const Config& cfg, int64_t count, bool naive, int threads, int64_t batch,
+                    bool conv_transforms = false) {
+  CpuBackend cpu(conv_transforms);
   Executor exec(g, cpu);
   const ActivationRanges r = calibrate(exec, calib, norm, cfg.calibration_count, batch, threads);
   GridOptions o;
@@ -88,6 +90,35 @@ TEST_P(ShippedGrid, ResultsDoNotDependOnThreads) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Models, ShippedGrid, ::testing::Values(0, 1));
+
+TEST(ShippedGridConvTransforms, OnePassEqualsNaiveAndTracksTheDirectGrid) {
+  // run.conv_transforms (Winograd on the ResNet's 3x3 convolutions): the one pass still equals
+  // the naive way bit for bit, and the grid differs from the direct-convolution one by
+  // rounding only: per cell, within 2 images of top-1 and 1% of noise.
+  if (!std::filesystem::exists(kFashionMnistDir)) GTEST_SKIP() << "dataset-fashion-mnist is not installed";
+  WinogradConv probe;
+  probe.N = probe.H = probe.W = probe.out_h = probe.out_w = 1;
+  probe.C = probe.K = 32;
+  if (!winograd_available(probe)) GTEST_SKIP() << "this CPU has no AVX-512: run.conv_transforms changes nothing here";
+  const auto m = testing::shipped_models().at(0);
+  const Graph g = import_onnx(m.onnx);
+  const Dataset train = load_idx_split(kFashionMnistDir, "train");
+  const Dataset test = load_idx_split(kFashionMnistDir, "test");
+  const Normalization norm{m.card["mean"].get<std::vector<float>>(), m.card["std"].get<std::vector<float>>()};
+  Config cfg;
+  cfg.calibration_count = 256;
+  const GridResult one = run_grid(g, train, test, norm, cfg, 450, false, 2, 100, true);
+  const GridResult naive = run_grid(g, train, test, norm, cfg, 450, true, 2, 100, true);
+  expect_identical(one, naive);
+  const GridResult direct = run_grid(g, train, test, norm, cfg, 450, false, 2, 100, false);
+  ASSERT_EQ(one.cells.size(), direct.cells.size());
+  EXPECT_NE(one.output_energy, direct.output_energy) << "the transforms changed nothing: were they used?";
+  EXPECT_LE(std::llabs(one.float_correct - direct.float_correct), 2);
+  for (size_t c = 0; c < one.cells.size(); ++c) {
+    EXPECT_LE(std::llabs(one.cells[c].correct - direct.cells[c].correct), 2) << "cell " << c;
+    EXPECT_NEAR(one.cells[c].noise_sum, direct.cells[c].noise_sum, 0.01 * direct.cells[c].noise_sum) << "cell " << c;
+  }
+}
 
 // --- A one-layer network computed independently from method.md --------------------------
 

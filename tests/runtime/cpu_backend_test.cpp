@@ -20,6 +20,7 @@
 #include <gtest/gtest.h>
 
 #include "kernels/cpu/fake_quant.h"
+#include "kernels/cpu/winograd.h"
 #include "runtime/executor.h"
 #include "runtime/onnx_import.h"
 #include "tests/runtime/onnx_builder.h"
@@ -1242,8 +1243,10 @@ TEST(Executor, SuffixForwardEqualsSingleLayerPlanBitForBit) {
 // Conv + Relu / Clip run as one oneDNN call (a post-op) in forwards and suffixes, and a
 // residual Add + Relu as one loop; with keep_all_values they run as separate ops. Both give the same outputs, bit for bit, float and
 // with every layer quantized, on the shipped ResNet (Relu) and MobileNet-V2 (Clip = ReLU6).
-TEST(Executor, FusedConvActivationEqualsSeparateOpsBitForBit) {
-  CpuBackend backend;
+// With transforms = true the ResNet's 3x3 convolutions run as Winograd F(4x4, 3x3), whose
+// epilogue applies the activation: the same bit-for-bit requirement holds.
+void expect_fused_equals_separate(bool transforms) {
+  CpuBackend backend(transforms);
   std::mt19937 rng(77);
   int models = 0, fused_adds = 0;
   for (const auto& m : testing::shipped_models()) {
@@ -1302,6 +1305,59 @@ TEST(Executor, FusedConvActivationEqualsSeparateOpsBitForBit) {
   }
   EXPECT_EQ(models, 2);
   EXPECT_GT(fused_adds, 0) << "the ResNet's residual Add + Relu were not fused";
+}
+
+TEST(Executor, FusedConvActivationEqualsSeparateOpsBitForBit) { expect_fused_equals_separate(false); }
+
+TEST(Executor, FusedConvActivationEqualsSeparateOpsBitForBitWithConvTransforms) {
+  expect_fused_equals_separate(true);
+}
+
+TEST(CpuBackend, ConvTransformsChangeOnlyTheConvolutionsTheyTake) {
+  // run.conv_transforms on the CPU: the ResNet's 3x3 stride-1 convolutions with 32 and 64
+  // channels run as Winograd F(4x4, 3x3): float32 arithmetic, rounded differently from the
+  // direct convolution, so the logits differ by rounding only. The MobileNet has no such
+  // convolution (its 3x3 ones are depthwise or strided), so it must not change at all.
+  WinogradConv probe;
+  probe.N = probe.H = probe.W = probe.out_h = probe.out_w = 1;
+  probe.C = probe.K = 32;
+  if (!winograd_available(probe)) GTEST_SKIP() << "this CPU has no AVX-512: run.conv_transforms changes nothing here";
+  CpuBackend direct(false), transformed(true);
+  EXPECT_FALSE(direct.conv_transforms());
+  EXPECT_TRUE(transformed.conv_transforms());
+  std::mt19937 rng(78);
+  int checked = 0;
+  for (const auto& m : testing::shipped_models()) {
+    const Graph g = import_onnx(m.onnx);
+    Shape s = g.input_shape;
+    s.insert(s.begin(), 6);
+    const Tensor x = random_tensor(rng, s, -2.0f, 2.0f);
+    Executor ed(g, direct), et(g, transformed);
+    auto wd = ed.make_workspace();
+    auto wt = et.make_workspace();
+    const Tensor yd = ed.forward(wd, x);
+    const Tensor yt = et.forward(wt, x);
+    ASSERT_EQ(yd.shape, yt.shape);
+    int eligible = 0;
+    for (const Node& n : g.nodes) {
+      if (n.op != OpType::kConv || n.attrs.group != 1 || n.attrs.strides[0] != 1) continue;
+      const Shape& w = g.constant(n.inputs[1]).shape;
+      eligible += w[2] == 3 && w[3] == 3 && w[0] % 16 == 0 && w[1] % 16 == 0 && w[0] + w[1] >= 64;
+    }
+    if (eligible == 0) {
+      EXPECT_TRUE(bitwise_equal(yd, yt)) << m.name;
+    } else {
+      EXPECT_FALSE(bitwise_equal(yd, yt)) << m.name << ": " << eligible << " convolutions should have changed";
+      double num = 0.0, den = 0.0;
+      for (size_t i = 0; i < yd.data.size(); ++i) {
+        num += std::pow(static_cast<double>(yt.data[i]) - yd.data[i], 2);
+        den += std::pow(static_cast<double>(yd.data[i]), 2);
+      }
+      EXPECT_LE(num / den, 1e-10) << m.name;
+    }
+    ++checked;
+  }
+  EXPECT_EQ(checked, 2);
 }
 
 }  // namespace
