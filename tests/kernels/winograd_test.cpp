@@ -116,7 +116,7 @@ TEST(Winograd, AgainstDirectSumOnRandomShapes) {
     ++cases;
   }
   EXPECT_GE(cases, 30);
-  RecordProperty("worst_error_over_sum_abs", std::to_string(worst));
+  RecordProperty("worst_error_over_sum_abs", (testing::Message() << worst).GetString());
 }
 
 TEST(Winograd, EachImageIsComputedAsIfAlone) {

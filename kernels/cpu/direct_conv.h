@@ -1,0 +1,43 @@
+// A direct convolution on the CPU (float32, NHWC, ungrouped) that sums only the kernel taps
+// that fall inside the input.
+//
+// Output pixels are grouped by which taps of theirs fall inside the input (every interior
+// pixel alike; the borders by the side they touch), and each group is one dense GEMM over its
+// taps: rows = output pixels of every image, columns = output channels, reduction = taps x
+// input channels. A register-blocked AVX-512 kernel runs it; the sum over (tap, input
+// channel) goes in the same order for every pixel, so an image's result does not depend on
+// its batch. It is a direct sum like oneDNN's, in another order: results differ from
+// oneDNN's in the last bits (tests/kernels/direct_conv_test.cpp bounds them against a
+// double-precision sum).
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+namespace qsweep {
+
+struct DirectConv {
+  int64_t N = 0, H = 0, W = 0, C = 0;  // input, NHWC
+  int64_t K = 0;                       // output channels
+  int64_t kh = 0, kw = 0;
+  int64_t stride_h = 1, stride_w = 1, dil_h = 1, dil_w = 1;
+  int64_t pad_t = 0, pad_l = 0;  // leading padding (the trailing one only sets out_h/out_w)
+  int64_t out_h = 0, out_w = 0;
+  // Fused activation on the output: y = min(max(conv + bias, lo), hi) (ReLU: lo = 0, hi = inf).
+  bool clamp = false;
+  float lo = 0.0f, hi = 0.0f;
+};
+
+// Whether this CPU has AVX-512 and the shape is one the kernel takes (K a multiple of 16).
+bool direct_conv_available(const DirectConv& p);
+
+struct DirectConvScratch {
+  std::vector<float> w;  // weights as [kh][kw][C][K]
+};
+
+// y (N, out_h, out_w, K; NHWC) = conv(x (N, H, W, C; NHWC), w (K, C, kh, kw; OIHW)) + bias,
+// then the clamp if asked for. bias may be null (zero).
+void direct_conv(const DirectConv& p, const float* x, const float* w, const float* bias, float* y,
+                 DirectConvScratch& s);
+
+}  // namespace qsweep

@@ -1,0 +1,184 @@
+// qsweep's direct convolution (kernels/cpu/direct_conv.h) against a double-precision sum on
+// random shapes: kernel sizes, strides, dilations, paddings (including pixels whose every tap
+// is on padding), channel counts, bias and the fused clamp.
+#include "kernels/cpu/direct_conv.h"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <random>
+#include <vector>
+
+#include <gtest/gtest.h>
+
+namespace qsweep {
+namespace {
+
+struct Ref {
+  std::vector<double> y, scale;  // the exact result and sum |x w| + |b| per output
+};
+
+Ref reference(const DirectConv& p, const std::vector<float>& x, const std::vector<float>& w,
+              const std::vector<float>* b) {
+  Ref r;
+  r.y.resize(p.N * p.out_h * p.out_w * p.K);
+  r.scale.resize(r.y.size());
+  for (int64_t n = 0; n < p.N; ++n) {
+    for (int64_t oy = 0; oy < p.out_h; ++oy) {
+      for (int64_t ox = 0; ox < p.out_w; ++ox) {
+        for (int64_t k = 0; k < p.K; ++k) {
+          double acc = b ? (*b)[k] : 0.0, mag = b ? std::abs((*b)[k]) : 0.0;
+          for (int64_t ky = 0; ky < p.kh; ++ky) {
+            for (int64_t kx = 0; kx < p.kw; ++kx) {
+              const int64_t iy = oy * p.stride_h - p.pad_t + ky * p.dil_h;
+              const int64_t ix = ox * p.stride_w - p.pad_l + kx * p.dil_w;
+              if (iy < 0 || iy >= p.H || ix < 0 || ix >= p.W) continue;
+              for (int64_t c = 0; c < p.C; ++c) {
+                const double t = static_cast<double>(x[((n * p.H + iy) * p.W + ix) * p.C + c]) *
+                                 w[((k * p.C + c) * p.kh + ky) * p.kw + kx];
+                acc += t;
+                mag += std::abs(t);
+              }
+            }
+          }
+          if (p.clamp) acc = std::min<double>(std::max<double>(acc, p.lo), p.hi);
+          const size_t o = ((n * p.out_h + oy) * p.out_w + ox) * p.K + k;
+          r.y[o] = acc;
+          r.scale[o] = mag;
+        }
+      }
+    }
+  }
+  return r;
+}
+
+std::vector<float> normal(std::mt19937& rng, size_t n, float sd) {
+  std::normal_distribution<float> d(0.0f, sd);
+  std::vector<float> v(n);
+  for (auto& e : v) e = d(rng);
+  return v;
+}
+
+bool cpu_takes_it() {
+  DirectConv probe;
+  probe.N = probe.H = probe.W = probe.C = probe.kh = probe.kw = probe.out_h = probe.out_w = 1;
+  probe.K = 16;
+  return direct_conv_available(probe);
+}
+
+TEST(DirectConv, AgainstDoubleSumOnRandomShapes) {
+  if (!cpu_takes_it()) GTEST_SKIP() << "this CPU has no AVX-512: the direct kernel is not used here";
+  std::mt19937 rng(11);
+  std::uniform_int_distribution<int> pick(0, 1 << 20);
+  DirectConvScratch scratch;  // reused across shapes, as a worker thread does
+  double worst = 0.0;
+  int cases = 0, all_padding_pixels = 0;
+  for (int i = 0; i < 60; ++i) {
+    DirectConv p;
+    p.N = 1 + pick(rng) % 3;
+    p.H = 1 + pick(rng) % 12;
+    p.W = 1 + pick(rng) % 12;
+    p.C = 1 + pick(rng) % 70;
+    p.K = 16 * (1 + pick(rng) % 5);  // 16 .. 80: every column-block width of the kernel
+    p.kh = 1 + pick(rng) % 4;
+    p.kw = 1 + pick(rng) % 4;
+    p.stride_h = 1 + pick(rng) % 3;
+    p.stride_w = 1 + pick(rng) % 3;
+    p.dil_h = 1 + pick(rng) % 2;
+    p.dil_w = 1 + pick(rng) % 2;
+    const int64_t span_h = (p.kh - 1) * p.dil_h + 1, span_w = (p.kw - 1) * p.dil_w + 1;
+    p.pad_t = pick(rng) % span_h;
+    p.pad_l = pick(rng) % span_w;
+    const int64_t pad_b = pick(rng) % span_h, pad_r = pick(rng) % span_w;
+    if (p.H + p.pad_t + pad_b < span_h || p.W + p.pad_l + pad_r < span_w) continue;
+    p.out_h = (p.H + p.pad_t + pad_b - span_h) / p.stride_h + 1;
+    p.out_w = (p.W + p.pad_l + pad_r - span_w) / p.stride_w + 1;
+    const int act = pick(rng) % 3;  // none, ReLU, clip to [-0.5, 0.75]
+    p.clamp = act != 0;
+    p.lo = act == 1 ? 0.0f : -0.5f;
+    p.hi = act == 1 ? std::numeric_limits<float>::infinity() : 0.75f;
+    const bool with_bias = pick(rng) % 2 == 0;
+    ASSERT_TRUE(direct_conv_available(p));
+    SCOPED_TRACE(testing::Message() << "N " << p.N << " H " << p.H << " W " << p.W << " C " << p.C << " K " << p.K
+                                    << " kernel " << p.kh << "x" << p.kw << " stride " << p.stride_h << ","
+                                    << p.stride_w << " dilation " << p.dil_h << "," << p.dil_w << " pads " << p.pad_t
+                                    << "," << p.pad_l << "," << pad_b << "," << pad_r << " act " << act);
+    const auto x = normal(rng, p.N * p.H * p.W * p.C, 1.0f);
+    const auto w = normal(rng, p.K * p.C * p.kh * p.kw, 0.2f);
+    const auto b = normal(rng, p.K, 0.5f);
+    std::vector<float> y(p.N * p.out_h * p.out_w * p.K, std::numeric_limits<float>::quiet_NaN());
+    direct_conv(p, x.data(), w.data(), with_bias ? b.data() : nullptr, y.data(), scratch);
+    const Ref ref = reference(p, x, w, with_bias ? &b : nullptr);
+    double case_worst = 0.0;
+    for (size_t o = 0; o < y.size(); ++o) {
+      ASSERT_FALSE(std::isnan(y[o])) << "output " << o << " not written";
+      if (ref.scale[o] == 0.0) {  // every tap on padding and no bias: exactly zero (clamped)
+        ++all_padding_pixels;
+        ASSERT_EQ(y[o], static_cast<float>(ref.y[o]));
+        continue;
+      }
+      case_worst = std::max(case_worst, std::abs(y[o] - ref.y[o]) / ref.scale[o]);
+    }
+    // A float32 sum of n terms: well under n * 2^-24 of sum |x w| in practice.
+    EXPECT_LE(case_worst, 1e-6);
+    worst = std::max(worst, case_worst);
+    ++cases;
+  }
+  EXPECT_GE(cases, 40);
+  RecordProperty("worst_error_over_sum_abs", (testing::Message() << worst).GetString());
+  RecordProperty("all_padding_pixels", all_padding_pixels);
+}
+
+TEST(DirectConv, PixelsWithEveryTapOnPaddingGetTheBias) {
+  // A 2x2 kernel dilated by 2 over a 1x2 input padded by 1: at x = 0 the taps read x = -1 and
+  // 1, at x = 1 they read 0 and 2. Vertically both taps (rows -1 and 1) are always outside,
+  // so every output is bias only, clamped.
+  if (!cpu_takes_it()) GTEST_SKIP() << "this CPU has no AVX-512: the direct kernel is not used here";
+  DirectConv p;
+  p.N = 2, p.H = 1, p.W = 2, p.C = 8, p.K = 32, p.kh = p.kw = 2, p.dil_h = p.dil_w = 2;
+  p.pad_t = p.pad_l = 1, p.out_h = 1, p.out_w = 2;
+  p.clamp = true, p.lo = -0.25f, p.hi = 0.25f;
+  std::mt19937 rng(9);
+  const auto x = normal(rng, p.N * p.H * p.W * p.C, 1.0f);
+  const auto w = normal(rng, p.K * p.C * 4, 1.0f);
+  const auto b = normal(rng, p.K, 1.0f);
+  std::vector<float> y(p.N * p.out_h * p.out_w * p.K, std::numeric_limits<float>::quiet_NaN());
+  DirectConvScratch s;
+  direct_conv(p, x.data(), w.data(), b.data(), y.data(), s);
+  for (size_t i = 0; i < y.size(); ++i) ASSERT_EQ(y[i], std::clamp(b[i % p.K], p.lo, p.hi)) << i;
+}
+
+TEST(DirectConv, EachImageIsComputedAsIfAlone) {
+  if (!cpu_takes_it()) GTEST_SKIP() << "this CPU has no AVX-512: the direct kernel is not used here";
+  DirectConv p;
+  p.N = 5, p.H = 7, p.W = 7, p.C = 32, p.K = 64, p.kh = p.kw = 3, p.stride_h = p.stride_w = 2;
+  p.pad_t = p.pad_l = 1, p.out_h = p.out_w = 4;
+  std::mt19937 rng(5);
+  const auto x = normal(rng, p.N * p.H * p.W * p.C, 1.0f);
+  const auto w = normal(rng, p.K * p.C * 9, 0.2f);
+  const int64_t in_image = p.H * p.W * p.C, out_image = p.out_h * p.out_w * p.K;
+  std::vector<float> all(p.N * out_image);
+  DirectConvScratch s;
+  direct_conv(p, x.data(), w.data(), nullptr, all.data(), s);
+  DirectConv one = p;
+  one.N = 1;
+  for (int64_t n = 0; n < p.N; ++n) {
+    std::vector<float> alone(out_image);
+    direct_conv(one, x.data() + n * in_image, w.data(), nullptr, alone.data(), s);
+    for (int64_t i = 0; i < out_image; ++i) ASSERT_EQ(alone[i], all[n * out_image + i]) << "image " << n << " " << i;
+  }
+}
+
+TEST(DirectConv, RefusesWhatItDoesNotTake) {
+  if (!cpu_takes_it()) GTEST_SKIP() << "this CPU has no AVX-512: the direct kernel is not used here";
+  DirectConv p;
+  p.N = 1, p.H = 8, p.W = 8, p.C = 3, p.K = 24, p.kh = p.kw = 3, p.out_h = p.out_w = 6;
+  EXPECT_FALSE(direct_conv_available(p));  // K not a multiple of 16
+  p.K = 32;
+  EXPECT_TRUE(direct_conv_available(p));
+  p.stride_h = 0;
+  EXPECT_FALSE(direct_conv_available(p));
+}
+
+}  // namespace
+}  // namespace qsweep
