@@ -98,6 +98,13 @@ void check_rank(const Node& n, const Tensor& x, size_t rank) {
   }
 }
 
+// A fused Relu or Clip as the clamp of qsweep's own convolution kernels.
+void clamp_range(const Node& act, bool& clamp, float& lo, float& hi) {
+  clamp = true;
+  lo = act.op == OpType::kClip ? act.attrs.act_alpha : 0.0f;
+  hi = act.op == OpType::kClip ? act.attrs.act_beta : std::numeric_limits<float>::infinity();
+}
+
 void run_conv(CpuContext& ctx, const Node& n, std::span<const Tensor* const> in, Tensor& out,
               const Node* act = nullptr) {
   const Tensor& x = *in[0];
@@ -112,38 +119,31 @@ void run_conv(CpuContext& ctx, const Node& n, std::span<const Tensor* const> in,
   const SpatialPlan sp = plan_spatial(n.attrs, H, W);
   out.reshape_to({N, O, sp.out_h, sp.out_w});
   out.nhwc = true;
-  const bool strided = n.attrs.strides[0] > 1 || n.attrs.strides[1] > 1;
-  if (x.nhwc && G == 1 && strided && (C >= 32 || (w.dim(2) == 1 && w.dim(3) == 1))) {
-    // Strided convolutions with 32+ input channels, or 1x1: qsweep's direct kernel, which
-    // skips the taps on padding (kernels/cpu/direct_conv.h). On the shipped ResNet's
-    // shapes it ran 1.1-1.4x faster than oneDNN's and gave the same bits.
-    DirectConv p;
-    p.N = N, p.H = H, p.W = W, p.C = C, p.K = O, p.kh = w.dim(2), p.kw = w.dim(3);
-    p.stride_h = n.attrs.strides[0], p.stride_w = n.attrs.strides[1];
-    p.dil_h = n.attrs.dilations[0], p.dil_w = n.attrs.dilations[1];
-    p.pad_t = sp.pad_t, p.pad_l = sp.pad_l, p.out_h = sp.out_h, p.out_w = sp.out_w;
-    if (act != nullptr) {
-      p.clamp = true;
-      p.lo = act->op == OpType::kClip ? act->attrs.act_alpha : 0.0f;
-      p.hi = act->op == OpType::kClip ? act->attrs.act_beta : std::numeric_limits<float>::infinity();
-    }
-    if (direct_conv_available(p)) {
-      direct_conv(p, x.ptr(), w.ptr(), in.size() > 2 ? in[2]->ptr() : nullptr, out.ptr(), ctx.direct);
-      return;
-    }
-  }
   if (ctx.transform_convs && x.nhwc && G == 1 && w.dim(2) == 3 && w.dim(3) == 3 && n.attrs.strides[0] == 1 &&
       n.attrs.strides[1] == 1 && n.attrs.dilations[0] == 1 && n.attrs.dilations[1] == 1) {
     WinogradConv p;
     p.N = N, p.H = H, p.W = W, p.C = C, p.K = O;
     p.pad_t = sp.pad_t, p.pad_l = sp.pad_l, p.out_h = sp.out_h, p.out_w = sp.out_w;
-    if (act != nullptr) {
-      p.clamp = true;
-      p.lo = act->op == OpType::kClip ? act->attrs.act_alpha : 0.0f;
-      p.hi = act->op == OpType::kClip ? act->attrs.act_beta : std::numeric_limits<float>::infinity();
-    }
+    if (act != nullptr) clamp_range(*act, p.clamp, p.lo, p.hi);
     if (winograd_available(p)) {
       winograd_conv_f43(p, x.ptr(), w.ptr(), in.size() > 2 ? in[2]->ptr() : nullptr, out.ptr(), ctx.winograd);
+      return;
+    }
+  }
+  const bool strided = n.attrs.strides[0] > 1 || n.attrs.strides[1] > 1;
+  if (x.nhwc && G == 1 && (C >= 32 || (strided && w.dim(2) == 1 && w.dim(3) == 1))) {
+    // 32+ input channels, or a strided 1x1: qsweep's direct kernel, which skips the taps on
+    // padding (kernels/cpu/direct_conv.h). On the shipped ResNet it gave the same bits as
+    // oneDNN's and made the default grid 1.1x faster (bench/RESULTS.md); with 16 input
+    // channels oneDNN's was faster.
+    DirectConv p;
+    p.N = N, p.H = H, p.W = W, p.C = C, p.K = O, p.kh = w.dim(2), p.kw = w.dim(3);
+    p.stride_h = n.attrs.strides[0], p.stride_w = n.attrs.strides[1];
+    p.dil_h = n.attrs.dilations[0], p.dil_w = n.attrs.dilations[1];
+    p.pad_t = sp.pad_t, p.pad_l = sp.pad_l, p.out_h = sp.out_h, p.out_w = sp.out_w;
+    if (act != nullptr) clamp_range(*act, p.clamp, p.lo, p.hi);
+    if (direct_conv_available(p)) {
+      direct_conv(p, x.ptr(), w.ptr(), in.size() > 2 ? in[2]->ptr() : nullptr, out.ptr(), ctx.direct);
       return;
     }
   }
