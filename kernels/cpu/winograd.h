@@ -36,9 +36,20 @@ bool winograd_cpu_supported();
 // leading pads below 3, an output of at least one pixel.
 bool winograd_available(const WinogradConv& p);
 
-// Per-thread scratch (transformed weights, tile blocks); reused across calls.
+// Per-thread scratch (tile blocks, transformed weights); reused across calls. A grid runs
+// the same weight tensors again and again (every later layer's float32 weights in every
+// suffix, each cell's quantized ones on every batch), so their transforms are kept, keyed
+// by the weights' address and checked against a copy of their values.
 struct WinogradScratch {
-  std::vector<float> u, v, m, zeros;
+  struct Transformed {
+    const float* w = nullptr;
+    int64_t C = 0, K = 0;
+    std::vector<float> raw, u;  // the weights as they were, and G w G^T
+    uint64_t used = 0;
+  };
+  std::vector<Transformed> cache;
+  uint64_t clock = 0;
+  std::vector<float> v, m, zeros;
 };
 
 // y (N, out_h, out_w, K; NHWC) = conv(x (N, H, W, C; NHWC), w (K, C, 3, 3; OIHW)) + bias (K),

@@ -143,6 +143,34 @@ TEST(Winograd, EachImageIsComputedAsIfAlone) {
   }
 }
 
+TEST(Winograd, KeptWeightTransformsFollowTheWeightsValues) {
+  // The scratch keeps weight transforms between calls. A buffer refilled with new values
+  // (as the grid refills a layer's quantized weights) must be transformed again, and a full
+  // cache must still give the right answer: every result equals a fresh scratch's.
+  WinogradConv p;
+  p.N = 2, p.H = 5, p.W = 6, p.C = 32, p.K = 32, p.pad_t = 1, p.pad_l = 1, p.out_h = 5, p.out_w = 6;
+  if (!winograd_available(p)) GTEST_SKIP() << "this CPU has no AVX-512: the Winograd path is not used here";
+  std::mt19937 rng(4);
+  const auto x = normal(rng, p.N * p.H * p.W * p.C, 1.0f);
+  const size_t out = p.N * p.out_h * p.out_w * p.K;
+  WinogradScratch kept;
+  std::vector<float> buffer(p.K * p.C * 9);
+  std::vector<std::vector<float>> others;
+  for (int i = 0; i < 70; ++i) others.push_back(normal(rng, buffer.size(), 0.2f));  // more than the cache holds
+  for (int round = 0; round < 3; ++round) {
+    buffer = normal(rng, buffer.size(), 0.2f);  // same address, new values
+    for (int i = 0; i < 70; i += 1 + round) {
+      for (const std::vector<float>* w : {&buffer, &others[i]}) {
+        std::vector<float> y_kept(out), y_fresh(out);
+        WinogradScratch fresh;
+        winograd_conv_f43(p, x.data(), w->data(), nullptr, y_kept.data(), kept);
+        winograd_conv_f43(p, x.data(), w->data(), nullptr, y_fresh.data(), fresh);
+        ASSERT_EQ(y_kept, y_fresh) << "round " << round << " weights " << i;
+      }
+    }
+  }
+}
+
 TEST(Winograd, RefusesWhatItDoesNotTake) {
   WinogradConv p;
   p.N = 1, p.H = 8, p.W = 8, p.C = 32, p.K = 32, p.pad_t = 1, p.pad_l = 1, p.out_h = 8, p.out_w = 8;
