@@ -31,6 +31,9 @@ void activation(Activation act, float alpha, float beta, const float* x, float* 
   }
 }
 
+// Cloned for AVX-512 and AVX2 like the fake-quant loops (no multiply, so no FMA contraction
+// can change its bits): a residual join of the grid's suffixes runs it on every call.
+__attribute__((target_clones("avx512f", "avx2", "default")))
 void add_clamp(const float* a, const float* b, float* y, size_t n, float lo, float hi, bool relu) {
   // The same expressions as activation() applied to the rounded sum, so the result is that of
   // Add then Relu/Clip bit for bit (NaN included).
