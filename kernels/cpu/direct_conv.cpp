@@ -111,12 +111,19 @@ void direct_conv(const DirectConv& p, const float* x, const float* w, const floa
                  DirectConvScratch& s) {
   const int64_t C = p.C, K = p.K, taps_all = p.kh * p.kw;
   // Weights as [tap][c][k]: a tap's (c, k) block is a dense GEMM operand.
-  s.w.resize(taps_all * C * K);
-  for (int64_t k = 0; k < K; ++k) {
-    for (int64_t c = 0; c < C; ++c) {
-      for (int64_t t = 0; t < taps_all; ++t) s.w[(t * C + c) * K + k] = w[(k * C + c) * taps_all + t];
-    }
-  }
+  const float* wt = s.weights
+                        .get(w, static_cast<size_t>(K * C * taps_all), (C << 20) | taps_all,
+                             [&](const float* src, std::vector<float>& out) {
+                               out.resize(taps_all * C * K);
+                               for (int64_t k = 0; k < K; ++k) {
+                                 for (int64_t c = 0; c < C; ++c) {
+                                   for (int64_t t = 0; t < taps_all; ++t) {
+                                     out[(t * C + c) * K + k] = src[(k * C + c) * taps_all + t];
+                                   }
+                                 }
+                               }
+                             })
+                        .data();
   // Output pixels grouped by their box of inside taps.
   std::map<TapBox, std::vector<std::pair<int64_t, int64_t>>> groups;
   for (int64_t oy = 0; oy < p.out_h; ++oy) {
@@ -138,7 +145,7 @@ void direct_conv(const DirectConv& p, const float* x, const float* w, const floa
     for (int64_t ky = ky0; ky < ky1; ++ky) {
       for (int64_t kx = kx0; kx < kx1; ++kx) {
         tap_off.push_back((ky * p.dil_h * p.W + kx * p.dil_w) * C);
-        tap_w.push_back(s.w.data() + (ky * p.kw + kx) * C * K);
+        tap_w.push_back(wt + (ky * p.kw + kx) * C * K);
       }
     }
     const int taps = static_cast<int>(tap_off.size());

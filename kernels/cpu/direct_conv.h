@@ -14,6 +14,8 @@
 #include <cstdint>
 #include <vector>
 
+#include "kernels/cpu/weight_cache.h"
+
 namespace qsweep {
 
 struct DirectConv {
@@ -32,7 +34,7 @@ struct DirectConv {
 bool direct_conv_available(const DirectConv& p);
 
 struct DirectConvScratch {
-  std::vector<float> w;  // weights as [kh][kw][C][K]
+  WeightCache weights;  // each weight tensor as [kh][kw][C][K]
 };
 
 // y (N, out_h, out_w, K; NHWC) = conv(x (N, H, W, C; NHWC), w (K, C, kh, kw; OIHW)) + bias,

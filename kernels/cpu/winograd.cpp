@@ -249,41 +249,6 @@ __attribute__((target("avx512f,fma"))) void transform_output(const WinogradConv&
 
 }  // namespace
 
-namespace {
-
-// G w G^T for w, from the scratch's cache when the same tensor (address and values) was
-// transformed before; the least recently used transform goes when the cache is full.
-const float* transformed_weights(const float* w, int64_t C, int64_t K, WinogradScratch& s) {
-  constexpr size_t kMaxEntries = 64;
-  const size_t n = static_cast<size_t>(C * K * 9);
-  ++s.clock;
-  for (auto& e : s.cache) {
-    if (e.w == w && e.C == C && e.K == K && std::memcmp(e.raw.data(), w, n * sizeof(float)) == 0) {
-      e.used = s.clock;
-      return e.u.data();
-    }
-  }
-  WinogradScratch::Transformed* slot = nullptr;
-  for (auto& e : s.cache) {
-    if (e.w == w) slot = &e;  // the same buffer with new values
-  }
-  if (slot == nullptr && s.cache.size() < kMaxEntries) slot = &s.cache.emplace_back();
-  if (slot == nullptr) {
-    slot = &*std::min_element(s.cache.begin(), s.cache.end(),
-                              [](const auto& a, const auto& b) { return a.used < b.used; });
-  }
-  slot->w = w;
-  slot->C = C;
-  slot->K = K;
-  slot->raw.assign(w, w + n);
-  slot->u.resize(36 * C * K);
-  transform_weights(w, C, K, slot->u.data());
-  slot->used = s.clock;
-  return slot->u.data();
-}
-
-}  // namespace
-
 bool winograd_cpu_supported() { return cpu_has_avx512(); }
 
 bool winograd_available(const WinogradConv& p) {
@@ -302,7 +267,13 @@ void winograd_conv_f43(const WinogradConv& p, const float* x, const float* w, co
   s.zeros.assign(p.C, 0.0f);
   s.v.resize(tiles * 36 * p.C);
   s.m.resize(tiles * 36 * p.K);
-  const float* U = transformed_weights(w, p.C, p.K, s);
+  const float* U = s.weights
+                       .get(w, static_cast<size_t>(p.K * p.C * 9), p.C,
+                            [&](const float* src, std::vector<float>& u) {
+                              u.resize(36 * p.C * p.K);
+                              transform_weights(src, p.C, p.K, u.data());
+                            })
+                       .data();
   for (int64_t t0 = 0; t0 < T; t0 += tiles) {
     transform_input(p, x, t0, tiles, tiles_h, tiles_w, s.zeros.data(), s.v.data());
     multiply(s.v.data(), U, s.m.data(), tiles, p.C, p.K);

@@ -16,6 +16,8 @@
 #include <cstdint>
 #include <vector>
 
+#include "kernels/cpu/weight_cache.h"
+
 namespace qsweep {
 
 struct WinogradConv {
@@ -36,19 +38,9 @@ bool winograd_cpu_supported();
 // leading pads below 3, an output of at least one pixel.
 bool winograd_available(const WinogradConv& p);
 
-// Per-thread scratch (tile blocks, transformed weights); reused across calls. A grid runs
-// the same weight tensors again and again (every later layer's float32 weights in every
-// suffix, each cell's quantized ones on every batch), so their transforms are kept, keyed
-// by the weights' address and checked against a copy of their values.
+// Per-thread scratch (tile blocks, transformed weights); reused across calls.
 struct WinogradScratch {
-  struct Transformed {
-    const float* w = nullptr;
-    int64_t C = 0, K = 0;
-    std::vector<float> raw, u;  // the weights as they were, and G w G^T
-    uint64_t used = 0;
-  };
-  std::vector<Transformed> cache;
-  uint64_t clock = 0;
+  WeightCache weights;  // G w G^T per weight tensor
   std::vector<float> v, m, zeros;
 };
 

@@ -169,6 +169,27 @@ TEST(DirectConv, EachImageIsComputedAsIfAlone) {
   }
 }
 
+TEST(DirectConv, KeptWeightsFollowTheWeightsValues) {
+  // The scratch keeps each weight tensor rearranged between calls: a buffer refilled with new
+  // values must be rearranged again (a fresh scratch gives the reference result).
+  if (!cpu_takes_it()) GTEST_SKIP() << "this CPU has no AVX-512: the direct kernel is not used here";
+  DirectConv p;
+  p.N = 2, p.H = 7, p.W = 7, p.C = 32, p.K = 32, p.kh = p.kw = 3, p.stride_h = p.stride_w = 2;
+  p.pad_t = p.pad_l = 1, p.out_h = p.out_w = 4;
+  std::mt19937 rng(6);
+  const auto x = normal(rng, p.N * p.H * p.W * p.C, 1.0f);
+  std::vector<float> w(p.K * p.C * 9);
+  DirectConvScratch kept;
+  for (int round = 0; round < 3; ++round) {
+    w = normal(rng, w.size(), 0.2f);  // same address, new values
+    std::vector<float> y_kept(p.N * 16 * p.K), y_fresh(y_kept.size());
+    DirectConvScratch fresh;
+    direct_conv(p, x.data(), w.data(), nullptr, y_kept.data(), kept);
+    direct_conv(p, x.data(), w.data(), nullptr, y_fresh.data(), fresh);
+    ASSERT_EQ(y_kept, y_fresh) << "round " << round;
+  }
+}
+
 TEST(DirectConv, RefusesWhatItDoesNotTake) {
   if (!cpu_takes_it()) GTEST_SKIP() << "this CPU has no AVX-512: the direct kernel is not used here";
   DirectConv p;
