@@ -15,6 +15,7 @@
 
 #include "kernels/cpu/eltwise.h"
 #include "kernels/cpu/direct_conv.h"
+#include "kernels/cpu/strip_conv.h"
 #include "kernels/cpu/winograd.h"
 #include "runtime/error.h"
 
@@ -119,6 +120,7 @@ void run_conv(CpuContext& ctx, const Node& n, std::span<const Tensor* const> in,
   const SpatialPlan sp = plan_spatial(n.attrs, H, W);
   out.reshape_to({N, O, sp.out_h, sp.out_w});
   out.nhwc = true;
+  const float* bias = in.size() > 2 ? in[2]->ptr() : nullptr;
   if (ctx.transform_convs && x.nhwc && G == 1 && w.dim(2) == 3 && w.dim(3) == 3 && n.attrs.strides[0] == 1 &&
       n.attrs.strides[1] == 1 && n.attrs.dilations[0] == 1 && n.attrs.dilations[1] == 1) {
     WinogradConv p;
@@ -126,26 +128,30 @@ void run_conv(CpuContext& ctx, const Node& n, std::span<const Tensor* const> in,
     p.pad_t = sp.pad_t, p.pad_l = sp.pad_l, p.out_h = sp.out_h, p.out_w = sp.out_w;
     if (act != nullptr) clamp_range(*act, p.clamp, p.lo, p.hi);
     if (winograd_available(p)) {
-      winograd_conv_f43(p, x.ptr(), w.ptr(), in.size() > 2 ? in[2]->ptr() : nullptr, out.ptr(), ctx.winograd);
+      winograd_conv_f43(p, x.ptr(), w.ptr(), bias, out.ptr(), ctx.winograd);
       return;
     }
   }
-  const bool strided = n.attrs.strides[0] > 1 || n.attrs.strides[1] > 1;
-  if (x.nhwc && G == 1 && (C >= 32 || (strided && w.dim(2) == 1 && w.dim(3) == 1))) {
+  DirectConv dc;
+  dc.N = N, dc.H = H, dc.W = W, dc.C = C, dc.K = O, dc.kh = w.dim(2), dc.kw = w.dim(3);
+  dc.stride_h = n.attrs.strides[0], dc.stride_w = n.attrs.strides[1];
+  dc.dil_h = n.attrs.dilations[0], dc.dil_w = n.attrs.dilations[1];
+  dc.pad_t = sp.pad_t, dc.pad_l = sp.pad_l, dc.out_h = sp.out_h, dc.out_w = sp.out_w;
+  if (act != nullptr) clamp_range(*act, dc.clamp, dc.lo, dc.hi);
+  if (ctx.transform_convs && x.nhwc && G == 1 && strip_conv_available(dc)) {
+    // 16 input channels: sums reordered so that each input load feeds several outputs
+    // (kernels/cpu/strip_conv.h); rounds differently from a direct sum, hence the option.
+    strip_conv(dc, x.ptr(), w.ptr(), bias, out.ptr(), ctx.direct);
+    return;
+  }
+  const bool strided = dc.stride_h > 1 || dc.stride_w > 1;
+  if (x.nhwc && G == 1 && (C >= 32 || (strided && dc.kh == 1 && dc.kw == 1)) && direct_conv_available(dc)) {
     // 32+ input channels, or a strided 1x1: qsweep's direct kernel, which skips the taps on
     // padding (kernels/cpu/direct_conv.h). On the shipped ResNet it gave the same bits as
     // oneDNN's and made the default grid 1.1x faster (bench/RESULTS.md); with 16 input
     // channels oneDNN's was faster.
-    DirectConv p;
-    p.N = N, p.H = H, p.W = W, p.C = C, p.K = O, p.kh = w.dim(2), p.kw = w.dim(3);
-    p.stride_h = n.attrs.strides[0], p.stride_w = n.attrs.strides[1];
-    p.dil_h = n.attrs.dilations[0], p.dil_w = n.attrs.dilations[1];
-    p.pad_t = sp.pad_t, p.pad_l = sp.pad_l, p.out_h = sp.out_h, p.out_w = sp.out_w;
-    if (act != nullptr) clamp_range(*act, p.clamp, p.lo, p.hi);
-    if (direct_conv_available(p)) {
-      direct_conv(p, x.ptr(), w.ptr(), in.size() > 2 ? in[2]->ptr() : nullptr, out.ptr(), ctx.direct);
-      return;
-    }
+    direct_conv(dc, x.ptr(), w.ptr(), bias, out.ptr(), ctx.direct);
+    return;
   }
   const PrimKey key{&n, N, C, H, W, x.nhwc, act};
   auto it = ctx.prims.find(key);

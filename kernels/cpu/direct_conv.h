@@ -6,9 +6,9 @@
 // taps: rows = output pixels of every image, columns = output channels, reduction = taps x
 // input channels. A register-blocked AVX-512 kernel runs it; the sum over (tap, input
 // channel) goes in the same order for every pixel, so an image's result does not depend on
-// its batch. It is a direct sum like oneDNN's, in another order: results differ from
-// oneDNN's in the last bits (tests/kernels/direct_conv_test.cpp bounds them against a
-// double-precision sum).
+// its batch. That order (taps, then channels, one accumulator per output) is also the one
+// oneDNN's brgconv kernels use here: on the shipped models the results are bit for bit
+// oneDNN's. tests/kernels/direct_conv_test.cpp bounds them against a double-precision sum.
 #pragma once
 
 #include <cstdint>
@@ -34,7 +34,8 @@ struct DirectConv {
 bool direct_conv_available(const DirectConv& p);
 
 struct DirectConvScratch {
-  WeightCache weights;  // each weight tensor as [kh][kw][C][K]
+  WeightCache weights;        // each weight tensor as [kh][kw][C][K] (direct_conv)
+  WeightCache strip_weights;  // and as [kh][C][kw][K] (strip_conv, kernels/cpu/strip_conv.h)
 };
 
 // y (N, out_h, out_w, K; NHWC) = conv(x (N, H, W, C; NHWC), w (K, C, kh, kw; OIHW)) + bias,

@@ -1,7 +1,9 @@
-// qsweep's direct convolution (kernels/cpu/direct_conv.h) against a double-precision sum on
-// random shapes: kernel sizes, strides, dilations, paddings (including pixels whose every tap
-// is on padding), channel counts, bias and the fused clamp.
+// qsweep's direct convolutions (kernels/cpu/direct_conv.h and the 16-channel strips of
+// kernels/cpu/strip_conv.h) against a double-precision sum on random shapes: kernel sizes,
+// strides, dilations, paddings (including pixels whose every tap is on padding), channel
+// counts, bias and the fused clamp.
 #include "kernels/cpu/direct_conv.h"
+#include "kernels/cpu/strip_conv.h"
 
 #include <algorithm>
 #include <cmath>
@@ -199,6 +201,110 @@ TEST(DirectConv, RefusesWhatItDoesNotTake) {
   EXPECT_TRUE(direct_conv_available(p));
   p.stride_h = 0;
   EXPECT_FALSE(direct_conv_available(p));
+}
+
+TEST(StripConv, AgainstDoubleSumOnRandomShapes) {
+  // 16 input channels; widths from 1 to 33 put strips at both borders, inside, and over a
+  // whole row (every compile-time and run-time border variant of the kernel).
+  if (!cpu_takes_it()) GTEST_SKIP() << "this CPU has no AVX-512: the strip kernel is not used here";
+  std::mt19937 rng(12);
+  std::uniform_int_distribution<int> pick(0, 1 << 20);
+  DirectConvScratch scratch;
+  double worst = 0.0;
+  int cases = 0;
+  for (int i = 0; i < 80; ++i) {
+    DirectConv p;
+    p.N = 1 + pick(rng) % 3;
+    p.H = 1 + pick(rng) % 9;
+    p.W = 1 + pick(rng) % 33;
+    p.C = 16;
+    p.K = 16 * (1 + pick(rng) % 2);
+    p.kh = 1 + pick(rng) % 3;
+    p.kw = 1 + pick(rng) % 3;
+    p.stride_h = 1 + pick(rng) % 3;
+    p.stride_w = 1 + pick(rng) % 2;
+    p.dil_h = 1 + pick(rng) % 2;
+    const int64_t span_h = (p.kh - 1) * p.dil_h + 1;
+    p.pad_t = pick(rng) % span_h;
+    p.pad_l = pick(rng) % p.kw;
+    const int64_t pad_b = pick(rng) % span_h, pad_r = pick(rng) % p.kw;
+    if (p.H + p.pad_t + pad_b < span_h || p.W + p.pad_l + pad_r < p.kw) continue;
+    p.out_h = (p.H + p.pad_t + pad_b - span_h) / p.stride_h + 1;
+    p.out_w = (p.W + p.pad_l + pad_r - p.kw) / p.stride_w + 1;
+    const int act = pick(rng) % 3;
+    p.clamp = act != 0;
+    p.lo = act == 1 ? 0.0f : -0.5f;
+    p.hi = act == 1 ? std::numeric_limits<float>::infinity() : 0.75f;
+    const bool with_bias = pick(rng) % 2 == 0;
+    ASSERT_TRUE(strip_conv_available(p));
+    SCOPED_TRACE(testing::Message() << "N " << p.N << " H " << p.H << " W " << p.W << " K " << p.K << " kernel "
+                                    << p.kh << "x" << p.kw << " stride " << p.stride_h << "," << p.stride_w
+                                    << " dilation_h " << p.dil_h << " pads " << p.pad_t << "," << p.pad_l << ","
+                                    << pad_b << "," << pad_r << " act " << act);
+    const auto x = normal(rng, p.N * p.H * p.W * p.C, 1.0f);
+    const auto w = normal(rng, p.K * p.C * p.kh * p.kw, 0.2f);
+    const auto b = normal(rng, p.K, 0.5f);
+    std::vector<float> y(p.N * p.out_h * p.out_w * p.K, std::numeric_limits<float>::quiet_NaN());
+    strip_conv(p, x.data(), w.data(), with_bias ? b.data() : nullptr, y.data(), scratch);
+    const Ref ref = reference(p, x, w, with_bias ? &b : nullptr);
+    double case_worst = 0.0;
+    for (size_t o = 0; o < y.size(); ++o) {
+      ASSERT_FALSE(std::isnan(y[o])) << "output " << o << " not written";
+      if (ref.scale[o] == 0.0) {
+        ASSERT_EQ(y[o], static_cast<float>(ref.y[o]));
+        continue;
+      }
+      case_worst = std::max(case_worst, std::abs(y[o] - ref.y[o]) / ref.scale[o]);
+    }
+    EXPECT_LE(case_worst, 1e-6);
+    worst = std::max(worst, case_worst);
+    ++cases;
+  }
+  EXPECT_GE(cases, 50);
+  RecordProperty("worst_error_over_sum_abs", (testing::Message() << worst).GetString());
+}
+
+TEST(StripConv, EachImageIsComputedAsIfAlone) {
+  if (!cpu_takes_it()) GTEST_SKIP() << "this CPU has no AVX-512: the strip kernel is not used here";
+  DirectConv p;
+  p.N = 4, p.H = 14, p.W = 14, p.C = 16, p.K = 16, p.kh = p.kw = 3, p.pad_t = p.pad_l = 1;
+  p.out_h = p.out_w = 14;
+  std::mt19937 rng(13);
+  const auto x = normal(rng, p.N * p.H * p.W * p.C, 1.0f);
+  const auto w = normal(rng, p.K * p.C * 9, 0.2f);
+  const int64_t in_image = p.H * p.W * p.C, out_image = p.out_h * p.out_w * p.K;
+  std::vector<float> all(p.N * out_image);
+  DirectConvScratch s;
+  strip_conv(p, x.data(), w.data(), nullptr, all.data(), s);
+  DirectConv one = p;
+  one.N = 1;
+  for (int64_t n = 0; n < p.N; ++n) {
+    std::vector<float> alone(out_image);
+    strip_conv(one, x.data() + n * in_image, w.data(), nullptr, alone.data(), s);
+    for (int64_t i = 0; i < out_image; ++i) ASSERT_EQ(alone[i], all[n * out_image + i]) << "image " << n << " " << i;
+  }
+}
+
+TEST(StripConv, RefusesWhatItDoesNotTake) {
+  if (!cpu_takes_it()) GTEST_SKIP() << "this CPU has no AVX-512: the strip kernel is not used here";
+  DirectConv p;
+  p.N = 1, p.H = 8, p.W = 8, p.C = 16, p.K = 16, p.kh = p.kw = 3, p.out_h = p.out_w = 6;
+  EXPECT_TRUE(strip_conv_available(p));
+  DirectConv q = p;
+  q.C = 32;
+  EXPECT_FALSE(strip_conv_available(q));
+  q = p;
+  q.K = 48;
+  EXPECT_FALSE(strip_conv_available(q));
+  q = p;
+  q.kw = 5;
+  EXPECT_FALSE(strip_conv_available(q));
+  q = p;
+  q.stride_w = 3;
+  EXPECT_FALSE(strip_conv_available(q));
+  q = p;
+  q.dil_w = 2;
+  EXPECT_FALSE(strip_conv_available(q));
 }
 
 }  // namespace
