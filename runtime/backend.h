@@ -49,6 +49,14 @@ class Backend {
   virtual void run_with_activation(BackendContext& ctx, const Node& node, const Node& act,
                                    std::span<const Tensor* const> inputs, Tensor& out) const;
 
+  // A Conv (without an activation of its own) whose output only a residual Add reads, that
+  // Add's other operand `residual`, and the Relu/Clip `act` that alone consumes the sum:
+  // out = act(conv(inputs) + residual) in one call, bit for bit the three nodes one after
+  // the other. Only called when fuses_residual(act.op) is true.
+  virtual bool fuses_residual(OpType /*act*/) const { return false; }
+  virtual void run_conv_residual(BackendContext& ctx, const Node& conv, const Node& add, const Node& act,
+                                 std::span<const Tensor* const> inputs, const Tensor& residual, Tensor& out) const;
+
   // A device-resident session for `graph` (runtime/device_session.h), or nullptr when the
   // backend runs node by node on host tensors (the CPU backend).
   virtual std::unique_ptr<DeviceSession> make_session(const Graph& graph) const;

@@ -20,6 +20,11 @@ void Backend::run_with_activation(BackendContext&, const Node& node, const Node&
   throw std::logic_error(fmt::format("the {} backend cannot fuse node '{}' with '{}'", name(), node.name, act.name));
 }
 
+void Backend::run_conv_residual(BackendContext&, const Node& conv, const Node& add, const Node&,
+                                std::span<const Tensor* const>, const Tensor&, Tensor&) const {
+  throw std::logic_error(fmt::format("the {} backend cannot fuse node '{}' with '{}'", name(), conv.name, add.name));
+}
+
 bool cuda_device_available() {
 #ifdef QSWEEP_WITH_CUDA_BACKEND
   return cuda_device_count() > 0;

@@ -87,6 +87,7 @@ class CpuContext final : public BackendContext {
   std::vector<float> src_k, weights_k, dst_k;  // blocked-layout buffers of the conv in flight
   Tensor padded;  // explicitly padded pooling input (see run_pool)
   std::vector<Tensor> nchw;  // NCHW copies of NHWC inputs, for ops that need NCHW
+  Tensor conv_out;  // a conv's output on its way into a residual join that could not be fused
   bool transform_convs = false;  // run.conv_transforms: Winograd F(4x4, 3x3) where it applies
   WinogradScratch winograd;
   DirectConvScratch direct;
@@ -106,8 +107,12 @@ void clamp_range(const Node& act, bool& clamp, float& lo, float& hi) {
   hi = act.op == OpType::kClip ? act.attrs.act_beta : std::numeric_limits<float>::infinity();
 }
 
+// out = act(conv(in)) (act: a Relu or Clip that alone consumes the conv's output, or null),
+// or with `residual`: out = act(conv(in) + residual), act then being the residual join's
+// activation and residual an NHWC tensor of the output's shape. Bit for bit the ops one
+// after the other.
 void run_conv(CpuContext& ctx, const Node& n, std::span<const Tensor* const> in, Tensor& out,
-              const Node* act = nullptr) {
+              const Node* act = nullptr, const Tensor* residual = nullptr) {
   const Tensor& x = *in[0];
   const Tensor& w = *in[1];
   check_rank(n, x, 4);
@@ -127,6 +132,7 @@ void run_conv(CpuContext& ctx, const Node& n, std::span<const Tensor* const> in,
     p.N = N, p.H = H, p.W = W, p.C = C, p.K = O;
     p.pad_t = sp.pad_t, p.pad_l = sp.pad_l, p.out_h = sp.out_h, p.out_w = sp.out_w;
     if (act != nullptr) clamp_range(*act, p.clamp, p.lo, p.hi);
+    if (residual != nullptr) p.residual = residual->ptr();
     if (winograd_available(p)) {
       winograd_conv_f43(p, x.ptr(), w.ptr(), bias, out.ptr(), ctx.winograd);
       return;
@@ -138,6 +144,7 @@ void run_conv(CpuContext& ctx, const Node& n, std::span<const Tensor* const> in,
   dc.dil_h = n.attrs.dilations[0], dc.dil_w = n.attrs.dilations[1];
   dc.pad_t = sp.pad_t, dc.pad_l = sp.pad_l, dc.out_h = sp.out_h, dc.out_w = sp.out_w;
   if (act != nullptr) clamp_range(*act, dc.clamp, dc.lo, dc.hi);
+  if (residual != nullptr) dc.residual = residual->ptr();
   if (ctx.transform_convs && x.nhwc && G == 1 && strip_conv_available(dc)) {
     // 16 input channels: sums reordered so that each input load feeds several outputs
     // (kernels/cpu/strip_conv.h); rounds differently from a direct sum, hence the option.
@@ -151,6 +158,14 @@ void run_conv(CpuContext& ctx, const Node& n, std::span<const Tensor* const> in,
     // oneDNN's and made the default grid 1.1x faster (bench/RESULTS.md); with 16 input
     // channels oneDNN's was faster.
     direct_conv(dc, x.ptr(), w.ptr(), bias, out.ptr(), ctx.direct);
+    return;
+  }
+  if (residual != nullptr) {  // oneDNN's convolution, then the join as its own loop
+    run_conv(ctx, n, in, out);
+    bool clamp = false;
+    float lo = 0.0f, hi = 0.0f;
+    clamp_range(*act, clamp, lo, hi);
+    add_clamp(out.ptr(), residual->ptr(), out.ptr(), out.numel(), lo, hi, act->op == OpType::kRelu);
     return;
   }
   const PrimKey key{&n, N, C, H, W, x.nhwc, act};
@@ -557,6 +572,22 @@ void CpuBackend::run_with_activation(BackendContext& base, const Node& node, con
   run(base, node, in, out);
   const Tensor* y = &out;
   run(base, act, std::span<const Tensor* const>(&y, 1), out);
+}
+
+bool CpuBackend::fuses_residual(OpType act) const { return act == OpType::kRelu || act == OpType::kClip; }
+
+void CpuBackend::run_conv_residual(BackendContext& base, const Node& conv, const Node& add, const Node& act,
+                                   std::span<const Tensor* const> in, const Tensor& residual, Tensor& out) const {
+  auto& ctx = static_cast<CpuContext&>(base);
+  const Tensor& x = *in[0];
+  const SpatialPlan sp = plan_spatial(conv.attrs, x.dim(2), x.dim(3));
+  const Shape conv_shape = {x.dim(0), in[1]->dim(0), sp.out_h, sp.out_w};
+  if (residual.nhwc && residual.shape == conv_shape) return run_conv(ctx, conv, in, out, &act, &residual);
+  // Another layout or a broadcast: the conv, then the Add + activation as usual.
+  run_conv(ctx, conv, in, ctx.conv_out);
+  const Tensor* args[2] = {&ctx.conv_out, &residual};
+  if (add.inputs[0] != conv.output) std::swap(args[0], args[1]);
+  run_with_activation(base, add, act, args, out);
 }
 
 void CpuBackend::fake_quantize(BackendContext&, const Tensor& x, const QuantParams& p, Tensor& y) const {

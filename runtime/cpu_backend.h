@@ -27,6 +27,11 @@ class CpuBackend final : public Backend {
   // Relu and Clip (ReLU6) run as oneDNN post-ops of the convolution: exact, as separate ops.
   bool fuses_activation(OpType op, OpType act) const override;
   bool conv_transforms() const override;
+  // Conv -> residual Add -> Relu/Clip: the join and activation in the epilogue of qsweep's
+  // convolution kernels, or as one loop after oneDNN's.
+  bool fuses_residual(OpType act) const override;
+  void run_conv_residual(BackendContext& ctx, const Node& conv, const Node& add, const Node& act,
+                         std::span<const Tensor* const> inputs, const Tensor& residual, Tensor& out) const override;
   void run_with_activation(BackendContext& ctx, const Node& conv, const Node& act,
                            std::span<const Tensor* const> inputs, Tensor& out) const override;
 

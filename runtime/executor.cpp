@@ -1,5 +1,7 @@
 #include "runtime/executor.h"
 
+#include <algorithm>
+
 #include "runtime/error.h"
 
 namespace qsweep {
@@ -21,11 +23,32 @@ Executor::Executor(const Graph& graph, const Backend& backend) : graph_(graph), 
     if (a >= 0 && backend.fuses_activation(OpType::kAdd, graph.nodes[a].op)) fused_act_[k] = a;
   }
   for (const Layer& L : graph.layers) {
-    layer_of_node_[L.node] = L.index;
-    if (L.act_node >= 0) layer_of_act_[L.act_node] = L.index;
     if (L.act_node >= 0 && backend.fuses_activation(graph.nodes[L.node].op, graph.nodes[L.act_node].op)) {
       fused_act_[L.node] = L.act_node;
     }
+  }
+  // Conv -> Add -> Relu/Clip: the join is fused into whichever operand's producer runs last,
+  // when that is a Conv without an activation of its own whose output only the Add reads
+  // (the other operand is then computed by the time a suffix reaches the conv).
+  residual_.assign(graph.nodes.size(), ResidualJoin{});
+  std::vector<int> producer(graph.values.size(), -1);
+  for (size_t k = 0; k < graph.nodes.size(); ++k) producer[graph.nodes[k].output] = static_cast<int>(k);
+  for (size_t add = 0; add < graph.nodes.size(); ++add) {
+    const Node& a = graph.nodes[add];
+    const int act = fused_act_[add];
+    if (a.op != OpType::kAdd || act < 0 || !backend.fuses_residual(graph.nodes[act].op)) continue;
+    const int last = std::max(producer[a.inputs[0]], producer[a.inputs[1]]);
+    if (last < 0) continue;
+    const Node& conv = graph.nodes[last];
+    if (conv.op != OpType::kConv || fused_act_[last] >= 0 || consumers[conv.output].size() != 1 ||
+        a.inputs[0] == a.inputs[1]) {
+      continue;
+    }
+    residual_[last] = {static_cast<int>(add), act, a.inputs[0] == conv.output ? a.inputs[1] : a.inputs[0]};
+  }
+  for (const Layer& L : graph.layers) {
+    layer_of_node_[L.node] = L.index;
+    if (L.act_node >= 0) layer_of_act_[L.act_node] = L.index;
     suffixes_.push_back(graph.suffix_nodes(L.index));
     std::vector<char> dirty(graph.values.size(), 0);
     for (int k : suffixes_.back()) dirty[graph.nodes[k].output] = 1;
@@ -130,6 +153,16 @@ const Tensor& Executor::suffix_forward(Workspace& ws, int layer, const LayerQuan
   ++ws.pass;
   for (int k : suffixes_[layer]) {
     const bool mine = layer_of_node_[k] == layer || layer_of_act_[k] == layer;
+    const ResidualJoin& r = residual_[k];
+    if (!mine && r.add >= 0 && !ws.keep_all_values) {  // conv + residual Add + activation in one call
+      const Node& conv = graph_.nodes[k];
+      ws.args.clear();
+      for (int v : conv.inputs) ws.args.push_back(graph_.values[v].is_constant ? &graph_.values[v].constant : &read(v));
+      backend_.run_conv_residual(*ws.ctx, conv, graph_.nodes[r.add], graph_.nodes[r.act], ws.args, read(r.other),
+                                 ws.scratch[graph_.nodes[r.act].output]);
+      ws.fused[r.add] = ws.fused[r.act] = ws.pass;
+      continue;
+    }
     pass_node(ws, k, mine ? &q : nullptr, read, ws.scratch);
   }
   return nchw_output(ws, dirty[graph_.output] ? ws.scratch[graph_.output] : ws.values[graph_.output]);

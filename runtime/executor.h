@@ -98,6 +98,13 @@ class Executor {
   // is, or -1.
   std::vector<int> layer_of_node_, layer_of_act_;
   std::vector<int> fused_act_;  // per node (a Conv or an Add): the activation the backend runs with it, or -1
+  // Per Conv node: the residual join (Add, its activation, the Add's other operand) a suffix
+  // forward runs in the same backend call, or add = -1. Only suffixes fuse it: the float32
+  // forward keeps the conv's output, which a suffix starting in the other branch reads.
+  struct ResidualJoin {
+    int add = -1, act = -1, other = -1;
+  };
+  std::vector<ResidualJoin> residual_;
 };
 
 }  // namespace qsweep

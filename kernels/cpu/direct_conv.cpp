@@ -16,6 +16,13 @@ bool cpu_has_avx512() {
   return has;
 }
 
+// min(max(v, lo), hi) as _mm512_max_ps / _mm512_min_ps compute it (a NaN v gives lo), for
+// the scalar path of pixels without inside taps.
+float clamp_like_relu(float v, float lo, float hi) {
+  const float m = v > lo ? v : lo;
+  return m < hi ? m : hi;
+}
+
 // The kernel taps of one output pixel that read the input: ky in [ky0, ky1), kx in [kx0, kx1).
 using TapBox = std::tuple<int64_t, int64_t, int64_t, int64_t>;
 
@@ -37,6 +44,7 @@ struct Rows {
   int64_t x_off[8];  // each row's input pixel at tap (0, 0), as an offset into x: outside the
                      // input for a border pixel, whose inside taps' offsets bring it back in
   float* y[8];       // each row's output pixel
+  const float* res[8];  // and its residual operand (when the epilogue adds one)
 };
 
 // y[r][k0 .. k0 + 16 NV) = act(bias + sum over taps t, channels c of x[r][t][c] w[t][c][k]) for
@@ -77,6 +85,7 @@ __attribute__((target("avx512f,fma"))) void rows_kernel(const DirectConv& p, con
     for (int v = 0; v < NV; ++v) {
       __m512 o = acc[r][v];
       if (bias != nullptr) o = _mm512_add_ps(o, _mm512_loadu_ps(bias + k0 + 16 * v));
+      if (p.residual != nullptr) o = _mm512_add_ps(o, _mm512_loadu_ps(rows.res[r] + k0 + 16 * v));
       if (p.clamp) o = _mm512_min_ps(_mm512_max_ps(o, lo), hi);
       _mm512_storeu_ps(rows.y[r] + k0 + 16 * v, o);
     }
@@ -159,13 +168,16 @@ void direct_conv(const DirectConv& p, const float* x, const float* w, const floa
         const int64_t n = row / m;
         const auto [oy, ox] = pixels[row % m];
         rows.x_off[r] = ((n * p.H + oy * p.stride_h - p.pad_t) * p.W + ox * p.stride_w - p.pad_l) * C;
-        rows.y[r] = y + ((n * p.out_h + oy) * p.out_w + ox) * K;
+        const int64_t at = ((n * p.out_h + oy) * p.out_w + ox) * K;
+        rows.y[r] = y + at;
+        rows.res[r] = p.residual != nullptr ? p.residual + at : nullptr;
       }
       if (taps == 0) {  // every tap on padding: the output is the bias
         for (int r = 0; r < valid; ++r) {
           for (int64_t k = 0; k < K; ++k) {
             float o = bias != nullptr ? bias[k] : 0.0f;
-            if (p.clamp) o = std::min(std::max(o, p.lo), p.hi);
+            if (p.residual != nullptr) o += rows.res[r][k];
+            if (p.clamp) o = clamp_like_relu(o, p.lo, p.hi);
             rows.y[r][k] = o;
           }
         }

@@ -25,7 +25,10 @@ struct DirectConv {
   int64_t stride_h = 1, stride_w = 1, dil_h = 1, dil_w = 1;
   int64_t pad_t = 0, pad_l = 0;  // leading padding (the trailing one only sets out_h/out_w)
   int64_t out_h = 0, out_w = 0;
-  // Fused activation on the output: y = min(max(conv + bias, lo), hi) (ReLU: lo = 0, hi = inf).
+  // Fused epilogue: y = min(max((conv + bias) + residual, lo), hi), each step rounded as the
+  // separate ops would: residual (same shape and layout as y, may be null) is a residual join's
+  // other operand, the clamp a Relu (lo = 0, hi = inf) or Clip.
+  const float* residual = nullptr;
   bool clamp = false;
   float lo = 0.0f, hi = 0.0f;
 };

@@ -72,7 +72,9 @@ __attribute__((target("avx512f,fma"))) void strip(const DirectConv& p, const flo
     }
   }
   const __m512 lo = _mm512_set1_ps(p.lo), hi = _mm512_set1_ps(p.hi);
-  float* out = y + ((n * p.out_h + oy) * p.out_w + ox0) * K;
+  const int64_t at = ((n * p.out_h + oy) * p.out_w + ox0) * K;
+  float* out = y + at;
+  const float* res = p.residual != nullptr ? p.residual + at : nullptr;
 #pragma GCC unroll 16
   for (int o = 0; o < R; ++o) {
     if (o >= valid) break;
@@ -80,6 +82,7 @@ __attribute__((target("avx512f,fma"))) void strip(const DirectConv& p, const flo
     for (int v = 0; v < NV; ++v) {
       __m512 r = acc[o][v];
       if (bias != nullptr) r = _mm512_add_ps(r, _mm512_loadu_ps(bias + 16 * v));
+      if (res != nullptr) r = _mm512_add_ps(r, _mm512_loadu_ps(res + o * K + 16 * v));
       if (p.clamp) r = _mm512_min_ps(_mm512_max_ps(r, lo), hi);
       _mm512_storeu_ps(out + o * K + 16 * v, r);
     }

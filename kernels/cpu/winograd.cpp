@@ -224,6 +224,7 @@ __attribute__((target("avx512f,fma"))) void transform_output(const WinogradConv&
     const int rows = static_cast<int>(std::min<int64_t>(4, p.out_h - oy0));
     const int cols = static_cast<int>(std::min<int64_t>(4, p.out_w - ox0));
     float* img = y + n * p.out_h * p.out_w * K;
+    const float* res = p.residual != nullptr ? p.residual + n * p.out_h * p.out_w * K : nullptr;
     for (int64_t k = 0; k < K; k += 16) {
       const __m512 b = bias != nullptr ? _mm512_loadu_ps(bias + k) : _mm512_setzero_ps();
       __m512 col[6], o4[4], tmp[4][6];
@@ -235,9 +236,11 @@ __attribute__((target("avx512f,fma"))) void transform_output(const WinogradConv&
       for (int i = 0; i < rows; ++i) {  // (A^T m) A: along each row
         apply_at(tmp[i], o4);
         for (int j = 0; j < cols; ++j) {
+          const int64_t at = ((oy0 + i) * p.out_w + ox0 + j) * K + k;
           __m512 v = _mm512_add_ps(o4[j], b);
+          if (res != nullptr) v = _mm512_add_ps(v, _mm512_loadu_ps(res + at));
           if (p.clamp) v = _mm512_min_ps(_mm512_max_ps(v, lo), hi);
-          _mm512_storeu_ps(img + ((oy0 + i) * p.out_w + ox0 + j) * K + k, v);
+          _mm512_storeu_ps(img + at, v);
         }
       }
     }

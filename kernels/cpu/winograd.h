@@ -25,7 +25,9 @@ struct WinogradConv {
   int64_t K = 0;                       // output channels
   int64_t pad_t = 0, pad_l = 0;        // leading padding (the trailing one only sets out_h/out_w)
   int64_t out_h = 0, out_w = 0;
-  // Fused activation on the output: y = min(max(conv + bias, lo), hi) (ReLU: lo = 0, hi = inf).
+  // Fused epilogue, as DirectConv's: y = min(max((conv + bias) + residual, lo), hi);
+  // residual (NHWC like y) may be null.
+  const float* residual = nullptr;
   bool clamp = false;
   float lo = 0.0f, hi = 0.0f;
 };

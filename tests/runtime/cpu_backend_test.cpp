@@ -1313,6 +1313,55 @@ TEST(Executor, FusedConvActivationEqualsSeparateOpsBitForBitWithConvTransforms) 
   expect_fused_equals_separate(true);
 }
 
+TEST(Executor, SuffixFusesResidualJoinsIntoTheConvolution) {
+  // In a suffix forward, the Conv that computes a residual Add's later operand runs together
+  // with that Add and its Relu (in the convolution kernel's epilogue, or as one loop after
+  // oneDNN's): the conv's output and the sum are never stored, and the result equals the
+  // nodes one after the other bit for bit (keep_all_values runs them unfused), with and
+  // without run.conv_transforms.
+  const auto models = testing::shipped_models();
+  const Graph g = import_onnx(models.at(0).onnx);
+  const auto consumers = g.consumers();
+  std::vector<int> producer(g.values.size(), -1);
+  for (size_t k = 0; k < g.nodes.size(); ++k) producer[g.nodes[k].output] = static_cast<int>(k);
+  std::vector<std::pair<int, int>> joins;  // (the Add, the conv of its later operand)
+  for (size_t k = 0; k < g.nodes.size(); ++k) {
+    const Node& n = g.nodes[k];
+    if (n.op != OpType::kAdd) continue;
+    const int last = std::max(producer[n.inputs[0]], producer[n.inputs[1]]);
+    if (g.nodes[last].op == OpType::kConv) joins.emplace_back(static_cast<int>(k), last);
+  }
+  ASSERT_GE(joins.size(), 3u) << "the ResNet's residual joins were not found";
+  std::mt19937 rng(79);
+  Shape s = g.input_shape;
+  s.insert(s.begin(), 4);
+  const Tensor x = random_tensor(rng, s, -2.0f, 2.0f);
+  for (bool transforms : {false, true}) {
+    CpuBackend backend(transforms);
+    Executor ex(g, backend);
+    auto fused = ex.make_workspace();
+    auto separate = ex.make_workspace();
+    separate.keep_all_values = true;
+    ex.forward(fused, x);
+    ex.forward(separate, x);
+    // The first layer's suffix is the whole network after it: every join is in it.
+    const Tensor& w = g.constant(g.layers[0].weight_value);
+    Tensor wq(w.shape);
+    fake_quantize_per_tensor(w.ptr(), wq.ptr(), w.data.size(), range_params(w, 4));
+    LayerQuantization q;
+    q.weights = &wq;
+    q.input = range_params(separate.values[g.layers[0].input_value], 8);
+    q.output = range_params(separate.values[g.layers[0].output_value], 8);
+    EXPECT_TRUE(bitwise_equal(ex.suffix_forward(fused, 0, q), ex.suffix_forward(separate, 0, q)))
+        << "transforms " << transforms;
+    for (const auto& [add, conv] : joins) {
+      EXPECT_TRUE(fused.scratch[g.nodes[conv].output].data.empty()) << g.nodes[conv].name << " was stored";
+      EXPECT_TRUE(fused.scratch[g.nodes[add].output].data.empty()) << g.nodes[add].name << " was stored";
+      EXPECT_FALSE(separate.scratch[g.nodes[conv].output].data.empty()) << g.nodes[conv].name;
+    }
+  }
+}
+
 TEST(CpuBackend, ConvTransformsChangeOnlyTheConvolutionsTheyTake) {
   // run.conv_transforms on the CPU: 3x3 stride-1 convolutions with 32 and 64 channels run as
   // Winograd F(4x4, 3x3), ungrouped ones with 16 input channels as reordered strips: float32
