@@ -9,6 +9,8 @@
 // It also prints the FLOPs the one pass computes, this CPU's measured FMA peak, and the time
 // the arithmetic alone would take at that peak: the floor under any FP32 direct convolution.
 #include <chrono>
+#include <cmath>
+#include <cstdlib>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -48,7 +50,7 @@ int main(int argc, char** argv) {
   int64_t images = 0;
   int torch_cells = 6;
   int repeat = 3;
-  bool skip_naive = false, skip_torch = false, skip_peak = false;
+  bool skip_naive = false, skip_torch = false, skip_peak = false, skip_transforms = false;
   std::string python = "/usr/bin/python3";
   std::vector<std::string> sets;
   app.add_option("--config", config, "Config to benchmark (default: the quickstart)");
@@ -64,6 +66,9 @@ int main(int argc, char** argv) {
   app.add_flag("--skip-naive", skip_naive, "Do not time the naive way");
   app.add_flag("--skip-torch", skip_torch, "Do not run the PyTorch peer");
   app.add_flag("--skip-peak", skip_peak, "Do not measure this CPU's FMA peak (nor print the arithmetic floor)");
+  app.add_flag("--skip-transforms", skip_transforms,
+               "When the config leaves run.conv_transforms off: do not also time the one pass with it on (each "
+               "round does by default, on CPUs that have the kernels)");
   CLI11_PARSE(app, argc, argv);
 
   try {
@@ -80,6 +85,18 @@ int main(int argc, char** argv) {
     const int threads = cfg.threads > 0 ? cfg.threads : omp_get_num_procs();
     const int64_t count = cfg.eval_count > 0 ? std::min(cfg.eval_count, eval.count) : eval.count;
     const ActivationRanges ranges = calibrate(exec, calib, norm, cfg.calibration_count, cfg.batch_size, threads);
+    // The same one pass with run.conv_transforms on, each round beside the config's own, as a
+    // run with the option would do it (its own calibration).
+    BackendOptions bo_t = bo;
+    bo_t.transform_convs = true;
+    const auto backend_t = make_backend("cpu", bo_t);
+    const bool also_transforms = !skip_transforms && !backend->conv_transforms() && backend_t->conv_transforms();
+    std::optional<Executor> exec_t;
+    std::optional<ActivationRanges> ranges_t;
+    if (also_transforms) {
+      exec_t.emplace(g, *backend_t);
+      ranges_t = calibrate(*exec_t, calib, norm, cfg.calibration_count, cfg.batch_size, threads);
+    }
     const size_t cells = g.layers.size() * cfg.quant.weight_bits.size();
     fmt::print("model {} | {} layers x {} bit-widths = {} cells | {} images | {} threads | batch {} | best of {}{}\n",
                cfg.model_path, g.layers.size(), cfg.quant.weight_bits.size(), cells, count, threads, cfg.batch_size,
@@ -96,9 +113,9 @@ int main(int argc, char** argv) {
       result = run_layerwise_grid(exec, eval, norm, count, ranges, specs, cfg.quant.weight_bits, o);
       return seconds_since(t0);
     };
-    GridResult one, naive;
-    double t_one = 1e300, t_naive = 1e300;
-    std::vector<double> all_one, all_naive;
+    GridResult one, naive, one_t;
+    double t_one = 1e300, t_naive = 1e300, t_one_t = 1e300;
+    std::vector<double> all_one, all_naive, all_one_t;
     // The peer, one process per round (its speed differs from process to process on this
     // machine): the fastest float pass and the fastest time of each sampled cell over the
     // rounds, and each round's own extrapolation for the per-round ratio.
@@ -107,7 +124,7 @@ int main(int argc, char** argv) {
     bool peer_failed = false;            // a round in which it did not run: no more rounds of it
     double peer_reference = 1e300;
     std::map<std::string, double> peer_cell_best;  // "layer:bits" -> fastest seconds
-    std::vector<double> all_torch, round_ratio;
+    std::vector<double> all_torch, round_ratio, round_ratio_t;
     auto extrapolate = [&](double reference, double cell_seconds_sum, size_t timed_cells) {
       // The float32 reference pass plus every cell's full pass, as the researcher's script runs.
       return reference + cell_seconds_sum / static_cast<double>(timed_cells) * static_cast<double>(cells);
@@ -117,6 +134,13 @@ int main(int argc, char** argv) {
     for (int r = 0; r < repeat; ++r) {
       all_one.push_back(timed(false, one));
       t_one = std::min(t_one, all_one.back());
+      if (also_transforms) {
+        o.naive = false;
+        const auto t0 = std::chrono::steady_clock::now();
+        one_t = run_layerwise_grid(*exec_t, eval, norm, count, *ranges_t, specs, cfg.quant.weight_bits, o);
+        all_one_t.push_back(seconds_since(t0));
+        t_one_t = std::min(t_one_t, all_one_t.back());
+      }
       if (!skip_naive) {
         all_naive.push_back(timed(true, naive));
         t_naive = std::min(t_naive, all_naive.back());
@@ -149,6 +173,7 @@ int main(int argc, char** argv) {
       }
       all_torch.push_back(extrapolate(reference, sum, j["cells"].size()));
       round_ratio.push_back(all_torch.back() / all_one.back());
+      if (also_transforms) round_ratio_t.push_back(all_torch.back() / all_one_t.back());
     }
     // The arithmetic: what the one pass computes, and how long it takes at this CPU's peak.
     const std::vector<Shape> shapes = bench::one_image_shapes(g, norm, eval);
@@ -173,6 +198,21 @@ int main(int argc, char** argv) {
                  "direct-convolution arithmetic alone takes {:.2f} s, {:.0f}% of the time measured\n",
                  threads, peak / 1e9, floor_s, 100.0 * floor_s / t_one);
     }
+    if (also_transforms) {
+      // The option changes the rounding: report how far its cells are from the direct ones.
+      int64_t max_correct = 0;
+      double max_noise = 0.0;
+      for (size_t c = 0; c < cells; ++c) {
+        max_correct = std::max<int64_t>(max_correct, std::llabs(one_t.cells[c].correct - one.cells[c].correct));
+        if (one.cells[c].noise_sum > 0.0) {
+          max_noise = std::max(max_noise, std::abs(one_t.cells[c].noise_sum / one.cells[c].noise_sum - 1.0));
+        }
+      }
+      fmt::print("one-pass with run.conv_transforms = true (Winograd and strip convolutions): {:.2f} s   {:.0f} "
+                 "images*cells/s   (runs: {} s)   {:.2f}x the direct one pass; its cells differ from the direct ones "
+                 "by at most {} images of top-1 and {:.1e} relative noise\n",
+                 t_one_t, count * cells / t_one_t, runs(all_one_t), t_one / t_one_t, max_correct, max_noise);
+    }
     if (!skip_naive) {
       bool same = naive.float_correct == one.float_correct;
       for (size_t c = 0; c < cells; ++c) {
@@ -195,6 +235,10 @@ int main(int argc, char** argv) {
                  peer_cell_best.size(), best_sum / static_cast<double>(peer_cell_best.size()), all_torch.size(), cells);
       fmt::print("qsweep one-pass speed-up over PyTorch: {:.1f}x (fastest against fastest; round by round: {}x)\n",
                  t_torch / t_one, fmt::format("{:.1f}", fmt::join(round_ratio, " / ")));
+      if (also_transforms) {
+        fmt::print("  with run.conv_transforms = true: {:.1f}x (round by round: {}x)\n", t_torch / t_one_t,
+                   fmt::format("{:.1f}", fmt::join(round_ratio_t, " / ")));
+      }
       if (floor_s > 0.0) {
         fmt::print("  (the most any FP32 direct-convolution implementation of the one pass could reach on this "
                    "CPU: {:.1f}x, with nothing but the convolutions' and Gemms' multiply-adds, at the FMA peak{})\n",
