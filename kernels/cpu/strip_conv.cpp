@@ -26,7 +26,8 @@ bool cpu_has_avx512() {
 // channels 0 .. 16 NV. Input column ix = ox0 - pad_l + j for j in [0, R + KW - 1); only
 // j in [jlo, jhi) lies inside the input. LO >= 0 and HI >= 0 fix jlo = LO and
 // jhi = J - HI at compile time (no test per j: the common strips, a whole row padded by 0
-// or 1 on each side); LO = -1 tests jlo and jhi for every j.
+// or 1 on each side, or by 1 with stride 2 over an odd width); LO = -1 tests jlo and jhi
+// for every j.
 template <int NV, int R, int KW, int SW, int LO, int HI>
 __attribute__((target("avx512f,fma"))) void strip(const DirectConv& p, const float* x, const float* wt,
                                                   const float* bias, float* y, int64_t n, int64_t oy, int64_t ox0,
@@ -111,6 +112,8 @@ __attribute__((target("avx512f,fma"))) void all_strips(const DirectConv& p, cons
           strip<NV, R, KW, SW, 1, 0>(p, x, wt, bias, y, n, oy, ox0, valid, jlo, jhi);
         } else if (lo == 0 && hi == 1) {
           strip<NV, R, KW, SW, 0, 1>(p, x, wt, bias, y, n, oy, ox0, valid, jlo, jhi);
+        } else if (lo == 1 && hi == 2) {  // stride 2 over an odd width padded by 1
+          strip<NV, R, KW, SW, 1, 2>(p, x, wt, bias, y, n, oy, ox0, valid, jlo, jhi);
         } else {
           strip<NV, R, KW, SW, -1, -1>(p, x, wt, bias, y, n, oy, ox0, valid, jlo, jhi);
         }
