@@ -6,60 +6,18 @@
 #include "kernels/cpu/strip_conv.h"
 
 #include <algorithm>
-#include <cmath>
 #include <limits>
 #include <random>
 #include <vector>
 
 #include <gtest/gtest.h>
 
+#include "tests/kernels/conv_reference.h"
+
 namespace qsweep {
 namespace {
 
-struct Ref {
-  std::vector<double> y, scale;  // the exact result and sum |x w| + |b| per output
-};
-
-Ref reference(const DirectConv& p, const std::vector<float>& x, const std::vector<float>& w,
-              const std::vector<float>* b) {
-  Ref r;
-  r.y.resize(p.N * p.out_h * p.out_w * p.K);
-  r.scale.resize(r.y.size());
-  for (int64_t n = 0; n < p.N; ++n) {
-    for (int64_t oy = 0; oy < p.out_h; ++oy) {
-      for (int64_t ox = 0; ox < p.out_w; ++ox) {
-        for (int64_t k = 0; k < p.K; ++k) {
-          double acc = b ? (*b)[k] : 0.0, mag = b ? std::abs((*b)[k]) : 0.0;
-          for (int64_t ky = 0; ky < p.kh; ++ky) {
-            for (int64_t kx = 0; kx < p.kw; ++kx) {
-              const int64_t iy = oy * p.stride_h - p.pad_t + ky * p.dil_h;
-              const int64_t ix = ox * p.stride_w - p.pad_l + kx * p.dil_w;
-              if (iy < 0 || iy >= p.H || ix < 0 || ix >= p.W) continue;
-              for (int64_t c = 0; c < p.C; ++c) {
-                const double t = static_cast<double>(x[((n * p.H + iy) * p.W + ix) * p.C + c]) *
-                                 w[((k * p.C + c) * p.kh + ky) * p.kw + kx];
-                acc += t;
-                mag += std::abs(t);
-              }
-            }
-          }
-          if (p.clamp) acc = std::min<double>(std::max<double>(acc, p.lo), p.hi);
-          const size_t o = ((n * p.out_h + oy) * p.out_w + ox) * p.K + k;
-          r.y[o] = acc;
-          r.scale[o] = mag;
-        }
-      }
-    }
-  }
-  return r;
-}
-
-std::vector<float> normal(std::mt19937& rng, size_t n, float sd) {
-  std::normal_distribution<float> d(0.0f, sd);
-  std::vector<float> v(n);
-  for (auto& e : v) e = d(rng);
-  return v;
-}
+using testing::normal;
 
 bool cpu_takes_it() {
   DirectConv probe;
@@ -74,7 +32,7 @@ TEST(DirectConv, AgainstDoubleSumOnRandomShapes) {
   std::uniform_int_distribution<int> pick(0, 1 << 20);
   DirectConvScratch scratch;  // reused across shapes, as a worker thread does
   double worst = 0.0;
-  int cases = 0, all_padding_pixels = 0;
+  int cases = 0;
   for (int i = 0; i < 60; ++i) {
     DirectConv p;
     p.N = 1 + pick(rng) % 3;
@@ -101,34 +59,23 @@ TEST(DirectConv, AgainstDoubleSumOnRandomShapes) {
     p.hi = act == 1 ? std::numeric_limits<float>::infinity() : 0.75f;
     const bool with_bias = pick(rng) % 2 == 0;
     ASSERT_TRUE(direct_conv_available(p));
-    SCOPED_TRACE(testing::Message() << "N " << p.N << " H " << p.H << " W " << p.W << " C " << p.C << " K " << p.K
+    SCOPED_TRACE(::testing::Message() << "N " << p.N << " H " << p.H << " W " << p.W << " C " << p.C << " K " << p.K
                                     << " kernel " << p.kh << "x" << p.kw << " stride " << p.stride_h << ","
                                     << p.stride_w << " dilation " << p.dil_h << "," << p.dil_w << " pads " << p.pad_t
                                     << "," << p.pad_l << "," << pad_b << "," << pad_r << " act " << act);
     const auto x = normal(rng, p.N * p.H * p.W * p.C, 1.0f);
     const auto w = normal(rng, p.K * p.C * p.kh * p.kw, 0.2f);
     const auto b = normal(rng, p.K, 0.5f);
-    std::vector<float> y(p.N * p.out_h * p.out_w * p.K, std::numeric_limits<float>::quiet_NaN());
-    direct_conv(p, x.data(), w.data(), with_bias ? b.data() : nullptr, y.data(), scratch);
-    const Ref ref = reference(p, x, w, with_bias ? &b : nullptr);
-    double case_worst = 0.0;
-    for (size_t o = 0; o < y.size(); ++o) {
-      ASSERT_FALSE(std::isnan(y[o])) << "output " << o << " not written";
-      if (ref.scale[o] == 0.0) {  // every tap on padding and no bias: exactly zero (clamped)
-        ++all_padding_pixels;
-        ASSERT_EQ(y[o], static_cast<float>(ref.y[o]));
-        continue;
-      }
-      case_worst = std::max(case_worst, std::abs(y[o] - ref.y[o]) / ref.scale[o]);
-    }
+    const double case_worst = testing::worst_error_against_reference(
+        p, x, w, with_bias ? &b : nullptr,
+        [&](float* y) { direct_conv(p, x.data(), w.data(), with_bias ? b.data() : nullptr, y, scratch); });
     // A float32 sum of n terms: well under n * 2^-24 of sum |x w| in practice.
     EXPECT_LE(case_worst, 1e-6);
     worst = std::max(worst, case_worst);
     ++cases;
   }
   EXPECT_GE(cases, 40);
-  RecordProperty("worst_error_over_sum_abs", (testing::Message() << worst).GetString());
-  RecordProperty("all_padding_pixels", all_padding_pixels);
+  RecordProperty("worst_error_over_sum_abs", (::testing::Message() << worst).GetString());
 }
 
 TEST(DirectConv, PixelsWithEveryTapOnPaddingGetTheBias) {
@@ -158,17 +105,13 @@ TEST(DirectConv, EachImageIsComputedAsIfAlone) {
   std::mt19937 rng(5);
   const auto x = normal(rng, p.N * p.H * p.W * p.C, 1.0f);
   const auto w = normal(rng, p.K * p.C * 9, 0.2f);
-  const int64_t in_image = p.H * p.W * p.C, out_image = p.out_h * p.out_w * p.K;
-  std::vector<float> all(p.N * out_image);
   DirectConvScratch s;
-  direct_conv(p, x.data(), w.data(), nullptr, all.data(), s);
-  DirectConv one = p;
-  one.N = 1;
-  for (int64_t n = 0; n < p.N; ++n) {
-    std::vector<float> alone(out_image);
-    direct_conv(one, x.data() + n * in_image, w.data(), nullptr, alone.data(), s);
-    for (int64_t i = 0; i < out_image; ++i) ASSERT_EQ(alone[i], all[n * out_image + i]) << "image " << n << " " << i;
-  }
+  testing::expect_images_computed_as_if_alone(
+      p.N, p.H * p.W * p.C, p.out_h * p.out_w * p.K, x, [&](int64_t images, const float* xi, float* yi) {
+        DirectConv q = p;
+        q.N = images;
+        direct_conv(q, xi, w.data(), nullptr, yi, s);
+      });
 }
 
 TEST(DirectConv, KeptWeightsFollowTheWeightsValues) {
@@ -237,31 +180,22 @@ TEST(StripConv, AgainstDoubleSumOnRandomShapes) {
     p.hi = act == 1 ? std::numeric_limits<float>::infinity() : 0.75f;
     const bool with_bias = pick(rng) % 2 == 0;
     ASSERT_TRUE(strip_conv_available(p));
-    SCOPED_TRACE(testing::Message() << "N " << p.N << " H " << p.H << " W " << p.W << " K " << p.K << " kernel "
+    SCOPED_TRACE(::testing::Message() << "N " << p.N << " H " << p.H << " W " << p.W << " K " << p.K << " kernel "
                                     << p.kh << "x" << p.kw << " stride " << p.stride_h << "," << p.stride_w
                                     << " dilation_h " << p.dil_h << " pads " << p.pad_t << "," << p.pad_l << ","
                                     << pad_b << "," << pad_r << " act " << act);
     const auto x = normal(rng, p.N * p.H * p.W * p.C, 1.0f);
     const auto w = normal(rng, p.K * p.C * p.kh * p.kw, 0.2f);
     const auto b = normal(rng, p.K, 0.5f);
-    std::vector<float> y(p.N * p.out_h * p.out_w * p.K, std::numeric_limits<float>::quiet_NaN());
-    strip_conv(p, x.data(), w.data(), with_bias ? b.data() : nullptr, y.data(), scratch);
-    const Ref ref = reference(p, x, w, with_bias ? &b : nullptr);
-    double case_worst = 0.0;
-    for (size_t o = 0; o < y.size(); ++o) {
-      ASSERT_FALSE(std::isnan(y[o])) << "output " << o << " not written";
-      if (ref.scale[o] == 0.0) {
-        ASSERT_EQ(y[o], static_cast<float>(ref.y[o]));
-        continue;
-      }
-      case_worst = std::max(case_worst, std::abs(y[o] - ref.y[o]) / ref.scale[o]);
-    }
+    const double case_worst = testing::worst_error_against_reference(
+        p, x, w, with_bias ? &b : nullptr,
+        [&](float* y) { strip_conv(p, x.data(), w.data(), with_bias ? b.data() : nullptr, y, scratch); });
     EXPECT_LE(case_worst, 1e-6);
     worst = std::max(worst, case_worst);
     ++cases;
   }
   EXPECT_GE(cases, 50);
-  RecordProperty("worst_error_over_sum_abs", (testing::Message() << worst).GetString());
+  RecordProperty("worst_error_over_sum_abs", (::testing::Message() << worst).GetString());
 }
 
 TEST(StripConv, EachImageIsComputedAsIfAlone) {
@@ -272,17 +206,13 @@ TEST(StripConv, EachImageIsComputedAsIfAlone) {
   std::mt19937 rng(13);
   const auto x = normal(rng, p.N * p.H * p.W * p.C, 1.0f);
   const auto w = normal(rng, p.K * p.C * 9, 0.2f);
-  const int64_t in_image = p.H * p.W * p.C, out_image = p.out_h * p.out_w * p.K;
-  std::vector<float> all(p.N * out_image);
   DirectConvScratch s;
-  strip_conv(p, x.data(), w.data(), nullptr, all.data(), s);
-  DirectConv one = p;
-  one.N = 1;
-  for (int64_t n = 0; n < p.N; ++n) {
-    std::vector<float> alone(out_image);
-    strip_conv(one, x.data() + n * in_image, w.data(), nullptr, alone.data(), s);
-    for (int64_t i = 0; i < out_image; ++i) ASSERT_EQ(alone[i], all[n * out_image + i]) << "image " << n << " " << i;
-  }
+  testing::expect_images_computed_as_if_alone(
+      p.N, p.H * p.W * p.C, p.out_h * p.out_w * p.K, x, [&](int64_t images, const float* xi, float* yi) {
+        DirectConv q = p;
+        q.N = images;
+        strip_conv(q, xi, w.data(), nullptr, yi, s);
+      });
 }
 
 TEST(StripConv, RefusesWhatItDoesNotTake) {

@@ -5,58 +5,26 @@
 #include "kernels/cpu/winograd.h"
 
 #include <algorithm>
-#include <cmath>
 #include <limits>
 #include <random>
 #include <vector>
 
 #include <gtest/gtest.h>
 
+#include "tests/kernels/conv_reference.h"
+
 namespace qsweep {
 namespace {
 
-struct Ref {
-  std::vector<double> y, scale;  // the exact result and sum |x w| + |b| per output
-};
+using testing::normal;
 
-Ref direct(const WinogradConv& p, const std::vector<float>& x, const std::vector<float>& w,
-           const std::vector<float>* b) {
-  Ref r;
-  r.y.resize(p.N * p.out_h * p.out_w * p.K);
-  r.scale.resize(r.y.size());
-  for (int64_t n = 0; n < p.N; ++n) {
-    for (int64_t oy = 0; oy < p.out_h; ++oy) {
-      for (int64_t ox = 0; ox < p.out_w; ++ox) {
-        for (int64_t k = 0; k < p.K; ++k) {
-          double acc = b ? (*b)[k] : 0.0, mag = b ? std::abs((*b)[k]) : 0.0;
-          for (int64_t ky = 0; ky < 3; ++ky) {
-            for (int64_t kx = 0; kx < 3; ++kx) {
-              const int64_t iy = oy + ky - p.pad_t, ix = ox + kx - p.pad_l;
-              if (iy < 0 || iy >= p.H || ix < 0 || ix >= p.W) continue;
-              for (int64_t c = 0; c < p.C; ++c) {
-                const double t = static_cast<double>(x[((n * p.H + iy) * p.W + ix) * p.C + c]) *
-                                 w[((k * p.C + c) * 3 + ky) * 3 + kx];
-                acc += t;
-                mag += std::abs(t);
-              }
-            }
-          }
-          if (p.clamp) acc = std::min<double>(std::max<double>(acc, p.lo), p.hi);
-          const size_t o = ((n * p.out_h + oy) * p.out_w + ox) * p.K + k;
-          r.y[o] = acc;
-          r.scale[o] = mag;
-        }
-      }
-    }
-  }
-  return r;
-}
-
-std::vector<float> normal(std::mt19937& rng, size_t n, float sd) {
-  std::normal_distribution<float> d(0.0f, sd);
-  std::vector<float> v(n);
-  for (auto& e : v) e = d(rng);
-  return v;
+// The same convolution as DirectConv parameters, for the double-precision reference.
+DirectConv as_direct(const WinogradConv& p) {
+  DirectConv d;
+  d.N = p.N, d.H = p.H, d.W = p.W, d.C = p.C, d.K = p.K, d.kh = d.kw = 3;
+  d.pad_t = p.pad_t, d.pad_l = p.pad_l, d.out_h = p.out_h, d.out_w = p.out_w;
+  d.clamp = p.clamp, d.lo = p.lo, d.hi = p.hi;
+  return d;
 }
 
 TEST(Winograd, AgainstDirectSumOnRandomShapes) {
@@ -90,33 +58,22 @@ TEST(Winograd, AgainstDirectSumOnRandomShapes) {
     p.hi = act == 1 ? std::numeric_limits<float>::infinity() : 0.75f;
     const bool with_bias = pick(rng) % 2 == 0;
     ASSERT_TRUE(winograd_available(p));
-    SCOPED_TRACE(testing::Message() << "N " << p.N << " H " << p.H << " W " << p.W << " C " << p.C << " K " << p.K
+    SCOPED_TRACE(::testing::Message() << "N " << p.N << " H " << p.H << " W " << p.W << " C " << p.C << " K " << p.K
                                     << " pads " << p.pad_t << "," << p.pad_l << "," << pad_b << "," << pad_r
                                     << " act " << act << " bias " << with_bias);
     const auto x = normal(rng, p.N * p.H * p.W * p.C, 1.0f);
     const auto w = normal(rng, p.K * p.C * 9, 0.2f);
     const auto b = normal(rng, p.K, 0.5f);
-    // Filled with NaN: every output must be written.
-    std::vector<float> y(p.N * p.out_h * p.out_w * p.K, std::numeric_limits<float>::quiet_NaN());
-    winograd_conv_f43(p, x.data(), w.data(), with_bias ? b.data() : nullptr, y.data(), scratch);
-    const Ref ref = direct(p, x, w, with_bias ? &b : nullptr);
-    double case_worst = 0.0;
-    for (size_t o = 0; o < y.size(); ++o) {
-      ASSERT_FALSE(std::isnan(y[o])) << "output " << o << " not written";
-      const double err = std::abs(y[o] - ref.y[o]) / std::max(ref.scale[o], 1e-30);
-      case_worst = std::max(case_worst, err);
-      if (p.clamp) {
-        ASSERT_GE(y[o], p.lo);
-        ASSERT_LE(y[o], p.hi);
-      }
-    }
+    const double case_worst = testing::worst_error_against_reference(
+        as_direct(p), x, w, with_bias ? &b : nullptr,
+        [&](float* y) { winograd_conv_f43(p, x.data(), w.data(), with_bias ? b.data() : nullptr, y, scratch); });
     // Measured up to 3e-6 here; a direct float32 sum stays near 1e-7.
     EXPECT_LE(case_worst, 1e-5);
     worst = std::max(worst, case_worst);
     ++cases;
   }
   EXPECT_GE(cases, 30);
-  RecordProperty("worst_error_over_sum_abs", (testing::Message() << worst).GetString());
+  RecordProperty("worst_error_over_sum_abs", (::testing::Message() << worst).GetString());
 }
 
 TEST(Winograd, EachImageIsComputedAsIfAlone) {
@@ -130,17 +87,13 @@ TEST(Winograd, EachImageIsComputedAsIfAlone) {
   const auto x = normal(rng, p.N * p.H * p.W * p.C, 1.0f);
   const auto w = normal(rng, p.K * p.C * 9, 0.2f);
   const auto b = normal(rng, p.K, 0.5f);
-  const int64_t in_image = p.H * p.W * p.C, out_image = p.out_h * p.out_w * p.K;
-  std::vector<float> all(p.N * out_image);
   WinogradScratch s;
-  winograd_conv_f43(p, x.data(), w.data(), b.data(), all.data(), s);
-  WinogradConv one = p;
-  one.N = 1;
-  for (int64_t n = 0; n < p.N; ++n) {
-    std::vector<float> alone(out_image);
-    winograd_conv_f43(one, x.data() + n * in_image, w.data(), b.data(), alone.data(), s);
-    for (int64_t i = 0; i < out_image; ++i) ASSERT_EQ(alone[i], all[n * out_image + i]) << "image " << n << " " << i;
-  }
+  testing::expect_images_computed_as_if_alone(
+      p.N, p.H * p.W * p.C, p.out_h * p.out_w * p.K, x, [&](int64_t images, const float* xi, float* yi) {
+        WinogradConv q = p;
+        q.N = images;
+        winograd_conv_f43(q, xi, w.data(), b.data(), yi, s);
+      });
 }
 
 TEST(Winograd, KeptWeightTransformsFollowTheWeightsValues) {
