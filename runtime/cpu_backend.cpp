@@ -379,7 +379,10 @@ std::string CpuBackend::device_name() const {
 
 std::string CpuBackend::library_versions() const {
   const dnnl_version_t* v = dnnl_version();
-  return fmt::format("oneDNN {}.{}.{} ({})", v->major, v->minor, v->patch, v->hash);
+  // Which convolutions ran where: qsweep's own kernels need AVX-512 (kernels/cpu).
+  return fmt::format("oneDNN {}.{}.{} ({}); qsweep CPU convolution kernels: {}", v->major, v->minor, v->patch, v->hash,
+                     winograd_cpu_supported() ? "AVX-512 (direct; Winograd and strips with run.conv_transforms)"
+                                              : "none (no AVX-512: every convolution on oneDNN)");
 }
 
 bool CpuBackend::supports(OpType) const { return true; }
