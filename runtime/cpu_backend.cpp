@@ -88,7 +88,7 @@ class CpuContext final : public BackendContext {
   Tensor padded;  // explicitly padded pooling input (see run_pool)
   std::vector<Tensor> nchw;  // NCHW copies of NHWC inputs, for ops that need NCHW
   Tensor conv_out;  // a conv's output on its way into a residual join that could not be fused
-  bool transform_convs = false;  // run.conv_transforms: Winograd F(4x4, 3x3) where it applies
+  bool transform_convs = false;  // run.conv_transforms: Winograd and strip convolutions where they apply
   WinogradScratch winograd;
   DirectConvScratch direct;
 };
