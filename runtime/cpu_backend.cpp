@@ -100,7 +100,7 @@ void check_rank(const Node& n, const Tensor& x, size_t rank) {
   }
 }
 
-// A fused Relu or Clip as the clamp of qsweep's own convolution kernels.
+// A Relu or Clip as a clamp [lo, hi]: the epilogue of qsweep's convolution kernels, add_clamp.
 void clamp_range(const Node& act, bool& clamp, float& lo, float& hi) {
   clamp = true;
   lo = act.op == OpType::kClip ? act.attrs.act_alpha : 0.0f;
@@ -564,8 +564,9 @@ void CpuBackend::run_with_activation(BackendContext& base, const Node& node, con
   if (!fuses_activation(node.op, act.op)) return Backend::run_with_activation(base, node, act, in, out);
   auto& ctx = static_cast<CpuContext&>(base);
   if (node.op == OpType::kConv) return run_conv(ctx, node, in, out, &act);
-  const float lo = act.op == OpType::kClip ? act.attrs.act_alpha : 0.0f;
-  const float hi = act.op == OpType::kClip ? act.attrs.act_beta : std::numeric_limits<float>::infinity();
+  bool clamp = false;
+  float lo = 0.0f, hi = 0.0f;
+  clamp_range(act, clamp, lo, hi);
   if (in.size() == 2 && in[0]->shape == in[1]->shape && in[0]->nhwc == in[1]->nhwc) {
     out.reshape_to(in[0]->shape);
     out.nhwc = in[0]->nhwc;

@@ -3,6 +3,8 @@
 
 #include <immintrin.h>
 
+#include "kernels/cpu/avx512_common.h"
+
 #include <algorithm>
 #include <map>
 #include <tuple>
@@ -10,11 +12,6 @@
 namespace qsweep {
 
 namespace {
-
-bool cpu_has_avx512() {
-  static const bool has = __builtin_cpu_supports("avx512f") != 0;
-  return has;
-}
 
 // min(max(v, lo), hi) as _mm512_max_ps / _mm512_min_ps compute it (a NaN v gives lo), for
 // the scalar path of pixels without inside taps.
@@ -83,11 +80,8 @@ __attribute__((target("avx512f,fma"))) void rows_kernel(const DirectConv& p, con
     if (r >= valid) break;
 #pragma GCC unroll 4
     for (int v = 0; v < NV; ++v) {
-      __m512 o = acc[r][v];
-      if (bias != nullptr) o = _mm512_add_ps(o, _mm512_loadu_ps(bias + k0 + 16 * v));
-      if (p.residual != nullptr) o = _mm512_add_ps(o, _mm512_loadu_ps(rows.res[r] + k0 + 16 * v));
-      if (p.clamp) o = _mm512_min_ps(_mm512_max_ps(o, lo), hi);
-      _mm512_storeu_ps(rows.y[r] + k0 + 16 * v, o);
+      avx512::store_output(rows.y[r] + k0 + 16 * v, acc[r][v], bias != nullptr ? bias + k0 + 16 * v : nullptr,
+                           p.residual != nullptr ? rows.res[r] + k0 + 16 * v : nullptr, p.clamp, lo, hi);
     }
   }
 }
@@ -112,7 +106,7 @@ __attribute__((target("avx512f,fma"))) void all_columns(const DirectConv& p, con
 }  // namespace
 
 bool direct_conv_available(const DirectConv& p) {
-  return cpu_has_avx512() && p.N > 0 && p.C > 0 && p.K > 0 && p.K % 16 == 0 && p.kh > 0 && p.kw > 0 &&
+  return avx512::cpu_supported() && p.N > 0 && p.C > 0 && p.K > 0 && p.K % 16 == 0 && p.kh > 0 && p.kw > 0 &&
          p.stride_h > 0 && p.stride_w > 0 && p.dil_h > 0 && p.dil_w > 0 && p.out_h > 0 && p.out_w > 0;
 }
 

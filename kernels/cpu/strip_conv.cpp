@@ -3,6 +3,8 @@
 
 #include <immintrin.h>
 
+#include "kernels/cpu/avx512_common.h"
+
 #include <algorithm>
 
 namespace qsweep {
@@ -10,11 +12,6 @@ namespace qsweep {
 namespace {
 
 constexpr int64_t kC = 16;  // input channels the kernel is built for
-
-bool cpu_has_avx512() {
-  static const bool has = __builtin_cpu_supports("avx512f") != 0;
-  return has;
-}
 
 #pragma GCC push_options
 #pragma GCC target("avx512f,fma")
@@ -81,11 +78,8 @@ __attribute__((target("avx512f,fma"))) void strip(const DirectConv& p, const flo
     if (o >= valid) break;
 #pragma GCC unroll 2
     for (int v = 0; v < NV; ++v) {
-      __m512 r = acc[o][v];
-      if (bias != nullptr) r = _mm512_add_ps(r, _mm512_loadu_ps(bias + 16 * v));
-      if (res != nullptr) r = _mm512_add_ps(r, _mm512_loadu_ps(res + o * K + 16 * v));
-      if (p.clamp) r = _mm512_min_ps(_mm512_max_ps(r, lo), hi);
-      _mm512_storeu_ps(out + o * K + 16 * v, r);
+      avx512::store_output(out + o * K + 16 * v, acc[o][v], bias != nullptr ? bias + 16 * v : nullptr,
+                           res != nullptr ? res + o * K + 16 * v : nullptr, p.clamp, lo, hi);
     }
   }
 }
@@ -148,7 +142,7 @@ __attribute__((target("avx512f,fma"))) void dispatch_kw(const DirectConv& p, con
 }  // namespace
 
 bool strip_conv_available(const DirectConv& p) {
-  return cpu_has_avx512() && p.N > 0 && p.C == kC && (p.K == 16 || p.K == 32) && p.kh > 0 && p.kw >= 1 &&
+  return avx512::cpu_supported() && p.N > 0 && p.C == kC && (p.K == 16 || p.K == 32) && p.kh > 0 && p.kw >= 1 &&
          p.kw <= 3 && (p.stride_w == 1 || p.stride_w == 2) && p.dil_w == 1 && p.stride_h > 0 && p.dil_h > 0 && p.out_h > 0 &&
          p.out_w > 0;
 }

@@ -16,17 +16,14 @@
 
 #include <immintrin.h>
 
+#include "kernels/cpu/avx512_common.h"
+
 #include <algorithm>
 #include <cstring>
 
 namespace qsweep {
 
 namespace {
-
-bool cpu_has_avx512() {
-  static const bool has = __builtin_cpu_supports("avx512f") != 0;
-  return has;
-}
 
 // Tiles per block: a multiple of every row count of the GEMM kernels below (12, 6), small
 // enough that a block's V and M stay in L2 next to U. Measured on the shipped ResNet's shapes
@@ -237,10 +234,8 @@ __attribute__((target("avx512f,fma"))) void transform_output(const WinogradConv&
         apply_at(tmp[i], o4);
         for (int j = 0; j < cols; ++j) {
           const int64_t at = ((oy0 + i) * p.out_w + ox0 + j) * K + k;
-          __m512 v = _mm512_add_ps(o4[j], b);
-          if (res != nullptr) v = _mm512_add_ps(v, _mm512_loadu_ps(res + at));
-          if (p.clamp) v = _mm512_min_ps(_mm512_max_ps(v, lo), hi);
-          _mm512_storeu_ps(img + at, v);
+          avx512::store_output(img + at, _mm512_add_ps(o4[j], b), nullptr, res != nullptr ? res + at : nullptr,
+                               p.clamp, lo, hi);
         }
       }
     }
@@ -252,13 +247,13 @@ __attribute__((target("avx512f,fma"))) void transform_output(const WinogradConv&
 
 }  // namespace
 
-bool winograd_cpu_supported() { return cpu_has_avx512(); }
+bool winograd_cpu_supported() { return avx512::cpu_supported(); }
 
 bool winograd_available(const WinogradConv& p) {
   // Below 64 channels in and out together the transforms cost more than the multiplies they
   // save (16 -> 16 channels on 14x14 maps ran 4% slower than oneDNN's direct convolution
   // in the shipped ResNet's grid).
-  return cpu_has_avx512() && p.C > 0 && p.C % 16 == 0 && p.K > 0 && p.K % 16 == 0 && p.C + p.K >= 64 &&
+  return avx512::cpu_supported() && p.C > 0 && p.C % 16 == 0 && p.K > 0 && p.K % 16 == 0 && p.C + p.K >= 64 &&
          p.pad_t >= 0 && p.pad_t < 3 && p.pad_l >= 0 && p.pad_l < 3 && p.out_h > 0 && p.out_w > 0 && p.N > 0;
 }
 

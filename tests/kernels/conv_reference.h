@@ -60,6 +60,14 @@ inline std::vector<float> normal(std::mt19937& rng, size_t n, float sd) {
   return v;
 }
 
+// The fused activation of random test case number `act`: 0 none, 1 ReLU, 2 clip to
+// [-0.5, 0.75].
+inline void set_activation(int act, bool& clamp, float& lo, float& hi) {
+  clamp = act != 0;
+  lo = act == 1 ? 0.0f : -0.5f;
+  hi = act == 1 ? std::numeric_limits<float>::infinity() : 0.75f;
+}
+
 // Runs kernel(y) on an output prefilled with NaN and compares every output with the
 // reference: each must be written and within the clamp; where every tap is on padding and
 // there is no bias, exactly the (clamped) zero. Returns the largest error over sum |x w|.

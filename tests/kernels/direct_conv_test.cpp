@@ -53,10 +53,8 @@ TEST(DirectConv, AgainstDoubleSumOnRandomShapes) {
     if (p.H + p.pad_t + pad_b < span_h || p.W + p.pad_l + pad_r < span_w) continue;
     p.out_h = (p.H + p.pad_t + pad_b - span_h) / p.stride_h + 1;
     p.out_w = (p.W + p.pad_l + pad_r - span_w) / p.stride_w + 1;
-    const int act = pick(rng) % 3;  // none, ReLU, clip to [-0.5, 0.75]
-    p.clamp = act != 0;
-    p.lo = act == 1 ? 0.0f : -0.5f;
-    p.hi = act == 1 ? std::numeric_limits<float>::infinity() : 0.75f;
+    const int act = pick(rng) % 3;
+    testing::set_activation(act, p.clamp, p.lo, p.hi);
     const bool with_bias = pick(rng) % 2 == 0;
     ASSERT_TRUE(direct_conv_available(p));
     SCOPED_TRACE(::testing::Message() << "N " << p.N << " H " << p.H << " W " << p.W << " C " << p.C << " K " << p.K
@@ -175,9 +173,7 @@ TEST(StripConv, AgainstDoubleSumOnRandomShapes) {
     p.out_h = (p.H + p.pad_t + pad_b - span_h) / p.stride_h + 1;
     p.out_w = (p.W + p.pad_l + pad_r - p.kw) / p.stride_w + 1;
     const int act = pick(rng) % 3;
-    p.clamp = act != 0;
-    p.lo = act == 1 ? 0.0f : -0.5f;
-    p.hi = act == 1 ? std::numeric_limits<float>::infinity() : 0.75f;
+    testing::set_activation(act, p.clamp, p.lo, p.hi);
     const bool with_bias = pick(rng) % 2 == 0;
     ASSERT_TRUE(strip_conv_available(p));
     SCOPED_TRACE(::testing::Message() << "N " << p.N << " H " << p.H << " W " << p.W << " K " << p.K << " kernel "

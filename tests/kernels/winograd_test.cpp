@@ -52,10 +52,8 @@ TEST(Winograd, AgainstDirectSumOnRandomShapes) {
     p.out_h = p.H + p.pad_t + pad_b - 2;
     p.out_w = p.W + p.pad_l + pad_r - 2;
     if (p.out_h < 1 || p.out_w < 1) continue;
-    const int act = pick(rng) % 3;  // none, ReLU, clip to [-0.5, 0.75]
-    p.clamp = act != 0;
-    p.lo = act == 1 ? 0.0f : -0.5f;
-    p.hi = act == 1 ? std::numeric_limits<float>::infinity() : 0.75f;
+    const int act = pick(rng) % 3;
+    testing::set_activation(act, p.clamp, p.lo, p.hi);
     const bool with_bias = pick(rng) % 2 == 0;
     ASSERT_TRUE(winograd_available(p));
     SCOPED_TRACE(::testing::Message() << "N " << p.N << " H " << p.H << " W " << p.W << " C " << p.C << " K " << p.K
