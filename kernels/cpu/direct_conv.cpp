@@ -7,7 +7,6 @@
 
 #include <algorithm>
 #include <map>
-#include <tuple>
 
 namespace qsweep {
 
@@ -19,9 +18,6 @@ float clamp_like_relu(float v, float lo, float hi) {
   const float m = v > lo ? v : lo;
   return m < hi ? m : hi;
 }
-
-// The kernel taps of one output pixel that read the input: ky in [ky0, ky1), kx in [kx0, kx1).
-using TapBox = std::tuple<int64_t, int64_t, int64_t, int64_t>;
 
 std::pair<int64_t, int64_t> inside(int64_t o, int64_t stride, int64_t pad, int64_t dil, int64_t k, int64_t in) {
   int64_t a = 0, b = k;
@@ -127,15 +123,22 @@ void direct_conv(const DirectConv& p, const float* x, const float* w, const floa
                                }
                              })
                         .data();
-  // Output pixels grouped by their box of inside taps.
-  std::map<TapBox, std::vector<std::pair<int64_t, int64_t>>> groups;
-  for (int64_t oy = 0; oy < p.out_h; ++oy) {
-    const auto [ky0, ky1] = inside(oy, p.stride_h, p.pad_t, p.dil_h, p.kh, p.H);
-    for (int64_t ox = 0; ox < p.out_w; ++ox) {
-      const auto [kx0, kx1] = inside(ox, p.stride_w, p.pad_l, p.dil_w, p.kw, p.W);
-      groups[{ky0, ky1, kx0, kx1}].emplace_back(oy, ox);
+  // Output pixels grouped by their box of inside taps, made once per geometry.
+  const std::array<int64_t, 12> geometry = {p.H,     p.W,     p.kh,    p.kw,    p.stride_h, p.stride_w,
+                                            p.dil_h, p.dil_w, p.pad_t, p.pad_l, p.out_h,    p.out_w};
+  auto found = s.groups.find(geometry);
+  if (found == s.groups.end()) {
+    std::map<std::array<int64_t, 4>, std::vector<std::pair<int64_t, int64_t>>> by_box;
+    for (int64_t oy = 0; oy < p.out_h; ++oy) {
+      const auto [ky0, ky1] = inside(oy, p.stride_h, p.pad_t, p.dil_h, p.kh, p.H);
+      for (int64_t ox = 0; ox < p.out_w; ++ox) {
+        const auto [kx0, kx1] = inside(ox, p.stride_w, p.pad_l, p.dil_w, p.kw, p.W);
+        by_box[{ky0, ky1, kx0, kx1}].emplace_back(oy, ox);
+      }
     }
+    found = s.groups.emplace(geometry, DirectConvScratch::PixelGroups(by_box.begin(), by_box.end())).first;
   }
+  const DirectConvScratch::PixelGroups& groups = found->second;
   // Rows per kernel call: enough accumulators to hide the FMA latency, few enough row
   // pointers to stay in registers.
   const int R = K % 64 == 0 || K % 48 == 0 ? 6 : 8;

@@ -11,7 +11,10 @@
 // oneDNN's. tests/kernels/direct_conv_test.cpp bounds them against a double-precision sum.
 #pragma once
 
+#include <array>
 #include <cstdint>
+#include <map>
+#include <utility>
 #include <vector>
 
 #include "kernels/cpu/weight_cache.h"
@@ -39,6 +42,11 @@ bool direct_conv_available(const DirectConv& p);
 struct DirectConvScratch {
   WeightCache weights;        // each weight tensor as [kh][kw][C][K] (direct_conv)
   WeightCache strip_weights;  // and as [kh][C][kw][K] (strip_conv, kernels/cpu/strip_conv.h)
+  // Output pixels (oy, ox) grouped by their box of inside taps {ky0, ky1, kx0, kx1}, per
+  // geometry (input size, kernel, strides, dilations, leading pads, output size): the same
+  // few shapes come back on every call of a grid.
+  using PixelGroups = std::vector<std::pair<std::array<int64_t, 4>, std::vector<std::pair<int64_t, int64_t>>>>;
+  std::map<std::array<int64_t, 12>, PixelGroups> groups;
 };
 
 // y (N, out_h, out_w, K; NHWC) = conv(x (N, H, W, C; NHWC), w (K, C, kh, kw; OIHW)) + bias,
