@@ -93,6 +93,18 @@ double worst_error_against_reference(const DirectConv& p, const std::vector<floa
   return worst;
 }
 
+// A random case of shape p (inputs ~ N(0, 1), weights ~ N(0, 0.2), bias ~ N(0, 0.5) or
+// none) run through kernel(x, w, bias or null, y) and checked as above.
+template <typename Kernel>
+double random_case_error(std::mt19937& rng, const DirectConv& p, bool with_bias, Kernel&& kernel) {
+  const auto x = normal(rng, p.N * p.H * p.W * p.C, 1.0f);
+  const auto w = normal(rng, p.K * p.C * p.kh * p.kw, 0.2f);
+  const auto b = normal(rng, p.K, 0.5f);
+  return worst_error_against_reference(p, x, w, with_bias ? &b : nullptr, [&](float* y) {
+    kernel(x.data(), w.data(), with_bias ? b.data() : nullptr, y);
+  });
+}
+
 // kernel(images, x, y) on the whole batch and on each image alone: the same bits.
 template <typename Kernel>
 void expect_images_computed_as_if_alone(int64_t images, int64_t in_image, int64_t out_image,

@@ -61,12 +61,9 @@ TEST(DirectConv, AgainstDoubleSumOnRandomShapes) {
                                     << " kernel " << p.kh << "x" << p.kw << " stride " << p.stride_h << ","
                                     << p.stride_w << " dilation " << p.dil_h << "," << p.dil_w << " pads " << p.pad_t
                                     << "," << p.pad_l << "," << pad_b << "," << pad_r << " act " << act);
-    const auto x = normal(rng, p.N * p.H * p.W * p.C, 1.0f);
-    const auto w = normal(rng, p.K * p.C * p.kh * p.kw, 0.2f);
-    const auto b = normal(rng, p.K, 0.5f);
-    const double case_worst = testing::worst_error_against_reference(
-        p, x, w, with_bias ? &b : nullptr,
-        [&](float* y) { direct_conv(p, x.data(), w.data(), with_bias ? b.data() : nullptr, y, scratch); });
+    const double case_worst = testing::random_case_error(
+        rng, p, with_bias,
+        [&](const float* x, const float* w, const float* b, float* y) { direct_conv(p, x, w, b, y, scratch); });
     // A float32 sum of n terms: well under n * 2^-24 of sum |x w| in practice.
     EXPECT_LE(case_worst, 1e-6);
     worst = std::max(worst, case_worst);
@@ -180,12 +177,9 @@ TEST(StripConv, AgainstDoubleSumOnRandomShapes) {
                                     << p.kh << "x" << p.kw << " stride " << p.stride_h << "," << p.stride_w
                                     << " dilation_h " << p.dil_h << " pads " << p.pad_t << "," << p.pad_l << ","
                                     << pad_b << "," << pad_r << " act " << act);
-    const auto x = normal(rng, p.N * p.H * p.W * p.C, 1.0f);
-    const auto w = normal(rng, p.K * p.C * p.kh * p.kw, 0.2f);
-    const auto b = normal(rng, p.K, 0.5f);
-    const double case_worst = testing::worst_error_against_reference(
-        p, x, w, with_bias ? &b : nullptr,
-        [&](float* y) { strip_conv(p, x.data(), w.data(), with_bias ? b.data() : nullptr, y, scratch); });
+    const double case_worst = testing::random_case_error(
+        rng, p, with_bias,
+        [&](const float* x, const float* w, const float* b, float* y) { strip_conv(p, x, w, b, y, scratch); });
     EXPECT_LE(case_worst, 1e-6);
     worst = std::max(worst, case_worst);
     ++cases;
