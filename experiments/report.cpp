@@ -24,6 +24,7 @@
 #include <sstream>
 #include <thread>
 
+#include "experiments/csv.h"
 #include "experiments/results.h"
 #include "runtime/error.h"
 #include "runtime/graph.h"
@@ -40,96 +41,11 @@ namespace {
 
 // ---------------------------------------------------------------- files and CSV
 
-std::optional<std::string> read_text(const fs::path& p) {
-  std::ifstream in(p, std::ios::binary);
-  if (!in) return std::nullopt;
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
-
 void write_into(const fs::path& path, const std::string& content) {
   std::error_code ec;
   fs::create_directories(path.parent_path(), ec);
   if (ec) user_error("cannot create '{}': {}", path.parent_path().string(), ec.message());
   write_file_atomic(path, content);
-}
-
-struct Csv {
-  std::vector<std::string> header;
-  std::vector<std::vector<std::string>> rows;
-
-  int col(const std::string& name) const {
-    const auto it = std::find(header.begin(), header.end(), name);
-    return it == header.end() ? -1 : static_cast<int>(it - header.begin());
-  }
-  bool has(const std::string& name) const { return col(name) >= 0; }
-  // The field of row r in column `name`; "" when the column is absent.
-  const std::string& at(size_t r, const std::string& name) const {
-    static const std::string empty;
-    const int c = col(name);
-    return c < 0 || c >= static_cast<int>(rows[r].size()) ? empty : rows[r][c];
-  }
-};
-
-// RFC 4180: commas, double-quoted fields with "" for a quote, LF or CRLF line ends.
-Csv parse_csv(const std::string& text) {
-  std::vector<std::vector<std::string>> lines;
-  std::vector<std::string> row;
-  std::string field;
-  bool quoted = false, any = false;
-  for (size_t i = 0; i < text.size(); ++i) {
-    const char c = text[i];
-    if (quoted) {
-      if (c == '"' && i + 1 < text.size() && text[i + 1] == '"') {
-        field += '"';
-        ++i;
-      } else if (c == '"') {
-        quoted = false;
-      } else {
-        field += c;
-      }
-      continue;
-    }
-    if (c == '"') {
-      quoted = true;
-      any = true;
-    } else if (c == ',') {
-      row.push_back(std::move(field));
-      field.clear();
-      any = true;
-    } else if (c == '\n' || c == '\r') {
-      if (c == '\r' && i + 1 < text.size() && text[i + 1] == '\n') ++i;
-      if (any || !field.empty()) {
-        row.push_back(std::move(field));
-        lines.push_back(std::move(row));
-      }
-      row.clear();
-      field.clear();
-      any = false;
-    } else {
-      field += c;
-      any = true;
-    }
-  }
-  if (any || !field.empty()) {
-    row.push_back(std::move(field));
-    lines.push_back(std::move(row));
-  }
-  Csv csv;
-  if (lines.empty()) return csv;
-  csv.header = std::move(lines.front());
-  for (size_t i = 1; i < lines.size(); ++i) {
-    lines[i].resize(std::max(lines[i].size(), csv.header.size()));
-    csv.rows.push_back(std::move(lines[i]));
-  }
-  return csv;
-}
-
-std::optional<Csv> read_csv(const fs::path& p) {
-  auto text = read_text(p);
-  if (!text) return std::nullopt;
-  return parse_csv(*text);
 }
 
 std::optional<json> read_json(const fs::path& p, std::vector<std::string>& warnings) {
@@ -143,16 +59,8 @@ std::optional<json> read_json(const fs::path& p, std::vector<std::string>& warni
   }
 }
 
-// A CSV number: "inf" and "nan" as strtod reads them; empty or malformed: NaN.
-double number(const std::string& s) {
-  if (s.empty()) return std::nan("");
-  char* end = nullptr;
-  const double v = std::strtod(s.c_str(), &end);
-  return end == s.c_str() ? std::nan("") : v;
-}
-
 int integer(const std::string& s) {
-  const double v = number(s);
+  const double v = csv_number(s);
   return std::isfinite(v) ? static_cast<int>(v) : -1;
 }
 
@@ -239,8 +147,8 @@ Results load_results(const fs::path& dir, std::vector<std::string>& warnings) {
     layers[li] = LayerInfo{li, r.grid.at(i, "layer_name"), r.grid.at(i, "op_type")};
     bits.insert(b);
     r.cells[{li, b}] =
-        Cell{i, number(r.grid.at(i, "noise")), number(r.grid.at(i, "degradation")), number(r.grid.at(i, "top1"))};
-    if (std::isnan(r.float_top1)) r.float_top1 = number(r.grid.at(i, "float_top1"));
+        Cell{i, csv_number(r.grid.at(i, "noise")), csv_number(r.grid.at(i, "degradation")), csv_number(r.grid.at(i, "top1"))};
+    if (std::isnan(r.float_top1)) r.float_top1 = csv_number(r.grid.at(i, "float_top1"));
     if (r.images == 0) r.images = integer(r.grid.at(i, "images"));
   }
   for (auto& [i, L] : layers) r.layers.push_back(L);
@@ -667,10 +575,10 @@ std::string ci_kind(const Csv& csv, const char* deg_col, const char* top1_col) {
   if (!csv.has("ci_low") || !csv.has("ci_high")) return "none";
   int deg = 0, top = 0, n = 0;
   for (size_t i = 0; i < csv.rows.size(); ++i) {
-    const double lo = number(csv.at(i, "ci_low")), hi = number(csv.at(i, "ci_high"));
+    const double lo = csv_number(csv.at(i, "ci_low")), hi = csv_number(csv.at(i, "ci_high"));
     if (!std::isfinite(lo) || !std::isfinite(hi)) continue;
     ++n;
-    const double d = number(csv.at(i, deg_col)), t = number(csv.at(i, top1_col));
+    const double d = csv_number(csv.at(i, deg_col)), t = csv_number(csv.at(i, top1_col));
     if (lo <= d + 1e-9 && d <= hi + 1e-9)
       ++deg;
     else if (lo <= t + 1e-9 && t <= hi + 1e-9)
@@ -711,7 +619,7 @@ Figure additivity(const Results& r, bool noise) {
   f.dat = fmt::format("# config_index\tlow_bits\thigh_bits\tnum_low_layers\t{}\t{}\tmeasured_top1\tci_low\tci_high\n",
                       pred, meas);
   for (size_t i = 0; i < a.rows.size(); ++i) {
-    const double x = number(a.at(i, pred)), y = number(a.at(i, meas));
+    const double x = csv_number(a.at(i, pred)), y = csv_number(a.at(i, meas));
     f.dat += fmt::format("{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\n", tsv_text(a.at(i, "config_index")),
                          tsv_text(a.at(i, "low_bits")), tsv_text(a.at(i, "high_bits")),
                          tsv_text(a.at(i, "num_low_layers")), tsv_text(a.at(i, pred)), tsv_text(a.at(i, meas)),
@@ -722,8 +630,8 @@ Figure additivity(const Results& r, bool noise) {
     lo = std::min({lo, x, y});
     hi = std::max({hi, x, y});
     if (!noise) {  // keep the confidence intervals inside the plot
-      const double cl = number(a.at(i, "ci_low")), ch = number(a.at(i, "ci_high")),
-                   t = number(a.at(i, "measured_top1"));
+      const double cl = csv_number(a.at(i, "ci_low")), ch = csv_number(a.at(i, "ci_high")),
+                   t = csv_number(a.at(i, "measured_top1"));
       if (std::isfinite(cl) && std::isfinite(ch)) {
         const bool of_top1 = !(cl <= y + 1e-9 && y <= ch + 1e-9) && std::isfinite(t) && cl <= t && t <= ch;
         lo = std::min(lo, of_top1 ? r.float_top1 - ch : cl);
@@ -1000,8 +908,8 @@ std::vector<WeightLayer> worst_layer_weights(const Results& r, const std::vector
       const Csv& s = *r.layer_stats;
       for (size_t i = 0; i < s.rows.size(); ++i) {
         if (integer(s.at(i, "layer_index")) != index) continue;
-        const double lo = number(s.at(i, "range_min")), hi = number(s.at(i, "range_max"));
-        W.kurtosis = number(s.at(i, "kurtosis"));
+        const double lo = csv_number(s.at(i, "range_min")), hi = csv_number(s.at(i, "range_max"));
+        W.kurtosis = csv_number(s.at(i, "kurtosis"));
         if (std::isfinite(lo) && std::isfinite(hi)) {
           W.range_lo = lo;
           W.range_hi = hi;
@@ -1140,7 +1048,7 @@ std::string csv_table(const Csv& csv, const std::string& id) {
   for (const auto& row : csv.rows) {
     s += "<tr>";
     for (const auto& v : row) {
-      const bool numeric = !v.empty() && std::isfinite(number(v)) ? true : v == "inf" || v == "-inf";
+      const bool numeric = !v.empty() && std::isfinite(csv_number(v)) ? true : v == "inf" || v == "-inf";
       s += numeric ? "<td class=\"n\">" : "<td>";
       s += html_escape(v) + "</td>";
     }

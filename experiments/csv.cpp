@@ -1,0 +1,96 @@
+#include "experiments/csv.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <fstream>
+#include <sstream>
+
+namespace qsweep {
+
+int Csv::col(const std::string& name) const {
+  const auto it = std::find(header.begin(), header.end(), name);
+  return it == header.end() ? -1 : static_cast<int>(it - header.begin());
+}
+
+const std::string& Csv::at(size_t r, const std::string& name) const {
+  static const std::string empty;
+  const int c = col(name);
+  return c < 0 || c >= static_cast<int>(rows[r].size()) ? empty : rows[r][c];
+}
+
+Csv parse_csv(const std::string& text) {
+  std::vector<std::vector<std::string>> lines;
+  std::vector<std::string> row;
+  std::string field;
+  bool quoted = false, any = false;
+  for (size_t i = 0; i < text.size(); ++i) {
+    const char c = text[i];
+    if (quoted) {
+      if (c == '"' && i + 1 < text.size() && text[i + 1] == '"') {
+        field += '"';
+        ++i;
+      } else if (c == '"') {
+        quoted = false;
+      } else {
+        field += c;
+      }
+      continue;
+    }
+    if (c == '"') {
+      quoted = true;
+      any = true;
+    } else if (c == ',') {
+      row.push_back(std::move(field));
+      field.clear();
+      any = true;
+    } else if (c == '\n' || c == '\r') {
+      if (c == '\r' && i + 1 < text.size() && text[i + 1] == '\n') ++i;
+      if (any || !field.empty()) {
+        row.push_back(std::move(field));
+        lines.push_back(std::move(row));
+      }
+      row.clear();
+      field.clear();
+      any = false;
+    } else {
+      field += c;
+      any = true;
+    }
+  }
+  if (any || !field.empty()) {
+    row.push_back(std::move(field));
+    lines.push_back(std::move(row));
+  }
+  Csv csv;
+  if (lines.empty()) return csv;
+  csv.header = std::move(lines.front());
+  for (size_t i = 1; i < lines.size(); ++i) {
+    lines[i].resize(std::max(lines[i].size(), csv.header.size()));
+    csv.rows.push_back(std::move(lines[i]));
+  }
+  return csv;
+}
+
+std::optional<std::string> read_text(const std::filesystem::path& p) {
+  std::ifstream in(p, std::ios::binary);
+  if (!in) return std::nullopt;
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+std::optional<Csv> read_csv(const std::filesystem::path& p) {
+  auto text = read_text(p);
+  if (!text) return std::nullopt;
+  return parse_csv(*text);
+}
+
+double csv_number(const std::string& s) {
+  if (s.empty()) return std::nan("");
+  char* end = nullptr;
+  const double v = std::strtod(s.c_str(), &end);
+  return end == s.c_str() ? std::nan("") : v;
+}
+
+}  // namespace qsweep

@@ -1,0 +1,32 @@
+// Reading the CSV and text files of a results folder (report, check).
+#pragma once
+
+#include <filesystem>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace qsweep {
+
+struct Csv {
+  std::vector<std::string> header;
+  std::vector<std::vector<std::string>> rows;
+
+  int col(const std::string& name) const;
+  bool has(const std::string& name) const { return col(name) >= 0; }
+  // The field of row r in column `name`; "" when the column is absent.
+  const std::string& at(size_t r, const std::string& name) const;
+};
+
+// RFC 4180: commas, double-quoted fields with "" for a quote, LF or CRLF line ends. The first
+// line is the header; shorter rows are padded with empty fields.
+Csv parse_csv(const std::string& text);
+
+// The whole file, or nullopt when it cannot be read.
+std::optional<std::string> read_text(const std::filesystem::path& p);
+std::optional<Csv> read_csv(const std::filesystem::path& p);
+
+// A CSV number: "inf" and "nan" as strtod reads them; empty or malformed: NaN.
+double csv_number(const std::string& s);
+
+}  // namespace qsweep
