@@ -9,8 +9,10 @@
 #include <CLI/CLI.hpp>
 #include <fmt/format.h>
 
+#include "experiments/check.h"
 #include "experiments/config.h"
 #include "experiments/report.h"
+#include "experiments/results.h"
 #include "experiments/run.h"
 #include "experiments/slurm.h"
 #include "qsweep_version.h"
@@ -40,6 +42,36 @@ int list_layers(const std::string& model) {
                qsweep::shape_str(g.constant(L.weight_value).shape));
   }
   return 0;
+}
+
+// Compares `dir` with `baseline`, prints the report (and writes it as JSON when asked) and
+// returns the exit status: 0 when every number is within tolerance, kCheckMovedExit if not.
+int check(const std::string& dir, const std::string& baseline, const qsweep::CheckOptions& o, const std::string& json_path,
+          bool quiet) {
+  const qsweep::CheckResult r = qsweep::check_results(dir, baseline, o);
+  if (!json_path.empty()) {
+    std::error_code ec;
+    const std::filesystem::path jp = std::filesystem::absolute(json_path, ec);
+    if (ec || !std::filesystem::is_directory(jp.parent_path(), ec)) {
+      qsweep::user_error("--json {}: its folder does not exist", json_path);
+    }
+    qsweep::write_file_atomic(jp, qsweep::check_json(r, o).dump(2) + "\n");
+  }
+  if (!quiet || !r.passed()) fmt::print("{}", qsweep::format_check(r, o));
+  if (r.passed()) return 0;
+  std::fflush(stdout);
+  fmt::print(stderr, "qsweep: check failed against {}: {}\n", baseline, r.verdict(o));
+  return qsweep::kCheckMovedExit;
+}
+
+void add_check_options(CLI::App* cmd, qsweep::CheckOptions& o, std::string& json_path) {
+  cmd->add_option("--top1-tol", o.top1_tol, "Points of top-1 a row may move (default 0: the same number of correct "
+                                            "images)")
+      ->check(CLI::NonNegativeNumber);
+  cmd->add_option("--noise-rtol", o.noise_rtol, "Relative change of noise allowed (default 1e-6)")
+      ->check(CLI::NonNegativeNumber);
+  cmd->add_option("--json", json_path, "Also write the comparison, every moved row included, as JSON to this file");
+  cmd->add_option("--show", o.show, "Moved rows printed at most (default 20)")->check(CLI::NonNegativeNumber);
 }
 
 int report(const std::string& dir, double saturate, int bar_bits) {
@@ -93,6 +125,12 @@ int main(int argc, char** argv) {
   run_cmd->add_option("--run-id", run.run_id, "Name of the run folder (default: the SLURM array job, else a hash "
                                               "of the config as run, so shards and restarts find it)");
   run_cmd->add_flag("--fresh", run.fresh, "Start a new run instead of resuming or reusing a finished one");
+  std::string run_check;
+  qsweep::CheckOptions run_check_options;
+  std::string run_check_json;
+  run_cmd->add_option("--check", run_check, "After the run, compare its results with this baseline results folder "
+                                            "as `qsweep check` does; exit 3 when a number moved");
+  add_check_options(run_cmd, run_check_options, run_check_json);
 
   std::string merge_dir;
   bool merge_quiet = false;
@@ -128,12 +166,33 @@ int main(int argc, char** argv) {
   report_cmd->add_option("--bar-bits", report_bar_bits, "Weight bit-width of the per-layer bars (default: "
                                                         "output.bar_bits in DIR/config.toml, else the lowest)");
 
+  std::string check_dir, check_baseline, check_json_path;
+  qsweep::CheckOptions check_options;
+  bool check_quiet = false;
+  auto* check_cmd = app.add_subcommand("check", "Compare a results folder with a baseline results folder; exit 3 "
+                                                "when a number moved beyond tolerance (regression sweeps)");
+  check_cmd->add_option("dir", check_dir, "Results folder to check")->required();
+  check_cmd->add_option("baseline", check_baseline, "Baseline results folder (a copy of an earlier run's folder; "
+                                                    "its CSV and JSON files are enough)")
+      ->required();
+  add_check_options(check_cmd, check_options, check_json_path);
+  check_cmd->add_flag("--quiet,-q", check_quiet, "Print nothing when every number is within tolerance");
+
   CLI11_PARSE(app, argc, argv);
   run.command_line = join_args(argc, argv);
   try {
     if (*run_cmd) {
+      if (!run_check.empty() && !run.shard.empty()) {
+        qsweep::user_error("--check compares a whole run; check the merged folder after `qsweep merge` instead of "
+                           "one shard");
+      }
+      if (std::error_code ec; !run_check.empty() && !std::filesystem::is_directory(run_check, ec)) {
+        qsweep::user_error("--check {}: the baseline folder does not exist", run_check);  // before a long run
+      }
       install_signal_handlers();
-      if (qsweep::run_experiment(run).interrupted) return 143;
+      const qsweep::RunOutcome out = qsweep::run_experiment(run);
+      if (out.interrupted) return 143;
+      if (!run_check.empty()) return check(out.folder.string(), run_check, run_check_options, run_check_json, run.quiet);
     } else if (*merge_cmd) {
       qsweep::merge_run(merge_dir, merge_quiet);
     } else if (*submit_cmd) {
@@ -146,6 +205,8 @@ int main(int argc, char** argv) {
       fmt::print("{}", qsweep::config_keys_markdown());
     } else if (*report_cmd) {
       return report(report_dir, report_saturate, report_bar_bits);
+    } else if (*check_cmd) {
+      return check(check_dir, check_baseline, check_options, check_json_path, check_quiet);
     }
   } catch (const qsweep::UserError& e) {
     fmt::print(stderr, "qsweep: error: {}\n", e.what());

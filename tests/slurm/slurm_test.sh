@@ -51,8 +51,11 @@ if [ "$state" != COMPLETED ] || [ "$exit_code" != "0:0" ] || [ -z "$merged" ] ||
   exit 1
 fi
 
-echo "== single-process run of the same config"
-"$qsweep" run "$src/configs/quickstart.toml" --quiet --out "$dir/single"
+echo "== single-process run of the same config, checked against the merged folder (qsweep run --check)"
+if ! "$qsweep" run "$src/configs/quickstart.toml" --quiet --out "$dir/single" --check "$merged"; then
+  echo "FAILED: qsweep check finds numbers of the single-process run that differ from the SLURM array's"
+  exit 1
+fi
 single=$(find "$dir/single/quickstart" -mindepth 1 -maxdepth 1 -type d ! -name '.*' | head -n 1)
 if ! cmp "$merged/layerwise.csv" "$single/layerwise.csv"; then
   echo "FAILED: the SLURM array's merged layerwise.csv differs from the single-process one"

@@ -1,0 +1,439 @@
+#include "experiments/check.h"
+
+#include <fmt/format.h>
+#include <toml++/toml.h>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <map>
+#include <optional>
+#include <sstream>
+
+#include "experiments/csv.h"
+#include "runtime/error.h"
+
+namespace qsweep {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+namespace {
+
+constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
+
+// The files of one results folder that check reads.
+struct Folder {
+  fs::path dir;
+  std::optional<Csv> layerwise, additivity, comparison;
+  std::optional<json> summary, manifest;
+  std::optional<toml::table> config;
+};
+
+std::optional<json> read_json_file(const fs::path& p) {
+  const auto text = read_text(p);
+  if (!text) return std::nullopt;
+  try {
+    return json::parse(*text);
+  } catch (const json::exception& e) {
+    user_error("{}: not valid JSON ({})", p.string(), e.what());
+  }
+}
+
+Folder load(const fs::path& dir, const char* role) {
+  std::error_code ec;
+  if (!fs::is_directory(dir, ec)) user_error("{} folder '{}' does not exist", role, dir.string());
+  Folder f;
+  f.dir = dir;
+  f.layerwise = read_csv(dir / "layerwise.csv");
+  f.additivity = read_csv(dir / "additivity.csv");
+  f.comparison = read_csv(dir / "comparison.csv");
+  if (!f.layerwise && !f.additivity && !f.comparison) {
+    user_error("{} folder '{}' has no layerwise.csv, additivity.csv or comparison.csv: not a qsweep results folder",
+               role, dir.string());
+  }
+  f.summary = read_json_file(dir / "summary.json");
+  f.manifest = read_json_file(dir / "manifest.json");
+  if (const auto text = read_text(dir / "config.toml")) {
+    try {
+      f.config = toml::parse(*text, (dir / "config.toml").string());
+    } catch (const toml::parse_error&) {
+      // The config is context only; an unreadable one is left out of the comparison.
+    }
+  }
+  return f;
+}
+
+void require_columns(const Csv& csv, const fs::path& file, std::initializer_list<const char*> cols) {
+  for (const char* c : cols) {
+    if (!csv.has(c)) user_error("{}: no column '{}'", file.string(), c);
+  }
+}
+
+// Top-1 of a row in points: from the counts when the table has them (exact), else the column.
+double top1_of(const Csv& csv, size_t i, const char* top1_col) {
+  if (csv.has("correct") && csv.has("images")) {
+    const double correct = csv_number(csv.at(i, "correct")), images = csv_number(csv.at(i, "images"));
+    if (std::isfinite(correct) && std::isfinite(images) && images > 0) return 100.0 * correct / images;
+  }
+  return csv_number(csv.at(i, top1_col));
+}
+
+struct Row {
+  double top1 = kNaN, noise = kNaN, images = kNaN;
+  std::string identity;  // what must be equal for the row to be the same row (additivity: its layers)
+};
+
+using Table = std::vector<std::pair<std::string, Row>>;  // in file order
+
+std::string bits_key(const Csv& csv, size_t i) {
+  return fmt::format("{}, {}-bit weights, {}-bit activations", csv.at(i, "layer_name"), csv.at(i, "weight_bits"),
+                     csv.at(i, "act_bits"));
+}
+
+// Rows of a table keyed by name; a repeated key is an error (the row would be ambiguous).
+Table rows_of(const Folder& f, const std::string& table) {
+  Table out;
+  std::map<std::string, size_t> seen;
+  const fs::path file = f.dir / table;
+  auto add = [&](std::string key, Row row) {
+    if (!seen.emplace(key, out.size()).second) user_error("{}: the row '{}' appears twice", file.string(), key);
+    out.emplace_back(std::move(key), std::move(row));
+  };
+  if (table == "layerwise.csv") {
+    const Csv& c = *f.layerwise;
+    require_columns(c, file, {"layer_name", "weight_bits", "act_bits", "noise", "top1"});
+    for (size_t i = 0; i < c.rows.size(); ++i) {
+      add(bits_key(c, i), Row{top1_of(c, i, "top1"), csv_number(c.at(i, "noise")), csv_number(c.at(i, "images")), ""});
+    }
+  } else if (table == "additivity.csv") {
+    const Csv& c = *f.additivity;
+    require_columns(c, file, {"config_index", "low_layers", "measured_top1", "measured_noise"});
+    for (size_t i = 0; i < c.rows.size(); ++i) {
+      add("configuration " + c.at(i, "config_index"),
+          Row{csv_number(c.at(i, "measured_top1")), csv_number(c.at(i, "measured_noise")), kNaN,
+              fmt::format("layers {} at {} bits, the rest at {}", c.at(i, "low_layers"), c.at(i, "low_bits"),
+                          c.at(i, "high_bits"))});
+    }
+  } else {
+    const Csv& c = *f.comparison;
+    require_columns(c, file, {"variant", "top1", "noise"});
+    for (size_t i = 0; i < c.rows.size(); ++i) {
+      add("variant " + c.at(i, "variant"), Row{csv_number(c.at(i, "top1")), csv_number(c.at(i, "noise")), kNaN, ""});
+    }
+  }
+  return out;
+}
+
+// The float32 network's top-1 in points: summary.json's counts, else layerwise.csv's column.
+double float_top1(const Folder& f) {
+  if (f.summary && f.summary->contains("float_correct") && f.summary->contains("images")) {
+    const auto& s = *f.summary;
+    if (s["float_correct"].is_number() && s["images"].is_number() && s["images"].get<double>() > 0) {
+      return 100.0 * s["float_correct"].get<double>() / s["images"].get<double>();
+    }
+  }
+  if (f.summary && f.summary->contains("float_top1") && (*f.summary)["float_top1"].is_number()) {
+    return (*f.summary)["float_top1"].get<double>();
+  }
+  if (f.layerwise && f.layerwise->has("float_top1") && !f.layerwise->rows.empty()) {
+    return csv_number(f.layerwise->at(0, "float_top1"));
+  }
+  return kNaN;
+}
+
+bool same_value(double a, double b) {
+  if (std::isnan(a) || std::isnan(b)) return std::isnan(a) && std::isnan(b);
+  return a == b;
+}
+
+// Relative change of noise: 0 for equal values (also two infinities of one sign or two NaNs),
+// infinity when one side is NaN or infinite and the other not.
+double relative_move(double a, double b) {
+  if (same_value(a, b)) return 0.0;
+  if (!std::isfinite(a) || !std::isfinite(b)) return std::numeric_limits<double>::infinity();
+  return std::abs(a - b) / std::max(std::abs(a), std::abs(b));
+}
+
+double top1_move(double a, double b) {
+  if (same_value(a, b)) return 0.0;
+  if (!std::isfinite(a) || !std::isfinite(b)) return std::numeric_limits<double>::infinity();
+  return std::abs(a - b);
+}
+
+class Checker {
+ public:
+  Checker(CheckResult& r, const CheckOptions& o) : r_(r), o_(o) {}
+
+  void top1(const std::string& table, const std::string& row, double base, double cur) {
+    ++r_.compared;
+    const double move = top1_move(base, cur);
+    if (std::isfinite(move)) r_.max_top1_move = std::max(r_.max_top1_move, move);
+    // 1e-9 points: the counts' quotient, not the tolerance, decides at the boundary.
+    if (!(move <= o_.top1_tol + 1e-9)) r_.moved.push_back(CheckRow{table, row, "top-1", base, cur, ""});
+  }
+  void noise(const std::string& table, const std::string& row, double base, double cur) {
+    ++r_.compared;
+    const double move = relative_move(base, cur);
+    if (std::isfinite(move)) r_.max_noise_move = std::max(r_.max_noise_move, move);
+    if (!(move <= o_.noise_rtol)) r_.moved.push_back(CheckRow{table, row, "noise", base, cur, ""});
+  }
+  void row(const std::string& table, const std::string& row, const std::string& detail) {
+    r_.moved.push_back(CheckRow{table, row, "row", kNaN, kNaN, detail});
+  }
+
+  void tables(const Folder& base, const Folder& cur, const std::string& table) {
+    const Table b = rows_of(base, table), c = rows_of(cur, table);
+    std::map<std::string, const Row*> in_base;
+    for (const auto& [k, v] : b) in_base.emplace(k, &v);
+    std::map<std::string, const Row*> in_cur;
+    for (const auto& [k, v] : c) in_cur.emplace(k, &v);
+    // Differing image counts make every row differ: one line says so instead of each row.
+    bool images_differ = false;
+    double base_images = kNaN, cur_images = kNaN;
+    for (const auto& [k, v] : c) {
+      const auto it = in_base.find(k);
+      if (it == in_base.end()) continue;
+      if (!same_value(it->second->images, v.images)) {
+        images_differ = true;
+        base_images = it->second->images;
+        cur_images = v.images;
+        break;
+      }
+    }
+    if (images_differ) {
+      row(table, "every row", fmt::format("evaluated on {} images, the baseline on {}", cur_images, base_images));
+    }
+    for (const auto& [k, v] : b) {
+      if (!in_cur.count(k)) row(table, k, "in the baseline only");
+    }
+    for (const auto& [k, v] : c) {
+      const auto it = in_base.find(k);
+      if (it == in_base.end()) {
+        row(table, k, "in the results only");
+        continue;
+      }
+      const Row& was = *it->second;
+      if (was.identity != v.identity) {
+        row(table, k, fmt::format("{} (baseline: {})", v.identity, was.identity));
+        continue;
+      }
+      if (images_differ) continue;
+      top1(table, k, was.top1, v.top1);
+      noise(table, k, was.noise, v.noise);
+    }
+  }
+
+ private:
+  CheckResult& r_;
+  const CheckOptions& o_;
+};
+
+// ---------------------------------------------------------------- context
+
+std::string json_text(const json& j) { return j.is_string() ? j.get<std::string>() : j.dump(); }
+
+const json* json_at(const std::optional<json>& j, const char* path) {
+  if (!j) return nullptr;
+  const json* cur = &*j;
+  std::string p = path;
+  size_t start = 0;
+  while (start <= p.size()) {
+    const size_t dot = p.find('.', start);
+    const std::string part = p.substr(start, dot == std::string::npos ? std::string::npos : dot - start);
+    if (!cur->is_object() || !cur->contains(part)) return nullptr;
+    cur = &(*cur)[part];
+    if (dot == std::string::npos) break;
+    start = dot + 1;
+  }
+  return cur;
+}
+
+std::string about(const Folder& f) {
+  auto field = [&](const char* path) {
+    const json* j = json_at(f.manifest, path);
+    return j ? json_text(*j) : std::string("?");
+  };
+  if (!f.manifest) return "no manifest.json";
+  std::string commit = field("git_commit");
+  if (commit.size() > 12) commit.resize(12);
+  return fmt::format("git {}, backend {} ({}), finished {}", commit, field("backend.name"), field("backend.device"),
+                     field("finished_utc"));
+}
+
+// Every leaf of a TOML table as "dotted.key" -> its TOML text (arrays of tables as one value).
+void flatten(const toml::table& t, const std::string& prefix, std::map<std::string, std::string>& out) {
+  for (const auto& [k, v] : t) {
+    const std::string key = prefix.empty() ? std::string(k.str()) : prefix + "." + std::string(k.str());
+    if (const toml::table* sub = v.as_table()) {
+      flatten(*sub, key, out);
+    } else {
+      std::ostringstream ss;
+      ss << toml::toml_formatter{v, toml::format_flags::none};
+      std::string text = ss.str();
+      std::replace(text.begin(), text.end(), '\n', ' ');
+      out[key] = text;
+    }
+  }
+}
+
+void context(const Folder& base, const Folder& cur, std::vector<std::string>& out) {
+  static constexpr std::pair<const char*, const char*> kManifest[] = {
+      {"model.sha256", "model sha256"},
+      {"dataset.eval.images_sha256", "evaluation images sha256"},
+      {"dataset.eval.labels_sha256", "evaluation labels sha256"},
+      {"dataset.calibration.images_sha256", "calibration images sha256"},
+      {"backend.name", "backend"},
+      {"backend.device", "device"},
+      {"backend.threads", "threads"},
+      {"libraries.backend", "backend libraries"},
+      {"git_commit", "git commit"},
+  };
+  if (base.manifest && cur.manifest) {
+    for (const auto& [path, label] : kManifest) {
+      const json* b = json_at(base.manifest, path);
+      const json* c = json_at(cur.manifest, path);
+      if (!b && !c) continue;
+      const std::string bt = b ? json_text(*b) : "(absent)", ct = c ? json_text(*c) : "(absent)";
+      if (bt != ct) out.push_back(fmt::format("{}: {} (baseline: {})", label, ct, bt));
+    }
+  }
+  if (base.config && cur.config) {
+    std::map<std::string, std::string> b, c;
+    flatten(*base.config, "", b);
+    flatten(*cur.config, "", c);
+    std::map<std::string, std::pair<std::string, std::string>> diff;
+    for (const auto& [k, v] : b) {
+      const auto it = c.find(k);
+      if (it == c.end() || it->second != v) diff[k] = {v, it == c.end() ? "(absent)" : it->second};
+    }
+    for (const auto& [k, v] : c) {
+      if (!b.count(k)) diff[k] = {"(absent)", v};
+    }
+    for (const auto& [k, bc] : diff) {
+      if (k.rfind("output.", 0) == 0) continue;  // where and how results are written, not what they are
+      out.push_back(fmt::format("config {} = {} (baseline: {})", k, bc.second, bc.first));
+    }
+  }
+}
+
+std::string number_text(const CheckRow& m, double v) {
+  if (std::isnan(v)) return "-";
+  if (m.quantity == "top-1") return fmt::format("{:.2f}%", v);
+  return fmt::format("{:.6g}", v);
+}
+
+std::string change_text(const CheckRow& m) {
+  if (m.quantity == "row") return m.detail;
+  if (m.quantity == "top-1") return fmt::format("{:+.2f} pts", m.current - m.baseline);
+  const double rel = relative_move(m.baseline, m.current);
+  if (!std::isfinite(rel)) return "not comparable";
+  return fmt::format("{:+.3g}%", 100.0 * (m.current - m.baseline) / std::max(std::abs(m.baseline), std::abs(m.current)));
+}
+
+std::string tolerance_text(const CheckOptions& o) {
+  return fmt::format("top-1 {} points, noise {} relative", o.top1_tol, o.noise_rtol);
+}
+
+}  // namespace
+
+CheckResult check_results(const fs::path& current, const fs::path& baseline, const CheckOptions& options) {
+  if (!(options.top1_tol >= 0.0) || !(options.noise_rtol >= 0.0)) {
+    user_error("check tolerances must be 0 or more (top-1 {}, noise {})", options.top1_tol, options.noise_rtol);
+  }
+  const Folder base = load(baseline, "baseline"), cur = load(current, "results");
+  CheckResult r;
+  r.current = current;
+  r.baseline = baseline;
+  r.current_about = about(cur);
+  r.baseline_about = about(base);
+  context(base, cur, r.context);
+
+  Checker check(r, options);
+  const double fb = float_top1(base), fc = float_top1(cur);
+  if (!std::isnan(fb) || !std::isnan(fc)) check.top1("summary.json", "float32 network", fb, fc);
+  const std::pair<const char*, bool> tables[] = {{"layerwise.csv", base.layerwise && cur.layerwise},
+                                                 {"additivity.csv", base.additivity && cur.additivity},
+                                                 {"comparison.csv", base.comparison && cur.comparison}};
+  const std::pair<bool, bool> present[] = {{base.layerwise.has_value(), cur.layerwise.has_value()},
+                                           {base.additivity.has_value(), cur.additivity.has_value()},
+                                           {base.comparison.has_value(), cur.comparison.has_value()}};
+  for (size_t i = 0; i < 3; ++i) {
+    const auto [name, both] = tables[i];
+    if (both) {
+      check.tables(base, cur, name);
+    } else if (present[i].first) {
+      check.row(name, "the whole table", "in the baseline only");
+    } else if (present[i].second) {
+      check.row(name, "the whole table", "in the results only");
+    }
+  }
+  return r;
+}
+
+std::string format_check(const CheckResult& r, const CheckOptions& options) {
+  std::string s = fmt::format("qsweep check: {}\n  against the baseline {}\n", r.current.string(), r.baseline.string());
+  s += fmt::format("  results : {}\n  baseline: {}\n", r.current_about, r.baseline_about);
+  s += fmt::format("  tolerances: {}\n", tolerance_text(options));
+  if (!r.context.empty()) {
+    s += "  what differs besides the numbers:\n";
+    for (const auto& c : r.context) s += "    " + c + "\n";
+  }
+  if (r.passed()) return s + r.verdict(options) + "\n";
+  size_t tw = 5, rw = 3;
+  const size_t shown = std::min(r.moved.size(), static_cast<size_t>(std::max(options.show, 0)));
+  for (size_t i = 0; i < shown; ++i) {
+    tw = std::max(tw, r.moved[i].table.size());
+    rw = std::max(rw, r.moved[i].row.size());
+  }
+  s += fmt::format("  {:<{}}  {:<{}}  {:<8}  {:>12}  {:>12}  {}\n", "table", tw, "row", rw, "quantity", "baseline",
+                   "results", "change");
+  for (size_t i = 0; i < shown; ++i) {
+    const CheckRow& m = r.moved[i];
+    s += fmt::format("  {:<{}}  {:<{}}  {:<8}  {:>12}  {:>12}  {}\n", m.table, tw, m.row, rw, m.quantity,
+                     number_text(m, m.baseline), number_text(m, m.current), change_text(m));
+  }
+  if (shown < r.moved.size()) s += fmt::format("  ... and {} more (--json FILE lists every one)\n", r.moved.size() - shown);
+  return s + r.verdict(options) + "\n";
+}
+
+size_t CheckResult::moved_numbers() const {
+  return static_cast<size_t>(std::count_if(moved.begin(), moved.end(), [](const CheckRow& m) { return m.quantity != "row"; }));
+}
+
+std::string CheckResult::verdict(const CheckOptions& o) const {
+  if (passed()) {
+    return fmt::format("OK: all {} numbers within tolerance (largest moves: top-1 {:.2f} points, noise {:.3g} relative)",
+                       compared, max_top1_move, max_noise_move);
+  }
+  const size_t numbers = moved_numbers(), rows = moved.size() - numbers;
+  std::string s = fmt::format("MOVED: {} of {} numbers beyond tolerance ({})", numbers, compared, tolerance_text(o));
+  if (rows > 0) s += fmt::format(", and {} {} not match (on one side only, or from other images or layers)", rows, rows == 1 ? "row or table does" : "rows or tables do");
+  return s;
+}
+
+json check_json(const CheckResult& r, const CheckOptions& options) {
+  auto num = [](double v) { return std::isfinite(v) ? json(v) : json(nullptr); };
+  json moved = json::array();
+  for (const auto& m : r.moved) {
+    json j = {{"table", m.table}, {"row", m.row}, {"quantity", m.quantity}};
+    if (m.quantity == "row") {
+      j["detail"] = m.detail;
+    } else {
+      j["baseline"] = num(m.baseline);
+      j["results"] = num(m.current);
+    }
+    moved.push_back(std::move(j));
+  }
+  return json{{"passed", r.passed()},
+              {"results", r.current.string()},
+              {"baseline", r.baseline.string()},
+              {"tolerances", {{"top1_points", options.top1_tol}, {"noise_relative", options.noise_rtol}}},
+              {"compared", r.compared},
+              {"max_top1_move_points", r.max_top1_move},
+              {"max_noise_move_relative", r.max_noise_move},
+              {"context", r.context},
+              {"moved", std::move(moved)}};
+}
+
+}  // namespace qsweep

@@ -1,0 +1,353 @@
+// `qsweep check`: results folders against baselines, on hand-written tables whose expected
+// verdicts are worked out in the test, and through the binary on real runs.
+#include <cmath>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+#include <sys/wait.h>
+
+#include "experiments/check.h"
+#include "runtime/data.h"
+#include "runtime/error.h"
+
+namespace qsweep {
+namespace {
+
+namespace fs = std::filesystem;
+
+const char* kHeader =
+    "layer_index,layer_name,op_type,weight_bits,act_bits,noise,sqnr_db,top1,degradation,correct,images,float_top1,"
+    "ci_low,ci_high\n";
+
+// One layerwise.csv row; top1 and degradation follow from `correct` of 10000 images and a
+// float32 network with 9295 correct.
+std::string cell(int index, const std::string& name, int bits, const std::string& noise, int correct, int images = 10000) {
+  const double top1 = 100.0 * correct / images;
+  std::ostringstream s;
+  s << index << "," << name << ",Conv," << bits << ",8," << noise << ",10.0," << top1 << "," << 92.95 - top1 << ","
+    << correct << "," << images << ",92.9500,0,0\n";
+  return s.str();
+}
+
+class Check : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = fs::temp_directory_path() / ("qsweep_check_" + std::to_string(::getpid()));
+    fs::create_directories(dir_);
+  }
+  void TearDown() override { fs::remove_all(dir_); }
+
+  // A results folder with the given files (name -> content).
+  fs::path folder(const std::string& name, const std::map<std::string, std::string>& files) {
+    const fs::path d = dir_ / name;
+    fs::create_directories(d);
+    for (const auto& [f, text] : files) std::ofstream(d / f) << text;
+    return d;
+  }
+  // The same grid with a row or value replaced: `rows` are the cells after the header.
+  fs::path grid(const std::string& name, const std::string& rows, const std::string& extra_summary = "") {
+    return folder(name, {{"layerwise.csv", kHeader + rows},
+                         {"summary.json", "{\"float_correct\": 9295, \"images\": 10000" + extra_summary + "}"}});
+  }
+
+  static std::string base_rows() {
+    return cell(0, "/conv1/Conv", 3, "23.2559466", 8612) + cell(0, "/conv1/Conv", 4, "8.58095362", 9050) +
+           cell(1, "/layer1/conv1/Conv", 3, "20.08", 8715) + cell(1, "/layer1/conv1/Conv", 4, "1.5", 9201);
+  }
+
+  fs::path dir_;
+};
+
+TEST_F(Check, IdenticalFoldersPassAndCountEveryNumber) {
+  const auto a = grid("a", base_rows()), b = grid("b", base_rows());
+  const CheckResult r = check_results(a, b, {});
+  EXPECT_TRUE(r.passed());
+  EXPECT_EQ(r.compared, 1u + 4u * 2u);  // the float32 top-1, then top-1 and noise of 4 cells
+  EXPECT_EQ(r.max_top1_move, 0.0);
+  EXPECT_EQ(r.max_noise_move, 0.0);
+  EXPECT_EQ(r.verdict({}).rfind("OK: all 9 numbers within tolerance", 0), 0u) << r.verdict({});
+}
+
+TEST_F(Check, RowsAreMatchedByNameNotPosition) {
+  const std::string rows = base_rows();
+  // The same cells, last first.
+  const std::string shuffled = cell(1, "/layer1/conv1/Conv", 4, "1.5", 9201) + cell(0, "/conv1/Conv", 3, "23.2559466", 8612) +
+                               cell(1, "/layer1/conv1/Conv", 3, "20.08", 8715) + cell(0, "/conv1/Conv", 4, "8.58095362", 9050);
+  EXPECT_TRUE(check_results(grid("a", shuffled), grid("b", rows), {}).passed());
+}
+
+TEST_F(Check, OneImageMoreCorrectIsAMoveAtZeroTolerance) {
+  const auto base = grid("base", base_rows());
+  const auto cur = grid("cur", cell(0, "/conv1/Conv", 3, "23.2559466", 8613) + cell(0, "/conv1/Conv", 4, "8.58095362", 9050) +
+                                   cell(1, "/layer1/conv1/Conv", 3, "20.08", 8715) + cell(1, "/layer1/conv1/Conv", 4, "1.5", 9201));
+  const CheckResult r = check_results(cur, base, {});
+  ASSERT_EQ(r.moved.size(), 1u);
+  EXPECT_EQ(r.moved[0].table, "layerwise.csv");
+  EXPECT_EQ(r.moved[0].row, "/conv1/Conv, 3-bit weights, 8-bit activations");
+  EXPECT_EQ(r.moved[0].quantity, "top-1");
+  EXPECT_DOUBLE_EQ(r.moved[0].baseline, 86.12);  // 8612 of 10000, from the counts
+  EXPECT_DOUBLE_EQ(r.moved[0].current, 86.13);
+  EXPECT_NEAR(r.max_top1_move, 0.01, 1e-12);
+  EXPECT_EQ(r.verdict({}).rfind("MOVED: 1 of 9 numbers beyond tolerance", 0), 0u) << r.verdict({});
+  const std::string text = format_check(r, {});
+  EXPECT_NE(text.find("+0.01 pts"), std::string::npos) << text;
+
+  // A tolerance of exactly one image's worth passes; just under it does not.
+  CheckOptions o;
+  o.top1_tol = 0.01;
+  EXPECT_TRUE(check_results(cur, base, o).passed());
+  o.top1_tol = 0.0099;
+  EXPECT_FALSE(check_results(cur, base, o).passed());
+}
+
+TEST_F(Check, NoiseIsComparedRelativeToTheLargerValue) {
+  auto with_noise = [&](const std::string& name, const std::string& noise) {
+    return grid(name, cell(0, "/conv1/Conv", 3, noise, 8612));
+  };
+  const auto base = with_noise("base", "2");
+  // |2.0000019 - 2| / 2.0000019 = 9.49999e-7 <= 1e-6; 2.0000021: 1.04999e-6 > 1e-6.
+  EXPECT_TRUE(check_results(with_noise("in", "2.0000019"), base, {}).passed());
+  const CheckResult r = check_results(with_noise("out", "2.0000021"), base, {});
+  ASSERT_EQ(r.moved.size(), 1u);
+  EXPECT_EQ(r.moved[0].quantity, "noise");
+  EXPECT_DOUBLE_EQ(r.moved[0].baseline, 2.0);
+  EXPECT_DOUBLE_EQ(r.moved[0].current, 2.0000021);
+  EXPECT_NEAR(r.max_noise_move, 0.0000021 / 2.0000021, 1e-15);
+  CheckOptions loose;
+  loose.noise_rtol = 0.5;  // 2 -> 4 is a relative move of exactly 0.5
+  EXPECT_TRUE(check_results(with_noise("double", "4"), base, loose).passed());
+  loose.noise_rtol = 0.4999;
+  EXPECT_FALSE(check_results(with_noise("double2", "4"), base, loose).passed());
+}
+
+TEST_F(Check, NanAndInfinityEqualOnlyThemselves) {
+  auto with_noise = [&](const std::string& name, const std::string& noise) {
+    return grid(name, cell(0, "/conv1/Conv", 3, noise, 8612));
+  };
+  CheckOptions loose;
+  loose.noise_rtol = 1.0;  // any two finite values pass
+  EXPECT_TRUE(check_results(with_noise("n1", "nan"), with_noise("n2", "nan"), {}).passed());
+  EXPECT_TRUE(check_results(with_noise("i1", "inf"), with_noise("i2", "inf"), {}).passed());
+  EXPECT_FALSE(check_results(with_noise("n3", "nan"), with_noise("f1", "1.5"), loose).passed());
+  EXPECT_FALSE(check_results(with_noise("i3", "inf"), with_noise("f2", "1.5"), loose).passed());
+  EXPECT_FALSE(check_results(with_noise("i4", "-inf"), with_noise("i5", "inf"), loose).passed());
+  EXPECT_TRUE(check_results(with_noise("f3", "1e-30"), with_noise("f4", "3"), loose).passed());
+}
+
+TEST_F(Check, RowsOnOneSideOnlyAreReportedByName) {
+  const auto base = grid("base", base_rows());
+  const auto cur = grid("cur", cell(0, "/conv1/Conv", 3, "23.2559466", 8612) + cell(0, "/conv1/Conv", 4, "8.58095362", 9050) +
+                                   cell(1, "/layer1/conv1/Conv", 3, "20.08", 8715) + cell(1, "/layer1/conv1/Conv", 5, "0.4", 9250));
+  const CheckResult r = check_results(cur, base, {});
+  ASSERT_EQ(r.moved.size(), 2u);
+  EXPECT_EQ(r.moved[0].row, "/layer1/conv1/Conv, 4-bit weights, 8-bit activations");
+  EXPECT_EQ(r.moved[0].detail, "in the baseline only");
+  EXPECT_EQ(r.moved[1].row, "/layer1/conv1/Conv, 5-bit weights, 8-bit activations");
+  EXPECT_EQ(r.moved[1].detail, "in the results only");
+  EXPECT_EQ(r.moved_numbers(), 0u);
+  EXPECT_EQ(r.compared, 1u + 3u * 2u);  // the 3 shared cells
+}
+
+TEST_F(Check, OtherImagesMakeOneLineNotOnePerRow) {
+  const auto base = grid("base", base_rows());
+  const auto cur = folder("cur", {{"layerwise.csv", std::string(kHeader) + cell(0, "/conv1/Conv", 3, "23.3", 170, 200) +
+                                                        cell(0, "/conv1/Conv", 4, "8.5", 181, 200)},
+                                  {"summary.json", "{\"float_correct\": 186, \"images\": 200}"}});
+  const CheckResult r = check_results(cur, base, {});
+  // The float32 top-1 (93.00% against 92.95%), one line for the images, the 2 missing cells.
+  ASSERT_EQ(r.moved.size(), 4u);
+  EXPECT_EQ(r.moved[0].row, "float32 network");
+  EXPECT_DOUBLE_EQ(r.moved[0].current, 93.0);
+  EXPECT_EQ(r.moved[1].row, "every row");
+  EXPECT_EQ(r.moved[1].detail, "evaluated on 200 images, the baseline on 10000");
+  EXPECT_EQ(r.compared, 1u);
+}
+
+TEST_F(Check, AdditivityConfigurationsMustHoldTheSameLayers) {
+  const std::string h =
+      "config_index,low_bits,high_bits,num_low_layers,low_layers,predicted_degradation,measured_degradation,"
+      "predicted_noise,measured_noise,measured_top1,ci_low,ci_high\n";
+  const auto base = folder("base", {{"additivity.csv", h + "0,4,8,1,6,0.24,0.20,0.51,0.48010447,92.7500,0,0\n"
+                                                           "1,4,8,2,4 7,0.20,0.22,1.23,1.24769709,92.7300,0,0\n"}});
+  const auto same = folder("same", {{"additivity.csv", h + "1,4,8,2,4 7,0.20,0.22,1.23,1.24769709,92.7300,0,0\n"
+                                                           "0,4,8,1,6,0.24,0.20,0.51,0.48010447,92.7500,0,0\n"}});
+  const auto other = folder("other", {{"additivity.csv", h + "0,4,8,1,6,0.24,0.20,0.51,0.48010447,92.7400,0,0\n"
+                                                             "1,4,8,2,4 8,0.20,0.22,1.23,1.24769709,92.7300,0,0\n"}});
+  const CheckResult ok = check_results(same, base, {});
+  EXPECT_TRUE(ok.passed());
+  EXPECT_EQ(ok.compared, 4u);  // no float32 top-1 without summary.json or layerwise.csv
+  const CheckResult r = check_results(other, base, {});
+  ASSERT_EQ(r.moved.size(), 2u);
+  EXPECT_EQ(r.moved[0].row, "configuration 0");
+  EXPECT_EQ(r.moved[0].quantity, "top-1");
+  EXPECT_DOUBLE_EQ(r.moved[0].current, 92.74);
+  EXPECT_EQ(r.moved[1].row, "configuration 1");
+  EXPECT_EQ(r.moved[1].detail, "layers 4 8 at 4 bits, the rest at 8 (baseline: layers 4 7 at 4 bits, the rest at 8)");
+}
+
+TEST_F(Check, ComparisonVariantsAndTablesOnOneSide) {
+  const std::string h = "variant,description,top1,degradation,noise,ci_low,ci_high\n";
+  const auto base = folder("base", {{"comparison.csv", h + "minmax,base,84.9900,7.96,41.9315451,0,0\n"
+                                                           "sawb,\"SAWB, every layer\",88.6000,4.35,23.3428178,0,0\n"}});
+  const auto cur = folder("cur", {{"comparison.csv", h + "minmax,base,84.9900,7.96,41.9315451,0,0\n"
+                                                         "sawb,\"SAWB, every layer\",88.6000,4.35,23.3429178,0,0\n"},
+                                  {"layerwise.csv", std::string(kHeader) + cell(0, "/conv1/Conv", 3, "1", 8612)}});
+  const CheckResult r = check_results(cur, base, {});
+  ASSERT_EQ(r.moved.size(), 3u);
+  EXPECT_EQ(r.moved[0].table, "summary.json");  // a float32 top-1 on one side only
+  EXPECT_TRUE(std::isnan(r.moved[0].baseline));
+  EXPECT_EQ(r.moved[1].table, "layerwise.csv");
+  EXPECT_EQ(r.moved[1].detail, "in the results only");
+  EXPECT_EQ(r.moved[2].row, "variant sawb");
+  EXPECT_EQ(r.moved[2].quantity, "noise");
+}
+
+TEST_F(Check, ContextListsInputsAndConfigKeysThatDiffer) {
+  const std::string rows = base_rows();
+  const auto a = folder("a", {{"layerwise.csv", kHeader + rows},
+                              {"manifest.json", R"({"git_commit": "1111111111111111", "model": {"sha256": "aa"},
+                                                   "backend": {"name": "cpu", "device": "x"}})"},
+                              {"config.toml", "[quant]\nweight_bits = [3, 4]\n[output]\nroot = \"r1\"\n"}});
+  const auto b = folder("b", {{"layerwise.csv", kHeader + rows},
+                              {"manifest.json", R"({"git_commit": "2222222222222222", "model": {"sha256": "bb"},
+                                                   "backend": {"name": "cpu", "device": "x"}})"},
+                              {"config.toml", "[quant]\nweight_bits = [3, 4]\nweight_clip = \"sawb\"\n"
+                                              "[output]\nroot = \"r2\"\n"}});
+  const CheckResult r = check_results(a, b, {});
+  EXPECT_TRUE(r.passed());  // context is not a move
+  ASSERT_EQ(r.context.size(), 3u);
+  EXPECT_EQ(r.context[0], "model sha256: aa (baseline: bb)");
+  EXPECT_EQ(r.context[1], "git commit: 1111111111111111 (baseline: 2222222222222222)");
+  EXPECT_EQ(r.context[2], "config quant.weight_clip = (absent) (baseline: \"sawb\")");  // output.root left out
+  EXPECT_EQ(r.current_about.rfind("git 111111111111, backend cpu (x)", 0), 0u) << r.current_about;
+}
+
+TEST_F(Check, BadFoldersAreOneSentenceErrors) {
+  const auto good = grid("good", base_rows());
+  auto message = [&](const fs::path& cur, const fs::path& base, const CheckOptions& o = {}) -> std::string {
+    try {
+      check_results(cur, base, o);
+    } catch (const UserError& e) {
+      return e.what();
+    }
+    return "no error";
+  };
+  EXPECT_EQ(message(good, dir_ / "nope"), "baseline folder '" + (dir_ / "nope").string() + "' does not exist");
+  const auto empty = folder("empty", {{"notes.txt", "x"}});
+  EXPECT_EQ(message(empty, good), "results folder '" + empty.string() +
+                                      "' has no layerwise.csv, additivity.csv or comparison.csv: not a qsweep results folder");
+  const auto twice = grid("twice", cell(0, "/conv1/Conv", 3, "1", 8612) + cell(0, "/conv1/Conv", 3, "1", 8612));
+  EXPECT_EQ(message(twice, good),
+            (twice / "layerwise.csv").string() + ": the row '/conv1/Conv, 3-bit weights, 8-bit activations' appears twice");
+  const auto no_noise = folder("no_noise", {{"layerwise.csv", "layer_name,weight_bits,act_bits,top1\nc,3,8,80\n"}});
+  EXPECT_EQ(message(no_noise, good), (no_noise / "layerwise.csv").string() + ": no column 'noise'");
+  const auto bad_json = folder("bad_json", {{"layerwise.csv", kHeader + base_rows()}, {"summary.json", "{"}});
+  EXPECT_EQ(message(bad_json, good).rfind((bad_json / "summary.json").string() + ": not valid JSON", 0), 0u);
+  CheckOptions negative;
+  negative.noise_rtol = -1;
+  EXPECT_EQ(message(good, good, negative).rfind("check tolerances must be 0 or more", 0), 0u);
+}
+
+TEST_F(Check, JsonListsEveryMovedRow) {
+  const auto base = grid("base", base_rows());
+  const auto cur = grid("cur", cell(0, "/conv1/Conv", 3, "24", 8600) + cell(0, "/conv1/Conv", 4, "9", 9000) +
+                                   cell(1, "/layer1/conv1/Conv", 3, "20.08", 8715) + cell(1, "/layer1/conv1/Conv", 4, "1.5", 9201));
+  CheckOptions o;
+  o.show = 1;
+  const CheckResult r = check_results(cur, base, o);
+  ASSERT_EQ(r.moved.size(), 4u);
+  const std::string text = format_check(r, o);
+  EXPECT_NE(text.find("... and 3 more"), std::string::npos) << text;
+  const auto j = check_json(r, o);
+  EXPECT_EQ(j["passed"], false);
+  EXPECT_EQ(j["compared"], 9);
+  ASSERT_EQ(j["moved"].size(), 4u);
+  EXPECT_EQ(j["moved"][1]["quantity"], "noise");
+  EXPECT_DOUBLE_EQ(j["moved"][1]["baseline"].get<double>(), 23.2559466);
+  EXPECT_DOUBLE_EQ(j["moved"][1]["results"].get<double>(), 24.0);
+  EXPECT_DOUBLE_EQ(j["tolerances"]["noise_relative"].get<double>(), 1e-6);
+}
+
+// ---------------------------------------------------------------- through the binary
+
+struct CliRun {
+  int code;
+  std::string out, err;
+};
+
+std::string slurp(const fs::path& p) {
+  std::ifstream in(p);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+class CheckCli : public Check {
+ protected:
+  CliRun run(const std::string& args) {
+    const std::string cmd = std::string(QSWEEP_BINARY) + " " + args + " >" + (dir_ / "out").string() + " 2>" +
+                            (dir_ / "err").string();
+    const int st = std::system(cmd.c_str());
+    return CliRun{WIFEXITED(st) ? WEXITSTATUS(st) : -1, slurp(dir_ / "out"), slurp(dir_ / "err")};
+  }
+  std::string small_run(const std::string& id, const std::string& extra) {
+    return "run " + std::string(QSWEEP_SOURCE_DIR) + "/configs/quickstart.toml --quiet --out " + (dir_ / "res").string() +
+           " --run-id " + id + " --set data.eval.count=300 --set data.calibration.count=64 --set 'quant.weight_bits=[3,8]' " +
+           extra;
+  }
+};
+
+TEST_F(CheckCli, ExitCodesOfCheck) {
+  const auto base = grid("base", base_rows());
+  const auto moved = grid("moved", cell(0, "/conv1/Conv", 3, "23.2559466", 8611) + cell(0, "/conv1/Conv", 4, "8.58095362", 9050) +
+                                       cell(1, "/layer1/conv1/Conv", 3, "20.08", 8715) + cell(1, "/layer1/conv1/Conv", 4, "1.5", 9201));
+  CliRun r = run("check " + grid("same", base_rows()).string() + " " + base.string());
+  EXPECT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.out.find("OK: all 9 numbers within tolerance"), std::string::npos) << r.out;
+  r = run("check -q " + grid("same2", base_rows()).string() + " " + base.string());
+  EXPECT_EQ(r.code, 0);
+  EXPECT_EQ(r.out, "");
+  r = run("check " + moved.string() + " " + base.string() + " --json " + (dir_ / "check.json").string());
+  EXPECT_EQ(r.code, kCheckMovedExit);
+  EXPECT_NE(r.out.find("-0.01 pts"), std::string::npos) << r.out;
+  EXPECT_EQ(r.err, "qsweep: check failed against " + base.string() +
+                       ": MOVED: 1 of 9 numbers beyond tolerance (top-1 0 points, noise 1e-06 relative)\n");
+  EXPECT_EQ(nlohmann::json::parse(slurp(dir_ / "check.json"))["moved"].size(), 1u);
+  r = run("check " + moved.string() + " " + base.string() + " --top1-tol 0.01");
+  EXPECT_EQ(r.code, 0) << r.out;
+  r = run("check " + moved.string() + " " + (dir_ / "nope").string());
+  EXPECT_EQ(r.code, 2);
+  EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << r.err;
+}
+
+TEST_F(CheckCli, RunWithCheckFailsLoudlyWhenANumberMoves) {
+  if (!fs::exists(kFashionMnistDir)) GTEST_SKIP() << "dataset-fashion-mnist is not installed";
+  CliRun r = run(small_run("base", ""));
+  ASSERT_EQ(r.code, 0) << r.err;
+  const fs::path base = dir_ / "res" / "quickstart" / "base";
+  // The same experiment again, computed anew: every number equal.
+  r = run(small_run("again", "--check " + base.string()));
+  EXPECT_EQ(r.code, 0) << r.out << r.err;
+  EXPECT_EQ(r.out, "");  // --quiet, and nothing moved
+  // SAWB clipping on the first layer moves its 3-bit cell.
+  r = run(small_run("sawb", "--set 'quant.layer=[{layers=[0], weight_clip=\"sawb\"}]' --check " + base.string()));
+  EXPECT_EQ(r.code, kCheckMovedExit) << r.err;
+  EXPECT_NE(r.out.find("layerwise.csv  /conv1/Conv, 3-bit weights, 8-bit activations"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("config quant.layer = "), std::string::npos) << r.out;
+  EXPECT_NE(r.err.find("qsweep: check failed against"), std::string::npos) << r.err;
+  EXPECT_TRUE(fs::exists(dir_ / "res" / "quickstart" / "sawb" / "layerwise.csv")) << "the results are kept";
+  // A baseline that does not exist is refused before the run, a shard cannot be checked.
+  r = run(small_run("never", "--check " + (dir_ / "nope").string()));
+  EXPECT_EQ(r.code, 2);
+  EXPECT_FALSE(fs::exists(dir_ / "res" / "quickstart" / "never"));
+  r = run(small_run("shard", "--shard 1/2 --check " + base.string()));
+  EXPECT_EQ(r.code, 2);
+  EXPECT_NE(r.err.find("--check compares a whole run"), std::string::npos) << r.err;
+}
+
+}  // namespace
+}  // namespace qsweep
