@@ -310,8 +310,12 @@ void context(const Folder& base, const Folder& cur, std::vector<std::string>& ou
     for (const auto& [k, v] : c) {
       if (!b.count(k)) diff[k] = {"(absent)", v};
     }
+    // Where the model and data were read from matters only through what was read: with both
+    // manifests at hand their sha256 lines above say that.
+    const bool hashes = base.manifest && cur.manifest;
     for (const auto& [k, bc] : diff) {
       if (k.rfind("output.", 0) == 0) continue;  // where and how results are written, not what they are
+      if (hashes && (k == "model.path" || k == "data.path")) continue;
       out.push_back(fmt::format("config {} = {} (baseline: {})", k, bc.second, bc.first));
     }
   }

@@ -10,8 +10,9 @@
 // of evaluated images counts as moved. Top-1 is compared in percentage points (from the
 // `correct` counts where the table has them, so "0 points" means the same count), noise
 // relative to the larger of the two values. What differs between the two folders' manifests
-// (model and dataset sha256, backend, git commit) and configs (every key but output.*) is
-// listed as context, not counted.
+// (model and dataset sha256, backend, git commit) and configs (every key but output.*, and
+// model.path / data.path when both manifests give the sha256 of what was read) is listed as
+// context, not counted.
 #pragma once
 
 #include <filesystem>
