@@ -352,5 +352,22 @@ TEST_F(CheckCli, RunWithCheckFailsLoudlyWhenANumberMoves) {
   EXPECT_NE(r.err.find("--check compares a whole run"), std::string::npos) << r.err;
 }
 
+// The nightly job of README's "Regression checks" on the shipped baseline: the full default
+// grid (10,000 images) against configs/baselines/quickstart, a snapshot of this run at the
+// commit that added it. The tolerances are the CUDA-vs-CPU contract, so that a CPU without
+// qsweep's AVX-512 kernels (oneDNN then sums in its own blocking) still passes; on the machine
+// that made the baseline every number is equal.
+TEST_F(CheckCli, DefaultRunMatchesTheShippedBaseline) {
+  if (!fs::exists(kFashionMnistDir)) GTEST_SKIP() << "dataset-fashion-mnist is not installed";
+  const std::string baseline = std::string(QSWEEP_SOURCE_DIR) + "/configs/baselines/quickstart";
+  const CliRun r = run("run " + std::string(QSWEEP_SOURCE_DIR) + "/configs/quickstart.toml --out " +
+                       (dir_ / "res").string() + " --run-id nightly --check " + baseline +
+                       " --top1-tol 0.05 --noise-rtol 0.01 --json " + (dir_ / "check.json").string());
+  EXPECT_EQ(r.code, 0) << r.out << r.err;
+  const auto j = nlohmann::json::parse(slurp(dir_ / "check.json"));
+  EXPECT_EQ(j["passed"], true);
+  EXPECT_EQ(j["compared"], 1 + 60 * 2);  // the float32 top-1, then 10 layers x 6 bit-widths
+}
+
 }  // namespace
 }  // namespace qsweep
