@@ -8,11 +8,11 @@
 
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
-#include <sys/wait.h>
 
 #include "experiments/check.h"
 #include "runtime/data.h"
 #include "runtime/error.h"
+#include "tests/experiments/cli_harness.h"
 
 namespace qsweep {
 namespace {
@@ -33,14 +33,8 @@ std::string cell(int index, const std::string& name, int bits, const std::string
   return s.str();
 }
 
-class Check : public ::testing::Test {
+class Check : public testing::TempDirTest {
  protected:
-  void SetUp() override {
-    dir_ = fs::temp_directory_path() / ("qsweep_check_" + std::to_string(::getpid()));
-    fs::create_directories(dir_);
-  }
-  void TearDown() override { fs::remove_all(dir_); }
-
   // A results folder with the given files (name -> content).
   fs::path folder(const std::string& name, const std::map<std::string, std::string>& files) {
     const fs::path d = dir_ / name;
@@ -54,12 +48,19 @@ class Check : public ::testing::Test {
                          {"summary.json", "{\"float_correct\": 9295, \"images\": 10000" + extra_summary + "}"}});
   }
 
-  static std::string base_rows() {
-    return cell(0, "/conv1/Conv", 3, "23.2559466", 8612) + cell(0, "/conv1/Conv", 4, "8.58095362", 9050) +
-           cell(1, "/layer1/conv1/Conv", 3, "20.08", 8715) + cell(1, "/layer1/conv1/Conv", 4, "1.5", 9201);
+  // A one-cell grid whose noise is `noise` (as written in the CSV).
+  fs::path noise_grid(const std::string& name, const std::string& noise) {
+    return grid(name, cell(0, "/conv1/Conv", 3, noise, 8612));
   }
 
-  fs::path dir_;
+  // The four cells of the baseline grid; base_rows(i, c) replaces the i-th (-1: none) by c.
+  static std::string base_rows(int i = -1, const std::string& c = "") {
+    const std::string cells[] = {cell(0, "/conv1/Conv", 3, "23.2559466", 8612), cell(0, "/conv1/Conv", 4, "8.58095362", 9050),
+                                 cell(1, "/layer1/conv1/Conv", 3, "20.08", 8715), cell(1, "/layer1/conv1/Conv", 4, "1.5", 9201)};
+    std::string rows;
+    for (int k = 0; k < 4; ++k) rows += k == i ? c : cells[k];
+    return rows;
+  }
 };
 
 TEST_F(Check, IdenticalFoldersPassAndCountEveryNumber) {
@@ -82,8 +83,7 @@ TEST_F(Check, RowsAreMatchedByNameNotPosition) {
 
 TEST_F(Check, OneImageMoreCorrectIsAMoveAtZeroTolerance) {
   const auto base = grid("base", base_rows());
-  const auto cur = grid("cur", cell(0, "/conv1/Conv", 3, "23.2559466", 8613) + cell(0, "/conv1/Conv", 4, "8.58095362", 9050) +
-                                   cell(1, "/layer1/conv1/Conv", 3, "20.08", 8715) + cell(1, "/layer1/conv1/Conv", 4, "1.5", 9201));
+  const auto cur = grid("cur", base_rows(0, cell(0, "/conv1/Conv", 3, "23.2559466", 8613)));
   const CheckResult r = check_results(cur, base, {});
   ASSERT_EQ(r.moved.size(), 1u);
   EXPECT_EQ(r.moved[0].table, "layerwise.csv");
@@ -105,13 +105,10 @@ TEST_F(Check, OneImageMoreCorrectIsAMoveAtZeroTolerance) {
 }
 
 TEST_F(Check, NoiseIsComparedRelativeToTheLargerValue) {
-  auto with_noise = [&](const std::string& name, const std::string& noise) {
-    return grid(name, cell(0, "/conv1/Conv", 3, noise, 8612));
-  };
-  const auto base = with_noise("base", "2");
+  const auto base = noise_grid("base", "2");
   // |2.0000019 - 2| / 2.0000019 = 9.49999e-7 <= 1e-6; 2.0000021: 1.04999e-6 > 1e-6.
-  EXPECT_TRUE(check_results(with_noise("in", "2.0000019"), base, {}).passed());
-  const CheckResult r = check_results(with_noise("out", "2.0000021"), base, {});
+  EXPECT_TRUE(check_results(noise_grid("in", "2.0000019"), base, {}).passed());
+  const CheckResult r = check_results(noise_grid("out", "2.0000021"), base, {});
   ASSERT_EQ(r.moved.size(), 1u);
   EXPECT_EQ(r.moved[0].quantity, "noise");
   EXPECT_DOUBLE_EQ(r.moved[0].baseline, 2.0);
@@ -119,29 +116,25 @@ TEST_F(Check, NoiseIsComparedRelativeToTheLargerValue) {
   EXPECT_NEAR(r.max_noise_move, 0.0000021 / 2.0000021, 1e-15);
   CheckOptions loose;
   loose.noise_rtol = 0.5;  // 2 -> 4 is a relative move of exactly 0.5
-  EXPECT_TRUE(check_results(with_noise("double", "4"), base, loose).passed());
+  EXPECT_TRUE(check_results(noise_grid("double", "4"), base, loose).passed());
   loose.noise_rtol = 0.4999;
-  EXPECT_FALSE(check_results(with_noise("double2", "4"), base, loose).passed());
+  EXPECT_FALSE(check_results(noise_grid("double2", "4"), base, loose).passed());
 }
 
 TEST_F(Check, NanAndInfinityEqualOnlyThemselves) {
-  auto with_noise = [&](const std::string& name, const std::string& noise) {
-    return grid(name, cell(0, "/conv1/Conv", 3, noise, 8612));
-  };
   CheckOptions loose;
   loose.noise_rtol = 1.0;  // any two finite values pass
-  EXPECT_TRUE(check_results(with_noise("n1", "nan"), with_noise("n2", "nan"), {}).passed());
-  EXPECT_TRUE(check_results(with_noise("i1", "inf"), with_noise("i2", "inf"), {}).passed());
-  EXPECT_FALSE(check_results(with_noise("n3", "nan"), with_noise("f1", "1.5"), loose).passed());
-  EXPECT_FALSE(check_results(with_noise("i3", "inf"), with_noise("f2", "1.5"), loose).passed());
-  EXPECT_FALSE(check_results(with_noise("i4", "-inf"), with_noise("i5", "inf"), loose).passed());
-  EXPECT_TRUE(check_results(with_noise("f3", "1e-30"), with_noise("f4", "3"), loose).passed());
+  EXPECT_TRUE(check_results(noise_grid("n1", "nan"), noise_grid("n2", "nan"), {}).passed());
+  EXPECT_TRUE(check_results(noise_grid("i1", "inf"), noise_grid("i2", "inf"), {}).passed());
+  EXPECT_FALSE(check_results(noise_grid("n3", "nan"), noise_grid("f1", "1.5"), loose).passed());
+  EXPECT_FALSE(check_results(noise_grid("i3", "inf"), noise_grid("f2", "1.5"), loose).passed());
+  EXPECT_FALSE(check_results(noise_grid("i4", "-inf"), noise_grid("i5", "inf"), loose).passed());
+  EXPECT_TRUE(check_results(noise_grid("f3", "1e-30"), noise_grid("f4", "3"), loose).passed());
 }
 
 TEST_F(Check, RowsOnOneSideOnlyAreReportedByName) {
   const auto base = grid("base", base_rows());
-  const auto cur = grid("cur", cell(0, "/conv1/Conv", 3, "23.2559466", 8612) + cell(0, "/conv1/Conv", 4, "8.58095362", 9050) +
-                                   cell(1, "/layer1/conv1/Conv", 3, "20.08", 8715) + cell(1, "/layer1/conv1/Conv", 5, "0.4", 9250));
+  const auto cur = grid("cur", base_rows(3, cell(1, "/layer1/conv1/Conv", 5, "0.4", 9250)));
   const CheckResult r = check_results(cur, base, {});
   ASSERT_EQ(r.moved.size(), 2u);
   EXPECT_EQ(r.moved[0].row, "/layer1/conv1/Conv, 4-bit weights, 8-bit activations");
@@ -277,26 +270,11 @@ TEST_F(Check, JsonListsEveryMovedRow) {
 
 // ---------------------------------------------------------------- through the binary
 
-struct CliRun {
-  int code;
-  std::string out, err;
-};
-
-std::string slurp(const fs::path& p) {
-  std::ifstream in(p);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
+using testing::CliRun;
+using testing::slurp;
 
 class CheckCli : public Check {
  protected:
-  CliRun run(const std::string& args) {
-    const std::string cmd = std::string(QSWEEP_BINARY) + " " + args + " >" + (dir_ / "out").string() + " 2>" +
-                            (dir_ / "err").string();
-    const int st = std::system(cmd.c_str());
-    return CliRun{WIFEXITED(st) ? WEXITSTATUS(st) : -1, slurp(dir_ / "out"), slurp(dir_ / "err")};
-  }
   std::string small_run(const std::string& id, const std::string& extra) {
     return "run " + std::string(QSWEEP_SOURCE_DIR) + "/configs/quickstart.toml --quiet --out " + (dir_ / "res").string() +
            " --run-id " + id + " --set data.eval.count=300 --set data.calibration.count=64 --set 'quant.weight_bits=[3,8]' " +
@@ -306,8 +284,7 @@ class CheckCli : public Check {
 
 TEST_F(CheckCli, ExitCodesOfCheck) {
   const auto base = grid("base", base_rows());
-  const auto moved = grid("moved", cell(0, "/conv1/Conv", 3, "23.2559466", 8611) + cell(0, "/conv1/Conv", 4, "8.58095362", 9050) +
-                                       cell(1, "/layer1/conv1/Conv", 3, "20.08", 8715) + cell(1, "/layer1/conv1/Conv", 4, "1.5", 9201));
+  const auto moved = grid("moved", base_rows(0, cell(0, "/conv1/Conv", 3, "23.2559466", 8611)));
   CliRun r = run("check " + grid("same", base_rows()).string() + " " + base.string());
   EXPECT_EQ(r.code, 0) << r.err;
   EXPECT_NE(r.out.find("OK: all 9 numbers within tolerance"), std::string::npos) << r.out;

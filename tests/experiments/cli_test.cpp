@@ -6,11 +6,11 @@
 
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
-#include <sys/wait.h>
 
 #include "experiments/config.h"
 #include "kernels/cpu/winograd.h"
 #include "runtime/data.h"
+#include "tests/experiments/cli_harness.h"
 #include "tests/shipped_models.h"
 
 namespace qsweep {
@@ -18,40 +18,19 @@ namespace {
 
 namespace fs = std::filesystem;
 
-struct Result {
-  int code;
-  std::string out, err;
-};
+using testing::CliRun;
+using testing::slurp;
 
-std::string slurp(const fs::path& p) {
-  std::ifstream in(p);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
-
-class Cli : public ::testing::Test {
+class Cli : public testing::TempDirTest {
  protected:
-  void SetUp() override {
-    dir_ = fs::temp_directory_path() / ("qsweep_cli_" + std::to_string(::getpid()));
-    fs::create_directories(dir_);
-  }
-  void TearDown() override { fs::remove_all(dir_); }
-  Result run(const std::string& args) {
-    const std::string cmd = std::string(QSWEEP_BINARY) + " " + args + " >" + (dir_ / "out").string() + " 2>" +
-                            (dir_ / "err").string();
-    const int st = std::system(cmd.c_str());
-    return Result{WIFEXITED(st) ? WEXITSTATUS(st) : -1, slurp(dir_ / "out"), slurp(dir_ / "err")};
-  }
   std::string write(const std::string& name, const std::string& text) {
     std::ofstream(dir_ / name) << text;
     return (dir_ / name).string();
   }
-  fs::path dir_;
 };
 
 TEST_F(Cli, MissingConfigIsOneSentenceAndExit2) {
-  const Result r = run("run " + (dir_ / "nope.toml").string() + " --out " + (dir_ / "res").string());
+  const CliRun r = run("run " + (dir_ / "nope.toml").string() + " --out " + (dir_ / "res").string());
   EXPECT_EQ(r.code, 2);
   EXPECT_EQ(r.err, "qsweep: error: config file '" + (dir_ / "nope.toml").string() + "' does not exist\n");
   EXPECT_FALSE(fs::exists(dir_ / "res"));
@@ -60,7 +39,7 @@ TEST_F(Cli, MissingConfigIsOneSentenceAndExit2) {
 TEST_F(Cli, BadModelLeavesNoResultsFolder) {
   write("bad.onnx", "this is not a protobuf");
   const std::string cfg = write("c.toml", "[model]\npath = \"bad.onnx\"\n");
-  const Result r = run("run " + cfg + " --out " + (dir_ / "res").string());
+  const CliRun r = run("run " + cfg + " --out " + (dir_ / "res").string());
   EXPECT_EQ(r.code, 2);
   EXPECT_NE(r.err.find("bad.onnx: not a valid ONNX model"), std::string::npos) << r.err;
   EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << r.err;
@@ -69,13 +48,13 @@ TEST_F(Cli, BadModelLeavesNoResultsFolder) {
 
 TEST_F(Cli, UnknownSetKeyIsRejected) {
   const std::string cfg = write("c.toml", "[model]\npath = \"m.onnx\"\n");
-  const Result r = run("run " + cfg + " --set quant.wieght_bits=[4]");
+  const CliRun r = run("run " + cfg + " --set quant.wieght_bits=[4]");
   EXPECT_EQ(r.code, 2);
   EXPECT_NE(r.err.find("--set quant.wieght_bits: unknown key"), std::string::npos) << r.err;
 }
 
 TEST_F(Cli, KeysListsEveryKey) {
-  const Result r = run("keys");
+  const CliRun r = run("keys");
   EXPECT_EQ(r.code, 0);
   for (const auto& k : config_keys()) EXPECT_NE(r.out.find(k.path), std::string::npos) << k.path;
 }
@@ -85,7 +64,7 @@ TEST_F(Cli, SmallRunWritesACompleteResultsFolder) {
   const auto models = testing::shipped_models();
   ASSERT_FALSE(models.empty());
   const std::string cfg = std::string(QSWEEP_SOURCE_DIR) + "/configs/quickstart.toml";
-  const Result r = run("run " + cfg + " --quiet --out " + (dir_ / "res").string() +
+  const CliRun r = run("run " + cfg + " --quiet --out " + (dir_ / "res").string() +
                        " --set data.eval.count=200 --set 'quant.weight_bits=[4,8]' --set data.calibration.count=64" +
                        " --set 'experiment.name=\"cli-test\"'");
   ASSERT_EQ(r.code, 0) << r.err;
@@ -127,7 +106,7 @@ TEST_F(Cli, ComputeOptionsOnTheCpuAreHonouredOrSaidToBeIgnored) {
   // an AVX-512 CPU, and says it is ignored elsewhere. The manifest records what ran.
   if (!fs::exists(kFashionMnistDir)) GTEST_SKIP() << "dataset-fashion-mnist is not installed";
   const std::string cfg = std::string(QSWEEP_SOURCE_DIR) + "/configs/quickstart.toml";
-  const Result r = run("run " + cfg + " --backend cpu --out " + (dir_ / "res").string() +
+  const CliRun r = run("run " + cfg + " --backend cpu --out " + (dir_ / "res").string() +
                        " --set data.eval.count=100 --set 'quant.weight_bits=[8]' --set data.calibration.count=32" +
                        " --set output.plots=false --set run.conv_transforms=true --set run.tf32=true" +
                        " --set 'experiment.name=\"t\"'");
