@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cstdint>
+#include <exception>
 #include <span>
 #include <vector>
 
@@ -25,6 +26,10 @@ void for_each_batch(const Executor& exec, const Dataset& data, const Normalizati
   count = std::min(count, data.count);
   const int64_t batches = (count + batch_size - 1) / batch_size;
   const int64_t jobs = only ? static_cast<int64_t>(only->size()) : batches;
+  // An exception may not leave an OpenMP region: the first one (a corrupt image file, say) is
+  // kept, the remaining batches are skipped, and it is rethrown after the region.
+  std::exception_ptr failure;
+  std::atomic<bool> failed{false};
 #pragma omp parallel num_threads(threads)
   {
     // oneDNN sizes a primitive's work split by the thread count it sees when it creates it
@@ -34,12 +39,20 @@ void for_each_batch(const Executor& exec, const Dataset& data, const Normalizati
     Tensor x;
 #pragma omp for schedule(dynamic, 1)
     for (int64_t j = 0; j < jobs; ++j) {
-      const int64_t i = only ? (*only)[j] : j;
-      const int64_t begin = i * batch_size, n = std::min(batch_size, count - begin);
-      load_batch(data, norm, begin, n, x);
-      f(ws, x, i, begin, n);
+      if (failed.load()) continue;
+      try {
+        const int64_t i = only ? (*only)[j] : j;
+        const int64_t begin = i * batch_size, n = std::min(batch_size, count - begin);
+        load_batch(data, norm, begin, n, x);
+        f(ws, x, i, begin, n);
+      } catch (...) {
+#pragma omp critical(qsweep_batch_failure)
+        if (!failure) failure = std::current_exception();
+        failed.store(true);
+      }
     }
   }
+  if (failure) std::rethrow_exception(failure);
 }
 
 // The device-resident loop (a backend with a DeviceSession): for each batch listed in

@@ -24,13 +24,15 @@ const std::vector<ConfigKey>& base_keys() {
       {"experiment.name", "string", "\"quickstart\"", "Name of the experiment; results go to `<output.root>/<name>/<run-id>/`."},
       {"experiment.kind", "string", "\"layerwise\"", "What to run: `\"layerwise\"` (every layer x every weight bit-width, one layer quantized at a time), `\"additivity\"` (random many-layer configurations, measured vs predicted from the grid), `\"full\"` (the whole network quantized under [quant], or one row per [[variant]] in `comparison.csv`)."},
       {"model.path", "string", "(required)", "ONNX file of the float32 network (opsets 11-17). Relative paths are resolved against the config file's folder."},
-      {"data.dataset", "string", "\"fashion-mnist\"", "Dataset format. `\"fashion-mnist\"` / `\"mnist\"` / `\"idx\"`: IDX files (`train-*` and `t10k-*`, gzipped or not) in `data.path`."},
+      {"data.dataset", "string", "\"fashion-mnist\"", "Dataset format. `\"fashion-mnist\"` / `\"mnist\"` / `\"idx\"`: IDX files (`train-*` and `t10k-*`, gzipped or not) in `data.path`. `\"imagefolder\"`: JPEG files in torchvision's ImageFolder layout, `<data.path>/<split>/<class>/<image>.jpg` (classes sorted by name are the labels 0, 1, ...; files in sorted order), read as RGB (grayscale for a 1-channel model) and brought to the model's input size by `data.resize` and `data.crop`."},
       {"data.path", "string", "\"/usr/share/datasets/fashion-mnist\"", "Folder of the dataset (default: where Debian's `dataset-fashion-mnist` installs it). Relative to the config file."},
       {"data.mean", "array of floats", "[0.2860]", "Per-channel mean; inputs are `(pixel / 255 - mean) / std`, one value per input channel."},
       {"data.std", "array of floats", "[0.3530]", "Per-channel standard deviation (see `data.mean`)."},
-      {"data.calibration.split", "string", "\"train\"", "Split the activation ranges are calibrated on (`\"train\"` or `\"test\"`)."},
-      {"data.calibration.count", "integer", "512", "Number of images (the first ones, in file order) used to calibrate activation ranges (and bias correction)."},
-      {"data.eval.split", "string", "\"test\"", "Split the metrics are computed on."},
+      {"data.resize", "integer", "0", "Image folders: torchvision's `Resize(resize)`, the shorter side to this many pixels (PIL bilinear, antialiased, bit for bit); 0: no resize."},
+      {"data.crop", "integer", "0", "Image folders: torchvision's `CenterCrop(crop)` after the resize (zero-padded where the image is smaller); 0: no crop, and then every image must come out one size."},
+      {"data.calibration.split", "string", "\"train\"", "Split the activation ranges are calibrated on (`\"train\"` or `\"test\"`; for an image folder, the name of any subfolder of `data.path`)."},
+      {"data.calibration.count", "integer", "512", "Number of images (the first ones, in file order) used to calibrate activation ranges (and bias correction). An image folder's file order goes class by class, so give it a calibration split that holds a sample of every class."},
+      {"data.eval.split", "string", "\"test\"", "Split the metrics are computed on (as `data.calibration.split`; an image folder's validation split is often `\"val\"`)."},
       {"data.eval.count", "integer", "0", "Number of evaluation images (the first ones); 0 means the whole split."},
       {"quant.weight_bits", "array of integers", "[3, 4, 5, 6, 7, 8]", "Weight bit-widths (each 2..16): the grid's columns for `layerwise`; for `full`, give one value (the bit-width of every layer not overridden)."},
       {"quant.act_bits", "integer", "8", "Bit-width of a quantized layer's input and output activations (2..16)."},
@@ -446,6 +448,8 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
   r.path_key("data.path", cfg.data_path);
   r.floats("data.mean", cfg.mean);
   r.floats("data.std", cfg.std);
+  r.integer("data.resize", cfg.resize);
+  r.integer("data.crop", cfg.crop);
   r.str("data.calibration.split", cfg.calibration_split);
   r.integer("data.calibration.count", cfg.calibration_count);
   r.str("data.eval.split", cfg.eval_split);
@@ -511,12 +515,22 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
   if (cfg.model_path.empty()) {
     user_error("{}: 'model.path' is required (the ONNX file to analyse), e.g. model.path = \"model.onnx\"", c.file);
   }
-  if (cfg.dataset != "fashion-mnist" && cfg.dataset != "mnist" && cfg.dataset != "idx") {
-    fail("data.dataset", fmt::format("is \"{}\"; accepted: \"fashion-mnist\", \"mnist\", \"idx\"", cfg.dataset));
+  const bool image_folder = cfg.dataset == "imagefolder";
+  if (cfg.dataset != "fashion-mnist" && cfg.dataset != "mnist" && cfg.dataset != "idx" && !image_folder) {
+    fail("data.dataset",
+         fmt::format("is \"{}\"; accepted: \"fashion-mnist\", \"mnist\", \"idx\", \"imagefolder\"", cfg.dataset));
   }
   if (cfg.data_path.empty()) {
-    if (cfg.dataset != "fashion-mnist") fail("data.dataset", "needs data.path (the folder of the IDX files)");
+    if (cfg.dataset != "fashion-mnist") {
+      fail("data.dataset", image_folder ? "needs data.path (the folder that holds the split folders)"
+                                        : "needs data.path (the folder of the IDX files)");
+    }
     cfg.data_path = kFashionMnistDir;
+  }
+  for (const char* k : {"data.resize", "data.crop"}) {
+    const int v = std::string(k) == "data.crop" ? cfg.crop : cfg.resize;
+    if (v < 0 || v > 16384) fail(k, "must be 0 (none) or a size in pixels up to 16384");
+    if (v > 0 && !image_folder) fail(k, "applies to image folders only (data.dataset = \"imagefolder\")");
   }
   if (cfg.mean.empty() || cfg.mean.size() != cfg.std.size()) {
     fail("data.std", fmt::format("must have as many values as data.mean ({} vs {})", cfg.std.size(), cfg.mean.size()));
@@ -526,7 +540,13 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
   }
   for (const char* k : {"data.calibration.split", "data.eval.split"}) {
     const std::string& v = std::string(k) == "data.eval.split" ? cfg.eval_split : cfg.calibration_split;
-    if (v != "train" && v != "test") fail(k, fmt::format("is \"{}\"; accepted: \"train\", \"test\"", v));
+    if (image_folder) {
+      if (v.empty() || v == "." || v == ".." || v.find_first_of("/\\") != std::string::npos) {
+        fail(k, "must name a subfolder of data.path (no slashes)");
+      }
+    } else if (v != "train" && v != "test") {
+      fail(k, fmt::format("is \"{}\"; accepted: \"train\", \"test\"", v));
+    }
   }
   if (cfg.calibration_count < 1) fail("data.calibration.count", "must be at least 1");
   if (cfg.eval_count < 0) fail("data.eval.count", "must be 0 (all) or positive");
@@ -615,12 +635,20 @@ std::string config_to_toml(const Config& c) {
   toml::table t{
       {"experiment", toml::table{{"name", c.name}, {"kind", c.kind}}},
       {"model", toml::table{{"path", c.model_path}}},
-      {"data", toml::table{{"dataset", c.dataset},
-                           {"path", c.data_path},
-                           {"mean", flts(c.mean)},
-                           {"std", flts(c.std)},
-                           {"calibration", toml::table{{"split", c.calibration_split}, {"count", c.calibration_count}}},
-                           {"eval", toml::table{{"split", c.eval_split}, {"count", c.eval_count}}}}},
+      {"data", [&] {
+         toml::table d{{"dataset", c.dataset},
+                       {"path", c.data_path},
+                       {"mean", flts(c.mean)},
+                       {"std", flts(c.std)},
+                       {"calibration", toml::table{{"split", c.calibration_split}, {"count", c.calibration_count}}},
+                       {"eval", toml::table{{"split", c.eval_split}, {"count", c.eval_count}}}};
+         // Only where they apply, so that IDX configs (and their run ids) stay as they were.
+         if (c.dataset == "imagefolder") {
+           d.insert("resize", c.resize);
+           d.insert("crop", c.crop);
+         }
+         return d;
+       }()},
       {"quant", quant_table(c.quant)},
       {"additivity", toml::table{{"configs", c.additivity_configs},
                                  {"low_bits", c.low_bits},

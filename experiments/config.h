@@ -70,6 +70,8 @@ struct Config {
   std::string data_path;  // default: the Debian package's folder
   std::vector<float> mean{0.2860f};
   std::vector<float> std{0.3530f};
+  int resize = 0;  // image folders: Resize(resize) of the shorter side; 0: none
+  int crop = 0;    // image folders: CenterCrop(crop); 0: none
   std::string calibration_split = "train";
   int64_t calibration_count = 512;
   std::string eval_split = "test";

@@ -71,8 +71,8 @@ json dataset_json(const Dataset& d, int64_t used) {
   return {{"split", d.name},
           {"images_path", d.images_path},
           {"labels_path", d.labels_path},
-          {"images_sha256", sha256_file(d.images_path)},
-          {"labels_sha256", sha256_file(d.labels_path)},
+          {"images_sha256", images_sha256(d)},
+          {"labels_sha256", labels_sha256(d)},
           {"images_in_split", d.count},
           {"images_used", used}};
 }
@@ -168,16 +168,22 @@ std::unique_ptr<Prepared> prepare(const Config& cfg, const std::function<void(co
                     p->backend->name()));
   }
   p->exec = std::make_unique<Executor>(g, *p->backend);
-  p->calib = load_idx_split(cfg.data_path, cfg.calibration_split);
-  p->eval = cfg.eval_split == cfg.calibration_split ? p->calib : load_idx_split(cfg.data_path, cfg.eval_split);
+  auto load_split = [&](const std::string& split) {
+    if (cfg.dataset != "imagefolder") return load_idx_split(cfg.data_path, split);
+    const int channels = g.input_shape.empty() ? 0 : static_cast<int>(g.input_shape[0]);
+    return load_image_folder_split(cfg.data_path, split, channels, ImageTransforms{cfg.resize, cfg.crop});
+  };
+  p->calib = load_split(cfg.calibration_split);
+  p->eval = cfg.eval_split == cfg.calibration_split ? p->calib : load_split(cfg.eval_split);
   if (static_cast<int64_t>(cfg.mean.size()) != p->eval.channels) {
     user_error("{}: data.mean and data.std have {} values; the images have {} channel(s)", cfg.source, cfg.mean.size(),
                p->eval.channels);
   }
   const Shape sample{p->eval.channels, p->eval.height, p->eval.width};
   if (g.input_shape != sample) {
-    user_error("{}: the model expects inputs of shape {} per image; the dataset in '{}' has {}", cfg.model_path,
-               shape_str(g.input_shape), cfg.data_path, shape_str(sample));
+    user_error("{}: the model expects inputs of shape {} per image; the dataset in '{}' has {}{}", cfg.model_path,
+               shape_str(g.input_shape), cfg.data_path, shape_str(sample),
+               cfg.dataset == "imagefolder" ? " (data.resize and data.crop bring the images to the model's size)" : "");
   }
   p->norm = Normalization{cfg.mean, cfg.std};
   p->threads = cfg.threads > 0 ? cfg.threads : omp_get_num_procs();
@@ -571,8 +577,8 @@ RunOutcome run_layerwise(const RunOptions& o, const Prepared& p, const Activatio
                  {"run_id", run_id},
                  {"config_sha256", sha256_hex(config_text.data(), config_text.size())},
                  {"model_sha256", p.model_sha256},
-                 {"eval_images_sha256", sha256_file(p.eval.images_path)},
-                 {"eval_labels_sha256", sha256_file(p.eval.labels_path)},
+                 {"eval_images_sha256", images_sha256(p.eval)},
+                 {"eval_labels_sha256", labels_sha256(p.eval)},
                  {"batches", plan.batches},
                  {"records", records.size()},
                  {"estimated_cost", plan.cost[shard]},
@@ -777,7 +783,7 @@ RunOutcome merge_run(const std::string& dir, bool quiet) {
   }
   Config cfg = load_config((work / "config.toml").string(), {});
   auto p = prepare(cfg, [](const std::string&) {});
-  const std::string eval_images_sha = sha256_file(p->eval.images_path), eval_labels_sha = sha256_file(p->eval.labels_path);
+  const std::string eval_images_sha = images_sha256(p->eval), eval_labels_sha = labels_sha256(p->eval);
   std::vector<BatchRecord> records;
   for (int i = 0; i < shards; ++i) {
     const fs::path sdir = work / shard_dir_name(i, shards);

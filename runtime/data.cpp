@@ -1,10 +1,15 @@
 #include "runtime/data.h"
 
+#include <algorithm>
+#include <cctype>
 #include <filesystem>
+#include <set>
 
 #include <zlib.h>
 
 #include "runtime/error.h"
+#include "runtime/image.h"
+#include "runtime/sha256.h"
 
 namespace qsweep {
 namespace {
@@ -41,7 +46,111 @@ std::string first_existing(const std::string& folder, const std::string& stem) {
              "Fashion-MNIST comes with the Debian package dataset-fashion-mnist)", folder, stem, stem);
 }
 
+namespace fs = std::filesystem;
+
+bool ends_with_any(const std::string& name, std::initializer_list<const char*> exts) {
+  std::string lower = name;
+  std::transform(lower.begin(), lower.end(), lower.begin(), [](unsigned char c) { return std::tolower(c); });
+  for (const char* e : exts) {
+    const std::string ext = e;
+    if (lower.size() >= ext.size() && lower.compare(lower.size() - ext.size(), ext.size(), ext) == 0) return true;
+  }
+  return false;
+}
+
+// One image of an image folder through the transforms (ImageTransforms).
+Image8 transformed_image(const Dataset& d, const std::string& path) {
+  Image8 im = decode_jpeg(path);
+  im = d.channels == 1 ? to_gray(im) : to_rgb(im);  // convert("L") of convert("RGB") of an L image is itself
+  if (d.transforms.resize > 0) im = resize_shorter(im, d.transforms.resize);
+  if (d.transforms.crop > 0) im = center_crop(im, d.transforms.crop, d.transforms.crop);
+  return im;
+}
+
 }  // namespace
+
+Dataset load_image_folder_split(const std::string& folder, const std::string& split, int channels,
+                                const ImageTransforms& transforms) {
+  if (channels != 1 && channels != 3) {
+    user_error("image folders feed models with 1 (grayscale) or 3 (RGB) input channels; this model has {}", channels);
+  }
+  const fs::path root = fs::path(folder) / split;
+  std::error_code ec;
+  if (!fs::is_directory(root, ec)) {
+    user_error("data folder '{}' has no folder '{}' (image folders: <data.path>/<split>/<class>/<image>.jpg)", folder,
+               split);
+  }
+  Dataset d;
+  d.name = split;
+  d.images_path = d.labels_path = root.string();
+  d.channels = channels;
+  d.transforms = transforms;
+  for (const auto& e : fs::directory_iterator(root, fs::directory_options::follow_directory_symlink)) {
+    if (e.is_directory()) d.classes.push_back(e.path().filename().string());
+  }
+  std::sort(d.classes.begin(), d.classes.end());
+  if (d.classes.empty()) user_error("image folder '{}' has no class folders (expected <class>/<image>.jpg)", root.string());
+  for (size_t label = 0; label < d.classes.size(); ++label) {
+    // torchvision: sorted(os.walk(class folder)), then each folder's files sorted.
+    const fs::path class_dir = root / d.classes[label];
+    std::vector<std::string> dirs{class_dir.string()};
+    for (auto it = fs::recursive_directory_iterator(class_dir, fs::directory_options::follow_directory_symlink);
+         it != fs::recursive_directory_iterator(); ++it) {
+      if (it->is_directory()) dirs.push_back(it->path().string());
+    }
+    std::sort(dirs.begin(), dirs.end());
+    const size_t before = d.files.size();
+    for (const auto& dir : dirs) {
+      std::vector<std::string> names;
+      for (const auto& e : fs::directory_iterator(dir)) {
+        if (!e.is_directory()) names.push_back(e.path().filename().string());
+      }
+      std::sort(names.begin(), names.end());
+      for (const auto& name : names) {
+        const std::string path = dir + "/" + name;
+        if (ends_with_any(name, {".jpg", ".jpeg"})) {
+          d.files.push_back(path);
+          d.labels.push_back(static_cast<int32_t>(label));
+        } else if (ends_with_any(name, {".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp"})) {
+          user_error("{}: qsweep reads JPEG images only (libjpeg-turbo); convert this file to JPEG or remove it", path);
+        }
+      }
+    }
+    if (d.files.size() == before) {
+      user_error("class folder '{}' holds no JPEG image (.jpg or .jpeg)", class_dir.string());
+    }
+  }
+  d.count = static_cast<int64_t>(d.files.size());
+  d.num_classes = static_cast<int>(d.classes.size());
+  const Image8 first = transformed_image(d, d.files[0]);
+  d.height = first.height;
+  d.width = first.width;
+  return d;
+}
+
+std::string images_sha256(const Dataset& d) {
+  if (!d.image_folder()) return sha256_file(d.images_path);
+  Sha256 h;
+  const size_t skip = d.images_path.size() + 1;  // paths relative to the split folder
+  for (const auto& f : d.files) {
+    std::error_code ec;
+    const auto size = fs::file_size(f, ec);
+    const std::string line = f.substr(skip) + "\t" + (ec ? std::string("?") : std::to_string(size)) + "\n";
+    h.update(line.data(), line.size());
+  }
+  return h.hex_digest();
+}
+
+std::string labels_sha256(const Dataset& d) {
+  if (!d.image_folder()) return sha256_file(d.labels_path);
+  Sha256 h;
+  const size_t skip = d.images_path.size() + 1;
+  for (size_t i = 0; i < d.files.size(); ++i) {
+    const std::string line = d.files[i].substr(skip) + "\t" + d.classes[d.labels[i]] + "\n";
+    h.update(line.data(), line.size());
+  }
+  return h.hex_digest();
+}
 
 Dataset load_idx(const std::string& images_path, const std::string& labels_path, const std::string& name) {
   Dataset d;
@@ -89,8 +198,23 @@ void load_batch(const Dataset& d, const Normalization& norm, int64_t begin, int6
   out.reshape_to({n, d.channels, d.height, d.width});
   const int64_t hw = d.height * d.width;
   for (int64_t i = 0; i < n; ++i) {
-    const uint8_t* src = d.pixels.data() + (begin + i) * d.sample_size();
     float* dst = out.ptr() + i * d.sample_size();
+    if (d.image_folder()) {
+      const std::string& path = d.files[begin + i];
+      const Image8 im = transformed_image(d, path);
+      if (im.height != d.height || im.width != d.width) {
+        user_error("{}: {}x{} after the transforms, the first image {}x{}; set data.crop (after data.resize) so "
+                   "that every image comes out one size",
+                   path, im.width, im.height, d.width, d.height);
+      }
+      const int64_t C = d.channels;  // interleaved (H, W, C) -> planar (C, H, W)
+      for (int64_t c = 0; c < C; ++c) {
+        const float m = norm.mean[c], s = norm.std[c];
+        for (int64_t k = 0; k < hw; ++k) dst[c * hw + k] = (static_cast<float>(im.px[k * C + c]) / 255.0f - m) / s;
+      }
+      continue;
+    }
+    const uint8_t* src = d.pixels.data() + (begin + i) * d.sample_size();
     for (int64_t c = 0; c < d.channels; ++c) {
       const float m = norm.mean[c], s = norm.std[c];
       for (int64_t k = 0; k < hw; ++k) dst[c * hw + k] = (static_cast<float>(src[c * hw + k]) / 255.0f - m) / s;

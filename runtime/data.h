@@ -1,4 +1,5 @@
-// Image classification data: IDX files (MNIST / Fashion-MNIST layout), gzipped or not.
+// Image classification data: IDX files (MNIST / Fashion-MNIST layout), gzipped or not, and
+// image folders (torchvision's ImageFolder layout) of JPEG files.
 #pragma once
 
 #include <cstdint>
@@ -12,7 +13,16 @@ namespace qsweep {
 // Where the Debian package dataset-fashion-mnist puts the files.
 inline constexpr const char* kFashionMnistDir = "/usr/share/datasets/fashion-mnist";
 
-// A split held in memory as uint8 pixels (N, C, H, W) and int32 labels.
+// torchvision's evaluation transforms of an image folder, before ToTensor + Normalize:
+// [Grayscale() for a 1-channel model,] Resize(resize) if resize > 0, CenterCrop(crop) if
+// crop > 0 (runtime/image.h, bit for bit as on PIL images).
+struct ImageTransforms {
+  int resize = 0;
+  int crop = 0;
+};
+
+// A split: IDX data held in memory as uint8 pixels (N, C, H, W), or an image folder's files,
+// decoded and transformed by load_batch (pixels stays empty); int32 labels either way.
 struct Dataset {
   std::string name;         // e.g. "fashion-mnist/test"
   std::string images_path;  // the files it came from
@@ -22,7 +32,14 @@ struct Dataset {
   std::vector<int32_t> labels;
   int num_classes = 0;  // max label + 1
 
+  // Image folders: the files in ImageFolder's order, the class folder names (label = index),
+  // and the transforms that bring every image to (channels, height, width).
+  std::vector<std::string> files;
+  std::vector<std::string> classes;
+  ImageTransforms transforms;
+
   int64_t sample_size() const { return channels * height * width; }
+  bool image_folder() const { return !files.empty(); }
 };
 
 // Reads an IDX image file (magic 0x00000803, u8 (N, H, W)) and its label file (0x00000801).
@@ -31,6 +48,21 @@ Dataset load_idx(const std::string& images_path, const std::string& labels_path,
 
 // The split of an IDX folder: "train" -> train-images-idx3-ubyte[.gz], "test" -> t10k-*.
 Dataset load_idx_split(const std::string& folder, const std::string& split);
+
+// The split `split` of an image folder: <folder>/<split>/<class>/**/<image>.jpg, read as
+// torchvision's ImageFolder does (classes sorted by name, labels 0.. in that order; files in
+// sorted order within each class, subfolders included). JPEG files only (.jpg, .jpeg, any
+// case); other image formats are refused, other files ignored. `channels` 3 reads RGB, 1
+// grayscale. The first image fixes the sample shape after the transforms; load_batch refuses
+// an image that comes out otherwise.
+Dataset load_image_folder_split(const std::string& folder, const std::string& split, int channels,
+                                const ImageTransforms& transforms);
+
+// Identity of a split for manifests and shard checks: the sha256 of the IDX files, or for an
+// image folder of the list of its files with their sizes (images) and of the files' classes
+// (labels), which needs no pass over the pixels.
+std::string images_sha256(const Dataset& d);
+std::string labels_sha256(const Dataset& d);
 
 // Normalization: x = (pixel / 255 - mean[c]) / std[c], in float32, as torchvision's
 // ToTensor + Normalize compute it.

@@ -35,6 +35,7 @@ packages=(
   libgtest-dev libgmock-dev         # static libraries; GTestTargets.cmake names both
   libbenchmark-dev libbenchmark1debian
   zlib1g-dev zlib1g                 # zlib headers + the libz.so.1 its libz.so points to
+  libjpeg62-turbo-dev libjpeg62-turbo   # libjpeg-turbo headers + libjpeg.so.62
 )
 [ "$full_dataset" = 1 ] && packages+=(dataset-fashion-mnist)
 

@@ -12,6 +12,7 @@ packages=(
   libonnx-dev libprotobuf-dev      # ONNX import, checker, shape inference
   libtomlplusplus-dev              # TOML configs
   libcli11-dev libfmt-dev nlohmann-json3-dev zlib1g-dev
+  libjpeg62-turbo-dev              # libjpeg-turbo: JPEG image-folder datasets
   libgtest-dev libbenchmark-dev    # tests and benchmarks
   dataset-fashion-mnist            # the built-in real dataset
   gnuplot-nox                      # figures (cairo terminals: pngcairo, svg)

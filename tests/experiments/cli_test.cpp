@@ -146,5 +146,41 @@ TEST_F(Cli, RelativeOutputRootStillDrawsFigures) {
   EXPECT_GE(pngs, 3u);
 }
 
+// An image folder end to end: the shipped Fashion-MNIST model on the JPEG fixture (3 classes,
+// 7 images, read as grayscale and brought to 28x28), then the same folder with a corrupt file
+// that only a worker thread's batch reads.
+TEST_F(Cli, ImageFolderRunAndACorruptImage) {
+  const fs::path imgs = dir_ / "imgs";
+  fs::copy(fs::path(QSWEEP_SOURCE_DIR) / "tests/data/imagefolder", imgs, fs::copy_options::recursive);
+  const std::string cfg = std::string(QSWEEP_SOURCE_DIR) + "/configs/quickstart.toml";
+  auto args = [&](const std::string& id) {
+    return "run " + cfg + " --quiet --out " + (dir_ / "res").string() + " --run-id " + id +
+           " --set 'data.dataset=\"imagefolder\"' --set 'data.path=\"" + imgs.string() + "\"'" +
+           " --set 'data.calibration.split=\"val\"' --set 'data.eval.split=\"val\"' --set data.resize=28" +
+           " --set data.crop=28 --set 'quant.weight_bits=[4]' --set run.batch_size=2";
+  };
+  CliRun r = run(args("ok"));
+  ASSERT_EQ(r.code, 0) << r.err;
+  const fs::path ok = dir_ / "res" / "quickstart" / "ok";
+  const auto summary = nlohmann::json::parse(slurp(ok / "summary.json"));
+  EXPECT_EQ(summary["images"], 7);
+  const auto manifest = nlohmann::json::parse(slurp(ok / "manifest.json"));
+  EXPECT_EQ(manifest["dataset"]["eval"]["images_in_split"], 7);
+  EXPECT_EQ(manifest["dataset"]["eval"]["images_path"], (imgs / "val").string());
+  const std::string config = slurp(ok / "config.toml");
+  EXPECT_NE(config.find("resize = 28"), std::string::npos) << config;
+
+  std::ofstream(imgs / "val/cat/wide.jpg", std::ios::trunc) << "not a jpeg";
+  r = run(args("corrupt"));
+  EXPECT_EQ(r.code, 2) << r.err;
+  EXPECT_EQ(r.err, "qsweep: error: " + (imgs / "val/cat/wide.jpg").string() +
+                       ": not a readable JPEG image (Not a JPEG file: starts with 0x6e 0x6f)\n");
+  EXPECT_FALSE(fs::exists(dir_ / "res" / "quickstart" / "corrupt"));
+
+  r = run("run " + cfg + " --quiet --set data.crop=28");
+  EXPECT_EQ(r.code, 2);
+  EXPECT_NE(r.err.find("'data.crop' applies to image folders only"), std::string::npos) << r.err;
+}
+
 }  // namespace
 }  // namespace qsweep

@@ -1,0 +1,247 @@
+#include "runtime/image.h"
+
+#include <csetjmp>
+#include <cstdio>
+#include <cmath>
+#include <fstream>
+#include <iterator>
+
+#include <jpeglib.h>
+// jerror.h after jpeglib.h: the warning codes
+#include <jerror.h>
+
+#include "runtime/error.h"
+
+namespace qsweep {
+namespace {
+
+// ---------------------------------------------------------------- JPEG
+
+struct JpegError {
+  jpeg_error_mgr mgr;
+  std::jmp_buf jump;
+  char message[JMSG_LENGTH_MAX] = {};
+};
+
+extern "C" void jpeg_fail(j_common_ptr c) {
+  auto* e = reinterpret_cast<JpegError*>(c->err);
+  (*c->err->format_message)(c, e->message);
+  std::longjmp(e->jump, 1);
+}
+
+// Warnings (corrupt-data notes libjpeg recovers from) are not errors, as in Pillow; a file that
+// ends early is (Pillow: "image file is truncated").
+extern "C" void jpeg_note(j_common_ptr c, int level) {
+  if (level < 0 && c->err->msg_code == JWRN_JPEG_EOF) jpeg_fail(c);
+}
+
+// Decodes into `img`; false with `error` set when libjpeg gives up. No C++ object with a
+// destructor lives in this frame between setjmp and longjmp.
+bool decode_into(const std::vector<uint8_t>& data, Image8& img, std::string& error) {
+  jpeg_decompress_struct cinfo;
+  JpegError jerr;
+  cinfo.err = jpeg_std_error(&jerr.mgr);
+  jerr.mgr.error_exit = jpeg_fail;
+  jerr.mgr.emit_message = jpeg_note;
+  if (setjmp(jerr.jump)) {
+    jpeg_destroy_decompress(&cinfo);
+    error = jerr.message;
+    return false;
+  }
+  jpeg_create_decompress(&cinfo);
+  jpeg_mem_src(&cinfo, data.data(), static_cast<unsigned long>(data.size()));
+  jpeg_read_header(&cinfo, TRUE);
+  const bool cmyk = cinfo.jpeg_color_space == JCS_CMYK || cinfo.jpeg_color_space == JCS_YCCK;
+  const bool gray = cinfo.jpeg_color_space == JCS_GRAYSCALE;
+  cinfo.out_color_space = cmyk ? JCS_CMYK : gray ? JCS_GRAYSCALE : JCS_RGB;
+  jpeg_start_decompress(&cinfo);
+  const int comps = cinfo.output_components;
+  std::vector<uint8_t> line(static_cast<size_t>(cinfo.output_width) * comps);
+  img.width = static_cast<int>(cinfo.output_width);
+  img.height = static_cast<int>(cinfo.output_height);
+  img.channels = gray ? 1 : 3;
+  img.px.assign(static_cast<size_t>(img.width) * img.height * img.channels, 0);
+  while (cinfo.output_scanline < cinfo.output_height) {
+    const int y = static_cast<int>(cinfo.output_scanline);
+    JSAMPROW rows[1] = {cmyk ? line.data() : img.row(y)};
+    jpeg_read_scanlines(&cinfo, rows, 1);
+    if (cmyk) {
+      // Pillow reads CMYK JPEGs as Adobe's inverted CMYK ("CMYK;I") and converts to RGB with
+      // nk = 255 - k, v = nk - MULDIV255(c, nk) (Convert.c, cmyk2rgb).
+      uint8_t* out = img.row(y);
+      for (int x = 0; x < img.width; ++x) {
+        const int nk = 255 - (255 - line[x * 4 + 3]);
+        for (int ch = 0; ch < 3; ++ch) {
+          const int c = 255 - line[x * 4 + ch];
+          const int t = c * nk + 128;
+          const int v = nk - (((t >> 8) + t) >> 8);
+          out[x * 3 + ch] = static_cast<uint8_t>(v < 0 ? 0 : v > 255 ? 255 : v);
+        }
+      }
+    }
+  }
+  jpeg_finish_decompress(&cinfo);
+  jpeg_destroy_decompress(&cinfo);
+  return true;
+}
+
+// ---------------------------------------------------------------- Pillow's resampling
+
+constexpr int kPrecisionBits = 32 - 8 - 2;
+
+struct Coeffs {
+  int ksize = 0;
+  std::vector<int> bounds;   // per output pixel: first input pixel, count
+  std::vector<int32_t> kk;   // per output pixel: ksize fixed-point weights
+};
+
+// Resample.c, precompute_coeffs + normalize_coeffs_8bpc, for the bilinear filter (support 1)
+// over the whole input [0, in_size).
+Coeffs precompute(int in_size, int out_size) {
+  const double scale = static_cast<double>(in_size) / out_size;
+  const double filterscale = scale < 1.0 ? 1.0 : scale;
+  const double support = 1.0 * filterscale;
+  Coeffs c;
+  c.ksize = static_cast<int>(std::ceil(support)) * 2 + 1;
+  c.bounds.resize(static_cast<size_t>(out_size) * 2);
+  c.kk.assign(static_cast<size_t>(out_size) * c.ksize, 0);
+  std::vector<double> k(static_cast<size_t>(c.ksize));
+  for (int xx = 0; xx < out_size; ++xx) {
+    const double center = (xx + 0.5) * scale;
+    const double ss = 1.0 / filterscale;
+    int xmin = static_cast<int>(center - support + 0.5);
+    if (xmin < 0) xmin = 0;
+    int xmax = static_cast<int>(center + support + 0.5);
+    if (xmax > in_size) xmax = in_size;
+    xmax -= xmin;
+    double ww = 0.0;
+    for (int x = 0; x < xmax; ++x) {
+      double t = (x + xmin - center + 0.5) * ss;
+      if (t < 0.0) t = -t;
+      const double w = t < 1.0 ? 1.0 - t : 0.0;
+      k[x] = w;
+      ww += w;
+    }
+    for (int x = 0; x < xmax; ++x) {
+      if (ww != 0.0) k[x] /= ww;
+      const double v = k[x] * (1 << kPrecisionBits);
+      c.kk[static_cast<size_t>(xx) * c.ksize + x] = static_cast<int32_t>(v < 0 ? -0.5 + v : 0.5 + v);
+    }
+    c.bounds[xx * 2] = xmin;
+    c.bounds[xx * 2 + 1] = xmax;
+  }
+  return c;
+}
+
+inline uint8_t clip8(int32_t v) {
+  const int32_t s = v >> kPrecisionBits;  // arithmetic shift: floor
+  return static_cast<uint8_t>(s < 0 ? 0 : s > 255 ? 255 : s);
+}
+
+}  // namespace
+
+Image8 decode_jpeg(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) user_error("image file '{}' cannot be read", path);
+  const std::vector<uint8_t> data((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  Image8 img;
+  std::string error;
+  if (!decode_into(data, img, error)) user_error("{}: not a readable JPEG image ({})", path, error);
+  return img;
+}
+
+Image8 to_rgb(const Image8& in) {
+  if (in.channels == 3) return in;
+  Image8 out{in.width, in.height, 3, std::vector<uint8_t>(in.px.size() * 3)};
+  for (size_t i = 0; i < in.px.size(); ++i) out.px[i * 3] = out.px[i * 3 + 1] = out.px[i * 3 + 2] = in.px[i];
+  return out;
+}
+
+Image8 to_gray(const Image8& in) {
+  if (in.channels == 1) return in;
+  Image8 out{in.width, in.height, 1, std::vector<uint8_t>(in.px.size() / 3)};
+  for (size_t i = 0; i < out.px.size(); ++i) {
+    const uint8_t* p = &in.px[i * 3];
+    out.px[i] = static_cast<uint8_t>((p[0] * 19595 + p[1] * 38470 + p[2] * 7471 + 0x8000) >> 16);
+  }
+  return out;
+}
+
+Image8 resize_bilinear(const Image8& in, int width, int height) {
+  if (width == in.width && height == in.height) return in;
+  const int C = in.channels;
+  const Coeffs h = precompute(in.width, width), v = precompute(in.height, height);
+  // The horizontal pass covers only the rows the vertical one reads.
+  const int y_first = v.bounds[0];
+  const int y_last = v.bounds[(height - 1) * 2] + v.bounds[(height - 1) * 2 + 1];
+  Image8 tmp;
+  const Image8* src = &in;
+  int row_offset = 0;  // the vertical pass's input row of input row y: y - row_offset
+  if (width != in.width) {
+    tmp = Image8{width, y_last - y_first, C, std::vector<uint8_t>(static_cast<size_t>(width) * (y_last - y_first) * C)};
+    for (int yy = 0; yy < tmp.height; ++yy) {
+      const uint8_t* row = in.row(yy + y_first);
+      uint8_t* out = tmp.row(yy);
+      for (int xx = 0; xx < width; ++xx) {
+        const int xmin = h.bounds[xx * 2], xmax = h.bounds[xx * 2 + 1];
+        const int32_t* k = &h.kk[static_cast<size_t>(xx) * h.ksize];
+        for (int c = 0; c < C; ++c) {
+          int32_t ss = 1 << (kPrecisionBits - 1);
+          for (int x = 0; x < xmax; ++x) ss += row[(x + xmin) * C + c] * k[x];
+          out[xx * C + c] = clip8(ss);
+        }
+      }
+    }
+    src = &tmp;
+    row_offset = y_first;
+  }
+  if (height == in.height) return src == &tmp ? tmp : in;
+  Image8 out{width, height, C, std::vector<uint8_t>(static_cast<size_t>(width) * height * C)};
+  for (int yy = 0; yy < height; ++yy) {
+    const int ymin = v.bounds[yy * 2] - row_offset, ymax = v.bounds[yy * 2 + 1];
+    const int32_t* k = &v.kk[static_cast<size_t>(yy) * v.ksize];
+    uint8_t* o = out.row(yy);
+    for (int i = 0; i < width * C; ++i) {
+      int32_t ss = 1 << (kPrecisionBits - 1);
+      for (int y = 0; y < ymax; ++y) ss += src->row(y + ymin)[i] * k[y];
+      o[i] = clip8(ss);
+    }
+  }
+  return out;
+}
+
+Image8 resize_shorter(const Image8& in, int size) {
+  const bool wide = in.width > in.height;  // torchvision: (w, h) short/long as w <= h
+  const int shorter = wide ? in.height : in.width, longer = wide ? in.width : in.height;
+  const int new_long = static_cast<int>(static_cast<double>(static_cast<int64_t>(size) * longer) / shorter);
+  return wide ? resize_bilinear(in, new_long, size) : resize_bilinear(in, size, new_long);
+}
+
+Image8 center_crop(const Image8& in, int height, int width) {
+  const Image8* src = &in;
+  Image8 padded;
+  if (width > in.width || height > in.height) {
+    const int left = width > in.width ? (width - in.width) / 2 : 0;
+    const int top = height > in.height ? (height - in.height) / 2 : 0;
+    const int right = width > in.width ? (width - in.width + 1) / 2 : 0;
+    const int bottom = height > in.height ? (height - in.height + 1) / 2 : 0;
+    padded = Image8{in.width + left + right, in.height + top + bottom, in.channels, {}};
+    padded.px.assign(static_cast<size_t>(padded.width) * padded.height * in.channels, 0);
+    for (int y = 0; y < in.height; ++y) {
+      std::copy(in.row(y), in.row(y) + static_cast<size_t>(in.width) * in.channels,
+                padded.row(y + top) + static_cast<size_t>(left) * in.channels);
+    }
+    src = &padded;
+  }
+  // Python's round(): halves to even, as nearbyint does in the default rounding mode.
+  const int top = static_cast<int>(std::nearbyint((src->height - height) / 2.0));
+  const int left = static_cast<int>(std::nearbyint((src->width - width) / 2.0));
+  Image8 out{width, height, in.channels, std::vector<uint8_t>(static_cast<size_t>(width) * height * in.channels)};
+  for (int y = 0; y < height; ++y) {
+    const uint8_t* r = src->row(y + top) + static_cast<size_t>(left) * in.channels;
+    std::copy(r, r + static_cast<size_t>(width) * in.channels, out.row(y));
+  }
+  return out;
+}
+
+}  // namespace qsweep

@@ -1,0 +1,45 @@
+// 8-bit images for image-folder datasets: JPEG decoding (libjpeg-turbo) and the evaluation
+// transforms of torchvision on PIL images, bit for bit:
+//   ImageFolder's loader      Image.open(f).convert("RGB")        decode_jpeg + to_rgb
+//   transforms.Grayscale()    img.convert("L")                    to_gray
+//   transforms.Resize(s)      shorter side to s, PIL bilinear     resize_shorter
+//   transforms.CenterCrop(c)  round-half-even offsets, 0-padding  center_crop
+// (Pillow's 8-bit resampling: separable, antialiased, horizontal pass first, 22-bit fixed
+// point coefficients, each pass rounded and clamped to 8 bits.)
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace qsweep {
+
+struct Image8 {
+  int width = 0, height = 0, channels = 0;  // channels 1 (L) or 3 (RGB)
+  std::vector<uint8_t> px;                  // (height, width, channels), interleaved
+
+  uint8_t* row(int y) { return px.data() + static_cast<size_t>(y) * width * channels; }
+  const uint8_t* row(int y) const { return px.data() + static_cast<size_t>(y) * width * channels; }
+};
+
+// Decodes a JPEG file as Pillow does (integer IDCT, fancy upsampling): grayscale files to 1
+// channel, YCbCr/RGB ones to 3, CMYK/YCCK ones (Adobe, inverted) converted to RGB with
+// Pillow's formula. Throws UserError naming the file when it is not a readable JPEG.
+Image8 decode_jpeg(const std::string& path);
+
+// PIL's convert("RGB") of an L image (the value thrice) and convert("L") of an RGB one
+// (L = (19595 R + 38470 G + 7471 B + 32768) >> 16). Either is a copy when nothing changes.
+Image8 to_rgb(const Image8& in);
+Image8 to_gray(const Image8& in);
+
+// PIL's Image.resize((width, height), Image.BILINEAR).
+Image8 resize_bilinear(const Image8& in, int width, int height);
+
+// torchvision's Resize(size) for an int: the shorter side becomes `size`, the longer
+// int(size * long / short); unchanged when that is the image's size.
+Image8 resize_shorter(const Image8& in, int size);
+
+// torchvision's CenterCrop((height, width)): zero-padded first where the image is smaller.
+Image8 center_crop(const Image8& in, int height, int width);
+
+}  // namespace qsweep

@@ -1,0 +1,213 @@
+// Image folders against PIL and torchvision: tests/data/imagefolder_torchvision.json holds what
+// ImageFolder, Image.open().convert("RGB") and Grayscale/Resize/CenterCrop make of the JPEG
+// files in tests/data/imagefolder (tests/data/make_imagefolder_golden.py); every byte must match.
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+
+#include "runtime/data.h"
+#include "runtime/error.h"
+#include "runtime/image.h"
+#include "runtime/sha256.h"
+
+namespace qsweep {
+namespace {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+const fs::path kFolder = fs::path(QSWEEP_SOURCE_DIR) / "tests/data/imagefolder";
+
+const json& golden() {
+  static const json j = [] {
+    std::ifstream in(fs::path(QSWEEP_SOURCE_DIR) / "tests/data/imagefolder_torchvision.json");
+    return json::parse(in);
+  }();
+  return j;
+}
+
+std::vector<uint8_t> from_hex(const std::string& hex) {
+  std::vector<uint8_t> out(hex.size() / 2);
+  for (size_t i = 0; i < out.size(); ++i) out[i] = static_cast<uint8_t>(std::stoi(hex.substr(2 * i, 2), nullptr, 16));
+  return out;
+}
+
+// How many bytes differ, and the largest difference.
+std::string diff(const std::vector<uint8_t>& got, const std::vector<uint8_t>& want) {
+  if (got.size() != want.size()) return "sizes " + std::to_string(got.size()) + " vs " + std::to_string(want.size());
+  int n = 0, worst = 0;
+  for (size_t i = 0; i < got.size(); ++i) {
+    const int d = std::abs(int(got[i]) - int(want[i]));
+    n += d != 0;
+    worst = std::max(worst, d);
+  }
+  return std::to_string(n) + " bytes differ, by up to " + std::to_string(worst);
+}
+
+std::string path_of(size_t i) { return (kFolder / "val" / golden()["files"][i]["path"].get<std::string>()).string(); }
+
+TEST(ImageFolder, FilesAndLabelsInImageFoldersOrder) {
+  const Dataset d = load_image_folder_split(kFolder.string(), "val", 3, ImageTransforms{24, 20});
+  const json& g = golden();
+  EXPECT_EQ(d.classes, g["classes"].get<std::vector<std::string>>());
+  ASSERT_EQ(d.files.size(), g["files"].size()) << "notes.txt is skipped, subfolders are walked";
+  for (size_t i = 0; i < d.files.size(); ++i) {
+    EXPECT_EQ(d.files[i], path_of(i));
+    EXPECT_EQ(d.labels[i], g["files"][i]["label"].get<int>()) << d.files[i];
+  }
+  EXPECT_EQ(d.count, 7);
+  EXPECT_EQ(d.num_classes, 3);
+  EXPECT_EQ(d.channels, 3);
+  EXPECT_EQ(d.height, 20);
+  EXPECT_EQ(d.width, 20);
+}
+
+TEST(ImageFolder, DecodingEqualsPillowByteForByte) {
+  const json& g = golden();
+  for (size_t i = 0; i < g["files"].size(); ++i) {
+    const Image8 im = to_rgb(decode_jpeg(path_of(i)));
+    const json& want = g["decoded"][i];
+    EXPECT_EQ(im.width, want["width"].get<int>()) << path_of(i);
+    EXPECT_EQ(im.height, want["height"].get<int>()) << path_of(i);
+    EXPECT_TRUE(im.px == from_hex(want["hex"])) << path_of(i) << ": " << diff(im.px, from_hex(want["hex"]));
+  }
+}
+
+TEST(ImageFolder, TransformsEqualTorchvisionByteForByte) {
+  const json& g = golden();
+  for (const json& c : g["cases"]) {
+    const int channels = c["channels"], resize = c["resize"], crop = c["crop"];
+    for (size_t i = 0; i < g["files"].size(); ++i) {
+      Image8 im = decode_jpeg(path_of(i));
+      im = channels == 1 ? to_gray(im) : to_rgb(im);
+      if (resize > 0) im = resize_shorter(im, resize);
+      if (crop > 0) im = center_crop(im, crop, crop);
+      const json& want = c["images"][i];
+      const std::string what = path_of(i) + " with " + std::to_string(channels) + " channel(s), Resize(" +
+                               std::to_string(resize) + "), CenterCrop(" + std::to_string(crop) + ")";
+      EXPECT_EQ(im.width, want["width"].get<int>()) << what;
+      EXPECT_EQ(im.height, want["height"].get<int>()) << what;
+      EXPECT_TRUE(im.px == from_hex(want["hex"])) << what << ": " << diff(im.px, from_hex(want["hex"]));
+    }
+  }
+}
+
+TEST(ImageFolder, BatchesArePlanarAndNormalizedAsTorchvision) {
+  const json& g = golden();
+  for (const json& c : g["cases"]) {
+    const int channels = c["channels"], resize = c["resize"], crop = c["crop"];
+    if (crop == 0) continue;  // sizes differ: not a dataset
+    const Dataset d = load_image_folder_split(kFolder.string(), "val", channels, ImageTransforms{resize, crop});
+    Tensor x;
+    // mean 0, std 1: each value is the pixel / 255, as ToTensor makes it.
+    const Normalization unit{std::vector<float>(channels, 0.0f), std::vector<float>(channels, 1.0f)};
+    load_batch(d, unit, 1, d.count - 1, x);
+    ASSERT_EQ(x.shape, (Shape{d.count - 1, channels, crop, crop}));
+    for (int64_t n = 0; n + 1 < d.count; ++n) {
+      const std::vector<uint8_t> want = from_hex(c["images"][n + 1]["hex"]);
+      int wrong = 0;
+      for (int ch = 0; ch < channels; ++ch) {
+        for (int k = 0; k < crop * crop; ++k) {
+          wrong += x.ptr()[(n * channels + ch) * crop * crop + k] != static_cast<float>(want[k * channels + ch]) / 255.0f;
+        }
+      }
+      EXPECT_EQ(wrong, 0) << d.files[n + 1] << ", case resize " << resize << " crop " << crop;
+    }
+  }
+  // The first image through Resize(24), CenterCrop(20), ToTensor(), Normalize(ImageNet's).
+  const json& nz = g["normalized"];
+  const Dataset d = load_image_folder_split(kFolder.string(), "val", 3, ImageTransforms{24, 20});
+  Tensor x;
+  load_batch(d, Normalization{nz["mean"].get<std::vector<float>>(), nz["std"].get<std::vector<float>>()}, 0, 1, x);
+  const auto want = nz["values"].get<std::vector<double>>();
+  ASSERT_EQ(static_cast<size_t>(x.numel()), want.size());
+  int wrong = 0;
+  for (size_t i = 0; i < want.size(); ++i) wrong += x.ptr()[i] != static_cast<float>(want[i]);
+  EXPECT_EQ(wrong, 0) << "float32 values that differ from torchvision's";
+}
+
+class ImageFolderErrors : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = fs::temp_directory_path() / ("qsweep_imagefolder_" + std::to_string(::getpid()));
+    fs::remove_all(dir_);
+    fs::copy(kFolder, dir_, fs::copy_options::recursive);
+  }
+  void TearDown() override { fs::remove_all(dir_); }
+  std::string message(const std::function<void()>& f) {
+    try {
+      f();
+    } catch (const UserError& e) {
+      return e.what();
+    }
+    return "no error";
+  }
+  std::string load(int crop = 20) {
+    return message([&] { load_image_folder_split(dir_.string(), "val", 3, ImageTransforms{24, crop}); });
+  }
+  std::string batch(int crop = 20) {
+    return message([&] {
+      const Dataset d = load_image_folder_split(dir_.string(), "val", 3, ImageTransforms{24, crop});
+      Tensor x;
+      load_batch(d, Normalization{{0, 0, 0}, {1, 1, 1}}, 0, d.count, x);
+    });
+  }
+  fs::path dir_;
+};
+
+TEST_F(ImageFolderErrors, EachIsOneSentenceNamingTheFile) {
+  const std::string wide = (dir_ / "val/cat/wide.jpg").string();
+  // Not a JPEG at all: found when its batch is read.
+  std::ofstream(wide, std::ios::trunc) << "not a jpeg";
+  EXPECT_EQ(batch().rfind(wide + ": not a readable JPEG image (", 0), 0u) << batch();
+  // Cut in half: libjpeg's "premature end" is an error, as Pillow's "image file is truncated".
+  {
+    std::ifstream in(path_of(1), std::ios::binary);
+    std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    std::ofstream(wide, std::ios::binary | std::ios::trunc) << bytes.substr(0, bytes.size() / 2);
+  }
+  EXPECT_EQ(batch().rfind(wide + ": not a readable JPEG image (", 0), 0u) << batch();
+  fs::copy_file(path_of(1), wide, fs::copy_options::overwrite_existing);
+  EXPECT_EQ(batch(), "no error");
+  // Without a crop the sizes differ: the first other one is named.
+  EXPECT_EQ(batch(0).rfind((dir_ / "val/ant/b.jpg").string() + ": 30x24 after the transforms, the first image 24x30", 0),
+            0u)
+      << batch(0);
+  // Other image formats are refused, not skipped as ImageFolder would read them.
+  std::ofstream(dir_ / "val/bee/extra.png") << "png";
+  EXPECT_EQ(load(), (dir_ / "val/bee/extra.png").string() +
+                        ": qsweep reads JPEG images only (libjpeg-turbo); convert this file to JPEG or remove it");
+  fs::remove(dir_ / "val/bee/extra.png");
+  fs::create_directories(dir_ / "val/dog");
+  EXPECT_EQ(load(), "class folder '" + (dir_ / "val/dog").string() + "' holds no JPEG image (.jpg or .jpeg)");
+  EXPECT_EQ(message([&] { load_image_folder_split(dir_.string(), "train", 3, {}); }),
+            "data folder '" + dir_.string() +
+                "' has no folder 'train' (image folders: <data.path>/<split>/<class>/<image>.jpg)");
+  EXPECT_EQ(message([&] { load_image_folder_split(dir_.string(), "val", 4, {}); }),
+            "image folders feed models with 1 (grayscale) or 3 (RGB) input channels; this model has 4");
+}
+
+TEST_F(ImageFolderErrors, IdentityHashesTheFileListSizesAndClasses) {
+  const Dataset d = load_image_folder_split(dir_.string(), "val", 3, ImageTransforms{24, 20});
+  // Worked out here: one line per file, "<path in the split>\t<bytes>\n" and "<path>\t<class>\n".
+  std::string images, labels;
+  for (size_t i = 0; i < golden()["files"].size(); ++i) {
+    const std::string rel = golden()["files"][i]["path"];
+    images += rel + "\t" + std::to_string(fs::file_size(dir_ / "val" / rel)) + "\n";
+    labels += rel + "\t" + golden()["classes"][golden()["files"][i]["label"].get<int>()].get<std::string>() + "\n";
+  }
+  const std::string images_before = images_sha256(d), labels_before = labels_sha256(d);
+  EXPECT_EQ(images_before, sha256_hex(images.data(), images.size()));
+  EXPECT_EQ(labels_before, sha256_hex(labels.data(), labels.size()));
+  // A file one byte longer is another list; the labels' identity does not depend on sizes.
+  std::ofstream(dir_ / "val/ant/b.jpg", std::ios::app) << "x";
+  const Dataset grown = load_image_folder_split(dir_.string(), "val", 3, ImageTransforms{24, 20});
+  EXPECT_NE(images_sha256(grown), images_before);
+  EXPECT_EQ(labels_sha256(grown), labels_before);
+}
+
+}  // namespace
+}  // namespace qsweep
