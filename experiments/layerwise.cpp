@@ -1,5 +1,7 @@
 #include "experiments/layerwise.h"
 
+#include <fstream>
+
 #include <chrono>
 #include <cstring>
 #include <numeric>
@@ -107,6 +109,41 @@ std::vector<std::unique_ptr<QuantizedLayer>> quantize_layers(const Executor& exe
 int64_t cpu_auto_batch_size(int64_t images, int threads) {
   const int64_t per_worker = 4 * static_cast<int64_t>(std::max(threads, 1));
   return std::clamp<int64_t>(images / per_worker, 32, 250);  // rounded down: at least 4 per worker
+}
+
+int64_t cpu_bytes_per_image(const Executor& exec) {
+  const Graph& g = exec.graph();
+  auto ws = exec.make_workspace();
+  ws.keep_all_values = true;
+  const Tensor one({1, g.input_shape[0], g.input_shape[1], g.input_shape[2]});  // zeros
+  exec.forward(ws, one);
+  int64_t floats = one.numel();
+  for (size_t v = 0; v < ws.values.size() && v < g.values.size(); ++v) {
+    if (!g.values[v].is_constant) floats += ws.values[v].numel();
+  }
+  // The kept values, and a suffix's recomputed ones (not all of them at once): 1.5 times the
+  // values, from the resident memory of ResNet18 grids at 8 to 64 images per batch (29 MiB
+  // per image measured, this estimate 35).
+  return floats * static_cast<int64_t>(sizeof(float)) * 3 / 2;
+}
+
+int64_t model_bytes(const Graph& g) {
+  int64_t floats = 0;
+  for (const auto& v : g.values) {
+    if (v.is_constant) floats += v.constant.numel();
+  }
+  return floats * static_cast<int64_t>(sizeof(float));
+}
+
+int64_t available_memory_bytes() {
+  std::ifstream in("/proc/meminfo");
+  std::string key, unit;
+  int64_t kib = 0;
+  while (in >> key >> kib) {
+    std::getline(in, unit);
+    if (key == "MemAvailable:") return kib * 1024;
+  }
+  return 0;
 }
 
 std::unique_ptr<QuantizedLayer> quantize_layer(const Executor& exec, int layer, const QuantSpec& spec, int bits,

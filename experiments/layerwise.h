@@ -50,6 +50,16 @@ struct GridResult {
 // worker at a time: 40 batches of 250 would leave most of a 64-core machine idle).
 int64_t cpu_auto_batch_size(int64_t images, int threads);
 
+// Bytes one image of a batch keeps in a CPU worker during the grid: every value of its float
+// forward (kept for the suffixes) and a suffix's recomputed values, from a one-image forward.
+int64_t cpu_bytes_per_image(const Executor& exec);
+
+// Bytes of the model's constants (weights, biases).
+int64_t model_bytes(const Graph& g);
+
+// MemAvailable of /proc/meminfo in bytes; 0 where it cannot be read.
+int64_t available_memory_bytes();
+
 struct GridOptions {
   int64_t batch_size = 250;
   int threads = 1;

@@ -5,6 +5,7 @@
 #endif
 
 #include <algorithm>
+#include <cstdlib>
 #include <chrono>
 #include <cmath>
 #include <ctime>
@@ -190,13 +191,53 @@ std::unique_ptr<Prepared> prepare(const Config& cfg, const std::function<void(co
   p->eval_count = cfg.eval_count > 0 ? std::min(cfg.eval_count, p->eval.count) : p->eval.count;
   p->calib_count = std::min(cfg.calibration_count, p->calib.count);
   p->model_sha256 = sha256_file(cfg.model_path);
+  const int64_t images = std::max(p->eval_count, p->calib_count);
+  // The CPU's workers each keep a batch's values: what fits in the memory this machine has
+  // available bounds "auto", and a fixed batch size that would not fit is refused before the
+  // run instead of ending it by the kernel's OOM killer. QSWEEP_AVAILABLE_MEMORY (bytes)
+  // stands in for MemAvailable (tests).
+  const bool cpu = p->backend->name() == "cpu";
+  int64_t per_image = 0, available = 0;
+  if (cpu) {
+    per_image = cpu_bytes_per_image(*p->exec);
+    const char* env = std::getenv("QSWEEP_AVAILABLE_MEMORY");
+    available = env && *env ? std::strtoll(env, nullptr, 10) : available_memory_bytes();
+  }
   if (cfg.batch_size == 0) {  // "auto"
     if (auto session = p->backend->make_session(g)) {
-      p->cfg.batch_size = session->max_batch(std::min<int64_t>(std::max(p->eval_count, p->calib_count), 8192));
+      p->cfg.batch_size = session->max_batch(std::min<int64_t>(images, 8192));
     } else {
-      p->cfg.batch_size = cpu_auto_batch_size(std::max(p->eval_count, p->calib_count), p->threads);
+      p->cfg.batch_size = cpu_auto_batch_size(images, p->threads);
+      if (available > 0) {  // half of what is available, shared by the workers
+        const int64_t spare = std::max<int64_t>(available / 2 - 3 * model_bytes(g), 0);
+        const int64_t fit = spare / (per_image * std::max(p->threads, 1));
+        p->cfg.batch_size = std::max<int64_t>(1, std::min(p->cfg.batch_size, fit));
+      }
     }
     say(fmt::format("run.batch_size = \"auto\": {} images per batch on {}", p->cfg.batch_size, p->backend->device_name()));
+  } else if (cpu && available > 0) {
+    const int64_t batch = std::min<int64_t>(p->cfg.batch_size, std::max<int64_t>(images, 1));
+    const int64_t busy = std::max<int64_t>(1, std::min<int64_t>(p->threads, (images + batch - 1) / batch));
+    // The weights, their quantized copies and the kernels' rearranged copies: about 3 times.
+    const double fixed = 3.0 * static_cast<double>(model_bytes(g));
+    const double budget = 0.9 * static_cast<double>(available) - fixed;
+    const double need = static_cast<double>(per_image) * static_cast<double>(batch * busy);
+    if (need > budget) {
+      const auto size = [](double b) {
+        return b >= (1 << 30) ? fmt::format("{:.1f} GiB", b / (1 << 30)) : fmt::format("{:.1f} MiB", b / (1 << 20));
+      };
+      const std::string what =
+          fmt::format("{}: run.batch_size = {} on {} thread(s) would keep about {} of this model's values in memory "
+                      "({} per image, plus {} for its weights) and {} are available",
+                      cfg.source, p->cfg.batch_size, busy, size(need), size(static_cast<double>(per_image)),
+                      size(fixed), size(static_cast<double>(available)));
+      const int64_t fit = budget > 0 ? static_cast<int64_t>(budget / (static_cast<double>(per_image) * busy)) : 0;
+      if (fit >= 1) {
+        user_error("{}; set run.batch_size to {} or less (or \"auto\"), or fewer run.threads (the results do not "
+                   "depend on either)", what, fit);
+      }
+      user_error("{}; even one image per batch does not fit: use fewer run.threads or a machine with more memory", what);
+    }
   }
   return p;
 }

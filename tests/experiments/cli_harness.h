@@ -39,8 +39,10 @@ class TempDirTest : public ::testing::Test {
   void TearDown() override { std::filesystem::remove_all(dir_); }
 
   // ARGS is shell text (quote what needs quoting).
-  CliRun run(const std::string& args) {
-    const std::string cmd = std::string(QSWEEP_BINARY) + " " + args + " >" + (dir_ / "out").string() + " 2>" +
+  CliRun run(const std::string& args) { return run_with_env("", args); }
+  // ENV: "NAME=value " assignments for the command, or "".
+  CliRun run_with_env(const std::string& env, const std::string& args) {
+    const std::string cmd = env + std::string(QSWEEP_BINARY) + " " + args + " >" + (dir_ / "out").string() + " 2>" +
                             (dir_ / "err").string();
     const int st = std::system(cmd.c_str());
     return CliRun{WIFEXITED(st) ? WEXITSTATUS(st) : -1, slurp(dir_ / "out"), slurp(dir_ / "err")};

@@ -182,5 +182,39 @@ TEST_F(Cli, ImageFolderRunAndACorruptImage) {
   EXPECT_NE(r.err.find("'data.crop' applies to image folders only"), std::string::npos) << r.err;
 }
 
+// A batch size whose values would not fit in the available memory is refused before the run,
+// naming the largest that fits; that one runs, one more is refused again.
+TEST_F(Cli, BatchSizeBeyondTheAvailableMemoryIsRefusedBeforeTheRun) {
+  if (!fs::exists(kFashionMnistDir)) GTEST_SKIP() << "dataset-fashion-mnist is not installed";
+  const std::string base = "run " + std::string(QSWEEP_SOURCE_DIR) + "/configs/quickstart.toml --quiet --out " +
+                           (dir_ / "res").string() + " --set data.eval.count=600 --set data.calibration.count=64" +
+                           " --set 'quant.weight_bits=[4]' --set run.threads=2";
+  const std::string env = "QSWEEP_AVAILABLE_MEMORY=50000000 ";  // 47.7 MiB
+  auto run_env = [&](const std::string& args) { return run_with_env(env, args); };
+  CliRun r = run_env(base);
+  ASSERT_EQ(r.code, 2) << r.err;
+  const std::string key = "set run.batch_size to ";
+  const size_t at = r.err.find(key);
+  ASSERT_NE(at, std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("run.batch_size = 250 on 2 thread(s) would keep about"), std::string::npos) << r.err;
+  EXPECT_FALSE(fs::exists(dir_ / "res"));
+  const int fit = std::stoi(r.err.substr(at + key.size()));
+  ASSERT_GT(fit, 1);
+  ASSERT_LT(fit, 250);
+  r = run_env(base + " --run-id fit --set run.batch_size=" + std::to_string(fit));
+  EXPECT_EQ(r.code, 0) << r.err;
+  r = run_env(base + " --set run.batch_size=" + std::to_string(fit + 1));
+  EXPECT_EQ(r.code, 2) << r.err;
+  // "auto" takes at most half of what is available: no larger than the largest that fits.
+  r = run_with_env(env, base + " --run-id auto --set 'run.batch_size=\"auto\"'");
+  ASSERT_EQ(r.code, 0) << r.err;
+  const auto manifest = nlohmann::json::parse(slurp(dir_ / "res" / "quickstart" / "auto" / "manifest.json"));
+  EXPECT_GE(manifest["backend"]["batch_size"].get<int>(), 1);
+  EXPECT_LE(manifest["backend"]["batch_size"].get<int>(), fit);
+  r = run_with_env("QSWEEP_AVAILABLE_MEMORY=1000 ", base);
+  EXPECT_EQ(r.code, 2);
+  EXPECT_NE(r.err.find("even one image per batch does not fit"), std::string::npos) << r.err;
+}
+
 }  // namespace
 }  // namespace qsweep
