@@ -2,9 +2,11 @@
 
 #include <algorithm>
 #include <cctype>
+#include <exception>
 #include <filesystem>
 #include <set>
 
+#include <omp.h>
 #include <zlib.h>
 
 #include "runtime/error.h"
@@ -194,26 +196,52 @@ Dataset load_idx_split(const std::string& folder, const std::string& split) {
   return load_idx(images, labels, split);
 }
 
+namespace {
+
+// Image i of an image folder's batch, decoded, transformed and normalized into dst.
+void load_image(const Dataset& d, const Normalization& norm, int64_t index, float* dst) {
+  const std::string& path = d.files[index];
+  const Image8 im = transformed_image(d, path);
+  if (im.height != d.height || im.width != d.width) {
+    user_error("{}: {}x{} after the transforms, the first image {}x{}; set data.crop (after data.resize) so "
+               "that every image comes out one size",
+               path, im.width, im.height, d.width, d.height);
+  }
+  const int64_t C = d.channels, hw = d.height * d.width;  // interleaved (H, W, C) -> planar (C, H, W)
+  for (int64_t c = 0; c < C; ++c) {
+    const float m = norm.mean[c], s = norm.std[c];
+    for (int64_t k = 0; k < hw; ++k) dst[c * hw + k] = (static_cast<float>(im.px[k * C + c]) / 255.0f - m) / s;
+  }
+}
+
+}  // namespace
+
 void load_batch(const Dataset& d, const Normalization& norm, int64_t begin, int64_t n, Tensor& out) {
   out.reshape_to({n, d.channels, d.height, d.width});
   const int64_t hw = d.height * d.width;
+  if (d.image_folder()) {
+    // Decoding is most of the work: outside a parallel region (a device's staging thread) the
+    // images are decoded on every core; inside one (a CPU worker's batch), by that worker. The
+    // error of the first failing image (by index) is the one reported, whatever the timing.
+    std::exception_ptr failure;
+    int64_t failed_at = n;
+#pragma omp parallel for schedule(dynamic, 1) num_threads(omp_get_num_procs()) if (n > 1 && !omp_in_parallel())
+    for (int64_t i = 0; i < n; ++i) {
+      try {
+        load_image(d, norm, begin + i, out.ptr() + i * d.sample_size());
+      } catch (...) {
+#pragma omp critical(qsweep_load_batch)
+        if (i < failed_at) {
+          failed_at = i;
+          failure = std::current_exception();
+        }
+      }
+    }
+    if (failure) std::rethrow_exception(failure);
+    return;
+  }
   for (int64_t i = 0; i < n; ++i) {
     float* dst = out.ptr() + i * d.sample_size();
-    if (d.image_folder()) {
-      const std::string& path = d.files[begin + i];
-      const Image8 im = transformed_image(d, path);
-      if (im.height != d.height || im.width != d.width) {
-        user_error("{}: {}x{} after the transforms, the first image {}x{}; set data.crop (after data.resize) so "
-                   "that every image comes out one size",
-                   path, im.width, im.height, d.width, d.height);
-      }
-      const int64_t C = d.channels;  // interleaved (H, W, C) -> planar (C, H, W)
-      for (int64_t c = 0; c < C; ++c) {
-        const float m = norm.mean[c], s = norm.std[c];
-        for (int64_t k = 0; k < hw; ++k) dst[c * hw + k] = (static_cast<float>(im.px[k * C + c]) / 255.0f - m) / s;
-      }
-      continue;
-    }
     const uint8_t* src = d.pixels.data() + (begin + i) * d.sample_size();
     for (int64_t c = 0; c < d.channels; ++c) {
       const float m = norm.mean[c], s = norm.std[c];

@@ -170,6 +170,12 @@ TEST_F(ImageFolderErrors, EachIsOneSentenceNamingTheFile) {
     std::ofstream(wide, std::ios::binary | std::ios::trunc) << bytes.substr(0, bytes.size() / 2);
   }
   EXPECT_EQ(batch().rfind(wide + ": not a readable JPEG image (", 0), 0u) << batch();
+  // Two bad files in one batch (decoded on several threads): the first by index is named.
+  std::ofstream((dir_ / "val/ant/b.jpg").string(), std::ios::trunc) << "not a jpeg either";
+  for (int k = 0; k < 5; ++k) {
+    EXPECT_EQ(batch().rfind((dir_ / "val/ant/b.jpg").string() + ": not a readable JPEG image (", 0), 0u) << batch();
+  }
+  fs::copy_file(path_of(1), dir_ / "val/ant/b.jpg", fs::copy_options::overwrite_existing);
   fs::copy_file(path_of(1), wide, fs::copy_options::overwrite_existing);
   EXPECT_EQ(batch(), "no error");
   // Without a crop the sizes differ: the first other one is named.
