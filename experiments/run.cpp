@@ -143,7 +143,10 @@ BackendOptions backend_options(const Config& cfg, int device) {
   return bo;
 }
 
-std::unique_ptr<Prepared> prepare(const Config& cfg, const std::function<void(const std::string&)>& say) {
+// `compute`: the run will compute (false for a merge, which only reads the shards' records: no
+// memory check, no one-image forward).
+std::unique_ptr<Prepared> prepare(const Config& cfg, const std::function<void(const std::string&)>& say,
+                                  bool compute = true) {
   auto p = std::make_unique<Prepared>();
   p->cfg = cfg;
   p->g = import_onnx(cfg.model_path);
@@ -196,7 +199,7 @@ std::unique_ptr<Prepared> prepare(const Config& cfg, const std::function<void(co
   // available bounds "auto", and a fixed batch size that would not fit is refused before the
   // run instead of ending it by the kernel's OOM killer. QSWEEP_AVAILABLE_MEMORY (bytes)
   // stands in for MemAvailable (tests).
-  const bool cpu = p->backend->name() == "cpu";
+  const bool cpu = compute && p->backend->name() == "cpu";
   int64_t per_image = 0, available = 0;
   if (cpu) {
     per_image = cpu_bytes_per_image(*p->exec);
@@ -823,7 +826,7 @@ RunOutcome merge_run(const std::string& dir, bool quiet) {
                "--shard {}/{}) and merge again", final_dir.string(), fmt::join(missing, ", "), shards, missing[0], shards);
   }
   Config cfg = load_config((work / "config.toml").string(), {});
-  auto p = prepare(cfg, [](const std::string&) {});
+  auto p = prepare(cfg, [](const std::string&) {}, /*compute=*/false);
   const std::string eval_images_sha = images_sha256(p->eval), eval_labels_sha = labels_sha256(p->eval);
   std::vector<BatchRecord> records;
   for (int i = 0; i < shards; ++i) {
