@@ -46,17 +46,27 @@ int list_layers(const std::string& model) {
 
 // Compares `dir` with `baseline`, prints the report (and writes it as JSON when asked) and
 // returns the exit status: 0 when every number is within tolerance, kCheckMovedExit if not.
-int check(const std::string& dir, const std::string& baseline, const qsweep::CheckOptions& o, const std::string& json_path,
-          bool quiet) {
-  const qsweep::CheckResult r = qsweep::check_results(dir, baseline, o);
-  if (!json_path.empty()) {
-    std::error_code ec;
-    const std::filesystem::path jp = std::filesystem::absolute(json_path, ec);
-    if (ec || !std::filesystem::is_directory(jp.parent_path(), ec)) {
-      qsweep::user_error("--json {}: its folder does not exist", json_path);
-    }
-    qsweep::write_file_atomic(jp, qsweep::check_json(r, o).dump(2) + "\n");
+struct CheckReports {
+  std::string json, junit;  // files to write, or ""
+};
+
+// An absolute path for a report file whose folder exists (checked before any work is done).
+std::filesystem::path report_path(const char* option, const std::string& file) {
+  std::error_code ec;
+  const std::filesystem::path p = std::filesystem::absolute(file, ec);
+  if (ec || !std::filesystem::is_directory(p.parent_path(), ec)) {
+    qsweep::user_error("{} {}: its folder does not exist", option, file);
   }
+  return p;
+}
+
+int check(const std::string& dir, const std::string& baseline, const qsweep::CheckOptions& o,
+          const CheckReports& reports, bool quiet) {
+  const qsweep::CheckResult r = qsweep::check_results(dir, baseline, o);
+  if (!reports.json.empty()) {
+    qsweep::write_file_atomic(report_path("--json", reports.json), qsweep::check_json(r, o).dump(2) + "\n");
+  }
+  if (!reports.junit.empty()) qsweep::write_file_atomic(report_path("--junit", reports.junit), qsweep::check_junit(r, o));
   if (!quiet || !r.passed()) fmt::print("{}", qsweep::format_check(r, o));
   if (r.passed()) return 0;
   std::fflush(stdout);
@@ -64,13 +74,14 @@ int check(const std::string& dir, const std::string& baseline, const qsweep::Che
   return qsweep::kCheckMovedExit;
 }
 
-void add_check_options(CLI::App* cmd, qsweep::CheckOptions& o, std::string& json_path) {
+void add_check_options(CLI::App* cmd, qsweep::CheckOptions& o, CheckReports& reports) {
   cmd->add_option("--top1-tol", o.top1_tol, "Points of top-1 a row may move (default 0: the same number of correct "
                                             "images)")
       ->check(CLI::NonNegativeNumber);
   cmd->add_option("--noise-rtol", o.noise_rtol, "Relative change of noise allowed (default 1e-6)")
       ->check(CLI::NonNegativeNumber);
-  cmd->add_option("--json", json_path, "Also write the comparison, every moved row included, as JSON to this file");
+  cmd->add_option("--json", reports.json, "Also write the comparison, every moved row included, as JSON to this file");
+  cmd->add_option("--junit", reports.junit, "Also write it as a JUnit XML report (one test case per row) to this file");
   cmd->add_option("--show", o.show, "Moved rows printed at most (default 20)")->check(CLI::NonNegativeNumber);
 }
 
@@ -127,10 +138,10 @@ int main(int argc, char** argv) {
   run_cmd->add_flag("--fresh", run.fresh, "Start a new run instead of resuming or reusing a finished one");
   std::string run_check;
   qsweep::CheckOptions run_check_options;
-  std::string run_check_json;
+  CheckReports run_check_reports;
   run_cmd->add_option("--check", run_check, "After the run, compare its results with this baseline results folder "
                                             "as `qsweep check` does; exit 3 when a number moved");
-  add_check_options(run_cmd, run_check_options, run_check_json);
+  add_check_options(run_cmd, run_check_options, run_check_reports);
 
   std::string merge_dir;
   bool merge_quiet = false;
@@ -166,7 +177,8 @@ int main(int argc, char** argv) {
   report_cmd->add_option("--bar-bits", report_bar_bits, "Weight bit-width of the per-layer bars (default: "
                                                         "output.bar_bits in DIR/config.toml, else the lowest)");
 
-  std::string check_dir, check_baseline, check_json_path;
+  std::string check_dir, check_baseline;
+  CheckReports check_reports;
   qsweep::CheckOptions check_options;
   bool check_quiet = false;
   auto* check_cmd = app.add_subcommand("check", "Compare a results folder with a baseline results folder; exit 3 "
@@ -175,7 +187,7 @@ int main(int argc, char** argv) {
   check_cmd->add_option("baseline", check_baseline, "Baseline results folder (a copy of an earlier run's folder; "
                                                     "its CSV and JSON files are enough)")
       ->required();
-  add_check_options(check_cmd, check_options, check_json_path);
+  add_check_options(check_cmd, check_options, check_reports);
   check_cmd->add_flag("--quiet,-q", check_quiet, "Print nothing when every number is within tolerance");
 
   CLI11_PARSE(app, argc, argv);
@@ -189,10 +201,12 @@ int main(int argc, char** argv) {
       if (std::error_code ec; !run_check.empty() && !std::filesystem::is_directory(run_check, ec)) {
         qsweep::user_error("--check {}: the baseline folder does not exist", run_check);  // before a long run
       }
+      if (!run_check_reports.json.empty()) report_path("--json", run_check_reports.json);
+      if (!run_check_reports.junit.empty()) report_path("--junit", run_check_reports.junit);
       install_signal_handlers();
       const qsweep::RunOutcome out = qsweep::run_experiment(run);
       if (out.interrupted) return 143;
-      if (!run_check.empty()) return check(out.folder.string(), run_check, run_check_options, run_check_json, run.quiet);
+      if (!run_check.empty()) return check(out.folder.string(), run_check, run_check_options, run_check_reports, run.quiet);
     } else if (*merge_cmd) {
       qsweep::merge_run(merge_dir, merge_quiet);
     } else if (*submit_cmd) {
@@ -206,7 +220,7 @@ int main(int argc, char** argv) {
     } else if (*report_cmd) {
       return report(report_dir, report_saturate, report_bar_bits);
     } else if (*check_cmd) {
-      return check(check_dir, check_baseline, check_options, check_json_path, check_quiet);
+      return check(check_dir, check_baseline, check_options, check_reports, check_quiet);
     }
   } catch (const qsweep::UserError& e) {
     fmt::print(stderr, "qsweep: error: {}\n", e.what());

@@ -167,6 +167,7 @@ class Checker {
 
   void top1(const std::string& table, const std::string& row, double base, double cur) {
     ++r_.compared;
+    seen(table, row);
     const double move = top1_move(base, cur);
     if (std::isfinite(move)) r_.max_top1_move = std::max(r_.max_top1_move, move);
     // 1e-9 points: the counts' quotient, not the tolerance, decides at the boundary.
@@ -174,11 +175,13 @@ class Checker {
   }
   void noise(const std::string& table, const std::string& row, double base, double cur) {
     ++r_.compared;
+    seen(table, row);
     const double move = relative_move(base, cur);
     if (std::isfinite(move)) r_.max_noise_move = std::max(r_.max_noise_move, move);
     if (!(move <= o_.noise_rtol)) r_.moved.push_back(CheckRow{table, row, "noise", base, cur, ""});
   }
   void row(const std::string& table, const std::string& row, const std::string& detail) {
+    seen(table, row);
     r_.moved.push_back(CheckRow{table, row, "row", kNaN, kNaN, detail});
   }
 
@@ -225,6 +228,9 @@ class Checker {
   }
 
  private:
+  void seen(const std::string& table, const std::string& row) {
+    if (r_.rows.empty() || r_.rows.back() != std::make_pair(table, row)) r_.rows.emplace_back(table, row);
+  }
   CheckResult& r_;
   const CheckOptions& o_;
 };
@@ -414,6 +420,59 @@ std::string CheckResult::verdict(const CheckOptions& o) const {
   std::string s = fmt::format("MOVED: {} of {} numbers beyond tolerance ({})", numbers, compared, tolerance_text(o));
   if (rows > 0) s += fmt::format(", and {} {} not match (on one side only, or from other images or layers)", rows, rows == 1 ? "row or table does" : "rows or tables do");
   return s;
+}
+
+namespace {
+
+std::string xml_escape(const std::string& s) {
+  std::string out;
+  for (const char c : s) {
+    switch (c) {
+      case '&': out += "&amp;"; break;
+      case '<': out += "&lt;"; break;
+      case '>': out += "&gt;"; break;
+      case '"': out += "&quot;"; break;
+      case '\'': out += "&apos;"; break;
+      default:
+        // XML 1.0 allows no control characters but tab, LF and CR.
+        if (static_cast<unsigned char>(c) >= 0x20 || c == '\t' || c == '\n' || c == '\r') out += c;
+    }
+  }
+  return out;
+}
+
+}  // namespace
+
+std::string check_junit(const CheckResult& r, const CheckOptions& options) {
+  std::map<std::pair<std::string, std::string>, std::vector<const CheckRow*>> moved;
+  for (const auto& m : r.moved) moved[{m.table, m.row}].push_back(&m);
+  size_t failures = 0;
+  for (const auto& tr : r.rows) failures += moved.count(tr) ? 1 : 0;
+  std::string s = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n";
+  s += fmt::format("<testsuites name=\"qsweep check\" tests=\"{}\" failures=\"{}\">\n", r.rows.size(), failures);
+  s += fmt::format("  <testsuite name=\"{}\" tests=\"{}\" failures=\"{}\">\n", xml_escape(r.current.string()),
+                   r.rows.size(), failures);
+  s += fmt::format("    <properties><property name=\"baseline\" value=\"{}\"/><property name=\"tolerances\" "
+                   "value=\"{}\"/></properties>\n",
+                   xml_escape(r.baseline.string()), xml_escape(tolerance_text(options)));
+  for (const auto& tr : r.rows) {
+    s += fmt::format("    <testcase classname=\"{}\" name=\"{}\"", xml_escape(tr.first), xml_escape(tr.second));
+    const auto it = moved.find(tr);
+    if (it == moved.end()) {
+      s += "/>\n";
+      continue;
+    }
+    std::string text;
+    for (const CheckRow* m : it->second) {
+      text += m->quantity == "row" ? m->detail
+                                   : fmt::format("{}: {} -> {} ({})", m->quantity, number_text(*m, m->baseline),
+                                                 number_text(*m, m->current), change_text(*m));
+      text += "\n";
+    }
+    s += fmt::format(">\n      <failure message=\"{}\">{}</failure>\n    </testcase>\n",
+                     xml_escape(text.substr(0, text.find('\n'))), xml_escape(text));
+  }
+  return s + "  </testsuite>\n</testsuites>\n";
 }
 
 json check_json(const CheckResult& r, const CheckOptions& options) {

@@ -17,6 +17,7 @@
 
 #include <filesystem>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <nlohmann/json.hpp>
@@ -41,6 +42,7 @@ struct CheckResult {
   std::filesystem::path current, baseline;
   size_t compared = 0;                 // numbers compared
   std::vector<CheckRow> moved;         // beyond tolerance, in table order
+  std::vector<std::pair<std::string, std::string>> rows;  // every (table, row) looked at, in order
   std::vector<std::string> context;    // differences of manifests and configs, one line each
   std::string current_about, baseline_about;  // "git 1234abc, backend cpu (...), finished ..."
   double max_top1_move = 0.0;          // the largest top-1 move compared (points)
@@ -61,6 +63,10 @@ std::string format_check(const CheckResult& r, const CheckOptions& options);
 
 // The same as JSON (every moved row), for CI dashboards.
 nlohmann::json check_json(const CheckResult& r, const CheckOptions& options);
+
+// The same as a JUnit XML report (Jenkins, GitLab): one test case per row looked at, failed
+// when any of its numbers moved (the message says which and by how much).
+std::string check_junit(const CheckResult& r, const CheckOptions& options);
 
 // Exit status of `qsweep check` (and of `qsweep run --check`) when a number moved.
 constexpr int kCheckMovedExit = 3;

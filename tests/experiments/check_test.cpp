@@ -268,6 +268,33 @@ TEST_F(Check, JsonListsEveryMovedRow) {
   EXPECT_DOUBLE_EQ(j["tolerances"]["noise_relative"].get<double>(), 1e-6);
 }
 
+TEST_F(Check, JunitHasOneCasePerRowAndFailsTheMovedOnes) {
+  const auto base = grid("base", base_rows() + cell(2, "a&b<c>", 3, "1", 5000));
+  const auto cur = grid("cur", base_rows(0, cell(0, "/conv1/Conv", 3, "23.2559466", 8613)) + cell(2, "a&b<c>", 3, "2", 5000));
+  const CheckResult r = check_results(cur, base, {});
+  const std::string x = check_junit(r, {});
+  EXPECT_EQ(x.rfind("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<testsuites name=\"qsweep check\" tests=\"6\" "
+                    "failures=\"2\">",
+                    0),
+            0u)
+      << x;
+  // The float32 network and 5 cells, each once; the two moved ones fail with what moved.
+  EXPECT_NE(x.find("<testcase classname=\"summary.json\" name=\"float32 network\"/>"), std::string::npos) << x;
+  EXPECT_NE(x.find("<testcase classname=\"layerwise.csv\" name=\"/conv1/Conv, 3-bit weights, 8-bit activations\">\n"
+                   "      <failure message=\"top-1: 86.12% -&gt; 86.13% (+0.01 pts)\">"),
+            std::string::npos)
+      << x;
+  EXPECT_NE(x.find("name=\"a&amp;b&lt;c&gt;, 3-bit weights, 8-bit activations\">\n      <failure message=\"noise: 1 -&gt; "
+                   "2 (+50%)\">"),
+            std::string::npos)
+      << x;
+  EXPECT_NE(x.find("<testcase classname=\"layerwise.csv\" name=\"/layer1/conv1/Conv, 4-bit weights, 8-bit activations\"/>"),
+            std::string::npos)
+      << x;
+  const std::string end = "    </testcase>\n  </testsuite>\n</testsuites>\n";  // the last cell failed
+  EXPECT_EQ(x.substr(x.size() - end.size()), end);
+}
+
 // ---------------------------------------------------------------- through the binary
 
 using testing::CliRun;
@@ -291,12 +318,14 @@ TEST_F(CheckCli, ExitCodesOfCheck) {
   r = run("check -q " + grid("same2", base_rows()).string() + " " + base.string());
   EXPECT_EQ(r.code, 0);
   EXPECT_EQ(r.out, "");
-  r = run("check " + moved.string() + " " + base.string() + " --json " + (dir_ / "check.json").string());
+  r = run("check " + moved.string() + " " + base.string() + " --json " + (dir_ / "check.json").string() + " --junit " +
+          (dir_ / "check.xml").string());
   EXPECT_EQ(r.code, kCheckMovedExit);
   EXPECT_NE(r.out.find("-0.01 pts"), std::string::npos) << r.out;
   EXPECT_EQ(r.err, "qsweep: check failed against " + base.string() +
                        ": MOVED: 1 of 9 numbers beyond tolerance (top-1 0 points, noise 1e-06 relative)\n");
   EXPECT_EQ(nlohmann::json::parse(slurp(dir_ / "check.json"))["moved"].size(), 1u);
+  EXPECT_NE(slurp(dir_ / "check.xml").find("tests=\"5\" failures=\"1\""), std::string::npos) << slurp(dir_ / "check.xml");
   r = run("check " + moved.string() + " " + base.string() + " --top1-tol 0.01");
   EXPECT_EQ(r.code, 0) << r.out;
   r = run("check " + moved.string() + " " + (dir_ / "nope").string());
@@ -324,6 +353,10 @@ TEST_F(CheckCli, RunWithCheckFailsLoudlyWhenANumberMoves) {
   r = run(small_run("never", "--check " + (dir_ / "nope").string()));
   EXPECT_EQ(r.code, 2);
   EXPECT_FALSE(fs::exists(dir_ / "res" / "quickstart" / "never"));
+  r = run(small_run("nojson", "--check " + base.string() + " --junit " + (dir_ / "no" / "x.xml").string()));
+  EXPECT_EQ(r.code, 2);
+  EXPECT_EQ(r.err, "qsweep: error: --junit " + (dir_ / "no" / "x.xml").string() + ": its folder does not exist\n");
+  EXPECT_FALSE(fs::exists(dir_ / "res" / "quickstart" / "nojson")) << "refused before the run";
   r = run(small_run("shard", "--shard 1/2 --check " + base.string()));
   EXPECT_EQ(r.code, 2);
   EXPECT_NE(r.err.find("--check compares a whole run"), std::string::npos) << r.err;
