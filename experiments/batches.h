@@ -7,6 +7,7 @@
 #include <atomic>
 #include <cstdint>
 #include <exception>
+#include <optional>
 #include <span>
 #include <vector>
 
@@ -35,20 +36,28 @@ void for_each_batch(const Executor& exec, const Dataset& data, const Normalizati
     // oneDNN sizes a primitive's work split by the thread count it sees when it creates it
     // (omp_get_max_threads), though inside this region it runs on one thread: pin it to 1.
     omp_set_num_threads(1);
-    auto ws = exec.make_workspace();
+    auto fail = [&] {
+#pragma omp critical(qsweep_batch_failure)
+      if (!failure) failure = std::current_exception();
+      failed.store(true);
+    };
+    std::optional<Executor::Workspace> ws;
+    try {
+      ws.emplace(exec.make_workspace());
+    } catch (...) {
+      fail();
+    }
     Tensor x;
 #pragma omp for schedule(dynamic, 1)
-    for (int64_t j = 0; j < jobs; ++j) {
+    for (int64_t j = 0; j < jobs; ++j) {  // every thread reaches the loop, failed or not
       if (failed.load()) continue;
       try {
         const int64_t i = only ? (*only)[j] : j;
         const int64_t begin = i * batch_size, n = std::min(batch_size, count - begin);
         load_batch(data, norm, begin, n, x);
-        f(ws, x, i, begin, n);
+        f(*ws, x, i, begin, n);
       } catch (...) {
-#pragma omp critical(qsweep_batch_failure)
-        if (!failure) failure = std::current_exception();
-        failed.store(true);
+        fail();
       }
     }
   }

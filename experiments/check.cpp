@@ -335,7 +335,10 @@ std::string number_text(const CheckRow& m, double v) {
 
 std::string change_text(const CheckRow& m) {
   if (m.quantity == "row") return m.detail;
-  if (m.quantity == "top-1") return fmt::format("{:+.2f} pts", m.current - m.baseline);
+  if (m.quantity == "top-1") {
+    if (!std::isfinite(m.current - m.baseline)) return "not comparable";
+    return fmt::format("{:+.2f} pts", m.current - m.baseline);
+  }
   const double rel = relative_move(m.baseline, m.current);
   if (!std::isfinite(rel)) return "not comparable";
   return fmt::format("{:+.3g}%", 100.0 * (m.current - m.baseline) / std::max(std::abs(m.baseline), std::abs(m.current)));

@@ -1,5 +1,6 @@
 #include "experiments/layerwise.h"
 
+#include <filesystem>
 #include <fstream>
 
 #include <chrono>
@@ -135,15 +136,61 @@ int64_t model_bytes(const Graph& g) {
   return floats * static_cast<int64_t>(sizeof(float));
 }
 
+namespace {
+
+// A number from a cgroup file; -1 when absent or "max" (no limit).
+int64_t cgroup_number(const std::filesystem::path& p) {
+  std::ifstream in(p);
+  std::string v;
+  if (!(in >> v) || v == "max") return -1;
+  char* end = nullptr;
+  const long long n = std::strtoll(v.c_str(), &end, 10);
+  return end == v.c_str() ? -1 : static_cast<int64_t>(n);
+}
+
+// What the memory limits of this process's cgroup and its ancestors leave (cgroup v2, or v1's
+// memory controller): SLURM's --mem, a container's limit. -1 where none is set or readable.
+int64_t cgroup_memory_left() {
+  std::ifstream in("/proc/self/cgroup");
+  int64_t left = -1;
+  for (std::string line; std::getline(in, line);) {
+    const size_t a = line.find(':'), b = line.find(':', a + 1);
+    if (a == std::string::npos || b == std::string::npos) continue;
+    const std::string controllers = line.substr(a + 1, b - a - 1);
+    const bool v2 = controllers.empty();
+    if (!v2 && ("," + controllers + ",").find(",memory,") == std::string::npos) continue;
+    const std::filesystem::path root = v2 ? "/sys/fs/cgroup" : "/sys/fs/cgroup/memory";
+    const char* limit_file = v2 ? "memory.max" : "memory.limit_in_bytes";
+    const char* usage_file = v2 ? "memory.current" : "memory.usage_in_bytes";
+    for (std::filesystem::path p = line.substr(b + 1);; p = p.parent_path()) {
+      const std::filesystem::path dir = root / p.relative_path();
+      const int64_t limit = cgroup_number(dir / limit_file), usage = cgroup_number(dir / usage_file);
+      if (limit >= 0 && limit < (int64_t{1} << 60) && usage >= 0) {
+        const int64_t l = std::max<int64_t>(limit - usage, 0);
+        left = left < 0 ? l : std::min(left, l);
+      }
+      if (!p.has_relative_path()) break;
+    }
+  }
+  return left;
+}
+
+}  // namespace
+
 int64_t available_memory_bytes() {
   std::ifstream in("/proc/meminfo");
   std::string key, unit;
-  int64_t kib = 0;
+  int64_t kib = 0, available = 0;
   while (in >> key >> kib) {
     std::getline(in, unit);
-    if (key == "MemAvailable:") return kib * 1024;
+    if (key == "MemAvailable:") {
+      available = kib * 1024;
+      break;
+    }
   }
-  return 0;
+  const int64_t cgroup = cgroup_memory_left();
+  if (cgroup >= 0 && (available == 0 || cgroup < available)) available = std::max<int64_t>(cgroup, 1);
+  return available;
 }
 
 std::unique_ptr<QuantizedLayer> quantize_layer(const Executor& exec, int layer, const QuantSpec& spec, int bits,

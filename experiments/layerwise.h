@@ -57,7 +57,8 @@ int64_t cpu_bytes_per_image(const Executor& exec);
 // Bytes of the model's constants (weights, biases).
 int64_t model_bytes(const Graph& g);
 
-// MemAvailable of /proc/meminfo in bytes; 0 where it cannot be read.
+// The memory this process may still use, in bytes: MemAvailable of /proc/meminfo, or less
+// where a cgroup limit (SLURM's --mem, a container) leaves less; 0 where nothing can be read.
 int64_t available_memory_bytes();
 
 struct GridOptions {

@@ -219,27 +219,39 @@ std::unique_ptr<Prepared> prepare(const Config& cfg, const std::function<void(co
     }
     say(fmt::format("run.batch_size = \"auto\": {} images per batch on {}", p->cfg.batch_size, p->backend->device_name()));
   } else if (cpu && available > 0) {
-    const int64_t batch = std::min<int64_t>(p->cfg.batch_size, std::max<int64_t>(images, 1));
-    const int64_t busy = std::max<int64_t>(1, std::min<int64_t>(p->threads, (images + batch - 1) / batch));
+    // Batches of b images keep b images' values in each busy worker; smaller batches keep more
+    // workers busy, so the largest b that fits is searched, not derived.
+    const int64_t threads = std::max(p->threads, 1);
+    const auto busy = [&](int64_t b) {
+      return std::max<int64_t>(1, std::min<int64_t>(threads, (std::max<int64_t>(images, 1) + b - 1) / b));
+    };
+    const auto need = [&](int64_t b) {
+      b = std::min<int64_t>(b, std::max<int64_t>(images, 1));
+      return static_cast<double>(per_image) * static_cast<double>(b) * static_cast<double>(busy(b));
+    };
     // The weights, their quantized copies and the kernels' rearranged copies: about 3 times.
     const double fixed = 3.0 * static_cast<double>(model_bytes(g));
     const double budget = 0.9 * static_cast<double>(available) - fixed;
-    const double need = static_cast<double>(per_image) * static_cast<double>(batch * busy);
-    if (need > budget) {
+    const int64_t batch = p->cfg.batch_size;
+    if (need(batch) > budget) {
       const auto size = [](double b) {
         return b >= (1 << 30) ? fmt::format("{:.1f} GiB", b / (1 << 30)) : fmt::format("{:.1f} MiB", b / (1 << 20));
       };
+      const int64_t workers = busy(std::min<int64_t>(batch, std::max<int64_t>(images, 1)));
       const std::string what =
           fmt::format("{}: run.batch_size = {} on {} thread(s) would keep about {} of this model's values in memory "
                       "({} per image, plus {} for its weights) and {} are available",
-                      cfg.source, p->cfg.batch_size, busy, size(need), size(static_cast<double>(per_image)),
-                      size(fixed), size(static_cast<double>(available)));
-      const int64_t fit = budget > 0 ? static_cast<int64_t>(budget / (static_cast<double>(per_image) * busy)) : 0;
+                      cfg.source, batch, workers, size(need(batch)), size(static_cast<double>(per_image)), size(fixed),
+                      size(static_cast<double>(available)));
+      int64_t fit = std::min<int64_t>(batch, std::max<int64_t>(images, 1));
+      while (fit >= 1 && need(fit) > budget) --fit;
+      const std::string fewer = threads > 1 ? ", or fewer run.threads" : "";
       if (fit >= 1) {
-        user_error("{}; set run.batch_size to {} or less (or \"auto\"), or fewer run.threads (the results do not "
-                   "depend on either)", what, fit);
+        user_error("{}; set run.batch_size to {} or less (or \"auto\"){} (the results do not depend on either)", what,
+                   fit, fewer);
       }
-      user_error("{}; even one image per batch does not fit: use fewer run.threads or a machine with more memory", what);
+      user_error("{}; even one image per batch does not fit: {}", what,
+                 threads > 1 ? "use fewer run.threads or a machine with more memory" : "use a machine with more memory");
     }
   }
   return p;

@@ -64,11 +64,24 @@ bool ends_with_any(const std::string& name, std::initializer_list<const char*> e
 Image8 transformed_image(const Dataset& d, const std::string& path) {
   Image8 im = decode_jpeg(path);
   im = d.channels == 1 ? to_gray(im) : to_rgb(im);  // convert("L") of convert("RGB") of an L image is itself
-  if (d.transforms.resize > 0) im = resize_shorter(im, d.transforms.resize);
+  if (d.transforms.resize > 0) {
+    // An extreme aspect ratio makes the longer side huge (torchvision would try it too).
+    const auto [w, h] = shorter_side_size(im.width, im.height, d.transforms.resize);
+    if (w * h > 2 * int64_t{89478485} || std::max(w, h) > (int64_t{1} << 20)) {
+      user_error("{}: {}x{} resized to {}x{} would have {} pixels, more than the {} Pillow accepts", path, im.width,
+                 im.height, w, h, w * h, 2 * int64_t{89478485});
+    }
+    im = resize_shorter(im, d.transforms.resize);
+  }
   if (d.transforms.crop > 0) im = center_crop(im, d.transforms.crop, d.transforms.crop);
   return im;
 }
 
+}  // namespace
+
+namespace {
+Dataset scan_image_folder(const fs::path& root, const std::string& split, int channels,
+                          const ImageTransforms& transforms);
 }  // namespace
 
 Dataset load_image_folder_split(const std::string& folder, const std::string& split, int channels,
@@ -82,6 +95,18 @@ Dataset load_image_folder_split(const std::string& folder, const std::string& sp
     user_error("data folder '{}' has no folder '{}' (image folders: <data.path>/<split>/<class>/<image>.jpg)", folder,
                split);
   }
+  try {
+    return scan_image_folder(root, split, channels, transforms);
+  } catch (const fs::filesystem_error& e) {
+    // An unreadable folder, a symbolic link loop: one sentence naming it.
+    user_error("image folder '{}': cannot read '{}' ({})", root.string(), e.path1().string(), e.code().message());
+  }
+}
+
+namespace {
+
+Dataset scan_image_folder(const fs::path& root, const std::string& split, int channels,
+                          const ImageTransforms& transforms) {
   Dataset d;
   d.name = split;
   d.images_path = d.labels_path = root.string();
@@ -129,6 +154,8 @@ Dataset load_image_folder_split(const std::string& folder, const std::string& sp
   d.width = first.width;
   return d;
 }
+
+}  // namespace
 
 std::string images_sha256(const Dataset& d) {
   if (!d.image_folder()) return sha256_file(d.images_path);
@@ -220,12 +247,13 @@ void load_batch(const Dataset& d, const Normalization& norm, int64_t begin, int6
   out.reshape_to({n, d.channels, d.height, d.width});
   const int64_t hw = d.height * d.width;
   if (d.image_folder()) {
-    // Decoding is most of the work: outside a parallel region (a device's staging thread) the
-    // images are decoded on every core; inside one (a CPU worker's batch), by that worker. The
+    // Decoding is most of the work: outside any parallel region (a device's staging thread)
+    // the images are decoded on every core; inside one, even a team of one (a CPU worker's
+    // batch, run.threads = 1 included), by that worker. The
     // error of the first failing image (by index) is the one reported, whatever the timing.
     std::exception_ptr failure;
     int64_t failed_at = n;
-#pragma omp parallel for schedule(dynamic, 1) num_threads(omp_get_num_procs()) if (n > 1 && !omp_in_parallel())
+#pragma omp parallel for schedule(dynamic, 1) num_threads(omp_get_num_procs()) if (n > 1 && omp_get_level() == 0)
     for (int64_t i = 0; i < n; ++i) {
       try {
         load_image(d, norm, begin + i, out.ptr() + i * d.sample_size());

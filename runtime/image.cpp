@@ -35,9 +35,13 @@ extern "C" void jpeg_note(j_common_ptr c, int level) {
   if (level < 0 && c->err->msg_code == JWRN_JPEG_EOF) jpeg_fail(c);
 }
 
-// Decodes into `img`; false with `error` set when libjpeg gives up. No C++ object with a
-// destructor lives in this frame between setjmp and longjmp.
-bool decode_into(const std::vector<uint8_t>& data, Image8& img, std::string& error) {
+// Pillow refuses images of more than 2 x Image.MAX_IMAGE_PIXELS pixels as decompression bombs.
+constexpr int64_t kMaxPixels = 2 * int64_t{89478485};
+
+// Decodes into `img` (`line`: a CMYK row's scratch); false with `error` set when libjpeg gives
+// up or the image is too large. No C++ object with a destructor is created in this frame
+// between setjmp and longjmp: the objects it fills belong to the caller.
+bool decode_into(const std::vector<uint8_t>& data, Image8& img, std::vector<uint8_t>& line, std::string& error) {
   jpeg_decompress_struct cinfo;
   JpegError jerr;
   cinfo.err = jpeg_std_error(&jerr.mgr);
@@ -54,9 +58,15 @@ bool decode_into(const std::vector<uint8_t>& data, Image8& img, std::string& err
   const bool cmyk = cinfo.jpeg_color_space == JCS_CMYK || cinfo.jpeg_color_space == JCS_YCCK;
   const bool gray = cinfo.jpeg_color_space == JCS_GRAYSCALE;
   cinfo.out_color_space = cmyk ? JCS_CMYK : gray ? JCS_GRAYSCALE : JCS_RGB;
+  if (static_cast<int64_t>(cinfo.image_width) * cinfo.image_height > kMaxPixels) {
+    error = fmt::format("{}x{} pixels, more than the {} Pillow accepts", cinfo.image_width, cinfo.image_height,
+                        kMaxPixels);
+    jpeg_destroy_decompress(&cinfo);
+    return false;
+  }
   jpeg_start_decompress(&cinfo);
   const int comps = cinfo.output_components;
-  std::vector<uint8_t> line(static_cast<size_t>(cinfo.output_width) * comps);
+  line.resize(static_cast<size_t>(cinfo.output_width) * comps);
   img.width = static_cast<int>(cinfo.output_width);
   img.height = static_cast<int>(cinfo.output_height);
   img.channels = gray ? 1 : 3;
@@ -145,8 +155,9 @@ Image8 decode_jpeg(const std::string& path) {
   if (!in) user_error("image file '{}' cannot be read", path);
   const std::vector<uint8_t> data((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
   Image8 img;
+  std::vector<uint8_t> line;
   std::string error;
-  if (!decode_into(data, img, error)) user_error("{}: not a readable JPEG image ({})", path, error);
+  if (!decode_into(data, img, line, error)) user_error("{}: not a readable JPEG image ({})", path, error);
   return img;
 }
 
@@ -187,8 +198,8 @@ Image8 resize_bilinear(const Image8& in, int width, int height) {
         const int32_t* k = &h.kk[static_cast<size_t>(xx) * h.ksize];
         for (int c = 0; c < C; ++c) {
           int32_t ss = 1 << (kPrecisionBits - 1);
-          for (int x = 0; x < xmax; ++x) ss += row[(x + xmin) * C + c] * k[x];
-          out[xx * C + c] = clip8(ss);
+          for (int x = 0; x < xmax; ++x) ss += row[static_cast<size_t>(x + xmin) * C + c] * k[x];
+          out[static_cast<size_t>(xx) * C + c] = clip8(ss);
         }
       }
     }
@@ -201,7 +212,7 @@ Image8 resize_bilinear(const Image8& in, int width, int height) {
     const int ymin = v.bounds[yy * 2] - row_offset, ymax = v.bounds[yy * 2 + 1];
     const int32_t* k = &v.kk[static_cast<size_t>(yy) * v.ksize];
     uint8_t* o = out.row(yy);
-    for (int i = 0; i < width * C; ++i) {
+    for (size_t i = 0; i < static_cast<size_t>(width) * C; ++i) {
       int32_t ss = 1 << (kPrecisionBits - 1);
       for (int y = 0; y < ymax; ++y) ss += src->row(y + ymin)[i] * k[y];
       o[i] = clip8(ss);
@@ -210,11 +221,16 @@ Image8 resize_bilinear(const Image8& in, int width, int height) {
   return out;
 }
 
+std::pair<int64_t, int64_t> shorter_side_size(int width, int height, int size) {
+  const bool wide = width > height;  // torchvision: (w, h) short/long as w <= h
+  const int64_t shorter = wide ? height : width, longer = wide ? width : height;
+  const auto new_long = static_cast<int64_t>(static_cast<double>(size * longer) / static_cast<double>(shorter));
+  return wide ? std::pair<int64_t, int64_t>{new_long, size} : std::pair<int64_t, int64_t>{size, new_long};
+}
+
 Image8 resize_shorter(const Image8& in, int size) {
-  const bool wide = in.width > in.height;  // torchvision: (w, h) short/long as w <= h
-  const int shorter = wide ? in.height : in.width, longer = wide ? in.width : in.height;
-  const int new_long = static_cast<int>(static_cast<double>(static_cast<int64_t>(size) * longer) / shorter);
-  return wide ? resize_bilinear(in, new_long, size) : resize_bilinear(in, size, new_long);
+  const auto [w, h] = shorter_side_size(in.width, in.height, size);
+  return resize_bilinear(in, static_cast<int>(w), static_cast<int>(h));
 }
 
 Image8 center_crop(const Image8& in, int height, int width) {

@@ -10,6 +10,7 @@
 
 #include <cstdint>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace qsweep {
@@ -38,6 +39,8 @@ Image8 resize_bilinear(const Image8& in, int width, int height);
 // torchvision's Resize(size) for an int: the shorter side becomes `size`, the longer
 // int(size * long / short); unchanged when that is the image's size.
 Image8 resize_shorter(const Image8& in, int size);
+// The (width, height) resize_shorter gives a width x height image.
+std::pair<int64_t, int64_t> shorter_side_size(int width, int height, int size);
 
 // torchvision's CenterCrop((height, width)): zero-padded first where the image is smaller.
 Image8 center_crop(const Image8& in, int height, int width);

@@ -64,6 +64,10 @@ save("bee/sub/deep.jpg", 41, 23, "RGB", quality=95, progressive=True)
 save("bee/sub2/x.jpeg", 30, 30, "RGB", quality=60)
 save("cat/cmyk.jpg", 33, 27, "CMYK", quality=90)
 save("cat/wide.jpg", 48, 17, "RGB", quality=80, subsampling=1)  # 4:2:2
+# sorted(os.walk()) orders folders by their whole path: bee/sub, bee/sub-a, bee/sub/z, bee/sub2
+# ('-' < '/' < '2'), not depth first (bee/sub, bee/sub/z, bee/sub-a, ...).
+save("bee/sub/z/n.jpg", 25, 31, "RGB", quality=88)
+save("bee/sub-a/m.jpg", 31, 25, "RGB", quality=88)
 
 dataset = torchvision.datasets.ImageFolder(split)
 files = [(os.path.relpath(p, split), label) for p, label in dataset.samples]

@@ -147,7 +147,7 @@ TEST_F(Cli, RelativeOutputRootStillDrawsFigures) {
 }
 
 // An image folder end to end: the shipped Fashion-MNIST model on the JPEG fixture (3 classes,
-// 7 images, read as grayscale and brought to 28x28), then the same folder with a corrupt file
+// 9 images, read as grayscale and brought to 28x28), then the same folder with a corrupt file
 // that only a worker thread's batch reads.
 TEST_F(Cli, ImageFolderRunAndACorruptImage) {
   const fs::path imgs = dir_ / "imgs";
@@ -163,9 +163,9 @@ TEST_F(Cli, ImageFolderRunAndACorruptImage) {
   ASSERT_EQ(r.code, 0) << r.err;
   const fs::path ok = dir_ / "res" / "quickstart" / "ok";
   const auto summary = nlohmann::json::parse(slurp(ok / "summary.json"));
-  EXPECT_EQ(summary["images"], 7);
+  EXPECT_EQ(summary["images"], 9);
   const auto manifest = nlohmann::json::parse(slurp(ok / "manifest.json"));
-  EXPECT_EQ(manifest["dataset"]["eval"]["images_in_split"], 7);
+  EXPECT_EQ(manifest["dataset"]["eval"]["images_in_split"], 9);
   EXPECT_EQ(manifest["dataset"]["eval"]["images_path"], (imgs / "val").string());
   const std::string config = slurp(ok / "config.toml");
   EXPECT_NE(config.find("resize = 28"), std::string::npos) << config;
@@ -183,37 +183,51 @@ TEST_F(Cli, ImageFolderRunAndACorruptImage) {
 }
 
 // A batch size whose values would not fit in the available memory is refused before the run,
-// naming the largest that fits; that one runs, one more is refused again.
+// naming the largest that fits; that one runs, one more is refused again. Smaller batches keep
+// more workers busy: 600 images in one batch of 600 on 8 threads keep one worker busy, in
+// batches of 22 all eight.
 TEST_F(Cli, BatchSizeBeyondTheAvailableMemoryIsRefusedBeforeTheRun) {
   if (!fs::exists(kFashionMnistDir)) GTEST_SKIP() << "dataset-fashion-mnist is not installed";
-  const std::string base = "run " + std::string(QSWEEP_SOURCE_DIR) + "/configs/quickstart.toml --quiet --out " +
-                           (dir_ / "res").string() + " --set data.eval.count=600 --set data.calibration.count=64" +
-                           " --set 'quant.weight_bits=[4]' --set run.threads=2";
   const std::string env = "QSWEEP_AVAILABLE_MEMORY=50000000 ";  // 47.7 MiB
-  auto run_env = [&](const std::string& args) { return run_with_env(env, args); };
-  CliRun r = run_env(base);
-  ASSERT_EQ(r.code, 2) << r.err;
-  const std::string key = "set run.batch_size to ";
-  const size_t at = r.err.find(key);
-  ASSERT_NE(at, std::string::npos) << r.err;
-  EXPECT_NE(r.err.find("run.batch_size = 250 on 2 thread(s) would keep about"), std::string::npos) << r.err;
-  EXPECT_FALSE(fs::exists(dir_ / "res"));
-  const int fit = std::stoi(r.err.substr(at + key.size()));
-  ASSERT_GT(fit, 1);
-  ASSERT_LT(fit, 250);
-  r = run_env(base + " --run-id fit --set run.batch_size=" + std::to_string(fit));
-  EXPECT_EQ(r.code, 0) << r.err;
-  r = run_env(base + " --set run.batch_size=" + std::to_string(fit + 1));
-  EXPECT_EQ(r.code, 2) << r.err;
-  // "auto" takes at most half of what is available: no larger than the largest that fits.
-  r = run_with_env(env, base + " --run-id auto --set 'run.batch_size=\"auto\"'");
+  int id = 0;
+  auto attempt = [&](const std::string& threads, const std::string& batch) {
+    return run_with_env(env, "run " + std::string(QSWEEP_SOURCE_DIR) + "/configs/quickstart.toml --quiet --out " +
+                                 (dir_ / "res").string() + " --run-id r" + std::to_string(id++) +
+                                 " --set data.eval.count=600 --set data.calibration.count=64" +
+                                 " --set 'quant.weight_bits=[4]' --set run.threads=" + threads +
+                                 " --set 'run.batch_size=" + batch + "'");
+  };
+  for (const auto& [threads, batch] : {std::pair<std::string, std::string>{"2", "250"}, {"8", "600"}}) {
+    SCOPED_TRACE("run.threads = " + threads + ", run.batch_size = " + batch);
+    CliRun r = attempt(threads, batch);
+    ASSERT_EQ(r.code, 2) << r.err;
+    const std::string key = "set run.batch_size to ";
+    const size_t at = r.err.find(key);
+    ASSERT_NE(at, std::string::npos) << r.err;
+    EXPECT_NE(r.err.find("run.batch_size = " + batch + " on"), std::string::npos) << r.err;
+    const int fit = std::stoi(r.err.substr(at + key.size()));
+    ASSERT_GT(fit, 1);
+    ASSERT_LT(fit, 250);
+    r = attempt(threads, std::to_string(fit));
+    EXPECT_EQ(r.code, 0) << r.err;
+    r = attempt(threads, std::to_string(fit + 1));
+    EXPECT_EQ(r.code, 2) << r.err;
+  }
+  EXPECT_EQ(std::distance(fs::directory_iterator(dir_ / "res" / "quickstart"), fs::directory_iterator()), 2)
+      << "only the two accepted runs left a folder";
+  // "auto" takes at most half of what is available: within what the check accepts.
+  CliRun r = attempt("2", "\"auto\"");
   ASSERT_EQ(r.code, 0) << r.err;
-  const auto manifest = nlohmann::json::parse(slurp(dir_ / "res" / "quickstart" / "auto" / "manifest.json"));
-  EXPECT_GE(manifest["backend"]["batch_size"].get<int>(), 1);
-  EXPECT_LE(manifest["backend"]["batch_size"].get<int>(), fit);
-  r = run_with_env("QSWEEP_AVAILABLE_MEMORY=1000 ", base);
+  const auto manifest =
+      nlohmann::json::parse(slurp(dir_ / "res" / "quickstart" / ("r" + std::to_string(id - 1)) / "manifest.json"));
+  const int chosen = manifest["backend"]["batch_size"].get<int>();
+  EXPECT_GE(chosen, 1);
+  EXPECT_EQ(attempt("2", std::to_string(chosen)).code, 0);
+  r = run_with_env("QSWEEP_AVAILABLE_MEMORY=1000 ", "run " + std::string(QSWEEP_SOURCE_DIR) +
+                                                        "/configs/quickstart.toml --quiet --set run.threads=1");
   EXPECT_EQ(r.code, 2);
-  EXPECT_NE(r.err.find("even one image per batch does not fit"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("even one image per batch does not fit: use a machine with more memory"), std::string::npos)
+      << r.err;
 }
 
 }  // namespace

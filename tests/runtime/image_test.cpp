@@ -58,7 +58,7 @@ TEST(ImageFolder, FilesAndLabelsInImageFoldersOrder) {
     EXPECT_EQ(d.files[i], path_of(i));
     EXPECT_EQ(d.labels[i], g["files"][i]["label"].get<int>()) << d.files[i];
   }
-  EXPECT_EQ(d.count, 7);
+  EXPECT_EQ(d.count, 9);
   EXPECT_EQ(d.num_classes, 3);
   EXPECT_EQ(d.channels, 3);
   EXPECT_EQ(d.height, 20);
@@ -194,6 +194,29 @@ TEST_F(ImageFolderErrors, EachIsOneSentenceNamingTheFile) {
                 "' has no folder 'train' (image folders: <data.path>/<split>/<class>/<image>.jpg)");
   EXPECT_EQ(message([&] { load_image_folder_split(dir_.string(), "val", 4, {}); }),
             "image folders feed models with 1 (grayscale) or 3 (RGB) input channels; this model has 4");
+}
+
+TEST_F(ImageFolderErrors, OversizedImagesAndFolderLoopsAreRefused) {
+  // A header that promises 65000 x 65000 pixels (Pillow's limit is 178,956,970): refused before
+  // any pixel is allocated.
+  {
+    std::ifstream in(path_of(1), std::ios::binary);
+    std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    const size_t sof = bytes.find("\xff\xc0");
+    ASSERT_NE(sof, std::string::npos);
+    for (size_t k : {sof + 5, sof + 7}) bytes[k] = '\xfd', bytes[k + 1] = '\xe8';  // 65000
+    std::ofstream(dir_ / "val/ant/b.jpg", std::ios::binary | std::ios::trunc) << bytes;
+  }
+  EXPECT_EQ(batch(), (dir_ / "val/ant/b.jpg").string() +
+                         ": not a readable JPEG image (65000x65000 pixels, more than the 178956970 Pillow accepts)");
+  fs::copy_file(path_of(1), dir_ / "val/ant/b.jpg", fs::copy_options::overwrite_existing);
+  // The shorter side of a 29 x 37 image to 16384: the longer int(16384 * 37 / 29) = 20903.
+  EXPECT_EQ(message([&] { load_image_folder_split(dir_.string(), "val", 3, ImageTransforms{16384, 0}); }),
+            (dir_ / "val/ant/a.JPEG").string() +
+                ": 29x37 resized to 16384x20903 would have 342474752 pixels, more than the 178956970 Pillow accepts");
+  // A folder that links to its parent is walked until the path is too long: an error, not a hang.
+  fs::create_directory_symlink("..", dir_ / "val/bee/loop");
+  EXPECT_EQ(load().rfind("image folder '" + (dir_ / "val").string() + "': cannot read '", 0), 0u) << load();
 }
 
 TEST_F(ImageFolderErrors, IdentityHashesTheFileListSizesAndClasses) {
