@@ -92,8 +92,9 @@ Dataset load_image_folder_split(const std::string& folder, const std::string& sp
   const fs::path root = fs::path(folder) / split;
   std::error_code ec;
   if (!fs::is_directory(root, ec)) {
-    user_error("data folder '{}' has no folder '{}' (image folders: <data.path>/<split>/<class>/<image>.jpg)", folder,
-               split);
+    user_error("data folder '{}' has no folder '{}' (image folders: <data.path>/<split>/<class>/<image>.jpg, the "
+               "split folders named by data.eval.split and data.calibration.split)",
+               folder, split);
   }
   try {
     return scan_image_folder(root, split, channels, transforms);

@@ -191,7 +191,8 @@ TEST_F(ImageFolderErrors, EachIsOneSentenceNamingTheFile) {
   EXPECT_EQ(load(), "class folder '" + (dir_ / "val/dog").string() + "' holds no JPEG image (.jpg or .jpeg)");
   EXPECT_EQ(message([&] { load_image_folder_split(dir_.string(), "train", 3, {}); }),
             "data folder '" + dir_.string() +
-                "' has no folder 'train' (image folders: <data.path>/<split>/<class>/<image>.jpg)");
+                "' has no folder 'train' (image folders: <data.path>/<split>/<class>/<image>.jpg, the split folders "
+                "named by data.eval.split and data.calibration.split)");
   EXPECT_EQ(message([&] { load_image_folder_split(dir_.string(), "val", 4, {}); }),
             "image folders feed models with 1 (grayscale) or 3 (RGB) input channels; this model has 4");
 }
