@@ -341,7 +341,8 @@ std::string change_text(const CheckRow& m) {
   }
   const double rel = relative_move(m.baseline, m.current);
   if (!std::isfinite(rel)) return "not comparable";
-  return fmt::format("{:+.3g}%", 100.0 * (m.current - m.baseline) / std::max(std::abs(m.baseline), std::abs(m.current)));
+  return fmt::format("{:+.3g}%",
+                     100.0 * (m.current - m.baseline) / std::max(std::abs(m.baseline), std::abs(m.current)));
 }
 
 std::string tolerance_text(const CheckOptions& o) {
@@ -406,22 +407,27 @@ std::string format_check(const CheckResult& r, const CheckOptions& options) {
     s += fmt::format("  {:<{}}  {:<{}}  {:<8}  {:>12}  {:>12}  {}\n", m.table, tw, m.row, rw, m.quantity,
                      number_text(m, m.baseline), number_text(m, m.current), change_text(m));
   }
-  if (shown < r.moved.size()) s += fmt::format("  ... and {} more (--json FILE lists every one)\n", r.moved.size() - shown);
+  if (shown < r.moved.size())
+    s += fmt::format("  ... and {} more (--json FILE lists every one)\n", r.moved.size() - shown);
   return s + r.verdict(options) + "\n";
 }
 
 size_t CheckResult::moved_numbers() const {
-  return static_cast<size_t>(std::count_if(moved.begin(), moved.end(), [](const CheckRow& m) { return m.quantity != "row"; }));
+  return static_cast<size_t>(
+      std::count_if(moved.begin(), moved.end(), [](const CheckRow& m) { return m.quantity != "row"; }));
 }
 
 std::string CheckResult::verdict(const CheckOptions& o) const {
   if (passed()) {
-    return fmt::format("OK: all {} numbers within tolerance (largest moves: top-1 {:.2f} points, noise {:.3g} relative)",
-                       compared, max_top1_move, max_noise_move);
+    return fmt::format(
+        "OK: all {} numbers within tolerance (largest moves: top-1 {:.2f} points, noise {:.3g} relative)", compared,
+        max_top1_move, max_noise_move);
   }
   const size_t numbers = moved_numbers(), rows = moved.size() - numbers;
   std::string s = fmt::format("MOVED: {} of {} numbers beyond tolerance ({})", numbers, compared, tolerance_text(o));
-  if (rows > 0) s += fmt::format(", and {} {} not match (on one side only, or from other images or layers)", rows, rows == 1 ? "row or table does" : "rows or tables do");
+  if (rows > 0)
+    s += fmt::format(", and {} {} not match (on one side only, or from other images or layers)", rows,
+                     rows == 1 ? "row or table does" : "rows or tables do");
   return s;
 }
 
@@ -431,11 +437,21 @@ std::string xml_escape(const std::string& s) {
   std::string out;
   for (const char c : s) {
     switch (c) {
-      case '&': out += "&amp;"; break;
-      case '<': out += "&lt;"; break;
-      case '>': out += "&gt;"; break;
-      case '"': out += "&quot;"; break;
-      case '\'': out += "&apos;"; break;
+      case '&':
+        out += "&amp;";
+        break;
+      case '<':
+        out += "&lt;";
+        break;
+      case '>':
+        out += "&gt;";
+        break;
+      case '"':
+        out += "&quot;";
+        break;
+      case '\'':
+        out += "&apos;";
+        break;
       default:
         // XML 1.0 allows no control characters but tab, LF and CR.
         if (static_cast<unsigned char>(c) >= 0x20 || c == '\t' || c == '\n' || c == '\r') out += c;
@@ -455,9 +471,10 @@ std::string check_junit(const CheckResult& r, const CheckOptions& options) {
   s += fmt::format("<testsuites name=\"qsweep check\" tests=\"{}\" failures=\"{}\">\n", r.rows.size(), failures);
   s += fmt::format("  <testsuite name=\"{}\" tests=\"{}\" failures=\"{}\">\n", xml_escape(r.current.string()),
                    r.rows.size(), failures);
-  s += fmt::format("    <properties><property name=\"baseline\" value=\"{}\"/><property name=\"tolerances\" "
-                   "value=\"{}\"/></properties>\n",
-                   xml_escape(r.baseline.string()), xml_escape(tolerance_text(options)));
+  s += fmt::format(
+      "    <properties><property name=\"baseline\" value=\"{}\"/><property name=\"tolerances\" "
+      "value=\"{}\"/></properties>\n",
+      xml_escape(r.baseline.string()), xml_escape(tolerance_text(options)));
   for (const auto& tr : r.rows) {
     s += fmt::format("    <testcase classname=\"{}\" name=\"{}\"", xml_escape(tr.first), xml_escape(tr.second));
     const auto it = moved.find(tr);

@@ -16,11 +16,10 @@
 #pragma once
 
 #include <filesystem>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <utility>
 #include <vector>
-
-#include <nlohmann/json.hpp>
 
 namespace qsweep {
 
@@ -31,24 +30,24 @@ struct CheckOptions {
 };
 
 struct CheckRow {
-  std::string table;     // "layerwise.csv", "additivity.csv", "comparison.csv", "summary.json"
-  std::string row;       // e.g. "/conv1/Conv, 3-bit weights, 8-bit activations"
-  std::string quantity;  // "top-1", "noise", or "row" (present on one side only, or different)
+  std::string table;                     // "layerwise.csv", "additivity.csv", "comparison.csv", "summary.json"
+  std::string row;                       // e.g. "/conv1/Conv, 3-bit weights, 8-bit activations"
+  std::string quantity;                  // "top-1", "noise", or "row" (present on one side only, or different)
   double baseline = 0.0, current = 0.0;  // NaN where the quantity is absent on that side
-  std::string detail;    // for quantity "row": what differs
+  std::string detail;                    // for quantity "row": what differs
 };
 
 struct CheckResult {
   std::filesystem::path current, baseline;
-  size_t compared = 0;                 // numbers compared
-  std::vector<CheckRow> moved;         // beyond tolerance, in table order
+  size_t compared = 0;                                    // numbers compared
+  std::vector<CheckRow> moved;                            // beyond tolerance, in table order
   std::vector<std::pair<std::string, std::string>> rows;  // every (table, row) looked at, in order
-  std::vector<std::string> context;    // differences of manifests and configs, one line each
-  std::string current_about, baseline_about;  // "git 1234abc, backend cpu (...), finished ..."
-  double max_top1_move = 0.0;          // the largest top-1 move compared (points)
-  double max_noise_move = 0.0;         // the largest relative noise move compared
+  std::vector<std::string> context;                       // differences of manifests and configs, one line each
+  std::string current_about, baseline_about;              // "git 1234abc, backend cpu (...), finished ..."
+  double max_top1_move = 0.0;                             // the largest top-1 move compared (points)
+  double max_noise_move = 0.0;                            // the largest relative noise move compared
   bool passed() const { return moved.empty(); }
-  size_t moved_numbers() const;  // entries of `moved` that are numbers, not rows on one side only
+  size_t moved_numbers() const;                      // entries of `moved` that are numbers, not rows on one side only
   std::string verdict(const CheckOptions& o) const;  // "OK: ..." or "MOVED: ..." in one line
 };
 

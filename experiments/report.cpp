@@ -146,8 +146,8 @@ Results load_results(const fs::path& dir, std::vector<std::string>& warnings) {
     if (li < 0 || b < 1) continue;
     layers[li] = LayerInfo{li, r.grid.at(i, "layer_name"), r.grid.at(i, "op_type")};
     bits.insert(b);
-    r.cells[{li, b}] =
-        Cell{i, csv_number(r.grid.at(i, "noise")), csv_number(r.grid.at(i, "degradation")), csv_number(r.grid.at(i, "top1"))};
+    r.cells[{li, b}] = Cell{i, csv_number(r.grid.at(i, "noise")), csv_number(r.grid.at(i, "degradation")),
+                            csv_number(r.grid.at(i, "top1"))};
     if (std::isnan(r.float_top1)) r.float_top1 = csv_number(r.grid.at(i, "float_top1"));
     if (r.images == 0) r.images = integer(r.grid.at(i, "images"));
   }

@@ -1,8 +1,8 @@
 #include "runtime/image.h"
 
-#include <csetjmp>
-#include <cstdio>
 #include <cmath>
+#include <csetjmp>
+#include <cstdio>  // before jpeglib.h, which uses FILE and size_t without including them
 #include <fstream>
 #include <iterator>
 
@@ -59,8 +59,8 @@ bool decode_into(const std::vector<uint8_t>& data, Image8& img, std::vector<uint
   const bool gray = cinfo.jpeg_color_space == JCS_GRAYSCALE;
   cinfo.out_color_space = cmyk ? JCS_CMYK : gray ? JCS_GRAYSCALE : JCS_RGB;
   if (static_cast<int64_t>(cinfo.image_width) * cinfo.image_height > kMaxPixels) {
-    error = fmt::format("{}x{} pixels, more than the {} Pillow accepts", cinfo.image_width, cinfo.image_height,
-                        kMaxPixels);
+    error =
+        fmt::format("{}x{} pixels, more than the {} Pillow accepts", cinfo.image_width, cinfo.image_height, kMaxPixels);
     jpeg_destroy_decompress(&cinfo);
     return false;
   }
@@ -101,8 +101,8 @@ constexpr int kPrecisionBits = 32 - 8 - 2;
 
 struct Coeffs {
   int ksize = 0;
-  std::vector<int> bounds;   // per output pixel: first input pixel, count
-  std::vector<int32_t> kk;   // per output pixel: ksize fixed-point weights
+  std::vector<int> bounds;  // per output pixel: first input pixel, count
+  std::vector<int32_t> kk;  // per output pixel: ksize fixed-point weights
 };
 
 // Resample.c, precompute_coeffs + normalize_coeffs_8bpc, for the bilinear filter (support 1)

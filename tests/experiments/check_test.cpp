@@ -1,15 +1,16 @@
 // `qsweep check`: results folders against baselines, on hand-written tables whose expected
 // verdicts are worked out in the test, and through the binary on real runs.
+#include "experiments/check.h"
+
+#include <gtest/gtest.h>
+
 #include <cmath>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <nlohmann/json.hpp>
 #include <sstream>
 
-#include <gtest/gtest.h>
-#include <nlohmann/json.hpp>
-
-#include "experiments/check.h"
 #include "runtime/data.h"
 #include "runtime/error.h"
 #include "tests/experiments/cli_harness.h"
@@ -25,7 +26,8 @@ const char* kHeader =
 
 // One layerwise.csv row; top1 and degradation follow from `correct` of 10000 images and a
 // float32 network with 9295 correct.
-std::string cell(int index, const std::string& name, int bits, const std::string& noise, int correct, int images = 10000) {
+std::string cell(int index, const std::string& name, int bits, const std::string& noise, int correct,
+                 int images = 10000) {
   const double top1 = 100.0 * correct / images;
   std::ostringstream s;
   s << index << "," << name << ",Conv," << bits << ",8," << noise << ",10.0," << top1 << "," << 92.95 - top1 << ","
@@ -55,8 +57,9 @@ class Check : public testing::TempDirTest {
 
   // The four cells of the baseline grid; base_rows(i, c) replaces the i-th (-1: none) by c.
   static std::string base_rows(int i = -1, const std::string& c = "") {
-    const std::string cells[] = {cell(0, "/conv1/Conv", 3, "23.2559466", 8612), cell(0, "/conv1/Conv", 4, "8.58095362", 9050),
-                                 cell(1, "/layer1/conv1/Conv", 3, "20.08", 8715), cell(1, "/layer1/conv1/Conv", 4, "1.5", 9201)};
+    const std::string cells[] = {
+        cell(0, "/conv1/Conv", 3, "23.2559466", 8612), cell(0, "/conv1/Conv", 4, "8.58095362", 9050),
+        cell(1, "/layer1/conv1/Conv", 3, "20.08", 8715), cell(1, "/layer1/conv1/Conv", 4, "1.5", 9201)};
     std::string rows;
     for (int k = 0; k < 4; ++k) rows += k == i ? c : cells[k];
     return rows;
@@ -76,8 +79,9 @@ TEST_F(Check, IdenticalFoldersPassAndCountEveryNumber) {
 TEST_F(Check, RowsAreMatchedByNameNotPosition) {
   const std::string rows = base_rows();
   // The same cells, last first.
-  const std::string shuffled = cell(1, "/layer1/conv1/Conv", 4, "1.5", 9201) + cell(0, "/conv1/Conv", 3, "23.2559466", 8612) +
-                               cell(1, "/layer1/conv1/Conv", 3, "20.08", 8715) + cell(0, "/conv1/Conv", 4, "8.58095362", 9050);
+  const std::string shuffled =
+      cell(1, "/layer1/conv1/Conv", 4, "1.5", 9201) + cell(0, "/conv1/Conv", 3, "23.2559466", 8612) +
+      cell(1, "/layer1/conv1/Conv", 3, "20.08", 8715) + cell(0, "/conv1/Conv", 4, "8.58095362", 9050);
   EXPECT_TRUE(check_results(grid("a", shuffled), grid("b", rows), {}).passed());
 }
 
@@ -184,8 +188,9 @@ TEST_F(Check, AdditivityConfigurationsMustHoldTheSameLayers) {
 
 TEST_F(Check, ComparisonVariantsAndTablesOnOneSide) {
   const std::string h = "variant,description,top1,degradation,noise,ci_low,ci_high\n";
-  const auto base = folder("base", {{"comparison.csv", h + "minmax,base,84.9900,7.96,41.9315451,0,0\n"
-                                                           "sawb,\"SAWB, every layer\",88.6000,4.35,23.3428178,0,0\n"}});
+  const auto base =
+      folder("base", {{"comparison.csv", h + "minmax,base,84.9900,7.96,41.9315451,0,0\n"
+                                             "sawb,\"SAWB, every layer\",88.6000,4.35,23.3428178,0,0\n"}});
   const auto cur = folder("cur", {{"comparison.csv", h + "minmax,base,84.9900,7.96,41.9315451,0,0\n"
                                                          "sawb,\"SAWB, every layer\",88.6000,4.35,23.3429178,0,0\n"},
                                   {"layerwise.csv", std::string(kHeader) + cell(0, "/conv1/Conv", 3, "1", 8612)}});
@@ -204,14 +209,16 @@ TEST_F(Check, ContextListsInputsAndConfigKeysThatDiffer) {
   const auto a = folder("a", {{"layerwise.csv", kHeader + rows},
                               {"manifest.json", R"({"git_commit": "1111111111111111", "model": {"sha256": "aa"},
                                                    "backend": {"name": "cpu", "device": "x"}})"},
-                              {"config.toml", "[model]\npath = \"/a/m.onnx\"\n[quant]\nweight_bits = [3, 4]\n"
-                                              "[output]\nroot = \"r1\"\n"}});
+                              {"config.toml",
+                               "[model]\npath = \"/a/m.onnx\"\n[quant]\nweight_bits = [3, 4]\n"
+                               "[output]\nroot = \"r1\"\n"}});
   const auto b = folder("b", {{"layerwise.csv", kHeader + rows},
                               {"manifest.json", R"({"git_commit": "2222222222222222", "model": {"sha256": "bb"},
                                                    "backend": {"name": "cpu", "device": "x"}})"},
-                              {"config.toml", "[model]\npath = \"/b/m.onnx\"\n[quant]\nweight_bits = [3, 4]\n"
-                                              "weight_clip = \"sawb\"\n"
-                                              "[output]\nroot = \"r2\"\n"}});
+                              {"config.toml",
+                               "[model]\npath = \"/b/m.onnx\"\n[quant]\nweight_bits = [3, 4]\n"
+                               "weight_clip = \"sawb\"\n"
+                               "[output]\nroot = \"r2\"\n"}});
   const CheckResult r = check_results(a, b, {});
   EXPECT_TRUE(r.passed());  // context is not a move
   ASSERT_EQ(r.context.size(), 3u);
@@ -234,11 +241,12 @@ TEST_F(Check, BadFoldersAreOneSentenceErrors) {
   };
   EXPECT_EQ(message(good, dir_ / "nope"), "baseline folder '" + (dir_ / "nope").string() + "' does not exist");
   const auto empty = folder("empty", {{"notes.txt", "x"}});
-  EXPECT_EQ(message(empty, good), "results folder '" + empty.string() +
-                                      "' has no layerwise.csv, additivity.csv or comparison.csv: not a qsweep results folder");
+  EXPECT_EQ(message(empty, good),
+            "results folder '" + empty.string() +
+                "' has no layerwise.csv, additivity.csv or comparison.csv: not a qsweep results folder");
   const auto twice = grid("twice", cell(0, "/conv1/Conv", 3, "1", 8612) + cell(0, "/conv1/Conv", 3, "1", 8612));
-  EXPECT_EQ(message(twice, good),
-            (twice / "layerwise.csv").string() + ": the row '/conv1/Conv, 3-bit weights, 8-bit activations' appears twice");
+  EXPECT_EQ(message(twice, good), (twice / "layerwise.csv").string() +
+                                      ": the row '/conv1/Conv, 3-bit weights, 8-bit activations' appears twice");
   const auto no_noise = folder("no_noise", {{"layerwise.csv", "layer_name,weight_bits,act_bits,top1\nc,3,8,80\n"}});
   EXPECT_EQ(message(no_noise, good), (no_noise / "layerwise.csv").string() + ": no column 'noise'");
   const auto bad_json = folder("bad_json", {{"layerwise.csv", kHeader + base_rows()}, {"summary.json", "{"}});
@@ -250,8 +258,9 @@ TEST_F(Check, BadFoldersAreOneSentenceErrors) {
 
 TEST_F(Check, JsonListsEveryMovedRow) {
   const auto base = grid("base", base_rows());
-  const auto cur = grid("cur", cell(0, "/conv1/Conv", 3, "24", 8600) + cell(0, "/conv1/Conv", 4, "9", 9000) +
-                                   cell(1, "/layer1/conv1/Conv", 3, "20.08", 8715) + cell(1, "/layer1/conv1/Conv", 4, "1.5", 9201));
+  const auto cur =
+      grid("cur", cell(0, "/conv1/Conv", 3, "24", 8600) + cell(0, "/conv1/Conv", 4, "9", 9000) +
+                      cell(1, "/layer1/conv1/Conv", 3, "20.08", 8715) + cell(1, "/layer1/conv1/Conv", 4, "1.5", 9201));
   CheckOptions o;
   o.show = 1;
   const CheckResult r = check_results(cur, base, o);
@@ -270,7 +279,8 @@ TEST_F(Check, JsonListsEveryMovedRow) {
 
 TEST_F(Check, JunitHasOneCasePerRowAndFailsTheMovedOnes) {
   const auto base = grid("base", base_rows() + cell(2, "a&b<c>", 3, "1", 5000));
-  const auto cur = grid("cur", base_rows(0, cell(0, "/conv1/Conv", 3, "23.2559466", 8613)) + cell(2, "a&b<c>", 3, "2", 5000));
+  const auto cur =
+      grid("cur", base_rows(0, cell(0, "/conv1/Conv", 3, "23.2559466", 8613)) + cell(2, "a&b<c>", 3, "2", 5000));
   const CheckResult r = check_results(cur, base, {});
   const std::string x = check_junit(r, {});
   EXPECT_EQ(x.rfind("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<testsuites name=\"qsweep check\" tests=\"6\" "
@@ -284,12 +294,14 @@ TEST_F(Check, JunitHasOneCasePerRowAndFailsTheMovedOnes) {
                    "      <failure message=\"top-1: 86.12% -&gt; 86.13% (+0.01 pts)\">"),
             std::string::npos)
       << x;
-  EXPECT_NE(x.find("name=\"a&amp;b&lt;c&gt;, 3-bit weights, 8-bit activations\">\n      <failure message=\"noise: 1 -&gt; "
-                   "2 (+50%)\">"),
-            std::string::npos)
+  EXPECT_NE(
+      x.find("name=\"a&amp;b&lt;c&gt;, 3-bit weights, 8-bit activations\">\n      <failure message=\"noise: 1 -&gt; "
+             "2 (+50%)\">"),
+      std::string::npos)
       << x;
-  EXPECT_NE(x.find("<testcase classname=\"layerwise.csv\" name=\"/layer1/conv1/Conv, 4-bit weights, 8-bit activations\"/>"),
-            std::string::npos)
+  EXPECT_NE(
+      x.find("<testcase classname=\"layerwise.csv\" name=\"/layer1/conv1/Conv, 4-bit weights, 8-bit activations\"/>"),
+      std::string::npos)
       << x;
   const std::string end = "    </testcase>\n  </testsuite>\n</testsuites>\n";  // the last cell failed
   EXPECT_EQ(x.substr(x.size() - end.size()), end);
@@ -303,9 +315,9 @@ using testing::slurp;
 class CheckCli : public Check {
  protected:
   std::string small_run(const std::string& id, const std::string& extra) {
-    return "run " + std::string(QSWEEP_SOURCE_DIR) + "/configs/quickstart.toml --quiet --out " + (dir_ / "res").string() +
-           " --run-id " + id + " --set data.eval.count=300 --set data.calibration.count=64 --set 'quant.weight_bits=[3,8]' " +
-           extra;
+    return "run " + std::string(QSWEEP_SOURCE_DIR) + "/configs/quickstart.toml --quiet --out " +
+           (dir_ / "res").string() + " --run-id " + id +
+           " --set data.eval.count=300 --set data.calibration.count=64 --set 'quant.weight_bits=[3,8]' " + extra;
   }
 };
 
@@ -325,7 +337,8 @@ TEST_F(CheckCli, ExitCodesOfCheck) {
   EXPECT_EQ(r.err, "qsweep: check failed against " + base.string() +
                        ": MOVED: 1 of 9 numbers beyond tolerance (top-1 0 points, noise 1e-06 relative)\n");
   EXPECT_EQ(nlohmann::json::parse(slurp(dir_ / "check.json"))["moved"].size(), 1u);
-  EXPECT_NE(slurp(dir_ / "check.xml").find("tests=\"5\" failures=\"1\""), std::string::npos) << slurp(dir_ / "check.xml");
+  EXPECT_NE(slurp(dir_ / "check.xml").find("tests=\"5\" failures=\"1\""), std::string::npos)
+      << slurp(dir_ / "check.xml");
   r = run("check " + moved.string() + " " + base.string() + " --top1-tol 0.01");
   EXPECT_EQ(r.code, 0) << r.out;
   r = run("check " + moved.string() + " " + (dir_ / "nope").string());

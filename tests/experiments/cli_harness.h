@@ -1,6 +1,7 @@
 // Running the qsweep binary from a test, as a user does, in a temporary folder of its own.
 #pragma once
 
+#include <gtest/gtest.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -9,8 +10,6 @@
 #include <fstream>
 #include <sstream>
 #include <string>
-
-#include <gtest/gtest.h>
 
 namespace qsweep::testing {
 

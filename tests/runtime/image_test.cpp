@@ -1,16 +1,17 @@
 // Image folders against PIL and torchvision: tests/data/imagefolder_torchvision.json holds what
 // ImageFolder, Image.open().convert("RGB") and Grayscale/Resize/CenterCrop make of the JPEG
 // files in tests/data/imagefolder (tests/data/make_imagefolder_golden.py); every byte must match.
-#include <filesystem>
-#include <fstream>
-#include <sstream>
+#include "runtime/image.h"
 
 #include <gtest/gtest.h>
+
+#include <filesystem>
+#include <fstream>
 #include <nlohmann/json.hpp>
+#include <sstream>
 
 #include "runtime/data.h"
 #include "runtime/error.h"
-#include "runtime/image.h"
 #include "runtime/sha256.h"
 
 namespace qsweep {
@@ -111,7 +112,8 @@ TEST(ImageFolder, BatchesArePlanarAndNormalizedAsTorchvision) {
       int wrong = 0;
       for (int ch = 0; ch < channels; ++ch) {
         for (int k = 0; k < crop * crop; ++k) {
-          wrong += x.ptr()[(n * channels + ch) * crop * crop + k] != static_cast<float>(want[k * channels + ch]) / 255.0f;
+          wrong +=
+              x.ptr()[(n * channels + ch) * crop * crop + k] != static_cast<float>(want[k * channels + ch]) / 255.0f;
         }
       }
       EXPECT_EQ(wrong, 0) << d.files[n + 1] << ", case resize " << resize << " crop " << crop;
@@ -179,8 +181,8 @@ TEST_F(ImageFolderErrors, EachIsOneSentenceNamingTheFile) {
   fs::copy_file(path_of(1), wide, fs::copy_options::overwrite_existing);
   EXPECT_EQ(batch(), "no error");
   // Without a crop the sizes differ: the first other one is named.
-  EXPECT_EQ(batch(0).rfind((dir_ / "val/ant/b.jpg").string() + ": 30x24 after the transforms, the first image 24x30", 0),
-            0u)
+  EXPECT_EQ(
+      batch(0).rfind((dir_ / "val/ant/b.jpg").string() + ": 30x24 after the transforms, the first image 24x30", 0), 0u)
       << batch(0);
   // Other image formats are refused, not skipped as ImageFolder would read them.
   std::ofstream(dir_ / "val/bee/extra.png") << "png";
@@ -212,7 +214,9 @@ TEST_F(ImageFolderErrors, OversizedImagesAndFolderLoopsAreRefused) {
                          ": not a readable JPEG image (65000x65000 pixels, more than the 178956970 Pillow accepts)");
   fs::copy_file(path_of(1), dir_ / "val/ant/b.jpg", fs::copy_options::overwrite_existing);
   // The shorter side of a 29 x 37 image to 16384: the longer int(16384 * 37 / 29) = 20903.
-  EXPECT_EQ(message([&] { load_image_folder_split(dir_.string(), "val", 3, ImageTransforms{16384, 0}); }),
+  EXPECT_EQ(message([&] {
+              load_image_folder_split(dir_.string(), "val", 3, ImageTransforms{16384, 0});
+            }),
             (dir_ / "val/ant/a.JPEG").string() +
                 ": 29x37 resized to 16384x20903 would have 342474752 pixels, more than the 178956970 Pillow accepts");
   // A folder that links to its parent is walked until the path is too long: an error, not a hang.
