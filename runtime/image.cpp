@@ -7,6 +7,7 @@
 #include <iterator>
 
 #include <jpeglib.h>
+
 // jerror.h after jpeglib.h: the warning codes
 #include <jerror.h>
 
