@@ -2,14 +2,15 @@
 
 #include <cmath>
 #include <csetjmp>
-#include <cstdio>  // before jpeglib.h, which uses FILE and size_t without including them
 #include <fstream>
 #include <iterator>
 
+// clang-format off: jpeglib.h uses FILE and size_t without including what declares them, and
+// jerror.h (the warning codes) needs jpeglib.h first.
+#include <cstdio>
 #include <jpeglib.h>
-
-// jerror.h after jpeglib.h: the warning codes
 #include <jerror.h>
+// clang-format on
 
 #include "runtime/error.h"
 
