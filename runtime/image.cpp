@@ -5,8 +5,9 @@
 #include <fstream>
 #include <iterator>
 
-// clang-format off: jpeglib.h uses FILE and size_t without including what declares them, and
-// jerror.h (the warning codes) needs jpeglib.h first.
+// jpeglib.h uses FILE and size_t without including what declares them, and jerror.h (the
+// warning codes) needs jpeglib.h first: this order, not clang-format's.
+// clang-format off
 #include <cstdio>
 #include <jpeglib.h>
 #include <jerror.h>
