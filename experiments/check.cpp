@@ -11,6 +11,7 @@
 #include <sstream>
 
 #include "experiments/csv.h"
+#include "experiments/report.h"
 #include "runtime/error.h"
 
 namespace qsweep {
@@ -433,31 +434,14 @@ std::string CheckResult::verdict(const CheckOptions& o) const {
 
 namespace {
 
+// report.h's html_escape (its entities are XML's too), after dropping the control characters
+// XML 1.0 does not allow (all but tab, LF and CR).
 std::string xml_escape(const std::string& s) {
-  std::string out;
+  std::string kept;
   for (const char c : s) {
-    switch (c) {
-      case '&':
-        out += "&amp;";
-        break;
-      case '<':
-        out += "&lt;";
-        break;
-      case '>':
-        out += "&gt;";
-        break;
-      case '"':
-        out += "&quot;";
-        break;
-      case '\'':
-        out += "&apos;";
-        break;
-      default:
-        // XML 1.0 allows no control characters but tab, LF and CR.
-        if (static_cast<unsigned char>(c) >= 0x20 || c == '\t' || c == '\n' || c == '\r') out += c;
-    }
+    if (static_cast<unsigned char>(c) >= 0x20 || c == '\t' || c == '\n' || c == '\r') kept += c;
   }
-  return out;
+  return html_escape(kept);
 }
 
 }  // namespace
