@@ -252,6 +252,12 @@ def conv_kernels(net, x, top=8):
     return sorted(found, key=lambda kv: -kv[1])[:top]
 
 
+def in_top5(y, labels):
+    """Per row: whether the label is among the 5 largest logits (all of them with fewer classes)."""
+    top = torch.topk(y, min(5, y.shape[1]), dim=1).indices
+    return (top == labels.unsqueeze(1)).any(dim=1)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--onnx", required=True)
@@ -324,6 +330,8 @@ def main():
             reference_seconds = min(reference_seconds, time.perf_counter() - t0)
         float_top1 = 100.0 * sum(int((r.argmax(1) == test_y[i * args.batch:(i + 1) * args.batch]).sum())
                                  for i, r in enumerate(reference)) / len(test_x)
+        float_top5 = 100.0 * sum(int(in_top5(r, test_y[i * args.batch:(i + 1) * args.batch]).sum())
+                                 for i, r in enumerate(reference)) / len(test_x)
 
         cells, seconds = [], 0.0
         for spec in args.cells.split(","):
@@ -340,16 +348,19 @@ def main():
                 q = (j, wq, quantizer(observers[L["input"]]), quantizer(observers[L["output"]]))
                 noise = torch.zeros((), dtype=torch.float64, device=device)
                 correct = torch.zeros((), dtype=torch.int64, device=device)
+                correct5 = torch.zeros((), dtype=torch.int64, device=device)
                 for i, b in enumerate(range(0, len(test_x), args.batch)):
                     y = net.forward(normalize(test_x[b:b + args.batch]), q=q)
                     noise += ((y - reference[i]) ** 2).sum(dtype=torch.float64)
                     correct += (y.argmax(1) == test_y[b:b + args.batch]).sum()
-                noise, correct = float(noise), int(correct)  # waits for the device
+                    correct5 += in_top5(y, test_y[b:b + args.batch]).sum()
+                noise, correct, correct5 = float(noise), int(correct), int(correct5)  # waits for the device
                 sync()
                 dt = min(dt, time.perf_counter() - t0)
             seconds += dt
             cells.append({"layer": j, "bits": bits, "name": L["name"], "seconds": dt,
-                          "noise": noise / len(test_x), "top1": 100.0 * correct / len(test_x)})
+                          "noise": noise / len(test_x), "top1": 100.0 * correct / len(test_x),
+                          "top5": 100.0 * correct5 / len(test_x)})
             print(f"torch_grid: layer {j} {bits}-bit: {dt:.2f} s, top-1 {cells[-1]['top1']:.2f}", file=sys.stderr)
 
         kernels = []
@@ -360,7 +371,8 @@ def main():
                 print(f"torch_grid: no kernel profile ({e})", file=sys.stderr)
 
     print(json.dumps({"torch_version": torch.__version__, "threads": args.threads, "images": len(test_x),
-                      "layers": len(net.layers), "float_top1": float_top1, "reference_seconds": reference_seconds,
+                      "layers": len(net.layers), "float_top1": float_top1, "float_top5": float_top5,
+                      "reference_seconds": reference_seconds,
                       "seconds_per_cell": seconds / len(cells), "cells": cells,
                       "device": torch.cuda.get_device_name(device) if cuda else "cpu", "batch": args.batch,
                       "synthetic": args.synthetic, "repeat": args.repeat, "conv_kernels": kernels}))

@@ -78,6 +78,8 @@ void add_check_options(CLI::App* cmd, qsweep::CheckOptions& o, CheckReports& rep
   cmd->add_option("--top1-tol", o.top1_tol, "Points of top-1 a row may move (default 0: the same number of correct "
                                             "images)")
       ->check(CLI::NonNegativeNumber);
+  cmd->add_option("--top5-tol", o.top5_tol, "Points of top-5 a row may move (default 0)")
+      ->check(CLI::NonNegativeNumber);
   cmd->add_option("--noise-rtol", o.noise_rtol, "Relative change of noise allowed (default 1e-6)")
       ->check(CLI::NonNegativeNumber);
   cmd->add_option("--json", reports.json, "Also write the comparison, every moved row included, as JSON to this file");

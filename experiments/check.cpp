@@ -72,18 +72,30 @@ void require_columns(const Csv& csv, const fs::path& file, std::initializer_list
 }
 
 // Top-1 of a row in points: from the counts when the table has them (exact), else the column.
-double top1_of(const Csv& csv, size_t i, const char* top1_col) {
-  if (csv.has("correct") && csv.has("images")) {
-    const double correct = csv_number(csv.at(i, "correct")), images = csv_number(csv.at(i, "images"));
+double top1_of(const Csv& csv, size_t i, const char* top1_col, const char* correct_col = "correct") {
+  if (csv.has(correct_col) && csv.has("images")) {
+    const double correct = csv_number(csv.at(i, correct_col)), images = csv_number(csv.at(i, "images"));
     if (std::isfinite(correct) && std::isfinite(images) && images > 0) return 100.0 * correct / images;
   }
   return csv_number(csv.at(i, top1_col));
 }
 
+// Top-5 of a row in points (layerwise.csv: from `correct5`), or NaN where the table has no
+// top-5 column (written before qsweep reported top-5).
+double top5_of(const Csv& csv, size_t i, const char* top5_col) {
+  return csv.has(top5_col) ? top1_of(csv, i, top5_col, "correct5") : kNaN;
+}
+
 struct Row {
   double top1 = kNaN, noise = kNaN, images = kNaN;
   std::string identity;  // what must be equal for the row to be the same row (additivity: its layers)
+  double top5 = kNaN;
 };
+
+// The top-5 column of each table.
+const char* top5_column(const std::string& table) {
+  return table == "additivity.csv" ? "measured_top5" : "top5";
+}
 
 using Table = std::vector<std::pair<std::string, Row>>;  // in file order
 
@@ -105,7 +117,8 @@ Table rows_of(const Folder& f, const std::string& table) {
     const Csv& c = *f.layerwise;
     require_columns(c, file, {"layer_name", "weight_bits", "act_bits", "noise", "top1"});
     for (size_t i = 0; i < c.rows.size(); ++i) {
-      add(bits_key(c, i), Row{top1_of(c, i, "top1"), csv_number(c.at(i, "noise")), csv_number(c.at(i, "images")), ""});
+      add(bits_key(c, i), Row{top1_of(c, i, "top1"), csv_number(c.at(i, "noise")), csv_number(c.at(i, "images")), "",
+                              top5_of(c, i, "top5")});
     }
   } else if (table == "additivity.csv") {
     const Csv& c = *f.additivity;
@@ -114,13 +127,15 @@ Table rows_of(const Folder& f, const std::string& table) {
       add("configuration " + c.at(i, "config_index"),
           Row{csv_number(c.at(i, "measured_top1")), csv_number(c.at(i, "measured_noise")), kNaN,
               fmt::format("layers {} at {} bits, the rest at {}", c.at(i, "low_layers"), c.at(i, "low_bits"),
-                          c.at(i, "high_bits"))});
+                          c.at(i, "high_bits")),
+              top5_of(c, i, "measured_top5")});
     }
   } else {
     const Csv& c = *f.comparison;
     require_columns(c, file, {"variant", "top1", "noise"});
     for (size_t i = 0; i < c.rows.size(); ++i) {
-      add("variant " + c.at(i, "variant"), Row{csv_number(c.at(i, "top1")), csv_number(c.at(i, "noise")), kNaN, ""});
+      add("variant " + c.at(i, "variant"),
+          Row{csv_number(c.at(i, "top1")), csv_number(c.at(i, "noise")), kNaN, "", top5_of(c, i, "top5")});
     }
   }
   return out;
@@ -141,6 +156,25 @@ double float_top1(const Folder& f) {
     return csv_number(f.layerwise->at(0, "float_top1"));
   }
   return kNaN;
+}
+
+// The float32 network's top-5 in points (summary.json), NaN where it has none.
+double float_top5(const Folder& f) {
+  if (!f.summary) return kNaN;
+  const auto& s = *f.summary;
+  if (s.contains("float_correct5") && s.contains("images") && s["float_correct5"].is_number() &&
+      s["images"].is_number() && s["images"].get<double>() > 0) {
+    return 100.0 * s["float_correct5"].get<double>() / s["images"].get<double>();
+  }
+  return kNaN;
+}
+
+// Whether a folder's table has a top-5 column.
+bool has_top5(const Folder& f, const std::string& table) {
+  const std::optional<Csv>& c = table == "layerwise.csv"    ? f.layerwise
+                                : table == "additivity.csv" ? f.additivity
+                                                            : f.comparison;
+  return c && c->has(top5_column(table));
 }
 
 bool same_value(double a, double b) {
@@ -174,6 +208,13 @@ class Checker {
     // 1e-9 points: the counts' quotient, not the tolerance, decides at the boundary.
     if (!(move <= o_.top1_tol + 1e-9)) r_.moved.push_back(CheckRow{table, row, "top-1", base, cur, ""});
   }
+  void top5(const std::string& table, const std::string& row, double base, double cur) {
+    ++r_.compared;
+    seen(table, row);
+    const double move = top1_move(base, cur);
+    if (std::isfinite(move)) r_.max_top5_move = std::max(r_.max_top5_move, move);
+    if (!(move <= o_.top5_tol + 1e-9)) r_.moved.push_back(CheckRow{table, row, "top-5", base, cur, ""});
+  }
   void noise(const std::string& table, const std::string& row, double base, double cur) {
     ++r_.compared;
     seen(table, row);
@@ -188,6 +229,13 @@ class Checker {
 
   void tables(const Folder& base, const Folder& cur, const std::string& table) {
     const Table b = rows_of(base, table), c = rows_of(cur, table);
+    // Top-5 where both tables have it; one line of context where only one does.
+    const bool top5_base = has_top5(base, table), top5_cur = has_top5(cur, table);
+    if (top5_base != top5_cur) {
+      r_.context.push_back(fmt::format("top-5 is not compared in {}: only the {} has it (earlier qsweep versions did "
+                                       "not write it)",
+                                       table, top5_base ? "baseline" : "results"));
+    }
     std::map<std::string, const Row*> in_base;
     for (const auto& [k, v] : b) in_base.emplace(k, &v);
     std::map<std::string, const Row*> in_cur;
@@ -225,6 +273,7 @@ class Checker {
       if (images_differ) continue;
       top1(table, k, was.top1, v.top1);
       noise(table, k, was.noise, v.noise);
+      if (top5_base && top5_cur) top5(table, k, was.top5, v.top5);
     }
   }
 
@@ -330,13 +379,13 @@ void context(const Folder& base, const Folder& cur, std::vector<std::string>& ou
 
 std::string number_text(const CheckRow& m, double v) {
   if (std::isnan(v)) return "-";
-  if (m.quantity == "top-1") return fmt::format("{:.2f}%", v);
+  if (m.quantity == "top-1" || m.quantity == "top-5") return fmt::format("{:.2f}%", v);
   return fmt::format("{:.6g}", v);
 }
 
 std::string change_text(const CheckRow& m) {
   if (m.quantity == "row") return m.detail;
-  if (m.quantity == "top-1") {
+  if (m.quantity == "top-1" || m.quantity == "top-5") {
     if (!std::isfinite(m.current - m.baseline)) return "not comparable";
     return fmt::format("{:+.2f} pts", m.current - m.baseline);
   }
@@ -347,14 +396,15 @@ std::string change_text(const CheckRow& m) {
 }
 
 std::string tolerance_text(const CheckOptions& o) {
-  return fmt::format("top-1 {} points, noise {} relative", o.top1_tol, o.noise_rtol);
+  return fmt::format("top-1 {} points, top-5 {} points, noise {} relative", o.top1_tol, o.top5_tol, o.noise_rtol);
 }
 
 }  // namespace
 
 CheckResult check_results(const fs::path& current, const fs::path& baseline, const CheckOptions& options) {
-  if (!(options.top1_tol >= 0.0) || !(options.noise_rtol >= 0.0)) {
-    user_error("check tolerances must be 0 or more (top-1 {}, noise {})", options.top1_tol, options.noise_rtol);
+  if (!(options.top1_tol >= 0.0) || !(options.top5_tol >= 0.0) || !(options.noise_rtol >= 0.0)) {
+    user_error("check tolerances must be 0 or more (top-1 {}, top-5 {}, noise {})", options.top1_tol,
+               options.top5_tol, options.noise_rtol);
   }
   const Folder base = load(baseline, "baseline"), cur = load(current, "results");
   CheckResult r;
@@ -367,6 +417,8 @@ CheckResult check_results(const fs::path& current, const fs::path& baseline, con
   Checker check(r, options);
   const double fb = float_top1(base), fc = float_top1(cur);
   if (!std::isnan(fb) || !std::isnan(fc)) check.top1("summary.json", "float32 network", fb, fc);
+  const double fb5 = float_top5(base), fc5 = float_top5(cur);
+  if (!std::isnan(fb5) && !std::isnan(fc5)) check.top5("summary.json", "float32 network", fb5, fc5);
   const std::pair<const char*, bool> tables[] = {{"layerwise.csv", base.layerwise && cur.layerwise},
                                                  {"additivity.csv", base.additivity && cur.additivity},
                                                  {"comparison.csv", base.comparison && cur.comparison}};
@@ -421,8 +473,9 @@ size_t CheckResult::moved_numbers() const {
 std::string CheckResult::verdict(const CheckOptions& o) const {
   if (passed()) {
     return fmt::format(
-        "OK: all {} numbers within tolerance (largest moves: top-1 {:.2f} points, noise {:.3g} relative)", compared,
-        max_top1_move, max_noise_move);
+        "OK: all {} numbers within tolerance (largest moves: top-1 {:.2f} points, top-5 {:.2f} points, noise {:.3g} "
+        "relative)",
+        compared, max_top1_move, max_top5_move, max_noise_move);
   }
   const size_t numbers = moved_numbers(), rows = moved.size() - numbers;
   std::string s = fmt::format("MOVED: {} of {} numbers beyond tolerance ({})", numbers, compared, tolerance_text(o));
@@ -495,9 +548,13 @@ json check_json(const CheckResult& r, const CheckOptions& options) {
   return json{{"passed", r.passed()},
               {"results", r.current.string()},
               {"baseline", r.baseline.string()},
-              {"tolerances", {{"top1_points", options.top1_tol}, {"noise_relative", options.noise_rtol}}},
+              {"tolerances",
+               {{"top1_points", options.top1_tol},
+                {"top5_points", options.top5_tol},
+                {"noise_relative", options.noise_rtol}}},
               {"compared", r.compared},
               {"max_top1_move_points", r.max_top1_move},
+              {"max_top5_move_points", r.max_top5_move},
               {"max_noise_move_relative", r.max_noise_move},
               {"context", r.context},
               {"moved", std::move(moved)}};

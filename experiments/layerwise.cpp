@@ -33,13 +33,14 @@ struct BatchSums {
   std::vector<int64_t> correct;
 };
 
-// Top-1 per image of a batch into `flags` (offset begin) and the count.
+// The outcome bits (top-1, top-5; kernels/cpu/metrics.h) per image of a batch into `flags`,
+// and the top-1 count.
 int64_t record_top1(const Tensor& y, const int32_t* labels, int64_t n, uint8_t* flags) {
   const size_t k = static_cast<size_t>(y.numel() / n);
   int64_t correct = 0;
   for (int64_t i = 0; i < n; ++i) {
-    flags[i] = static_cast<int32_t>(argmax(y.ptr() + i * k, k)) == labels[i];
-    correct += flags[i];
+    flags[i] = row_outcome(y.ptr() + i * k, k, labels[i]);
+    correct += (flags[i] & kTop1Bit) != 0;
   }
   return correct;
 }
@@ -351,7 +352,9 @@ uint64_t fnv1a(const char* p, size_t n) {
   return h;
 }
 
-constexpr uint64_t kRecordMagic = 0x3143455253575351ull;  // "QSWSREC1"
+// Format 2: per-image flags hold outcome bits (top-1, top-5). Format 1 held top-1 only.
+constexpr uint64_t kRecordMagic = 0x3243455253575351ull;  // "QSWSREC2"
+constexpr uint64_t kRecordMagicV1 = 0x3143455253575351ull;  // "QSWSREC1"
 
 }  // namespace
 
@@ -373,6 +376,13 @@ std::string encode_record(const BatchRecord& r) {
   }
   w.put(fnv1a(w.out.data(), w.out.size()));
   return w.out;
+}
+
+bool is_old_record(const std::string& bytes) {
+  uint64_t magic = 0;
+  if (bytes.size() < 8) return false;
+  std::memcpy(&magic, bytes.data(), 8);
+  return magic == kRecordMagicV1;
 }
 
 std::optional<BatchRecord> decode_record(const std::string& bytes) {

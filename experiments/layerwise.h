@@ -12,6 +12,7 @@
 
 #include "experiments/config.h"
 #include "experiments/quant_plan.h"
+#include "kernels/cpu/metrics.h"
 #include "runtime/data.h"
 #include "runtime/executor.h"
 
@@ -23,14 +24,16 @@ struct CellStats {
   int weight_bits = 0;
   double noise_sum = 0.0;  // sum over images of ||y - y_hat||^2
   int64_t correct = 0;     // images whose argmax(y_hat) is the label
-  std::vector<uint8_t> correct_images;  // per image: 1 when classified correctly
+  // Per image: the outcome bits of kernels/cpu/metrics.h (kTop1Bit, kTop5Bit).
+  std::vector<uint8_t> correct_images;
+  int64_t correct5() const { return count_outcomes(correct_images.data(), correct_images.size(), kTop5Bit); }
 };
 
 struct GridResult {
   int64_t images = 0;
   int64_t float_correct = 0;
   double output_energy = 0.0;  // sum over images of ||y||^2
-  std::vector<uint8_t> float_correct_images;
+  std::vector<uint8_t> float_correct_images;  // outcome bits, as CellStats::correct_images
   std::vector<int> weight_bits;
   std::vector<CellStats> cells;  // grid: layer-major, bits in config order
   double seconds = 0.0;
@@ -40,6 +43,12 @@ struct GridResult {
   double top1(const CellStats& c) const { return 100.0 * c.correct / images; }
   double noise(const CellStats& c) const { return c.noise_sum / images; }
   double degradation(const CellStats& c) const { return float_top1() - top1(c); }
+  int64_t float_correct5() const {
+    return count_outcomes(float_correct_images.data(), float_correct_images.size(), kTop5Bit);
+  }
+  double float_top5() const { return 100.0 * float_correct5() / images; }
+  double top5(const CellStats& c) const { return 100.0 * c.correct5() / images; }
+  double top5_degradation(const CellStats& c) const { return float_top5() - top5(c); }
   // 10 log10(E||y||^2 / E||y - y_hat||^2); +inf when the cell adds no noise.
   double sqnr_db(const CellStats& c) const;
 };
@@ -133,6 +142,8 @@ struct BatchRecord {
 // Binary encoding with a checksum; decode returns nothing for a damaged or foreign file.
 std::string encode_record(const BatchRecord& r);
 std::optional<BatchRecord> decode_record(const std::string& bytes);
+// Whether bytes are a record of an earlier format (decode_record refuses those).
+bool is_old_record(const std::string& bytes);
 
 // A piece of a grid: which cells to compute on which batch, what is already done, and
 // where finished batches go.

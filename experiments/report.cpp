@@ -1149,6 +1149,9 @@ std::string build_page(const Results& r, const std::vector<PageFigure>& figures,
   h += "<h2 id=\"accuracy\">Float32 accuracy and the worst layers</h2>\n";
   h += fmt::format("<p class=\"big\">float32 top-1: <b>{}</b> on {} images",
                    std::isfinite(r.float_top1) ? fmt::format("{:.2f}%", r.float_top1) : "?", r.images);
+  if (r.summary && r.summary->contains("float_top5") && (*r.summary)["float_top5"].is_number()) {
+    h += fmt::format(" (top-5 {:.2f}%)", (*r.summary)["float_top5"].get<double>());
+  }
   if (m.contains("model") && m["model"].contains("path")) {
     h += fmt::format(" &middot; model <code>{}</code>",
                      html_escape(fs::path(get(m["model"], "path")).filename().string()));
@@ -1166,8 +1169,10 @@ std::string build_page(const Results& r, const std::vector<PageFigure>& figures,
   const size_t nworst = worst_lowest.size();
   if (!r.cells.empty() && nworst > 0) {
     const bool has_ci = r.grid.has("ci_low") && r.grid.has("ci_high");
+    const bool has_top5 = r.grid.has("top5_degradation");
     h += "<table><thead><tr><th>weight bits</th><th>rank</th><th>#</th><th>layer</th><th>degradation (points)</th>";
     h += has_ci ? "<th>interval</th>" : "";
+    h += has_top5 ? "<th>top-5 degradation (points)</th>" : "";
     h += "<th>noise</th><th>SQNR (dB)</th></tr></thead><tbody>\n";
     for (int b : r.bits) {
       const auto order = r.worst_at(b);
@@ -1187,6 +1192,7 @@ std::string build_page(const Results& r, const std::vector<PageFigure>& figures,
           h += fmt::format("<td class=\"n\">[{}, {}]</td>", html_escape(r.grid.at(c->row, "ci_low")),
                            html_escape(r.grid.at(c->row, "ci_high")));
         }
+        if (has_top5) h += fmt::format("<td class=\"n\">{}</td>", html_escape(r.grid.at(c->row, "top5_degradation")));
         h += fmt::format("<td class=\"n\">{}</td><td class=\"n\">{}</td></tr>\n",
                          html_escape(r.grid.at(c->row, "noise")), html_escape(r.grid.at(c->row, "sqnr_db")));
       }

@@ -98,15 +98,15 @@ std::string layerwise_csv(const Graph& g, const GridResult& r, const std::vector
                           const PairedBootstrap& boot) {
   std::string s =
       "layer_index,layer_name,op_type,weight_bits,act_bits,noise,sqnr_db,top1,degradation,correct,images,float_top1,"
-      "ci_low,ci_high\n";
+      "ci_low,ci_high,top5,top5_degradation,correct5,float_top5\n";
   for (const auto& c : r.cells) {
     const Layer& L = g.layers[c.layer];
     const std::string name = csv_field(L.name);
     const Interval ci = boot.degradation_interval(r.float_correct_images, c.correct_images);
-    s += fmt::format("{},{},{},{},{},{:.9g},{},{:.4f},{:.4f},{},{},{:.4f},{},{}\n", c.layer, name,
-                     op_name(g.nodes[L.node].op), c.weight_bits, specs[c.layer].act_bits, r.noise(c),
+    s += fmt::format("{},{},{},{},{},{:.9g},{},{:.4f},{:.4f},{},{},{:.4f},{},{},{:.4f},{:.4f},{},{:.4f}\n", c.layer,
+                     name, op_name(g.nodes[L.node].op), c.weight_bits, specs[c.layer].act_bits, r.noise(c),
                      fmt_sqnr(r.sqnr_db(c)), r.top1(c), r.degradation(c), c.correct, r.images, r.float_top1(),
-                     fmt_ci(ci.lo), fmt_ci(ci.hi));
+                     fmt_ci(ci.lo), fmt_ci(ci.hi), r.top5(c), r.top5_degradation(c), c.correct5(), r.float_top5());
   }
   return s;
 }
@@ -286,6 +286,8 @@ void write_grid(ResultsFolder& folder, const Prepared& p, const GridResult& gr, 
                 json& summary) {
   summary["float_top1"] = gr.float_top1();
   summary["float_correct"] = gr.float_correct;
+  summary["float_top5"] = gr.float_top5();
+  summary["float_correct5"] = gr.float_correct5();
   summary["weight_bits"] = gr.weight_bits;
   json cells = json::array();
   for (const auto& c : gr.cells) {
@@ -299,7 +301,10 @@ void write_grid(ResultsFolder& folder, const Prepared& p, const GridResult& gr, 
                      {"degradation", gr.degradation(c)},
                      {"ci_low", num(ci.lo)},
                      {"ci_high", num(ci.hi)},
-                     {"correct", c.correct}});
+                     {"correct", c.correct},
+                     {"top5", gr.top5(c)},
+                     {"top5_degradation", gr.top5_degradation(c)},
+                     {"correct5", c.correct5()}});
   }
   summary["grid"] = cells;
   json worst = json::object();
@@ -372,8 +377,8 @@ void add_report(ResultsFolder& folder, const Graph& g) {
 }
 
 void print_grid(const Prepared& p, const GridResult& grid) {
-  fmt::print("float32 top-1: {:.2f}% on {} images; grid of {} cells in {:.1f} s\n", grid.float_top1(), grid.images,
-             grid.cells.size(), grid.seconds);
+  fmt::print("float32 top-1: {:.2f}% (top-5 {:.2f}%) on {} images; grid of {} cells in {:.1f} s\n", grid.float_top1(),
+             grid.float_top5(), grid.images, grid.cells.size(), grid.seconds);
   const auto [lowest, highest] = std::minmax_element(grid.weight_bits.begin(), grid.weight_bits.end());
   for (int b : {*lowest, *highest}) {
     fmt::print("worst layers at {}-bit weights:\n", b);
@@ -749,6 +754,8 @@ RunOutcome run_experiment(const RunOptions& o) {
     ComparisonResult c = run_comparison(ctx, cfg, boot);
     summary["float_top1"] = c.eval.float_top1();
     summary["float_correct"] = c.eval.float_correct;
+    summary["float_top5"] = c.eval.float_top5();
+    summary["float_correct5"] = c.eval.float_correct5();
     json rows = json::array();
     for (const auto& row : c.rows) {
       rows.push_back({{"variant", row.name},
@@ -757,12 +764,15 @@ RunOutcome run_experiment(const RunOptions& o) {
                       {"degradation", row.degradation},
                       {"noise", row.noise},
                       {"ci_low", num(row.ci.lo)},
-                      {"ci_high", num(row.ci.hi)}});
+                      {"ci_high", num(row.ci.hi)},
+                      {"top5", row.top5},
+                      {"top5_degradation", row.top5_degradation}});
     }
     summary["comparison"] = rows;
     folder.write("comparison.csv", comparison_csv(c));
     if (verbose) {
-      fmt::print("float32 top-1: {:.2f}% on {} images\n", c.eval.float_top1(), c.eval.images);
+      fmt::print("float32 top-1: {:.2f}% (top-5 {:.2f}%) on {} images\n", c.eval.float_top1(), c.eval.float_top5(),
+                 c.eval.images);
       for (const auto& row : c.rows) {
         fmt::print("  {:<24} top-1 {:6.2f}%  degradation {:+6.2f} pts [{}, {}]  noise {:.4g}\n", row.name, row.top1,
                    row.degradation, fmt_ci(row.ci.lo), fmt_ci(row.ci.hi), row.noise);
@@ -858,9 +868,11 @@ RunOutcome merge_run(const std::string& dir, bool quiet) {
     size_t n = 0;
     for (const auto& e : fs::directory_iterator(sdir)) {
       if (e.path().extension() != ".rec" || e.path().filename().string()[0] == '.') continue;
-      auto rec = decode_record(read_file(e.path()));
+      const std::string bytes = read_file(e.path());
+      auto rec = decode_record(bytes);
       if (!rec) {
-        mismatched.push_back(fmt::format("shard {} ({} is corrupted)", i, e.path().filename().string()));
+        mismatched.push_back(fmt::format("shard {} ({} {})", i, e.path().filename().string(),
+                                         is_old_record(bytes) ? "was written by an earlier qsweep" : "is corrupted"));
         continue;
       }
       records.push_back(std::move(*rec));

@@ -26,13 +26,13 @@ PairedBootstrap::PairedBootstrap(size_t images, int resamples, uint64_t seed, do
 }
 
 Interval PairedBootstrap::degradation_interval(const std::vector<uint8_t>& reference,
-                                               const std::vector<uint8_t>& other) const {
+                                               const std::vector<uint8_t>& other, uint8_t bit) const {
   if (!enabled()) return {NAN, NAN};
   // Only images whose outcome differs contribute; all others add 0 to every resample.
   std::vector<size_t> idx;
   std::vector<int> diff;
   for (size_t i = 0; i < n_; ++i) {
-    const int d = static_cast<int>(reference[i]) - static_cast<int>(other[i]);
+    const int d = static_cast<int>((reference[i] & bit) != 0) - static_cast<int>((other[i] & bit) != 0);
     if (d != 0) {
       idx.push_back(i);
       diff.push_back(d);

@@ -17,8 +17,10 @@ struct Interval {
 class PairedBootstrap {
  public:
   PairedBootstrap(size_t images, int resamples, uint64_t seed, double confidence);
-  // reference/other: 1 where an image is classified correctly.
-  Interval degradation_interval(const std::vector<uint8_t>& reference, const std::vector<uint8_t>& other) const;
+  // reference/other: per image, outcome bits (kernels/cpu/metrics.h); an image counts as
+  // correct where `bit` is set (default: top-1).
+  Interval degradation_interval(const std::vector<uint8_t>& reference, const std::vector<uint8_t>& other,
+                                uint8_t bit = 1) const;
   bool enabled() const { return resamples_ > 0; }
 
  private:

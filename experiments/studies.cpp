@@ -94,6 +94,7 @@ AdditivityResult run_additivity(const StudyContext& ctx, const Config& cfg, cons
     row.measured_degradation = measured.degradation(m);
     row.measured_noise = measured.noise(m);
     row.measured_top1 = measured.top1(m);
+    row.measured_top5 = measured.top5(m);
     row.ci = boot.degradation_interval(measured.float_correct_images, m.correct_images);
     pd.push_back(row.predicted_degradation);
     md.push_back(row.measured_degradation);
@@ -165,6 +166,8 @@ ComparisonResult run_comparison(const StudyContext& ctx, const Config& cfg, cons
     row.top1 = r.eval.top1(c);
     row.degradation = r.eval.degradation(c);
     row.noise = r.eval.noise(c);
+    row.top5 = r.eval.top5(c);
+    row.top5_degradation = r.eval.top5_degradation(c);
     row.ci = boot.degradation_interval(r.eval.float_correct_images, c.correct_images);
     r.rows.push_back(std::move(row));
   }
@@ -180,22 +183,23 @@ std::string ci_str(double v) { return std::isfinite(v) ? fmt::format("{:.4f}", v
 std::string additivity_csv(const AdditivityResult& r, const Config& cfg) {
   std::string s =
       "config_index,low_bits,high_bits,num_low_layers,low_layers,predicted_degradation,measured_degradation,"
-      "predicted_noise,measured_noise,measured_top1,ci_low,ci_high\n";
+      "predicted_noise,measured_noise,measured_top1,ci_low,ci_high,measured_top5\n";
   for (size_t k = 0; k < r.rows.size(); ++k) {
     const auto& row = r.rows[k];
-    s += fmt::format("{},{},{},{},{},{:.4f},{:.4f},{:.9g},{:.9g},{:.4f},{},{}\n", k, cfg.low_bits, cfg.high_bits,
-                     row.low_layers.size(), fmt::join(row.low_layers, ";"), row.predicted_degradation,
+    s += fmt::format("{},{},{},{},{},{:.4f},{:.4f},{:.9g},{:.9g},{:.4f},{},{},{:.4f}\n", k, cfg.low_bits,
+                     cfg.high_bits, row.low_layers.size(), fmt::join(row.low_layers, ";"), row.predicted_degradation,
                      row.measured_degradation, row.predicted_noise, row.measured_noise, row.measured_top1,
-                     ci_str(row.ci.lo), ci_str(row.ci.hi));
+                     ci_str(row.ci.lo), ci_str(row.ci.hi), row.measured_top5);
   }
   return s;
 }
 
 std::string comparison_csv(const ComparisonResult& r) {
-  std::string s = "variant,description,top1,degradation,noise,ci_low,ci_high\n";
+  std::string s = "variant,description,top1,degradation,noise,ci_low,ci_high,top5,top5_degradation\n";
   for (const auto& row : r.rows) {
-    s += fmt::format("{},{},{:.4f},{:.4f},{:.9g},{},{}\n", csv_field(row.name), csv_field(row.description), row.top1,
-                     row.degradation, row.noise, ci_str(row.ci.lo), ci_str(row.ci.hi));
+    s += fmt::format("{},{},{:.4f},{:.4f},{:.9g},{},{},{:.4f},{:.4f}\n", csv_field(row.name),
+                     csv_field(row.description), row.top1, row.degradation, row.noise, ci_str(row.ci.lo),
+                     ci_str(row.ci.hi), row.top5, row.top5_degradation);
   }
   return s;
 }

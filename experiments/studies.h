@@ -30,7 +30,7 @@ struct AdditivityRow {
   std::vector<int> low_layers;
   double predicted_degradation = 0, measured_degradation = 0;
   double predicted_noise = 0, measured_noise = 0;
-  double measured_top1 = 0;
+  double measured_top1 = 0, measured_top5 = 0;
   Interval ci;
 };
 
@@ -45,6 +45,7 @@ AdditivityResult run_additivity(const StudyContext& ctx, const Config& cfg, cons
 struct VariantRow {
   std::string name, description;
   double top1 = 0, degradation = 0, noise = 0;
+  double top5 = 0, top5_degradation = 0;
   Interval ci;
 };
 

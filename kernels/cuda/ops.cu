@@ -11,6 +11,8 @@
 #include <thrust/iterator/transform_iterator.h>
 #include <thrust/transform_reduce.h>
 
+#include "kernels/cpu/metrics.h"
+
 namespace qsweep::cuda {
 
 void check(cudaError_t err, const char* what) {
@@ -200,8 +202,9 @@ __global__ void global_avg_pool_kernel(const float* x, float* y, size_t planes, 
   if (lane == 0) y[warp] = static_cast<float>(s / static_cast<double>(hw));
 }
 
-// One warp per row: the squared error in double and the argmax (lowest index of the largest
-// non-NaN value; 0 when every value is NaN), as kernels/cpu/metrics.cpp.
+// One warp per row: the squared error in double and the outcome bits of row_outcome()
+// (kernels/cpu/metrics.cpp): the label's rank in ranks_before()'s order, counted across the
+// warp; rank 0 is argmax() == label (lowest index on ties, NaN never wins).
 __global__ void row_metrics_kernel(const float* y, const float* y_hat, const int32_t* labels, size_t n, size_t k,
                                    double* sq, uint8_t* correct) {
   const size_t row = (blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x) / 32;
@@ -209,39 +212,30 @@ __global__ void row_metrics_kernel(const float* y, const float* y_hat, const int
   if (row >= n) return;
   const float* yr = y + row * k;
   const float* qr = y_hat ? y_hat + row * k : yr;
+  const int32_t label = labels[row];
+  const bool valid = label >= 0 && static_cast<size_t>(label) < k;
+  const size_t l = valid ? static_cast<size_t>(label) : 0;
+  const float lv = valid ? qr[l] : 0.0f;
   double s = 0.0;
-  float best = 0.0f;
-  long long best_i = -1;
+  unsigned rank = 0;
   for (size_t i = lane; i < k; i += 32) {
     const double d = y_hat ? static_cast<double>(yr[i]) - static_cast<double>(qr[i]) : static_cast<double>(yr[i]);
     s += d * d;
-    const float v = qr[i];
-    if (best_i < 0 || v > best || (best != best && v == v)) {
-      best = v;
-      best_i = static_cast<long long>(i);
-    }
+    rank += i != l && ranks_before(qr[i], i, lv, l);
   }
   for (int off = 16; off > 0; off /= 2) {
     s += __shfl_down_sync(0xffffffffu, s, off);
-    const float ov = __shfl_down_sync(0xffffffffu, best, off);
-    const long long oi = __shfl_down_sync(0xffffffffu, best_i, off);
-    if (oi >= 0) {
-      const bool take = best_i < 0 || (ov == ov && (best != best || ov > best || (ov == best && oi < best_i))) ||
-                        (ov != ov && best != best && oi < best_i);
-      if (take) {
-        best = ov;
-        best_i = oi;
-      }
-    }
+    rank += __shfl_down_sync(0xffffffffu, rank, off);
   }
   if (lane == 0) {
     sq[row] = s;
-    correct[row] = static_cast<int32_t>(best_i < 0 ? 0 : best_i) == labels[row];
+    correct[row] = valid ? static_cast<uint8_t>((rank == 0 ? kTop1Bit : 0) | (rank < kTopK ? kTop5Bit : 0)) : 0;
   }
 }
 
+// The top-1 bit of an outcome, as a count.
 struct ToInt64 {
-  __host__ __device__ int64_t operator()(uint8_t v) const { return v; }
+  __host__ __device__ int64_t operator()(uint8_t v) const { return v & kTop1Bit; }
 };
 
 struct MinMaxOf {

@@ -93,14 +93,14 @@ void pool2d(const Pool2d& p, const float* x, float* y, cudaStream_t stream);
 void global_avg_pool(const float* x, float* y, size_t planes, size_t hw, cudaStream_t stream);
 
 // Per image of a batch of logits (n rows of k): the squared error ||y - y_hat||^2 in
-// double (y_hat = nullptr: ||y||^2) and whether argmax(y_hat or y) equals the label
-// (argmax() of kernels/cpu/metrics.h: lowest index on ties, NaN never wins). labels are
-// device int32.
+// double (y_hat = nullptr: ||y||^2) and the outcome bits of y_hat (or y) against the label,
+// as row_outcome() of kernels/cpu/metrics.h (top-1: argmax, lowest index on ties, NaN never
+// wins; top-5). labels are device int32.
 void row_metrics(const float* y, const float* y_hat, const int32_t* labels, size_t n, size_t k, double* sq,
                  uint8_t* correct, cudaStream_t stream);
 
 // Device-side totals of row_metrics: out_sum[0] = sum of sq[0..n), out_count[0] = number of
-// correct flags, with CUB (deterministic for a given n). `temp` is scratch of at least
+// outcomes with the top-1 bit, with CUB (deterministic for a given n). `temp` is scratch of at least
 // reduce_temp_bytes(n) bytes.
 size_t reduce_temp_bytes(size_t n);
 void reduce_rows(const double* sq, const uint8_t* correct, size_t n, double* out_sum, int64_t* out_count, void* temp,

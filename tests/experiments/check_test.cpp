@@ -2,6 +2,7 @@
 // verdicts are worked out in the test, and through the binary on real runs.
 #include "experiments/check.h"
 
+#include <fmt/format.h>
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -256,6 +257,55 @@ TEST_F(Check, BadFoldersAreOneSentenceErrors) {
   EXPECT_EQ(message(good, good, negative).rfind("check tolerances must be 0 or more", 0), 0u);
 }
 
+// Top-5: compared (from the correct5 counts) where both folders have it, with its own
+// tolerance; a folder written before qsweep reported top-5 gives one line of context.
+TEST_F(Check, TopFiveIsComparedWhereBothFoldersHaveIt) {
+  const std::string header5 = std::string(kHeader).substr(0, std::string(kHeader).size() - 1) +
+                              ",top5,top5_degradation,correct5,float_top5\n";
+  // top5 is written with a rounding the counts do not have: the counts must decide.
+  auto with5 = [&](const std::string& row, int correct5) {
+    return row.substr(0, row.size() - 1) + fmt::format(",{:.4f},0,{},99.9000\n", correct5 / 100.0, correct5);
+  };
+  const std::string summary5 = "{\"float_correct\": 9295, \"float_correct5\": 9990, \"images\": 10000}";
+  auto grid5 = [&](const std::string& name, int correct5_of_first) {
+    return folder(name, {{"layerwise.csv", header5 + with5(cell(0, "/conv1/Conv", 3, "23.2559466", 8612),
+                                                           correct5_of_first) +
+                                               with5(cell(0, "/conv1/Conv", 4, "8.58095362", 9050), 9980)},
+                         {"summary.json", summary5}});
+  };
+  const auto base = grid5("base5", 9900);
+  const CheckResult same = check_results(grid5("same5", 9900), base, {});
+  EXPECT_TRUE(same.passed());
+  EXPECT_EQ(same.compared, 2u + 2u * 3u);  // float32 top-1 and top-5, then 3 numbers per cell
+  EXPECT_TRUE(same.context.empty());
+
+  const CheckResult moved = check_results(grid5("moved5", 9899), base, {});
+  ASSERT_EQ(moved.moved.size(), 1u);
+  EXPECT_EQ(moved.moved[0].quantity, "top-5");
+  EXPECT_DOUBLE_EQ(moved.moved[0].baseline, 99.0);
+  EXPECT_DOUBLE_EQ(moved.moved[0].current, 98.99);
+  EXPECT_NEAR(moved.max_top5_move, 0.01, 1e-12);
+  EXPECT_EQ(moved.max_top1_move, 0.0);
+  EXPECT_NE(format_check(moved, {}).find("-0.01 pts"), std::string::npos) << format_check(moved, {});
+  CheckOptions loose;
+  loose.top5_tol = 0.01;
+  EXPECT_TRUE(check_results(grid5("moved5b", 9899), base, loose).passed());
+  loose.top1_tol = 1.0;  // top-1's tolerance does not cover top-5
+  loose.top5_tol = 0.0;
+  EXPECT_FALSE(check_results(grid5("moved5c", 9899), base, loose).passed());
+
+  // A baseline without top-5: not compared, and said so.
+  const auto old =
+      grid("old", cell(0, "/conv1/Conv", 3, "23.2559466", 8612) + cell(0, "/conv1/Conv", 4, "8.58095362", 9050));
+  const CheckResult against_old = check_results(grid5("new5", 9000), old, {});
+  EXPECT_TRUE(against_old.passed()) << format_check(against_old, {});
+  EXPECT_EQ(against_old.compared, 1u + 2u * 2u);
+  ASSERT_EQ(against_old.context.size(), 1u);
+  EXPECT_EQ(against_old.context[0],
+            "top-5 is not compared in layerwise.csv: only the results has it (earlier qsweep versions did not write "
+            "it)");
+}
+
 TEST_F(Check, JsonListsEveryMovedRow) {
   const auto base = grid("base", base_rows());
   const auto cur =
@@ -335,7 +385,8 @@ TEST_F(CheckCli, ExitCodesOfCheck) {
   EXPECT_EQ(r.code, kCheckMovedExit);
   EXPECT_NE(r.out.find("-0.01 pts"), std::string::npos) << r.out;
   EXPECT_EQ(r.err, "qsweep: check failed against " + base.string() +
-                       ": MOVED: 1 of 9 numbers beyond tolerance (top-1 0 points, noise 1e-06 relative)\n");
+                       ": MOVED: 1 of 9 numbers beyond tolerance (top-1 0 points, top-5 0 points, noise 1e-06 "
+                       "relative)\n");
   EXPECT_EQ(nlohmann::json::parse(slurp(dir_ / "check.json"))["moved"].size(), 1u);
   EXPECT_NE(slurp(dir_ / "check.xml").find("tests=\"5\" failures=\"1\""), std::string::npos)
       << slurp(dir_ / "check.xml");

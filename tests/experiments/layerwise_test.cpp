@@ -2,9 +2,11 @@
 // on threads; and a hand-built one-layer network matches an independent computation.
 #include "experiments/layerwise.h"
 
+#include <algorithm>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <numeric>
 #include <random>
 
 #include <nlohmann/json.hpp>
@@ -123,93 +125,125 @@ TEST(ShippedGridConvTransforms, OnePassEqualsNaiveAndTracksTheDirectGrid) {
 // --- A one-layer network computed independently from method.md --------------------------
 
 
-TEST(LayerwiseGrid, OneGemmLayerMatchesIndependentComputation) {
-  // Graph: input (N, 6) -> Gemm(W (3, 6), transB, bias) -> Relu -> logits (N, 3).
-  std::mt19937 rng(7);
-  std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+// A one-Gemm network, input (N, 6) -> Gemm(W (classes, 6), transB, bias) [-> Relu] -> logits,
+// on `images` random 1x1x6 "images" with random labels, and its logits computed in double
+// from method.md's formulas: the float ones and, per weight bit-width, the quantized ones.
+struct OneGemm {
+  static constexpr int kIn = 6;
+  int classes, images;
+  bool relu;
   Graph g;
-  g.input = g.add_value("x");
-  g.input_shape = {1, 1, 6};
-  Tensor w(Shape{3, 6}), b(Shape{3});
-  for (auto& v : w.data) v = u(rng);
-  for (auto& v : b.data) v = u(rng) * 0.1f;
-  const int wv = g.add_constant("w", w), bv = g.add_constant("b", b);
-  const int flat = g.add_value("flat"), gemm_out = g.add_value("gemm"), relu_out = g.add_value("y");
-  Node fl;
-  fl.name = "flatten";
-  fl.op = OpType::kFlatten;
-  fl.inputs = {g.input};
-  fl.output = flat;
-  Node gm;
-  gm.name = "fc";
-  gm.op = OpType::kGemm;
-  gm.attrs.trans_b = true;
-  gm.inputs = {flat, wv, bv};
-  gm.output = gemm_out;
-  Node rl;
-  rl.name = "relu";
-  rl.op = OpType::kRelu;
-  rl.inputs = {gemm_out};
-  rl.output = relu_out;
-  g.nodes = {fl, gm, rl};
-  g.output = relu_out;
-  g.enumerate_layers();
-  ASSERT_EQ(g.layers.size(), 1u);
-  ASSERT_EQ(g.layers[0].act_node, 2);
-
-  // Data: 40 "images" of 1x1x6 pixels, 3 classes.
+  Tensor w, b;
   Dataset d;
-  d.name = "synthetic";
-  d.count = 40;
-  d.channels = 1;
-  d.height = 1;
-  d.width = 6;
-  std::uniform_int_distribution<int> px(0, 255), lab(0, 2);
-  for (int i = 0; i < 40 * 6; ++i) d.pixels.push_back(static_cast<uint8_t>(px(rng)));
-  for (int i = 0; i < 40; ++i) d.labels.push_back(lab(rng));
-  d.num_classes = 3;
   const Normalization norm{{0.5f}, {0.25f}};
 
+  OneGemm(int classes_, int images_, bool relu_) : classes(classes_), images(images_), relu(relu_) {
+    std::mt19937 rng(7);
+    std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+    g.input = g.add_value("x");
+    g.input_shape = {1, 1, kIn};
+    w = Tensor(Shape{classes, kIn});
+    b = Tensor(Shape{classes});
+    for (auto& v : w.data) v = u(rng);
+    for (auto& v : b.data) v = u(rng) * 0.1f;
+    const int wv = g.add_constant("w", w), bv = g.add_constant("b", b);
+    const int flat = g.add_value("flat"), gemm_out = g.add_value("gemm");
+    Node fl;
+    fl.name = "flatten";
+    fl.op = OpType::kFlatten;
+    fl.inputs = {g.input};
+    fl.output = flat;
+    Node gm;
+    gm.name = "fc";
+    gm.op = OpType::kGemm;
+    gm.attrs.trans_b = true;
+    gm.inputs = {flat, wv, bv};
+    gm.output = gemm_out;
+    g.nodes = {fl, gm};
+    g.output = gemm_out;
+    if (relu) {
+      Node rl;
+      rl.name = "relu";
+      rl.op = OpType::kRelu;
+      rl.inputs = {gemm_out};
+      rl.output = g.add_value("y");
+      g.nodes.push_back(rl);
+      g.output = rl.output;
+    }
+    g.enumerate_layers();
+
+    d.name = "synthetic";
+    d.count = images;
+    d.channels = 1;
+    d.height = 1;
+    d.width = kIn;
+    std::uniform_int_distribution<int> px(0, 255), lab(0, classes - 1);
+    for (int i = 0; i < images * kIn; ++i) d.pixels.push_back(static_cast<uint8_t>(px(rng)));
+    for (int i = 0; i < images; ++i) d.labels.push_back(lab(rng));
+    d.num_classes = classes;
+  }
+
+  float input(int i, int k) const { return (static_cast<float>(d.pixels[i * kIn + k]) / 255.0f - 0.5f) / 0.25f; }
+
+  // Logits of image i; with qx/qw/qy the layer quantized (method.md's steps 1-4).
+  std::vector<double> logits(int i, const testing::RefQuant* qx = nullptr, const testing::RefQuant* qw = nullptr,
+                             const testing::RefQuant* qy = nullptr) const {
+    std::vector<double> y(classes);
+    for (int o = 0; o < classes; ++o) {
+      double s = b.data[o];
+      for (int k = 0; k < kIn; ++k) {
+        const float x = input(i, k), wk = w.data[o * kIn + k];
+        s += qx ? static_cast<double>((*qx)(x)) * (*qw)(wk) : static_cast<double>(x) * wk;
+      }
+      if (relu) s = std::max(0.0, s);
+      y[o] = qy ? (*qy)(static_cast<float>(s)) : s;
+    }
+    return y;
+  }
+
+  // The reference quantizers of the float network's ranges (calibration on every image).
+  std::pair<testing::RefQuant, testing::RefQuant> activation_quantizers() const {
+    float xmin = 1e30f, xmax = -1e30f, ymin = 1e30f, ymax = -1e30f;
+    for (int i = 0; i < images; ++i) {
+      for (int k = 0; k < kIn; ++k) {
+        xmin = std::min(xmin, input(i, k));
+        xmax = std::max(xmax, input(i, k));
+      }
+      for (double v : logits(i)) {
+        ymin = std::min(ymin, static_cast<float>(v));
+        ymax = std::max(ymax, static_cast<float>(v));
+      }
+    }
+    return {testing::RefQuant(xmin, xmax, 8), testing::RefQuant(ymin, ymax, 8)};
+  }
+
+  testing::RefQuant weight_quantizer(int bits) const {
+    return testing::RefQuant(*std::min_element(w.data.begin(), w.data.end()),
+                             *std::max_element(w.data.begin(), w.data.end()), bits);
+  }
+};
+
+TEST(LayerwiseGrid, OneGemmLayerMatchesIndependentComputation) {
+  const OneGemm net(3, 40, true);
+  ASSERT_EQ(net.g.layers.size(), 1u);
+  ASSERT_EQ(net.g.layers[0].act_node, 2);
   Config cfg;
   cfg.quant.weight_bits = {3, 8};
   cfg.calibration_count = 40;
-  const GridResult r = run_grid(g, d, d, norm, cfg, 40, false, 1, 16);
+  const GridResult r = run_grid(net.g, net.d, net.d, net.norm, cfg, 40, false, 1, 16);
 
-  // Independent computation.
-  auto input = [&](int i, int k) { return (static_cast<float>(d.pixels[i * 6 + k]) / 255.0f - 0.5f) / 0.25f; };
-  float xmin = 1e30f, xmax = -1e30f, ymin = 1e30f, ymax = -1e30f;
-  std::vector<std::array<double, 3>> y(40);
-  for (int i = 0; i < 40; ++i) {
-    for (int k = 0; k < 6; ++k) {
-      xmin = std::min(xmin, input(i, k));
-      xmax = std::max(xmax, input(i, k));
-    }
-    for (int o = 0; o < 3; ++o) {
-      double s = b.data[o];
-      for (int k = 0; k < 6; ++k) s += static_cast<double>(input(i, k)) * w.data[o * 6 + k];
-      y[i][o] = std::max(0.0, s);
-      ymin = std::min(ymin, static_cast<float>(y[i][o]));
-      ymax = std::max(ymax, static_cast<float>(y[i][o]));
-    }
-  }
-  const testing::RefQuant qx(xmin, xmax, 8), qy(ymin, ymax, 8);
+  const auto [qx, qy] = net.activation_quantizers();
+  auto am = [](const std::vector<double>& v) { return static_cast<int>(std::max_element(v.begin(), v.end()) - v.begin()); };
   for (size_t bi = 0; bi < cfg.quant.weight_bits.size(); ++bi) {
     const int bits = cfg.quant.weight_bits[bi];
-    const testing::RefQuant qw(*std::min_element(w.data.begin(), w.data.end()), *std::max_element(w.data.begin(), w.data.end()),
-                      bits);
+    const testing::RefQuant qw = net.weight_quantizer(bits);
     double noise = 0.0;
     int correct = 0, float_correct = 0;
     for (int i = 0; i < 40; ++i) {
-      std::array<double, 3> yq{};
-      for (int o = 0; o < 3; ++o) {
-        double s = b.data[o];
-        for (int k = 0; k < 6; ++k) s += static_cast<double>(qx(input(i, k))) * qw(w.data[o * 6 + k]);
-        yq[o] = qy(static_cast<float>(std::max(0.0, s)));
-        noise += (y[i][o] - yq[o]) * (y[i][o] - yq[o]);
-      }
-      auto am = [](const std::array<double, 3>& v) { return static_cast<int>(std::max_element(v.begin(), v.end()) - v.begin()); };
-      correct += am(yq) == d.labels[i];
-      float_correct += am(y[i]) == d.labels[i];
+      const std::vector<double> y = net.logits(i), yq = net.logits(i, &qx, &qw, &qy);
+      for (int o = 0; o < 3; ++o) noise += (y[o] - yq[o]) * (y[o] - yq[o]);
+      correct += am(yq) == net.d.labels[i];
+      float_correct += am(y) == net.d.labels[i];
     }
     const CellStats& c = r.cells[bi];
     EXPECT_EQ(c.weight_bits, bits);
@@ -220,6 +254,42 @@ TEST(LayerwiseGrid, OneGemmLayerMatchesIndependentComputation) {
   }
   // 3-bit weights are much noisier than 8-bit ones.
   EXPECT_GT(r.cells[0].noise_sum, 10 * r.cells[1].noise_sum);
+}
+
+// Top-5 with 12 classes: the label among the 5 largest logits, equal (quantized) logits
+// ordered by class index. The reference sorts each image's logits.
+TEST(LayerwiseGrid, TopFiveOfOneGemmLayerMatchesSortedLogits) {
+  const OneGemm net(12, 300, false);
+  Config cfg;
+  cfg.quant.weight_bits = {3, 8};
+  cfg.calibration_count = 300;
+  const GridResult r = run_grid(net.g, net.d, net.d, net.norm, cfg, 300, false, 1, 64);
+
+  auto in_top5 = [](const std::vector<double>& v, int label) {
+    std::vector<int> order(v.size());
+    std::iota(order.begin(), order.end(), 0);
+    std::stable_sort(order.begin(), order.end(), [&](int a, int b) { return v[a] > v[b]; });
+    return std::find(order.begin(), order.begin() + 5, label) != order.begin() + 5;
+  };
+  const auto [qx, qy] = net.activation_quantizers();
+  int float_correct5 = 0;
+  for (int i = 0; i < net.images; ++i) float_correct5 += in_top5(net.logits(i), net.d.labels[i]);
+  EXPECT_EQ(r.float_correct5(), float_correct5);
+  for (size_t bi = 0; bi < cfg.quant.weight_bits.size(); ++bi) {
+    const testing::RefQuant qw = net.weight_quantizer(cfg.quant.weight_bits[bi]);
+    int correct5 = 0, ties = 0;
+    for (int i = 0; i < net.images; ++i) {
+      const std::vector<double> yq = net.logits(i, &qx, &qw, &qy);
+      correct5 += in_top5(yq, net.d.labels[i]);
+      for (int o = 0; o < net.classes; ++o) ties += o != net.d.labels[i] && yq[o] == yq[net.d.labels[i]];
+    }
+    EXPECT_EQ(r.cells[bi].correct5(), correct5) << cfg.quant.weight_bits[bi] << " bits";
+    // Not trivial: top-5 of 12 classes is far from every image, and more than top-1.
+    EXPECT_GT(correct5, net.images / 5);
+    EXPECT_LT(correct5, net.images * 4 / 5);
+    EXPECT_GT(correct5, r.cells[bi].correct);
+    if (bi == 0) EXPECT_GT(ties, 0) << "3-bit weights should make some logits equal to the label's";
+  }
 }
 
 }  // namespace
@@ -248,6 +318,7 @@ TEST(LayerwiseGrid, MatchesPyTorchPeerOnShippedResnet) {
   Config cfg;  // method.md defaults: bits 3..8, 8-bit activations, 512 calibration images
   const GridResult r = run_grid(g, train, test, norm, cfg, 1000, false, 2, 250);
   EXPECT_NEAR(r.float_top1(), peer["float_top1"].get<double>(), 1e-9);
+  EXPECT_NEAR(r.float_top5(), peer["float_top5"].get<double>(), 1e-9);  // torch.topk(5) holds the label
   ASSERT_EQ(peer["cells"].size(), r.cells.size());
   for (const auto& pc : peer["cells"]) {
     const int layer = pc["layer"], bits = pc["bits"];
@@ -258,6 +329,8 @@ TEST(LayerwiseGrid, MatchesPyTorchPeerOnShippedResnet) {
     EXPECT_LE(std::abs(r.noise(c) - noise), kMaxPeerNoiseRelDiff * noise) << "layer " << layer << " bits " << bits;
     const int64_t peer_correct = std::llround(pc["top1"].get<double>() * 10.0);
     EXPECT_LE(std::llabs(c.correct - peer_correct), kMaxPeerTop1Diff) << "layer " << layer << " bits " << bits;
+    const int64_t peer_correct5 = std::llround(pc["top5"].get<double>() * 10.0);
+    EXPECT_LE(std::llabs(c.correct5() - peer_correct5), kMaxPeerTop1Diff) << "layer " << layer << " bits " << bits;
   }
 }
 

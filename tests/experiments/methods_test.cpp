@@ -789,6 +789,31 @@ TEST(PairedBootstrap, KnownShiftIsCoveredAndReproducible) {
   EXPECT_NEAR(mirrored.hi, -ci.lo, kMirrorTol);
 }
 
+// Outcome bits: the top-1 interval reads bit 0 only, the top-5 one bit 1 only.
+TEST(PairedBootstrap, ReadsTheOutcomeBitItIsGiven) {
+  // 10 images, all top-1 and top-5 correct in the reference; the other keeps top-5 on all
+  // but image 0 and top-1 on none of 0..3: top-1 loses 4 of 10 (40 points), top-5 1 (10).
+  const std::vector<uint8_t> ref(10, 3);
+  std::vector<uint8_t> other(10, 3);
+  other[0] = 0;
+  other[1] = other[2] = other[3] = 2;
+  const PairedBootstrap boot(10, 400, 5, 0.95);
+  const Interval all_same = boot.degradation_interval(ref, ref, 2);
+  EXPECT_EQ(all_same.lo, 0.0);
+  EXPECT_EQ(all_same.hi, 0.0);
+  // With every image drawn from {1 lost, 9 kept} the top-5 statistic is 10 * (draws of
+  // image 0) / 10 per resample: a multiple of 10 points, between 0 and 100.
+  const Interval top5 = boot.degradation_interval(ref, other, 2);
+  const Interval top1 = boot.degradation_interval(ref, other);
+  EXPECT_GE(top5.lo, 0.0);
+  EXPECT_LE(top5.lo, 10.0);
+  EXPECT_GE(top5.hi, 10.0);
+  EXPECT_LT(top5.hi, top1.hi);
+  EXPECT_LE(top1.lo, 40.0);
+  EXPECT_GE(top1.hi, 40.0);
+  EXPECT_GE(top1.lo, top5.lo);  // per resample, top-1 loses images 1..3 on top of image 0
+}
+
 TEST(PairedBootstrap, ZeroResamplesDisablesIntervals) {
   const PairedBootstrap boot(10, 0, 0, 0.95);
   EXPECT_FALSE(boot.enabled());

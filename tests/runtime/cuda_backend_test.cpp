@@ -27,6 +27,7 @@
 #include "experiments/quant_plan.h"
 #include "kernels/cpu/eltwise.h"
 #include "kernels/cpu/fake_quant.h"
+#include "kernels/cpu/metrics.h"
 #include "kernels/cuda/fake_quant.cuh"
 #include "kernels/cuda/fq_conv.cuh"
 #include "kernels/cuda/ops.cuh"
@@ -374,6 +375,74 @@ TEST(CudaOps, AddClampMatchesCpuTwin) {
     EXPECT_EQ(differ, 0u) << "mode " << mode << ", first at " << first << ": " << a.data[first % n] << " + "
                           << b.data[first % n] << " gave " << got.data[first % n] << ", CPU "
                           << want[first % n];
+  }
+}
+
+// The per-image metrics kernel against kernels/cpu/metrics.h: outcome bits (top-1 and top-5)
+// equal to row_outcome() on rows full of ties and NaNs, labels outside the classes, rows
+// wider than a warp; squared errors as squared_error_sum(); the top-1 count of reduce_rows.
+TEST(CudaOps, RowMetricsMatchCpuTwin) {
+  REQUIRE_CUDA_DEVICE();
+  std::mt19937 rng(11);
+  std::uniform_int_distribution<int> level(0, 6);
+  for (const size_t k : {size_t{1}, size_t{3}, size_t{10}, size_t{37}, size_t{1000}}) {
+    const size_t n = 300;
+    Tensor y(Shape{static_cast<int64_t>(n), static_cast<int64_t>(k)}), yq = y;
+    for (size_t i = 0; i < y.data.size(); ++i) {
+      y.data[i] = 0.5f * static_cast<float>(level(rng));
+      const int l = level(rng);
+      yq.data[i] = l == 6 && i % 7 == 0 ? std::nanf("") : 0.5f * static_cast<float>(l);  // few distinct: ties
+    }
+    std::vector<int32_t> labels(n);
+    for (size_t r = 0; r < n; ++r) {
+      labels[r] = r % 50 == 3 ? -1 : r % 50 == 4 ? static_cast<int32_t>(k) : static_cast<int32_t>(rng() % k);
+    }
+    const Dev dy(y), dq(yq);
+    int32_t* dl = nullptr;
+    double *dsq = nullptr, *dsum = nullptr;
+    uint8_t* dflags = nullptr;
+    int64_t* dcount = nullptr;
+    const size_t tb = cuda::reduce_temp_bytes(n);
+    void* temp = nullptr;
+    ASSERT_EQ(cudaMalloc(&dl, n * sizeof(int32_t)), cudaSuccess);
+    ASSERT_EQ(cudaMalloc(&dsq, n * sizeof(double)), cudaSuccess);
+    ASSERT_EQ(cudaMalloc(&dflags, n), cudaSuccess);
+    ASSERT_EQ(cudaMalloc(&dsum, sizeof(double)), cudaSuccess);
+    ASSERT_EQ(cudaMalloc(&dcount, sizeof(int64_t)), cudaSuccess);
+    ASSERT_EQ(cudaMalloc(&temp, std::max<size_t>(tb, 1)), cudaSuccess);
+    cudaMemcpy(dl, labels.data(), n * sizeof(int32_t), cudaMemcpyHostToDevice);
+    for (const bool with_q : {true, false}) {
+      const Tensor& scored = with_q ? yq : y;
+      cuda::row_metrics(dy.p, with_q ? dq.p : nullptr, dl, n, k, dsq, dflags, nullptr);
+      cuda::reduce_rows(dsq, dflags, n, dsum, dcount, temp, tb, nullptr);
+      std::vector<uint8_t> flags(n);
+      std::vector<double> sq(n);
+      int64_t count = -1;
+      ASSERT_EQ(cudaMemcpy(flags.data(), dflags, n, cudaMemcpyDeviceToHost), cudaSuccess);
+      ASSERT_EQ(cudaMemcpy(sq.data(), dsq, n * sizeof(double), cudaMemcpyDeviceToHost), cudaSuccess);
+      ASSERT_EQ(cudaMemcpy(&count, dcount, sizeof(int64_t), cudaMemcpyDeviceToHost), cudaSuccess);
+      std::vector<uint8_t> want(n);
+      for (size_t r = 0; r < n; ++r) {
+        want[r] = row_outcome(scored.ptr() + r * k, k, labels[r]);
+        ASSERT_EQ(flags[r], want[r]) << "k " << k << " row " << r << " label " << labels[r];
+        const double ref = with_q ? squared_error_sum(y.ptr() + r * k, yq.ptr() + r * k, 1, k)
+                                  : squared_norm_sum(y.ptr() + r * k, 1, k);
+        if (std::isnan(ref)) {
+          EXPECT_TRUE(std::isnan(sq[r])) << "k " << k << " row " << r;
+        } else {
+          EXPECT_NEAR(sq[r], ref, 1e-12 * ref) << "k " << k << " row " << r;
+        }
+      }
+      EXPECT_EQ(count, count_outcomes(want.data(), n, kTop1Bit)) << "k " << k;
+      // Not vacuous: top-5 holds where top-1 does not.
+      if (k > 5) EXPECT_GT(count_outcomes(want.data(), n, kTop5Bit), count) << "k " << k;
+    }
+    cudaFree(dl);
+    cudaFree(dsq);
+    cudaFree(dflags);
+    cudaFree(dsum);
+    cudaFree(dcount);
+    cudaFree(temp);
   }
 }
 
@@ -810,11 +879,13 @@ TEST_P(CudaGrid, EveryCellMatchesTheCpuBackend) {
   const GridResult b = grid_on(cuda, s, r, s.eval.count, false, 500);
   ASSERT_EQ(a.cells.size(), b.cells.size());
   EXPECT_LE(std::abs(a.float_top1() - b.float_top1()), kMaxTop1Points);
+  EXPECT_LE(std::abs(a.float_top5() - b.float_top5()), kMaxTop1Points);
   double worst_top1 = 0.0, worst_noise = 0.0;
   for (size_t c = 0; c < a.cells.size(); ++c) {
     const double dt = std::abs(a.top1(a.cells[c]) - b.top1(b.cells[c]));
     const double dn = std::abs(a.cells[c].noise_sum - b.cells[c].noise_sum) / std::max(a.cells[c].noise_sum, 1e-30);
     EXPECT_LE(dt, kMaxTop1Points) << "cell " << c;
+    EXPECT_LE(std::abs(a.top5(a.cells[c]) - b.top5(b.cells[c])), kMaxTop1Points) << "cell " << c << " (top-5)";
     EXPECT_LE(dn, kMaxNoiseRelative) << "cell " << c;
     worst_top1 = std::max(worst_top1, dt);
     worst_noise = std::max(worst_noise, dn);
