@@ -436,11 +436,12 @@ TEST_F(CheckCli, DefaultRunMatchesTheShippedBaseline) {
   const std::string baseline = std::string(QSWEEP_SOURCE_DIR) + "/configs/baselines/quickstart";
   const CliRun r = run("run " + std::string(QSWEEP_SOURCE_DIR) + "/configs/quickstart.toml --out " +
                        (dir_ / "res").string() + " --run-id nightly --check " + baseline +
-                       " --top1-tol 0.05 --noise-rtol 0.01 --json " + (dir_ / "check.json").string());
+                       " --top1-tol 0.05 --top5-tol 0.05 --noise-rtol 0.01 --json " + (dir_ / "check.json").string());
   EXPECT_EQ(r.code, 0) << r.out << r.err;
   const auto j = nlohmann::json::parse(slurp(dir_ / "check.json"));
   EXPECT_EQ(j["passed"], true);
-  EXPECT_EQ(j["compared"], 1 + 60 * 2);  // the float32 top-1, then 10 layers x 6 bit-widths
+  // The float32 top-1 and top-5, then top-1, noise and top-5 of 10 layers x 6 bit-widths.
+  EXPECT_EQ(j["compared"], 2 + 60 * 3);
 }
 
 }  // namespace
