@@ -13,8 +13,9 @@
 #include <oneapi/dnnl/dnnl.hpp>
 #include <omp.h>
 
-#include "kernels/cpu/eltwise.h"
 #include "kernels/cpu/direct_conv.h"
+#include "kernels/cpu/eltwise.h"
+#include "kernels/cpu/gemm.h"
 #include "kernels/cpu/strip_conv.h"
 #include "kernels/cpu/winograd.h"
 #include "runtime/error.h"
@@ -294,11 +295,11 @@ void run_pool(CpuContext& ctx, const Node& n, const Tensor& input, Tensor& out) 
   ctx.stream.wait();
 }
 
+// Row by row in a fixed order (kernels/cpu/gemm.h), so that an image's outputs do not depend
+// on its batch; oneDNN's sgemm blocks by the row count.
 void sgemm(const Node& n, char transb, int64_t M, int64_t N, int64_t K, float alpha, const float* A,
            const float* B, float beta, float* C) {
-  const int64_t ldb = transb == 'T' ? K : N;
-  const auto st = dnnl_sgemm('N', transb, M, N, K, alpha, A, K, B, ldb, beta, C, N);
-  if (st != dnnl_success) throw std::runtime_error(fmt::format("dnnl_sgemm failed for node '{}'", n.name));
+  gemm_rows(A, B, transb == 'T', M, N, K, alpha, beta, C);
 }
 
 void run_gemm(const Node& n, std::span<const Tensor* const> in, Tensor& out) {

@@ -91,6 +91,33 @@ TEST_P(ShippedGrid, ResultsDoNotDependOnThreads) {
                    run_grid(g, test, test, norm, cfg, 300, false, 2, 50));
 }
 
+// Nor on the batch size: every image's outcome is the same, and the noise sums differ only
+// by the order in which the per-batch double sums are added.
+TEST_P(ShippedGrid, ResultsDoNotDependOnTheBatchSize) {
+  if (!std::filesystem::exists(kFashionMnistDir)) GTEST_SKIP() << "dataset-fashion-mnist is not installed";
+  if (!__builtin_cpu_supports("avx512f")) {
+    GTEST_SKIP() << "this CPU has no AVX-512: its convolutions run on oneDNN, which may block by batch";
+  }
+  const auto models = testing::shipped_models();
+  if (static_cast<size_t>(GetParam()) >= models.size()) GTEST_SKIP() << "model not shipped";
+  const auto& m = models[GetParam()];
+  const Graph g = import_onnx(m.onnx);
+  const Dataset test = load_idx_split(kFashionMnistDir, "test");
+  const Normalization norm{m.card["mean"].get<std::vector<float>>(), m.card["std"].get<std::vector<float>>()};
+  Config cfg;
+  cfg.quant.weight_bits = {3, 8};
+  cfg.calibration_count = 100;
+  const GridResult a = run_grid(g, test, test, norm, cfg, 300, false, 2, 300);
+  const GridResult b = run_grid(g, test, test, norm, cfg, 300, false, 2, 7);
+  EXPECT_EQ(a.float_correct_images, b.float_correct_images);
+  EXPECT_NEAR(a.output_energy, b.output_energy, 1e-13 * a.output_energy);
+  ASSERT_EQ(a.cells.size(), b.cells.size());
+  for (size_t c = 0; c < a.cells.size(); ++c) {
+    EXPECT_EQ(a.cells[c].correct_images, b.cells[c].correct_images) << "cell " << c;
+    EXPECT_NEAR(a.cells[c].noise_sum, b.cells[c].noise_sum, 1e-13 * a.cells[c].noise_sum) << "cell " << c;
+  }
+}
+
 INSTANTIATE_TEST_SUITE_P(Models, ShippedGrid, ::testing::Values(0, 1));
 
 TEST(ShippedGridConvTransforms, OnePassEqualsNaiveAndTracksTheDirectGrid) {
