@@ -31,9 +31,12 @@ const std::vector<ConfigKey>& base_keys() {
       {"data.resize", "integer", "0", "Image folders: torchvision's `Resize(resize)`, the shorter side to this many pixels (PIL bilinear, antialiased, bit for bit); 0: no resize."},
       {"data.crop", "integer", "0", "Image folders: torchvision's `CenterCrop(crop)` after the resize (zero-padded where the image is smaller); 0: no crop, and then every image must come out one size."},
       {"data.calibration.split", "string", "\"train\"", "Split the activation ranges are calibrated on (`\"train\"` or `\"test\"`; for an image folder, the name of any subfolder of `data.path`)."},
-      {"data.calibration.count", "integer", "512", "Number of images (the first ones, in file order) used to calibrate activation ranges (and bias correction). An image folder's file order goes class by class, so give it a calibration split that holds a sample of every class."},
+      {"data.calibration.count", "integer", "512", "Number of images (the first ones, in `data.calibration.order`) used to calibrate activation ranges (and bias correction)."},
+      {"data.calibration.order", "string", "\"file\"", "Which images are the first ones: `\"file\"` (file order, method.md's default), `\"interleaved\"` (one image of each class in turn, classes by label and each class in file order: a class-balanced sample), or `\"shuffled\"` (seeded by `data.seed`). An image folder's file order goes class by class, so its first 512 images may all be of one class: use `\"interleaved\"` or `\"shuffled\"` there, or a calibration split of its own."},
       {"data.eval.split", "string", "\"test\"", "Split the metrics are computed on (as `data.calibration.split`; an image folder's validation split is often `\"val\"`)."},
-      {"data.eval.count", "integer", "0", "Number of evaluation images (the first ones); 0 means the whole split."},
+      {"data.eval.count", "integer", "0", "Number of evaluation images (the first ones, in `data.eval.order`); 0 means the whole split."},
+      {"data.eval.order", "string", "\"file\"", "As `data.calibration.order`, for the evaluation images. With the whole split evaluated the order changes no metric (only the order of the per-image outcomes)."},
+      {"data.seed", "integer", "0", "Seed of `\"shuffled\"` orders: qsweep's own Fisher-Yates shuffle on mt19937_64, so the same seed picks the same images on every machine."},
       {"quant.weight_bits", "array of integers", "[3, 4, 5, 6, 7, 8]", "Weight bit-widths (each 2..16): the grid's columns for `layerwise`; for `full`, give one value (the bit-width of every layer not overridden)."},
       {"quant.act_bits", "integer", "8", "Bit-width of a quantized layer's input and output activations (2..16)."},
       {"quant.scheme", "string", "\"asymmetric\"", "`\"asymmetric\"` (affine, zero point) or `\"symmetric\"` (zero point 0, restricted range); weights and activations."},
@@ -454,6 +457,9 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
   r.integer("data.calibration.count", cfg.calibration_count);
   r.str("data.eval.split", cfg.eval_split);
   r.integer("data.eval.count", cfg.eval_count);
+  r.str("data.calibration.order", cfg.calibration_order);
+  r.str("data.eval.order", cfg.eval_order);
+  r.integer("data.seed", cfg.data_seed);
   if (const toml::table* q = t["quant"].as_table()) read_quant(r, *q, "quant", cfg.quant);
   if (const toml::array* vs = t["variant"].as_array()) {
     for (const auto& v : *vs) {
@@ -547,6 +553,11 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
     } else if (v != "train" && v != "test") {
       fail(k, fmt::format("is \"{}\"; accepted: \"train\", \"test\"", v));
     }
+  }
+  for (const char* k : {"data.calibration.order", "data.eval.order"}) {
+    const std::string& v = std::string(k) == "data.eval.order" ? cfg.eval_order : cfg.calibration_order;
+    ImageOrder order;
+    if (!parse_image_order(v, order)) fail(k, fmt::format("is \"{}\"; accepted: \"file\", \"interleaved\", \"shuffled\"", v));
   }
   if (cfg.calibration_count < 1) fail("data.calibration.count", "must be at least 1");
   if (cfg.eval_count < 0) fail("data.eval.count", "must be 0 (all) or positive");
@@ -642,6 +653,12 @@ std::string config_to_toml(const Config& c) {
                        {"std", flts(c.std)},
                        {"calibration", toml::table{{"split", c.calibration_split}, {"count", c.calibration_count}}},
                        {"eval", toml::table{{"split", c.eval_split}, {"count", c.eval_count}}}};
+         // The orders and their seed only where they are not the default, for the same reason.
+         if (c.calibration_order != "file") d["calibration"].as_table()->insert("order", c.calibration_order);
+         if (c.eval_order != "file") d["eval"].as_table()->insert("order", c.eval_order);
+         if (c.calibration_order == "shuffled" || c.eval_order == "shuffled") {
+           d.insert("seed", static_cast<int64_t>(c.data_seed));
+         }
          // Only where they apply, so that IDX configs (and their run ids) stay as they were.
          if (c.dataset == "imagefolder") {
            d.insert("resize", c.resize);

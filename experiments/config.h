@@ -76,6 +76,9 @@ struct Config {
   int64_t calibration_count = 512;
   std::string eval_split = "test";
   int64_t eval_count = 0;  // 0: the whole split
+  std::string calibration_order = "file";  // "file", "interleaved", "shuffled" (runtime/data.h)
+  std::string eval_order = "file";
+  uint64_t data_seed = 0;  // of "shuffled" orders
   // [quant], [[quant.layer]]
   QuantConfig quant;
   // [[variant]]

@@ -75,7 +75,8 @@ json dataset_json(const Dataset& d, int64_t used) {
           {"images_sha256", images_sha256(d)},
           {"labels_sha256", labels_sha256(d)},
           {"images_in_split", d.count},
-          {"images_used", used}};
+          {"images_used", used},
+          {"order", image_order_name(d.order)}};
 }
 
 // Layers ordered worst first at one bit-width (degradation, then noise, then index).
@@ -179,6 +180,14 @@ std::unique_ptr<Prepared> prepare(const Config& cfg, const std::function<void(co
   };
   p->calib = load_split(cfg.calibration_split);
   p->eval = cfg.eval_split == cfg.calibration_split ? p->calib : load_split(cfg.eval_split);
+  // Which images are "the first N" of each (config.cpp validated the names).
+  auto order_of = [](const std::string& name) {
+    ImageOrder o = ImageOrder::kFile;
+    parse_image_order(name, o);
+    return o;
+  };
+  reorder_split(p->calib, order_of(cfg.calibration_order), cfg.data_seed);
+  reorder_split(p->eval, order_of(cfg.eval_order), cfg.data_seed);
   if (static_cast<int64_t>(cfg.mean.size()) != p->eval.channels) {
     user_error("{}: data.mean and data.std have {} values; the images have {} channel(s)", cfg.source, cfg.mean.size(),
                p->eval.channels);
@@ -700,9 +709,12 @@ RunOutcome run_experiment(const RunOptions& o) {
     return run_experiment(fresh);
   }
   const auto p = prepare(cfg, say);
-  say(fmt::format("qsweep {} ({}): {} layers on {} {} images ({}), backend {} ({} threads)", cfg.name, cfg.kind,
-                  p->g.layers.size(), p->eval_count, cfg.eval_split, cfg.dataset, p->backend->name(), p->threads));
-  say(fmt::format("calibrating activation ranges on the first {} {} images", p->calib_count, cfg.calibration_split));
+  say(fmt::format("qsweep {} ({}): {} layers on {} {} images ({}{}), backend {} ({} threads)", cfg.name, cfg.kind,
+                  p->g.layers.size(), p->eval_count, cfg.eval_split, cfg.dataset,
+                  cfg.eval_order == "file" ? "" : fmt::format(", {} order", cfg.eval_order), p->backend->name(),
+                  p->threads));
+  say(fmt::format("calibrating activation ranges on the first {} {} images{}", p->calib_count, cfg.calibration_split,
+                  cfg.calibration_order == "file" ? "" : fmt::format(" ({} order)", cfg.calibration_order)));
   const ActivationRanges ranges = calibrate(*p->exec, p->calib, p->norm, p->calib_count, p->cfg.batch_size, p->threads);
   if (cfg.kind == "layerwise") return run_layerwise(o, *p, ranges, started, t0, verbose);
 

@@ -4,6 +4,9 @@
 #include <cctype>
 #include <exception>
 #include <filesystem>
+#include <limits>
+#include <map>
+#include <random>
 #include <set>
 
 #include <omp.h>
@@ -157,6 +160,76 @@ Dataset scan_image_folder(const fs::path& root, const std::string& split, int ch
 }
 
 }  // namespace
+
+bool parse_image_order(const std::string& name, ImageOrder& out) {
+  if (name == "file") out = ImageOrder::kFile;
+  else if (name == "interleaved") out = ImageOrder::kInterleaved;
+  else if (name == "shuffled") out = ImageOrder::kShuffled;
+  else return false;
+  return true;
+}
+
+const char* image_order_name(ImageOrder order) {
+  switch (order) {
+    case ImageOrder::kInterleaved:
+      return "interleaved";
+    case ImageOrder::kShuffled:
+      return "shuffled";
+    case ImageOrder::kFile:
+      break;
+  }
+  return "file";
+}
+
+std::vector<int64_t> image_order(const std::vector<int32_t>& labels, ImageOrder order, uint64_t seed) {
+  const int64_t n = static_cast<int64_t>(labels.size());
+  std::vector<int64_t> idx(static_cast<size_t>(n));
+  for (int64_t i = 0; i < n; ++i) idx[i] = i;
+  if (order == ImageOrder::kInterleaved) {
+    std::map<int32_t, std::vector<int64_t>> by_class;  // labels in increasing order
+    for (int64_t i = 0; i < n; ++i) by_class[labels[i]].push_back(i);
+    size_t k = 0;
+    for (size_t round = 0; k < idx.size(); ++round) {
+      for (const auto& [label, members] : by_class) {
+        if (round < members.size()) idx[k++] = members[round];
+      }
+    }
+  } else if (order == ImageOrder::kShuffled) {
+    std::mt19937_64 rng(seed);
+    for (int64_t i = n - 1; i > 0; --i) {
+      // j uniform in [0, i] by rejection: no modulo bias, no implementation-defined distribution.
+      const uint64_t range = static_cast<uint64_t>(i) + 1;
+      const uint64_t limit = std::numeric_limits<uint64_t>::max() - std::numeric_limits<uint64_t>::max() % range;
+      uint64_t r;
+      do {
+        r = rng();
+      } while (r >= limit);
+      std::swap(idx[i], idx[static_cast<int64_t>(r % range)]);
+    }
+  }
+  return idx;
+}
+
+void reorder_split(Dataset& d, ImageOrder order, uint64_t seed) {
+  d.order = order;
+  if (order == ImageOrder::kFile) return;
+  const std::vector<int64_t> idx = image_order(d.labels, order, seed);
+  std::vector<int32_t> labels(idx.size());
+  for (size_t i = 0; i < idx.size(); ++i) labels[i] = d.labels[idx[i]];
+  d.labels = std::move(labels);
+  if (d.image_folder()) {
+    std::vector<std::string> files(idx.size());
+    for (size_t i = 0; i < idx.size(); ++i) files[i] = std::move(d.files[idx[i]]);
+    d.files = std::move(files);
+  } else {
+    const size_t s = static_cast<size_t>(d.sample_size());
+    std::vector<uint8_t> pixels(d.pixels.size());
+    for (size_t i = 0; i < idx.size(); ++i) {
+      std::copy_n(d.pixels.begin() + idx[i] * s, s, pixels.begin() + i * s);
+    }
+    d.pixels = std::move(pixels);
+  }
+}
 
 std::string images_sha256(const Dataset& d) {
   if (!d.image_folder()) return sha256_file(d.images_path);

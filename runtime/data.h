@@ -21,6 +21,14 @@ struct ImageTransforms {
   int crop = 0;
 };
 
+// The order of a split's images, which decides what "the first N images" are.
+enum class ImageOrder {
+  kFile,         // as read: IDX order, or ImageFolder's (class by class)
+  kInterleaved,  // class by class in turn: round r holds the r-th image (in file order) of
+                 // every class that has one, classes by label
+  kShuffled,     // a seeded shuffle of the file order (see image_order)
+};
+
 // A split: IDX data held in memory as uint8 pixels (N, C, H, W), or an image folder's files,
 // decoded and transformed by load_batch (pixels stays empty); int32 labels either way.
 struct Dataset {
@@ -37,6 +45,7 @@ struct Dataset {
   std::vector<std::string> files;
   std::vector<std::string> classes;
   ImageTransforms transforms;
+  ImageOrder order = ImageOrder::kFile;  // reorder_split()'s
 
   int64_t sample_size() const { return channels * height * width; }
   bool image_folder() const { return !files.empty(); }
@@ -57,6 +66,19 @@ Dataset load_idx_split(const std::string& folder, const std::string& split);
 // an image that comes out otherwise.
 Dataset load_image_folder_split(const std::string& folder, const std::string& split, int channels,
                                 const ImageTransforms& transforms);
+
+// "file", "interleaved", "shuffled" -> the order; false for anything else.
+bool parse_image_order(const std::string& name, ImageOrder& out);
+const char* image_order_name(ImageOrder order);
+
+// The permutation of a split with these labels: element i is the file-order index of the
+// i-th image. kShuffled is Fisher-Yates from the last position down, each index drawn from
+// std::mt19937_64(seed) by rejection (the largest multiple of the range below 2^64), so the
+// same seed gives the same order on every platform.
+std::vector<int64_t> image_order(const std::vector<int32_t>& labels, ImageOrder order, uint64_t seed);
+
+// Puts split d in `order` (pixels or files, and labels); kFile leaves it as it is.
+void reorder_split(Dataset& d, ImageOrder order, uint64_t seed);
 
 // Identity of a split for manifests and shard checks: the sha256 of the IDX files, or for an
 // image folder of the list of its files with their sizes (images) and of the files' classes

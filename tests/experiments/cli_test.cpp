@@ -1,4 +1,5 @@
 // The qsweep binary as a user runs it: exit codes, one-sentence errors, results folders.
+#include <algorithm>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -180,6 +181,62 @@ TEST_F(Cli, ImageFolderRunAndACorruptImage) {
   r = run("run " + cfg + " --quiet --set data.crop=28");
   EXPECT_EQ(r.code, 2);
   EXPECT_NE(r.err.find("'data.crop' applies to image folders only"), std::string::npos) << r.err;
+}
+
+// data.eval.order = "interleaved" with 3 images evaluates the first image of each of the 3
+// classes: the same results, to the byte, as a folder holding only those 3 images. A shuffled
+// order of the whole split changes no count.
+TEST_F(Cli, EvaluationOrderChoosesTheFirstImages) {
+  const fs::path all = dir_ / "all", three = dir_ / "three";
+  const fs::path fixture = fs::path(QSWEEP_SOURCE_DIR) / "tests/data/imagefolder/val";
+  for (const fs::path& root : {all, three}) {
+    fs::create_directories(root);
+    fs::copy(fixture, root / "cal", fs::copy_options::recursive);
+  }
+  fs::copy(fixture, all / "val", fs::copy_options::recursive);
+  const Dataset val = load_image_folder_split(all.string(), "val", 1, ImageTransforms{28, 28});
+  ASSERT_EQ(val.classes.size(), 3u);
+  for (int c = 0; c < 3; ++c) {
+    const auto first = std::find(val.labels.begin(), val.labels.end(), c) - val.labels.begin();
+    const fs::path file = val.files[first];
+    fs::create_directories(three / "val" / val.classes[c]);
+    fs::copy_file(file, three / "val" / val.classes[c] / file.filename());
+  }
+  const std::string cfg = std::string(QSWEEP_SOURCE_DIR) + "/configs/quickstart.toml";
+  auto args = [&](const fs::path& data, const std::string& id, const std::string& extra) {
+    return "run " + cfg + " --quiet --out " + (dir_ / "res").string() + " --run-id " + id +
+           " --set 'data.dataset=\"imagefolder\"' --set 'data.path=\"" + data.string() + "\"'" +
+           " --set 'data.calibration.split=\"cal\"' --set 'data.eval.split=\"val\"' --set data.resize=28" +
+           " --set data.crop=28 --set 'quant.weight_bits=[3,8]' --set run.batch_size=2 " + extra;
+  };
+  CliRun r = run(args(all, "interleaved", "--set 'data.eval.order=\"interleaved\"' --set data.eval.count=3"));
+  ASSERT_EQ(r.code, 0) << r.err;
+  r = run(args(three, "three", ""));
+  ASSERT_EQ(r.code, 0) << r.err;
+  const fs::path res = dir_ / "res" / "quickstart";
+  EXPECT_EQ(slurp(res / "interleaved" / "layerwise.csv"), slurp(res / "three" / "layerwise.csv"));
+  const auto manifest = nlohmann::json::parse(slurp(res / "interleaved" / "manifest.json"));
+  EXPECT_EQ(manifest["dataset"]["eval"]["order"], "interleaved");
+  EXPECT_EQ(manifest["dataset"]["eval"]["images_used"], 3);
+  EXPECT_EQ(manifest["dataset"]["calibration"]["order"], "file");
+  // The whole split shuffled: the same images, so the same counts (noise is summed in
+  // another order).
+  r = run(args(all, "file", ""));
+  ASSERT_EQ(r.code, 0) << r.err;
+  r = run(args(all, "shuffled", "--set 'data.eval.order=\"shuffled\"' --set data.seed=5"));
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(slurp(res / "shuffled" / "config.toml").find("seed = 5"), std::string::npos);
+  const auto a = nlohmann::json::parse(slurp(res / "file" / "summary.json"));
+  const auto b = nlohmann::json::parse(slurp(res / "shuffled" / "summary.json"));
+  EXPECT_EQ(a["float_correct"], b["float_correct"]);
+  ASSERT_EQ(a["grid"].size(), b["grid"].size());
+  for (size_t i = 0; i < a["grid"].size(); ++i) {
+    EXPECT_EQ(a["grid"][i]["correct"], b["grid"][i]["correct"]) << i;
+    EXPECT_EQ(a["grid"][i]["correct5"], b["grid"][i]["correct5"]) << i;
+    EXPECT_NEAR(a["grid"][i]["noise"].get<double>(), b["grid"][i]["noise"].get<double>(),
+                1e-12 * a["grid"][i]["noise"].get<double>())
+        << i;
+  }
 }
 
 // A batch size whose values would not fit in the available memory is refused before the run,

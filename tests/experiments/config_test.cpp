@@ -139,6 +139,36 @@ TEST_F(ConfigFiles, ConfigAsRunRoundTrips) {
   EXPECT_EQ(d.data_path, c.data_path);
 }
 
+// data.*.order: validated, and written to config.toml only where it is not "file" (the seed
+// only where an order is "shuffled"), so that earlier configs keep their run ids.
+TEST_F(ConfigFiles, ImageOrdersAndTheirSeed) {
+  const std::string p = write("a.toml", "[model]\npath = \"m.onnx\"\n[data.eval]\norder = \"random\"\n");
+  EXPECT_NE(error_of(p).find(p + ":4:9: 'data.eval.order' is \"random\"; accepted: \"file\", \"interleaved\", "
+                                 "\"shuffled\""),
+            std::string::npos)
+      << error_of(p);
+  const std::string q = write("b.toml", "[model]\npath = \"m.onnx\"\n");
+  const Config plain = load_config(q, {});
+  EXPECT_EQ(plain.calibration_order, "file");
+  EXPECT_EQ(plain.eval_order, "file");
+  const toml::table as_run = toml::parse(config_to_toml(plain));
+  EXPECT_FALSE(as_run.at_path("data.calibration.order"));
+  EXPECT_FALSE(as_run.at_path("data.eval.order"));
+  EXPECT_FALSE(as_run.at_path("data.seed"));
+
+  const Config mixed = load_config(q, {"data.calibration.order=\"interleaved\""});
+  const toml::table mixed_run = toml::parse(config_to_toml(mixed));
+  EXPECT_EQ(mixed_run.at_path("data.calibration.order").value<std::string>(), "interleaved");
+  EXPECT_FALSE(mixed_run.at_path("data.eval.order"));
+  EXPECT_FALSE(mixed_run.at_path("data.seed"));
+
+  const Config shuffled = load_config(q, {"data.eval.order=\"shuffled\"", "data.seed=17"});
+  const Config again = load_config(write("again.toml", config_to_toml(shuffled)), {});
+  EXPECT_EQ(again.eval_order, "shuffled");
+  EXPECT_EQ(again.calibration_order, "file");
+  EXPECT_EQ(again.data_seed, 17u);
+}
+
 TEST_F(ConfigFiles, BatchSizeAutoAndTf32) {
   const std::string p = write("a.toml", "[model]\npath = \"m.onnx\"\n[run]\nbatch_size = \"auto\"\ntf32 = true\n");
   const Config c = load_config(p, {});

@@ -1,5 +1,6 @@
 #include "runtime/data.h"
 
+#include <algorithm>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -77,6 +78,57 @@ TEST_F(IdxFiles, ErrorsNameTheFile) {
   } catch (const UserError& e) {
     EXPECT_NE(std::string(e.what()).find("not an IDX label file"), std::string::npos) << e.what();
   }
+}
+
+// ---------------------------------------------------------------- image orders
+
+TEST(ImageOrders, InterleavedTakesOneImageOfEachClassInTurn) {
+  // Classes 0: images 0, 1, 5; 1: 2, 4; 2: 3, 6. Rounds: (0, 2, 3), (1, 4, 6), (5).
+  const std::vector<int32_t> labels = {0, 0, 1, 2, 1, 0, 2};
+  EXPECT_EQ(image_order(labels, ImageOrder::kInterleaved, 0), (std::vector<int64_t>{0, 2, 3, 1, 4, 6, 5}));
+  EXPECT_EQ(image_order(labels, ImageOrder::kFile, 9), (std::vector<int64_t>{0, 1, 2, 3, 4, 5, 6}));
+  // Labels need not start at 0 or be contiguous; the order of classes is by label value.
+  EXPECT_EQ(image_order({7, 3, 7, 3}, ImageOrder::kInterleaved, 0), (std::vector<int64_t>{1, 0, 3, 2}));
+  EXPECT_TRUE(image_order({}, ImageOrder::kInterleaved, 0).empty());
+}
+
+TEST(ImageOrders, ShuffledIsASeededPermutationWithUniformPositions) {
+  const std::vector<int32_t> labels(1000, 0);
+  const auto a = image_order(labels, ImageOrder::kShuffled, 42);
+  EXPECT_EQ(a, image_order(labels, ImageOrder::kShuffled, 42));
+  EXPECT_NE(a, image_order(labels, ImageOrder::kShuffled, 43));
+  std::vector<int64_t> sorted = a;
+  std::sort(sorted.begin(), sorted.end());
+  EXPECT_EQ(sorted, image_order(labels, ImageOrder::kFile, 0));  // every image once
+  EXPECT_TRUE(image_order({}, ImageOrder::kShuffled, 1).empty());
+  EXPECT_EQ(image_order({5}, ImageOrder::kShuffled, 1), (std::vector<int64_t>{0}));
+  // Over 6000 seeds each of 6 images lands first about 1000 times (binomial sd ~ 29): a
+  // biased index draw (e.g. the last image never moving) would be far outside 850..1150.
+  std::vector<int> first(6, 0);
+  for (uint64_t seed = 0; seed < 6000; ++seed) ++first[image_order(std::vector<int32_t>(6, 0), ImageOrder::kShuffled, seed)[0]];
+  for (int i = 0; i < 6; ++i) {
+    EXPECT_GT(first[i], 850) << "image " << i;
+    EXPECT_LT(first[i], 1150) << "image " << i;
+  }
+}
+
+TEST_F(IdxFiles, ReorderMovesPixelsWithTheirLabels) {
+  Dataset d = load_idx_split(dir_.string(), "test");  // labels 7, 0, 2; image i's pixels 80i + 20k
+  reorder_split(d, ImageOrder::kInterleaved, 0);      // classes 0, 2, 7: images 1, 2, 0
+  EXPECT_EQ(d.order, ImageOrder::kInterleaved);
+  EXPECT_EQ(d.labels, (std::vector<int32_t>{0, 2, 7}));
+  EXPECT_EQ(d.pixels, (std::vector<uint8_t>{80, 100, 120, 140, 160, 180, 200, 220, 0, 20, 40, 60}));
+  EXPECT_EQ(d.count, 3);
+}
+
+TEST(ImageOrders, NamesRoundTrip) {
+  for (const char* n : {"file", "interleaved", "shuffled"}) {
+    ImageOrder o;
+    ASSERT_TRUE(parse_image_order(n, o)) << n;
+    EXPECT_STREQ(image_order_name(o), n);
+  }
+  ImageOrder o;
+  EXPECT_FALSE(parse_image_order("random", o));
 }
 
 TEST(FashionMnist, DebianPackageHasBothSplits) {
