@@ -113,6 +113,13 @@ int64_t cpu_auto_batch_size(int64_t images, int threads) {
   return std::clamp<int64_t>(images / per_worker, 32, 250);  // rounded down: at least 4 per worker
 }
 
+int64_t outputs_per_image(const Executor& exec) {
+  const Graph& g = exec.graph();
+  auto ws = exec.make_workspace();
+  const Tensor one({1, g.input_shape[0], g.input_shape[1], g.input_shape[2]});  // zeros
+  return exec.forward(ws, one).numel();
+}
+
 int64_t cpu_bytes_per_image(const Executor& exec) {
   const Graph& g = exec.graph();
   auto ws = exec.make_workspace();

@@ -204,6 +204,17 @@ std::unique_ptr<Prepared> prepare(const Config& cfg, const std::function<void(co
   p->calib_count = std::min(cfg.calibration_count, p->calib.count);
   p->model_sha256 = sha256_file(cfg.model_path);
   const int64_t images = std::max(p->eval_count, p->calib_count);
+  if (compute) {
+    // A label the model cannot output would count as wrong on every image, silently.
+    const int64_t outputs = outputs_per_image(*p->exec);
+    if (p->eval.num_classes > outputs) {
+      user_error("{}: the {} split has labels up to {}{}, but the model '{}' gives {} output{} per image; "
+                 "evaluate it on data with at most {} classes",
+                 p->eval.labels_path, cfg.eval_split, p->eval.num_classes - 1,
+                 p->eval.image_folder() ? fmt::format(" ({} class folders)", p->eval.classes.size()) : "",
+                 cfg.model_path, outputs, outputs == 1 ? "" : "s", outputs);
+    }
+  }
   // The CPU's workers each keep a batch's values: what fits in the memory this machine has
   // available bounds "auto", and a fixed batch size that would not fit is refused before the
   // run instead of ending it by the kernel's OOM killer. QSWEEP_AVAILABLE_MEMORY (bytes)

@@ -12,6 +12,7 @@
 #include "kernels/cpu/winograd.h"
 #include "runtime/data.h"
 #include "tests/experiments/cli_harness.h"
+#include "tests/runtime/onnx_builder.h"
 #include "tests/shipped_models.h"
 
 namespace qsweep {
@@ -45,6 +46,36 @@ TEST_F(Cli, BadModelLeavesNoResultsFolder) {
   EXPECT_NE(r.err.find("bad.onnx: not a valid ONNX model"), std::string::npos) << r.err;
   EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << r.err;
   EXPECT_FALSE(fs::exists(dir_ / "res"));
+}
+
+// Labels the model cannot output would count as wrong on every image: refused before the run.
+TEST_F(Cli, MoreClassesThanModelOutputsIsRefused) {
+  if (!fs::exists(kFashionMnistDir)) GTEST_SKIP() << "dataset-fashion-mnist is not installed";
+  auto model = [&](const std::string& name, int64_t outputs) {
+    test::OnnxBuilder b;
+    b.input("x", {1, 28, 28})
+        .initializer("w", std::vector<float>(outputs * 784, 0.001f), {outputs, 784})
+        .initializer("b", std::vector<float>(outputs, 0.0f), {outputs})
+        .node("Flatten", {"x"}, {"f"}, {}, "flatten")
+        .node("Gemm", {"f", "w", "b"}, {"y"}, {test::attr_i("transB", 1)}, "fc")
+        .output("y");
+    std::ofstream(dir_ / name, std::ios::binary) << b.serialize();
+    return (dir_ / name).string();
+  };
+  const std::string cfg = std::string(QSWEEP_SOURCE_DIR) + "/configs/quickstart.toml";
+  auto args = [&](const std::string& m) {
+    return "run " + cfg + " --quiet --out " + (dir_ / "res").string() + " --set 'model.path=\"" + m +
+           "\"' --set data.eval.count=50 --set data.calibration.count=50 --set 'quant.weight_bits=[4]'";
+  };
+  CliRun r = run(args(model("five.onnx", 5)));
+  EXPECT_EQ(r.code, 2) << r.err;
+  EXPECT_EQ(r.err, "qsweep: error: " + std::string(kFashionMnistDir) +
+                       "/t10k-labels-idx1-ubyte.gz: the test split has labels up to 9, but the model '" +
+                       (dir_ / "five.onnx").string() +
+                       "' gives 5 outputs per image; evaluate it on data with at most 5 classes\n");
+  EXPECT_FALSE(fs::exists(dir_ / "res"));
+  r = run(args(model("ten.onnx", 10)));
+  EXPECT_EQ(r.code, 0) << r.err;
 }
 
 TEST_F(Cli, UnknownSetKeyIsRejected) {
