@@ -27,8 +27,8 @@ void finish(float s, float alpha, float beta, float& y) { y = beta == 0.0f ? alp
 
 }  // namespace
 
-void gemm_rows(const float* A, const float* B, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha,
-               float beta, float* Y) {
+void gemm_rows(const float* A, const float* B, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, float beta,
+               float* Y) {
   if (trans_b) {
     for (int64_t r = 0; r < M; ++r) {
       const float* a = A + r * K;

@@ -3,12 +3,12 @@
 // bits whatever rows it is computed with.
 #include "kernels/cpu/gemm.h"
 
+#include <gtest/gtest.h>
+
 #include <cmath>
 #include <cstring>
 #include <random>
 #include <vector>
-
-#include <gtest/gtest.h>
 
 namespace qsweep {
 namespace {
@@ -85,7 +85,8 @@ TEST(Gemm, ARowIsTheSameBitsInAnyBatch) {
       // The row alone, from a copy at another address (alignment must not matter either).
       std::vector<float> a(A.begin() + r * K, A.begin() + (r + 1) * K), one(N);
       gemm_rows(a.data(), B.data(), trans_b, 1, N, K, 1.0f, 0.0f, one.data());
-      EXPECT_EQ(std::memcmp(one.data(), all.data() + r * N, N * sizeof(float)), 0) << "trans_b " << trans_b << " row " << r;
+      EXPECT_EQ(std::memcmp(one.data(), all.data() + r * N, N * sizeof(float)), 0)
+          << "trans_b " << trans_b << " row " << r;
     }
   }
 }
