@@ -106,7 +106,7 @@ arch_dir=${arch_dir:-x86_64-linux-gnu}
 deps_installed() {
   local h
   for h in oneapi/dnnl/dnnl.hpp onnx/onnx_pb.h google/protobuf/message.h toml++/toml.h CLI/CLI.hpp \
-           fmt/format.h nlohmann/json.hpp gtest/gtest.h benchmark/benchmark.h zlib.h jpeglib.h; do
+           fmt/format.h nlohmann/json.hpp gtest/gtest.h benchmark/benchmark.h zlib.h jpeglib.h png.h; do
     [ -f "/usr/include/$h" ] || [ -f "/usr/local/include/$h" ] || return 1
   done
 }

@@ -65,7 +65,7 @@ bool ends_with_any(const std::string& name, std::initializer_list<const char*> e
 
 // One image of an image folder through the transforms (ImageTransforms).
 Image8 transformed_image(const Dataset& d, const std::string& path) {
-  Image8 im = decode_jpeg(path);
+  Image8 im = decode_image(path);
   im = d.channels == 1 ? to_gray(im) : to_rgb(im);  // convert("L") of convert("RGB") of an L image is itself
   if (d.transforms.resize > 0) {
     // An extreme aspect ratio makes the longer side huge (torchvision would try it too).
@@ -139,16 +139,17 @@ Dataset scan_image_folder(const fs::path& root, const std::string& split, int ch
       std::sort(names.begin(), names.end());
       for (const auto& name : names) {
         const std::string path = dir + "/" + name;
-        if (ends_with_any(name, {".jpg", ".jpeg"})) {
+        if (ends_with_any(name, {".jpg", ".jpeg", ".png"})) {
           d.files.push_back(path);
           d.labels.push_back(static_cast<int32_t>(label));
-        } else if (ends_with_any(name, {".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp"})) {
-          user_error("{}: qsweep reads JPEG images only (libjpeg-turbo); convert this file to JPEG or remove it", path);
+        } else if (ends_with_any(name, {".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp"})) {
+          user_error("{}: qsweep reads JPEG and PNG images only (libjpeg-turbo, libpng); convert this file or remove it",
+                     path);
         }
       }
     }
     if (d.files.size() == before) {
-      user_error("class folder '{}' holds no JPEG image (.jpg or .jpeg)", class_dir.string());
+      user_error("class folder '{}' holds no JPEG or PNG image (.jpg, .jpeg, .png)", class_dir.string());
     }
   }
   d.count = static_cast<int64_t>(d.files.size());

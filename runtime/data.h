@@ -1,5 +1,5 @@
 // Image classification data: IDX files (MNIST / Fashion-MNIST layout), gzipped or not, and
-// image folders (torchvision's ImageFolder layout) of JPEG files.
+// image folders (torchvision's ImageFolder layout) of JPEG and PNG files.
 #pragma once
 
 #include <cstdint>
@@ -60,7 +60,7 @@ Dataset load_idx_split(const std::string& folder, const std::string& split);
 
 // The split `split` of an image folder: <folder>/<split>/<class>/**/<image>.jpg, read as
 // torchvision's ImageFolder does (classes sorted by name, labels 0.. in that order; files in
-// sorted order within each class, subfolders included). JPEG files only (.jpg, .jpeg, any
+// sorted order within each class, subfolders included). JPEG and PNG files only (.jpg, .jpeg, .png, any
 // case); other image formats are refused, other files ignored. `channels` 3 reads RGB, 1
 // grayscale. The first image fixes the sample shape after the transforms; load_batch refuses
 // an image that comes out otherwise.

@@ -1,8 +1,12 @@
 #include "runtime/image.h"
 
+#include <algorithm>
+#include <cctype>
 #include <cmath>
 #include <csetjmp>
+#include <cstring>
 #include <fstream>
+#include <initializer_list>
 #include <iterator>
 
 // jpeglib.h uses FILE and size_t without including what declares them, and jerror.h (the
@@ -12,6 +16,7 @@
 #include <jpeglib.h>
 #include <jerror.h>
 // clang-format on
+#include <png.h>
 
 #include "runtime/error.h"
 
@@ -153,15 +158,144 @@ inline uint8_t clip8(int32_t v) {
 
 }  // namespace
 
-Image8 decode_jpeg(const std::string& path) {
+namespace {
+
+std::vector<uint8_t> read_image_file(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
   if (!in) user_error("image file '{}' cannot be read", path);
-  const std::vector<uint8_t> data((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  return std::vector<uint8_t>((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+}
+
+Image8 jpeg_from(const std::vector<uint8_t>& data, const std::string& path) {
   Image8 img;
   std::vector<uint8_t> line;
   std::string error;
   if (!decode_into(data, img, line, error)) user_error("{}: not a readable JPEG image ({})", path, error);
   return img;
+}
+
+// ---------------------------------------------------------------- PNG
+
+struct PngSource {
+  const std::vector<uint8_t>* data;
+  size_t pos;
+};
+
+struct PngError {
+  std::jmp_buf jump;
+  char message[400];
+};
+
+extern "C" void png_fail(png_structp png, png_const_charp msg) {
+  auto* e = static_cast<PngError*>(png_get_error_ptr(png));
+  std::snprintf(e->message, sizeof e->message, "%s", msg);
+  std::longjmp(e->jump, 1);
+}
+
+// Warnings (an ancillary chunk's bad CRC, a known-wrong sRGB profile) are not errors, as in
+// Pillow, which reads such files too.
+extern "C" void png_note(png_structp, png_const_charp) {}
+
+extern "C" void png_read_memory(png_structp png, png_bytep out, png_size_t n) {
+  auto* src = static_cast<PngSource*>(png_get_io_ptr(png));
+  if (n > src->data->size() - src->pos) png_error(png, "the file ends early (truncated)");
+  std::memcpy(out, src->data->data() + src->pos, n);
+  src->pos += n;
+}
+
+// Decodes into `img` as Pillow's convert("RGB") (or its L image) gives it: palettes expanded,
+// 1/2/4-bit gray scaled to 8 bits (x 255, 85, 17), 16-bit samples cut to their high byte,
+// alpha and tRNS transparency dropped, Adam7 interlacing undone; gamma, sBIT and colour
+// profiles ignored. `rows`: the caller's row pointers. As decode_into: no object with a
+// destructor lives in this frame between setjmp and longjmp.
+bool decode_png_into(const std::vector<uint8_t>& data, Image8& img, std::vector<png_bytep>& rows, std::string& error) {
+  PngError err{};
+  PngSource src{&data, 0};
+  png_structp png = png_create_read_struct(PNG_LIBPNG_VER_STRING, &err, png_fail, png_note);
+  if (png == nullptr) {
+    error = "libpng could not start";
+    return false;
+  }
+  png_infop info = nullptr;
+  if (setjmp(err.jump)) {
+    png_destroy_read_struct(&png, info ? &info : nullptr, nullptr);
+    error = err.message;
+    return false;
+  }
+  info = png_create_info_struct(png);
+  if (info == nullptr) png_error(png, "out of memory");
+  png_set_read_fn(png, &src, png_read_memory);
+  png_read_info(png, info);
+  const png_uint_32 width = png_get_image_width(png, info), height = png_get_image_height(png, info);
+  const int color = png_get_color_type(png, info), depth = png_get_bit_depth(png, info);
+  if (static_cast<int64_t>(width) * height > kMaxPixels) {
+    std::snprintf(err.message, sizeof err.message, "%ux%u pixels, more than the %lld Pillow accepts",
+                  static_cast<unsigned>(width), static_cast<unsigned>(height), static_cast<long long>(kMaxPixels));
+    std::longjmp(err.jump, 1);
+  }
+  if (color == PNG_COLOR_TYPE_GRAY && depth == 16) {
+    png_error(png,
+              "16-bit grayscale: Pillow reads it as 32-bit integers and convert(\"RGB\") clips every value above "
+              "255, so torchvision would see a nearly white image; convert it to 8 bits");
+  }
+  png_set_expand(png);
+  png_set_strip_16(png);
+  png_set_strip_alpha(png);
+  png_set_interlace_handling(png);
+  png_read_update_info(png, info);
+  img.width = static_cast<int>(width);
+  img.height = static_cast<int>(height);
+  img.channels = png_get_channels(png, info) == 1 ? 1 : 3;
+  if (static_cast<int>(png_get_channels(png, info)) != img.channels || png_get_bit_depth(png, info) != 8) {
+    png_error(png, "an unexpected layout after libpng's transforms");
+  }
+  img.px.assign(static_cast<size_t>(img.width) * img.height * img.channels, 0);
+  rows.resize(static_cast<size_t>(img.height));
+  for (int y = 0; y < img.height; ++y) rows[y] = img.row(y);
+  png_read_image(png, rows.data());
+  png_read_end(png, nullptr);
+  png_destroy_read_struct(&png, &info, nullptr);
+  return true;
+}
+
+Image8 png_from(const std::vector<uint8_t>& data, const std::string& path) {
+  static constexpr uint8_t kSignature[8] = {0x89, 'P', 'N', 'G', '\r', '\n', 0x1a, '\n'};
+  if (data.size() < 8 || !std::equal(kSignature, kSignature + 8, data.begin())) {
+    std::string start;
+    for (size_t i = 0; i < std::min<size_t>(data.size(), 4); ++i) start += fmt::format(" 0x{:02x}", data[i]);
+    user_error("{}: not a readable PNG image (Not a PNG file: {})", path,
+               data.empty() ? std::string("it is empty") : "starts with" + start);
+  }
+  Image8 img;
+  std::vector<png_bytep> rows;
+  std::string error;
+  if (!decode_png_into(data, img, rows, error)) user_error("{}: not a readable PNG image ({})", path, error);
+  return img;
+}
+
+bool starts_with(const std::vector<uint8_t>& data, std::initializer_list<uint8_t> magic) {
+  return data.size() >= magic.size() && std::equal(magic.begin(), magic.end(), data.begin());
+}
+
+bool has_png_extension(const std::string& path) {
+  if (path.size() < 4) return false;
+  std::string ext = path.substr(path.size() - 4);
+  for (char& c : ext) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  return ext == ".png";
+}
+
+}  // namespace
+
+Image8 decode_jpeg(const std::string& path) { return jpeg_from(read_image_file(path), path); }
+
+Image8 decode_png(const std::string& path) { return png_from(read_image_file(path), path); }
+
+Image8 decode_image(const std::string& path) {
+  const std::vector<uint8_t> data = read_image_file(path);
+  if (starts_with(data, {0x89, 'P', 'N', 'G', '\r', '\n', 0x1a, '\n'})) return png_from(data, path);
+  if (starts_with(data, {0xff, 0xd8, 0xff})) return jpeg_from(data, path);
+  // Neither signature: the decoder the extension names says what is wrong.
+  return has_png_extension(path) ? png_from(data, path) : jpeg_from(data, path);
 }
 
 Image8 to_rgb(const Image8& in) {

@@ -1,4 +1,4 @@
-// 8-bit images for image-folder datasets: JPEG decoding (libjpeg-turbo) and the evaluation
+// 8-bit images for image-folder datasets: JPEG and PNG decoding (libjpeg-turbo, libpng) and the evaluation
 // transforms of torchvision on PIL images, bit for bit:
 //   ImageFolder's loader      Image.open(f).convert("RGB")        decode_jpeg + to_rgb
 //   transforms.Grayscale()    img.convert("L")                    to_gray
@@ -27,6 +27,18 @@ struct Image8 {
 // channel, YCbCr/RGB ones to 3, CMYK/YCCK ones (Adobe, inverted) converted to RGB with
 // Pillow's formula. Throws UserError naming the file when it is not a readable JPEG.
 Image8 decode_jpeg(const std::string& path);
+
+// Decodes a PNG file as Pillow's Image.open(f).convert("RGB") gives it (gray files stay 1
+// channel: their RGB is the value thrice): palettes expanded, 1/2/4-bit gray scaled to 8
+// bits, 16-bit samples cut to the high byte, alpha and tRNS dropped (not composited), Adam7
+// undone, gamma and colour profiles ignored. 16-bit grayscale files are refused: Pillow reads
+// them as 32-bit integers and clips at 255 (a nearly white image). Throws UserError naming
+// the file when it is not a readable PNG.
+Image8 decode_png(const std::string& path);
+
+// A JPEG or PNG file, told apart by its first bytes (as Pillow does, whatever the extension);
+// with neither signature, the error of the decoder its extension names.
+Image8 decode_image(const std::string& path);
 
 // PIL's convert("RGB") of an L image (the value thrice) and convert("L") of an RGB one
 // (L = (19595 R + 38470 G + 7471 B + 32768) >> 16). Either is a copy when nothing changes.

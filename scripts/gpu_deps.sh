@@ -36,6 +36,7 @@ packages=(
   libbenchmark-dev libbenchmark1debian
   zlib1g-dev zlib1g                 # zlib headers + the libz.so.1 its libz.so points to
   libjpeg62-turbo-dev libjpeg62-turbo   # libjpeg-turbo headers + libjpeg.so.62
+  libpng-dev libpng16-16            # libpng headers + libpng16.so.16
 )
 [ "$full_dataset" = 1 ] && packages+=(dataset-fashion-mnist)
 

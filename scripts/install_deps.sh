@@ -8,11 +8,12 @@ set -euo pipefail
 
 packages=(
   cmake g++ make pkg-config git
-  libdnnl-dev                      # oneDNN: CPU convolutions, pooling, sgemm
+  libdnnl-dev                      # oneDNN: CPU convolutions, pooling
   libonnx-dev libprotobuf-dev      # ONNX import, checker, shape inference
   libtomlplusplus-dev              # TOML configs
   libcli11-dev libfmt-dev nlohmann-json3-dev zlib1g-dev
   libjpeg62-turbo-dev              # libjpeg-turbo: JPEG image-folder datasets
+  libpng-dev                       # libpng: PNG image-folder datasets
   libgtest-dev libbenchmark-dev    # tests and benchmarks
   dataset-fashion-mnist            # the built-in real dataset
   gnuplot-nox                      # figures (cairo terminals: pngcairo, svg)

@@ -185,12 +185,19 @@ TEST_F(ImageFolderErrors, EachIsOneSentenceNamingTheFile) {
       batch(0).rfind((dir_ / "val/ant/b.jpg").string() + ": 30x24 after the transforms, the first image 24x30", 0), 0u)
       << batch(0);
   // Other image formats are refused, not skipped as ImageFolder would read them.
+  std::ofstream(dir_ / "val/bee/extra.bmp") << "bmp";
+  EXPECT_EQ(load(), (dir_ / "val/bee/extra.bmp").string() +
+                        ": qsweep reads JPEG and PNG images only (libjpeg-turbo, libpng); convert this file or remove "
+                        "it");
+  fs::remove(dir_ / "val/bee/extra.bmp");
+  // A .png that is no PNG: libpng's reason, found when its batch is read.
   std::ofstream(dir_ / "val/bee/extra.png") << "png";
-  EXPECT_EQ(load(), (dir_ / "val/bee/extra.png").string() +
-                        ": qsweep reads JPEG images only (libjpeg-turbo); convert this file to JPEG or remove it");
+  EXPECT_EQ(batch(), (dir_ / "val/bee/extra.png").string() +
+                         ": not a readable PNG image (Not a PNG file: starts with 0x70 0x6e 0x67)")
+      << batch();
   fs::remove(dir_ / "val/bee/extra.png");
   fs::create_directories(dir_ / "val/dog");
-  EXPECT_EQ(load(), "class folder '" + (dir_ / "val/dog").string() + "' holds no JPEG image (.jpg or .jpeg)");
+  EXPECT_EQ(load(), "class folder '" + (dir_ / "val/dog").string() + "' holds no JPEG or PNG image (.jpg, .jpeg, .png)");
   EXPECT_EQ(message([&] { load_image_folder_split(dir_.string(), "train", 3, {}); }),
             "data folder '" + dir_.string() +
                 "' has no folder 'train' (image folders: <data.path>/<split>/<class>/<image>.jpg, the split folders "
@@ -224,6 +231,35 @@ TEST_F(ImageFolderErrors, OversizedImagesAndFolderLoopsAreRefused) {
   EXPECT_EQ(load().rfind("image folder '" + (dir_ / "val").string() + "': cannot read '", 0), 0u) << load();
 }
 
+// PNG files sit in a folder beside JPEG ones, in ImageFolder's order, through the same
+// transforms: the batch holds resize + crop of the Pillow-equal decoding.
+TEST_F(ImageFolderErrors, PngFilesJoinTheFolder) {
+  const fs::path png = fs::path(QSWEEP_SOURCE_DIR) / "tests/data/png";
+  fs::copy_file(png / "palette8_trns.png", dir_ / "val/ant/c.png");
+  fs::copy_file(png / "gray4.png", dir_ / "val/cat/0.PNG");
+  const Dataset d = load_image_folder_split(dir_.string(), "val", 3, ImageTransforms{24, 20});
+  ASSERT_EQ(d.files.size(), golden()["files"].size() + 2);
+  EXPECT_EQ(d.files[2], (dir_ / "val/ant/c.png").string());  // after a.JPEG and b.jpg
+  const auto at = std::find(d.files.begin(), d.files.end(), (dir_ / "val/cat/0.PNG").string());
+  ASSERT_NE(at, d.files.end());
+  EXPECT_EQ(d.labels[at - d.files.begin()], 2);
+  Tensor x;
+  load_batch(d, Normalization{{0, 0, 0}, {1, 1, 1}}, 0, d.count, x);
+  for (const size_t i : {size_t{2}, static_cast<size_t>(at - d.files.begin())}) {
+    const Image8 want = center_crop(resize_shorter(to_rgb(decode_image(d.files[i])), 24), 20, 20);
+    int wrong = 0;
+    for (int c = 0; c < 3; ++c) {
+      for (int y = 0; y < 20; ++y) {
+        for (int xx = 0; xx < 20; ++xx) {
+          const float v = x.ptr()[((i * 3 + c) * 20 + y) * 20 + xx];
+          wrong += v != static_cast<float>(want.row(y)[xx * 3 + c]) / 255.0f;
+        }
+      }
+    }
+    EXPECT_EQ(wrong, 0) << d.files[i];
+  }
+}
+
 TEST_F(ImageFolderErrors, IdentityHashesTheFileListSizesAndClasses) {
   const Dataset d = load_image_folder_split(dir_.string(), "val", 3, ImageTransforms{24, 20});
   // Worked out here: one line per file, "<path in the split>\t<bytes>\n" and "<path>\t<class>\n".
@@ -241,6 +277,49 @@ TEST_F(ImageFolderErrors, IdentityHashesTheFileListSizesAndClasses) {
   const Dataset grown = load_image_folder_split(dir_.string(), "val", 3, ImageTransforms{24, 20});
   EXPECT_NE(images_sha256(grown), images_before);
   EXPECT_EQ(labels_sha256(grown), labels_before);
+}
+
+// ---------------------------------------------------------------- PNG
+
+// tests/data/png_pillow.json: what Pillow's Image.open(f).convert("RGB") (and its convert("L"))
+// makes of each file in tests/data/png (tests/data/make_png_golden.py): every colour type and
+// bit depth, Adam7, tRNS, Pillow-written files with adaptive filters, a PNG named .jpg.
+TEST(Png, EveryFileDecodesAsPillowDoes) {
+  std::ifstream in(fs::path(QSWEEP_SOURCE_DIR) / "tests/data/png_pillow.json");
+  const json g = json::parse(in);
+  auto message = [](const std::function<void()>& f) -> std::string {
+    try {
+      f();
+    } catch (const UserError& e) {
+      return e.what();
+    }
+    return "no error";
+  };
+  int compared = 0, refused = 0;
+  for (const auto& [name, want] : g["files"].items()) {
+    const std::string path = (fs::path(QSWEEP_SOURCE_DIR) / "tests/data/png" / name).string();
+    if (want.value("refused", false)) {
+      const std::string e = message([&] { decode_image(path); });
+      EXPECT_EQ(e.rfind(path + ": not a readable PNG image (", 0), 0u) << e;
+      ++refused;
+      continue;
+    }
+    const Image8 im = decode_image(path);
+    ASSERT_EQ(im.width, want["width"].get<int>()) << name;
+    ASSERT_EQ(im.height, want["height"].get<int>()) << name;
+    // Gray files (also with alpha) decode to one channel; what counts is the RGB and L images.
+    EXPECT_TRUE(im.channels == 1 || im.channels == 3) << name;
+    EXPECT_EQ(to_rgb(im).px, from_hex(want["rgb"])) << name << ": " << diff(to_rgb(im).px, from_hex(want["rgb"]));
+    EXPECT_EQ(to_gray(im).px, from_hex(want["gray"])) << name << ": " << diff(to_gray(im).px, from_hex(want["gray"]));
+    ++compared;
+  }
+  EXPECT_EQ(compared, 21);
+  EXPECT_EQ(refused, 2);
+  // The two refusals say why.
+  const std::string gray16 = (fs::path(QSWEEP_SOURCE_DIR) / "tests/data/png/gray16.png").string();
+  EXPECT_NE(message([&] { decode_image(gray16); }).find("16-bit grayscale"), std::string::npos);
+  const std::string cut = (fs::path(QSWEEP_SOURCE_DIR) / "tests/data/png/truncated.png").string();
+  EXPECT_NE(message([&] { decode_image(cut); }).find("truncated"), std::string::npos) << message([&] { decode_image(cut); });
 }
 
 }  // namespace
