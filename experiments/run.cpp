@@ -533,6 +533,50 @@ RunOutcome run_layerwise(const RunOptions& o, const Prepared& p, const Activatio
   const size_t B = cfg.quant.weight_bits.size();
   const size_t ncells = p.g.layers.size() * B;
 
+  // What the records depend on besides the config: the model file and the data. A resumed
+  // attempt whose inputs changed since (a fixed image, a retrained model under the same path)
+  // computes everything again rather than mixing batches of both.
+  const json inputs = {{"model_sha256", p.model_sha256},
+                       {"eval_images_sha256", images_sha256(p.eval)},
+                       {"eval_labels_sha256", labels_sha256(p.eval)},
+                       {"calibration_images_sha256", images_sha256(p.calib)},
+                       {"calibration_labels_sha256", labels_sha256(p.calib)}};
+  {
+    std::vector<std::string> what;  // what changed, each once, in the order of `inputs`
+    if (fs::exists(sdir / "inputs.json")) {
+      json was;
+      try {
+        was = json::parse(read_file(sdir / "inputs.json"));
+      } catch (const std::exception&) {
+        was = json::object();
+      }
+      for (const auto& [key, value] : inputs.items()) {
+        if (was.is_object() && was.contains(key) && was[key] == value) continue;
+        const std::string name = key.rfind("model", 0) == 0  ? "the model file"
+                                 : key.rfind("eval", 0) == 0 ? "the evaluation data"
+                                                             : "the calibration data";
+        if (std::find(what.begin(), what.end(), name) == what.end()) what.push_back(name);
+      }
+    } else if (fs::directory_iterator(sdir) != fs::directory_iterator()) {
+      what.push_back("the inputs (not recorded by the earlier attempt)");
+    }
+    const std::string changed = fmt::format("{}", fmt::join(what, " and "));
+    if (!changed.empty()) {
+      std::vector<fs::path> stale;
+      for (const auto& e : fs::directory_iterator(sdir)) {
+        const std::string name = e.path().filename().string();
+        if (name.rfind("batch-", 0) == 0 || name == "DONE.json") stale.push_back(e.path());
+      }
+      size_t dropped = 0;
+      for (const auto& f : stale) dropped += fs::remove(f, ec) && f.filename() != "DONE.json";
+      if (dropped > 0) {
+        fmt::print(stderr, "qsweep: {} changed since the interrupted attempt: its {} recorded batches are computed "
+                           "again\n", changed, dropped);
+      }
+    }
+    write_file_atomic(sdir / "inputs.json", inputs.dump(2) + "\n");
+  }
+
   // Resume: batches already recorded by an earlier attempt are kept; damaged or partial
   // files (a kill mid-write leaves only temp files, but be safe) are discarded.
   std::vector<BatchRecord> records;

@@ -17,6 +17,7 @@
 #include "runtime/data.h"
 #include "runtime/onnx_import.h"
 #include "runtime/scheduler.h"
+#include "tests/runtime/onnx_builder.h"
 #include "tests/shipped_models.h"
 
 namespace qsweep {
@@ -235,6 +236,37 @@ TEST_F(Shards, SigtermCheckpointsAndExits143) {
   EXPECT_GT(records(), 0u) << "finished batches are kept";
   ASSERT_EQ(run(a), 0) << slurp(dir_ / "stderr");
   EXPECT_TRUE(fs::exists(result(dir_ / "t") / "summary.json"));
+}
+
+// A model file changed under the same path between attempts (same architecture, other
+// weights): the shard computes its batches again instead of keeping the old model's, and the
+// merged grid equals a single-process run of the new model.
+TEST_F(Shards, ChangedInputsAreComputedAgainNotMixed) {
+  auto model = [&](float scale) {
+    test::OnnxBuilder b;
+    std::vector<float> w(10 * 784);
+    for (size_t i = 0; i < w.size(); ++i) w[i] = scale * static_cast<float>(static_cast<int>(i * 7919 % 23) - 11);
+    b.input("x", {1, 28, 28})
+        .initializer("w", w, {10, 784})
+        .initializer("b", std::vector<float>(10, 0.0f), {10})
+        .node("Flatten", {"x"}, {"f"}, {}, "flatten")
+        .node("Gemm", {"f", "w", "b"}, {"y"}, {test::attr_i("transB", 1)}, "fc")
+        .output("y");
+    std::ofstream(dir_ / "m.onnx", std::ios::binary | std::ios::trunc) << b.serialize();
+  };
+  const std::string with_model = " --set 'model.path=\"" + (dir_ / "m.onnx").string() + "\"'";
+  const fs::path root = dir_ / "sharded";
+  model(0.01f);
+  ASSERT_EQ(run("run " + common(root.string()) + with_model + " --shard 0/2"), 0) << slurp(dir_ / "stderr");
+  model(-0.02f);
+  fs::remove(dir_ / "stderr");
+  ASSERT_EQ(run("run " + common(root.string()) + with_model + " --shard 0/2"), 0) << slurp(dir_ / "stderr");
+  EXPECT_NE(slurp(dir_ / "stderr").find("the model file changed since the interrupted attempt"), std::string::npos)
+      << slurp(dir_ / "stderr");
+  ASSERT_EQ(run("run " + common(root.string()) + with_model + " --shard 1/2"), 0) << slurp(dir_ / "stderr");
+  ASSERT_EQ(run("merge " + work_of(root).string() + " --quiet"), 0) << slurp(dir_ / "stderr");
+  ASSERT_EQ(run("run " + common((dir_ / "single").string()) + with_model), 0) << slurp(dir_ / "stderr");
+  EXPECT_EQ(slurp(result(root) / "layerwise.csv"), slurp(result(dir_ / "single") / "layerwise.csv"));
 }
 
 TEST(CostModel, FourShardsOfTheShippedGridAreBalanced) {
