@@ -224,6 +224,9 @@ int main(int argc, char** argv) {
     } else if (*check_cmd) {
       return check(check_dir, check_baseline, check_options, check_reports, check_quiet);
     }
+  } catch (const qsweep::RunInterrupted& e) {
+    fmt::print(stderr, "qsweep: {}\n", e.what());
+    return 143;
   } catch (const qsweep::UserError& e) {
     fmt::print(stderr, "qsweep: error: {}\n", e.what());
     return 2;

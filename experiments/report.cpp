@@ -1422,6 +1422,7 @@ ReportResult write_report(const fs::path& dir, const ReportOptions& o, const Gra
     std::string first_error;
     bool hung = false;
     for (auto& pf : figures) {
+      if (o.stop != nullptr && o.stop->load()) break;  // the caller discards the folder
       const std::string& stem = pf.fig.stem;
       const GnuplotRun run = run_gnuplot(o.gnuplot, fig_dir, stem + ".gp", o.gnuplot_timeout_s);
       if (run.status == GnuplotRun::Status::kNotFound) {

@@ -13,6 +13,7 @@
 // missing or failing gnuplot is reported as one warning line, never as an error.
 #pragma once
 
+#include <atomic>
 #include <filesystem>
 #include <string>
 #include <vector>
@@ -31,6 +32,8 @@ struct ReportOptions {
   // Where the folder lives once complete (a run writes into a staging folder that is renamed
   // afterwards): used in the page's commands and the warnings. Empty: the folder itself.
   std::filesystem::path final_dir;
+  // Set (by a signal handler): no further figure is drawn.
+  const std::atomic<bool>* stop = nullptr;
 };
 
 struct ReportResult {

@@ -388,11 +388,20 @@ void add_report(ResultsFolder& folder, const Graph& g) {
     const fs::path dir = folder.staging_path();
     ReportOptions ro = report_options_for(dir);
     ro.final_dir = folder.final_path();
+    ro.stop = &stop_requested();
     const ReportResult r = write_report(dir, ro, &g);
     // Warnings (figures skipped: gnuplot missing or failing) are shown even with --quiet.
-    for (const auto& w : r.warnings) fmt::print(stderr, "qsweep: warning: {}\n", w);
+    if (!stop_requested()) {
+      for (const auto& w : r.warnings) fmt::print(stderr, "qsweep: warning: {}\n", w);
+    }
   } catch (const std::exception& e) {
     fmt::print(stderr, "qsweep: warning: the report could not be written: {}\n", e.what());
+  }
+  // A signal to the process group (Ctrl-C, SLURM) kills gnuplot too: its figure would be
+  // missing from a folder that looks finished.
+  if (stop_requested()) {
+    throw RunInterrupted("interrupted while the report was drawn; nothing was moved into place (run the same command "
+                         "again to finish it)");
   }
 }
 

@@ -270,6 +270,28 @@ TEST_F(Cli, EvaluationOrderChoosesTheFirstImages) {
   }
 }
 
+// SIGINT/SIGTERM to the whole process group while gnuplot draws (Ctrl-C, SLURM) also kill
+// gnuplot: the folder must not be moved into place with a figure missing. A stand-in gnuplot
+// signals qsweep and fails, as the real one would when killed.
+TEST_F(Cli, ASignalWhileTheReportIsDrawnLeavesNothingFinished) {
+  if (!fs::exists(kFashionMnistDir)) GTEST_SKIP() << "dataset-fashion-mnist is not installed";
+  fs::create_directories(dir_ / "bin");
+  std::ofstream(dir_ / "bin/gnuplot") << "#!/bin/sh\nkill -TERM $PPID\nexit 1\n";
+  fs::permissions(dir_ / "bin/gnuplot", fs::perms::owner_all);
+  const std::string args = "run " + std::string(QSWEEP_SOURCE_DIR) + "/configs/quickstart.toml --quiet --out " +
+                           (dir_ / "res").string() + " --run-id r --set data.eval.count=100 " +
+                           "--set data.calibration.count=32 --set 'quant.weight_bits=[4]' --set output.plots=true";
+  CliRun r = run_with_env("PATH=" + (dir_ / "bin").string() + ":$PATH ", args);
+  EXPECT_EQ(r.code, 143) << r.err;
+  EXPECT_NE(r.err.find("qsweep: interrupted while the report was drawn; nothing was moved into place"),
+            std::string::npos)
+      << r.err;
+  EXPECT_FALSE(fs::exists(dir_ / "res/quickstart/r"));
+  r = run(args);  // the real gnuplot (or none): finishes from the recorded batches
+  EXPECT_EQ(r.code, 0) << r.err;
+  EXPECT_TRUE(fs::exists(dir_ / "res/quickstart/r/summary.json"));
+}
+
 // A batch size whose values would not fit in the available memory is refused before the run,
 // naming the largest that fits; that one runs, one more is refused again. Smaller batches keep
 // more workers busy: 600 images in one batch of 600 on 8 threads keep one worker busy, in
