@@ -70,7 +70,7 @@ const std::vector<ConfigKey>& base_keys() {
       {"run.batch_size", "integer or \"auto\"", "250", "Images per batch. Each batch is processed by one thread; results do not depend on the number of threads. `\"auto\"`: the CUDA backend picks the largest batch whose values fit in half of the free device memory (the CPU backend: about 4 batches per thread, 32 to 250 images each, i.e. 250 on a few cores, and no more than half of the available memory holds); shards of one run must agree, so give a number with `--shard` on mixed machines; on the CPU a number whose batches would not fit in the available memory is refused before the run, with the largest that fits."},
       {"run.tf32", "boolean", "false", "CUDA only: let cuDNN and cuBLAS use TF32 tensor cores for the float32 network and the unfused ops (faster on Ampere and later, about 3 decimal digits). Off, the reference network is plain FP32 (FMA math). Recorded in the manifest."},
       {"run.conv_transforms", "boolean", "false", "Let the network's convolutions use transform algorithms. CUDA: cuDNN may choose FFT and Winograd algorithms (ResNet18 on an H100: the grid ran 1.55-1.57x faster, top-1 identical on every cell, noise within 2e-4 relative). CPU with AVX-512: 3x3 stride-1 ungrouped convolutions whose channel counts are multiples of 16 (in + out >= 64) run as Winograd F(4x4, 3x3) (kernels/cpu/winograd.h), and ungrouped ones with 16 input channels and 16 or 32 outputs as direct sums reordered so that each input load feeds several outputs (kernels/cpu/strip_conv.h); the shipped ResNet's full grid ran 1.2-1.3x faster, with every cell's top-1 unchanged and noise within 3e-4 relative (bench/RESULTS.md). Still float32 arithmetic, but rounded differently from a direct convolution (a few times its rounding error), so numbers differ from a run without it in the last digits. Off, every convolution is a direct sum. Recorded in the manifest (a CPU without AVX-512 records false)."},
-      {"run.threads", "integer", "0", "CPU threads; 0 uses every core."},
+      {"run.threads", "integer", "0", "CPU threads, 1 to 1024; 0 uses every core."},
       {"run.devices", "\"all\" or array of integers", "\"all\"", "Devices to run on, one worker each (`[0, 2, 3]` or `\"all\"`). Workers split the batches and share the CPU cores; with the CPU backend `\"all\"` is one worker. Results are identical for any choice."},
       {"run.naive", "boolean", "false", "Run the grid the slow way (a full forward per cell), for comparison; the numbers are identical."},
       {"output.root", "string", "\"results\"", "Folder under which results are written (relative to the working directory)."},
@@ -515,6 +515,7 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
   if (cfg.name.empty() || cfg.name.find_first_of("/\\") != std::string::npos || cfg.name[0] == '.') {
     fail("experiment.name", "must be a non-empty name without slashes that does not start with '.'");
   }
+  if (cfg.name.size() > 160) fail("experiment.name", fmt::format("has {} characters; at most 160 make a folder name", cfg.name.size()));
   if (cfg.kind != "layerwise" && cfg.kind != "additivity" && cfg.kind != "full") {
     fail("experiment.kind", fmt::format("is \"{}\"; accepted: \"layerwise\", \"additivity\", \"full\"", cfg.kind));
   }
@@ -583,7 +584,7 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
   if (cfg.batch_size < 0 || (cfg.batch_size == 0 && !t.at_path("run.batch_size").is_string())) {
     fail("run.batch_size", "must be at least 1 (or \"auto\")");
   }
-  if (cfg.threads < 0) fail("run.threads", "must be 0 (every core) or positive");
+  if (cfg.threads < 0 || cfg.threads > 1024) fail("run.threads", "must be 0 (every core) or 1 to 1024");
   if (cfg.root.empty()) fail("output.root", "must not be empty");
   if (cfg.worst < 1) fail("output.worst", "must be at least 1");
   if (!(cfg.saturate > 0.0)) fail("output.saturate", "must be positive");

@@ -466,6 +466,10 @@ std::string resolve_run_id(const RunOptions& o, const Config& cfg) {
   if (id.find_first_of("/\\") != std::string::npos || id[0] == '.') {
     user_error("--run-id {}: a run id is a name without slashes that does not start with '.'", id);
   }
+  if (id.size() > 180) {  // --fresh appends 17 characters; a folder name has at most 255
+    user_error("--run-id {}...: {} characters; a run id has at most 180 (--fresh adds a 17-character time stamp)",
+               id.substr(0, 20), id.size());
+  }
   return id;
 }
 

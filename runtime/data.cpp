@@ -273,13 +273,17 @@ Dataset load_idx(const std::string& images_path, const std::string& labels_path,
     user_error("data file '{}' holds {} bytes of pixels; its header promises {} images of {}x{}", images_path,
                img.size() - 16, d.count, d.height, d.width);
   }
+  if (d.count == 0) user_error("data file '{}' holds no images (its header says 0)", images_path);
   d.pixels.assign(img.begin() + 16, img.end());
   const auto lab = read_maybe_gzipped(labels_path);
   if (lab.size() < 8 || be32(lab, 0) != 0x00000801) {
     user_error("data file '{}' is not an IDX label file (magic 0x00000801)", labels_path);
   }
   const int64_t nl = be32(lab, 4);
-  if (nl != d.count || lab.size() != 8 + static_cast<size_t>(nl)) {
+  if (lab.size() != 8 + static_cast<size_t>(nl)) {
+    user_error("data file '{}' holds {} labels; its header promises {}", labels_path, lab.size() - 8, nl);
+  }
+  if (nl != d.count) {
     user_error("data file '{}' has {} labels for {} images in '{}'", labels_path, nl, d.count, images_path);
   }
   d.labels.assign(lab.begin() + 8, lab.end());

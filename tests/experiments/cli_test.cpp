@@ -78,6 +78,17 @@ TEST_F(Cli, MoreClassesThanModelOutputsIsRefused) {
   EXPECT_EQ(r.code, 0) << r.err;
 }
 
+TEST_F(Cli, OverlongRunIdIsOneSentence) {
+  if (!fs::exists(kFashionMnistDir)) GTEST_SKIP() << "dataset-fashion-mnist is not installed";
+  const CliRun r = run("run " + std::string(QSWEEP_SOURCE_DIR) + "/configs/quickstart.toml --quiet --out " +
+                       (dir_ / "res").string() + " --run-id " + std::string(300, 'r') +
+                       " --set data.eval.count=10 --set data.calibration.count=10");
+  EXPECT_EQ(r.code, 2) << r.err;
+  EXPECT_EQ(r.err, "qsweep: error: --run-id " + std::string(20, 'r') +
+                       "...: 300 characters; a run id has at most 180 (--fresh adds a 17-character time stamp)\n");
+  EXPECT_FALSE(fs::exists(dir_ / "res"));
+}
+
 TEST_F(Cli, UnknownSetKeyIsRejected) {
   const std::string cfg = write("c.toml", "[model]\npath = \"m.onnx\"\n");
   const CliRun r = run("run " + cfg + " --set quant.wieght_bits=[4]");

@@ -91,6 +91,14 @@ TEST_F(ConfigFiles, BadValuesAreNamed) {
             std::string::npos);
   EXPECT_NE(error_of(write("c.toml", "[model]\npath = \"m\"\n[data]\nmean = [0.1, 0.2]\n")).find("data.std"),
             std::string::npos);
+  const std::string threads = write("d.toml", "[model]\npath = \"m\"\n[run]\nthreads = 100000\n");
+  EXPECT_NE(error_of(threads).find(threads + ":4:11: 'run.threads' must be 0 (every core) or 1 to 1024"),
+            std::string::npos)
+      << error_of(threads);
+  const std::string name = write("e.toml", "[model]\npath = \"m\"\n[experiment]\nname = \"" +
+                                               std::string(300, 'x') + "\"\n");
+  EXPECT_NE(error_of(name).find("'experiment.name' has 300 characters; at most 160"), std::string::npos)
+      << error_of(name);
 }
 
 TEST_F(ConfigFiles, MissingFileAndMissingModel) {

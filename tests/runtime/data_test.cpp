@@ -80,6 +80,35 @@ TEST_F(IdxFiles, ErrorsNameTheFile) {
   }
 }
 
+TEST_F(IdxFiles, EmptySplitsAndShortLabelFilesAreNamed) {
+  auto message = [&] {
+    try {
+      load_idx_split(dir_.string(), "test");
+    } catch (const UserError& e) {
+      return std::string(e.what());
+    }
+    return std::string("no error");
+  };
+  const std::string labels = (dir_ / "t10k-labels-idx1-ubyte").string();
+  // A label file cut short: 2 of the 3 labels its header promises.
+  std::string lab;
+  write_be32(lab, 0x801);
+  write_be32(lab, 3);
+  lab += std::string("\x07\x00", 2);
+  std::ofstream(labels, std::ios::binary | std::ios::trunc) << lab;
+  EXPECT_EQ(message(), "data file '" + labels + "' holds 2 labels; its header promises 3");
+  // No images at all (a split the grid would divide by).
+  fs::remove(dir_ / "t10k-images-idx3-ubyte.gz");
+  std::string img;
+  write_be32(img, 0x803);
+  write_be32(img, 0);
+  write_be32(img, 2);
+  write_be32(img, 2);
+  std::ofstream(dir_ / "t10k-images-idx3-ubyte", std::ios::binary) << img;
+  EXPECT_EQ(message(), "data file '" + (dir_ / "t10k-images-idx3-ubyte").string() +
+                           "' holds no images (its header says 0)");
+}
+
 // ---------------------------------------------------------------- image orders
 
 TEST(ImageOrders, InterleavedTakesOneImageOfEachClassInTurn) {
