@@ -3,6 +3,7 @@
 #include <cstdio>
 #include <exception>
 #include <filesystem>
+#include <fstream>
 #include <string>
 #include <vector>
 
@@ -50,23 +51,40 @@ struct CheckReports {
   std::string json, junit;  // files to write, or ""
 };
 
-// An absolute path for a report file whose folder exists (checked before any work is done).
+// An absolute path for a report file whose folder exists and which is no folder itself
+// (checked before any work is done).
 std::filesystem::path report_path(const char* option, const std::string& file) {
   std::error_code ec;
   const std::filesystem::path p = std::filesystem::absolute(file, ec);
   if (ec || !std::filesystem::is_directory(p.parent_path(), ec)) {
     qsweep::user_error("{} {}: its folder does not exist", option, file);
   }
+  if (std::filesystem::is_directory(p, ec)) qsweep::user_error("{} {}: is a folder; give a file name", option, file);
   return p;
+}
+
+// Writes a report file: a regular file (or a new one) is replaced atomically; a symbolic
+// link, a FIFO or a device (/dev/stdout) is written through as it is, never replaced.
+void write_report(const char* option, const std::string& file, const std::string& content) {
+  namespace fs = std::filesystem;
+  const fs::path p = report_path(option, file);
+  std::error_code ec;
+  const fs::file_status st = fs::symlink_status(p, ec);
+  if (fs::exists(st) && !fs::is_regular_file(st)) {
+    std::ofstream out(p, std::ios::binary);
+    out << content;
+    out.flush();
+    if (!out) qsweep::user_error("{} {}: cannot be written", option, file);
+    return;
+  }
+  qsweep::write_file_atomic(p, content);
 }
 
 int check(const std::string& dir, const std::string& baseline, const qsweep::CheckOptions& o,
           const CheckReports& reports, bool quiet) {
   const qsweep::CheckResult r = qsweep::check_results(dir, baseline, o);
-  if (!reports.json.empty()) {
-    qsweep::write_file_atomic(report_path("--json", reports.json), qsweep::check_json(r, o).dump(2) + "\n");
-  }
-  if (!reports.junit.empty()) qsweep::write_file_atomic(report_path("--junit", reports.junit), qsweep::check_junit(r, o));
+  if (!reports.json.empty()) write_report("--json", reports.json, qsweep::check_json(r, o).dump(2) + "\n");
+  if (!reports.junit.empty()) write_report("--junit", reports.junit, qsweep::check_junit(r, o));
   if (!quiet || !r.passed()) fmt::print("{}", qsweep::format_check(r, o));
   if (r.passed()) return 0;
   std::fflush(stdout);

@@ -22,16 +22,24 @@ std::string csv_field(const std::string& s) {
 
 void write_file_atomic(const fs::path& path, const std::string& content) {
   const fs::path tmp = path.parent_path() / fmt::format(".{}.tmp{}", path.filename().string(), getpid());
+  std::error_code ec;
   {
     std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-    if (!out) user_error("cannot write '{}'", tmp.string());
+    if (!out) user_error("cannot write '{}' (its folder is not writable)", path.string());
     out << content;
     out.flush();
-    if (!out) user_error("cannot write '{}' (disk full?)", tmp.string());
+    if (!out) {
+      out.close();
+      fs::remove(tmp, ec);
+      user_error("cannot write '{}' (disk full?)", path.string());
+    }
   }
-  std::error_code ec;
   fs::rename(tmp, path, ec);
-  if (ec) user_error("cannot move '{}' to '{}': {}", tmp.string(), path.string(), ec.message());
+  if (ec) {
+    std::error_code ignored;
+    fs::remove(tmp, ignored);
+    user_error("cannot write '{}': {}", path.string(), ec.message());
+  }
 }
 
 ResultsFolder::ResultsFolder(const std::string& root, const std::string& experiment) {

@@ -11,6 +11,9 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <sstream>
+#include <thread>
+
+#include <sys/stat.h>
 
 #include "runtime/data.h"
 #include "runtime/error.h"
@@ -395,6 +398,35 @@ TEST_F(CheckCli, ExitCodesOfCheck) {
   r = run("check " + moved.string() + " " + (dir_ / "nope").string());
   EXPECT_EQ(r.code, 2);
   EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << r.err;
+}
+
+// --json/--junit write through a symbolic link (the link stays, its file gets the report) and
+// into a FIFO (a dashboard's pipe stays a pipe); a folder is refused before the comparison.
+TEST_F(CheckCli, ReportsWriteThroughLinksAndPipes) {
+  const auto base = grid("base", base_rows());
+  std::ofstream(dir_ / "target.json") << "old";
+  fs::create_symlink("target.json", dir_ / "link.json");
+  CliRun r = run("check " + base.string() + " " + base.string() + " --json " + (dir_ / "link.json").string());
+  EXPECT_EQ(r.code, 0) << r.err;
+  EXPECT_TRUE(fs::is_symlink(dir_ / "link.json"));
+  EXPECT_EQ(nlohmann::json::parse(slurp(dir_ / "target.json"))["passed"], true);
+
+  ASSERT_EQ(mkfifo((dir_ / "pipe").c_str(), 0600), 0);
+  std::string got;
+  std::thread reader([&] { got = slurp(dir_ / "pipe"); });
+  r = run("check " + base.string() + " " + base.string() + " --junit " + (dir_ / "pipe").string());
+  reader.join();
+  EXPECT_EQ(r.code, 0) << r.err;
+  EXPECT_TRUE(fs::is_fifo(dir_ / "pipe"));
+  EXPECT_EQ(got.rfind("<?xml", 0), 0u) << got;
+
+  r = run("check " + base.string() + " " + base.string() + " --json " + dir_.string());
+  EXPECT_EQ(r.code, 2);
+  EXPECT_EQ(r.err, "qsweep: error: --json " + dir_.string() + ": is a folder; give a file name\n");
+  const std::string temp = "." + dir_.filename().string() + ".tmp";  // write_file_atomic's name
+  for (const auto& e : fs::directory_iterator(dir_.parent_path())) {
+    EXPECT_NE(e.path().filename().string().rfind(temp, 0), 0u) << e.path() << " was left behind";
+  }
 }
 
 TEST_F(CheckCli, RunWithCheckFailsLoudlyWhenANumberMoves) {
