@@ -92,17 +92,32 @@ int check(const std::string& dir, const std::string& baseline, const qsweep::Che
   return qsweep::kCheckMovedExit;
 }
 
+// CLI11's NonNegativeNumber says "Value -1 not in range 0.000000 to 17976931348623157...".
+CLI::Validator non_negative() {
+  return CLI::Validator(
+      [](std::string& v) -> std::string {
+        try {
+          size_t used = 0;
+          const double d = std::stod(v, &used);
+          if (used == v.size() && d >= 0.0) return "";
+        } catch (const std::exception&) {
+        }
+        return "is '" + v + "'; it must be a number, 0 or more";
+      },
+      "NUMBER>=0");
+}
+
 void add_check_options(CLI::App* cmd, qsweep::CheckOptions& o, CheckReports& reports) {
   cmd->add_option("--top1-tol", o.top1_tol, "Points of top-1 a row may move (default 0: the same number of correct "
                                             "images)")
-      ->check(CLI::NonNegativeNumber);
+      ->check(non_negative());
   cmd->add_option("--top5-tol", o.top5_tol, "Points of top-5 a row may move (default 0)")
-      ->check(CLI::NonNegativeNumber);
+      ->check(non_negative());
   cmd->add_option("--noise-rtol", o.noise_rtol, "Relative change of noise allowed (default 1e-6)")
-      ->check(CLI::NonNegativeNumber);
+      ->check(non_negative());
   cmd->add_option("--json", reports.json, "Also write the comparison, every moved row included, as JSON to this file");
   cmd->add_option("--junit", reports.junit, "Also write it as a JUnit XML report (one test case per row) to this file");
-  cmd->add_option("--show", o.show, "Moved rows printed at most (default 20)")->check(CLI::NonNegativeNumber);
+  cmd->add_option("--show", o.show, "Moved rows printed at most (default 20)")->check(non_negative());
 }
 
 int report(const std::string& dir, double saturate, int bar_bits) {
@@ -210,7 +225,25 @@ int main(int argc, char** argv) {
   add_check_options(check_cmd, check_options, check_reports);
   check_cmd->add_flag("--quiet,-q", check_quiet, "Print nothing when every number is within tolerance");
 
-  CLI11_PARSE(app, argc, argv);
+  // Usage errors as every other error: one sentence, exit 2 (CLI11 would print two lines and
+  // exit 104-114). --help and --version print and exit 0 as CLI11 does.
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::Success& e) {
+    return app.exit(e);
+  } catch (const CLI::ParseError& e) {
+    std::string what = e.what();
+    if (argc > 1 && argv[1][0] != '-' && app.get_subcommands().empty()) {
+      what = fmt::format("unknown command '{}'", argv[1]);
+    } else if (argc <= 1 || app.get_subcommands().empty()) {
+      what = "a command is required";
+    }
+    fmt::print(stderr, "qsweep: error: {}; {}\n", what,
+               app.get_subcommands().empty()
+                   ? "the commands are run, merge, submit, check, report, layers and keys (qsweep --help)"
+                   : fmt::format("see qsweep {} --help", app.get_subcommands()[0]->get_name()));
+    return 2;
+  }
   run.command_line = join_args(argc, argv);
   try {
     if (*run_cmd) {

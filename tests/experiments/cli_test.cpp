@@ -89,6 +89,30 @@ TEST_F(Cli, OverlongRunIdIsOneSentence) {
   EXPECT_FALSE(fs::exists(dir_ / "res"));
 }
 
+// Usage errors follow the rule every other error does: one line, exit 2; --help and
+// --version exit 0.
+TEST_F(Cli, UsageErrorsAreOneSentenceAndExit2) {
+  const std::pair<std::string, std::string> cases[] = {
+      {"", "qsweep: error: a command is required; the commands are run, merge, submit, check, report, layers and keys "
+           "(qsweep --help)\n"},
+      {"bogus", "qsweep: error: unknown command 'bogus'; the commands are run, merge, submit, check, report, layers "
+                "and keys (qsweep --help)\n"},
+      {"run --bogus c.toml", "qsweep: error: The following argument was not expected: --bogus; see qsweep run --help\n"},
+      {"check a b --top1-tol -1",
+       "qsweep: error: --top1-tol: is '-1'; it must be a number, 0 or more; see qsweep check --help\n"},
+      {"check a b --show abc", "qsweep: error: --show: is 'abc'; it must be a number, 0 or more; see qsweep check --help\n"},
+  };
+  for (const auto& [args, err] : cases) {
+    const CliRun r = run(args);
+    EXPECT_EQ(r.code, 2) << args;
+    EXPECT_EQ(r.err, err) << args;
+  }
+  EXPECT_EQ(run("--version").code, 0);
+  const CliRun help = run("check --help");
+  EXPECT_EQ(help.code, 0);
+  EXPECT_NE(help.out.find("--top5-tol"), std::string::npos) << help.out;
+}
+
 TEST_F(Cli, UnknownSetKeyIsRejected) {
   const std::string cfg = write("c.toml", "[model]\npath = \"m.onnx\"\n");
   const CliRun r = run("run " + cfg + " --set quant.wieght_bits=[4]");
