@@ -184,6 +184,11 @@ void validate(const Ctx& c, const toml::table& t, const std::string& prefix) {
   for (const auto& [k, node] : t) {
     const std::string path = prefix.empty() ? std::string(k.str()) : prefix + "." + std::string(k.str());
     if (node.is_table()) {
+      // [quant.layer] where [[quant.layer]] is meant: a table, read as nothing.
+      if (const ConfigKey* key = find_key(path); key != nullptr && std::string(key->type) == "array of tables") {
+        user_error("{}: '{}' is a list of tables: write [[{}]] (double brackets), one per entry",
+                   where_src(c, path, k.source()), path, path);
+      }
       if (!is_table_prefix(path)) {
         user_error("{}: unknown section [{}]; known sections{}: {}", where_src(c, path, k.source()), path,
                    prefix.empty() ? "" : fmt::format(" in [{}]", prefix), sections_below(prefix));

@@ -101,6 +101,18 @@ TEST_F(ConfigFiles, BadValuesAreNamed) {
       << error_of(name);
 }
 
+// [quant.layer] (one bracket) is a table, which would be read as no override at all.
+TEST_F(ConfigFiles, SingleBracketListTablesAreRefused) {
+  const std::string p = write("a.toml", "[model]\npath = \"m.onnx\"\n[quant.layer]\nlayers = [0]\nact_bits = 2\n");
+  EXPECT_EQ(error_of(p), p + ":3:8: 'quant.layer' is a list of tables: write [[quant.layer]] (double brackets), one "
+                             "per entry");
+  const std::string v = write("b.toml", "[experiment]\nkind = \"full\"\n[model]\npath = \"m.onnx\"\n[variant]\nname = "
+                                        "\"x\"\n");
+  EXPECT_NE(error_of(v).find("'variant' is a list of tables: write [[variant]]"), std::string::npos) << error_of(v);
+  const std::string ok = write("c.toml", "[model]\npath = \"m.onnx\"\n[[quant.layer]]\nlayers = [0]\nact_bits = 6\n");
+  EXPECT_EQ(load_config(ok, {}).quant.layers.size(), 1u);
+}
+
 TEST_F(ConfigFiles, MissingFileAndMissingModel) {
   EXPECT_EQ(error_of((dir_ / "nope.toml").string()), "config file '" + (dir_ / "nope.toml").string() + "' does not exist");
   const std::string p = write("a.toml", "[quant]\nact_bits = 8\n");
