@@ -247,6 +247,9 @@ int main(int argc, char** argv) {
   run.command_line = join_args(argc, argv);
   try {
     if (*run_cmd) {
+      if (run_cmd->count("--shard") > 0 && run.shard.empty()) {
+        qsweep::user_error("--shard '': expected I/N with 0 <= I < N, e.g. --shard 2/8");
+      }
       if (!run_check.empty() && !run.shard.empty()) {
         qsweep::user_error("--check compares a whole run; check the merged folder after `qsweep merge` instead of "
                            "one shard");

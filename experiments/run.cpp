@@ -536,6 +536,15 @@ RunOutcome run_layerwise(const RunOptions& o, const Prepared& p, const Activatio
   } else {
     write_file_atomic(work / "config.toml", config_text);
   }
+  // Every attempt at this run id splits the grid the same way (merge could not combine others).
+  for (const auto& e : fs::directory_iterator(work)) {
+    int i = 0, n = 0;
+    if (e.is_directory() && std::sscanf(e.path().filename().c_str(), "shard-%d-of-%d", &i, &n) == 2 && n != shards) {
+      user_error("'{}' holds shards of the grid split {} ways; this run splits it {} ways ({}): use the same count, "
+                 "or another --run-id",
+                 work.string(), n, shards, o.shard.empty() ? std::string("unsharded") : "--shard " + o.shard);
+    }
+  }
   const fs::path sdir = work / shard_dir_name(shard, shards);
   fs::create_directories(sdir, ec);
   if (ec) user_error("cannot create '{}': {}", sdir.string(), ec.message());

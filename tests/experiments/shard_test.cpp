@@ -269,6 +269,24 @@ TEST_F(Shards, ChangedInputsAreComputedAgainNotMixed) {
   EXPECT_EQ(slurp(result(root) / "layerwise.csv"), slurp(result(dir_ / "single") / "layerwise.csv"));
 }
 
+// One run id, one split: a shard of another count is refused at run time, before any work
+// (merge could not combine them); an empty --shard is an error, not an unsharded run.
+TEST_F(Shards, AnotherShardCountForTheSameRunIsRefused) {
+  const fs::path root = dir_ / "mixed";
+  ASSERT_EQ(run("run " + common(root.string()) + " --run-id sh --shard 0/2"), 0) << slurp(dir_ / "stderr");
+  fs::remove(dir_ / "stderr");
+  EXPECT_EQ(run("run " + common(root.string()) + " --run-id sh --shard 1/3"), 2);
+  EXPECT_NE(slurp(dir_ / "stderr").find("holds shards of the grid split 2 ways; this run splits it 3 ways (--shard 1/3)"),
+            std::string::npos)
+      << slurp(dir_ / "stderr");
+  EXPECT_FALSE(fs::exists(work_of(root) / "shard-1-of-3"));
+  fs::remove(dir_ / "stderr");
+  EXPECT_EQ(run("run " + common(root.string()) + " --run-id sh --shard ''"), 2);
+  EXPECT_NE(slurp(dir_ / "stderr").find("--shard '': expected I/N"), std::string::npos) << slurp(dir_ / "stderr");
+  ASSERT_EQ(run("run " + common(root.string()) + " --run-id sh --shard 1/2"), 0) << slurp(dir_ / "stderr");
+  EXPECT_EQ(run("merge " + work_of(root).string() + " --quiet"), 0) << slurp(dir_ / "stderr");
+}
+
 TEST(CostModel, FourShardsOfTheShippedGridAreBalanced) {
   const auto models = testing::shipped_models();
   ASSERT_FALSE(models.empty());
