@@ -55,6 +55,9 @@ Folder load(const fs::path& dir, const char* role) {
   }
   f.summary = read_json_file(dir / "summary.json");
   f.manifest = read_json_file(dir / "manifest.json");
+  for (const auto& [name, j] : {std::pair{"summary.json", &f.summary}, std::pair{"manifest.json", &f.manifest}}) {
+    if (*j && !(*j)->is_object()) user_error("{}: not a qsweep {} (a JSON object)", (dir / name).string(), name);
+  }
   if (const auto text = read_text(dir / "config.toml")) {
     try {
       f.config = toml::parse(*text, (dir / "config.toml").string());
@@ -68,6 +71,26 @@ Folder load(const fs::path& dir, const char* role) {
 void require_columns(const Csv& csv, const fs::path& file, std::initializer_list<const char*> cols) {
   for (const char* c : cols) {
     if (!csv.has(c)) user_error("{}: no column '{}'", file.string(), c);
+  }
+  // A row of another width is a damaged table (a stray comma, a cut line), not a result.
+  for (size_t r = 0; r < csv.rows.size(); ++r) {
+    if (csv.fields[r] != csv.header.size()) {
+      user_error("{}, line {}: {} fields where the header has {}", file.string(), csv.line[r], csv.fields[r],
+                 csv.header.size());
+    }
+  }
+}
+
+// The numbers check compares must be numbers ("nan" and "inf" are); anything else is named.
+void require_numbers(const Csv& csv, const fs::path& file, std::initializer_list<const char*> cols) {
+  for (const char* c : cols) {
+    if (!csv.has(c)) continue;
+    for (size_t r = 0; r < csv.rows.size(); ++r) {
+      const std::string& v = csv.at(r, c);
+      if (!csv_is_number(v)) {
+        user_error("{}, line {}: column '{}' holds '{}', not a number", file.string(), csv.line[r], c, v);
+      }
+    }
   }
 }
 
@@ -116,6 +139,7 @@ Table rows_of(const Folder& f, const std::string& table) {
   if (table == "layerwise.csv") {
     const Csv& c = *f.layerwise;
     require_columns(c, file, {"layer_name", "weight_bits", "act_bits", "noise", "top1"});
+    require_numbers(c, file, {"noise", "top1", "correct", "images", "float_top1", "top5", "correct5"});
     for (size_t i = 0; i < c.rows.size(); ++i) {
       add(bits_key(c, i), Row{top1_of(c, i, "top1"), csv_number(c.at(i, "noise")), csv_number(c.at(i, "images")), "",
                               top5_of(c, i, "top5")});
@@ -123,6 +147,7 @@ Table rows_of(const Folder& f, const std::string& table) {
   } else if (table == "additivity.csv") {
     const Csv& c = *f.additivity;
     require_columns(c, file, {"config_index", "low_layers", "measured_top1", "measured_noise"});
+    require_numbers(c, file, {"measured_top1", "measured_noise", "measured_top5"});
     for (size_t i = 0; i < c.rows.size(); ++i) {
       add("configuration " + c.at(i, "config_index"),
           Row{csv_number(c.at(i, "measured_top1")), csv_number(c.at(i, "measured_noise")), kNaN,
@@ -133,6 +158,7 @@ Table rows_of(const Folder& f, const std::string& table) {
   } else {
     const Csv& c = *f.comparison;
     require_columns(c, file, {"variant", "top1", "noise"});
+    require_numbers(c, file, {"top1", "noise", "top5"});
     for (size_t i = 0; i < c.rows.size(); ++i) {
       add("variant " + c.at(i, "variant"),
           Row{csv_number(c.at(i, "top1")), csv_number(c.at(i, "noise")), kNaN, "", top5_of(c, i, "top5")});

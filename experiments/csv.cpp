@@ -21,9 +21,11 @@ const std::string& Csv::at(size_t r, const std::string& name) const {
 
 Csv parse_csv(const std::string& text) {
   std::vector<std::vector<std::string>> lines;
+  std::vector<size_t> starts;  // the line each record starts on
   std::vector<std::string> row;
   std::string field;
   bool quoted = false, any = false;
+  size_t line = 1, start = 1;
   for (size_t i = 0; i < text.size(); ++i) {
     const char c = text[i];
     if (quoted) {
@@ -34,6 +36,7 @@ Csv parse_csv(const std::string& text) {
         quoted = false;
       } else {
         field += c;
+        line += c == '\n';
       }
       continue;
     }
@@ -49,10 +52,12 @@ Csv parse_csv(const std::string& text) {
       if (any || !field.empty()) {
         row.push_back(std::move(field));
         lines.push_back(std::move(row));
+        starts.push_back(start);
       }
       row.clear();
       field.clear();
       any = false;
+      start = ++line;
     } else {
       field += c;
       any = true;
@@ -61,11 +66,14 @@ Csv parse_csv(const std::string& text) {
   if (any || !field.empty()) {
     row.push_back(std::move(field));
     lines.push_back(std::move(row));
+    starts.push_back(start);
   }
   Csv csv;
   if (lines.empty()) return csv;
   csv.header = std::move(lines.front());
   for (size_t i = 1; i < lines.size(); ++i) {
+    csv.fields.push_back(lines[i].size());
+    csv.line.push_back(starts[i]);
     lines[i].resize(std::max(lines[i].size(), csv.header.size()));
     csv.rows.push_back(std::move(lines[i]));
   }
@@ -91,6 +99,13 @@ double csv_number(const std::string& s) {
   char* end = nullptr;
   const double v = std::strtod(s.c_str(), &end);
   return end == s.c_str() ? std::nan("") : v;
+}
+
+bool csv_is_number(const std::string& s) {
+  if (s.empty()) return false;
+  char* end = nullptr;
+  std::strtod(s.c_str(), &end);
+  return end == s.c_str() + s.size();
 }
 
 }  // namespace qsweep

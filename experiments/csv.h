@@ -11,6 +11,8 @@ namespace qsweep {
 struct Csv {
   std::vector<std::string> header;
   std::vector<std::vector<std::string>> rows;
+  std::vector<size_t> line;    // per row: the line of the file it starts on (the header's is 1)
+  std::vector<size_t> fields;  // per row: its fields as written, before padding
 
   int col(const std::string& name) const;
   bool has(const std::string& name) const { return col(name) >= 0; }
@@ -28,5 +30,7 @@ std::optional<Csv> read_csv(const std::filesystem::path& p);
 
 // A CSV number: "inf" and "nan" as strtod reads them; empty or malformed: NaN.
 double csv_number(const std::string& s);
+// Whether s is a whole number as csv_number reads it (also "inf", "nan"; not empty).
+bool csv_is_number(const std::string& s);
 
 }  // namespace qsweep

@@ -258,6 +258,21 @@ TEST_F(Check, BadFoldersAreOneSentenceErrors) {
   CheckOptions negative;
   negative.noise_rtol = -1;
   EXPECT_EQ(message(good, good, negative).rfind("check tolerances must be 0 or more", 0), 0u);
+  // Damaged tables are named by file and line, not compared: a stray comma, a cut row, a word
+  // where a count belongs; a summary.json that is no object.
+  std::string stray = base_rows(1, "");
+  stray.insert(stray.find('\n'), ",");
+  const auto comma = grid("comma", stray);
+  EXPECT_EQ(message(comma, good), (comma / "layerwise.csv").string() + ", line 2: 15 fields where the header has 14");
+  const std::string row = cell(0, "/conv1/Conv", 3, "23.2559466", 8612);
+  const auto cut = grid("cut", base_rows(1, row.substr(0, row.rfind(',')) + "\n"));
+  EXPECT_EQ(message(cut, good), (cut / "layerwise.csv").string() + ", line 3: 13 fields where the header has 14");
+  std::string word = cell(0, "/conv1/Conv", 3, "23.2559466", 8612);
+  word.replace(word.find(",8612,"), 6, ",abc,");
+  const auto abc = grid("abc", base_rows(0, word));
+  EXPECT_EQ(message(abc, good), (abc / "layerwise.csv").string() + ", line 2: column 'correct' holds 'abc', not a number");
+  const auto list = folder("list", {{"layerwise.csv", kHeader + base_rows()}, {"summary.json", "[]"}});
+  EXPECT_EQ(message(list, good), (list / "summary.json").string() + ": not a qsweep summary.json (a JSON object)");
 }
 
 // Top-5: compared (from the correct5 counts) where both folders have it, with its own
