@@ -1,4 +1,5 @@
 // qsweep: batch experiment runner for layer-wise quantization analysis.
+#include <cmath>
 #include <csignal>
 #include <cstdio>
 #include <exception>
@@ -120,9 +121,15 @@ void add_check_options(CLI::App* cmd, qsweep::CheckOptions& o, CheckReports& rep
   cmd->add_option("--show", o.show, "Moved rows printed at most (default 20)")->check(non_negative());
 }
 
-int report(const std::string& dir, double saturate, int bar_bits) {
+int report(const std::string& dir, double saturate, int bar_bits, bool saturate_given, bool bar_bits_given) {
   std::error_code ec;
   if (!std::filesystem::is_directory(dir, ec)) qsweep::user_error("results folder '{}' does not exist", dir);
+  if (saturate_given && !(saturate > 0.0 && std::isfinite(saturate))) {
+    qsweep::user_error("--saturate {}: must be a positive number of points", saturate);
+  }
+  if (bar_bits_given && (bar_bits < 2 || bar_bits > 16)) {
+    qsweep::user_error("--bar-bits {}: must be a weight bit-width, 2 to 16", bar_bits);
+  }
   qsweep::ReportOptions o = qsweep::report_options_for(dir);
   o.plots = true;  // asked for by name, whatever output.plots says
   if (saturate > 0.0) o.saturate = saturate;
@@ -250,6 +257,9 @@ int main(int argc, char** argv) {
       if (run_cmd->count("--shard") > 0 && run.shard.empty()) {
         qsweep::user_error("--shard '': expected I/N with 0 <= I < N, e.g. --shard 2/8");
       }
+      if (run_check.empty() && (!run_check_reports.json.empty() || !run_check_reports.junit.empty())) {
+        qsweep::user_error("--json and --junit report the comparison --check BASELINE makes; add --check");
+      }
       if (!run_check.empty() && !run.shard.empty()) {
         qsweep::user_error("--check compares a whole run; check the merged folder after `qsweep merge` instead of "
                            "one shard");
@@ -274,7 +284,8 @@ int main(int argc, char** argv) {
     } else if (*keys_cmd) {
       fmt::print("{}", qsweep::config_keys_markdown());
     } else if (*report_cmd) {
-      return report(report_dir, report_saturate, report_bar_bits);
+      return report(report_dir, report_saturate, report_bar_bits, report_cmd->count("--saturate") > 0,
+                    report_cmd->count("--bar-bits") > 0);
     } else if (*check_cmd) {
       return check(check_dir, check_baseline, check_options, check_reports, check_quiet);
     }

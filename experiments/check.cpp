@@ -43,6 +43,9 @@ std::optional<json> read_json_file(const fs::path& p) {
 
 Folder load(const fs::path& dir, const char* role) {
   std::error_code ec;
+  if (fs::exists(dir, ec) && !fs::is_directory(dir, ec)) {
+    user_error("{} folder '{}' is a file; give a results folder", role, dir.string());
+  }
   if (!fs::is_directory(dir, ec)) user_error("{} folder '{}' does not exist", role, dir.string());
   Folder f;
   f.dir = dir;

@@ -413,6 +413,7 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
   fs::path base = fs::current_path();
   if (!path.empty()) {
     std::error_code ec;
+    if (fs::is_directory(path, ec)) user_error("config file '{}' is a folder; give a TOML file", path);
     if (!fs::is_regular_file(path, ec)) user_error("config file '{}' does not exist", path);
     c.file = path;
     try {

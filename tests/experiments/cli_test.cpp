@@ -107,6 +107,18 @@ TEST_F(Cli, UsageErrorsAreOneSentenceAndExit2) {
     EXPECT_EQ(r.code, 2) << args;
     EXPECT_EQ(r.err, err) << args;
   }
+  // Values the parser accepts but the command cannot use.
+  const std::pair<std::string, std::string> values[] = {
+      {"report " + dir_.string() + " --saturate -1", "--saturate -1: must be a positive number of points"},
+      {"report " + dir_.string() + " --bar-bits 1", "--bar-bits 1: must be a weight bit-width, 2 to 16"},
+      {"run c.toml --json x.json", "--json and --junit report the comparison --check BASELINE makes; add --check"},
+      {"run " + dir_.string(), "config file '" + dir_.string() + "' is a folder; give a TOML file"},
+  };
+  for (const auto& [args, err] : values) {
+    const CliRun r = run(args);
+    EXPECT_EQ(r.code, 2) << args;
+    EXPECT_EQ(r.err, "qsweep: error: " + err + "\n") << args;
+  }
   EXPECT_EQ(run("--version").code, 0);
   const CliRun help = run("check --help");
   EXPECT_EQ(help.code, 0);
