@@ -117,7 +117,13 @@ struct Ctx {
 
 std::string where_src(const Ctx& c, const std::string& key, const toml::source_region& src) {
   if (c.from_set.count(key)) return fmt::format("--set {}", key);
-  if (src.begin.line == 0) return c.file;
+  if (src.begin.line == 0) {
+    // A section that only --set created (--set a.b=1 makes [a]): name the override.
+    for (const auto& k : c.from_set) {
+      if (k.rfind(key + ".", 0) == 0) return fmt::format("--set {}", k);
+    }
+    return c.file;
+  }
   return fmt::format("{}:{}:{}", c.file, src.begin.line, src.begin.column);
 }
 

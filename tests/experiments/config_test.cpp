@@ -145,6 +145,8 @@ TEST_F(ConfigFiles, SetErrorsNameTheOverride) {
             std::string::npos);
   EXPECT_NE(error_of(p, {"model.path=m.onnx"}).find("strings need quotes"), std::string::npos);
   EXPECT_NE(error_of(p, {"quant.act_bits"}).find("expected KEY=VALUE"), std::string::npos);
+  // A section only the override creates is the override's fault, not the file's.
+  EXPECT_EQ(error_of(p, {"a.b=1"}).rfind("--set a.b: unknown section [a]", 0), 0u) << error_of(p, {"a.b=1"});
 }
 
 TEST_F(ConfigFiles, ConfigAsRunRoundTrips) {
