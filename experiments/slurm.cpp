@@ -1,6 +1,7 @@
 #include "experiments/slurm.h"
 
 #include <cstdio>
+#include <sstream>
 #include <fmt/format.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -54,8 +55,16 @@ std::string sbatch(const std::vector<std::string>& args) {
   const int st = pclose(p);
   while (!out.empty() && (out.back() == '\n' || out.back() == ' ')) out.pop_back();
   if (st != 0 || out.empty()) {
+    // sbatch's message may span lines ("sbatch: error: ..." several times): one line here.
+    std::string said;
+    std::istringstream lines(out);
+    for (std::string line; std::getline(lines, line);) {
+      if (line.rfind("sbatch: error: ", 0) == 0) line = line.substr(15);
+      while (!line.empty() && (line.back() == '\r' || line.back() == ' ')) line.pop_back();
+      if (!line.empty()) said += (said.empty() ? "" : "; ") + line;
+    }
     user_error("sbatch failed ({}): {}", WIFEXITED(st) ? WEXITSTATUS(st) : -1,
-               out.empty() ? "no output; is SLURM installed and SLURM_CONF set?" : out);
+               said.empty() ? "no output; is SLURM installed and SLURM_CONF set?" : said);
   }
   const auto semi = out.find(';');  // "jobid;cluster"
   return semi == std::string::npos ? out : out.substr(0, semi);

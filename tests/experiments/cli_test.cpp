@@ -125,6 +125,20 @@ TEST_F(Cli, UsageErrorsAreOneSentenceAndExit2) {
   EXPECT_NE(help.out.find("--top5-tol"), std::string::npos) << help.out;
 }
 
+// sbatch's several "sbatch: error:" lines become one sentence.
+TEST_F(Cli, SbatchFailureIsOneLine) {
+  fs::create_directories(dir_ / "bin");
+  std::ofstream(dir_ / "bin/sbatch") << "#!/bin/sh\necho 'sbatch: error: Batch job submission failed: Invalid "
+                                        "partition name specified' >&2\necho 'sbatch: error: try again' >&2\nexit 1\n";
+  fs::permissions(dir_ / "bin/sbatch", fs::perms::owner_all);
+  const CliRun r = run_with_env("PATH=" + (dir_ / "bin").string() + ":$PATH ",
+                                "submit " + std::string(QSWEEP_SOURCE_DIR) + "/configs/quickstart.toml --array 2 --out " +
+                                    (dir_ / "res").string());
+  EXPECT_EQ(r.code, 2) << r.err;
+  EXPECT_EQ(r.err, "qsweep: error: sbatch failed (1): Batch job submission failed: Invalid partition name specified; "
+                   "try again\n");
+}
+
 TEST_F(Cli, UnknownSetKeyIsRejected) {
   const std::string cfg = write("c.toml", "[model]\npath = \"m.onnx\"\n");
   const CliRun r = run("run " + cfg + " --set quant.wieght_bits=[4]");
