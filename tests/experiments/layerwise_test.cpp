@@ -48,17 +48,28 @@ void expect_identical(const GridResult& a, const GridResult& b) {
   }
 }
 
-class ShippedGrid : public ::testing::TestWithParam<int> {};
+// Each shipped model (the parameter) with the Fashion-MNIST test split and its normalization.
+class ShippedGrid : public ::testing::TestWithParam<int> {
+ protected:
+  void SetUp() override {
+    if (!std::filesystem::exists(kFashionMnistDir)) GTEST_SKIP() << "dataset-fashion-mnist is not installed";
+    const auto models = testing::shipped_models();
+    if (static_cast<size_t>(GetParam()) >= models.size()) GTEST_SKIP() << "model not shipped";
+    const auto& m = models[GetParam()];
+    g_ = import_onnx(m.onnx);
+    test_ = load_idx_split(kFashionMnistDir, "test");
+    norm_ = Normalization{m.card["mean"].get<std::vector<float>>(), m.card["std"].get<std::vector<float>>()};
+  }
+  Graph g_;
+  Dataset test_;
+  Normalization norm_;
+};
 
 TEST_P(ShippedGrid, OnePassEqualsNaiveCellByCell) {
-  if (!std::filesystem::exists(kFashionMnistDir)) GTEST_SKIP() << "dataset-fashion-mnist is not installed";
-  const auto models = testing::shipped_models();
-  if (static_cast<size_t>(GetParam()) >= models.size()) GTEST_SKIP() << "model not shipped";
-  const auto& m = models[GetParam()];
-  const Graph g = import_onnx(m.onnx);
+  const Graph& g = g_;
+  const Dataset& test = test_;
+  const Normalization& norm = norm_;
   const Dataset train = load_idx_split(kFashionMnistDir, "train");
-  const Dataset test = load_idx_split(kFashionMnistDir, "test");
-  const Normalization norm{m.card["mean"].get<std::vector<float>>(), m.card["std"].get<std::vector<float>>()};
   Config cfg;
   cfg.calibration_count = 256;
   // A subset of the test set; batches of 100 with a ragged last batch.
@@ -77,38 +88,24 @@ TEST_P(ShippedGrid, OnePassEqualsNaiveCellByCell) {
 }
 
 TEST_P(ShippedGrid, ResultsDoNotDependOnThreads) {
-  if (!std::filesystem::exists(kFashionMnistDir)) GTEST_SKIP() << "dataset-fashion-mnist is not installed";
-  const auto models = testing::shipped_models();
-  if (static_cast<size_t>(GetParam()) >= models.size()) GTEST_SKIP() << "model not shipped";
-  const auto& m = models[GetParam()];
-  const Graph g = import_onnx(m.onnx);
-  const Dataset test = load_idx_split(kFashionMnistDir, "test");
-  const Normalization norm{m.card["mean"].get<std::vector<float>>(), m.card["std"].get<std::vector<float>>()};
   Config cfg;
   cfg.quant.weight_bits = {4};
   cfg.calibration_count = 100;
-  expect_identical(run_grid(g, test, test, norm, cfg, 300, false, 1, 50),
-                   run_grid(g, test, test, norm, cfg, 300, false, 2, 50));
+  expect_identical(run_grid(g_, test_, test_, norm_, cfg, 300, false, 1, 50),
+                   run_grid(g_, test_, test_, norm_, cfg, 300, false, 2, 50));
 }
 
 // Nor on the batch size: every image's outcome is the same, and the noise sums differ only
 // by the order in which the per-batch double sums are added.
 TEST_P(ShippedGrid, ResultsDoNotDependOnTheBatchSize) {
-  if (!std::filesystem::exists(kFashionMnistDir)) GTEST_SKIP() << "dataset-fashion-mnist is not installed";
   if (!__builtin_cpu_supports("avx512f")) {
     GTEST_SKIP() << "this CPU has no AVX-512: its convolutions run on oneDNN, which may block by batch";
   }
-  const auto models = testing::shipped_models();
-  if (static_cast<size_t>(GetParam()) >= models.size()) GTEST_SKIP() << "model not shipped";
-  const auto& m = models[GetParam()];
-  const Graph g = import_onnx(m.onnx);
-  const Dataset test = load_idx_split(kFashionMnistDir, "test");
-  const Normalization norm{m.card["mean"].get<std::vector<float>>(), m.card["std"].get<std::vector<float>>()};
   Config cfg;
   cfg.quant.weight_bits = {3, 8};
   cfg.calibration_count = 100;
-  const GridResult a = run_grid(g, test, test, norm, cfg, 300, false, 2, 300);
-  const GridResult b = run_grid(g, test, test, norm, cfg, 300, false, 2, 7);
+  const GridResult a = run_grid(g_, test_, test_, norm_, cfg, 300, false, 2, 300);
+  const GridResult b = run_grid(g_, test_, test_, norm_, cfg, 300, false, 2, 7);
   EXPECT_EQ(a.float_correct_images, b.float_correct_images);
   EXPECT_NEAR(a.output_energy, b.output_energy, 1e-13 * a.output_energy);
   ASSERT_EQ(a.cells.size(), b.cells.size());
