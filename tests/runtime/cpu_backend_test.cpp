@@ -101,6 +101,13 @@ Tensor random_tensor(std::mt19937& rng, Shape s, float lo = -1.0f, float hi = 1.
   return t;
 }
 
+// A batch of n inputs of graph g, uniform in [-2, 2).
+Tensor random_batch(std::mt19937& rng, const Graph& g, int64_t n) {
+  Shape s = g.input_shape;
+  s.insert(s.begin(), n);
+  return random_tensor(rng, s, -2.0f, 2.0f);
+}
+
 int64_t rand_int(std::mt19937& rng, int64_t lo, int64_t hi) {  // inclusive
   return std::uniform_int_distribution<int64_t>(lo, hi)(rng);
 }
@@ -1258,9 +1265,7 @@ void expect_fused_equals_separate(bool transforms) {
                  backend.fuses_activation(g.nodes[L.node].op, g.nodes[L.act_node].op);
     }
     EXPECT_GT(fusable, 0) << m.name << ": nothing to fuse, the test is vacuous";
-    Shape s = g.input_shape;
-    s.insert(s.begin(), 5);
-    const Tensor x = random_tensor(rng, s, -2.0f, 2.0f);
+    const Tensor x = random_batch(rng, g, 5);
     auto fused = ex.make_workspace();
     auto separate = ex.make_workspace();
     separate.keep_all_values = true;
@@ -1333,9 +1338,7 @@ TEST(Executor, SuffixFusesResidualJoinsIntoTheConvolution) {
   }
   ASSERT_GE(joins.size(), 3u) << "the ResNet's residual joins were not found";
   std::mt19937 rng(79);
-  Shape s = g.input_shape;
-  s.insert(s.begin(), 4);
-  const Tensor x = random_tensor(rng, s, -2.0f, 2.0f);
+  const Tensor x = random_batch(rng, g, 4);
   for (bool transforms : {false, true}) {
     CpuBackend backend(transforms);
     Executor ex(g, backend);
@@ -1378,9 +1381,7 @@ TEST(CpuBackend, ConvTransformsChangeOnlyTheConvolutionsTheyTake) {
   int checked = 0;
   for (const auto& m : testing::shipped_models()) {
     const Graph g = import_onnx(m.onnx);
-    Shape s = g.input_shape;
-    s.insert(s.begin(), 6);
-    const Tensor x = random_tensor(rng, s, -2.0f, 2.0f);
+    const Tensor x = random_batch(rng, g, 6);
     Executor ed(g, direct), et(g, transformed);
     auto wd = ed.make_workspace();
     auto wt = et.make_workspace();
@@ -1429,15 +1430,13 @@ TEST(Executor, AnImageGetsTheSameBitsInAnyBatch) {
   int checked = 0;
   for (const auto& m : testing::shipped_models()) {
     const Graph g = import_onnx(m.onnx);
-    Shape s = g.input_shape;
-    s.insert(s.begin(), 7);
-    const Tensor x = random_tensor(rng, s, -2.0f, 2.0f);
+    const Tensor x = random_batch(rng, g, 7);
     const int64_t per = x.numel() / 7;
     Executor exec(g, cpu);
     auto all = exec.make_workspace();
     exec.forward(all, x);
     for (const auto& [begin, n] : {std::pair<int64_t, int64_t>{2, 3}, {0, 1}, {4, 1}, {6, 1}}) {
-      Shape sb = s;
+      Shape sb = x.shape;
       sb[0] = n;
       Tensor xb(sb);
       std::copy_n(x.data.begin() + begin * per, n * per, xb.data.begin());
