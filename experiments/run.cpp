@@ -383,7 +383,9 @@ json manifest_json(const Prepared& p, const std::string& command_line, const std
 }
 
 // Figures and report.html into the staging folder; never fails the run.
-void add_report(ResultsFolder& folder, const Graph& g) {
+// `resumable`: the numbers are recorded where the same command finds them again (a one-pass
+// layer-wise grid); other runs would start over.
+void add_report(ResultsFolder& folder, const Graph& g, bool resumable) {
   try {
     const fs::path dir = folder.staging_path();
     ReportOptions ro = report_options_for(dir);
@@ -398,10 +400,16 @@ void add_report(ResultsFolder& folder, const Graph& g) {
     fmt::print(stderr, "qsweep: warning: the report could not be written: {}\n", e.what());
   }
   // A signal to the process group (Ctrl-C, SLURM) kills gnuplot too: its figure would be
-  // missing from a folder that looks finished.
+  // missing from a folder that looks finished. Where the numbers would have to be computed
+  // again, the folder is kept and the figures are left to qsweep report.
   if (stop_requested()) {
-    throw RunInterrupted("interrupted while the report was drawn; nothing was moved into place (run the same command "
-                         "again to finish it)");
+    if (resumable) {
+      throw RunInterrupted("interrupted while the report was drawn; nothing was moved into place (run the same "
+                           "command again to finish it)");
+    }
+    fmt::print(stderr, "qsweep: warning: interrupted while the report was drawn; the numbers are complete, the "
+                       "figures may not be: draw them with qsweep report {}\n",
+               folder.final_path().string());
   }
 }
 
@@ -503,7 +511,7 @@ fs::path finish_layerwise(const Prepared& p, const GridResult& grid, const std::
                                         *std::min_element(p.cfg.quant.weight_bits.begin(), p.cfg.quant.weight_bits.end())));
   folder.write("summary.json", summary.dump(2) + "\n");
   folder.write("manifest.json", manifest.dump(2) + "\n");
-  add_report(folder, p.g);
+  add_report(folder, p.g, !p.cfg.naive);
   return folder.commit();
 }
 
@@ -874,7 +882,7 @@ RunOutcome run_experiment(const RunOptions& o) {
                                 std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
   manifest["run_id"] = folder.run_id();
   folder.write("manifest.json", manifest.dump(2) + "\n");
-  add_report(folder, p->g);
+  add_report(folder, p->g, false);
 
   RunOutcome out;
   out.folder = folder.commit();

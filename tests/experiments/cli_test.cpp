@@ -351,6 +351,17 @@ TEST_F(Cli, ASignalWhileTheReportIsDrawnLeavesNothingFinished) {
   r = run(args);  // the real gnuplot (or none): finishes from the recorded batches
   EXPECT_EQ(r.code, 0) << r.err;
   EXPECT_TRUE(fs::exists(dir_ / "res/quickstart/r/summary.json"));
+  // A kind that keeps no records would compute everything again: its folder is kept, and
+  // the figures are left to qsweep report.
+  r = run_with_env("PATH=" + (dir_ / "bin").string() + ":$PATH ",
+                   "run " + std::string(QSWEEP_SOURCE_DIR) + "/configs/compare_resnet.toml --quiet --out " +
+                       (dir_ / "res").string() + " --run-id c --set data.eval.count=100 " +
+                       "--set data.calibration.count=32 --set output.plots=true");
+  EXPECT_EQ(r.code, 0) << r.err;
+  EXPECT_TRUE(fs::exists(dir_ / "res/compare-resnet/c/comparison.csv"));
+  EXPECT_NE(r.err.find("the numbers are complete, the figures may not be: draw them with qsweep report"),
+            std::string::npos)
+      << r.err;
 }
 
 // A batch size whose values would not fit in the available memory is refused before the run,
