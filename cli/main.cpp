@@ -8,6 +8,8 @@
 #include <string>
 #include <vector>
 
+#include <sys/stat.h>
+
 #include <CLI/CLI.hpp>
 #include <fmt/format.h>
 
@@ -64,15 +66,33 @@ std::filesystem::path report_path(const char* option, const std::string& file) {
   return p;
 }
 
-// Writes a report file: a regular file (or a new one) is replaced atomically; a symbolic
-// link, a FIFO or a device (/dev/stdout) is written through as it is, never replaced.
+// Writes a report file. The process's own stdout or stderr (--json /dev/stdout, also when
+// redirected to a file) gets it through that stream; a symbolic link to a regular file has
+// that file replaced atomically, the link kept; a FIFO or a device is written into (appended
+// to), never replaced; a regular or new file is replaced atomically.
 void write_report(const char* option, const std::string& file, const std::string& content) {
   namespace fs = std::filesystem;
   const fs::path p = report_path(option, file);
+  struct stat target {};
+  if (::stat(p.c_str(), &target) == 0) {
+    for (FILE* stream : {stdout, stderr}) {
+      struct stat s {};
+      if (::fstat(fileno(stream), &s) == 0 && s.st_dev == target.st_dev && s.st_ino == target.st_ino) {
+        std::fflush(stream);
+        std::fwrite(content.data(), 1, content.size(), stream);
+        std::fflush(stream);
+        return;
+      }
+    }
+  }
   std::error_code ec;
-  const fs::file_status st = fs::symlink_status(p, ec);
+  if (fs::is_symlink(fs::symlink_status(p, ec))) {
+    const fs::path resolved = fs::canonical(p, ec);
+    if (!ec && fs::is_regular_file(resolved, ec)) return qsweep::write_file_atomic(resolved, content);
+  }
+  const fs::file_status st = fs::status(p, ec);
   if (fs::exists(st) && !fs::is_regular_file(st)) {
-    std::ofstream out(p, std::ios::binary);
+    std::ofstream out(p, std::ios::binary | std::ios::app);
     out << content;
     out.flush();
     if (!out) qsweep::user_error("{} {}: cannot be written", option, file);

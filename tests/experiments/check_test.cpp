@@ -435,6 +435,15 @@ TEST_F(CheckCli, ReportsWriteThroughLinksAndPipes) {
   EXPECT_TRUE(fs::is_fifo(dir_ / "pipe"));
   EXPECT_EQ(got.rfind("<?xml", 0), 0u) << got;
 
+  // /dev/stdout while stdout goes to a file: the report and then the text, neither lost.
+  r = run("check " + base.string() + " " + base.string() + " --json /dev/stdout");
+  EXPECT_EQ(r.code, 0) << r.err;
+  ASSERT_EQ(r.out.rfind("{", 0), 0u) << r.out;
+  const size_t text = r.out.find("qsweep check: ");
+  ASSERT_NE(text, std::string::npos) << r.out;
+  EXPECT_EQ(nlohmann::json::parse(r.out.substr(0, text))["passed"], true);
+  EXPECT_NE(r.out.find("OK: all 9 numbers within tolerance"), std::string::npos) << r.out;
+
   r = run("check " + base.string() + " " + base.string() + " --json " + dir_.string());
   EXPECT_EQ(r.code, 2);
   EXPECT_EQ(r.err, "qsweep: error: --json " + dir_.string() + ": is a folder; give a file name\n");
