@@ -1,5 +1,7 @@
 #include "experiments/results.h"
 
+#include <cerrno>
+#include <cstring>
 #include <chrono>
 #include <ctime>
 #include <fstream>
@@ -25,7 +27,7 @@ void write_file_atomic(const fs::path& path, const std::string& content) {
   std::error_code ec;
   {
     std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-    if (!out) user_error("cannot write '{}' (its folder is not writable)", path.string());
+    if (!out) user_error("cannot write '{}' ({})", path.string(), std::strerror(errno));
     out << content;
     out.flush();
     if (!out) {

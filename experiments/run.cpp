@@ -548,9 +548,9 @@ RunOutcome run_layerwise(const RunOptions& o, const Prepared& p, const Activatio
   for (const auto& e : fs::directory_iterator(work)) {
     int i = 0, n = 0;
     if (e.is_directory() && std::sscanf(e.path().filename().c_str(), "shard-%d-of-%d", &i, &n) == 2 && n != shards) {
-      user_error("'{}' holds shards of the grid split {} ways; this run splits it {} ways ({}): use the same count, "
-                 "or another --run-id",
-                 work.string(), n, shards, o.shard.empty() ? std::string("unsharded") : "--shard " + o.shard);
+      user_error("'{}' holds shards of the grid split {} ways; this run splits it {} ways (shard {}/{}): use the same "
+                 "count, or another --run-id",
+                 work.string(), n, shards, shard, shards);
     }
   }
   const fs::path sdir = work / shard_dir_name(shard, shards);
@@ -588,7 +588,7 @@ RunOutcome run_layerwise(const RunOptions& o, const Prepared& p, const Activatio
         if (std::find(what.begin(), what.end(), name) == what.end()) what.push_back(name);
       }
     } else if (fs::directory_iterator(sdir) != fs::directory_iterator()) {
-      what.push_back("the inputs (not recorded by the earlier attempt)");
+      what.push_back("the inputs (which the earlier attempt did not record)");
     }
     const std::string changed = fmt::format("{}", fmt::join(what, " and "));
     if (!changed.empty()) {
@@ -598,10 +598,13 @@ RunOutcome run_layerwise(const RunOptions& o, const Prepared& p, const Activatio
         if (name.rfind("batch-", 0) == 0 || name == "DONE.json") stale.push_back(e.path());
       }
       size_t dropped = 0;
-      for (const auto& f : stale) dropped += fs::remove(f, ec) && f.filename() != "DONE.json";
+      for (const auto& f : stale) {
+        if (!fs::remove(f, ec) && ec) user_error("cannot remove '{}' ({}): remove it by hand", f.string(), ec.message());
+        dropped += f.filename() != "DONE.json";
+      }
       if (dropped > 0) {
-        fmt::print(stderr, "qsweep: {} changed since the interrupted attempt: its {} recorded batches are computed "
-                           "again\n", changed, dropped);
+        fmt::print(stderr, "qsweep: {} changed since the earlier attempt: its {} recorded batches are computed again\n",
+                   changed, dropped);
       }
     }
     write_file_atomic(sdir / "inputs.json", inputs.dump(2) + "\n");
@@ -734,6 +737,8 @@ RunOutcome run_layerwise(const RunOptions& o, const Prepared& p, const Activatio
                  {"model_sha256", p.model_sha256},
                  {"eval_images_sha256", images_sha256(p.eval)},
                  {"eval_labels_sha256", labels_sha256(p.eval)},
+                 {"calibration_images_sha256", images_sha256(p.calib)},
+                 {"calibration_labels_sha256", labels_sha256(p.calib)},
                  {"batches", plan.batches},
                  {"records", records.size()},
                  {"estimated_cost", plan.cost[shard]},
@@ -947,6 +952,7 @@ RunOutcome merge_run(const std::string& dir, bool quiet) {
   Config cfg = load_config((work / "config.toml").string(), {});
   auto p = prepare(cfg, [](const std::string&) {}, /*compute=*/false);
   const std::string eval_images_sha = images_sha256(p->eval), eval_labels_sha = labels_sha256(p->eval);
+  const std::string calib_images_sha = images_sha256(p->calib), calib_labels_sha = labels_sha256(p->calib);
   std::vector<BatchRecord> records;
   for (int i = 0; i < shards; ++i) {
     const fs::path sdir = work / shard_dir_name(i, shards);
@@ -961,6 +967,9 @@ RunOutcome merge_run(const std::string& dir, bool quiet) {
     else if (dj.value("model_sha256", "") != p->model_sha256) mismatched.push_back(fmt::format("shard {} (another model file)", i));
     else if (dj.value("eval_images_sha256", "") != eval_images_sha || dj.value("eval_labels_sha256", "") != eval_labels_sha) {
       mismatched.push_back(fmt::format("shard {} (another dataset)", i));
+    } else if (dj.value("calibration_images_sha256", "") != calib_images_sha ||
+               dj.value("calibration_labels_sha256", "") != calib_labels_sha) {
+      mismatched.push_back(fmt::format("shard {} (other calibration data)", i));
     }
     size_t n = 0;
     for (const auto& e : fs::directory_iterator(sdir)) {

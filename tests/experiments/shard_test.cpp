@@ -261,7 +261,7 @@ TEST_F(Shards, ChangedInputsAreComputedAgainNotMixed) {
   model(-0.02f);
   fs::remove(dir_ / "stderr");
   ASSERT_EQ(run("run " + common(root.string()) + with_model + " --shard 0/2"), 0) << slurp(dir_ / "stderr");
-  EXPECT_NE(slurp(dir_ / "stderr").find("the model file changed since the interrupted attempt"), std::string::npos)
+  EXPECT_NE(slurp(dir_ / "stderr").find("the model file changed since the earlier attempt"), std::string::npos)
       << slurp(dir_ / "stderr");
   ASSERT_EQ(run("run " + common(root.string()) + with_model + " --shard 1/2"), 0) << slurp(dir_ / "stderr");
   ASSERT_EQ(run("merge " + work_of(root).string() + " --quiet"), 0) << slurp(dir_ / "stderr");
@@ -276,7 +276,7 @@ TEST_F(Shards, AnotherShardCountForTheSameRunIsRefused) {
   ASSERT_EQ(run("run " + common(root.string()) + " --run-id sh --shard 0/2"), 0) << slurp(dir_ / "stderr");
   fs::remove(dir_ / "stderr");
   EXPECT_EQ(run("run " + common(root.string()) + " --run-id sh --shard 1/3"), 2);
-  EXPECT_NE(slurp(dir_ / "stderr").find("holds shards of the grid split 2 ways; this run splits it 3 ways (--shard 1/3)"),
+  EXPECT_NE(slurp(dir_ / "stderr").find("holds shards of the grid split 2 ways; this run splits it 3 ways (shard 1/3)"),
             std::string::npos)
       << slurp(dir_ / "stderr");
   EXPECT_FALSE(fs::exists(work_of(root) / "shard-1-of-3"));
