@@ -474,9 +474,12 @@ std::string resolve_run_id(const RunOptions& o, const Config& cfg) {
   if (id.find_first_of("/\\") != std::string::npos || id[0] == '.') {
     user_error("--run-id {}: a run id is a name without slashes that does not start with '.'", id);
   }
-  if (id.size() > 180) {  // --fresh appends 17 characters; a folder name has at most 255
-    user_error("--run-id {}...: {} characters; a run id has at most 180 (--fresh adds a 17-character time stamp)",
-               id.substr(0, 20), id.size());
+  // A folder name has at most 255 bytes; the work folder adds 6 and temporaries some more.
+  // --fresh appends 17 characters to the id it is given, so that one may have 163.
+  const size_t most = o.fresh ? 163 : 180;
+  if (id.size() > most) {
+    user_error("--run-id {}...: {} characters; a run id has at most {}{}", id.substr(0, 20), id.size(), most,
+               o.fresh ? " with --fresh (which appends a 17-character time stamp)" : "");
   }
   return id;
 }
@@ -780,7 +783,8 @@ RunOutcome run_experiment(const RunOptions& o) {
   auto say = [&](const std::string& s) {
     if (verbose) fmt::print(stderr, "{}\n", s);
   };
-  resolve_shard(o.shard);  // a bad --shard is reported before any work
+  resolve_shard(o.shard);  // a bad --shard or --run-id is reported before any work
+  resolve_run_id(o, cfg);
   if (cfg.kind != "layerwise" && (!o.shard.empty() || std::getenv("SLURM_ARRAY_TASK_ID"))) {
     if (!o.shard.empty() || std::getenv("SLURM_ARRAY_TASK_COUNT")) {
       user_error("kind = \"{}\" cannot be sharded yet; shard a \"layerwise\" grid", cfg.kind);
