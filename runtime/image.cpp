@@ -17,6 +17,7 @@
 #include <jerror.h>
 // clang-format on
 #include <png.h>
+#include <zlib.h>
 
 #include "runtime/error.h"
 
@@ -184,6 +185,7 @@ struct PngSource {
 struct PngError {
   std::jmp_buf jump;
   char message[400];
+  volatile bool image_read;  // every row decoded: what fails after (png_read_end) is ignored
 };
 
 extern "C" void png_fail(png_structp png, png_const_charp msg) {
@@ -192,8 +194,8 @@ extern "C" void png_fail(png_structp png, png_const_charp msg) {
   std::longjmp(e->jump, 1);
 }
 
-// Warnings (an ancillary chunk's bad CRC, a known-wrong sRGB profile) are not errors, as in
-// Pillow, which reads such files too.
+// Warnings (a known-wrong sRGB profile, an unknown chunk) are not errors; Pillow reads such
+// files too.
 extern "C" void png_note(png_structp, png_const_charp) {}
 
 extern "C" void png_read_memory(png_structp png, png_bytep out, png_size_t n) {
@@ -206,8 +208,11 @@ extern "C" void png_read_memory(png_structp png, png_bytep out, png_size_t n) {
 // Decodes into `img` as Pillow's convert("RGB") (or its L image) gives it: palettes expanded,
 // 1/2/4-bit gray scaled to 8 bits (x 255, 85, 17), 16-bit samples cut to their high byte,
 // alpha and tRNS transparency dropped, Adam7 interlacing undone; gamma, sBIT and colour
-// profiles ignored. `rows`: the caller's row pointers. As decode_into: no object with a
-// destructor lives in this frame between setjmp and longjmp.
+// profiles ignored. What Pillow does not check is not checked either: IDAT's CRCs and what
+// follows the image data (a missing IEND, a damaged chunk after it); png_from checks the CRCs
+// Pillow does, before the image data. `rows`: the caller's row pointers. As decode_into: no object with a
+// destructor lives in this frame between setjmp and longjmp, and the pointers the handler
+// reads are set before setjmp.
 bool decode_png_into(const std::vector<uint8_t>& data, Image8& img, std::vector<png_bytep>& rows, std::string& error) {
   PngError err{};
   PngSource src{&data, 0};
@@ -216,14 +221,19 @@ bool decode_png_into(const std::vector<uint8_t>& data, Image8& img, std::vector<
     error = "libpng could not start";
     return false;
   }
-  png_infop info = nullptr;
+  png_infop info = png_create_info_struct(png);
+  if (info == nullptr) {
+    png_destroy_read_struct(&png, nullptr, nullptr);
+    error = "out of memory";
+    return false;
+  }
   if (setjmp(err.jump)) {
-    png_destroy_read_struct(&png, info ? &info : nullptr, nullptr);
+    png_destroy_read_struct(&png, &info, nullptr);
+    if (err.image_read) return true;
     error = err.message;
     return false;
   }
-  info = png_create_info_struct(png);
-  if (info == nullptr) png_error(png, "out of memory");
+  png_set_crc_action(png, PNG_CRC_QUIET_USE, PNG_CRC_QUIET_USE);  // checked above where Pillow does
   png_set_read_fn(png, &src, png_read_memory);
   png_read_info(png, info);
   const png_uint_32 width = png_get_image_width(png, info), height = png_get_image_height(png, info);
@@ -253,6 +263,7 @@ bool decode_png_into(const std::vector<uint8_t>& data, Image8& img, std::vector<
   rows.resize(static_cast<size_t>(img.height));
   for (int y = 0; y < img.height; ++y) rows[y] = img.row(y);
   png_read_image(png, rows.data());
+  err.image_read = true;
   png_read_end(png, nullptr);
   png_destroy_read_struct(&png, &info, nullptr);
   return true;
@@ -265,6 +276,19 @@ Image8 png_from(const std::vector<uint8_t>& data, const std::string& path) {
     for (size_t i = 0; i < std::min<size_t>(data.size(), 4); ++i) start += fmt::format(" 0x{:02x}", data[i]);
     user_error("{}: not a readable PNG image (Not a PNG file: {})", path,
                data.empty() ? std::string("it is empty") : "starts with" + start);
+  }
+  // Pillow checks the CRC of every chunk before the image data (and of none after): so here.
+  for (size_t at = 8; at + 12 <= data.size();) {
+    const uint32_t length = (uint32_t{data[at]} << 24) | (uint32_t{data[at + 1]} << 16) |
+                            (uint32_t{data[at + 2]} << 8) | uint32_t{data[at + 3]};
+    const std::string type(data.begin() + at + 4, data.begin() + at + 8);
+    if (type == "IDAT" || length > data.size() - at - 12) break;  // libpng reports a short file
+    const uint8_t* c = data.data() + at + 8 + length;
+    const uint32_t stored = (uint32_t{c[0]} << 24) | (uint32_t{c[1]} << 16) | (uint32_t{c[2]} << 8) | uint32_t{c[3]};
+    if (crc32(crc32(0L, Z_NULL, 0), data.data() + at + 4, length + 4) != stored) {
+      user_error("{}: not a readable PNG image (the {} chunk's CRC does not match: the file is damaged)", path, type);
+    }
+    at += 12 + length;
   }
   Image8 img;
   std::vector<png_bytep> rows;

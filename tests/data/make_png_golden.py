@@ -119,15 +119,37 @@ files["pillow_palette.png"] = buf.getvalue()
 files["png_named.jpg"] = files["rgb8.png"]                     # read by its content, as Pillow does
 files["truncated.png"] = files["rgb8_adam7.png"][:-40]         # refused
 
+
+def with_chunk_crc_flipped(data, kind):
+    at = data.index(kind) - 4
+    length = struct.unpack(">I", data[at:at + 4])[0]
+    crc = at + 8 + length
+    return data[:crc] + bytes([data[crc] ^ 0xFF]) + data[crc + 1:]
+
+
+# Damage Pillow reads past (what it does not check) and damage it refuses: the golden says which.
+files["no_iend.png"] = files["gray8.png"][:-12]                 # IEND missing: Pillow reads it
+files["idat_crc.png"] = with_chunk_crc_flipped(files["rgb8.png"], b"IDAT")   # Pillow reads it
+text = chunk(b"tEXt", b"Comment\0hello")
+plain = files["rgba8.png"]
+files["text_crc.png"] = with_chunk_crc_flipped(plain[:33] + text + plain[33:], b"tEXt")  # before IDAT
+files["ihdr_crc.png"] = with_chunk_crc_flipped(files["rgb8.png"], b"IHDR")
+files["plte_crc.png"] = with_chunk_crc_flipped(files["palette4.png"], b"PLTE")
+files["text_after_idat_crc.png"] = with_chunk_crc_flipped(plain[:-12] + text + plain[-12:], b"tEXt")
+
 golden = {}
 for name, data in sorted(files.items()):
     with open(os.path.join(out, name), "wb") as f:
         f.write(data)
-    if name in ("gray16.png", "truncated.png"):
+    if name == "gray16.png":  # refused by qsweep on purpose (see above)
         golden[name] = {"refused": True}
         continue
-    im = Image.open(io.BytesIO(data))
-    rgb = im.convert("RGB")
+    try:
+        im = Image.open(io.BytesIO(data))
+        rgb = im.convert("RGB")
+    except Exception as e:  # what Pillow refuses, qsweep must refuse too
+        golden[name] = {"refused": True, "pillow": type(e).__name__}
+        continue
     golden[name] = {"mode": im.mode, "width": rgb.width, "height": rgb.height,
                     "rgb": rgb.tobytes().hex(), "gray": rgb.convert("L").tobytes().hex()}
 
