@@ -16,7 +16,12 @@ namespace qsweep {
 // The order of the sums, per output element: with trans_b, 16 partial sums, partial j taking
 // k = j, j + 16, j + 32, ... in increasing k, then added as a tree (j + 8 into j, then + 4,
 // + 2, + 1); without, one sum over k in increasing order.
+//
+// AVX-512 where the CPU has it (blocks of rows share each load of B), else
+// gemm_rows_portable: the same bits either way.
 void gemm_rows(const float* A, const float* B, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, float beta,
                float* Y);
+void gemm_rows_portable(const float* A, const float* B, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha,
+                        float beta, float* Y);
 
 }  // namespace qsweep

@@ -91,5 +91,30 @@ TEST(Gemm, ARowIsTheSameBitsInAnyBatch) {
   }
 }
 
+// The AVX-512 path (blocks of 4 rows, masked tails) gives the portable path's bits,
+// infinities and NaN included.
+TEST(Gemm, Avx512EqualsThePortablePathBitForBit) {
+  if (!__builtin_cpu_supports("avx512f")) GTEST_SKIP() << "this CPU has no AVX-512: gemm_rows is the portable path";
+  std::mt19937 rng(17);
+  for (const bool trans_b : {true, false}) {
+    for (const int64_t K : {1, 15, 16, 33, 200}) {
+      for (const int64_t M : {1, 3, 4, 9, 21}) {  // 21: a block of 16, one of 4, one row
+        const int64_t N = trans_b ? 7 : 37;       // 37: two full vectors and a masked one
+        auto A = random_values(rng, M * K), B = random_values(rng, K * N);
+        A[0] = -0.0f;
+        if (K > 3) A[3] = INFINITY;
+        if (M * K > 5) A[5] = NAN;
+        for (const float beta : {0.0f, 0.25f}) {
+          std::vector<float> y(M * N, 0.5f), z(M * N, 0.5f);
+          gemm_rows(A.data(), B.data(), trans_b, M, N, K, 1.25f, beta, y.data());
+          gemm_rows_portable(A.data(), B.data(), trans_b, M, N, K, 1.25f, beta, z.data());
+          EXPECT_EQ(std::memcmp(y.data(), z.data(), y.size() * sizeof(float)), 0)
+              << "trans_b " << trans_b << " M " << M << " K " << K << " beta " << beta;
+        }
+      }
+    }
+  }
+}
+
 }  // namespace
 }  // namespace qsweep
