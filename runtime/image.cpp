@@ -234,6 +234,8 @@ bool decode_png_into(const std::vector<uint8_t>& data, Image8& img, std::vector<
     return false;
   }
   png_set_crc_action(png, PNG_CRC_QUIET_USE, PNG_CRC_QUIET_USE);  // checked above where Pillow does
+  // Nor does Pillow check the zlib stream's checksum: it stops once every row is decoded.
+  png_set_option(png, PNG_IGNORE_ADLER32, PNG_OPTION_ON);
   png_set_read_fn(png, &src, png_read_memory);
   png_read_info(png, info);
   const png_uint_32 width = png_get_image_width(png, info), height = png_get_image_height(png, info);
@@ -290,10 +292,31 @@ Image8 png_from(const std::vector<uint8_t>& data, const std::string& path) {
     }
     at += 12 + length;
   }
+  // A file cut inside its last IDAT's CRC: Pillow reads it (it checks no IDAT CRC), libpng
+  // reads the CRC bytes, so they are supplied (as zeros) here. A cut into the chunk's data is
+  // left alone: the pixels may be missing (Pillow reads a file that lost only the zlib
+  // stream's 4-byte checksum; qsweep refuses it).
+  const std::vector<uint8_t>* source = &data;
+  std::vector<uint8_t> padded;
+  for (size_t at = 8; at + 8 <= data.size();) {
+    const uint32_t length = (uint32_t{data[at]} << 24) | (uint32_t{data[at + 1]} << 16) |
+                            (uint32_t{data[at + 2]} << 8) | uint32_t{data[at + 3]};
+    const size_t end = at + 12 + static_cast<size_t>(length);
+    if (end <= data.size()) {
+      at = end;
+      continue;
+    }
+    if (std::equal(data.begin() + at + 4, data.begin() + at + 8, "IDAT") && data.size() >= end - 4) {
+      padded.assign(data.begin(), data.end());
+      padded.resize(end, 0);
+      source = &padded;
+    }
+    break;
+  }
   Image8 img;
   std::vector<png_bytep> rows;
   std::string error;
-  if (!decode_png_into(data, img, rows, error)) user_error("{}: not a readable PNG image ({})", path, error);
+  if (!decode_png_into(*source, img, rows, error)) user_error("{}: not a readable PNG image ({})", path, error);
   return img;
 }
 

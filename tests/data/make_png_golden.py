@@ -129,6 +129,8 @@ def with_chunk_crc_flipped(data, kind):
 
 # Damage Pillow reads past (what it does not check) and damage it refuses: the golden says which.
 files["no_iend.png"] = files["gray8.png"][:-12]                 # IEND missing: Pillow reads it
+files["no_idat_crc.png"] = files["gray8.png"][:-16]             # and the last IDAT's CRC
+files["no_adler.png"] = files["gray8.png"][:-20]                # and the zlib stream's checksum
 files["idat_crc.png"] = with_chunk_crc_flipped(files["rgb8.png"], b"IDAT")   # Pillow reads it
 text = chunk(b"tEXt", b"Comment\0hello")
 plain = files["rgba8.png"]

@@ -295,10 +295,14 @@ TEST(Png, EveryFileDecodesAsPillowDoes) {
     }
     return "no error";
   };
+  // The one known difference: a file cut into its last IDAT's data (here only the zlib
+  // stream's checksum is lost) is read by Pillow, which stops once every row is decoded; libpng
+  // reads on, and qsweep refuses it rather than risk rows it could not check.
+  const std::string refused_here = "no_adler.png";
   int compared = 0, refused = 0;
   for (const auto& [name, want] : g["files"].items()) {
     const std::string path = (fs::path(QSWEEP_SOURCE_DIR) / "tests/data/png" / name).string();
-    if (want.value("refused", false)) {
+    if (want.value("refused", false) || name == refused_here) {
       const std::string e = message([&] { decode_image(path); });
       EXPECT_EQ(e.rfind(path + ": not a readable PNG image (", 0), 0u) << e;
       ++refused;
@@ -313,8 +317,8 @@ TEST(Png, EveryFileDecodesAsPillowDoes) {
     EXPECT_EQ(to_gray(im).px, from_hex(want["gray"])) << name << ": " << diff(to_gray(im).px, from_hex(want["gray"]));
     ++compared;
   }
-  EXPECT_EQ(compared, 24);
-  EXPECT_EQ(refused, 5);  // 16-bit gray (on purpose), truncated, and bad CRCs before the image data
+  EXPECT_EQ(compared, 25);  // also no_iend.png and no_idat_crc.png, which Pillow reads
+  EXPECT_EQ(refused, 6);    // 16-bit gray (on purpose), truncated, bad CRCs before the image data, no_adler
   // The two refusals say why.
   const std::string gray16 = (fs::path(QSWEEP_SOURCE_DIR) / "tests/data/png/gray16.png").string();
   EXPECT_NE(message([&] { decode_image(gray16); }).find("16-bit grayscale"), std::string::npos);
