@@ -1,7 +1,9 @@
 // qsweep: batch experiment runner for layer-wise quantization analysis.
 #include <cmath>
+#include <cerrno>
 #include <csignal>
 #include <cstdio>
+#include <cstring>
 #include <exception>
 #include <filesystem>
 #include <fstream>
@@ -67,9 +69,9 @@ std::filesystem::path report_path(const char* option, const std::string& file) {
 }
 
 // Writes a report file. The process's own stdout or stderr (--json /dev/stdout, also when
-// redirected to a file) gets it through that stream; a symbolic link to a regular file has
-// that file replaced atomically, the link kept; a FIFO or a device is written into (appended
-// to), never replaced; a regular or new file is replaced atomically.
+// redirected to a file) gets it through that stream; a symbolic link is written through (its
+// file, created if missing, keeps its mode, owner and links); a FIFO or a device is appended
+// to; only a regular or new file is replaced atomically.
 void write_report(const char* option, const std::string& file, const std::string& content) {
   namespace fs = std::filesystem;
   const fs::path p = report_path(option, file);
@@ -78,21 +80,20 @@ void write_report(const char* option, const std::string& file, const std::string
     for (FILE* stream : {stdout, stderr}) {
       struct stat s {};
       if (::fstat(fileno(stream), &s) == 0 && s.st_dev == target.st_dev && s.st_ino == target.st_ino) {
-        std::fflush(stream);
-        std::fwrite(content.data(), 1, content.size(), stream);
-        std::fflush(stream);
+        const bool ok = std::fflush(stream) == 0 &&
+                        std::fwrite(content.data(), 1, content.size(), stream) == content.size() &&
+                        std::fflush(stream) == 0;
+        if (!ok) qsweep::user_error("{} {}: cannot be written ({})", option, file, std::strerror(errno));
         return;
       }
     }
   }
   std::error_code ec;
-  if (fs::is_symlink(fs::symlink_status(p, ec))) {
-    const fs::path resolved = fs::canonical(p, ec);
-    if (!ec && fs::is_regular_file(resolved, ec)) return qsweep::write_file_atomic(resolved, content);
-  }
+  const bool link = fs::is_symlink(fs::symlink_status(p, ec));
   const fs::file_status st = fs::status(p, ec);
-  if (fs::exists(st) && !fs::is_regular_file(st)) {
-    std::ofstream out(p, std::ios::binary | std::ios::app);
+  if (link || (fs::exists(st) && !fs::is_regular_file(st))) {
+    const bool in_place = link && (!fs::exists(st) || fs::is_regular_file(st));
+    std::ofstream out(p, std::ios::binary | (in_place ? std::ios::trunc : std::ios::app));
     out << content;
     out.flush();
     if (!out) qsweep::user_error("{} {}: cannot be written", option, file);

@@ -407,8 +407,8 @@ void add_report(ResultsFolder& folder, const Graph& g, bool resumable) {
       throw RunInterrupted("interrupted while the report was drawn; nothing was moved into place (run the same "
                            "command again to finish it)");
     }
-    fmt::print(stderr, "qsweep: warning: interrupted while the report was drawn; the numbers are complete, the "
-                       "figures may not be: draw them with qsweep report {}\n",
+    fmt::print(stderr, "qsweep: warning: a stop was requested during the run; its numbers are complete, its figures "
+                       "may not be: draw them with qsweep report {}\n",
                folder.final_path().string());
   }
 }
@@ -971,6 +971,8 @@ RunOutcome merge_run(const std::string& dir, bool quiet) {
     else if (dj.value("model_sha256", "") != p->model_sha256) mismatched.push_back(fmt::format("shard {} (another model file)", i));
     else if (dj.value("eval_images_sha256", "") != eval_images_sha || dj.value("eval_labels_sha256", "") != eval_labels_sha) {
       mismatched.push_back(fmt::format("shard {} (another dataset)", i));
+    } else if (!dj.contains("calibration_images_sha256")) {
+      mismatched.push_back(fmt::format("shard {} (finished by an earlier qsweep)", i));
     } else if (dj.value("calibration_images_sha256", "") != calib_images_sha ||
                dj.value("calibration_labels_sha256", "") != calib_labels_sha) {
       mismatched.push_back(fmt::format("shard {} (other calibration data)", i));

@@ -3,6 +3,7 @@
 #include <immintrin.h>
 
 #include <algorithm>
+#include <limits>
 #include <vector>
 
 #include "kernels/cpu/avx512_common.h"
@@ -36,7 +37,12 @@ float dot(const float* a, const float* b, int64_t K) {
   return tree(acc);
 }
 
-void finish(float s, float alpha, float beta, float& y) { y = beta == 0.0f ? alpha * s : alpha * s + beta * y; }
+// alpha * s + beta * y, with one NaN for every NaN result: which of two NaN operands x86 passes
+// on depends on the operand order the compiler chose for each copy of the code.
+void finish(float s, float alpha, float beta, float& y) {
+  const float v = beta == 0.0f ? alpha * s : alpha * s + beta * y;
+  y = v == v ? v : std::numeric_limits<float>::quiet_NaN();
+}
 
 // ---------------------------------------------------------------- AVX-512
 // The same sums, 16 lanes at a time, for blocks of rows that share each load of B.

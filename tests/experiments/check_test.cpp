@@ -425,6 +425,11 @@ TEST_F(CheckCli, ReportsWriteThroughLinksAndPipes) {
   EXPECT_EQ(r.code, 0) << r.err;
   EXPECT_TRUE(fs::is_symlink(dir_ / "link.json"));
   EXPECT_EQ(nlohmann::json::parse(slurp(dir_ / "target.json"))["passed"], true);
+  fs::create_symlink("made.json", dir_ / "dangling.json");  // its file does not exist yet
+  r = run("check " + base.string() + " " + base.string() + " --json " + (dir_ / "dangling.json").string());
+  EXPECT_EQ(r.code, 0) << r.err;
+  EXPECT_TRUE(fs::is_symlink(dir_ / "dangling.json"));
+  EXPECT_EQ(nlohmann::json::parse(slurp(dir_ / "made.json"))["passed"], true);
 
   ASSERT_EQ(mkfifo((dir_ / "pipe").c_str(), 0600), 0);
   std::string got;

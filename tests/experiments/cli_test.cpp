@@ -367,7 +367,7 @@ TEST_F(Cli, ASignalWhileTheReportIsDrawnLeavesNothingFinished) {
                        "--set data.calibration.count=32 --set output.plots=true");
   EXPECT_EQ(r.code, 0) << r.err;
   EXPECT_TRUE(fs::exists(dir_ / "res/compare-resnet/c/comparison.csv"));
-  EXPECT_NE(r.err.find("the numbers are complete, the figures may not be: draw them with qsweep report"),
+  EXPECT_NE(r.err.find("its numbers are complete, its figures may not be: draw them with qsweep report"),
             std::string::npos)
       << r.err;
 }

@@ -113,7 +113,15 @@ TEST(Gemm, Avx512EqualsThePortablePathBitForBit) {
         }
       }
     }
-  }
+  }  // Two NaNs of different sign meet (inf * 0 gives -NaN, NAN is +NaN): one NaN, whichever
+  // path and whichever row block computes it.
+  std::vector<float> a(21 * 2), b = {1.0f, 0.0f};
+  for (int64_t r = 0; r < 21; ++r) a[r * 2] = NAN, a[r * 2 + 1] = INFINITY;
+  std::vector<float> y(21), z(21);
+  gemm_rows(a.data(), b.data(), true, 21, 1, 2, 1.0f, 0.0f, y.data());
+  gemm_rows_portable(a.data(), b.data(), true, 21, 1, 2, 1.0f, 0.0f, z.data());
+  EXPECT_EQ(std::memcmp(y.data(), z.data(), y.size() * sizeof(float)), 0);
+  for (int64_t r = 1; r < 21; ++r) EXPECT_EQ(std::memcmp(&y[r], &y[0], sizeof(float)), 0) << "row " << r;
 }
 
 }  // namespace
