@@ -791,6 +791,11 @@ RunOutcome run_experiment(const RunOptions& o) {
     }
   }
   if (o.fresh) {
+    if (o.run_id.empty() && o.shard.empty() && std::getenv("SLURM_ARRAY_TASK_ID")) {
+      // Each task would stamp its own id: the shards of one array would land in different runs.
+      user_error("--fresh inside a SLURM array task would give every shard a run of its own; submit with a new "
+                 "--run-id instead");
+    }
     // A new run id: nothing earlier is reused.
     RunOptions fresh = o;
     fresh.fresh = false;

@@ -84,6 +84,12 @@ SubmitOutcome submit_run(const SubmitOptions& o) {
     const std::string text = config_to_toml(cfg);
     run_id = "cfg-" + sha256_hex(text.data(), text.size()).substr(0, 12);
   }
+  // The rules of qsweep run's --run-id, checked before anything is written or submitted.
+  if (run_id.find_first_of("/\\") != std::string::npos || run_id[0] == '.' || run_id.size() > 180) {
+    user_error("--run-id {}: a run id is a name of at most 180 characters without slashes that does not start with "
+               "'.'",
+               run_id.size() > 40 ? run_id.substr(0, 20) + "..." : run_id);
+  }
   SubmitOutcome out;
   out.run_dir = root / cfg.name / run_id;
   const fs::path work = root / cfg.name / ("." + run_id + ".work");

@@ -145,6 +145,19 @@ TEST_F(Cli, SbatchFailureIsOneLine) {
   EXPECT_EQ(r.code, 2) << r.err;
   EXPECT_EQ(r.err, "qsweep: error: sbatch failed (1): Batch job submission failed: Invalid partition name specified; "
                    "try again\n");
+  // A run id that qsweep run would refuse is refused before anything is submitted.
+  const CliRun bad = run_with_env("PATH=" + (dir_ / "bin").string() + ":$PATH ",
+                                  "submit " + std::string(QSWEEP_SOURCE_DIR) + "/configs/quickstart.toml --array 2 " +
+                                      "--run-id a/b --out " + (dir_ / "res").string());
+  EXPECT_EQ(bad.code, 2);
+  EXPECT_EQ(bad.err, "qsweep: error: --run-id a/b: a run id is a name of at most 180 characters without slashes that "
+                     "does not start with '.'\n");
+  // --fresh in an array task would scatter the shards over time-stamped runs.
+  const CliRun fresh = run_with_env("SLURM_ARRAY_TASK_ID=0 SLURM_ARRAY_TASK_COUNT=2 ",
+                                    "run " + std::string(QSWEEP_SOURCE_DIR) + "/configs/quickstart.toml --fresh --out " +
+                                        (dir_ / "res").string());
+  EXPECT_EQ(fresh.code, 2);
+  EXPECT_NE(fresh.err.find("--fresh inside a SLURM array task"), std::string::npos) << fresh.err;
 }
 
 TEST_F(Cli, UnknownSetKeyIsRejected) {
