@@ -113,6 +113,13 @@ int64_t cpu_auto_batch_size(int64_t images, int threads) {
   return std::clamp<int64_t>(images / per_worker, 32, 250);  // rounded down: at least 4 per worker
 }
 
+void throw_if_stopped(const GridOptions& opt) {
+  if (opt.stop != nullptr && opt.stop->load()) {
+    throw RunInterrupted("interrupted: this run keeps no records, so nothing was written (the same command starts "
+                         "over)");
+  }
+}
+
 int64_t outputs_per_image(const Executor& exec) {
   const Graph& g = exec.graph();
   auto ws = exec.make_workspace();
@@ -235,7 +242,8 @@ GridResult run_layerwise_grid(const Executor& exec, const Dataset& eval, const N
     for (auto& v : job.cells_of_batch) std::iota(v.begin(), v.end(), 0);
     std::vector<BatchRecord> records(batches);
     job.sink = [&](BatchRecord&& rec) { records[rec.batch] = std::move(rec); };
-    run_grid_batches(exec, eval, norm, count, cell_quant, B, job, opt);
+    job.stop = opt.stop;
+    if (!run_grid_batches(exec, eval, norm, count, cell_quant, B, job, opt)) throw_if_stopped(opt);
     GridResult r = assemble_grid(std::move(records), L, weight_bits, count, bs);
     r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     return r;
@@ -276,13 +284,16 @@ GridResult run_layerwise_grid(const Executor& exec, const Dataset& eval, const N
               sums[i].correct[c] = o.correct[0];
               std::copy(o.flags[0].begin(), o.flags[0].end(), cells[c].correct_images.begin() + begin);
               progress.add_images(n);
-            });
+            },
+            opt.stop);
+        throw_if_stopped(opt);
       }
     } else {
       std::vector<Tensor> reference(batches);
       const int32_t* labels = eval.labels.data();
       for_each_batch(exec, eval, norm, count, bs, opt.threads,
                      [&](Executor::Workspace& ws, const Tensor& x, int64_t i, int64_t begin, int64_t n) {
+                       throw_if_stopped(opt);
                        reference[i] = exec.forward(ws, x);
                        sums[i].float_correct = record_top1(reference[i], labels + begin, n, float_images.data() + begin);
                        sums[i].energy = squared_norm_sum(reference[i].ptr(), n, reference[i].numel() / n);
@@ -292,6 +303,7 @@ GridResult run_layerwise_grid(const Executor& exec, const Dataset& eval, const N
         plan[c / B] = cell_quant[c];
         for_each_batch(exec, eval, norm, count, bs, opt.threads,
                        [&](Executor::Workspace& ws, const Tensor& x, int64_t i, int64_t begin, int64_t n) {
+                         throw_if_stopped(opt);
                          const Tensor& yq = exec.forward(ws, x, &plan);
                          const Tensor& y = reference[i];
                          sums[i].noise[c] = squared_error_sum(y.ptr(), yq.ptr(), n, y.numel() / n);
@@ -591,10 +603,13 @@ GridResult run_network_plans(const Executor& exec, const Dataset& eval, const No
             std::copy(o.flags[p].begin(), o.flags[p].end(), cells[p].correct_images.begin() + begin);
           }
           progress.add_images(n);
-        });
+        },
+        opt.stop);
+    throw_if_stopped(opt);
   } else {
     for_each_batch(exec, eval, norm, count, bs, opt.threads,
                    [&](Executor::Workspace& ws, const Tensor& x, int64_t i, int64_t begin, int64_t n) {
+                     throw_if_stopped(opt);
                      const int32_t* labels = eval.labels.data() + begin;
                      const Tensor y = exec.forward(ws, x);  // a copy: the plans' forwards reuse ws
                      const size_t classes = static_cast<size_t>(y.numel() / n);

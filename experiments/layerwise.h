@@ -7,6 +7,7 @@
 #include <memory>
 #include <optional>
 #include <span>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -78,7 +79,21 @@ struct GridOptions {
   int threads = 1;
   bool naive = false;
   bool progress = true;
+  // Set by a signal handler: the grid stops after the batches in flight and throws
+  // RunInterrupted (these grids keep no records; a resumable run uses GridJob::stop).
+  const std::atomic<bool>* stop = nullptr;
 };
+
+// A stop was requested (SIGINT/SIGTERM) where nothing can be kept: a grid without records, or
+// the report of a run whose folder would look finished without its figures. Nothing that
+// looks finished is left; the CLI exits 143.
+class RunInterrupted : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+// Throws RunInterrupted when opt.stop is set.
+void throw_if_stopped(const GridOptions& opt);
 
 // Where empirical bias correction takes its calibration images from.
 struct BiasCorrectionSource {

@@ -673,6 +673,7 @@ RunOutcome run_layerwise(const RunOptions& o, const Prepared& p, const Activatio
   gopt.batch_size = cfg.batch_size;
   gopt.threads = p.threads;
   gopt.progress = verbose;
+  gopt.stop = &stop_requested();
   GridResult grid;
   if (cfg.naive) {
     grid = run_layerwise_grid(*p.exec, p.eval, p.norm, p.eval_count, ranges, p.specs, cfg.quant.weight_bits, gopt,
@@ -829,6 +830,7 @@ RunOutcome run_experiment(const RunOptions& o) {
   ctx.options.threads = p->threads;
   ctx.options.naive = cfg.naive;
   ctx.options.progress = verbose;
+  ctx.options.stop = &stop_requested();
   const PairedBootstrap boot(static_cast<size_t>(p->eval_count), cfg.bootstrap, cfg.stats_seed, cfg.confidence);
   json summary = summary_header(*p);
   ResultsFolder folder(cfg.root, cfg.name, resolve_run_id(o, cfg));

@@ -41,13 +41,7 @@ RunOutcome merge_run(const std::string& dir, bool quiet);
 // Set by SIGTERM/SIGINT: runs finish their batches in flight, keep what is recorded, and stop.
 std::atomic<bool>& stop_requested();
 
-// Thrown when a stop was requested after the numbers were computed but before the results
-// folder was moved into place (e.g. SIGINT to the process group while gnuplot drew): nothing
-// that looks finished is left; the CLI exits 143.
-class RunInterrupted : public std::runtime_error {
- public:
-  using std::runtime_error::runtime_error;
-};
+// (RunInterrupted, experiments/layerwise.h: the CLI exits 143 on it.)
 
 // Text of layerwise.csv for a grid (with bootstrap intervals of each cell's degradation).
 std::string layerwise_csv(const Graph& g, const GridResult& r, const std::vector<QuantSpec>& specs,

@@ -287,6 +287,21 @@ TEST_F(Shards, AnotherShardCountForTheSameRunIsRefused) {
   EXPECT_EQ(run("merge " + work_of(root).string() + " --quiet"), 0) << slurp(dir_ / "stderr");
 }
 
+// A run that keeps no records (additivity) stops on SIGTERM after the batches in flight,
+// exits 143 and leaves no results folder; the same command then starts over and finishes.
+TEST_F(Shards, SigtermStopsARunWithoutRecords) {
+  const std::string a = "run " + std::string(QSWEEP_SOURCE_DIR) + "/configs/additivity_resnet.toml --quiet --out " +
+                         (dir_ / "a").string() + " --set output.plots=false";
+  const int st = run_and_kill(a, SIGTERM, std::chrono::milliseconds(2500));
+  if (WIFEXITED(st) && WEXITSTATUS(st) == 0) GTEST_SKIP() << "the run finished before the signal";
+  ASSERT_TRUE(WIFEXITED(st)) << "SIGTERM must end the run cleanly, not kill it";
+  EXPECT_EQ(WEXITSTATUS(st), 143);
+  for (const auto& e : fs::recursive_directory_iterator(dir_ / "a")) {
+    EXPECT_NE(e.path().filename(), "summary.json") << e.path() << ": nothing may look finished";
+  }
+  ASSERT_EQ(run(a), 0) << slurp(dir_ / "stderr");
+}
+
 TEST(CostModel, FourShardsOfTheShippedGridAreBalanced) {
   const auto models = testing::shipped_models();
   ASSERT_FALSE(models.empty());
