@@ -738,15 +738,11 @@ RunOutcome run_layerwise(const RunOptions& o, const Prepared& p, const Activatio
                  {"shards", shards},
                  {"run_id", run_id},
                  {"config_sha256", sha256_hex(config_text.data(), config_text.size())},
-                 {"model_sha256", p.model_sha256},
-                 {"eval_images_sha256", images_sha256(p.eval)},
-                 {"eval_labels_sha256", labels_sha256(p.eval)},
-                 {"calibration_images_sha256", images_sha256(p.calib)},
-                 {"calibration_labels_sha256", labels_sha256(p.calib)},
                  {"batches", plan.batches},
                  {"records", records.size()},
                  {"estimated_cost", plan.cost[shard]},
                  {"finished_utc", utc_now()}};
+      dj.update(inputs);  // the model's and the data's sha256, hashed once at the start
       write_file_atomic(sdir / "DONE.json", dj.dump(2) + "\n");
       if (verbose) {
         fmt::print("shard {}/{} done ({} batches); once all {} shards are done: qsweep merge {}\n", shard, shards,
