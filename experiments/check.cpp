@@ -219,7 +219,7 @@ double relative_move(double a, double b) {
   return std::abs(a - b) / std::max(std::abs(a), std::abs(b));
 }
 
-double top1_move(double a, double b) {
+double points_move(double a, double b) {
   if (same_value(a, b)) return 0.0;
   if (!std::isfinite(a) || !std::isfinite(b)) return std::numeric_limits<double>::infinity();
   return std::abs(a - b);
@@ -230,19 +230,10 @@ class Checker {
   Checker(CheckResult& r, const CheckOptions& o) : r_(r), o_(o) {}
 
   void top1(const std::string& table, const std::string& row, double base, double cur) {
-    ++r_.compared;
-    seen(table, row);
-    const double move = top1_move(base, cur);
-    if (std::isfinite(move)) r_.max_top1_move = std::max(r_.max_top1_move, move);
-    // 1e-9 points: the counts' quotient, not the tolerance, decides at the boundary.
-    if (!(move <= o_.top1_tol + 1e-9)) r_.moved.push_back(CheckRow{table, row, "top-1", base, cur, ""});
+    points(table, row, "top-1", base, cur, o_.top1_tol, r_.max_top1_move);
   }
   void top5(const std::string& table, const std::string& row, double base, double cur) {
-    ++r_.compared;
-    seen(table, row);
-    const double move = top1_move(base, cur);
-    if (std::isfinite(move)) r_.max_top5_move = std::max(r_.max_top5_move, move);
-    if (!(move <= o_.top5_tol + 1e-9)) r_.moved.push_back(CheckRow{table, row, "top-5", base, cur, ""});
+    points(table, row, "top-5", base, cur, o_.top5_tol, r_.max_top5_move);
   }
   void noise(const std::string& table, const std::string& row, double base, double cur) {
     ++r_.compared;
@@ -307,6 +298,16 @@ class Checker {
   }
 
  private:
+  // An accuracy in points (top-1, top-5) against its tolerance.
+  void points(const std::string& table, const std::string& row, const char* quantity, double base, double cur,
+              double tol, double& max_move) {
+    ++r_.compared;
+    seen(table, row);
+    const double move = points_move(base, cur);
+    if (std::isfinite(move)) max_move = std::max(max_move, move);
+    // 1e-9 points: the counts' quotient, not the tolerance, decides at the boundary.
+    if (!(move <= tol + 1e-9)) r_.moved.push_back(CheckRow{table, row, quantity, base, cur, ""});
+  }
   void seen(const std::string& table, const std::string& row) {
     if (r_.rows.empty() || r_.rows.back() != std::make_pair(table, row)) r_.rows.emplace_back(table, row);
   }
