@@ -279,39 +279,35 @@ Image8 png_from(const std::vector<uint8_t>& data, const std::string& path) {
     user_error("{}: not a readable PNG image (Not a PNG file: {})", path,
                data.empty() ? std::string("it is empty") : "starts with" + start);
   }
-  // Pillow checks the CRC of every chunk before the image data (and of none after): so here.
-  for (size_t at = 8; at + 12 <= data.size();) {
-    const uint32_t length = (uint32_t{data[at]} << 24) | (uint32_t{data[at + 1]} << 16) |
-                            (uint32_t{data[at + 2]} << 8) | uint32_t{data[at + 3]};
-    const std::string type(data.begin() + at + 4, data.begin() + at + 8);
-    if (type == "IDAT" || length > data.size() - at - 12) break;  // libpng reports a short file
-    const uint8_t* c = data.data() + at + 8 + length;
-    const uint32_t stored = (uint32_t{c[0]} << 24) | (uint32_t{c[1]} << 16) | (uint32_t{c[2]} << 8) | uint32_t{c[3]};
-    if (crc32(crc32(0L, Z_NULL, 0), data.data() + at + 4, length + 4) != stored) {
-      user_error("{}: not a readable PNG image (the {} chunk's CRC does not match: the file is damaged)", path, type);
-    }
-    at += 12 + length;
-  }
-  // A file cut inside its last IDAT's CRC: Pillow reads it (it checks no IDAT CRC), libpng
-  // reads the CRC bytes, so they are supplied (as zeros) here. A cut into the chunk's data is
-  // left alone: the pixels may be missing (Pillow reads a file that lost only the zlib
+  // One walk over the chunks. Pillow checks the CRC of every chunk before the image data (and
+  // of none after): so here. A file cut inside its last IDAT's CRC: Pillow reads it, libpng
+  // reads the CRC bytes, so they are supplied (as zeros). A cut into a chunk's data is left to
+  // libpng to refuse: the pixels may be missing (Pillow reads a file that lost only the zlib
   // stream's 4-byte checksum; qsweep refuses it).
+  const auto be32 = [&](size_t at) {
+    return (uint32_t{data[at]} << 24) | (uint32_t{data[at + 1]} << 16) | (uint32_t{data[at + 2]} << 8) |
+           uint32_t{data[at + 3]};
+  };
   const std::vector<uint8_t>* source = &data;
   std::vector<uint8_t> padded;
+  bool image_data = false;
   for (size_t at = 8; at + 8 <= data.size();) {
-    const uint32_t length = (uint32_t{data[at]} << 24) | (uint32_t{data[at + 1]} << 16) |
-                            (uint32_t{data[at + 2]} << 8) | uint32_t{data[at + 3]};
+    const uint32_t length = be32(at);
+    const std::string type(data.begin() + at + 4, data.begin() + at + 8);
     const size_t end = at + 12 + static_cast<size_t>(length);
-    if (end <= data.size()) {
-      at = end;
-      continue;
+    image_data = image_data || type == "IDAT";
+    if (end > data.size()) {
+      if (type == "IDAT" && data.size() >= end - 4) {
+        padded.assign(data.begin(), data.end());
+        padded.resize(end, 0);
+        source = &padded;
+      }
+      break;
     }
-    if (std::equal(data.begin() + at + 4, data.begin() + at + 8, "IDAT") && data.size() >= end - 4) {
-      padded.assign(data.begin(), data.end());
-      padded.resize(end, 0);
-      source = &padded;
+    if (!image_data && crc32(crc32(0L, Z_NULL, 0), data.data() + at + 4, length + 4) != be32(end - 4)) {
+      user_error("{}: not a readable PNG image (the {} chunk's CRC does not match: the file is damaged)", path, type);
     }
-    break;
+    at = end;
   }
   Image8 img;
   std::vector<png_bytep> rows;
