@@ -7,6 +7,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <nlohmann/json.hpp>
 #include <sstream>
 
@@ -46,6 +47,16 @@ std::string diff(const std::vector<uint8_t>& got, const std::vector<uint8_t>& wa
     worst = std::max(worst, d);
   }
   return std::to_string(n) + " bytes differ, by up to " + std::to_string(worst);
+}
+
+// The UserError message f throws, or "no error".
+std::string message(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const UserError& e) {
+    return e.what();
+  }
+  return "no error";
 }
 
 std::string path_of(size_t i) { return (kFolder / "val" / golden()["files"][i]["path"].get<std::string>()).string(); }
@@ -139,14 +150,6 @@ class ImageFolderErrors : public ::testing::Test {
     fs::copy(kFolder, dir_, fs::copy_options::recursive);
   }
   void TearDown() override { fs::remove_all(dir_); }
-  std::string message(const std::function<void()>& f) {
-    try {
-      f();
-    } catch (const UserError& e) {
-      return e.what();
-    }
-    return "no error";
-  }
   std::string load(int crop = 20) {
     return message([&] { load_image_folder_split(dir_.string(), "val", 3, ImageTransforms{24, crop}); });
   }
@@ -287,14 +290,6 @@ TEST_F(ImageFolderErrors, IdentityHashesTheFileListSizesAndClasses) {
 TEST(Png, EveryFileDecodesAsPillowDoes) {
   std::ifstream in(fs::path(QSWEEP_SOURCE_DIR) / "tests/data/png_pillow.json");
   const json g = json::parse(in);
-  auto message = [](const std::function<void()>& f) -> std::string {
-    try {
-      f();
-    } catch (const UserError& e) {
-      return e.what();
-    }
-    return "no error";
-  };
   // The one known difference: a file cut into its last IDAT's data (here only the zlib
   // stream's checksum is lost) is read by Pillow, which stops once every row is decoded; libpng
   // reads on, and qsweep refuses it rather than risk rows it could not check.
