@@ -99,15 +99,17 @@ std::string layerwise_csv(const Graph& g, const GridResult& r, const std::vector
                           const PairedBootstrap& boot) {
   std::string s =
       "layer_index,layer_name,op_type,weight_bits,act_bits,noise,sqnr_db,top1,degradation,correct,images,float_top1,"
-      "ci_low,ci_high,top5,top5_degradation,correct5,float_top5\n";
+      "ci_low,ci_high,top5,top5_degradation,correct5,float_top5,top5_ci_low,top5_ci_high\n";
   for (const auto& c : r.cells) {
     const Layer& L = g.layers[c.layer];
     const std::string name = csv_field(L.name);
     const Interval ci = boot.degradation_interval(r.float_correct_images, c.correct_images);
-    s += fmt::format("{},{},{},{},{},{:.9g},{},{:.4f},{:.4f},{},{},{:.4f},{},{},{:.4f},{:.4f},{},{:.4f}\n", c.layer,
+    const Interval ci5 = boot.degradation_interval(r.float_correct_images, c.correct_images, kTop5Bit);
+    s += fmt::format("{},{},{},{},{},{:.9g},{},{:.4f},{:.4f},{},{},{:.4f},{},{},{:.4f},{:.4f},{},{:.4f},{},{}\n", c.layer,
                      name, op_name(g.nodes[L.node].op), c.weight_bits, specs[c.layer].act_bits, r.noise(c),
                      fmt_sqnr(r.sqnr_db(c)), r.top1(c), r.degradation(c), c.correct, r.images, r.float_top1(),
-                     fmt_ci(ci.lo), fmt_ci(ci.hi), r.top5(c), r.top5_degradation(c), c.correct5(), r.float_top5());
+                     fmt_ci(ci.lo), fmt_ci(ci.hi), r.top5(c), r.top5_degradation(c), c.correct5(), r.float_top5(),
+                     fmt_ci(ci5.lo), fmt_ci(ci5.hi));
   }
   return s;
 }
@@ -312,6 +314,7 @@ void write_grid(ResultsFolder& folder, const Prepared& p, const GridResult& gr, 
   json cells = json::array();
   for (const auto& c : gr.cells) {
     const Interval ci = boot.degradation_interval(gr.float_correct_images, c.correct_images);
+    const Interval ci5 = boot.degradation_interval(gr.float_correct_images, c.correct_images, kTop5Bit);
     cells.push_back({{"layer_index", c.layer},
                      {"layer_name", p.g.layers[c.layer].name},
                      {"weight_bits", c.weight_bits},
@@ -324,6 +327,8 @@ void write_grid(ResultsFolder& folder, const Prepared& p, const GridResult& gr, 
                      {"correct", c.correct},
                      {"top5", gr.top5(c)},
                      {"top5_degradation", gr.top5_degradation(c)},
+                     {"top5_ci_low", num(ci5.lo)},
+                     {"top5_ci_high", num(ci5.hi)},
                      {"correct5", c.correct5()}});
   }
   summary["grid"] = cells;
@@ -875,7 +880,9 @@ RunOutcome run_experiment(const RunOptions& o) {
                       {"ci_low", num(row.ci.lo)},
                       {"ci_high", num(row.ci.hi)},
                       {"top5", row.top5},
-                      {"top5_degradation", row.top5_degradation}});
+                      {"top5_degradation", row.top5_degradation},
+                      {"top5_ci_low", num(row.ci5.lo)},
+                      {"top5_ci_high", num(row.ci5.hi)}});
     }
     summary["comparison"] = rows;
     folder.write("comparison.csv", comparison_csv(c));

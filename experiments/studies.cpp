@@ -169,6 +169,7 @@ ComparisonResult run_comparison(const StudyContext& ctx, const Config& cfg, cons
     row.top5 = r.eval.top5(c);
     row.top5_degradation = r.eval.top5_degradation(c);
     row.ci = boot.degradation_interval(r.eval.float_correct_images, c.correct_images);
+    row.ci5 = boot.degradation_interval(r.eval.float_correct_images, c.correct_images, kTop5Bit);
     r.rows.push_back(std::move(row));
   }
   return r;
@@ -195,11 +196,11 @@ std::string additivity_csv(const AdditivityResult& r, const Config& cfg) {
 }
 
 std::string comparison_csv(const ComparisonResult& r) {
-  std::string s = "variant,description,top1,degradation,noise,ci_low,ci_high,top5,top5_degradation\n";
+  std::string s = "variant,description,top1,degradation,noise,ci_low,ci_high,top5,top5_degradation,top5_ci_low,top5_ci_high\n";
   for (const auto& row : r.rows) {
-    s += fmt::format("{},{},{:.4f},{:.4f},{:.9g},{},{},{:.4f},{:.4f}\n", csv_field(row.name),
+    s += fmt::format("{},{},{:.4f},{:.4f},{:.9g},{},{},{:.4f},{:.4f},{},{}\n", csv_field(row.name),
                      csv_field(row.description), row.top1, row.degradation, row.noise, ci_str(row.ci.lo),
-                     ci_str(row.ci.hi), row.top5, row.top5_degradation);
+                     ci_str(row.ci.hi), row.top5, row.top5_degradation, ci_str(row.ci5.lo), ci_str(row.ci5.hi));
   }
   return s;
 }

@@ -46,7 +46,7 @@ struct VariantRow {
   std::string name, description;
   double top1 = 0, degradation = 0, noise = 0;
   double top5 = 0, top5_degradation = 0;
-  Interval ci;
+  Interval ci, ci5;  // bootstrap intervals of the top-1 and the top-5 degradation
 };
 
 struct ComparisonResult {

@@ -9,6 +9,7 @@
 #include <nlohmann/json.hpp>
 
 #include "experiments/config.h"
+#include "experiments/csv.h"
 #include "kernels/cpu/winograd.h"
 #include "runtime/data.h"
 #include "tests/experiments/cli_harness.h"
@@ -202,6 +203,23 @@ TEST_F(Cli, SmallRunWritesACompleteResultsFolder) {
   EXPECT_EQ(rows, 2 * static_cast<int>(summary["layers"].size()));
   EXPECT_EQ(summary["images"], 200);
   EXPECT_EQ(summary["worst_layers"]["4"].size(), 3u);
+  // Both degradations come with their bootstrap interval (1000 resamples: the 95% percentile
+  // interval holds the estimate), and the CSV carries the same intervals as summary.json.
+  const auto read = read_csv(run_dir / "layerwise.csv");
+  ASSERT_TRUE(read.has_value());
+  const Csv& table = *read;
+  ASSERT_EQ(table.rows.size(), summary["grid"].size());
+  for (size_t i = 0; i < table.rows.size(); ++i) {
+    const auto& cell = summary["grid"][i];
+    for (const char* k : {"", "top5_"}) {
+      const std::string deg = std::string(k).empty() ? "degradation" : "top5_degradation";
+      const double lo = cell[std::string(k) + "ci_low"], hi = cell[std::string(k) + "ci_high"];
+      EXPECT_LE(lo, cell[deg].get<double>() + 1e-9) << i << " " << deg;
+      EXPECT_GE(hi, cell[deg].get<double>() - 1e-9) << i << " " << deg;
+      EXPECT_NEAR(csv_number(table.at(i, std::string(k) + "ci_low")), lo, 5e-5) << i << " " << deg;
+      EXPECT_NEAR(csv_number(table.at(i, std::string(k) + "ci_high")), hi, 5e-5) << i << " " << deg;
+    }
+  }
   const auto manifest = nlohmann::json::parse(slurp(run_dir / "manifest.json"));
   EXPECT_EQ(manifest["model"]["sha256"], models[0].card["sha256"]);
   EXPECT_FALSE(manifest["git_commit"].get<std::string>().empty());

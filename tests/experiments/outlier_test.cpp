@@ -220,6 +220,8 @@ TEST(PlantedOutlier, GridFindsItAndALocalFixRecoversIt) {
   for (const auto& row : planted_cmp.rows) {
     EXPECT_LE(row.ci.lo, row.degradation) << row.name;
     EXPECT_GE(row.ci.hi, row.degradation) << row.name;
+    EXPECT_LE(row.ci5.lo, row.top5_degradation) << row.name;
+    EXPECT_GE(row.ci5.hi, row.top5_degradation) << row.name;
   }
 }
 
