@@ -68,12 +68,17 @@ std::string toml_string(const std::string& s) {
   return out + "\"";
 }
 
-json dataset_json(const Dataset& d, int64_t used) {
+// The identity of the data a run reads (runtime/data.h), hashed once per run.
+struct DataIdentity {
+  std::string images_sha256, labels_sha256;
+};
+
+json dataset_json(const Dataset& d, const DataIdentity& id, int64_t used) {
   return {{"split", d.name},
           {"images_path", d.images_path},
           {"labels_path", d.labels_path},
-          {"images_sha256", images_sha256(d)},
-          {"labels_sha256", labels_sha256(d)},
+          {"images_sha256", id.images_sha256},
+          {"labels_sha256", id.labels_sha256},
           {"images_in_split", d.count},
           {"images_used", used},
           {"order", image_order_name(d.order)}};
@@ -135,6 +140,7 @@ struct Prepared {
   int threads = 1;
   int64_t eval_count = 0, calib_count = 0;
   std::string model_sha256;
+  DataIdentity eval_id, calib_id;
 };
 
 // The backend options a config asks for, on `device`.
@@ -205,6 +211,8 @@ std::unique_ptr<Prepared> prepare(const Config& cfg, const std::function<void(co
   p->eval_count = cfg.eval_count > 0 ? std::min(cfg.eval_count, p->eval.count) : p->eval.count;
   p->calib_count = std::min(cfg.calibration_count, p->calib.count);
   p->model_sha256 = sha256_file(cfg.model_path);
+  p->eval_id = {images_sha256(p->eval, p->eval_count), labels_sha256(p->eval)};
+  p->calib_id = {images_sha256(p->calib, p->calib_count), labels_sha256(p->calib)};
   const int64_t images = std::max(p->eval_count, p->calib_count);
   if (compute) {
     // A label the model cannot output would count as wrong on every image, silently.
@@ -371,8 +379,8 @@ json manifest_json(const Prepared& p, const std::string& command_line, const std
                        {"nodes", p.g.nodes.size()}};
   manifest["dataset"] = {{"name", cfg.dataset},
                          {"path", cfg.data_path},
-                         {"eval", dataset_json(p.eval, p.eval_count)},
-                         {"calibration", dataset_json(p.calib, p.calib_count)}};
+                         {"eval", dataset_json(p.eval, p.eval_id, p.eval_count)},
+                         {"calibration", dataset_json(p.calib, p.calib_id, p.calib_count)}};
   manifest["backend"] = {{"name", p.backend->name()},     {"device", p.backend->device_name()},
                          {"threads", p.threads},            {"tf32", p.backend->tf32()},
                          {"conv_transforms", p.backend->conv_transforms()}, {"batch_size", p.cfg.batch_size}};
@@ -575,10 +583,10 @@ RunOutcome run_layerwise(const RunOptions& o, const Prepared& p, const Activatio
   // attempt whose inputs changed since (a fixed image, a retrained model under the same path)
   // computes everything again rather than mixing batches of both.
   const json inputs = {{"model_sha256", p.model_sha256},
-                       {"eval_images_sha256", images_sha256(p.eval)},
-                       {"eval_labels_sha256", labels_sha256(p.eval)},
-                       {"calibration_images_sha256", images_sha256(p.calib)},
-                       {"calibration_labels_sha256", labels_sha256(p.calib)}};
+                       {"eval_images_sha256", p.eval_id.images_sha256},
+                       {"eval_labels_sha256", p.eval_id.labels_sha256},
+                       {"calibration_images_sha256", p.calib_id.images_sha256},
+                       {"calibration_labels_sha256", p.calib_id.labels_sha256}};
   {
     std::vector<std::string> what;  // what changed, each once, in the order of `inputs`
     if (fs::exists(sdir / "inputs.json")) {
@@ -965,8 +973,10 @@ RunOutcome merge_run(const std::string& dir, bool quiet) {
   }
   Config cfg = load_config((work / "config.toml").string(), {});
   auto p = prepare(cfg, [](const std::string&) {}, /*compute=*/false);
-  const std::string eval_images_sha = images_sha256(p->eval), eval_labels_sha = labels_sha256(p->eval);
-  const std::string calib_images_sha = images_sha256(p->calib), calib_labels_sha = labels_sha256(p->calib);
+  const std::string& eval_images_sha = p->eval_id.images_sha256;
+  const std::string& eval_labels_sha = p->eval_id.labels_sha256;
+  const std::string& calib_images_sha = p->calib_id.images_sha256;
+  const std::string& calib_labels_sha = p->calib_id.labels_sha256;
   std::vector<BatchRecord> records;
   for (int i = 0; i < shards; ++i) {
     const fs::path sdir = work / shard_dir_name(i, shards);

@@ -4,6 +4,8 @@
 #include <cctype>
 #include <exception>
 #include <filesystem>
+#include <fstream>
+#include <functional>
 #include <limits>
 #include <map>
 #include <random>
@@ -232,28 +234,54 @@ void reorder_split(Dataset& d, ImageOrder order, uint64_t seed) {
   }
 }
 
-std::string images_sha256(const Dataset& d) {
-  if (!d.image_folder()) return sha256_file(d.images_path);
-  Sha256 h;
-  const size_t skip = d.images_path.size() + 1;  // paths relative to the split folder
-  for (const auto& f : d.files) {
-    std::error_code ec;
-    const auto size = fs::file_size(f, ec);
-    const std::string line = f.substr(skip) + "\t" + (ec ? std::string("?") : std::to_string(size)) + "\n";
-    h.update(line.data(), line.size());
+namespace {
+
+// The sha256 of a file's bytes, or "?" when it cannot be read (decoding it reports why).
+std::string content_sha256(const std::string& path, std::vector<char>& buf) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return "?";
+  Sha256 s;
+  while (in) {
+    in.read(buf.data(), static_cast<std::streamsize>(buf.size()));
+    s.update(buf.data(), static_cast<size_t>(in.gcount()));
   }
+  return in.bad() ? "?" : s.hex_digest();
+}
+
+// One line per file of an image folder, sorted by path relative to the split folder, so the
+// identity does not depend on data.*.order; `field(i)` gives what follows file i's path.
+std::string sorted_lines_sha256(const Dataset& d, const std::function<std::string(size_t)>& field) {
+  const size_t skip = d.images_path.size() + 1;
+  std::vector<std::string> lines(d.files.size());
+  for (size_t i = 0; i < d.files.size(); ++i) lines[i] = d.files[i].substr(skip) + "\t" + field(i) + "\n";
+  std::sort(lines.begin(), lines.end());
+  Sha256 h;
+  for (const auto& line : lines) h.update(line.data(), line.size());
   return h.hex_digest();
+}
+
+}  // namespace
+
+std::string images_sha256(const Dataset& d, int64_t used) {
+  if (!d.image_folder()) return sha256_file(d.images_path);
+  const int64_t n = std::clamp<int64_t>(used, 0, static_cast<int64_t>(d.files.size()));
+  std::vector<std::string> content(static_cast<size_t>(n));
+#pragma omp parallel
+  {
+    std::vector<char> buf(1 << 16);
+#pragma omp for schedule(dynamic, 16)
+    for (int64_t i = 0; i < n; ++i) content[i] = content_sha256(d.files[i], buf);
+  }
+  return sorted_lines_sha256(d, [&](size_t i) {
+    std::error_code ec;
+    const auto size = fs::file_size(d.files[i], ec);
+    return (ec ? std::string("?") : std::to_string(size)) + "\t" + (i < content.size() ? content[i] : "-");
+  });
 }
 
 std::string labels_sha256(const Dataset& d) {
   if (!d.image_folder()) return sha256_file(d.labels_path);
-  Sha256 h;
-  const size_t skip = d.images_path.size() + 1;
-  for (size_t i = 0; i < d.files.size(); ++i) {
-    const std::string line = d.files[i].substr(skip) + "\t" + d.classes[d.labels[i]] + "\n";
-    h.update(line.data(), line.size());
-  }
-  return h.hex_digest();
+  return sorted_lines_sha256(d, [&](size_t i) { return d.classes[d.labels[i]]; });
 }
 
 Dataset load_idx(const std::string& images_path, const std::string& labels_path, const std::string& name) {

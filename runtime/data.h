@@ -80,10 +80,11 @@ std::vector<int64_t> image_order(const std::vector<int32_t>& labels, ImageOrder 
 // Puts split d in `order` (pixels or files, and labels); kFile leaves it as it is.
 void reorder_split(Dataset& d, ImageOrder order, uint64_t seed);
 
-// Identity of a split for manifests and shard checks: the sha256 of the IDX files, or for an
-// image folder of the list of its files with their sizes (images) and of the files' classes
-// (labels), which needs no pass over the pixels.
-std::string images_sha256(const Dataset& d);
+// Identity of a split for manifests and shard checks: the sha256 of the IDX files. For an
+// image folder, of one line per file, sorted by path (so not by data.*.order): its path and
+// size, and for the images a run reads (the first `used` in the split's order) the sha256 of
+// the file's bytes; the labels' of the files' paths and classes.
+std::string images_sha256(const Dataset& d, int64_t used);
 std::string labels_sha256(const Dataset& d);
 
 // Normalization: x = (pixel / 255 - mean[c]) / std[c], in float32, as torchvision's

@@ -5,6 +5,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 #include <functional>
@@ -263,22 +264,58 @@ TEST_F(ImageFolderErrors, PngFilesJoinTheFolder) {
   }
 }
 
-TEST_F(ImageFolderErrors, IdentityHashesTheFileListSizesAndClasses) {
+TEST_F(ImageFolderErrors, IdentityHashesTheFileListSizesClassesAndTheImagesRead) {
   const Dataset d = load_image_folder_split(dir_.string(), "val", 3, ImageTransforms{24, 20});
-  // Worked out here: one line per file, "<path in the split>\t<bytes>\n" and "<path>\t<class>\n".
-  std::string images, labels;
-  for (size_t i = 0; i < golden()["files"].size(); ++i) {
-    const std::string rel = golden()["files"][i]["path"];
-    images += rel + "\t" + std::to_string(fs::file_size(dir_ / "val" / rel)) + "\n";
-    labels += rel + "\t" + golden()["classes"][golden()["files"][i]["label"].get<int>()].get<std::string>() + "\n";
-  }
-  const std::string images_before = images_sha256(d), labels_before = labels_sha256(d);
-  EXPECT_EQ(images_before, sha256_hex(images.data(), images.size()));
-  EXPECT_EQ(labels_before, sha256_hex(labels.data(), labels.size()));
+  const auto& files = golden()["files"];
+  ASSERT_GE(files.size(), 3u);
+  const auto bytes_of = [&](const std::string& rel) {
+    std::ifstream in(dir_ / "val" / rel, std::ios::binary);
+    return std::string(std::istreambuf_iterator<char>(in), {});
+  };
+  // Worked out here: one line per file, sorted by path in the split, "<path>\t<bytes>\t<sha256
+  // of the file, or - for a file the run does not read>\n", and "<path>\t<class>\n".
+  const auto expected = [&](size_t used) {
+    std::vector<std::string> images, labels;
+    for (size_t i = 0; i < files.size(); ++i) {
+      const std::string rel = files[i]["path"];
+      const std::string b = bytes_of(rel);
+      images.push_back(rel + "\t" + std::to_string(b.size()) + "\t" + (i < used ? sha256_hex(b.data(), b.size()) : "-") +
+                       "\n");
+      labels.push_back(rel + "\t" + golden()["classes"][files[i]["label"].get<int>()].get<std::string>() + "\n");
+    }
+    std::sort(images.begin(), images.end());
+    std::sort(labels.begin(), labels.end());
+    std::string i, l;
+    for (const auto& line : images) i += line;
+    for (const auto& line : labels) l += line;
+    return std::make_pair(sha256_hex(i.data(), i.size()), sha256_hex(l.data(), l.size()));
+  };
+  const size_t n = files.size();
+  const std::string labels_before = labels_sha256(d);
+  EXPECT_EQ(labels_before, expected(n).second);
+  EXPECT_EQ(images_sha256(d, 2), expected(2).first);
+  const std::string all_before = images_sha256(d, static_cast<int64_t>(n));
+  EXPECT_EQ(all_before, expected(n).first);
+  EXPECT_NE(images_sha256(d, 2), all_before);
+  // The order of a split is not its identity: interleaved, every file read, the same hashes.
+  Dataset interleaved = d;
+  reorder_split(interleaved, ImageOrder::kInterleaved, 0);
+  ASSERT_NE(interleaved.files, d.files);
+  EXPECT_EQ(images_sha256(interleaved, static_cast<int64_t>(n)), all_before);
+  EXPECT_EQ(labels_sha256(interleaved), labels_before);
+  // The last file replaced by other bytes of the same size: another identity where the run
+  // reads it, the same where it does not (only the path and size of unread files count).
+  const std::string last = files[n - 1]["path"];
+  const std::string read_two = images_sha256(d, 2);
+  std::string b = bytes_of(last);
+  b[b.size() / 2] ^= 0x01;
+  std::ofstream(dir_ / "val" / last, std::ios::binary) << b;
+  EXPECT_NE(images_sha256(d, static_cast<int64_t>(n)), all_before);
+  EXPECT_EQ(images_sha256(d, 2), read_two);
   // A file one byte longer is another list; the labels' identity does not depend on sizes.
-  std::ofstream(dir_ / "val/ant/b.jpg", std::ios::app) << "x";
+  std::ofstream(dir_ / "val" / last, std::ios::app) << "x";
   const Dataset grown = load_image_folder_split(dir_.string(), "val", 3, ImageTransforms{24, 20});
-  EXPECT_NE(images_sha256(grown), images_before);
+  EXPECT_NE(images_sha256(grown, 2), read_two);
   EXPECT_EQ(labels_sha256(grown), labels_before);
 }
 
