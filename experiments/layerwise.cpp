@@ -115,9 +115,35 @@ int64_t cpu_auto_batch_size(int64_t images, int threads) {
 
 void throw_if_stopped(const GridOptions& opt) {
   if (opt.stop != nullptr && opt.stop->load()) {
-    throw RunInterrupted("interrupted: this run keeps no records, so nothing was written (the same command starts "
-                         "over)");
+    throw RunInterrupted(opt.store ? "interrupted: the finished batches are recorded; run the same command again to "
+                                     "resume"
+                                   : "interrupted: this run keeps no records, so nothing was written (the same "
+                                     "command starts over)");
   }
+}
+
+// The records of the batches an earlier attempt finished (opt.store), where they hold what
+// this grid computes: `cells` of each batch, the batch's first image and image count. Those
+// batches are marked done; records[b] holds each.
+std::vector<char> load_records(const GridOptions& opt, const std::vector<int>& cells, int64_t count,
+                               std::vector<BatchRecord>& records) {
+  const int64_t bs = opt.batch_size, batches = static_cast<int64_t>(records.size());
+  std::vector<char> done(batches, 0);
+  if (!opt.store) return done;
+  for (int64_t b = 0; b < batches; ++b) {
+    std::optional<BatchRecord> rec = opt.store->load(b);
+    if (rec && rec->batch == b && rec->begin == b * bs && rec->images == std::min(bs, count - b * bs) &&
+        rec->cells == cells) {
+      records[b] = std::move(*rec);
+      done[b] = 1;
+    }
+  }
+  const auto kept = std::count(done.begin(), done.end(), 1);
+  if (opt.progress && kept > 0) {
+    std::fprintf(stderr, "resuming: %lld of %lld batches already recorded\n", static_cast<long long>(kept),
+                 static_cast<long long>(batches));
+  }
+  return done;
 }
 
 int64_t outputs_per_image(const Executor& exec) {
@@ -241,7 +267,13 @@ GridResult run_layerwise_grid(const Executor& exec, const Dataset& eval, const N
     job.cells_of_batch.assign(batches, std::vector<int>(ncells));
     for (auto& v : job.cells_of_batch) std::iota(v.begin(), v.end(), 0);
     std::vector<BatchRecord> records(batches);
-    job.sink = [&](BatchRecord&& rec) { records[rec.batch] = std::move(rec); };
+    const std::vector<char> done = load_records(opt, job.cells_of_batch.empty() ? std::vector<int>{} : job.cells_of_batch[0],
+                                                count, records);
+    job.done = [&](int64_t b) { return done[b] != 0; };
+    job.sink = [&](BatchRecord&& rec) {
+      if (opt.store) opt.store->save(rec);
+      records[rec.batch] = std::move(rec);
+    };
     job.stop = opt.stop;
     if (!run_grid_batches(exec, eval, norm, count, cell_quant, B, job, opt)) throw_if_stopped(opt);
     GridResult r = assemble_grid(std::move(records), L, weight_bits, count, bs);
@@ -575,12 +607,34 @@ GridResult run_network_plans(const Executor& exec, const Dataset& eval, const No
   const int64_t bs = opt.batch_size;
   const int64_t batches = (count + bs - 1) / bs;
   const size_t P = plans.size();
-  std::vector<CellStats> cells(P);
-  for (auto& c : cells) c.correct_images.assign(count, 0);
-  std::vector<uint8_t> float_images(count, 0);
-  auto sums = make_sums(batches, P);
-  Progress progress(label, count, static_cast<int64_t>(P), opt.progress);
-  if (auto session = exec.backend().make_session(exec.graph())) {
+  // Records as the grid's, plan p in the place of cell p: a stopped run resumes from them.
+  std::vector<int> all_plans(P);
+  std::iota(all_plans.begin(), all_plans.end(), 0);
+  std::vector<BatchRecord> records(batches);
+  const std::vector<char> done = load_records(opt, all_plans, count, records);
+  std::vector<int64_t> todo;
+  int64_t todo_images = 0;
+  for (int64_t b = 0; b < batches; ++b) {
+    if (done[b]) continue;
+    todo.push_back(b);
+    todo_images += std::min(bs, count - b * bs);
+  }
+  auto finished = [&](BatchRecord&& rec) {
+    if (opt.store) opt.store->save(rec);
+    records[rec.batch] = std::move(rec);
+  };
+  auto start_record = [&](int64_t i, int64_t begin, int64_t n) {
+    BatchRecord rec;
+    rec.batch = i;
+    rec.begin = begin;
+    rec.images = n;
+    rec.cells = all_plans;
+    return rec;
+  };
+  Progress progress(label, todo_images, static_cast<int64_t>(P), opt.progress);
+  if (todo.empty()) {
+    // every batch recorded by an earlier attempt
+  } else if (auto session = exec.backend().make_session(exec.graph())) {
     std::vector<std::pair<int, const LayerQuantization*>> prep;
     std::vector<DeviceJob> jobs;
     for (const QuantPlan& plan : plans) {
@@ -591,41 +645,50 @@ GridResult run_network_plans(const Executor& exec, const Dataset& eval, const No
     }
     session->prepare(prep);
     for_each_device_batch(
-        *session, eval, norm, count, bs, all_batches(count, bs), [&](int64_t) { return std::span<const DeviceJob>(jobs); },
-        false, [&](int64_t i, int64_t begin, int64_t n, DeviceOutcome& o) {
-          BatchSums& s = sums[i];
-          s.float_correct = o.float_correct;
-          s.energy = o.energy;
-          std::copy(o.float_flags.begin(), o.float_flags.end(), float_images.begin() + begin);
+        *session, eval, norm, count, bs, todo, [&](int64_t) { return std::span<const DeviceJob>(jobs); }, false,
+        [&](int64_t i, int64_t begin, int64_t n, DeviceOutcome& o) {
+          BatchRecord rec = start_record(i, begin, n);
+          rec.float_correct = o.float_correct;
+          rec.energy = o.energy;
+          rec.float_flags = std::move(o.float_flags);
           for (size_t p = 0; p < P; ++p) {
-            s.noise[p] = o.noise[p];
-            s.correct[p] = o.correct[p];
-            std::copy(o.flags[p].begin(), o.flags[p].end(), cells[p].correct_images.begin() + begin);
+            rec.noise.push_back(o.noise[p]);
+            rec.correct.push_back(o.correct[p]);
+            rec.flags.push_back(std::move(o.flags[p]));
           }
+          finished(std::move(rec));
           progress.add_images(n);
         },
         opt.stop);
     throw_if_stopped(opt);
   } else {
-    for_each_batch(exec, eval, norm, count, bs, opt.threads,
-                   [&](Executor::Workspace& ws, const Tensor& x, int64_t i, int64_t begin, int64_t n) {
-                     throw_if_stopped(opt);
-                     const int32_t* labels = eval.labels.data() + begin;
-                     const Tensor y = exec.forward(ws, x);  // a copy: the plans' forwards reuse ws
-                     const size_t classes = static_cast<size_t>(y.numel() / n);
-                     BatchSums& s = sums[i];
-                     s.float_correct = record_top1(y, labels, n, float_images.data() + begin);
-                     s.energy = squared_norm_sum(y.ptr(), n, classes);
-                     for (size_t p = 0; p < P; ++p) {
-                       const Tensor& yq = exec.forward(ws, x, &plans[p]);
-                       s.noise[p] = squared_error_sum(y.ptr(), yq.ptr(), n, classes);
-                       s.correct[p] = record_top1(yq, labels, n, cells[p].correct_images.data() + begin);
-                     }
-                     progress.add_images(n);
-                   });
+    for_each_batch(
+        exec, eval, norm, count, bs, opt.threads,
+        [&](Executor::Workspace& ws, const Tensor& x, int64_t i, int64_t begin, int64_t n) {
+          throw_if_stopped(opt);
+          const int32_t* labels = eval.labels.data() + begin;
+          const Tensor y = exec.forward(ws, x);  // a copy: the plans' forwards reuse ws
+          const size_t classes = static_cast<size_t>(y.numel() / n);
+          BatchRecord rec = start_record(i, begin, n);
+          rec.float_flags.assign(n, 0);
+          rec.float_correct = record_top1(y, labels, n, rec.float_flags.data());
+          rec.energy = squared_norm_sum(y.ptr(), n, classes);
+          for (size_t p = 0; p < P; ++p) {
+            const Tensor& yq = exec.forward(ws, x, &plans[p]);
+            rec.noise.push_back(squared_error_sum(y.ptr(), yq.ptr(), n, classes));
+            rec.flags.emplace_back(n, 0);
+            rec.correct.push_back(record_top1(yq, labels, n, rec.flags.back().data()));
+          }
+          finished(std::move(rec));  // each batch its own element and file
+          progress.add_images(n);
+        },
+        &todo);
   }
   progress.finish();
-  GridResult r = collect(sums, std::move(cells), std::move(float_images), count);
+  // Cells in plan order, summed in batch order as the grid's are.
+  GridResult r = assemble_grid(std::move(records), P, {0}, count, bs);
+  r.weight_bits.clear();
+  for (CellStats& c : r.cells) c.layer = -1;
   r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   return r;
 }

@@ -74,14 +74,28 @@ int64_t model_bytes(const Graph& g);
 // where a cgroup limit (SLURM's --mem, a container) leaves less; 0 where nothing can be read.
 int64_t available_memory_bytes();
 
+struct BatchRecord;
+
+// Where a run keeps the batches it has finished, so that a stopped run resumes
+// (experiments/run.cpp: the files of its work folder). load(b) gives batch b's record from
+// an earlier attempt, if there is one; the grid checks it holds the cells it needs and
+// computes the batch again if not. save() is called from worker threads.
+struct BatchStore {
+  std::function<std::optional<BatchRecord>(int64_t batch)> load;
+  std::function<void(const BatchRecord&)> save;
+};
+
 struct GridOptions {
   int64_t batch_size = 250;
   int threads = 1;
   bool naive = false;
   bool progress = true;
   // Set by a signal handler: the grid stops after the batches in flight and throws
-  // RunInterrupted (these grids keep no records; a resumable run uses GridJob::stop).
+  // RunInterrupted (a sharded layer-wise run uses GridJob::stop instead).
   const std::atomic<bool>* stop = nullptr;
+  // Where finished batches are kept (one-pass grids and network plans; the naive grid keeps
+  // none). Null: kept in memory only, and a stopped run starts over.
+  const BatchStore* store = nullptr;
 };
 
 // A stop was requested (SIGINT/SIGTERM) where nothing can be kept: a grid without records, or

@@ -55,7 +55,7 @@ void Progress::finish() {
   std::lock_guard lock(mu_);
   if (finished_) return;
   finished_ = true;
-  if (enabled_) print(true);
+  if (enabled_ && total_ > 0) print(true);  // nothing to do (a resumed run): no line
 }
 
 }  // namespace qsweep

@@ -1,5 +1,6 @@
 // Progress on stderr for long runs: work done, images/s, ETA. Thread-safe; quiet when
-// disabled. On a terminal it redraws one line; otherwise it prints a line every 10 s.
+// disabled. On a terminal it redraws one line; otherwise it prints a line every 10 s. With no
+// images to process (everything recorded by an earlier attempt) it prints nothing.
 #pragma once
 
 #include <atomic>

@@ -516,6 +516,107 @@ ShardPlan make_plan(const Prepared& p, int shards) {
   return plan_shards(cell_cost, forward_cost(nc), batches, p.cfg.batch_size, p.eval_count, shards);
 }
 
+// The work folder of a run id, created. The config as run is the run's identity: a folder
+// that holds another configuration is refused. Returns the config's text.
+std::string claim_work_dir(const fs::path& work, const Config& cfg) {
+  std::error_code ec;
+  fs::create_directories(work, ec);
+  if (ec) user_error("cannot create '{}': {}", work.string(), ec.message());
+  const std::string config_text = config_to_toml(cfg);
+  if (fs::exists(work / "config.toml")) {
+    if (read_file(work / "config.toml") != config_text) {
+      user_error("'{}' belongs to a run with another configuration (compare its config.toml); use another --run-id",
+                 work.string());
+    }
+  } else {
+    write_file_atomic(work / "config.toml", config_text);
+  }
+  return config_text;
+}
+
+// What records depend on besides the config: the model file and the data.
+json inputs_of(const Prepared& p) {
+  return {{"model_sha256", p.model_sha256},
+          {"eval_images_sha256", p.eval_id.images_sha256},
+          {"eval_labels_sha256", p.eval_id.labels_sha256},
+          {"calibration_images_sha256", p.calib_id.images_sha256},
+          {"calibration_labels_sha256", p.calib_id.labels_sha256}};
+}
+
+// A folder of batch records (`*.rec`) computed from `inputs`. A resumed attempt whose inputs
+// changed since (a fixed image, a retrained model under the same path) computes everything
+// again rather than mixing batches of both: the records (and a DONE.json) are removed, with a
+// note. Then the inputs are written down, and temp files of an interrupted write removed.
+void check_record_inputs(const fs::path& dir, const json& inputs) {
+  std::error_code ec;
+  fs::create_directories(dir, ec);
+  if (ec) user_error("cannot create '{}': {}", dir.string(), ec.message());
+  std::vector<std::string> what;  // what changed, each once, in the order of `inputs`
+  if (fs::exists(dir / "inputs.json")) {
+    json was;
+    try {
+      was = json::parse(read_file(dir / "inputs.json"));
+    } catch (const std::exception&) {
+      was = json::object();
+    }
+    for (const auto& [key, value] : inputs.items()) {
+      if (was.is_object() && was.contains(key) && was[key] == value) continue;
+      const std::string name = key.rfind("model", 0) == 0  ? "the model file"
+                               : key.rfind("eval", 0) == 0 ? "the evaluation data"
+                                                           : "the calibration data";
+      if (std::find(what.begin(), what.end(), name) == what.end()) what.push_back(name);
+    }
+  } else if (fs::directory_iterator(dir) != fs::directory_iterator()) {
+    what.push_back("the inputs (which the earlier attempt did not record)");
+  }
+  const std::string changed = fmt::format("{}", fmt::join(what, " and "));
+  std::vector<fs::path> stale;
+  for (const auto& e : fs::directory_iterator(dir)) {
+    const std::string name = e.path().filename().string();
+    if (name[0] == '.') {
+      fs::remove(e.path(), ec);  // temp files of an interrupted write
+    } else if (!changed.empty() && (e.path().extension() == ".rec" || name == "DONE.json")) {
+      stale.push_back(e.path());
+    }
+  }
+  size_t dropped = 0;
+  for (const auto& f : stale) {
+    if (!fs::remove(f, ec) && ec) user_error("cannot remove '{}' ({}): remove it by hand", f.string(), ec.message());
+    dropped += f.filename() != "DONE.json";
+  }
+  if (dropped > 0) {
+    fmt::print(stderr, "qsweep: {} changed since the earlier attempt: its {} recorded batches are computed again\n",
+               changed, dropped);
+  }
+  write_file_atomic(dir / "inputs.json", inputs.dump(2) + "\n");
+}
+
+// The batch records of one phase of a run, as files `<phase>-<batch>.rec` in `dir`; a damaged
+// file reads as no record (the batch is computed again).
+class RecordFiles {
+ public:
+  RecordFiles(fs::path dir, std::string phase) : dir_(std::move(dir)), phase_(std::move(phase)) {
+    store_.load = [this](int64_t b) -> std::optional<BatchRecord> {
+      const fs::path f = path(b);
+      std::error_code ec;
+      if (!fs::exists(f, ec)) return std::nullopt;
+      auto rec = decode_record(read_file(f));
+      if (rec) ++loaded_;
+      return rec;
+    };
+    store_.save = [this](const BatchRecord& r) { write_file_atomic(path(r.batch), encode_record(r)); };
+  }
+  const BatchStore* store() const { return &store_; }
+  int64_t loaded() const { return loaded_; }
+
+ private:
+  fs::path path(int64_t b) const { return dir_ / fmt::format("{}-{:06}.rec", phase_, b); }
+  fs::path dir_;
+  std::string phase_;
+  BatchStore store_;
+  std::atomic<int64_t> loaded_{0};
+};
+
 // Writes the final results folder of a layer-wise grid (unsharded end of run, or merge).
 fs::path finish_layerwise(const Prepared& p, const GridResult& grid, const std::string& run_id, json manifest) {
   const PairedBootstrap boot(static_cast<size_t>(p.eval_count), p.cfg.bootstrap, p.cfg.stats_seed, p.cfg.confidence);
@@ -549,17 +650,7 @@ RunOutcome run_layerwise(const RunOptions& o, const Prepared& p, const Activatio
 
   // The config as run is the run's identity: every shard must have the same one.
   std::error_code ec;
-  fs::create_directories(work, ec);
-  if (ec) user_error("cannot create '{}': {}", work.string(), ec.message());
-  const std::string config_text = config_to_toml(cfg);
-  if (fs::exists(work / "config.toml")) {
-    if (read_file(work / "config.toml") != config_text) {
-      user_error("'{}' belongs to a run with another configuration (compare its config.toml); use another --run-id",
-                 work.string());
-    }
-  } else {
-    write_file_atomic(work / "config.toml", config_text);
-  }
+  const std::string config_text = claim_work_dir(work, cfg);
   // Every attempt at this run id splits the grid the same way (merge could not combine others).
   for (const auto& e : fs::directory_iterator(work)) {
     int i = 0, n = 0;
@@ -579,52 +670,8 @@ RunOutcome run_layerwise(const RunOptions& o, const Prepared& p, const Activatio
   const size_t B = cfg.quant.weight_bits.size();
   const size_t ncells = p.g.layers.size() * B;
 
-  // What the records depend on besides the config: the model file and the data. A resumed
-  // attempt whose inputs changed since (a fixed image, a retrained model under the same path)
-  // computes everything again rather than mixing batches of both.
-  const json inputs = {{"model_sha256", p.model_sha256},
-                       {"eval_images_sha256", p.eval_id.images_sha256},
-                       {"eval_labels_sha256", p.eval_id.labels_sha256},
-                       {"calibration_images_sha256", p.calib_id.images_sha256},
-                       {"calibration_labels_sha256", p.calib_id.labels_sha256}};
-  {
-    std::vector<std::string> what;  // what changed, each once, in the order of `inputs`
-    if (fs::exists(sdir / "inputs.json")) {
-      json was;
-      try {
-        was = json::parse(read_file(sdir / "inputs.json"));
-      } catch (const std::exception&) {
-        was = json::object();
-      }
-      for (const auto& [key, value] : inputs.items()) {
-        if (was.is_object() && was.contains(key) && was[key] == value) continue;
-        const std::string name = key.rfind("model", 0) == 0  ? "the model file"
-                                 : key.rfind("eval", 0) == 0 ? "the evaluation data"
-                                                             : "the calibration data";
-        if (std::find(what.begin(), what.end(), name) == what.end()) what.push_back(name);
-      }
-    } else if (fs::directory_iterator(sdir) != fs::directory_iterator()) {
-      what.push_back("the inputs (which the earlier attempt did not record)");
-    }
-    const std::string changed = fmt::format("{}", fmt::join(what, " and "));
-    if (!changed.empty()) {
-      std::vector<fs::path> stale;
-      for (const auto& e : fs::directory_iterator(sdir)) {
-        const std::string name = e.path().filename().string();
-        if (name.rfind("batch-", 0) == 0 || name == "DONE.json") stale.push_back(e.path());
-      }
-      size_t dropped = 0;
-      for (const auto& f : stale) {
-        if (!fs::remove(f, ec) && ec) user_error("cannot remove '{}' ({}): remove it by hand", f.string(), ec.message());
-        dropped += f.filename() != "DONE.json";
-      }
-      if (dropped > 0) {
-        fmt::print(stderr, "qsweep: {} changed since the earlier attempt: its {} recorded batches are computed again\n",
-                   changed, dropped);
-      }
-    }
-    write_file_atomic(sdir / "inputs.json", inputs.dump(2) + "\n");
-  }
+  const json inputs = inputs_of(p);
+  check_record_inputs(sdir, inputs);
 
   // Resume: batches already recorded by an earlier attempt are kept; damaged or partial
   // files (a kill mid-write leaves only temp files, but be safe) are discarded.
@@ -850,6 +897,14 @@ RunOutcome run_experiment(const RunOptions& o) {
     if (verbose) fmt::print("already complete: {} (pass --fresh to compute it again)\n", out.folder.string());
     return out;
   }
+  // Finished batches are kept in the work folder, so a stopped run resumes where it stopped.
+  const fs::path work = work_dir_of(folder.final_path());
+  claim_work_dir(work, cfg);  // as the run id: records of another batch size are not reused (checked per record)
+  const fs::path records_dir = work / "study";
+  check_record_inputs(records_dir, inputs_of(*p));
+  const RecordFiles grid_records(records_dir, "grid"), plan_records(records_dir, "plans");
+  ctx.grid_store = grid_records.store();
+  ctx.plan_store = plan_records.store();
   folder.write("config.toml", config_to_toml(cfg));
   GridResult grid;
   int stats_bits = cfg.quant.base.weight_bits;
@@ -909,10 +964,12 @@ RunOutcome run_experiment(const RunOptions& o) {
                                 std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
   manifest["run_id"] = folder.run_id();
   folder.write("manifest.json", manifest.dump(2) + "\n");
-  add_report(folder, p->g, false);
+  add_report(folder, p->g, true);
 
   RunOutcome out;
   out.folder = folder.commit();
+  std::error_code ec;
+  fs::remove_all(work, ec);  // its records are in the results now
   out.config = cfg;
   out.grid = std::move(grid);
   if (verbose) fmt::print("results: {}\n", out.folder.string());
@@ -955,6 +1012,11 @@ RunOutcome merge_run(const std::string& dir, bool quiet) {
       counts.insert(n);
       shard_dirs[i] = e.path();
     }
+  }
+  if (counts.empty() && fs::is_directory(work / "study")) {
+    user_error("'{}' holds the records of an unfinished additivity or full-network run, which is not sharded: run "
+               "the same qsweep run command again to resume it",
+               work.string());
   }
   if (counts.empty()) user_error("'{}' holds no shard folders", work.string());
   if (counts.size() > 1) {

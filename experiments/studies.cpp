@@ -46,7 +46,9 @@ AdditivityResult run_additivity(const StudyContext& ctx, const Config& cfg, cons
   const BiasCorrectionSource* bcp = cfg.quant.bias_correction ? &bc : nullptr;
 
   AdditivityResult r;
-  r.grid = run_layerwise_grid(exec, *ctx.eval, ctx.norm, ctx.eval_count, *ctx.ranges, specs, bits, ctx.options, bcp);
+  GridOptions grid_options = ctx.options;
+  grid_options.store = ctx.grid_store;
+  r.grid = run_layerwise_grid(exec, *ctx.eval, ctx.norm, ctx.eval_count, *ctx.ranges, specs, bits, grid_options, bcp);
   auto cell = [&](int layer, int b) -> const CellStats* {
     if (b == 0) return nullptr;  // float32: contributes nothing
     const size_t bi = std::find(bits.begin(), bits.end(), b) - bits.begin();
@@ -74,7 +76,9 @@ AdditivityResult run_additivity(const StudyContext& ctx, const Config& cfg, cons
     for (int l : s) plan[l] = &low[l]->q;
     plans.push_back(std::move(plan));
   }
-  const GridResult measured = run_network_plans(exec, *ctx.eval, ctx.norm, ctx.eval_count, plans, ctx.options, "additivity");
+  GridOptions plan_options = ctx.options;
+  plan_options.store = ctx.plan_store;
+  const GridResult measured = run_network_plans(exec, *ctx.eval, ctx.norm, ctx.eval_count, plans, plan_options, "additivity");
 
   std::vector<double> pd, md, pn, mn;
   for (size_t k = 0; k < subsets.size(); ++k) {
@@ -157,7 +161,9 @@ ComparisonResult run_comparison(const StudyContext& ctx, const Config& cfg, cons
     plans.push_back(std::move(plan));
   }
   ComparisonResult r;
-  r.eval = run_network_plans(exec, *ctx.eval, ctx.norm, ctx.eval_count, plans, ctx.options, "full");
+  GridOptions plan_options = ctx.options;
+  plan_options.store = ctx.plan_store;
+  r.eval = run_network_plans(exec, *ctx.eval, ctx.norm, ctx.eval_count, plans, plan_options, "full");
   for (size_t v = 0; v < variants.size(); ++v) {
     const CellStats& c = r.eval.cells[v];
     VariantRow row;

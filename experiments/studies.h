@@ -21,6 +21,10 @@ struct StudyContext {
   int64_t calib_count = 0, eval_count = 0;
   const ActivationRanges* ranges = nullptr;  // of the original network
   GridOptions options;
+  // Where the single-layer grid (additivity) and the whole-network plans keep their finished
+  // batches (GridOptions::store); null: a stopped run starts over.
+  const BatchStore* grid_store = nullptr;
+  const BatchStore* plan_store = nullptr;
 };
 
 // K subsets of layer indices with sizes spread evenly from 1 to `layers`, seeded.

@@ -379,25 +379,34 @@ TEST_F(Cli, ASignalWhileTheReportIsDrawnLeavesNothingFinished) {
   std::ofstream(dir_ / "bin/gnuplot") << "#!/bin/sh\nkill -TERM $PPID\nexit 1\n";
   fs::permissions(dir_ / "bin/gnuplot", fs::perms::owner_all);
   const std::string args = "run " + std::string(QSWEEP_SOURCE_DIR) + "/configs/quickstart.toml --quiet --out " +
-                           (dir_ / "res").string() + " --run-id r --set data.eval.count=100 " +
+                           (dir_ / "res").string() + " --set data.eval.count=100 " +
                            "--set data.calibration.count=32 --set 'quant.weight_bits=[4]' --set output.plots=true";
-  CliRun r = run_with_env("PATH=" + (dir_ / "bin").string() + ":$PATH ", args);
+  CliRun r = run_with_env("PATH=" + (dir_ / "bin").string() + ":$PATH ", args + " --run-id r");
   EXPECT_EQ(r.code, 143) << r.err;
   EXPECT_NE(r.err.find("qsweep: interrupted while the report was drawn; nothing was moved into place"),
             std::string::npos)
       << r.err;
   EXPECT_FALSE(fs::exists(dir_ / "res/quickstart/r"));
-  r = run(args);  // the real gnuplot (or none): finishes from the recorded batches
+  r = run(args + " --run-id r");  // the real gnuplot (or none): finishes from the recorded batches
   EXPECT_EQ(r.code, 0) << r.err;
   EXPECT_TRUE(fs::exists(dir_ / "res/quickstart/r/summary.json"));
-  // A kind that keeps no records would compute everything again: its folder is kept, and
-  // the figures are left to qsweep report.
-  r = run_with_env("PATH=" + (dir_ / "bin").string() + ":$PATH ",
-                   "run " + std::string(QSWEEP_SOURCE_DIR) + "/configs/compare_resnet.toml --quiet --out " +
-                       (dir_ / "res").string() + " --run-id c --set data.eval.count=100 " +
-                       "--set data.calibration.count=32 --set output.plots=true");
+  // A study (kind "full") keeps its batches too: the same, and the second attempt computes
+  // nothing again.
+  const std::string full = "run " + std::string(QSWEEP_SOURCE_DIR) + "/configs/compare_resnet.toml --out " +
+                           (dir_ / "res").string() + " --run-id c --set data.eval.count=100 " +
+                           "--set data.calibration.count=32 --set output.plots=true";
+  r = run_with_env("PATH=" + (dir_ / "bin").string() + ":$PATH ", full + " --quiet");
+  EXPECT_EQ(r.code, 143) << r.err;
+  EXPECT_FALSE(fs::exists(dir_ / "res/compare-resnet/c"));
+  r = run(full);
   EXPECT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.err.find("resuming: 1 of 1 batches already recorded"), std::string::npos) << r.err;
   EXPECT_TRUE(fs::exists(dir_ / "res/compare-resnet/c/comparison.csv"));
+  // The naive grid keeps no records and would compute everything again: its folder is kept,
+  // and the figures are left to qsweep report.
+  r = run_with_env("PATH=" + (dir_ / "bin").string() + ":$PATH ", args + " --run-id n --naive");
+  EXPECT_EQ(r.code, 0) << r.err;
+  EXPECT_TRUE(fs::exists(dir_ / "res/quickstart/n/layerwise.csv"));
   EXPECT_NE(r.err.find("its numbers are complete, its figures may not be: draw them with qsweep report"),
             std::string::npos)
       << r.err;

@@ -11,6 +11,7 @@
 #include <sstream>
 #include <thread>
 
+#include <fmt/format.h>
 #include <gtest/gtest.h>
 
 #include "runtime/cpu_backend.h"
@@ -57,10 +58,10 @@ class Shards : public ::testing::Test {
     const int st = std::system(cmd.c_str());
     return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
   }
-  // The one results folder under root/quickstart.
-  fs::path result(const fs::path& root) const {
+  // The one results folder under root/<experiment>.
+  fs::path result(const fs::path& root, const std::string& experiment = "quickstart") const {
     std::vector<fs::path> found;
-    for (const auto& e : fs::directory_iterator(root / "quickstart")) {
+    for (const auto& e : fs::directory_iterator(root / experiment)) {
       if (e.path().filename().string()[0] != '.') found.push_back(e.path());
     }
     EXPECT_EQ(found.size(), 1u) << root;
@@ -206,34 +207,45 @@ TEST_F(Shards, KilledRunsResumeToIdenticalResults) {
   }
 }
 
+// Record files under `root` whose names start with `prefix`.
+size_t count_records(const fs::path& root, const std::string& prefix = "") {
+  size_t n = 0;
+  if (!fs::exists(root)) return n;
+  for (const auto& e : fs::recursive_directory_iterator(root)) {
+    n += e.path().extension() == ".rec" && e.path().filename().string().rfind(prefix, 0) == 0;
+  }
+  return n;
+}
+
+// Starts qsweep, sends `sig` once a record named `prefix`* exists under `root` (bounded wait),
+// and returns its exit status.
+int signal_after_first_record(const std::string& args, const fs::path& root, const std::string& prefix, int sig) {
+  const pid_t pid = fork();
+  if (pid == 0) {
+    const std::string cmd = "exec " + std::string(QSWEEP_BINARY) + " " + args + " 2>/dev/null";
+    execl("/bin/sh", "sh", "-c", cmd.c_str(), static_cast<char*>(nullptr));
+    _exit(127);
+  }
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(120);
+  while (count_records(root, prefix) == 0 && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  kill(pid, sig);
+  int st = 0;
+  waitpid(pid, &st, 0);
+  return st;
+}
+
 TEST_F(Shards, SigtermCheckpointsAndExits143) {
   const std::string a = "run " + std::string(QSWEEP_SOURCE_DIR) +
                         "/configs/quickstart.toml --quiet --out " + (dir_ / "t").string() +
                         " --set data.eval.count=3000 --set run.batch_size=50 --set data.calibration.count=100";
-  auto records = [&] {
-    size_t n = 0;
-    if (!fs::exists(dir_ / "t")) return n;
-    for (const auto& e : fs::recursive_directory_iterator(dir_ / "t")) n += e.path().extension() == ".rec";
-    return n;
-  };
-  const pid_t pid = fork();
-  if (pid == 0) {
-    const std::string cmd = "exec " + std::string(QSWEEP_BINARY) + " " + a + " 2>/dev/null";
-    execl("/bin/sh", "sh", "-c", cmd.c_str(), static_cast<char*>(nullptr));
-    _exit(127);
-  }
-  // Signal once the grid has recorded its first batch (bounded wait).
-  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(120);
-  while (records() == 0 && std::chrono::steady_clock::now() < deadline) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(20));
-  }
-  kill(pid, SIGTERM);
-  int st = 0;
-  waitpid(pid, &st, 0);
+  // Signal once the grid has recorded its first batch.
+  const int st = signal_after_first_record(a, dir_ / "t", "batch-", SIGTERM);
   if (WIFEXITED(st) && WEXITSTATUS(st) == 0) GTEST_SKIP() << "the run finished before the signal";
   ASSERT_TRUE(WIFEXITED(st)) << "SIGTERM must end the run cleanly, not kill it";
   EXPECT_EQ(WEXITSTATUS(st), 143);
-  EXPECT_GT(records(), 0u) << "finished batches are kept";
+  EXPECT_GT(count_records(dir_ / "t"), 0u) << "finished batches are kept";
   ASSERT_EQ(run(a), 0) << slurp(dir_ / "stderr");
   EXPECT_TRUE(fs::exists(result(dir_ / "t") / "summary.json"));
 }
@@ -287,19 +299,48 @@ TEST_F(Shards, AnotherShardCountForTheSameRunIsRefused) {
   EXPECT_EQ(run("merge " + work_of(root).string() + " --quiet"), 0) << slurp(dir_ / "stderr");
 }
 
-// A run that keeps no records (additivity) stops on SIGTERM after the batches in flight,
-// exits 143 and leaves no results folder; the same command then starts over and finishes.
-TEST_F(Shards, SigtermStopsARunWithoutRecords) {
-  const std::string a = "run " + std::string(QSWEEP_SOURCE_DIR) + "/configs/additivity_resnet.toml --quiet --out " +
-                         (dir_ / "a").string() + " --set output.plots=false";
-  const int st = run_and_kill(a, SIGTERM, std::chrono::milliseconds(2500));
+// A study (additivity: a single-layer grid, then whole-network configurations) stopped by
+// SIGTERM keeps the batches both phases finished; the same command resumes from them and
+// writes the numbers of an uninterrupted run, byte for byte, and nothing looks finished before.
+TEST_F(Shards, SigtermedStudyResumesToIdenticalResults) {
+  const auto args = [&](const fs::path& root, bool quiet) {
+    return "run " + std::string(QSWEEP_SOURCE_DIR) + "/configs/additivity_resnet.toml --out " + root.string() +
+           (quiet ? " --quiet" : "") +
+           " --set data.eval.count=2000 --set run.batch_size=100 --set data.calibration.count=100"
+           " --set stats.bootstrap=100 --set output.plots=false";
+  };
+  ASSERT_EQ(run(args(dir_ / "clean", true)), 0) << slurp(dir_ / "stderr");
+  const fs::path root = dir_ / "stopped";
+  // Signal once the first whole-network batch is recorded: the grid's 20 batches are done.
+  const int st = signal_after_first_record(args(root, true), root, "plans-", SIGTERM);
   if (WIFEXITED(st) && WEXITSTATUS(st) == 0) GTEST_SKIP() << "the run finished before the signal";
   ASSERT_TRUE(WIFEXITED(st)) << "SIGTERM must end the run cleanly, not kill it";
   EXPECT_EQ(WEXITSTATUS(st), 143);
-  for (const auto& e : fs::recursive_directory_iterator(dir_ / "a")) {
+  for (const auto& e : fs::recursive_directory_iterator(root)) {
     EXPECT_NE(e.path().filename(), "summary.json") << e.path() << ": nothing may look finished";
   }
-  ASSERT_EQ(run(a), 0) << slurp(dir_ / "stderr");
+  EXPECT_EQ(count_records(root, "grid-"), 20u);
+  const size_t plans = count_records(root, "plans-");
+  EXPECT_GE(plans, 1u);
+  EXPECT_LT(plans, 20u) << "the signal should have stopped the run before its end";
+  // Not a sharded run: merge says what to do instead.
+  fs::path work;
+  for (const auto& e : fs::directory_iterator(root / "additivity-resnet")) work = e.path();
+  EXPECT_EQ(run("merge " + work.string()), 2);
+  EXPECT_NE(slurp(dir_ / "stderr").find("run the same qsweep run command again to resume it"), std::string::npos)
+      << slurp(dir_ / "stderr");
+  fs::remove(dir_ / "stderr");
+  ASSERT_EQ(run(args(root, false)), 0) << slurp(dir_ / "stderr");
+  const std::string err = slurp(dir_ / "stderr");
+  EXPECT_NE(err.find("resuming: 20 of 20 batches already recorded"), std::string::npos) << err;
+  EXPECT_NE(err.find(fmt::format("resuming: {} of 20 batches already recorded", plans)), std::string::npos) << err;
+  EXPECT_EQ(err.find("[grid]"), std::string::npos) << "no grid batch is left to compute: " << err;
+  for (const char* f : {"additivity.csv", "layerwise.csv", "layers.csv"}) {
+    EXPECT_EQ(slurp(result(root, "additivity-resnet") / f), slurp(result(dir_ / "clean", "additivity-resnet") / f)) << f;
+  }
+  for (const auto& e : fs::directory_iterator(root / "additivity-resnet")) {
+    EXPECT_NE(e.path().extension(), ".work") << "the work folder is gone once the results are in";
+  }
 }
 
 TEST(CostModel, FourShardsOfTheShippedGridAreBalanced) {
