@@ -600,21 +600,22 @@ class RecordFiles {
       const fs::path f = path(b);
       std::error_code ec;
       if (!fs::exists(f, ec)) return std::nullopt;
-      auto rec = decode_record(read_file(f));
-      if (rec) ++loaded_;
-      return rec;
+      return decode_record(read_file(f));
     };
-    store_.save = [this](const BatchRecord& r) { write_file_atomic(path(r.batch), encode_record(r)); };
+    store_.save = [this](const BatchRecord& r) {
+      write_file_atomic(path(r.batch), encode_record(r));
+      ++saved_;
+    };
   }
   const BatchStore* store() const { return &store_; }
-  int64_t loaded() const { return loaded_; }
+  int64_t saved() const { return saved_; }  // batches computed by this attempt
 
  private:
   fs::path path(int64_t b) const { return dir_ / fmt::format("{}-{:06}.rec", phase_, b); }
   fs::path dir_;
   std::string phase_;
   BatchStore store_;
-  std::atomic<int64_t> loaded_{0};
+  std::atomic<int64_t> saved_{0};
 };
 
 // Writes the final results folder of a layer-wise grid (unsharded end of run, or merge).
@@ -816,6 +817,7 @@ RunOutcome run_layerwise(const RunOptions& o, const Prepared& p, const Activatio
   json manifest = manifest_json(p, o.command_line, o.overrides, started,
                                 std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
   manifest["run_id"] = run_id;
+  manifest["batches_from_earlier_attempts"] = done.size();  // resumed: grid_seconds timed the rest only
   out.folder = finish_layerwise(p, grid, run_id, manifest);
   fs::remove_all(work, ec);  // its records are in the results now
   if (verbose) {
@@ -963,6 +965,11 @@ RunOutcome run_experiment(const RunOptions& o) {
   json manifest = manifest_json(*p, o.command_line, o.overrides, started,
                                 std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
   manifest["run_id"] = folder.run_id();
+  // Each batch of each recorded phase (the grid of a naive additivity run keeps none) was
+  // computed by this attempt or an earlier one.
+  const int64_t batches = (p->eval_count + p->cfg.batch_size - 1) / p->cfg.batch_size;
+  const int64_t phases = cfg.kind == "additivity" && !cfg.naive ? 2 : 1;
+  manifest["batches_from_earlier_attempts"] = phases * batches - grid_records.saved() - plan_records.saved();
   folder.write("manifest.json", manifest.dump(2) + "\n");
   add_report(folder, p->g, true);
 

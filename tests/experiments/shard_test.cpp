@@ -13,6 +13,7 @@
 
 #include <fmt/format.h>
 #include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
 
 #include "runtime/cpu_backend.h"
 #include "runtime/data.h"
@@ -245,9 +246,11 @@ TEST_F(Shards, SigtermCheckpointsAndExits143) {
   if (WIFEXITED(st) && WEXITSTATUS(st) == 0) GTEST_SKIP() << "the run finished before the signal";
   ASSERT_TRUE(WIFEXITED(st)) << "SIGTERM must end the run cleanly, not kill it";
   EXPECT_EQ(WEXITSTATUS(st), 143);
-  EXPECT_GT(count_records(dir_ / "t"), 0u) << "finished batches are kept";
+  const size_t kept = count_records(dir_ / "t");
+  EXPECT_GT(kept, 0u) << "finished batches are kept";
   ASSERT_EQ(run(a), 0) << slurp(dir_ / "stderr");
   EXPECT_TRUE(fs::exists(result(dir_ / "t") / "summary.json"));
+  EXPECT_EQ(nlohmann::json::parse(slurp(result(dir_ / "t") / "manifest.json"))["batches_from_earlier_attempts"], kept);
 }
 
 // A model file changed under the same path between attempts (same architecture, other
@@ -338,6 +341,11 @@ TEST_F(Shards, SigtermedStudyResumesToIdenticalResults) {
   for (const char* f : {"additivity.csv", "layerwise.csv", "layers.csv"}) {
     EXPECT_EQ(slurp(result(root, "additivity-resnet") / f), slurp(result(dir_ / "clean", "additivity-resnet") / f)) << f;
   }
+  const auto manifest = [&](const fs::path& r) {
+    return nlohmann::json::parse(slurp(result(r, "additivity-resnet") / "manifest.json"));
+  };
+  EXPECT_EQ(manifest(root)["batches_from_earlier_attempts"], 20 + plans);
+  EXPECT_EQ(manifest(dir_ / "clean")["batches_from_earlier_attempts"], 0);
   for (const auto& e : fs::directory_iterator(root / "additivity-resnet")) {
     EXPECT_NE(e.path().extension(), ".work") << "the work folder is gone once the results are in";
   }
