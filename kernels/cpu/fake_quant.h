@@ -31,8 +31,10 @@ QuantParams choose_quant_params(float min_x, float max_x, int bits, Scheme schem
 
 // PyTorch's rounding: q = clamp(nearbyint(x * inv_scale) + zero_point, qmin, qmax),
 // x_hat = (q - zero_point) * scale. (method.md writes round(x * inv_scale + zero_point);
-// the two differ only when adding the zero point in float32 moves a value onto a tie,
-// and PyTorch rounds first, so we do too: the contract is bit-exactness with PyTorch.)
+// the two differ when x * inv_scale is exactly half-way and zero_point is odd, as
+// half-to-even then picks the other neighbour, and when adding the zero point in float32
+// moves a value onto a half-way point. PyTorch rounds first, so we do too: the contract is
+// bit-exactness with PyTorch. README.md, "numeric contract".)
 inline int32_t quantize_value(float x, const QuantParams& p) {
   float r = __builtin_nearbyintf(x * p.inv_scale);
   // Clamp in float before converting so huge values and infinities cannot overflow.
