@@ -1,5 +1,6 @@
 #include "runtime/onnx_import.h"
 
+#include <cmath>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -54,72 +55,94 @@ const std::set<std::string>& import_time_ops() {
   return s;
 }
 
+// Bytes per value of the data types tensor_from_proto reads; 0 for others.
+size_t value_bytes(int data_type) {
+  switch (data_type) {
+    case onnx::TensorProto::FLOAT:
+    case onnx::TensorProto::INT32: return 4;
+    case onnx::TensorProto::DOUBLE:
+    case onnx::TensorProto::INT64: return 8;
+    default: return 0;
+  }
+}
+
 Tensor tensor_from_proto(const onnx::TensorProto& t, const std::string& where) {
   Shape shape(t.dims().begin(), t.dims().end());
-  const int64_t n = shape_numel(shape);
+  // The declared shape is checked, and the values counted, before anything is allocated.
+  int64_t n = 1;
+  for (int64_t d : shape) {
+    if (d < 0 || __builtin_mul_overflow(n, d, &n) || n > (int64_t{1} << 34)) {
+      user_error("{}: tensor '{}' declares the shape {}; dimensions must be 0 or more, and at most 2^34 values in all",
+                 where, t.name(), shape_str(shape));
+    }
+  }
   if (t.data_location() == onnx::TensorProto::EXTERNAL) {
     user_error("{}: tensor '{}' uses external data, which qsweep does not load; save the model "
                "with all tensors inside the .onnx file", where, t.name());
   }
-  Tensor out(shape);
   const std::string& raw = t.raw_data();
   auto check_count = [&](int64_t have) {
     if (have != n) {
       user_error("{}: tensor '{}' has {} values for shape {}", where, t.name(), have, shape_str(shape));
     }
   };
+  if (const size_t bytes = value_bytes(t.data_type()); bytes != 0 && !raw.empty() && raw.size() % bytes != 0) {
+    user_error("{}: tensor '{}' has {} bytes of raw data, not a whole number of {}-byte values", where, t.name(),
+               raw.size(), bytes);
+  }
+  switch (t.data_type()) {
+    case onnx::TensorProto::FLOAT: check_count(static_cast<int64_t>(raw.empty() ? t.float_data_size() : raw.size() / 4)); break;
+    case onnx::TensorProto::DOUBLE: check_count(static_cast<int64_t>(raw.empty() ? t.double_data_size() : raw.size() / 8)); break;
+    case onnx::TensorProto::INT64: check_count(static_cast<int64_t>(raw.empty() ? t.int64_data_size() : raw.size() / 8)); break;
+    case onnx::TensorProto::INT32: check_count(static_cast<int64_t>(raw.empty() ? t.int32_data_size() : raw.size() / 4)); break;
+    default:
+      user_error("{}: tensor '{}' has ONNX data type {}; qsweep reads float32 networks "
+                 "(float, double, int32 and int64 constants)", where, t.name(), t.data_type());
+  }
+  Tensor out(shape);  // as many values as the file holds
   switch (t.data_type()) {
     case onnx::TensorProto::FLOAT:
       if (!raw.empty()) {
-        check_count(static_cast<int64_t>(raw.size() / 4));
         std::memcpy(out.data.data(), raw.data(), raw.size());
       } else {
-        check_count(t.float_data_size());
         std::copy(t.float_data().begin(), t.float_data().end(), out.data.begin());
       }
       break;
     case onnx::TensorProto::DOUBLE:
       if (!raw.empty()) {
-        check_count(static_cast<int64_t>(raw.size() / 8));
         for (int64_t i = 0; i < n; ++i) {
           double d;
           std::memcpy(&d, raw.data() + 8 * i, 8);
           out.data[i] = static_cast<float>(d);
         }
       } else {
-        check_count(t.double_data_size());
         for (int64_t i = 0; i < n; ++i) out.data[i] = static_cast<float>(t.double_data(i));
       }
       break;
     case onnx::TensorProto::INT64:
       if (!raw.empty()) {
-        check_count(static_cast<int64_t>(raw.size() / 8));
         for (int64_t i = 0; i < n; ++i) {
           int64_t v;
           std::memcpy(&v, raw.data() + 8 * i, 8);
           out.data[i] = static_cast<float>(v);
         }
       } else {
-        check_count(t.int64_data_size());
         for (int64_t i = 0; i < n; ++i) out.data[i] = static_cast<float>(t.int64_data(i));
       }
       break;
     case onnx::TensorProto::INT32:
       if (!raw.empty()) {
-        check_count(static_cast<int64_t>(raw.size() / 4));
         for (int64_t i = 0; i < n; ++i) {
           int32_t v;
           std::memcpy(&v, raw.data() + 4 * i, 4);
           out.data[i] = static_cast<float>(v);
         }
       } else {
-        check_count(t.int32_data_size());
         for (int64_t i = 0; i < n; ++i) out.data[i] = static_cast<float>(t.int32_data(i));
       }
       break;
     default:
-      user_error("{}: tensor '{}' has ONNX data type {}; qsweep reads float32 networks "
-                 "(float, double, int32 and int64 constants)", where, t.name(), t.data_type());
+      break;  // refused above
   }
   return out;
 }
@@ -171,6 +194,9 @@ class Importer {
       user_error("{}: no node produces the graph output '{}'", origin_, graph.output(0).name());
     }
     g_.output = it->second;
+    if (g_.output == g_.input) {
+      user_error("{}: the graph output '{}' is its input; the model computes nothing", origin_, graph.output(0).name());
+    }
     if (g_.values[g_.output].is_constant) {
       user_error("{}: the graph output '{}' is a constant", origin_, graph.output(0).name());
     }
@@ -221,6 +247,24 @@ class Importer {
         }
       }
       for (const auto& out : n.output()) known.insert(out);
+      if (n.op_type() == "Conv" || n.op_type() == "MaxPool" || n.op_type() == "AveragePool") check_window(n, name);
+    }
+  }
+
+  // Window attributes in range, before ONNX's shape inference divides by them.
+  void check_window(const onnx::NodeProto& n, const std::string& name) const {
+    constexpr int64_t kMost = 65536;
+    const struct {
+      const char* attr;
+      int64_t least;
+    } rules[] = {{"strides", 1}, {"dilations", 1}, {"kernel_shape", 1}, {"pads", 0}};
+    for (const auto& r : rules) {
+      for (int64_t v : attr_ints(n, r.attr)) {
+        if (v < r.least || v > kMost) {
+          user_error("{}: node '{}' ({}) has {} [{}]; each must be {} to {}", origin_, name, n.op_type(), r.attr,
+                     fmt::join(attr_ints(n, r.attr), ", "), r.least, kMost);
+        }
+      }
     }
   }
 
@@ -276,6 +320,30 @@ class Importer {
                  "Constant node)", origin_, node_name, n.op_type(), what, n.input(idx));
     }
     return g_.values[v].constant;
+  }
+
+  void require_nonempty(const Tensor& w, const std::string& node_name, const char* op, const char* what) const {
+    for (int64_t d : w.shape) {
+      if (d < 1) {
+        user_error("{}: node '{}' ({}) has a {} of shape {}; every dimension must be at least 1", origin_, node_name,
+                   op, what, shape_str(w.shape));
+      }
+    }
+  }
+
+  // A constant input that must hold one value (ONNX: a scalar).
+  float scalar(const onnx::NodeProto& n, const std::string& node_name, int idx, const char* what) {
+    const Tensor& t = require_constant(n, node_name, idx, what);
+    if (t.numel() != 1) {
+      user_error("{}: node '{}' ({}) has a {} of shape {}; it must hold one value", origin_, node_name, n.op_type(),
+                 what, shape_str(t.shape));
+    }
+    return t.data[0];
+  }
+
+  [[noreturn]] void batch_axis_error(const onnx::NodeProto& n, const std::string& node_name, const char* verb) const {
+    user_error("{}: node '{}' ({}) {} axis 0, the batch: each image's result would depend on the others in its "
+               "batch; qsweep evaluates images independently", origin_, node_name, n.op_type(), verb);
   }
 
   static const onnx::AttributeProto* attr(const onnx::NodeProto& n, const char* name) {
@@ -377,13 +445,22 @@ class Importer {
           user_error("{}: node '{}' (Conv) has a {}-D weight; qsweep supports 2-D convolutions "
                      "(4-D weights)", origin_, name, w.rank());
         }
+        require_nonempty(w, name, "Conv", "weight");
         node.inputs.push_back(lookup(n, n.input(1), name));
         if (has_input(2)) {
-          require_constant(n, name, 2, "bias");
+          const Tensor& b = require_constant(n, name, 2, "bias");
+          if (b.rank() != 1 || b.numel() != w.shape[0]) {
+            user_error("{}: node '{}' (Conv) has a bias of shape {}; its weight has {} output channels, so the bias "
+                       "must be ({})", origin_, name, shape_str(b.shape), w.shape[0], w.shape[0]);
+          }
           add_input(2);
         }
         a.kernel = {w.shape[2], w.shape[3]};
         a.group = attr_i(n, "group", 1);
+        if (a.group < 1 || w.shape[0] % a.group != 0) {
+          user_error("{}: node '{}' (Conv) has group {} for {} output channels; group must be at least 1 and divide "
+                     "them", origin_, name, a.group, w.shape[0]);
+        }
         spatial_attrs(n, name, 2, a, true);
         break;
       }
@@ -395,12 +472,21 @@ class Importer {
         }
         const Tensor& w = require_constant(n, name, 1, "weight (B)");
         if (w.rank() != 2) user_error("{}: node '{}' (Gemm) has a weight of rank {}", origin_, name, w.rank());
+        require_nonempty(w, name, "Gemm", "weight");
         node.inputs.push_back(lookup(n, n.input(1), name));
+        a.trans_b = attr_i(n, "transB", 0) != 0;
         if (has_input(2)) {
-          require_constant(n, name, 2, "bias (C)");
+          // C is added to every row: a scalar, (1), (out) or (1, out); a C that depends on the
+          // row would depend on which images share a batch.
+          const Tensor& c = require_constant(n, name, 2, "bias (C)");
+          const int64_t out = w.shape[a.trans_b ? 0 : 1];
+          const bool per_row = c.numel() == 1 || (c.numel() == out && (c.rank() == 1 || (c.rank() == 2 && c.shape[0] == 1)));
+          if (!per_row || c.rank() > 2) {
+            user_error("{}: node '{}' (Gemm) has a bias C of shape {}; accepted: a scalar, ({}) or (1, {})", origin_,
+                       name, shape_str(c.shape), out, out);
+          }
           add_input(2);
         }
-        a.trans_b = attr_i(n, "transB", 0) != 0;
         a.alpha = attr_f(n, "alpha", 1.0f);
         a.beta = attr_f(n, "beta", 1.0f);
         break;
@@ -413,6 +499,7 @@ class Importer {
           user_error("{}: node '{}' (MatMul) multiplies two activations or uses a weight that is not "
                      "a 2-D constant; qsweep supports MatMul with a constant 2-D weight", origin_, name);
         }
+        require_nonempty(g_.values[b].constant, name, "MatMul", "weight");
         node.inputs.push_back(b);
         break;
       }
@@ -435,6 +522,10 @@ class Importer {
         a.bn_scale.resize(c);
         a.bn_shift.resize(c);
         for (int64_t i = 0; i < c; ++i) {
+          if (!(static_cast<double>(var.data[i]) + a.epsilon > 0.0)) {
+            user_error("{}: node '{}' (BatchNormalization) has running variance {} in channel {}; var + epsilon must "
+                       "be positive", origin_, name, var.data[i], i);
+          }
           const double s = gamma.data[i] / std::sqrt(static_cast<double>(var.data[i]) + a.epsilon);
           a.bn_scale[i] = static_cast<float>(s);
           a.bn_shift[i] = static_cast<float>(beta.data[i] - mean.data[i] * s);
@@ -464,8 +555,12 @@ class Importer {
           a.act_alpha = attr_f(n, "min", a.act_alpha);
           a.act_beta = attr_f(n, "max", a.act_beta);
         } else {
-          if (has_input(1)) a.act_alpha = require_constant(n, name, 1, "min").data.at(0);
-          if (has_input(2)) a.act_beta = require_constant(n, name, 2, "max").data.at(0);
+          if (has_input(1)) a.act_alpha = scalar(n, name, 1, "min");
+          if (has_input(2)) a.act_beta = scalar(n, name, 2, "max");
+        }
+        if (std::isnan(a.act_alpha) || std::isnan(a.act_beta) || a.act_alpha > a.act_beta) {
+          user_error("{}: node '{}' (Clip) has min {} and max {}; they must be numbers with min <= max", origin_, name,
+                     a.act_alpha, a.act_beta);
         }
         break;
       }
@@ -481,6 +576,7 @@ class Importer {
       case OpType::kConcat:
         for (int i = 0; i < n.input_size(); ++i) add_input(i);
         a.axis = attr_i(n, "axis", 1);
+        if (a.axis == 0) batch_axis_error(n, name, "concatenates along");
         break;
       case OpType::kMaxPool:
       case OpType::kAveragePool: {
@@ -511,6 +607,7 @@ class Importer {
       case OpType::kSoftmax:
         add_input(0);
         a.axis = attr_i(n, "axis", g_.opset >= 13 ? -1 : 1);
+        if (a.axis == 0) batch_axis_error(n, name, "normalizes over");
         a.softmax_legacy = g_.opset < 13;
         break;
       case OpType::kPad: {
@@ -521,7 +618,15 @@ class Importer {
         else if (mode == "edge") a.pad_mode = static_cast<int>(PadMode::kEdge);
         else user_error("{}: node '{}' (Pad) has mode '{}'; accepted: constant, reflect, edge", origin_, name, mode);
         a.pad_amounts = as_ints(require_constant(n, name, 1, "pads"));
-        if (has_input(2)) a.pad_value = require_constant(n, name, 2, "constant_value").data.at(0);
+        for (size_t i = 0; i < a.pad_amounts.size(); ++i) {
+          const int64_t v = a.pad_amounts[i];
+          if (v < -65536 || v > 65536) {
+            user_error("{}: node '{}' (Pad) pads by {}; each amount must be -65536 to 65536", origin_, name, v);
+          }
+          // pads = [x1_begin, x2_begin, ..., x1_end, ...]: axis 0 is the batch.
+          if (v != 0 && (i == 0 || i == a.pad_amounts.size() / 2)) batch_axis_error(n, name, "pads along");
+        }
+        if (has_input(2)) a.pad_value = scalar(n, name, 2, "constant_value");
         if (has_input(3)) user_error("{}: node '{}' (Pad) uses the axes input, which qsweep does not support", origin_, name);
         break;
       }

@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <functional>
 #include <random>
 #include <string>
 #include <vector>
@@ -520,6 +521,121 @@ TEST(ImportErrors, MoreThanOneGraphInput) {
   OnnxBuilder b;
   b.input("x", {4}).input("x2", {4}).node("Add", {"x", "x2"}, {"y"}, {}, "add").output("y");
   expect_contains(import_error(b.serialize(), "two.onnx"), {"two.onnx", "2 non-constant inputs", "exactly one"});
+}
+
+// Malformed models (found by fuzzing): each is refused with one sentence naming the node and
+// what is accepted, before ONNX's shape inference or a kernel could divide by zero, read past a
+// buffer or allocate without bound.
+struct Malformed {
+  const char* what;
+  std::function<void(OnnxBuilder&)> build;  // after input "x" (1x6x6)
+  std::vector<std::string> message;
+};
+
+TEST(ImportErrors, MalformedModelsAreOneSentenceNamingTheNode) {
+  const std::vector<float> w4(4 * 9, 0.1f);
+  auto conv = [&](std::vector<onnx::AttributeProto> attrs, std::vector<float> bias = {}) {
+    return [=](OnnxBuilder& b) {
+      b.initializer("w", w4, {4, 1, 3, 3});
+      std::vector<std::string> in{"x", "w"};
+      if (!bias.empty()) {
+        b.initializer("b", bias, {static_cast<int64_t>(bias.size())});
+        in.push_back("b");
+      }
+      b.node("Conv", in, {"y"}, attrs, "c").output("y");
+    };
+  };
+  const std::vector<Malformed> cases = {
+      {"stride 0", conv({attr_ints("strides", {0, 1})}), {"'c' (Conv)", "strides [0, 1]", "1 to 65536"}},
+      {"dilation 0", conv({attr_ints("dilations", {1, 0})}), {"'c' (Conv)", "dilations [1, 0]"}},
+      {"negative pads", conv({attr_ints("pads", {-1, 0, 0, 0})}), {"'c' (Conv)", "pads [-1, 0, 0, 0]", "0 to 65536"}},
+      {"huge pads", conv({attr_ints("pads", {100000, 0, 0, 0})}), {"'c' (Conv)", "pads [100000, 0, 0, 0]"}},
+      {"short bias", conv({}, {1.0f, 2.0f}), {"'c' (Conv)", "bias of shape (2)", "4 output channels", "(4)"}},
+      {"group not dividing", conv({attr_i("group", 3)}), {"'c' (Conv)", "group 3 for 4 output channels"}},
+      {"pool kernel 0",
+       [](OnnxBuilder& b) { b.node("MaxPool", {"x"}, {"y"}, {attr_ints("kernel_shape", {0, 2})}, "p").output("y"); },
+       {"'p' (MaxPool)", "kernel_shape [0, 2]"}},
+      {"zero-size weight",
+       [](OnnxBuilder& b) {
+         b.initializer("w", {}, {0, 1, 3, 3}).node("Conv", {"x", "w"}, {"y"}, {}, "c").output("y");
+       },
+       {"'c' (Conv)", "weight of shape (0, 1, 3, 3)", "at least 1"}},
+      {"Gemm bias per row",
+       [](OnnxBuilder& b) {
+         b.node("Flatten", {"x"}, {"f"}, {}, "flat")
+             .initializer("w", std::vector<float>(36 * 5, 0.1f), {36, 5})
+             .initializer("c", std::vector<float>(10, 0.0f), {2, 5})
+             .node("Gemm", {"f", "w", "c"}, {"y"}, {}, "fc")
+             .output("y");
+         auto* shape = b.model().mutable_graph()->mutable_output(0)->mutable_type()->mutable_tensor_type()->mutable_shape();
+         shape->add_dim();  // (N, 5): rank 2, not the input's rank
+         shape->add_dim()->set_dim_value(5);
+       },
+       {"'fc' (Gemm)", "bias C of shape (2, 5)", "(5) or (1, 5)"}},
+      {"Clip min above max",
+       [](OnnxBuilder& b) {
+         b.initializer("lo", {6.0f}, {}).initializer("hi", {1.0f}, {}).node("Clip", {"x", "lo", "hi"}, {"y"}, {}, "clip");
+         b.output("y");
+       },
+       {"'clip' (Clip)", "min 6 and max 1"}},
+      {"Clip empty min",
+       [](OnnxBuilder& b) {
+         b.initializer("lo", {}, {0}).node("Clip", {"x", "lo"}, {"y"}, {}, "clip").output("y");
+       },
+       {"'clip' (Clip)", "min of shape (0)", "one value"}},
+      {"Concat over the batch",
+       [](OnnxBuilder& b) {
+         b.node("Relu", {"x"}, {"r"}).node("Concat", {"x", "r"}, {"y"}, {attr_i("axis", 0)}, "cat").output("y");
+       },
+       {"'cat' (Concat)", "axis 0, the batch"}},
+      {"Pad over the batch",
+       [](OnnxBuilder& b) {
+         b.int64_initializer("pads", {1, 0, 0, 0, 0, 0, 0, 0}).node("Pad", {"x", "pads"}, {"y"}, {}, "pad").output("y");
+       },
+       {"'pad' (Pad)", "axis 0, the batch"}},
+      {"negative variance",
+       [](OnnxBuilder& b) {
+         b.initializer("g", {1.0f}, {1}).initializer("be", {0.0f}, {1}).initializer("m", {0.0f}, {1});
+         b.initializer("v", {-1.0f}, {1}).node("BatchNormalization", {"x", "g", "be", "m", "v"}, {"y"}, {}, "bn");
+         b.output("y");
+       },
+       {"'bn' (BatchNormalization)", "running variance -1", "positive"}},
+      {"output is the input", [](OnnxBuilder& b) { b.output("x"); }, {"graph output 'x' is its input"}},
+  };
+  for (const auto& c : cases) {
+    SCOPED_TRACE(c.what);
+    OnnxBuilder b;
+    b.input("x", {1, 6, 6});
+    c.build(b);
+    const std::string msg = import_error(b.serialize(/*infer=*/false), "bad.onnx");
+    EXPECT_EQ(msg.find('\n'), std::string::npos) << msg;
+    expect_contains(msg, c.message);
+  }
+}
+
+// Raw data that is not a whole number of values, and declared shapes that are negative or too
+// large to allocate, are refused before any allocation.
+TEST(ImportErrors, InitializerDataMustMatchItsDeclaredShape) {
+  auto with = [](const std::function<void(onnx::TensorProto&)>& set) {
+    OnnxBuilder b;
+    b.input("x", {1, 4, 4}).initializer("w", std::vector<float>(9, 0.5f), {1, 1, 3, 3});
+    b.node("Conv", {"x", "w"}, {"y"}, {}, "c").output("y");
+    set(*b.model().mutable_graph()->mutable_initializer(0));
+    return import_error(b.serialize(false), "t.onnx");
+  };
+  expect_contains(with([](onnx::TensorProto& t) {
+                    t.clear_float_data();
+                    t.set_raw_data(std::string(37, '\0'));
+                  }),
+                  {"tensor 'w'", "37 bytes of raw data", "4-byte values"});
+  expect_contains(with([](onnx::TensorProto& t) { t.set_dims(0, -1); }), {"tensor 'w'", "(-1, 1, 3, 3)", "0 or more"});
+  expect_contains(with([](onnx::TensorProto& t) { t.set_dims(0, int64_t{1} << 40); }), {"tensor 'w'", "2^34 values"});
+  // Dims whose product wraps around int64 to the value count.
+  expect_contains(with([](onnx::TensorProto& t) {
+                    t.set_dims(0, (int64_t{1} << 62) + 1);
+                    t.set_dims(1, 4);
+                  }),
+                  {"tensor 'w'", "2^34 values"});
 }
 
 }  // namespace
