@@ -15,6 +15,7 @@
 #include "experiments/batches.h"
 #include "experiments/progress.h"
 #include "kernels/cpu/metrics.h"
+#include "runtime/error.h"
 
 namespace qsweep {
 
@@ -149,8 +150,15 @@ std::vector<char> load_records(const GridOptions& opt, const std::vector<int>& c
 int64_t outputs_per_image(const Executor& exec) {
   const Graph& g = exec.graph();
   auto ws = exec.make_workspace();
-  const Tensor one({1, g.input_shape[0], g.input_shape[1], g.input_shape[2]});  // zeros
-  return exec.forward(ws, one).numel();
+  // Two images: an output that is not one row of logits per image shows.
+  Shape s{2};
+  s.insert(s.end(), g.input_shape.begin(), g.input_shape.end());
+  const Tensor& y = exec.forward(ws, Tensor(s));  // zeros
+  if (y.rank() != 2 || y.shape[0] != 2) {
+    user_error("the model's output '{}' has shape {} for a batch of 2 images; qsweep needs logits of shape (N, "
+               "classes), one row per image", g.values[g.output].name, shape_str(y.shape));
+  }
+  return y.shape[1];
 }
 
 int64_t cpu_bytes_per_image(const Executor& exec) {

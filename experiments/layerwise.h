@@ -64,7 +64,8 @@ int64_t cpu_auto_batch_size(int64_t images, int threads);
 // forward (kept for the suffixes) and a suffix's recomputed values, from a one-image forward.
 int64_t cpu_bytes_per_image(const Executor& exec);
 
-// Values of the network's output (logits) per image, from a one-image forward.
+// Values of the network's output (logits) per image, from a forward of two images; refuses an
+// output that is not one row per image, (N, classes).
 int64_t outputs_per_image(const Executor& exec);
 
 // Bytes of the model's constants (weights, biases).

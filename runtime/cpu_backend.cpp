@@ -58,6 +58,16 @@ SpatialPlan plan_spatial(const NodeAttrs& a, int64_t h, int64_t w) {
   return SpatialPlan{out[0], out[1], pb[0], pb[1], pe[0], pe[1]};
 }
 
+SpatialPlan plan_spatial(const Node& n, int64_t h, int64_t w) {
+  const SpatialPlan sp = plan_spatial(n.attrs, h, w);
+  if (sp.out_h < 1 || sp.out_w < 1) {
+    user_error("node '{}' ({}) has a {}x{} window (dilations {}x{}) that does not fit in its {}x{} input with its "
+               "padding", n.name, op_name(n.op), n.attrs.kernel[0], n.attrs.kernel[1], n.attrs.dilations[0],
+               n.attrs.dilations[1], h, w);
+  }
+  return sp;
+}
+
 namespace {
 
 using dnnl::memory;
@@ -123,7 +133,7 @@ void run_conv(CpuContext& ctx, const Node& n, std::span<const Tensor* const> in,
     user_error("node '{}' (Conv) received {} input channels; its weight expects {} (group {})", n.name, C,
                w.dim(1) * G, G);
   }
-  const SpatialPlan sp = plan_spatial(n.attrs, H, W);
+  const SpatialPlan sp = plan_spatial(n, H, W);
   out.reshape_to({N, O, sp.out_h, sp.out_w});
   out.nhwc = true;
   const float* bias = in.size() > 2 ? in[2]->ptr() : nullptr;
@@ -243,7 +253,7 @@ void run_conv(CpuContext& ctx, const Node& n, std::span<const Tensor* const> in,
 
 void run_pool(CpuContext& ctx, const Node& n, const Tensor& input, Tensor& out) {
   check_rank(n, input, 4);
-  SpatialPlan sp = plan_spatial(n.attrs, input.dim(2), input.dim(3));
+  SpatialPlan sp = plan_spatial(n, input.dim(2), input.dim(3));
   const NodeAttrs& a = n.attrs;
   const Tensor* src_tensor = &input;
   bool include_pad = a.count_include_pad;
@@ -515,7 +525,7 @@ void CpuBackend::run(BackendContext& base, const Node& n, std::span<const Tensor
       return;
     }
     case OpType::kFlatten: {
-      const int64_t axis = a.axis < 0 ? a.axis + static_cast<int64_t>(x.rank()) : a.axis;
+      const int64_t axis = flatten_axis(n, x.rank());
       int64_t outer = 1;
       for (int64_t d = 0; d < axis; ++d) outer *= x.dim(d);
       out.shape = {outer, outer ? x.numel() / outer : 0};
@@ -585,7 +595,7 @@ void CpuBackend::run_conv_residual(BackendContext& base, const Node& conv, const
                                    std::span<const Tensor* const> in, const Tensor& residual, Tensor& out) const {
   auto& ctx = static_cast<CpuContext&>(base);
   const Tensor& x = *in[0];
-  const SpatialPlan sp = plan_spatial(conv.attrs, x.dim(2), x.dim(3));
+  const SpatialPlan sp = plan_spatial(conv, x.dim(2), x.dim(3));
   const Shape conv_shape = {x.dim(0), in[1]->dim(0), sp.out_h, sp.out_w};
   if (residual.nhwc && residual.shape == conv_shape) return run_conv(ctx, conv, in, out, &act, &residual);
   // Another layout or a broadcast: the conv, then the Add + activation as usual.

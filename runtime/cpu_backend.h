@@ -47,5 +47,7 @@ struct SpatialPlan {
   int64_t pad_t, pad_l, pad_b, pad_r;
 };
 SpatialPlan plan_spatial(const NodeAttrs& a, int64_t h, int64_t w);
+// The same for node n, refusing a window that does not fit in its padded input.
+SpatialPlan plan_spatial(const Node& n, int64_t h, int64_t w);
 
 }  // namespace qsweep

@@ -236,7 +236,7 @@ cuda::FqConv conv_args(const Node& n, const DTensor& x, const DTensor& w, DTenso
     user_error("node '{}' (Conv) received {} input channels; its weight expects {} (group {})", n.name, C,
                w.shape[1] * G, G);
   }
-  const SpatialPlan sp = plan_spatial(n.attrs, H, W);
+  const SpatialPlan sp = plan_spatial(n, H, W);
   out.reshape({N, O, sp.out_h, sp.out_w});
   cuda::FqConv p;
   p.x = x.ptr();
@@ -260,7 +260,7 @@ ConvPlan& conv_plan(DevCtx& ctx, const Node& n, const DTensor& x, const DTensor&
   auto it = ctx.convs.find(key);
   if (it != ctx.convs.end()) return it->second;
   ConvPlan p;
-  const SpatialPlan sp = plan_spatial(n.attrs, H, W);
+  const SpatialPlan sp = plan_spatial(n, H, W);
   const int64_t O = w.shape[0], G = n.attrs.group;
   const bool symmetric = sp.pad_t == sp.pad_b && sp.pad_l == sp.pad_r;
   if (!symmetric) {
@@ -412,7 +412,7 @@ void run_op(DevCtx& ctx, const Node& n, std::span<const DTensor* const> in, DTen
     case OpType::kMaxPool:
     case OpType::kAveragePool: {
       check_rank(n, x, 4);
-      const SpatialPlan sp = plan_spatial(a, x.shape[2], x.shape[3]);
+      const SpatialPlan sp = plan_spatial(n, x.shape[2], x.shape[3]);
       out.reshape({x.shape[0], x.shape[1], sp.out_h, sp.out_w});
       cuda::Pool2d p;
       p.max = n.op == OpType::kMaxPool;
@@ -501,7 +501,7 @@ void run_op(DevCtx& ctx, const Node& n, std::span<const DTensor* const> in, DTen
       return;
     }
     case OpType::kFlatten: {
-      const int64_t axis = a.axis < 0 ? a.axis + static_cast<int64_t>(x.shape.size()) : a.axis;
+      const int64_t axis = flatten_axis(n, x.shape.size());
       int64_t outer = 1;
       for (int64_t d = 0; d < axis; ++d) outer *= x.shape[d];
       return copy_as(ctx, x, {outer, outer ? x.numel() / outer : 0}, out);

@@ -1,10 +1,34 @@
 #include "runtime/executor.h"
 
 #include <algorithm>
+#include <new>
+
+#include <oneapi/dnnl/dnnl.hpp>
 
 #include "runtime/error.h"
 
 namespace qsweep {
+
+namespace {
+
+// Runs one node's computation; what a model's sizes or attributes can provoke in the
+// libraries (an allocation that fails, oneDNN refusing a primitive) becomes a sentence that
+// names the node.
+template <typename F>
+void compute_node(const Node& node, size_t batch, F&& f) {
+  try {
+    f();
+  } catch (const std::bad_alloc&) {
+    user_error("node '{}' ({}) ran out of memory on a batch of {} image(s): its output is too large (check the "
+               "model's pads, strides and kernel sizes, or lower run.batch_size)",
+               node.name, op_name(node.op), batch);
+  } catch (const dnnl::error& e) {
+    user_error("node '{}' ({}) cannot be computed with its attributes (oneDNN: {}); check its pads, strides, "
+               "dilations and kernel size", node.name, op_name(node.op), e.what());
+  }
+}
+
+}  // namespace
 
 Executor::Executor(const Graph& graph, const Backend& backend) : graph_(graph), backend_(backend) {
   for (const Node& n : graph.nodes) {
@@ -103,11 +127,13 @@ void Executor::run_node(Workspace& ws, int k, const LayerQuantization* q, Read r
       else ws.args.push_back(q->bias);
     }
   }
-  if (act != nullptr) {
-    backend_.run_with_activation(*ws.ctx, node, *act, ws.args, out);
-  } else {
-    backend_.run(*ws.ctx, node, ws.args, out);
-  }
+  compute_node(node, ws.args[0]->rank() ? static_cast<size_t>(ws.args[0]->shape[0]) : 1, [&] {
+    if (act != nullptr) {
+      backend_.run_with_activation(*ws.ctx, node, *act, ws.args, out);
+    } else {
+      backend_.run(*ws.ctx, node, ws.args, out);
+    }
+  });
   // Step 4: the layer's output (after its fused activation, when it has one).
   if (q != nullptr && q->quantize_output) {
     const bool is_output =
@@ -158,8 +184,10 @@ const Tensor& Executor::suffix_forward(Workspace& ws, int layer, const LayerQuan
       const Node& conv = graph_.nodes[k];
       ws.args.clear();
       for (int v : conv.inputs) ws.args.push_back(graph_.values[v].is_constant ? &graph_.values[v].constant : &read(v));
-      backend_.run_conv_residual(*ws.ctx, conv, graph_.nodes[r.add], graph_.nodes[r.act], ws.args, read(r.other),
-                                 ws.scratch[graph_.nodes[r.act].output]);
+      compute_node(conv, ws.args[0]->rank() ? static_cast<size_t>(ws.args[0]->shape[0]) : 1, [&] {
+        backend_.run_conv_residual(*ws.ctx, conv, graph_.nodes[r.add], graph_.nodes[r.act], ws.args, read(r.other),
+                                   ws.scratch[graph_.nodes[r.act].output]);
+      });
       ws.fused[r.add] = ws.fused[r.act] = ws.pass;
       continue;
     }

@@ -230,7 +230,21 @@ int64_t normalize_axis(const Node& n, int64_t axis, size_t rank) {
   if (a < 0 || a >= std::max<int64_t>(r, 1)) {
     user_error("node '{}' ({}) has axis {} for an input of rank {}", n.name, op_name(n.op), axis, rank);
   }
+  if (a == 0) {
+    user_error("node '{}' ({}) has axis {}, the batch, for an input of rank {}: each image's result would depend on "
+               "the others in its batch; qsweep evaluates images independently", n.name, op_name(n.op), axis, rank);
+  }
   return a;
+}
+
+int64_t flatten_axis(const Node& n, size_t rank) {
+  const int64_t r = static_cast<int64_t>(rank);
+  const int64_t axis = n.attrs.axis < 0 ? n.attrs.axis + r : n.attrs.axis;
+  if (axis < 1 || axis > r) {
+    user_error("node '{}' (Flatten) has axis {} for an input of rank {}; accepted: 1 to {} (or -{} to -1), as axis 0 "
+               "would mix the images of a batch", n.name, n.attrs.axis, rank, rank, rank - 1);
+  }
+  return axis;
 }
 
 Shape reshape_target(const Node& n, const Shape& in) {

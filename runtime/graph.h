@@ -138,9 +138,12 @@ struct Graph {
 };
 
 // Shape rules every backend applies the same way (UserError naming the node on bad input):
-// an axis attribute normalized against a rank (negative counts from the end), and the
-// output shape of a Reshape of an input of shape `in` (ONNX: 0 copies, -1 is inferred).
+// an axis attribute normalized against a rank (negative counts from the end; axis 0, the
+// batch, is refused), and the output shape of a Reshape of an input of shape `in` (ONNX: 0
+// copies, -1 is inferred).
 int64_t normalize_axis(const Node& n, int64_t axis, size_t rank);
+// Flatten's axis for an input of this rank, in 1..rank (axis 0 would mix a batch's images).
+int64_t flatten_axis(const Node& n, size_t rank);
 Shape reshape_target(const Node& n, const Shape& in);
 
 // Folds every BatchNormalization that directly and solely consumes a Conv output into

@@ -3,6 +3,7 @@
 // ONNX models so that the importer's attribute parsing is tested too. Then the executor:
 // suffix_forward must equal a full forward with the same single-layer plan, bit for bit.
 #include "runtime/cpu_backend.h"
+#include "runtime/error.h"
 
 #include <algorithm>
 #include <cmath>
@@ -873,6 +874,20 @@ TEST(CpuBackend, ConcatDirectEveryAxis) {
   for (int64_t axis : {0, 1, 2, 3, -1, -2, -3, -4}) {
     SCOPED_TRACE("axis " + std::to_string(axis));
     const int64_t a = axis < 0 ? axis + 4 : axis;
+    if (a == 0) {  // the batch: refused, as each image's result would depend on its batch
+      Node n;
+      n.name = "cat";
+      n.op = OpType::kConcat;
+      n.attrs.axis = axis;
+      const Tensor t = random_tensor(rng, {2, 3, 4, 5});
+      try {
+        run_node(n, {&t, &t});
+        ADD_FAILURE() << "a Concat over the batch ran";
+      } catch (const UserError& e) {
+        EXPECT_NE(std::string(e.what()).find("the batch"), std::string::npos) << e.what();
+      }
+      continue;
+    }
     std::vector<Tensor> ts;
     for (int64_t k : {1, 3, 2}) {
       Shape s = {2, 3, 4, 5};
@@ -1456,6 +1471,43 @@ TEST(Executor, AnImageGetsTheSameBitsInAnyBatch) {
     ++checked;
   }
   EXPECT_EQ(checked, 2);
+}
+
+// What only the input's shape decides is refused when the node runs, with a sentence naming
+// the node, instead of a read past a buffer or a library's internal error (found by fuzzing).
+TEST(Executor, ShapeErrorsAtRunTimeNameTheNode) {
+  auto error_of = [](const OnnxBuilder& b, const Tensor& x) -> std::string {
+    const Graph g = import_onnx_bytes(b.serialize(), "test.onnx");
+    CpuBackend backend;
+    Executor ex(g, backend);
+    auto ws = ex.make_workspace();
+    try {
+      ex.forward(ws, x);
+    } catch (const UserError& e) {
+      return e.what();
+    }
+    ADD_FAILURE() << "the forward succeeded";
+    return "";
+  };
+  const Tensor x(Shape{2, 1, 6, 6});
+  {  // Flatten past the input's rank
+    OnnxBuilder b;
+    b.input("x", {1, 6, 6}).node("Flatten", {"x"}, {"y"}, {test::attr_i("axis", 5)}, "flat").output("y");
+    const std::string msg = error_of(b, x);
+    for (const char* p : {"'flat' (Flatten)", "axis 5", "rank 4", "1 to 4"}) EXPECT_NE(msg.find(p), std::string::npos) << msg;
+  }
+  {  // a pooling window larger than the padded input
+    OnnxBuilder b;
+    b.input("x", {1, 6, 6}).node("MaxPool", {"x"}, {"y"}, {test::attr_ints("kernel_shape", {9, 9})}, "pool").output("y");
+    const std::string msg = error_of(b, x);
+    for (const char* p : {"'pool' (MaxPool)", "9x9 window", "6x6 input"}) EXPECT_NE(msg.find(p), std::string::npos) << msg;
+  }
+  {  // Softmax over the batch, with a negative axis that only the rank resolves to 0
+    OnnxBuilder b;
+    b.input("x", {1, 6, 6}).node("Softmax", {"x"}, {"y"}, {test::attr_i("axis", -4)}, "sm").output("y");
+    const std::string msg = error_of(b, x);
+    for (const char* p : {"'sm' (Softmax)", "axis -4, the batch"}) EXPECT_NE(msg.find(p), std::string::npos) << msg;
+  }
 }
 
 }  // namespace
