@@ -23,7 +23,10 @@ namespace {
 
 std::vector<uint8_t> read_maybe_gzipped(const std::string& path) {
   std::error_code ec;
-  if (!std::filesystem::is_regular_file(path, ec)) user_error("data file '{}' does not exist", path);
+  if (!std::filesystem::is_regular_file(path, ec)) {
+    user_error("data file '{}' {}", path,
+               std::filesystem::exists(path, ec) ? "is not a regular file" : "does not exist");
+  }
   gzFile f = gzopen(path.c_str(), "rb");  // reads plain files transparently too
   if (!f) user_error("data file '{}' cannot be opened", path);
   std::vector<uint8_t> out;
@@ -47,7 +50,8 @@ uint32_t be32(const std::vector<uint8_t>& b, size_t off) {
 std::string first_existing(const std::string& folder, const std::string& stem) {
   for (const char* ext : {".gz", ""}) {
     const std::string p = folder + "/" + stem + ext;
-    if (std::filesystem::exists(p)) return p;
+    std::error_code ec;  // a symlink loop or an unreadable folder reads as absent
+    if (std::filesystem::exists(p, ec)) return p;
   }
   user_error("data folder '{}' has no '{}' or '{}.gz' (expected the IDX layout of MNIST/Fashion-MNIST; "
              "Fashion-MNIST comes with the Debian package dataset-fashion-mnist)", folder, stem, stem);
@@ -297,7 +301,9 @@ Dataset load_idx(const std::string& images_path, const std::string& labels_path,
   d.channels = 1;
   d.height = be32(img, 8);
   d.width = be32(img, 12);
-  if (img.size() != 16 + static_cast<size_t>(d.count * d.height * d.width)) {
+  int64_t pixels = 0;  // the header's three 32-bit counts can overflow their product
+  if (__builtin_mul_overflow(d.count, d.height, &pixels) || __builtin_mul_overflow(pixels, d.width, &pixels) ||
+      img.size() != 16 + static_cast<size_t>(pixels)) {
     user_error("data file '{}' holds {} bytes of pixels; its header promises {} images of {}x{}", images_path,
                img.size() - 16, d.count, d.height, d.width);
   }

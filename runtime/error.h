@@ -14,9 +14,21 @@ class UserError : public std::runtime_error {
   explicit UserError(const std::string& what) : std::runtime_error(what) {}
 };
 
+// The message with control characters (a NUL or newline inside a node or file name) written
+// as \xNN, so that it stays one line and is not cut short where it is printed as a C string.
+inline std::string printable(const std::string& s) {
+  std::string out;
+  out.reserve(s.size());
+  for (char c : s) {
+    if (static_cast<unsigned char>(c) < 0x20 || c == 0x7f) out += fmt::format("\\x{:02x}", static_cast<unsigned char>(c));
+    else out += c;
+  }
+  return out;
+}
+
 template <typename... Args>
 [[noreturn]] void user_error(fmt::format_string<Args...> f, Args&&... args) {
-  throw UserError(fmt::format(f, std::forward<Args>(args)...));
+  throw UserError(printable(fmt::format(f, std::forward<Args>(args)...)));
 }
 
 }  // namespace qsweep
