@@ -9,6 +9,7 @@
 #include <fmt/format.h>
 #include <toml++/toml.h>
 
+#include "experiments/results.h"
 #include "runtime/data.h"
 #include "runtime/error.h"
 
@@ -295,7 +296,14 @@ struct Reader {
   }
   template <typename T>
   void integer(const char* k, T& out) const {
-    if (auto v = t.at_path(k).value<int64_t>()) out = static_cast<T>(*v);
+    if (auto v = t.at_path(k).value<int64_t>()) {
+      // A value the field cannot hold is refused, not wrapped (2^32 + 2 threads is not 2).
+      if (*v < std::numeric_limits<T>::min() || *v > std::numeric_limits<T>::max()) {
+        fail(k, fmt::format("is {}; it must be between {} and {}", *v, std::numeric_limits<T>::min(),
+                            std::numeric_limits<T>::max()));
+      }
+      out = static_cast<T>(*v);
+    }
   }
   void number(const char* k, double& out) const {
     if (auto v = t.at_path(k).value<double>()) out = *v;
@@ -369,8 +377,12 @@ void read_quant(const Reader& r, const toml::table& t, const std::string& prefix
   if (const toml::node* n = t.get("weight_clip")) q.base.clip = parse_clip(r, key("weight_clip"), *n);
   if (const toml::node* n = t.get("percentile")) q.base.percentile = parse_percentile(r, key("percentile"), *n);
   if (const toml::node* n = t.get("mse_grid")) {
-    q.base.mse_grid = static_cast<int>(n->value_or(int64_t{0}));
-    if (q.base.mse_grid < 2) user_error("{}: '{}' must be at least 2", r.where_node(key("mse_grid"), *n), key("mse_grid"));
+    const int64_t v = n->value_or(int64_t{0});
+    if (v < 2 || v > 10000) {
+      user_error("{}: '{}' is {}; it must be 2 to 10000 (each candidate is a pass over the layer's weights)",
+                 r.where_node(key("mse_grid"), *n), key("mse_grid"), v);
+    }
+    q.base.mse_grid = static_cast<int>(v);
   }
   if (auto v = t["quantize_input"].value<bool>()) q.base.quantize_input = *v;
   if (auto v = t["quantize_output"].value<bool>()) q.base.quantize_output = *v;
@@ -524,8 +536,9 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
 
   // Values.
   auto fail = [&](const char* k, const std::string& msg) { r.fail(k, msg); };
-  if (cfg.name.empty() || cfg.name.find_first_of("/\\") != std::string::npos || cfg.name[0] == '.') {
-    fail("experiment.name", "must be a non-empty name without slashes that does not start with '.'");
+  if (!is_folder_name(cfg.name)) {
+    fail("experiment.name", "must be a non-empty name without slashes or control characters that does not start "
+                            "with '.'");
   }
   if (cfg.name.size() > 160) fail("experiment.name", fmt::format("has {} characters; at most 160 make a folder name", cfg.name.size()));
   if (cfg.kind != "layerwise" && cfg.kind != "additivity" && cfg.kind != "full") {
@@ -554,8 +567,11 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
   if (cfg.mean.empty() || cfg.mean.size() != cfg.std.size()) {
     fail("data.std", fmt::format("must have as many values as data.mean ({} vs {})", cfg.std.size(), cfg.mean.size()));
   }
+  for (float m : cfg.mean) {
+    if (!std::isfinite(m)) fail("data.mean", "values must be finite numbers");
+  }
   for (float sd : cfg.std) {
-    if (!(sd > 0.0f)) fail("data.std", "values must be positive");
+    if (!(sd > 0.0f) || !std::isfinite(sd)) fail("data.std", "values must be positive finite numbers");
   }
   for (const char* k : {"data.calibration.split", "data.eval.split"}) {
     const std::string& v = std::string(k) == "data.eval.split" ? cfg.eval_split : cfg.calibration_split;
@@ -585,10 +601,12 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
     if (!v.quant.weight_bits.empty()) v.quant.base.weight_bits = v.quant.weight_bits.front();
   }
   if (!cfg.variants.empty() && cfg.kind != "full") fail("variant", "is only used by kind = \"full\"");
-  if (cfg.additivity_configs < 1) fail("additivity.configs", "must be at least 1");
+  if (cfg.additivity_configs < 1 || cfg.additivity_configs > 100000) {
+    fail("additivity.configs", "must be 1 to 100000 (each is a whole-network pass over the evaluation set)");
+  }
   if (cfg.low_bits < 2 || cfg.low_bits > 16) fail("additivity.low_bits", "must be 2..16");
   if (cfg.high_bits != 0 && (cfg.high_bits < 2 || cfg.high_bits > 16)) fail("additivity.high_bits", "must be 0 (float32) or 2..16");
-  if (cfg.bootstrap < 0) fail("stats.bootstrap", "must be 0 (no intervals) or positive");
+  if (cfg.bootstrap < 0 || cfg.bootstrap > 100000) fail("stats.bootstrap", "must be 0 (no intervals) to 100000");
   if (!(cfg.confidence > 0.0 && cfg.confidence < 1.0)) fail("stats.confidence", "must be between 0 and 1");
   if (cfg.backend != "cpu" && cfg.backend != "cuda" && cfg.backend != "auto") {
     fail("run.backend", fmt::format("is \"{}\"; accepted: \"cpu\", \"cuda\", \"auto\"", cfg.backend));

@@ -1,5 +1,6 @@
 #include "experiments/results.h"
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <chrono>
@@ -14,6 +15,12 @@
 namespace qsweep {
 
 namespace fs = std::filesystem;
+
+bool is_folder_name(const std::string& s) {
+  return !s.empty() && s[0] != '.' && std::none_of(s.begin(), s.end(), [](char ch) {
+    return ch == '/' || ch == '\\' || static_cast<unsigned char>(ch) < 0x20 || ch == 0x7f;
+  });
+}
 
 std::string csv_field(const std::string& s) {
   if (s.find_first_of(",\"\n\r") == std::string::npos) return s;

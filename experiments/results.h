@@ -32,6 +32,10 @@ class ResultsFolder {
   bool fixed_id_ = false;
 };
 
+// Whether s can name a results folder (an experiment, a run id): not empty, no slashes or
+// control characters, not starting with '.' (hidden names are qsweep's own work folders).
+bool is_folder_name(const std::string& s);
+
 // A CSV field (RFC 4180): quoted, with quotes doubled, when it holds a comma, quote or newline.
 std::string csv_field(const std::string& s);
 

@@ -484,8 +484,9 @@ std::string resolve_run_id(const RunOptions& o, const Config& cfg) {
     const std::string text = config_to_toml(cfg);
     id = "cfg-" + sha256_hex(text.data(), text.size()).substr(0, 12);
   }
-  if (id.find_first_of("/\\") != std::string::npos || id[0] == '.') {
-    user_error("--run-id {}: a run id is a name without slashes that does not start with '.'", id);
+  if (!is_folder_name(id)) {
+    user_error("--run-id {}: a run id is a name without slashes or control characters that does not start with '.'",
+               id);
   }
   // A folder name has at most 255 bytes; the work folder adds 6 and temporaries some more.
   // --fresh appends 17 characters to the id it is given, so that one may have 163.
@@ -873,7 +874,13 @@ RunOutcome run_experiment(const RunOptions& o) {
                   p->threads));
   say(fmt::format("calibrating activation ranges on the first {} {} images{}", p->calib_count, cfg.calibration_split,
                   cfg.calibration_order == "file" ? "" : fmt::format(" ({} order)", cfg.calibration_order)));
+  // A stop during the preparation (hashing, calibration) ends the run before its first batch.
+  auto stop_before_batches = [] {
+    if (stop_requested()) throw RunInterrupted("interrupted before the first batch; nothing was written");
+  };
+  stop_before_batches();
   const ActivationRanges ranges = calibrate(*p->exec, p->calib, p->norm, p->calib_count, p->cfg.batch_size, p->threads);
+  stop_before_batches();
   if (cfg.kind == "layerwise") return run_layerwise(o, *p, ranges, started, t0, verbose);
 
   StudyContext ctx;

@@ -85,9 +85,9 @@ SubmitOutcome submit_run(const SubmitOptions& o) {
     run_id = "cfg-" + sha256_hex(text.data(), text.size()).substr(0, 12);
   }
   // The rules of qsweep run's --run-id, checked before anything is written or submitted.
-  if (run_id.find_first_of("/\\") != std::string::npos || run_id[0] == '.' || run_id.size() > 180) {
-    user_error("--run-id {}: a run id is a name of at most 180 characters without slashes that does not start with "
-               "'.'",
+  if (!is_folder_name(run_id) || run_id.size() > 180) {
+    user_error("--run-id {}: a run id is a name of at most 180 characters without slashes or control characters that "
+               "does not start with '.'",
                run_id.size() > 40 ? run_id.substr(0, 20) + "..." : run_id);
   }
   SubmitOutcome out;

@@ -77,6 +77,19 @@ TEST_F(Cli, MoreClassesThanModelOutputsIsRefused) {
   EXPECT_FALSE(fs::exists(dir_ / "res"));
   r = run(args(model("ten.onnx", 10)));
   EXPECT_EQ(r.code, 0) << r.err;
+  // An output that is not one row of logits per image (here a feature map) is refused too.
+  test::OnnxBuilder map;
+  map.input("x", {1, 28, 28})
+      .initializer("w", std::vector<float>(10 * 9, 0.01f), {10, 1, 3, 3})
+      .node("Conv", {"x", "w"}, {"y"}, {}, "conv")
+      .output("y");
+  std::ofstream(dir_ / "map.onnx", std::ios::binary) << map.serialize();
+  r = run(args((dir_ / "map.onnx").string()));
+  EXPECT_EQ(r.code, 2) << r.err;
+  EXPECT_NE(r.err.find("the model's output 'y' has shape (2, 10, 26, 26) for a batch of 2 images; qsweep needs logits "
+                       "of shape (N, classes)"),
+            std::string::npos)
+      << r.err;
 }
 
 TEST_F(Cli, OverlongRunIdIsOneSentence) {
@@ -151,8 +164,8 @@ TEST_F(Cli, SbatchFailureIsOneLine) {
                                   "submit " + std::string(QSWEEP_SOURCE_DIR) + "/configs/quickstart.toml --array 2 " +
                                       "--run-id a/b --out " + (dir_ / "res").string());
   EXPECT_EQ(bad.code, 2);
-  EXPECT_EQ(bad.err, "qsweep: error: --run-id a/b: a run id is a name of at most 180 characters without slashes that "
-                     "does not start with '.'\n");
+  EXPECT_EQ(bad.err, "qsweep: error: --run-id a/b: a run id is a name of at most 180 characters without slashes or "
+                     "control characters that does not start with '.'\n");
   // --fresh in an array task would scatter the shards over time-stamped runs.
   const CliRun fresh = run_with_env("SLURM_ARRAY_TASK_ID=0 SLURM_ARRAY_TASK_COUNT=2 ",
                                     "run " + std::string(QSWEEP_SOURCE_DIR) + "/configs/quickstart.toml --fresh --out " +

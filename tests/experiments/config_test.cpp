@@ -99,6 +99,22 @@ TEST_F(ConfigFiles, BadValuesAreNamed) {
                                                std::string(300, 'x') + "\"\n");
   EXPECT_NE(error_of(name).find("'experiment.name' has 300 characters; at most 160"), std::string::npos)
       << error_of(name);
+  // Found by fuzzing: values the field cannot hold are refused, not wrapped to 32 bits (2^32 + 2
+  // threads ran as 2); means must be numbers; names may not hold control characters; grids
+  // and resample counts are bounded.
+  const std::string wrap = write("f.toml", "[model]\npath = \"m\"\n[run]\nthreads = 4294967298\n");
+  EXPECT_NE(error_of(wrap).find(wrap + ":4:11: 'run.threads' is 4294967298; it must be between"), std::string::npos)
+      << error_of(wrap);
+  EXPECT_NE(error_of(write("g.toml", "[model]\npath = \"m\"\n[data]\nmean = [nan]\n")).find("'data.mean' values must be finite"),
+            std::string::npos);
+  EXPECT_NE(error_of(write("h.toml", "[model]\npath = \"m\"\n[data]\nstd = [inf]\n")).find("'data.std' values must be positive finite"),
+            std::string::npos);
+  EXPECT_NE(error_of(write("i.toml", "[model]\npath = \"m\"\n[experiment]\nname = \"a\\nb\"\n")).find("control characters"),
+            std::string::npos);
+  EXPECT_NE(error_of(write("j.toml", "[model]\npath = \"m\"\n[quant]\nmse_grid = 100000000\n")).find("2 to 10000"),
+            std::string::npos);
+  EXPECT_NE(error_of(write("k.toml", "[model]\npath = \"m\"\n[additivity]\nconfigs = 1000000000\n")).find("1 to 100000"),
+            std::string::npos);
 }
 
 // [quant.layer] (one bracket) is a table, which would be read as no override at all.
