@@ -183,6 +183,7 @@ class Importer {
     for (const auto& init : graph.initializer()) {
       define(init.name(), g_.add_constant(init.name(), tensor_from_proto(init, origin_)));
     }
+    check_value_sizes(graph);
     read_input(graph);
     for (int i = 0; i < graph.node_size(); ++i) convert_node(graph.node(i), i);
     if (graph.output_size() != 1) {
@@ -248,6 +249,36 @@ class Importer {
       }
       for (const auto& out : n.output()) known.insert(out);
       if (n.op_type() == "Conv" || n.op_type() == "MaxPool" || n.op_type() == "AveragePool") check_window(n, name);
+    }
+  }
+
+  // Every value that shape inference sized must fit: a pad of thousands on one Conv would
+  // otherwise have the first forward compute (and allocate) for minutes before any error.
+  void check_value_sizes(const onnx::GraphProto& graph) const {
+    constexpr int64_t kMostPerImage = int64_t{1} << 28;  // 1 GiB of float32 per image
+    std::unordered_map<std::string, const onnx::NodeProto*> producer;
+    for (const auto& n : graph.node()) {
+      for (const auto& o : n.output()) producer[o] = &n;
+    }
+    std::vector<const onnx::ValueInfoProto*> sized;
+    for (const auto& vi : graph.value_info()) sized.push_back(&vi);
+    for (const auto& vi : graph.output()) sized.push_back(&vi);
+    for (const onnx::ValueInfoProto* v : sized) {
+      const onnx::ValueInfoProto& vi = *v;
+      const auto& dims = vi.type().tensor_type().shape().dim();
+      int64_t per_image = 1;
+      bool big = false;
+      for (int d = 1; d < dims.size(); ++d) {  // dimension 0 is the batch
+        if (!dims[d].has_dim_value() || dims[d].dim_value() < 0) continue;
+        big = big || __builtin_mul_overflow(per_image, dims[d].dim_value(), &per_image) || per_image > kMostPerImage;
+      }
+      if (big) {
+        const auto it = producer.find(vi.name());
+        user_error("{}: the value '{}'{} would hold more than 2^28 values per image; check the model's pads and "
+                   "sizes", origin_, vi.name(),
+                   it == producer.end() ? std::string()
+                                        : fmt::format(" (output of node '{}', {})", it->second->name(), it->second->op_type()));
+      }
     }
   }
 

@@ -601,6 +601,12 @@ TEST(ImportErrors, MalformedModelsAreOneSentenceNamingTheNode) {
        },
        {"'bn' (BatchNormalization)", "running variance -1", "positive"}},
       {"output is the input", [](OnnxBuilder& b) { b.output("x"); }, {"graph output 'x' is its input"}},
+      {"an activation too large to compute",  // (4, 20004, 20004) per image
+       [&](OnnxBuilder& b) {
+         b.initializer("w", w4, {4, 1, 3, 3}).node("Conv", {"x", "w"}, {"c"}, {attr_ints("pads", {10000, 10000, 10000, 10000})}, "big");
+         b.node("Relu", {"c"}, {"y"}, {}, "relu").output("y");
+       },
+       {"value 'c' (output of node 'big', Conv)", "more than 2^28 values per image"}},
   };
   for (const auto& c : cases) {
     SCOPED_TRACE(c.what);
