@@ -5,6 +5,7 @@
 #include <map>
 #include <set>
 #include <sstream>
+#include <utility>
 
 #include <fmt/format.h>
 #include <toml++/toml.h>
@@ -298,7 +299,7 @@ struct Reader {
   void integer(const char* k, T& out) const {
     if (auto v = t.at_path(k).value<int64_t>()) {
       // A value the field cannot hold is refused, not wrapped (2^32 + 2 threads is not 2).
-      if (*v < std::numeric_limits<T>::min() || *v > std::numeric_limits<T>::max()) {
+      if (!std::in_range<T>(*v)) {
         fail(k, fmt::format("is {}; it must be between {} and {}", *v, std::numeric_limits<T>::min(),
                             std::numeric_limits<T>::max()));
       }

@@ -154,18 +154,23 @@ int64_t outputs_per_image(const Executor& exec) {
   Shape s{2};
   s.insert(s.end(), g.input_shape.begin(), g.input_shape.end());
   const Tensor& y = exec.forward(ws, Tensor(s));  // zeros
-  if (y.rank() != 2 || y.shape[0] != 2) {
+  // (N, classes), or (N, classes, 1, 1) as a model ending in global pooling without Flatten has.
+  const bool rows = y.rank() >= 2 && y.shape[0] == 2 &&
+                    std::all_of(y.shape.begin() + 2, y.shape.end(), [](int64_t d) { return d == 1; });
+  if (!rows) {
     user_error("the model's output '{}' has shape {} for a batch of 2 images; qsweep needs logits of shape (N, "
-               "classes), one row per image", g.values[g.output].name, shape_str(y.shape));
+               "classes) (or (N, classes, 1, ...)), one row per image", g.values[g.output].name, shape_str(y.shape));
   }
-  return y.shape[1];
+  return y.numel() / 2;
 }
 
 int64_t cpu_bytes_per_image(const Executor& exec) {
   const Graph& g = exec.graph();
   auto ws = exec.make_workspace();
   ws.keep_all_values = true;
-  const Tensor one({1, g.input_shape[0], g.input_shape[1], g.input_shape[2]});  // zeros
+  Shape s{1};
+  s.insert(s.end(), g.input_shape.begin(), g.input_shape.end());
+  const Tensor one(s);  // zeros
   exec.forward(ws, one);
   int64_t floats = one.numel();
   for (size_t v = 0; v < ws.values.size() && v < g.values.size(); ++v) {

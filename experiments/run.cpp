@@ -616,7 +616,7 @@ class RecordFiles {
   fs::path dir_;
   std::string phase_;
   BatchStore store_;
-  std::atomic<int64_t> saved_{0};
+  mutable std::atomic<int64_t> saved_{0};
 };
 
 // Writes the final results folder of a layer-wise grid (unsharded end of run, or merge).
@@ -867,6 +867,14 @@ RunOutcome run_experiment(const RunOptions& o) {
     fresh.run_id = fmt::format("{}-{}", resolve_run_id(o, cfg), stamp);
     return run_experiment(fresh);
   }
+  // A finished run is found before anything is loaded or hashed.
+  if (const fs::path done = fs::path(cfg.root) / cfg.name / resolve_run_id(o, cfg); fs::exists(done / "summary.json")) {
+    if (verbose) fmt::print("already complete: {} (pass --fresh to compute it again)\nresults: {}\n", done.string(), done.string());
+    RunOutcome out;
+    out.config = cfg;
+    out.folder = done;
+    return out;
+  }
   const auto p = prepare(cfg, say);
   say(fmt::format("qsweep {} ({}): {} layers on {} {} images ({}{}), backend {} ({} threads)", cfg.name, cfg.kind,
                   p->g.layers.size(), p->eval_count, cfg.eval_split, cfg.dataset,
@@ -978,7 +986,7 @@ RunOutcome run_experiment(const RunOptions& o) {
   const int64_t phases = cfg.kind == "additivity" && !cfg.naive ? 2 : 1;
   manifest["batches_from_earlier_attempts"] = phases * batches - grid_records.saved() - plan_records.saved();
   folder.write("manifest.json", manifest.dump(2) + "\n");
-  add_report(folder, p->g, true);
+  add_report(folder, p->g, !(cfg.kind == "additivity" && cfg.naive));  // a naive grid would be computed again
 
   RunOutcome out;
   out.folder = folder.commit();

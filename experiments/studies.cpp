@@ -47,7 +47,7 @@ AdditivityResult run_additivity(const StudyContext& ctx, const Config& cfg, cons
 
   AdditivityResult r;
   GridOptions grid_options = ctx.options;
-  grid_options.store = ctx.grid_store;
+  grid_options.store = cfg.naive ? nullptr : ctx.grid_store;  // the naive grid keeps no records
   r.grid = run_layerwise_grid(exec, *ctx.eval, ctx.norm, ctx.eval_count, *ctx.ranges, specs, bits, grid_options, bcp);
   auto cell = [&](int layer, int b) -> const CellStats* {
     if (b == 0) return nullptr;  // float32: contributes nothing

@@ -39,12 +39,16 @@ SpatialPlan plan_spatial(const NodeAttrs& a, int64_t h, int64_t w) {
       }
       case AutoPad::kValid:
         pb[d] = pe[d] = 0;
-        out[d] = (in[d] - span) / s + 1;
+        out[d] = in[d] < span ? 0 : (in[d] - span) / s + 1;  // (division truncates toward 0)
         break;
       case AutoPad::kNotSet: {
         pb[d] = a.pads[d];
         pe[d] = a.pads[d + 2];
         const int64_t num = in[d] + pb[d] + pe[d] - span;
+        if (num < 0) {  // the window is larger than the padded input (division truncates toward 0)
+          out[d] = 0;
+          break;
+        }
         out[d] = (a.ceil_mode ? (num + s - 1) / s : num / s) + 1;
         // The last window must start inside the input or the left padding (PyTorch, ONNX).
         if (a.ceil_mode && (out[d] - 1) * s >= in[d] + pb[d]) --out[d];

@@ -516,7 +516,12 @@ class Importer {
             user_error("{}: node '{}' (Gemm) has a bias C of shape {}; accepted: a scalar, ({}) or (1, {})", origin_,
                        name, shape_str(c.shape), out, out);
           }
-          add_input(2);
+          if (c.numel() == out) {
+            add_input(2);
+          } else {  // one value for every output: a bias of its own, as per-channel code reads (out) values
+            const std::string full = n.input(2) + "/" + name + "/broadcast";
+            node.inputs.push_back(g_.add_constant(full, Tensor(Shape{out}, std::vector<float>(out, c.data[0]))));
+          }
         }
         a.alpha = attr_f(n, "alpha", 1.0f);
         a.beta = attr_f(n, "beta", 1.0f);
@@ -589,10 +594,12 @@ class Importer {
           if (has_input(1)) a.act_alpha = scalar(n, name, 1, "min");
           if (has_input(2)) a.act_beta = scalar(n, name, 2, "max");
         }
-        if (std::isnan(a.act_alpha) || std::isnan(a.act_beta) || a.act_alpha > a.act_beta) {
-          user_error("{}: node '{}' (Clip) has min {} and max {}; they must be numbers with min <= max", origin_, name,
-                     a.act_alpha, a.act_beta);
+        if (std::isnan(a.act_alpha) || std::isnan(a.act_beta)) {
+          user_error("{}: node '{}' (Clip) has min {} and max {}; they must be numbers", origin_, name, a.act_alpha,
+                     a.act_beta);
         }
+        // ONNX: min(max(x, min), max), which is max everywhere when min > max.
+        a.act_alpha = std::min(a.act_alpha, a.act_beta);
         break;
       }
       case OpType::kAdd:

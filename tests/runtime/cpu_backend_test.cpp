@@ -1473,6 +1473,25 @@ TEST(Executor, AnImageGetsTheSameBitsInAnyBatch) {
   EXPECT_EQ(checked, 2);
 }
 
+// ONNX defines Clip with min > max (the output is max everywhere) and Gemm with one bias value
+// for every output; both import and compute as defined.
+TEST(Executor, ClipWithMinAboveMaxAndGemmWithAScalarBias) {
+  OnnxBuilder b;
+  b.input("x", {4})
+      .initializer("lo", {3.0f}, {})
+      .initializer("hi", {1.0f}, {})
+      .node("Clip", {"x", "lo", "hi"}, {"c"}, {}, "clip")
+      .initializer("w", {1, 0, 0, 0, 1, 0, 0, 0, 1, 0, 0, 0}, {4, 3})
+      .initializer("bias", {0.5f}, {})
+      .node("Gemm", {"c", "w", "bias"}, {"y"}, {}, "fc")
+      .output("y");
+  const Tensor x(Shape{2, 4}, {-5, 0, 2, 9, 1, 1, 1, 1});
+  const Tensor y = run_model(b, {OpType::kClip, OpType::kGemm}, x);
+  ASSERT_EQ(y.shape, (Shape{2, 3}));
+  // Clip gives 1 everywhere; row . w = (1, 1, 1); plus 0.5.
+  for (float v : y.data) EXPECT_EQ(v, 1.5f);
+}
+
 // What only the input's shape decides is refused when the node runs, with a sentence naming
 // the node, instead of a read past a buffer or a library's internal error (found by fuzzing).
 TEST(Executor, ShapeErrorsAtRunTimeNameTheNode) {
@@ -1501,6 +1520,14 @@ TEST(Executor, ShapeErrorsAtRunTimeNameTheNode) {
     b.input("x", {1, 6, 6}).node("MaxPool", {"x"}, {"y"}, {test::attr_ints("kernel_shape", {9, 9})}, "pool").output("y");
     const std::string msg = error_of(b, x);
     for (const char* p : {"'pool' (MaxPool)", "9x9 window", "6x6 input"}) EXPECT_NE(msg.find(p), std::string::npos) << msg;
+  }
+  {  // one pixel too small with a stride: (2 - 3) / 2 truncates to 0, which is no window either
+    OnnxBuilder b;
+    b.input("x", {1, 2, 2})
+        .node("MaxPool", {"x"}, {"y"}, {test::attr_ints("kernel_shape", {3, 3}), test::attr_ints("strides", {2, 2})}, "pool")
+        .output("y");
+    const std::string msg = error_of(b, Tensor(Shape{2, 1, 2, 2}));
+    for (const char* p : {"'pool' (MaxPool)", "3x3 window", "2x2 input"}) EXPECT_NE(msg.find(p), std::string::npos) << msg;
   }
   {  // Softmax over the batch, with a negative axis that only the rank resolves to 0
     OnnxBuilder b;

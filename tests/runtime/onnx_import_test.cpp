@@ -572,12 +572,12 @@ TEST(ImportErrors, MalformedModelsAreOneSentenceNamingTheNode) {
          shape->add_dim()->set_dim_value(5);
        },
        {"'fc' (Gemm)", "bias C of shape (2, 5)", "(5) or (1, 5)"}},
-      {"Clip min above max",
+      {"Clip bound NaN",
        [](OnnxBuilder& b) {
-         b.initializer("lo", {6.0f}, {}).initializer("hi", {1.0f}, {}).node("Clip", {"x", "lo", "hi"}, {"y"}, {}, "clip");
+         b.initializer("lo", {NAN}, {}).initializer("hi", {1.0f}, {}).node("Clip", {"x", "lo", "hi"}, {"y"}, {}, "clip");
          b.output("y");
        },
-       {"'clip' (Clip)", "min 6 and max 1"}},
+       {"'clip' (Clip)", "min nan and max 1", "must be numbers"}},
       {"Clip empty min",
        [](OnnxBuilder& b) {
          b.initializer("lo", {}, {0}).node("Clip", {"x", "lo"}, {"y"}, {}, "clip").output("y");
