@@ -310,7 +310,8 @@ TEST_F(Shards, SigtermedStudyResumesToIdenticalResults) {
     return "run " + std::string(QSWEEP_SOURCE_DIR) + "/configs/additivity_resnet.toml --out " + root.string() +
            (quiet ? " --quiet" : "") +
            " --set data.eval.count=2000 --set run.batch_size=100 --set data.calibration.count=100"
-           " --set stats.bootstrap=100 --set output.plots=false";
+           " --set stats.bootstrap=100 --set output.plots=false"
+           " --set run.threads=2";  // two batches in flight: the signal lands before the last one
   };
   ASSERT_EQ(run(args(dir_ / "clean", true)), 0) << slurp(dir_ / "stderr");
   const fs::path root = dir_ / "stopped";
