@@ -20,7 +20,8 @@
 namespace qsweep {
 
 ActivationRanges calibrate(const Executor& exec, const Dataset& data, const Normalization& norm, int64_t count,
-                           int64_t batch_size, int threads) {
+                           int64_t batch_size, int threads, const std::atomic<bool>* stop) {
+  auto stopped = [stop] { return stop != nullptr && stop->load(); };
   const Graph& g = exec.graph();
   const size_t nv = g.values.size();
   count = std::min(count, data.count);
@@ -33,12 +34,13 @@ ActivationRanges calibrate(const Executor& exec, const Dataset& data, const Norm
     for_each_device_batch(
         *session, data, norm, count, batch_size, all_batches(count, batch_size),
         [](int64_t) { return std::span<const DeviceJob>(); }, true,
-        [&](int64_t, int64_t, int64_t, DeviceOutcome&) { session->widen_ranges(r.lo, r.hi); });
+        [&](int64_t, int64_t, int64_t, DeviceOutcome&) { session->widen_ranges(r.lo, r.hi); }, stop);
     return r;
   }
   std::vector<std::vector<float>> lo(batches, std::vector<float>(nv, kInf)), hi(batches, std::vector<float>(nv, -kInf));
   for_each_batch(exec, data, norm, count, batch_size, threads,
                  [&](Executor::Workspace& ws, const Tensor& x, int64_t b, int64_t, int64_t) {
+                   if (stopped()) return;  // the caller discards the ranges
                    ws.keep_all_values = true;  // the ranges of every value, conv outputs included
                    exec.forward(ws, x);
                    for (size_t v = 0; v < nv; ++v) {

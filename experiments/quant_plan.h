@@ -3,6 +3,7 @@
 // methods, and the statistics that explain a bad layer.
 #pragma once
 
+#include <atomic>
 #include <span>
 #include <utility>
 #include <vector>
@@ -18,8 +19,10 @@ struct ActivationRanges {
   std::vector<float> lo, hi;  // indexed by value id; +inf/-inf for values never seen
 };
 
+// With `stop` set during the pass, the remaining batches are skipped: the caller must check
+// it and discard the ranges.
 ActivationRanges calibrate(const Executor& exec, const Dataset& data, const Normalization& norm,
-                           int64_t count, int64_t batch_size, int threads);
+                           int64_t count, int64_t batch_size, int threads, const std::atomic<bool>* stop = nullptr);
 
 // Which layers a selector list picks (indices, exact names, glob patterns). Throws
 // UserError citing `where` when a selector matches nothing.

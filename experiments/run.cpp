@@ -887,7 +887,8 @@ RunOutcome run_experiment(const RunOptions& o) {
     if (stop_requested()) throw RunInterrupted("interrupted before the first batch; nothing was written");
   };
   stop_before_batches();
-  const ActivationRanges ranges = calibrate(*p->exec, p->calib, p->norm, p->calib_count, p->cfg.batch_size, p->threads);
+  const ActivationRanges ranges =
+      calibrate(*p->exec, p->calib, p->norm, p->calib_count, p->cfg.batch_size, p->threads, &stop_requested());
   stop_before_batches();
   if (cfg.kind == "layerwise") return run_layerwise(o, *p, ranges, started, t0, verbose);
 

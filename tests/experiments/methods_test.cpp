@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
@@ -642,6 +643,34 @@ TEST(BiasCorrection, RemovesTheMeanShiftOfARankThreeMatMul) {
   const Dataset calib = random_dataset(300, 2, 6, 6, 3, 79);
   const Normalization norm{{0.5f, 0.5f}, {0.25f, 0.25f}};
   check_bias_correction(exec, 0, 3, calib, norm, 300, 0.01, "/mm (MatMul, (N, 12, 6) x (6, 5))");
+}
+
+// A stop during calibration skips the remaining batches (the run then ends before its grid);
+// without one, every value's range is seen.
+TEST(Calibration, AStopSkipsTheRemainingBatches) {
+  std::mt19937 rng(5);
+  OnnxBuilder b;
+  b.input("x", {1, 2, 2})
+      .initializer("w", uniform(rng, 4 * 3), {4, 3})
+      .node("Flatten", {"x"}, {"f"}, {}, "flatten")
+      .node("Gemm", {"f", "w"}, {"y"}, {}, "fc")
+      .output("y");
+  const Graph g = import_onnx_bytes(b.serialize(), "calib.onnx");
+  CpuBackend cpu;
+  Executor exec(g, cpu);
+  const Dataset calib = random_dataset(40, 1, 2, 2, 3, 6);
+  const Normalization norm{{0.5f}, {0.25f}};
+  const ActivationRanges all = calibrate(exec, calib, norm, 40, 10, 2);
+  std::atomic<bool> stop{true};
+  const ActivationRanges none = calibrate(exec, calib, norm, 40, 10, 2, &stop);
+  int seen = 0;
+  for (size_t v = 0; v < g.values.size(); ++v) {
+    if (g.values[v].is_constant) continue;
+    EXPECT_TRUE(std::isfinite(all.lo[v]) && std::isfinite(all.hi[v])) << g.values[v].name;
+    EXPECT_EQ(none.lo[v], std::numeric_limits<float>::infinity()) << g.values[v].name;
+    ++seen;
+  }
+  EXPECT_EQ(seen, 3);  // x, f, y
 }
 
 // A Gemm with beta != 1 would scale a corrected C: one clear error instead of a wrong bias.
