@@ -647,15 +647,20 @@ TEST(BiasCorrection, RemovesTheMeanShiftOfARankThreeMatMul) {
 
 // A stop during calibration skips the remaining batches (the run then ends before its grid);
 // without one, every value's range is seen.
+// A 1x2x2 image flattened into Gemm 'fc' (4 -> 3), with a random C when `with_c`.
+Graph flatten_gemm(std::mt19937& rng, bool with_c, const std::vector<onnx::AttributeProto>& attrs = {}) {
+  OnnxBuilder b;
+  b.input("x", {1, 2, 2}).initializer("w", uniform(rng, 4 * 3), {4, 3});
+  if (with_c) b.initializer("c", uniform(rng, 3), {3});
+  b.node("Flatten", {"x"}, {"f"}, {}, "flatten");
+  b.node("Gemm", with_c ? std::vector<std::string>{"f", "w", "c"} : std::vector<std::string>{"f", "w"}, {"y"}, attrs, "fc");
+  b.output("y");
+  return import_onnx_bytes(b.serialize(), "gemm.onnx");
+}
+
 TEST(Calibration, AStopSkipsTheRemainingBatches) {
   std::mt19937 rng(5);
-  OnnxBuilder b;
-  b.input("x", {1, 2, 2})
-      .initializer("w", uniform(rng, 4 * 3), {4, 3})
-      .node("Flatten", {"x"}, {"f"}, {}, "flatten")
-      .node("Gemm", {"f", "w"}, {"y"}, {}, "fc")
-      .output("y");
-  const Graph g = import_onnx_bytes(b.serialize(), "calib.onnx");
+  const Graph g = flatten_gemm(rng, false);
   CpuBackend cpu;
   Executor exec(g, cpu);
   const Dataset calib = random_dataset(40, 1, 2, 2, 3, 6);
@@ -676,14 +681,7 @@ TEST(Calibration, AStopSkipsTheRemainingBatches) {
 // A Gemm with beta != 1 would scale a corrected C: one clear error instead of a wrong bias.
 TEST(BiasCorrection, GemmWithBetaOtherThanOneIsRefused) {
   std::mt19937 rng(3);
-  OnnxBuilder b;
-  b.input("x", {1, 2, 2})
-      .initializer("w", uniform(rng, 4 * 3), {4, 3})
-      .initializer("c", uniform(rng, 3), {3})
-      .node("Flatten", {"x"}, {"f"}, {}, "flatten")
-      .node("Gemm", {"f", "w", "c"}, {"y"}, {test::attr_f("beta", 2.0f)}, "fc")
-      .output("y");
-  const Graph g = import_onnx_bytes(b.serialize(), "beta.onnx");
+  const Graph g = flatten_gemm(rng, true, {test::attr_f("beta", 2.0f)});
   CpuBackend cpu;
   Executor exec(g, cpu);
   const Dataset calib = random_dataset(20, 1, 2, 2, 3, 5);
