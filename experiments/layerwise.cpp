@@ -151,9 +151,7 @@ int64_t outputs_per_image(const Executor& exec) {
   const Graph& g = exec.graph();
   auto ws = exec.make_workspace();
   // Two images: an output that is not one row of logits per image shows.
-  Shape s{2};
-  s.insert(s.end(), g.input_shape.begin(), g.input_shape.end());
-  const Tensor& y = exec.forward(ws, Tensor(s));  // zeros
+  const Tensor& y = exec.forward(ws, Tensor(g.batch_shape(2)));  // zeros
   // (N, classes), or (N, classes, 1, 1) as a model ending in global pooling without Flatten has.
   const bool rows = y.rank() >= 2 && y.shape[0] == 2 &&
                     std::all_of(y.shape.begin() + 2, y.shape.end(), [](int64_t d) { return d == 1; });
@@ -168,9 +166,7 @@ int64_t cpu_bytes_per_image(const Executor& exec) {
   const Graph& g = exec.graph();
   auto ws = exec.make_workspace();
   ws.keep_all_values = true;
-  Shape s{1};
-  s.insert(s.end(), g.input_shape.begin(), g.input_shape.end());
-  const Tensor one(s);  // zeros
+  const Tensor one(g.batch_shape(1));  // zeros
   exec.forward(ws, one);
   int64_t floats = one.numel();
   for (size_t v = 0; v < ws.values.size() && v < g.values.size(); ++v) {

@@ -676,15 +676,12 @@ RunOutcome run_layerwise(const RunOptions& o, const Prepared& p, const Activatio
   check_record_inputs(sdir, inputs);
 
   // Resume: batches already recorded by an earlier attempt are kept; damaged or partial
-  // files (a kill mid-write leaves only temp files, but be safe) are discarded.
+  // files are discarded (check_record_inputs removed the temp files of interrupted writes).
   std::vector<BatchRecord> records;
   std::set<int64_t> done;
   for (const auto& e : fs::directory_iterator(sdir)) {
     const std::string name = e.path().filename().string();
-    if (name.rfind("batch-", 0) != 0 || e.path().extension() != ".rec") {
-      if (name[0] == '.') fs::remove(e.path(), ec);  // temp files of an interrupted write
-      continue;
-    }
+    if (name.rfind("batch-", 0) != 0 || e.path().extension() != ".rec") continue;
     auto rec = decode_record(read_file(e.path()));
     if (!rec || rec->batch < 0 || rec->batch >= plan.batches || rec->cells != job.cells_of_batch[rec->batch]) {
       fs::remove(e.path(), ec);

@@ -1054,9 +1054,7 @@ void CudaSession::widen_ranges(std::vector<float>& lo, std::vector<float>& hi) {
 int64_t CudaSession::max_batch(int64_t cap) {
   // Per-image bytes from a one-image forward: every value and its suffix scratch, two
   // staged inputs (device and pinned host), metrics.
-  Shape shape{1};
-  shape.insert(shape.end(), g_.input_shape.begin(), g_.input_shape.end());
-  Tensor one(shape);
+  Tensor one(g_.batch_shape(1));
   const int32_t label = 0;
   stage(one, &label, 1);
   launch({}, true);

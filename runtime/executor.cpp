@@ -15,7 +15,8 @@ namespace {
 // libraries (an allocation that fails, oneDNN refusing a primitive) becomes a sentence that
 // names the node.
 template <typename F>
-void compute_node(const Node& node, size_t batch, F&& f) {
+void compute_node(const Node& node, const Tensor& input, F&& f) {
+  const int64_t batch = input.rank() ? input.shape[0] : 1;
   try {
     f();
   } catch (const std::bad_alloc&) {
@@ -127,7 +128,7 @@ void Executor::run_node(Workspace& ws, int k, const LayerQuantization* q, Read r
       else ws.args.push_back(q->bias);
     }
   }
-  compute_node(node, ws.args[0]->rank() ? static_cast<size_t>(ws.args[0]->shape[0]) : 1, [&] {
+  compute_node(node, *ws.args[0], [&] {
     if (act != nullptr) {
       backend_.run_with_activation(*ws.ctx, node, *act, ws.args, out);
     } else {
@@ -184,7 +185,7 @@ const Tensor& Executor::suffix_forward(Workspace& ws, int layer, const LayerQuan
       const Node& conv = graph_.nodes[k];
       ws.args.clear();
       for (int v : conv.inputs) ws.args.push_back(graph_.values[v].is_constant ? &graph_.values[v].constant : &read(v));
-      compute_node(conv, ws.args[0]->rank() ? static_cast<size_t>(ws.args[0]->shape[0]) : 1, [&] {
+      compute_node(conv, *ws.args[0], [&] {
         backend_.run_conv_residual(*ws.ctx, conv, graph_.nodes[r.add], graph_.nodes[r.act], ws.args, read(r.other),
                                    ws.scratch[graph_.nodes[r.act].output]);
       });

@@ -123,6 +123,12 @@ struct Graph {
 
   int add_value(std::string name);
   int add_constant(std::string name, Tensor t);
+  // The shape of a batch of n inputs: (n, input_shape...).
+  Shape batch_shape(int64_t n) const {
+    Shape s{n};
+    s.insert(s.end(), input_shape.begin(), input_shape.end());
+    return s;
+  }
   const Tensor& constant(int value) const { return values[value].constant; }
   // Consumers of each value, in node order.
   std::vector<std::vector<int>> consumers() const;
