@@ -950,6 +950,39 @@ TEST_P(CudaGrid, AutoBatchSizeFitsAndIsBounded) {
   std::printf("[ auto batch ] %lld images on %s\n", static_cast<long long>(b), cuda.device_name().c_str());
 }
 
+// The grid does not depend on the batch size beyond the CPU-vs-CUDA tolerances: cuDNN and
+// cuBLAS may pick other algorithms (other summation orders) for other batch sizes, so the
+// two grids are compared with the tolerances of the backend comparison, and the test reports
+// whether they happen to be equal bit for bit.
+TEST_P(CudaGrid, BatchSizeMovesNoCellBeyondTheTolerances) {
+  REQUIRE_CUDA_DEVICE();
+  GridSetup s;
+  std::string why;
+  if (!load_setup(GetParam(), s, &why)) GTEST_SKIP() << why;
+  s.cfg.quant.weight_bits = {3, 6, 8};
+  CudaBackend cuda{BackendOptions{}};
+  Executor exec(s.g, cuda);
+  const ActivationRanges r = calibrate(exec, s.calib, s.norm, 512, 256, 1);
+  const GridResult a = grid_on(cuda, s, r, 4000, false, 1000);
+  const GridResult b = grid_on(cuda, s, r, 4000, false, 37);  // 108 batches, the last one of 4
+  ASSERT_EQ(a.cells.size(), b.cells.size());
+  EXPECT_LE(std::abs(a.float_top1() - b.float_top1()), kMaxTop1Points);
+  size_t identical = 0;
+  double worst_top1 = 0.0, worst_noise = 0.0;
+  for (size_t c = 0; c < a.cells.size(); ++c) {
+    const double dt = std::abs(a.top1(a.cells[c]) - b.top1(b.cells[c]));
+    const double dn = std::abs(a.cells[c].noise_sum - b.cells[c].noise_sum) / std::max(a.cells[c].noise_sum, 1e-30);
+    EXPECT_LE(dt, kMaxTop1Points) << "cell " << c;
+    EXPECT_LE(dn, kMaxNoiseRelative) << "cell " << c;
+    identical += a.cells[c].noise_sum == b.cells[c].noise_sum && a.cells[c].correct == b.cells[c].correct;
+    worst_top1 = std::max(worst_top1, dt);
+    worst_noise = std::max(worst_noise, dn);
+  }
+  std::printf("[ batch size ] 1000 vs 37 images per batch: %zu of %zu cells bit for bit equal; worst top-1 diff %.3f "
+              "points, worst noise diff %.3g relative\n",
+              identical, a.cells.size(), worst_top1, worst_noise);
+}
+
 // Whole-network plans (the additivity and comparison studies' forwards): several layers
 // quantized at once, CUDA against CPU.
 TEST_P(CudaGrid, NetworkPlansMatchTheCpuBackend) {
