@@ -269,7 +269,9 @@ TEST(CudaOps, ElementwiseAndDataMovementMatchCpuTwin) {
     Node n;
     n.name = "concat";
     n.op = OpType::kConcat;
-    for (int64_t axis : {0, 1, 2, 3, -1}) {
+    // Not axis 0: a Concat over the batch is refused by both backends (each image must be
+    // evaluated on its own; ImportErrors and Executor tests cover the refusal).
+    for (int64_t axis : {1, 2, 3, -1}) {
       n.attrs.axis = axis;
       Shape s2 = x.shape;
       s2[axis < 0 ? 3 : axis] = 3;
@@ -434,8 +436,9 @@ TEST(CudaOps, RowMetricsMatchCpuTwin) {
         }
       }
       EXPECT_EQ(count, count_outcomes(want.data(), n, kTop1Bit)) << "k " << k;
-      // Not vacuous: top-5 holds where top-1 does not.
-      if (k > 5) EXPECT_GT(count_outcomes(want.data(), n, kTop5Bit), count) << "k " << k;
+      // Not vacuous: top-5 holds where top-1 does not. Not at k = 1000: with 7 levels about
+      // 140 logits tie at the maximum, so top-5 is as rare as top-1 there.
+      if (k > 5 && k < 100) EXPECT_GT(count_outcomes(want.data(), n, kTop5Bit), count) << "k " << k;
     }
     cudaFree(dl);
     cudaFree(dsq);
