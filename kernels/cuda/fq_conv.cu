@@ -479,14 +479,19 @@ void launch_dense(const FqConv& p, int64_t Og, cudaStream_t stream) {
     // 4: a 3-stage cp.async pipeline, 5: 4 stages, 6: 3 stages of BK = 32, 7: 4 with three
     // blocks per SM for the 64- and 32-row tiles, 8: 4 with float4 B fragments, 9: 7 with the
     // float4 B fragments of 8 in the 128-row tile unless the kernel is 1x1 (each the faster
-    // on those shapes in one H200 run), 10: 9 with 128-thread blocks and larger per-thread
-    // tiles in the 128- and 64-row tiles (cuDNN's FP32 kernels run 128 threads with 255
-    // registers): 8x16 per thread in the 128-row tile, 8x8 in the 64-row one.
+    // on those shapes in one H200 run), 10-12: 9 with smaller tiles and more blocks per SM
+    // for 1x1 kernels of 128+ output channels and at most 256 input channels per group, whose
+    // few reduction steps leave the 128x128 tile's set-up, pipeline fill and epilogue
+    // uncovered (ncu: 36% SM throughput, instruction-fetch stalls): 10 the 64x128 tile at
+    // three blocks per SM, 11 the 32x128 tile at three, 12 a 64x64 tile at four.
     if (zero_stays_zero(p)) {
-      const bool wide_kernel = p.KH * p.KW > 1;  // 9 and 10: float4 B fragments unless 1x1
-      if constexpr (kVariant == 10) {
-        if (Og >= 128) return launch_gemm_async_vec<128, 128, 16, 8, 16, 3, 2>(wide_kernel, p, stream);
-        if (Og >= 64) return launch_gemm_async_vec<64, 128, 16, 8, 8, 3, 4>(wide_kernel, p, stream);
+      const bool wide_kernel = p.KH * p.KW > 1;  // 9-12: float4 B fragments unless 1x1
+      if constexpr (kVariant >= 10) {
+        if (!wide_kernel && p.C / p.groups <= 256 && Og >= 128) {
+          if constexpr (kVariant == 10) return launch_gemm_async<64, 128, 16, 4, 8, 3, 3>(p, stream);
+          if constexpr (kVariant == 11) return launch_gemm_async<32, 128, 16, 4, 4, 3, 3>(p, stream);
+          if constexpr (kVariant == 12) return launch_gemm_async<64, 64, 16, 4, 4, 3, 4>(p, stream);
+        }
       }
       constexpr int kStages = kVariant == 5 ? 4 : 3;
       constexpr int kBK = kVariant == 6 ? 32 : 16;

@@ -68,13 +68,17 @@ void fq_conv2d(const FqConv& p, cudaStream_t stream);
 //      slower on its 1x1 ones and on the shipped model's 16-channel shapes;
 //   9  the default: 7's small tiles, and 8's 128-row tile for kernels larger than 1x1 (4's
 //      for 1x1 ones), each the faster on those shapes;
-//   10 128-thread blocks with 8x16 (128-row tile) or 8x8 (64-row tile) accumulators per
-//      thread, float4 B fragments for kernels larger than 1x1 (the 32-row tile as in 9).
-//      Written after the H200 runs; not yet measured.
+//   10-12 9 with smaller tiles for 1x1 kernels of 128+ output channels and at most 256
+//      input channels per group (ResNet18's 1x1 stride-2 downsamples, 1.3-2.8x cuDNN's time
+//      with 9): 10 the 64x128 tile at three blocks per SM, 11 the 32x128 tile at three,
+//      12 a 64x64 tile at four. Written after the H200 run of 2026-11-27 (13:33 UTC).
+//      (An earlier variant 10, 128-thread blocks with 8x16 or 8x8 accumulators per thread,
+//      measured 2.08x cuDNN's time on ResNet18's shapes, geometric mean, against 9's 1.52x,
+//      and was removed.)
 // Variants 4-10 run only when the input quantizer maps +0 to +0 bit for bit (every quantizer
 // from choose_quant_params() does); otherwise they fall back to variant 2.
 // The process-wide choice starts at $QSWEEP_FQCONV_VARIANT when set, else 9.
-constexpr int kFqConvVariants = 11;
+constexpr int kFqConvVariants = 13;
 void set_fq_conv_variant(int variant);  // throws std::invalid_argument outside [0, kFqConvVariants)
 int fq_conv_variant();
 

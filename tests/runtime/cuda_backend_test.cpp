@@ -523,12 +523,17 @@ TEST(CudaFakeQuantConv, MatchesUnfusedCudaAndCpuPaths) {
   CudaBackend cuda{BackendOptions{}};
   std::mt19937 rng(21);
   Worst worst{"fused conv: fraction one output step apart"};
-  for (int t = 0; t < 36; ++t) {
-    const int kind = t % 4;  // dense, grouped, depthwise, Gemm
+  for (int t = 0; t < 40; ++t) {
+    // Cases 36-39: dense 1x1 convolutions with 128+ output channels and a short reduction,
+    // which variants 10-12 give other tiles.
+    const bool wide_pointwise = t >= 36;
+    const int kind = wide_pointwise ? 0 : t % 4;  // dense, grouped, depthwise, Gemm
     const bool is_gemm = kind == 3;
     const int64_t G = kind == 1 ? 2 : kind == 2 ? rand_int(rng, 2, 16) : 1;
-    const int64_t C = kind == 2 ? G : G * rand_int(rng, 1, 24), O = kind == 2 ? G : G * rand_int(rng, 1, 140);
-    const int64_t k = is_gemm ? 1 : rand_int(rng, 1, 3), s = rand_int(rng, 1, 2), d = is_gemm ? 1 : rand_int(rng, 1, 2);
+    const int64_t C = kind == 2 ? G : G * rand_int(rng, 1, 24);
+    const int64_t O = kind == 2 ? G : wide_pointwise ? rand_int(rng, 128, 200) : G * rand_int(rng, 1, 140);
+    const int64_t k = is_gemm || wide_pointwise ? 1 : rand_int(rng, 1, 3), s = rand_int(rng, 1, 2);
+    const int64_t d = is_gemm ? 1 : rand_int(rng, 1, 2);
     const int64_t p = t % 3 == 0 ? 0 : 1;
     const int64_t N = rand_int(rng, 1, 4);
     const int64_t H = is_gemm ? 1 : rand_int(rng, (k - 1) * d + 1, 14), W = is_gemm ? 1 : rand_int(rng, (k - 1) * d + 1, 14);
