@@ -479,18 +479,15 @@ void launch_dense(const FqConv& p, int64_t Og, cudaStream_t stream) {
     // 4: a 3-stage cp.async pipeline, 5: 4 stages, 6: 3 stages of BK = 32, 7: 4 with three
     // blocks per SM for the 64- and 32-row tiles, 8: 4 with float4 B fragments, 9: 7 with the
     // float4 B fragments of 8 in the 128-row tile unless the kernel is 1x1 (each the faster
-    // on those shapes in one H200 run), 10-12: 9 with smaller tiles and more blocks per SM
-    // for 1x1 kernels of 128+ output channels and at most 256 input channels per group, whose
+    // on those shapes in one H200 run), 10: 9 with the 64x128 tile at three blocks per SM for
+    // 1x1 kernels of 128+ output channels and at most 256 input channels per group, whose
     // few reduction steps leave the 128x128 tile's set-up, pipeline fill and epilogue
-    // uncovered (ncu: 36% SM throughput, instruction-fetch stalls): 10 the 64x128 tile at
-    // three blocks per SM, 11 the 32x128 tile at three, 12 a 64x64 tile at four.
+    // uncovered (ncu: 36% SM throughput, instruction-fetch stalls).
     if (zero_stays_zero(p)) {
-      const bool wide_kernel = p.KH * p.KW > 1;  // 9-12: float4 B fragments unless 1x1
-      if constexpr (kVariant >= 10) {
+      const bool wide_kernel = p.KH * p.KW > 1;  // 9 and 10: float4 B fragments unless 1x1
+      if constexpr (kVariant == 10) {
         if (!wide_kernel && p.C / p.groups <= 256 && Og >= 128) {
-          if constexpr (kVariant == 10) return launch_gemm_async<64, 128, 16, 4, 8, 3, 3>(p, stream);
-          if constexpr (kVariant == 11) return launch_gemm_async<32, 128, 16, 4, 4, 3, 3>(p, stream);
-          if constexpr (kVariant == 12) return launch_gemm_async<64, 64, 16, 4, 4, 3, 4>(p, stream);
+          return launch_gemm_async<64, 128, 16, 4, 8, 3, 3>(p, stream);
         }
       }
       constexpr int kStages = kVariant == 5 ? 4 : 3;
@@ -528,7 +525,7 @@ void launch_variant(int v, const FqConv& p, int64_t Og, cudaStream_t stream, std
 
 int initial_variant() {
   const char* env = std::getenv("QSWEEP_FQCONV_VARIANT");
-  if (env == nullptr || *env == '\0') return 9;  // the fastest measured (fq_conv.cuh)
+  if (env == nullptr || *env == '\0') return 10;  // the fastest measured (fq_conv.cuh)
   const std::string s(env);
   int v = -1;
   const auto [end, ec] = std::from_chars(s.data(), s.data() + s.size(), v);

@@ -66,19 +66,20 @@ void fq_conv2d(const FqConv& p, cudaStream_t stream);
 //   8  4 with the pixel columns read as float4, as in 1. On an H200 faster than 4 on
 //      ResNet18's 3x3 shapes of 128+ output channels (e.g. 1.19x cuDNN's time, 4 1.35x),
 //      slower on its 1x1 ones and on the shipped model's 16-channel shapes;
-//   9  the default: 7's small tiles, and 8's 128-row tile for kernels larger than 1x1 (4's
-//      for 1x1 ones), each the faster on those shapes;
-//   10-12 9 with smaller tiles for 1x1 kernels of 128+ output channels and at most 256
-//      input channels per group (ResNet18's 1x1 stride-2 downsamples, 1.3-2.8x cuDNN's time
-//      with 9): 10 the 64x128 tile at three blocks per SM, 11 the 32x128 tile at three,
-//      12 a 64x64 tile at four. Written after the H200 run of 2026-11-27 (13:33 UTC).
-//      (An earlier variant 10, 128-thread blocks with 8x16 or 8x8 accumulators per thread,
-//      measured 2.08x cuDNN's time on ResNet18's shapes, geometric mean, against 9's 1.52x,
-//      and was removed.)
+//   9  7's small tiles, and 8's 128-row tile for kernels larger than 1x1 (4's for 1x1
+//      ones), each the faster on those shapes;
+//   10 the default: 9 with the 64x128 tile at three blocks per SM for 1x1 kernels of 128+
+//      output channels and at most 256 input channels per group (ResNet18's 1x1 stride-2
+//      downsamples took 1.0-2.3x cuDNN's time with 9, 0.73-1.25x with 10). On an H200
+//      (bench/RESULTS.md, 2026-11-27, two runs) ResNet18's 11 conv shapes at 1.24x / 1.28x
+//      cuDNN's time (geometric mean; 9: 1.42x / 1.53x), the shipped model's unchanged.
+//      Measured beside it and removed: the 32x128 tile at three blocks per SM (1.31x) and a
+//      64x64 tile at four (1.25x: faster on the 64-channel shape only), and an earlier
+//      variant 10 with 128-thread blocks and 8x16 or 8x8 accumulators per thread (2.08x).
 // Variants 4-10 run only when the input quantizer maps +0 to +0 bit for bit (every quantizer
 // from choose_quant_params() does); otherwise they fall back to variant 2.
-// The process-wide choice starts at $QSWEEP_FQCONV_VARIANT when set, else 9.
-constexpr int kFqConvVariants = 13;
+// The process-wide choice starts at $QSWEEP_FQCONV_VARIANT when set, else 10.
+constexpr int kFqConvVariants = 11;
 void set_fq_conv_variant(int variant);  // throws std::invalid_argument outside [0, kFqConvVariants)
 int fq_conv_variant();
 

@@ -525,7 +525,7 @@ TEST(CudaFakeQuantConv, MatchesUnfusedCudaAndCpuPaths) {
   Worst worst{"fused conv: fraction one output step apart"};
   for (int t = 0; t < 40; ++t) {
     // Cases 36-39: dense 1x1 convolutions with 128+ output channels and a short reduction,
-    // which variants 10-12 give other tiles.
+    // which variant 10 gives another tile.
     const bool wide_pointwise = t >= 36;
     const int kind = wide_pointwise ? 0 : t % 4;  // dense, grouped, depthwise, Gemm
     const bool is_gemm = kind == 3;
