@@ -4,6 +4,7 @@
 
 #include <filesystem>
 #include <string>
+#include <vector>
 
 namespace qsweep {
 
@@ -14,7 +15,9 @@ class ResultsFolder {
   ResultsFolder(const std::string& root, const std::string& experiment);
   // A fixed run id: <root>/<experiment>/<run_id>/ (it must not exist yet when committing).
   ResultsFolder(const std::string& root, const std::string& experiment, const std::string& run_id);
-  ~ResultsFolder();  // removes the staging folder unless commit() succeeded
+  // Unless commit() succeeded: removes the staging folder, then the folders the constructor
+  // created (<root>/<experiment>/, <root>/), each only while it is empty.
+  ~ResultsFolder();
 
   // Writes a file into the staging folder (write to a temp name, then rename).
   void write(const std::string& name, const std::string& content);
@@ -27,6 +30,7 @@ class ResultsFolder {
 
  private:
   std::filesystem::path final_, staging_;
+  std::vector<std::filesystem::path> made_;  // folders above staging_ this object created, deepest first
   std::string run_id_;
   bool committed_ = false;
   bool fixed_id_ = false;
