@@ -251,17 +251,22 @@ Shape reshape_target(const Node& n, const Shape& in) {
   Shape s = n.attrs.shape;
   int64_t known = 1;
   int infer = -1;
+  bool fits = true;
   for (size_t i = 0; i < s.size(); ++i) {
+    if (s[i] < -1 || (s[i] == -1 && infer >= 0)) {
+      user_error("node '{}' (Reshape) has the shape [{}]; accepted: dimensions of 0 or more, and at most one -1",
+                 n.name, fmt::join(n.attrs.shape, ","));
+    }
     if (s[i] == 0 && !n.attrs.allow_zero) s[i] = i < in.size() ? in[i] : 0;
     if (s[i] == -1) {
       infer = static_cast<int>(i);
-    } else {
-      known *= s[i];
+    } else if (__builtin_mul_overflow(known, s[i], &known)) {
+      fits = false;
     }
   }
   const int64_t numel = shape_numel(in);
-  if (infer >= 0) s[infer] = known ? numel / known : 0;
-  if (shape_numel(s) != numel) {
+  if (fits && infer >= 0) s[infer] = known ? numel / known : 0;
+  if (!fits || shape_numel(s) != numel) {
     user_error("node '{}' (Reshape) cannot reshape {} into {}; a Reshape that fixes the batch size "
                "breaks batching (export with torch.flatten)", n.name, shape_str(in), fmt::join(n.attrs.shape, ","));
   }

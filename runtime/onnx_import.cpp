@@ -1,5 +1,6 @@
 #include "runtime/onnx_import.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <filesystem>
@@ -147,10 +148,33 @@ Tensor tensor_from_proto(const onnx::TensorProto& t, const std::string& where) {
   return out;
 }
 
-// int64 tensors (shapes, pads) are small; they round-trip exactly through float up to 2^24.
+// The exact values of an int64 or int32 tensor (tensor_from_proto has checked its size);
+// empty for other types. Constants are kept as float (Tensor), which holds integers exactly
+// only up to 2^24: shapes and pads are read from these instead.
+std::vector<int64_t> ints_from_proto(const onnx::TensorProto& t) {
+  std::vector<int64_t> v;
+  const std::string& raw = t.raw_data();
+  if (t.data_type() == onnx::TensorProto::INT64) {
+    if (raw.empty()) return {t.int64_data().begin(), t.int64_data().end()};
+    v.resize(raw.size() / 8);
+    std::memcpy(v.data(), raw.data(), v.size() * 8);
+  } else if (t.data_type() == onnx::TensorProto::INT32) {
+    if (raw.empty()) return {t.int32_data().begin(), t.int32_data().end()};
+    std::vector<int32_t> w(raw.size() / 4);
+    std::memcpy(w.data(), raw.data(), w.size() * 4);
+    v.assign(w.begin(), w.end());
+  }
+  return v;
+}
+
+// A float constant's values as integers, saturated to +-2^62 (no undefined conversion).
 std::vector<int64_t> as_ints(const Tensor& t) {
+  constexpr double kLimit = 4611686018427387904.0;  // 2^62
   std::vector<int64_t> v(t.data.size());
-  for (size_t i = 0; i < v.size(); ++i) v[i] = static_cast<int64_t>(t.data[i]);
+  for (size_t i = 0; i < v.size(); ++i) {
+    const double x = t.data[i];
+    v[i] = std::isnan(x) ? 0 : static_cast<int64_t>(std::clamp(x, -kLimit, kLimit));
+  }
   return v;
 }
 
@@ -181,7 +205,9 @@ class Importer {
     }
     const onnx::GraphProto& graph = model.graph();
     for (const auto& init : graph.initializer()) {
-      define(init.name(), g_.add_constant(init.name(), tensor_from_proto(init, origin_)));
+      const int id = g_.add_constant(init.name(), tensor_from_proto(init, origin_));
+      define(init.name(), id);
+      if (auto ints = ints_from_proto(init); !ints.empty()) exact_ints_[id] = std::move(ints);
     }
     check_value_sizes(graph);
     read_input(graph);
@@ -351,6 +377,13 @@ class Importer {
                  "Constant node)", origin_, node_name, n.op_type(), what, n.input(idx));
     }
     return g_.values[v].constant;
+  }
+
+  // An integer constant input (a shape, pads): exact when the file stores integers.
+  std::vector<int64_t> require_ints(const onnx::NodeProto& n, const std::string& node_name, int idx, const char* what) {
+    const Tensor& t = require_constant(n, node_name, idx, what);
+    const auto it = exact_ints_.find(lookup(n, n.input(idx), node_name));
+    return it != exact_ints_.end() ? it->second : as_ints(t);
   }
 
   void require_nonempty(const Tensor& w, const std::string& node_name, const char* op, const char* what) const {
@@ -639,7 +672,7 @@ class Importer {
         break;
       case OpType::kReshape:
         add_input(0);
-        a.shape = as_ints(require_constant(n, name, 1, "shape"));
+        a.shape = require_ints(n, name, 1, "shape");
         a.allow_zero = attr_i(n, "allowzero", 0) != 0;
         break;
       case OpType::kSoftmax:
@@ -655,7 +688,7 @@ class Importer {
         else if (mode == "reflect") a.pad_mode = static_cast<int>(PadMode::kReflect);
         else if (mode == "edge") a.pad_mode = static_cast<int>(PadMode::kEdge);
         else user_error("{}: node '{}' (Pad) has mode '{}'; accepted: constant, reflect, edge", origin_, name, mode);
-        a.pad_amounts = as_ints(require_constant(n, name, 1, "pads"));
+        a.pad_amounts = require_ints(n, name, 1, "pads");
         for (size_t i = 0; i < a.pad_amounts.size(); ++i) {
           const int64_t v = a.pad_amounts[i];
           if (v < -65536 || v > 65536) {
@@ -676,29 +709,36 @@ class Importer {
 
   void convert_constant(const onnx::NodeProto& n, const std::string& name) {
     Tensor t;
+    std::vector<int64_t> ints;
     if (const auto* v = attr(n, "value")) {
       t = tensor_from_proto(v->t(), origin_);
+      ints = ints_from_proto(v->t());
     } else if (const auto* f = attr(n, "value_float")) {
       t = Tensor(Shape{}, {f->f()});
     } else if (const auto* fs = attr(n, "value_floats")) {
       t = Tensor(Shape{fs->floats_size()}, std::vector<float>(fs->floats().begin(), fs->floats().end()));
     } else if (const auto* i = attr(n, "value_int")) {
       t = Tensor(Shape{}, {static_cast<float>(i->i())});
+      ints = {i->i()};
     } else if (const auto* is = attr(n, "value_ints")) {
       std::vector<float> d;
       for (auto x : is->ints()) d.push_back(static_cast<float>(x));
       t = Tensor(Shape{is->ints_size()}, d);
+      ints.assign(is->ints().begin(), is->ints().end());
     } else {
       user_error("{}: Constant node '{}' has no value qsweep can read (value, value_float(s), "
                  "value_int(s))", origin_, name);
     }
-    define(n.output(0), g_.add_constant(n.output(0), std::move(t)));
+    const int id = g_.add_constant(n.output(0), std::move(t));
+    define(n.output(0), id);
+    if (!ints.empty()) exact_ints_[id] = std::move(ints);
   }
 
   std::string origin_;
   ImportOptions options_;
   Graph g_;
   std::unordered_map<std::string, int> ids_;
+  std::unordered_map<int, std::vector<int64_t>> exact_ints_;  // value id -> an integer constant's exact values
   std::set<std::string> used_names_;
 };
 

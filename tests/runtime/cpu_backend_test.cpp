@@ -1494,6 +1494,24 @@ TEST(Executor, ClipWithMinAboveMaxAndGemmWithAScalarBias) {
 
 // What only the input's shape decides is refused when the node runs, with a sentence naming
 // the node, instead of a read past a buffer or a library's internal error (found by fuzzing).
+// Shapes and pads are read as the integers the file holds: 4097 * 4097 = 2^24 + 8193 is odd, so
+// float (exact to 2^24) would read it as 16785408, and the Reshape would be refused.
+TEST(Executor, ReshapeSizesAboveFloatIntegersAreExact) {
+  constexpr int64_t kSide = 4097, kSize = kSide * kSide;
+  static_assert(kSize > (int64_t{1} << 24) && kSize % 2 == 1);
+  OnnxBuilder b;
+  b.input("x", {1, kSide, kSide}).int64_initializer("s", {0, kSize}).node("Reshape", {"x", "s"}, {"y"}, {}, "rs").output("y");
+  const Graph g = import_onnx_bytes(b.serialize(), "test.onnx");
+  CpuBackend backend;
+  Executor ex(g, backend);
+  auto ws = ex.make_workspace();
+  Tensor x(Shape{1, 1, kSide, kSide});
+  for (int64_t i = 0; i < kSize; ++i) x.data[i] = static_cast<float>(i % 1000);
+  const Tensor& y = ex.forward(ws, x);
+  ASSERT_EQ(y.shape, (Shape{1, kSize}));
+  EXPECT_EQ(y.data[kSize - 1], static_cast<float>((kSize - 1) % 1000));
+}
+
 TEST(Executor, ShapeErrorsAtRunTimeNameTheNode) {
   auto error_of = [](const OnnxBuilder& b, const Tensor& x) -> std::string {
     const Graph g = import_onnx_bytes(b.serialize(), "test.onnx");
@@ -1528,6 +1546,20 @@ TEST(Executor, ShapeErrorsAtRunTimeNameTheNode) {
         .output("y");
     const std::string msg = error_of(b, Tensor(Shape{2, 1, 2, 2}));
     for (const char* p : {"'pool' (MaxPool)", "3x3 window", "2x2 input"}) EXPECT_NE(msg.find(p), std::string::npos) << msg;
+  }
+  // Reshape shapes that cannot hold the input (a product that wraps around int64, two -1, a
+  // negative size) are refused naming the node, at import or at run time.
+  for (const auto& shape : std::vector<std::vector<int64_t>>{{0, 1099511627777}, {0, int64_t{1} << 62, 8}, {-1, -1}, {0, -2}}) {
+    OnnxBuilder b;
+    b.input("x", {1, 6, 6}).int64_initializer("s", shape).node("Reshape", {"x", "s"}, {"y"}, {}, "rs").output("y");
+    std::string msg;
+    try {
+      msg = error_of(b, x);
+    } catch (const UserError& e) {
+      msg = e.what();  // refused at import
+    }
+    EXPECT_TRUE(msg.find("'rs' (Reshape)") != std::string::npos || msg.find("node 'rs', Reshape") != std::string::npos)
+        << msg;
   }
   {  // Softmax over the batch, with a negative axis that only the rank resolves to 0
     OnnxBuilder b;
