@@ -211,8 +211,10 @@ std::unique_ptr<Prepared> prepare(const Config& cfg, const std::function<void(co
   p->eval_count = cfg.eval_count > 0 ? std::min(cfg.eval_count, p->eval.count) : p->eval.count;
   p->calib_count = std::min(cfg.calibration_count, p->calib.count);
   p->model_sha256 = sha256_file(cfg.model_path);
-  p->eval_id = {images_sha256(p->eval, p->eval_count), labels_sha256(p->eval)};
-  p->calib_id = {images_sha256(p->calib, p->calib_count), labels_sha256(p->calib)};
+  // Reading every image of a large folder takes a while: a stop ends the run here.
+  p->eval_id = {images_sha256(p->eval, p->eval_count, &stop_requested()), labels_sha256(p->eval)};
+  p->calib_id = {images_sha256(p->calib, p->calib_count, &stop_requested()), labels_sha256(p->calib)};
+  if (stop_requested()) throw RunInterrupted("interrupted while reading the data; nothing was written");
   const int64_t images = std::max(p->eval_count, p->calib_count);
   if (compute) {
     // A label the model cannot output would count as wrong on every image, silently.

@@ -266,7 +266,7 @@ std::string sorted_lines_sha256(const Dataset& d, const std::function<std::strin
 
 }  // namespace
 
-std::string images_sha256(const Dataset& d, int64_t used) {
+std::string images_sha256(const Dataset& d, int64_t used, const std::atomic<bool>* stop) {
   if (!d.image_folder()) return sha256_file(d.images_path);
   const int64_t n = std::clamp<int64_t>(used, 0, static_cast<int64_t>(d.files.size()));
   std::vector<std::string> content(static_cast<size_t>(n));
@@ -274,7 +274,9 @@ std::string images_sha256(const Dataset& d, int64_t used) {
   {
     std::vector<char> buf(1 << 16);
 #pragma omp for schedule(dynamic, 16)
-    for (int64_t i = 0; i < n; ++i) content[i] = content_sha256(d.files[i], buf);
+    for (int64_t i = 0; i < n; ++i) {
+      if (stop == nullptr || !stop->load(std::memory_order_relaxed)) content[i] = content_sha256(d.files[i], buf);
+    }
   }
   return sorted_lines_sha256(d, [&](size_t i) {
     std::error_code ec;

@@ -9,8 +9,13 @@
 #include <filesystem>
 #include <fstream>
 #include <functional>
+#include <future>
 #include <nlohmann/json.hpp>
 #include <sstream>
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "runtime/data.h"
 #include "runtime/error.h"
@@ -317,6 +322,24 @@ TEST_F(ImageFolderErrors, IdentityHashesTheFileListSizesClassesAndTheImagesRead)
   const Dataset grown = load_image_folder_split(dir_.string(), "val", 3, ImageTransforms{24, 20});
   EXPECT_NE(images_sha256(grown, 2), read_two);
   EXPECT_EQ(labels_sha256(grown), labels_before);
+}
+
+// A stop (SIGINT/SIGTERM) while a large split is hashed: the remaining files are not read.
+// A file replaced by a FIFO after loading would block its reader until a writer comes.
+TEST_F(ImageFolderErrors, HashingReadsNoMoreFilesOnceAStopIsRequested) {
+  const Dataset d = load_image_folder_split(dir_.string(), "val", 3, ImageTransforms{24, 20});
+  ASSERT_GE(d.files.size(), 2u);
+  const std::string fifo = d.files[1];
+  fs::remove(fifo);
+  ASSERT_EQ(mkfifo(fifo.c_str(), 0600), 0);
+  std::atomic<bool> stop{true};
+  auto hashed = std::async(std::launch::async, [&] { return images_sha256(d, static_cast<int64_t>(d.files.size()), &stop); });
+  if (hashed.wait_for(std::chrono::seconds(20)) != std::future_status::ready) {
+    ADD_FAILURE() << "the hash opened " << fifo << " although a stop was requested";
+    const int fd = open(fifo.c_str(), O_WRONLY);  // lets the blocked reader go
+    if (fd >= 0) close(fd);
+  }
+  hashed.get();
 }
 
 // ---------------------------------------------------------------- PNG
