@@ -79,11 +79,18 @@ std::vector<std::unique_ptr<QuantizedLayer>> quantize_layers(const Executor& exe
                                                              const std::vector<QuantSpec>& specs,
                                                              const ActivationRanges& ranges,
                                                              const BiasCorrectionSource* bc, int64_t batch_size,
-                                                             int threads) {
+                                                             int threads, const std::atomic<bool>* stop) {
   const Graph& g = exec.graph();
+  const auto throw_if_stop = [stop] {
+    if (stop != nullptr && stop->load()) {
+      throw RunInterrupted("interrupted while quantizing the layers, before this attempt computed a batch; run the "
+                           "same command again");
+    }
+  };
   std::vector<std::unique_ptr<QuantizedLayer>> out;
   out.reserve(layer_bits.size());
   for (const auto& [layer, bits] : layer_bits) {
+    throw_if_stop();
     const QuantSpec& spec = specs.at(layer);
     auto ql = std::make_unique<QuantizedLayer>();
     ql->layer = layer;
@@ -99,7 +106,8 @@ std::vector<std::unique_ptr<QuantizedLayer>> quantize_layers(const Executor& exe
   if (bc != nullptr && !out.empty()) {
     std::vector<std::pair<int, const LayerQuantization*>> cells;
     for (const auto& ql : out) cells.emplace_back(ql->layer, &ql->q);
-    std::vector<Tensor> biases = bias_corrections(exec, cells, *bc->data, bc->norm, bc->count, batch_size, threads);
+    std::vector<Tensor> biases = bias_corrections(exec, cells, *bc->data, bc->norm, bc->count, batch_size, threads, stop);
+    throw_if_stop();
     for (size_t i = 0; i < out.size(); ++i) {
       out[i]->bias = std::move(biases[i]);
       out[i]->corrected_bias = true;
@@ -267,7 +275,7 @@ GridResult run_layerwise_grid(const Executor& exec, const Dataset& eval, const N
   std::vector<std::pair<int, int>> layer_bits(ncells);
   for (size_t c = 0; c < ncells; ++c) layer_bits[c] = {static_cast<int>(c / B), weight_bits[c % B]};
   const std::vector<std::unique_ptr<QuantizedLayer>> quant =
-      quantize_layers(exec, layer_bits, specs, ranges, bc, bs, opt.threads);
+      quantize_layers(exec, layer_bits, specs, ranges, bc, bs, opt.threads, opt.stop);
   std::vector<const LayerQuantization*> cell_quant(ncells);
   for (size_t c = 0; c < ncells; ++c) cell_quant[c] = &quant[c]->q;
 

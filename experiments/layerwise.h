@@ -140,12 +140,14 @@ std::unique_ptr<QuantizedLayer> quantize_layer(const Executor& exec, int layer, 
 // quantize_layer() for many (layer, bits) pairs, layer l under specs[l]; with bc, every
 // bias from one pass over the calibration images (bias_corrections()). Element i equals
 // quantize_layer() of pair i.
+// A stop (`stop` set) between two layers' weights or during the bias correction throws
+// RunInterrupted.
 std::vector<std::unique_ptr<QuantizedLayer>> quantize_layers(const Executor& exec,
                                                              std::span<const std::pair<int, int>> layer_bits,
                                                              const std::vector<QuantSpec>& specs,
                                                              const ActivationRanges& ranges,
                                                              const BiasCorrectionSource* bc, int64_t batch_size,
-                                                             int threads);
+                                                             int threads, const std::atomic<bool>* stop = nullptr);
 
 // Runs the grid: weight_bits x layers under per-layer specs. The one-pass way: each batch
 // is decoded and run through the float32 network once, and each cell restarts from its

@@ -314,9 +314,10 @@ int equalize_cross_layer(Graph& g, int iterations) {
 
 std::vector<Tensor> bias_corrections(const Executor& exec, std::span<const std::pair<int, const LayerQuantization*>> cells,
                                      const Dataset& data, const Normalization& norm, int64_t count, int64_t batch_size,
-                                     int threads) {
+                                     int threads, const std::atomic<bool>* stop) {
   const Graph& g = exec.graph();
   const size_t J = cells.size();
+  const auto stopped = [stop] { return stop != nullptr && stop->load(); };
   if (J == 0) return {};
   for (const auto& [layer, q] : cells) {
     // A Gemm scales its C input by beta: a corrected C would move the output by beta times
@@ -348,14 +349,16 @@ std::vector<Tensor> bias_corrections(const Executor& exec, std::span<const std::
           *session, data, norm, count, batch_size, all_batches(count, batch_size),
           [&](int64_t) { return no_jobs; }, true,
           [&](int64_t i, int64_t, int64_t, DeviceOutcome&) {
-            if (!session->bias_sums(cells, sums[i], per_image)) unsupported = true;
+            if (stopped() || !session->bias_sums(cells, sums[i], per_image)) unsupported = true;
           },
           &unsupported);
       on_device = !unsupported;
+      if (stopped()) return {};
     }
   }
   if (!on_device) for_each_batch(exec, data, norm, count, batch_size, threads,
                  [&](Executor::Workspace& ws, const Tensor& x, int64_t b, int64_t, int64_t) {
+                   if (stopped()) return;
                    ws.keep_all_values = true;  // the convs' pre-activation outputs are read below
                    exec.forward(ws, x);
                    Tensor y, yq;  // float and quantized pre-activation outputs, (N, C, ...) in NCHW order
@@ -382,6 +385,7 @@ std::vector<Tensor> bias_corrections(const Executor& exec, std::span<const std::
                      per_image[j] = cl.per_image;
                    }
                  });
+  if (stopped()) return {};
   std::vector<Tensor> out;
   out.reserve(J);
   for (size_t j = 0; j < J; ++j) {

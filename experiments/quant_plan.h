@@ -74,8 +74,10 @@ Tensor bias_correction(const Executor& exec, int layer, const LayerQuantization&
 // bias_correction() for several (layer, quantization) pairs in one pass over the calibration
 // images: each batch runs through the float network once and serves every pair (only the
 // pair's layer node runs again). Element i equals bias_correction() of pair i, bit for bit.
+// With `stop` set during the pass, the remaining batches are skipped: the caller must check
+// it and discard the biases.
 std::vector<Tensor> bias_corrections(const Executor& exec, std::span<const std::pair<int, const LayerQuantization*>> cells,
                                      const Dataset& data, const Normalization& norm, int64_t count, int64_t batch_size,
-                                     int threads);
+                                     int threads, const std::atomic<bool>* stop = nullptr);
 
 }  // namespace qsweep

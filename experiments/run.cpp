@@ -715,7 +715,8 @@ RunOutcome run_layerwise(const RunOptions& o, const Prepared& p, const Activatio
     layer_bits.emplace_back(static_cast<int>(c / B), cfg.quant.weight_bits[c % B]);
   }
   std::vector<std::unique_ptr<QuantizedLayer>> made = quantize_layers(
-      *p.exec, layer_bits, p.specs, ranges, cfg.quant.bias_correction ? &bc : nullptr, cfg.batch_size, p.threads);
+      *p.exec, layer_bits, p.specs, ranges, cfg.quant.bias_correction ? &bc : nullptr, cfg.batch_size, p.threads,
+      &stop_requested());
   std::vector<std::unique_ptr<QuantizedLayer>> quant(ncells);
   std::vector<const LayerQuantization*> cell_quant(ncells, nullptr);
   for (size_t i = 0; i < cells_here.size(); ++i) {

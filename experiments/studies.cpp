@@ -62,7 +62,8 @@ AdditivityResult run_additivity(const StudyContext& ctx, const Config& cfg, cons
     for (int l = 0; l < L; ++l) layer_bits.emplace_back(l, cfg.high_bits);
   }
   std::vector<std::unique_ptr<QuantizedLayer>> made =
-      quantize_layers(exec, layer_bits, specs, *ctx.ranges, bcp, ctx.options.batch_size, ctx.options.threads);
+      quantize_layers(exec, layer_bits, specs, *ctx.ranges, bcp, ctx.options.batch_size, ctx.options.threads,
+                      ctx.options.stop);
   std::vector<std::unique_ptr<QuantizedLayer>> low(L), high(L);
   for (int l = 0; l < L; ++l) {
     low[l] = std::move(made[l]);
@@ -146,7 +147,8 @@ ComparisonResult run_comparison(const StudyContext& ctx, const Config& cfg, cons
     std::vector<std::pair<int, int>> layer_bits;
     for (int l = 0; l < L; ++l) layer_bits.emplace_back(l, specs[l].weight_bits);
     std::vector<std::unique_ptr<QuantizedLayer>> made = quantize_layers(
-        *ve, layer_bits, specs, *vr, q.bias_correction ? &bc : nullptr, ctx.options.batch_size, ctx.options.threads);
+        *ve, layer_bits, specs, *vr, q.bias_correction ? &bc : nullptr, ctx.options.batch_size, ctx.options.threads,
+        ctx.options.stop);
     for (int l = 0; l < L; ++l) {
       auto ql = std::move(made[l]);
       const Layer& layer = ve->graph().layers[l];

@@ -645,8 +645,6 @@ TEST(BiasCorrection, RemovesTheMeanShiftOfARankThreeMatMul) {
   check_bias_correction(exec, 0, 3, calib, norm, 300, 0.01, "/mm (MatMul, (N, 12, 6) x (6, 5))");
 }
 
-// A stop during calibration skips the remaining batches (the run then ends before its grid);
-// without one, every value's range is seen.
 // A 1x2x2 image flattened into Gemm 'fc' (4 -> 3), with a random C when `with_c`.
 Graph flatten_gemm(std::mt19937& rng, bool with_c, const std::vector<onnx::AttributeProto>& attrs = {}) {
   OnnxBuilder b;
@@ -658,6 +656,8 @@ Graph flatten_gemm(std::mt19937& rng, bool with_c, const std::vector<onnx::Attri
   return import_onnx_bytes(b.serialize(), "gemm.onnx");
 }
 
+// A stop during calibration skips the remaining batches (the run then ends before its grid);
+// without one, every value's range is seen.
 TEST(Calibration, AStopSkipsTheRemainingBatches) {
   std::mt19937 rng(5);
   const Graph g = flatten_gemm(rng, false);
@@ -676,6 +676,31 @@ TEST(Calibration, AStopSkipsTheRemainingBatches) {
     ++seen;
   }
   EXPECT_EQ(seen, 3);  // x, f, y
+}
+
+// A stop while the layers are quantized (MSE or SAWB searches, the bias correction's pass over
+// the calibration images) ends the run with RunInterrupted; the bias pass skips its batches.
+TEST(QuantizeLayers, AStopEndsQuantizationWithRunInterrupted) {
+  std::mt19937 rng(9);
+  const Graph g = flatten_gemm(rng, true);
+  CpuBackend cpu;
+  Executor exec(g, cpu);
+  const Dataset calib = random_dataset(40, 1, 2, 2, 3, 7);
+  const Normalization norm{{0.5f}, {0.25f}};
+  const ActivationRanges ranges = calibrate(exec, calib, norm, 40, 10, 1);
+  const BiasCorrectionSource bc{&calib, norm, 40};
+  const std::vector<QuantSpec> specs(g.layers.size());
+  const std::vector<std::pair<int, int>> layer_bits{{0, 4}, {0, 8}};
+  std::atomic<bool> stop{false};
+  EXPECT_EQ(quantize_layers(exec, layer_bits, specs, ranges, &bc, 10, 1, &stop).size(), 2u);
+  stop = true;
+  for (const BiasCorrectionSource* with : {static_cast<const BiasCorrectionSource*>(nullptr), &bc}) {
+    EXPECT_THROW(quantize_layers(exec, layer_bits, specs, ranges, with, 10, 1, &stop), RunInterrupted);
+  }
+  const LayerQuantization q = make_layer_quantization(g.layers[0], ranges, specs[0]);
+  const std::pair<int, const LayerQuantization*> cells[] = {{0, &q}};
+  EXPECT_TRUE(bias_corrections(exec, cells, calib, norm, 40, 10, 1, &stop).empty());
+  EXPECT_EQ(bias_corrections(exec, cells, calib, norm, 40, 10, 1).size(), 1u);
 }
 
 // A Gemm with beta != 1 would scale a corrected C: one clear error instead of a wrong bias.
