@@ -51,24 +51,8 @@ void write_file_atomic(const fs::path& path, const std::string& content) {
   }
 }
 
-namespace {
-
-// The folders fs::create_directories(dir) would create, deepest first.
-std::vector<fs::path> missing_folders(const fs::path& dir) {
-  std::vector<fs::path> out;
-  std::error_code ec;
-  for (fs::path d = dir; !d.empty() && !fs::exists(d, ec); d = d.parent_path()) {
-    out.push_back(d);
-    if (d == d.parent_path()) break;
-  }
-  return out;
-}
-
-}  // namespace
-
 ResultsFolder::ResultsFolder(const std::string& root, const std::string& experiment) {
   const fs::path parent = fs::path(root) / experiment;
-  made_ = missing_folders(parent);
   std::error_code ec;
   fs::create_directories(parent, ec);
   if (ec) user_error("cannot create the results folder '{}': {}", parent.string(), ec.message());
@@ -88,7 +72,6 @@ ResultsFolder::ResultsFolder(const std::string& root, const std::string& experim
 ResultsFolder::ResultsFolder(const std::string& root, const std::string& experiment, const std::string& run_id)
     : run_id_(run_id), fixed_id_(true) {
   const fs::path parent = fs::path(root) / experiment;
-  made_ = missing_folders(parent);
   std::error_code ec;
   fs::create_directories(parent, ec);
   if (ec) user_error("cannot create the results folder '{}': {}", parent.string(), ec.message());
@@ -103,11 +86,6 @@ ResultsFolder::~ResultsFolder() {
   if (!committed_) {
     std::error_code ec;
     fs::remove_all(staging_, ec);  // never throws from a destructor
-    // A folder this run created and left empty goes too (fs::remove takes only empty ones;
-    // a run beside this one may have put its own folder there meanwhile).
-    for (const fs::path& d : made_) {
-      if (!fs::remove(d, ec)) break;
-    }
   }
 }
 

@@ -4,7 +4,6 @@
 
 #include <filesystem>
 #include <string>
-#include <vector>
 
 namespace qsweep {
 
@@ -15,9 +14,7 @@ class ResultsFolder {
   ResultsFolder(const std::string& root, const std::string& experiment);
   // A fixed run id: <root>/<experiment>/<run_id>/ (it must not exist yet when committing).
   ResultsFolder(const std::string& root, const std::string& experiment, const std::string& run_id);
-  // Unless commit() succeeded: removes the staging folder, then the folders the constructor
-  // created (<root>/<experiment>/, <root>/), each only while it is empty.
-  ~ResultsFolder();
+  ~ResultsFolder();  // removes the staging folder unless commit() succeeded
 
   // Writes a file into the staging folder (write to a temp name, then rename).
   void write(const std::string& name, const std::string& content);
@@ -30,7 +27,6 @@ class ResultsFolder {
 
  private:
   std::filesystem::path final_, staging_;
-  std::vector<std::filesystem::path> made_;  // folders above staging_ this object created, deepest first
   std::string run_id_;
   bool committed_ = false;
   bool fixed_id_ = false;

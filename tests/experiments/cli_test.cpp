@@ -10,7 +10,6 @@
 
 #include "experiments/config.h"
 #include "experiments/csv.h"
-#include "experiments/results.h"
 #include "kernels/cpu/winograd.h"
 #include "runtime/data.h"
 #include "tests/experiments/cli_harness.h"
@@ -48,42 +47,6 @@ TEST_F(Cli, BadModelLeavesNoResultsFolder) {
   EXPECT_NE(r.err.find("bad.onnx: not a valid ONNX model"), std::string::npos) << r.err;
   EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << r.err;
   EXPECT_FALSE(fs::exists(dir_ / "res"));
-}
-
-// A run that fails after reserving its folder takes back the folders it created, and only
-// those, and only while empty.
-class ResultsFolders : public testing::TempDirTest {};
-
-TEST_F(ResultsFolders, AnUncommittedRunRemovesOnlyTheEmptyFoldersItCreated) {
-  const fs::path root = dir_ / "res";
-  auto entries = [](const fs::path& d) { return std::distance(fs::directory_iterator(d), fs::directory_iterator()); };
-  {
-    ResultsFolder f(root.string(), "exp");
-    f.write("layerwise.csv", "x\n");
-    EXPECT_TRUE(fs::exists(f.staging_path() / "layerwise.csv"));
-  }
-  EXPECT_FALSE(fs::exists(root)) << "both <root>/ and <root>/exp/ were this run's";
-  fs::create_directories(root / "exp");
-  { ResultsFolder f(root.string(), "exp", "r1"); }
-  ASSERT_TRUE(fs::exists(root / "exp")) << "an empty folder that was there before stays";
-  EXPECT_EQ(entries(root / "exp"), 0);
-  { ResultsFolder f(root.string(), "other"); }
-  EXPECT_FALSE(fs::exists(root / "other"));
-  EXPECT_TRUE(fs::exists(root / "exp")) << "the root existed, with exp in it";
-  fs::path done;
-  {
-    ResultsFolder f(root.string(), "new", "r2");
-    f.write("summary.json", "{}");
-    done = f.commit();
-  }
-  EXPECT_EQ(done, root / "new" / "r2");
-  EXPECT_TRUE(fs::exists(done / "summary.json"));
-  // A folder a run beside this one filled meanwhile is not this run's to remove.
-  {
-    ResultsFolder f((dir_ / "res2").string(), "exp");
-    fs::create_directories(dir_ / "res2" / "exp" / ".work-of-another-run");
-  }
-  EXPECT_TRUE(fs::exists(dir_ / "res2" / "exp" / ".work-of-another-run"));
 }
 
 // Labels the model cannot output would count as wrong on every image: refused before the run.
