@@ -1547,9 +1547,16 @@ TEST(Executor, ShapeErrorsAtRunTimeNameTheNode) {
     const std::string msg = error_of(b, Tensor(Shape{2, 1, 2, 2}));
     for (const char* p : {"'pool' (MaxPool)", "3x3 window", "2x2 input"}) EXPECT_NE(msg.find(p), std::string::npos) << msg;
   }
-  // Reshape shapes that cannot hold the input (a product that wraps around int64, two -1, a
-  // negative size) are refused naming the node, at import or at run time.
-  for (const auto& shape : std::vector<std::vector<int64_t>>{{0, 1099511627777}, {0, int64_t{1} << 62, 8}, {-1, -1}, {0, -2}}) {
+  // Reshape shapes that cannot hold the input are refused naming the node: at import where ONNX
+  // infers a too large per-image size, at run time where the batch dimension carries it: an
+  // int64 product that wraps around, (2^62 + 9) * 8 = 2^65 + 72, to the input's 72 values
+  // would pass a size check that wraps too; and two -1 or a negative size.
+  for (const auto& [shape, want] : std::vector<std::pair<std::vector<int64_t>, std::string>>{
+           {{0, 1099511627777}, "more than 2^28 values per image"},
+           {{(int64_t{1} << 62) + 9, 8}, "cannot reshape (2, 1, 6, 6) into 4611686018427387913,8"},
+           {{-1, int64_t{1} << 62, 4}, "cannot reshape (2, 1, 6, 6) into -1,4611686018427387904,4"},
+           {{-1, -1}, ""},
+           {{0, -2}, ""}}) {
     OnnxBuilder b;
     b.input("x", {1, 6, 6}).int64_initializer("s", shape).node("Reshape", {"x", "s"}, {"y"}, {}, "rs").output("y");
     std::string msg;
@@ -1560,6 +1567,7 @@ TEST(Executor, ShapeErrorsAtRunTimeNameTheNode) {
     }
     EXPECT_TRUE(msg.find("'rs' (Reshape)") != std::string::npos || msg.find("node 'rs', Reshape") != std::string::npos)
         << msg;
+    EXPECT_NE(msg.find(want), std::string::npos) << msg;
   }
   {  // Softmax over the batch, with a negative axis that only the rank resolves to 0
     OnnxBuilder b;
