@@ -212,9 +212,15 @@ std::unique_ptr<Prepared> prepare(const Config& cfg, const std::function<void(co
   p->calib_count = std::min(cfg.calibration_count, p->calib.count);
   p->model_sha256 = sha256_file(cfg.model_path);
   // Reading every image of a large folder takes a while: a stop ends the run here.
-  p->eval_id = {images_sha256(p->eval, p->eval_count, &stop_requested()), labels_sha256(p->eval)};
-  p->calib_id = {images_sha256(p->calib, p->calib_count, &stop_requested()), labels_sha256(p->calib)};
-  if (stop_requested()) throw RunInterrupted("interrupted while reading the data; nothing was written");
+  const auto throw_if_stop = [] {
+    if (stop_requested()) throw RunInterrupted("interrupted while reading the data; nothing was written");
+  };
+  p->eval_id.images_sha256 = images_sha256(p->eval, p->eval_count, &stop_requested());
+  throw_if_stop();
+  p->eval_id.labels_sha256 = labels_sha256(p->eval);
+  p->calib_id.images_sha256 = images_sha256(p->calib, p->calib_count, &stop_requested());
+  throw_if_stop();
+  p->calib_id.labels_sha256 = labels_sha256(p->calib);
   const int64_t images = std::max(p->eval_count, p->calib_count);
   if (compute) {
     // A label the model cannot output would count as wrong on every image, silently.

@@ -278,6 +278,7 @@ std::string images_sha256(const Dataset& d, int64_t used, const std::atomic<bool
       if (stop == nullptr || !stop->load(std::memory_order_relaxed)) content[i] = content_sha256(d.files[i], buf);
     }
   }
+  if (stop != nullptr && stop->load()) return {};  // no file sizes listed either: the run ends
   return sorted_lines_sha256(d, [&](size_t i) {
     std::error_code ec;
     const auto size = fs::file_size(d.files[i], ec);

@@ -85,7 +85,7 @@ void reorder_split(Dataset& d, ImageOrder order, uint64_t seed);
 // image folder, of one line per file, sorted by path (so not by data.*.order): its path and
 // size, and for the images a run reads (the first `used` in the split's order) the sha256 of
 // the file's bytes; the labels' of the files' paths and classes. `stop` set while the files
-// are read: the rest are skipped and the result is meaningless (the caller ends the run).
+// are read: the rest are skipped and "" is returned (the caller ends the run).
 std::string images_sha256(const Dataset& d, int64_t used, const std::atomic<bool>* stop = nullptr);
 std::string labels_sha256(const Dataset& d);
 
