@@ -72,7 +72,8 @@ void fq_conv2d(const FqConv& p, cudaStream_t stream);
 //      output channels and at most 256 input channels per group (ResNet18's 1x1 stride-2
 //      downsamples took 1.0-2.3x cuDNN's time with 9, 0.73-1.25x with 10). On an H200
 //      (bench/RESULTS.md, 2026-11-27, two runs) ResNet18's 11 conv shapes at 1.24x / 1.28x
-//      cuDNN's time (geometric mean; 9: 1.42x / 1.53x), the shipped model's unchanged.
+//      cuDNN's time (geometric mean; 9: 1.42x / 1.53x), qsweep_resnet's shapes unchanged.
+//      The shipped MobileNetV2's two 1x1 32 -> 128 layers also take the new tile (not timed).
 //      Measured beside it and removed: the 32x128 tile at three blocks per SM (1.31x) and a
 //      64x64 tile at four (1.25x: faster on the 64-channel shape only), and an earlier
 //      variant 10 with 128-thread blocks and 8x16 or 8x8 accumulators per thread (2.08x).

@@ -524,13 +524,13 @@ TEST(CudaFakeQuantConv, MatchesUnfusedCudaAndCpuPaths) {
   std::mt19937 rng(21);
   Worst worst{"fused conv: fraction one output step apart"};
   for (int t = 0; t < 40; ++t) {
-    // Cases 36-39: dense 1x1 convolutions with 128+ output channels and a short reduction,
-    // which variant 10 gives another tile.
+    // Cases 36-39: dense 1x1 convolutions with 128+ output channels and 40-256 input channels
+    // (3-16 reduction steps, past the pipeline's 3 stages), which variant 10 gives another tile.
     const bool wide_pointwise = t >= 36;
     const int kind = wide_pointwise ? 0 : t % 4;  // dense, grouped, depthwise, Gemm
     const bool is_gemm = kind == 3;
     const int64_t G = kind == 1 ? 2 : kind == 2 ? rand_int(rng, 2, 16) : 1;
-    const int64_t C = kind == 2 ? G : G * rand_int(rng, 1, 24);
+    const int64_t C = kind == 2 ? G : wide_pointwise ? rand_int(rng, 40, 256) : G * rand_int(rng, 1, 24);
     const int64_t O = kind == 2 ? G : wide_pointwise ? rand_int(rng, 128, 200) : G * rand_int(rng, 1, 140);
     const int64_t k = is_gemm || wide_pointwise ? 1 : rand_int(rng, 1, 3), s = rand_int(rng, 1, 2);
     const int64_t d = is_gemm ? 1 : rand_int(rng, 1, 2);
@@ -972,7 +972,7 @@ TEST_P(CudaGrid, BatchSizeMovesNoCellBeyondTheTolerances) {
   Executor exec(s.g, cuda);
   const ActivationRanges r = calibrate(exec, s.calib, s.norm, 512, 256, 1);
   const GridResult a = grid_on(cuda, s, r, 4000, false, 1000);
-  const GridResult b = grid_on(cuda, s, r, 4000, false, 37);  // 108 batches, the last one of 4
+  const GridResult b = grid_on(cuda, s, r, 4000, false, 37);  // 109 batches, the last one of 4
   ASSERT_EQ(a.cells.size(), b.cells.size());
   EXPECT_LE(std::abs(a.float_top1() - b.float_top1()), kMaxTop1Points);
   size_t identical = 0;
