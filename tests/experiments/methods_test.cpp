@@ -656,15 +656,24 @@ Graph flatten_gemm(std::mt19937& rng, bool with_c, const std::vector<onnx::Attri
   return import_onnx_bytes(b.serialize(), "gemm.onnx");
 }
 
+// flatten_gemm() on the CPU backend, with `images` random calibration images.
+struct GemmOnCpu {
+  GemmOnCpu(uint32_t seed, bool with_c, int64_t images, uint32_t data_seed,
+            const std::vector<onnx::AttributeProto>& attrs = {})
+      : rng(seed), g(flatten_gemm(rng, with_c, attrs)), exec(g, cpu), calib(random_dataset(images, 1, 2, 2, 3, data_seed)) {}
+  std::mt19937 rng;
+  Graph g;
+  CpuBackend cpu;
+  Executor exec;
+  Dataset calib;
+  Normalization norm{{0.5f}, {0.25f}};
+};
+
 // A stop during calibration skips the remaining batches (the run then ends before its grid);
 // without one, every value's range is seen.
 TEST(Calibration, AStopSkipsTheRemainingBatches) {
-  std::mt19937 rng(5);
-  const Graph g = flatten_gemm(rng, false);
-  CpuBackend cpu;
-  Executor exec(g, cpu);
-  const Dataset calib = random_dataset(40, 1, 2, 2, 3, 6);
-  const Normalization norm{{0.5f}, {0.25f}};
+  const GemmOnCpu m(5, false, 40, 6);
+  const auto& [g, exec, calib, norm] = std::tie(m.g, m.exec, m.calib, m.norm);
   const ActivationRanges all = calibrate(exec, calib, norm, 40, 10, 2);
   std::atomic<bool> stop{true};
   const ActivationRanges none = calibrate(exec, calib, norm, 40, 10, 2, &stop);
@@ -681,12 +690,8 @@ TEST(Calibration, AStopSkipsTheRemainingBatches) {
 // A stop while the layers are quantized (MSE or SAWB searches, the bias correction's pass over
 // the calibration images) ends the run with RunInterrupted; the bias pass skips its batches.
 TEST(QuantizeLayers, AStopEndsQuantizationWithRunInterrupted) {
-  std::mt19937 rng(9);
-  const Graph g = flatten_gemm(rng, true);
-  CpuBackend cpu;
-  Executor exec(g, cpu);
-  const Dataset calib = random_dataset(40, 1, 2, 2, 3, 7);
-  const Normalization norm{{0.5f}, {0.25f}};
+  const GemmOnCpu m(9, true, 40, 7);
+  const auto& [g, exec, calib, norm] = std::tie(m.g, m.exec, m.calib, m.norm);
   const ActivationRanges ranges = calibrate(exec, calib, norm, 40, 10, 1);
   const BiasCorrectionSource bc{&calib, norm, 40};
   const std::vector<QuantSpec> specs(g.layers.size());
@@ -705,12 +710,8 @@ TEST(QuantizeLayers, AStopEndsQuantizationWithRunInterrupted) {
 
 // A Gemm with beta != 1 would scale a corrected C: one clear error instead of a wrong bias.
 TEST(BiasCorrection, GemmWithBetaOtherThanOneIsRefused) {
-  std::mt19937 rng(3);
-  const Graph g = flatten_gemm(rng, true, {test::attr_f("beta", 2.0f)});
-  CpuBackend cpu;
-  Executor exec(g, cpu);
-  const Dataset calib = random_dataset(20, 1, 2, 2, 3, 5);
-  const Normalization norm{{0.5f}, {0.25f}};
+  const GemmOnCpu m(3, true, 20, 5, {test::attr_f("beta", 2.0f)});
+  const auto& [exec, calib, norm] = std::tie(m.exec, m.calib, m.norm);
   const ActivationRanges ranges = calibrate(exec, calib, norm, 20, 10, 1);
   const BiasCorrectionSource bc{&calib, norm, 20};
   try {
