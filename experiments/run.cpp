@@ -552,6 +552,23 @@ json inputs_of(const Prepared& p) {
           {"calibration_labels_sha256", p.calib_id.labels_sha256}};
 }
 
+// The grid seconds of the earlier attempts at a layer-wise run (or shard), kept beside its
+// batch records, so that a resumed run's grid_seconds covers every attempt.
+constexpr const char* kSecondsFile = "grid_seconds.json";
+
+double earlier_grid_seconds(const fs::path& dir) {
+  if (!fs::exists(dir / kSecondsFile)) return 0.0;
+  try {
+    return json::parse(read_file(dir / kSecondsFile)).value("grid_seconds", 0.0);
+  } catch (const std::exception&) {
+    return 0.0;  // damaged: the earlier attempts' time is unknown
+  }
+}
+
+void record_grid_seconds(const fs::path& dir, double seconds) {
+  write_file_atomic(dir / kSecondsFile, json{{"grid_seconds", seconds}}.dump() + "\n");
+}
+
 // A folder of batch records (`*.rec`) computed from `inputs`. A resumed attempt whose inputs
 // changed since (a fixed image, a retrained model under the same path) computes everything
 // again rather than mixing batches of both: the records (and a DONE.json) are removed, with a
@@ -584,14 +601,14 @@ void check_record_inputs(const fs::path& dir, const json& inputs) {
     const std::string name = e.path().filename().string();
     if (name[0] == '.') {
       fs::remove(e.path(), ec);  // temp files of an interrupted write
-    } else if (!changed.empty() && (e.path().extension() == ".rec" || name == "DONE.json")) {
+    } else if (!changed.empty() && (e.path().extension() == ".rec" || name == "DONE.json" || name == kSecondsFile)) {
       stale.push_back(e.path());
     }
   }
   size_t dropped = 0;
   for (const auto& f : stale) {
     if (!fs::remove(f, ec) && ec) user_error("cannot remove '{}' ({}): remove it by hand", f.string(), ec.message());
-    dropped += f.filename() != "DONE.json";
+    dropped += f.extension() == ".rec";
   }
   if (dropped > 0) {
     fmt::print(stderr, "qsweep: {} changed since the earlier attempt: its {} recorded batches are computed again\n",
@@ -748,6 +765,10 @@ RunOutcome run_layerwise(const RunOptions& o, const Prepared& p, const Activatio
                               cfg.quant.bias_correction ? &bc : nullptr);
   } else {
     const auto g0 = std::chrono::steady_clock::now();
+    const double earlier = earlier_grid_seconds(sdir);
+    const auto grid_seconds = [&] {
+      return earlier + std::chrono::duration<double>(std::chrono::steady_clock::now() - g0).count();
+    };
     // One worker per device, each with its own backend and executor; they take turns over
     // the batches and share the CPU threads. Records do not depend on who computed them.
     // run.devices = "all": every GPU of the CUDA backend, one worker for the CPU backend.
@@ -796,6 +817,7 @@ RunOutcome run_layerwise(const RunOptions& o, const Prepared& p, const Activatio
       }
     }
     if (!complete) {
+      record_grid_seconds(sdir, grid_seconds());
       out.interrupted = true;
       fmt::print(stderr, "qsweep: interrupted: {} batches of shard {}/{} are recorded in {}; run the same command "
                  "again to resume\n", records.size(), shard, shards, sdir.string());
@@ -809,6 +831,7 @@ RunOutcome run_layerwise(const RunOptions& o, const Prepared& p, const Activatio
                  {"batches", plan.batches},
                  {"records", records.size()},
                  {"estimated_cost", plan.cost[shard]},
+                 {"grid_seconds", grid_seconds()},  // this shard's, over its attempts
                  {"finished_utc", utc_now()}};
       dj.update(inputs);  // the model's and the data's sha256, hashed once at the start
       write_file_atomic(sdir / "DONE.json", dj.dump(2) + "\n");
@@ -819,12 +842,12 @@ RunOutcome run_layerwise(const RunOptions& o, const Prepared& p, const Activatio
       return out;
     }
     grid = assemble_grid(std::move(records), p.g.layers.size(), cfg.quant.weight_bits, p.eval_count, cfg.batch_size);
-    grid.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - g0).count();
+    grid.seconds = grid_seconds();
   }
   json manifest = manifest_json(p, o.command_line, o.overrides, started,
                                 std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
   manifest["run_id"] = run_id;
-  manifest["batches_from_earlier_attempts"] = done.size();  // resumed: grid_seconds timed the rest only
+  manifest["batches_from_earlier_attempts"] = done.size();  // resumed: grid_seconds sums every attempt
   out.folder = finish_layerwise(p, grid, run_id, manifest);
   fs::remove_all(work, ec);  // its records are in the results now
   if (verbose) {
@@ -1069,11 +1092,14 @@ RunOutcome merge_run(const std::string& dir, bool quiet) {
   const std::string& calib_images_sha = p->calib_id.images_sha256;
   const std::string& calib_labels_sha = p->calib_id.labels_sha256;
   std::vector<BatchRecord> records;
+  double grid_seconds = 0.0;  // the shards' compute time, summed
   for (int i = 0; i < shards; ++i) {
     const fs::path sdir = work / shard_dir_name(i, shards);
     json dj;
     try {
       dj = json::parse(read_file(sdir / "DONE.json"));
+      if (!dj.is_object()) throw std::runtime_error("not a JSON object");
+      if (dj.contains("grid_seconds") && dj["grid_seconds"].is_number()) grid_seconds += dj["grid_seconds"].get<double>();
     } catch (const std::exception&) {
       mismatched.push_back(fmt::format("shard {} (DONE.json is damaged)", i));
       continue;
@@ -1114,6 +1140,7 @@ RunOutcome merge_run(const std::string& dir, bool quiet) {
   } catch (const std::runtime_error& e) {
     user_error("cannot merge '{}': {}", final_dir.string(), e.what());
   }
+  grid.seconds = grid_seconds;
   json manifest = manifest_json(*p, "qsweep merge " + dir, {}, utc_now(),
                                 std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
   manifest["run_id"] = final_dir.filename().string();

@@ -248,9 +248,17 @@ TEST_F(Shards, SigtermCheckpointsAndExits143) {
   EXPECT_EQ(WEXITSTATUS(st), 143);
   const size_t kept = count_records(dir_ / "t");
   EXPECT_GT(kept, 0u) << "finished batches are kept";
+  // The stopped attempt's grid time is kept beside its records, and the resumed run's
+  // grid_seconds adds its own to it.
+  double first = 0.0;
+  for (const auto& e : fs::recursive_directory_iterator(dir_ / "t")) {
+    if (e.path().filename() == "grid_seconds.json") first = nlohmann::json::parse(slurp(e.path()))["grid_seconds"];
+  }
+  EXPECT_GT(first, 0.0) << "grid_seconds.json of the stopped attempt";
   ASSERT_EQ(run(a), 0) << slurp(dir_ / "stderr");
   EXPECT_TRUE(fs::exists(result(dir_ / "t") / "summary.json"));
   EXPECT_EQ(nlohmann::json::parse(slurp(result(dir_ / "t") / "manifest.json"))["batches_from_earlier_attempts"], kept);
+  EXPECT_GT(nlohmann::json::parse(slurp(result(dir_ / "t") / "summary.json"))["grid_seconds"].get<double>(), first);
 }
 
 // A model file changed under the same path between attempts (same architecture, other
@@ -282,6 +290,8 @@ TEST_F(Shards, ChangedInputsAreComputedAgainNotMixed) {
   ASSERT_EQ(run("merge " + work_of(root).string() + " --quiet"), 0) << slurp(dir_ / "stderr");
   ASSERT_EQ(run("run " + common((dir_ / "single").string()) + with_model), 0) << slurp(dir_ / "stderr");
   EXPECT_EQ(slurp(result(root) / "layerwise.csv"), slurp(result(dir_ / "single") / "layerwise.csv"));
+  // A merged run's grid_seconds is its shards' compute time, summed (it was 0).
+  EXPECT_GT(nlohmann::json::parse(slurp(result(root) / "summary.json"))["grid_seconds"].get<double>(), 0.0);
 }
 
 // One run id, one split: a shard of another count is refused at run time, before any work
