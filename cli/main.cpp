@@ -295,6 +295,7 @@ int main(int argc, char** argv) {
       if (out.interrupted) return 143;
       if (!run_check.empty()) return check(out.folder.string(), run_check, run_check_options, run_check_reports, run.quiet);
     } else if (*merge_cmd) {
+      install_signal_handlers();  // a stop while hashing or drawing: nothing moved into place, exit 143
       qsweep::merge_run(merge_dir, merge_quiet);
     } else if (*submit_cmd) {
       submit.sbatch_args = submit_cmd->remaining();

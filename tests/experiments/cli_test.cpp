@@ -415,6 +415,19 @@ TEST_F(Cli, ASignalWhileTheReportIsDrawnLeavesNothingFinished) {
   EXPECT_EQ(r.code, 0) << r.err;
   EXPECT_NE(r.err.find("resuming: 1 of 1 batches already recorded"), std::string::npos) << r.err;
   EXPECT_TRUE(fs::exists(dir_ / "res/compare-resnet/c/comparison.csv"));
+  // merge, likewise: killed outright it left its staging folder behind; now it stops, exits
+  // 143 with nothing moved into place or left over, and merges when run again.
+  ASSERT_EQ(run(args + " --run-id m --shard 0/2").code, 0);
+  ASSERT_EQ(run(args + " --run-id m --shard 1/2").code, 0);
+  r = run_with_env("PATH=" + (dir_ / "bin").string() + ":$PATH ", "merge " + (dir_ / "res/quickstart/m").string());
+  EXPECT_EQ(r.code, 143) << r.err;
+  EXPECT_FALSE(fs::exists(dir_ / "res/quickstart/m"));
+  for (const auto& e : fs::directory_iterator(dir_ / "res/quickstart")) {
+    EXPECT_EQ(e.path().filename().string().find(".m.partial"), std::string::npos) << e.path();
+  }
+  r = run("merge " + (dir_ / "res/quickstart/m").string() + " --quiet");
+  EXPECT_EQ(r.code, 0) << r.err;
+  EXPECT_TRUE(fs::exists(dir_ / "res/quickstart/m/summary.json"));
   // The naive grid keeps no records and would compute everything again: its folder is kept,
   // and the figures are left to qsweep report.
   r = run_with_env("PATH=" + (dir_ / "bin").string() + ":$PATH ", args + " --run-id n --naive");
