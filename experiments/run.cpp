@@ -759,6 +759,7 @@ RunOutcome run_layerwise(const RunOptions& o, const Prepared& p, const Activatio
   gopt.threads = p.threads;
   gopt.progress = verbose;
   gopt.stop = &stop_requested();
+  gopt.naive = cfg.naive;
   GridResult grid;
   if (cfg.naive) {
     grid = run_layerwise_grid(*p.exec, p.eval, p.norm, p.eval_count, ranges, p.specs, cfg.quant.weight_bits, gopt,

@@ -438,6 +438,23 @@ TEST_F(Cli, ASignalWhileTheReportIsDrawnLeavesNothingFinished) {
       << r.err;
 }
 
+// `run --naive` computes the grid the naive way (a full forward per cell; it used to run the
+// one-pass grid under the naive label), with the same numbers as the one-pass run.
+TEST_F(Cli, NaiveRunComputesTheNaiveWayWithTheSameNumbers) {
+  if (!fs::exists(kFashionMnistDir)) GTEST_SKIP() << "dataset-fashion-mnist is not installed";
+  const std::string args = "run " + std::string(QSWEEP_SOURCE_DIR) + "/configs/quickstart.toml --out " +
+                           (dir_ / "res").string() + " --set data.eval.count=300 --set data.calibration.count=64" +
+                           " --set 'quant.weight_bits=[3, 8]' --set output.plots=false";
+  const CliRun naive = run(args + " --run-id n --naive");
+  ASSERT_EQ(naive.code, 0) << naive.err;
+  EXPECT_NE(naive.err.find("[grid, naive]"), std::string::npos) << naive.err;
+  const CliRun one_pass = run(args + " --run-id o");
+  ASSERT_EQ(one_pass.code, 0) << one_pass.err;
+  EXPECT_EQ(one_pass.err.find("naive"), std::string::npos) << one_pass.err;
+  EXPECT_EQ(slurp(dir_ / "res/quickstart/n/layerwise.csv"), slurp(dir_ / "res/quickstart/o/layerwise.csv"));
+  EXPECT_EQ(nlohmann::json::parse(slurp(dir_ / "res/quickstart/n/summary.json"))["mode"], "naive");
+}
+
 // A batch size whose values would not fit in the available memory is refused before the run,
 // naming the largest that fits; that one runs, one more is refused again. Smaller batches keep
 // more workers busy: 600 images in one batch of 600 on 8 threads keep one worker busy, in
