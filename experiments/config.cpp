@@ -685,17 +685,12 @@ std::string config_to_toml(const Config& c) {
                        {"std", flts(c.std)},
                        {"calibration", toml::table{{"split", c.calibration_split}, {"count", c.calibration_count}}},
                        {"eval", toml::table{{"split", c.eval_split}, {"count", c.eval_count}}}};
-         // The orders and their seed only where they are not the default, for the same reason.
-         if (c.calibration_order != "file") d["calibration"].as_table()->insert("order", c.calibration_order);
-         if (c.eval_order != "file") d["eval"].as_table()->insert("order", c.eval_order);
-         if (c.calibration_order == "shuffled" || c.eval_order == "shuffled") {
-           d.insert("seed", static_cast<int64_t>(c.data_seed));
-         }
-         // Only where they apply, so that IDX configs (and their run ids) stay as they were.
-         if (c.dataset == "imagefolder") {
-           d.insert("resize", c.resize);
-           d.insert("crop", c.crop);
-         }
+         // Every key, those that apply only to image folders or shuffled orders too.
+         d["calibration"].as_table()->insert("order", c.calibration_order);
+         d["eval"].as_table()->insert("order", c.eval_order);
+         d.insert("seed", static_cast<int64_t>(c.data_seed));
+         d.insert("resize", c.resize);
+         d.insert("crop", c.crop);
          return d;
        }()},
       {"quant", quant_table(c.quant)},
@@ -737,6 +732,21 @@ std::string config_to_toml(const Config& c) {
   os << "# The configuration as run (defaults filled in, overrides applied).\n" << t << "\n";
   return os.str();
 }
+
+std::string config_identity(const std::string& text) {
+  std::istringstream in(text);
+  std::string out, line;
+  bool in_output = false;
+  while (std::getline(in, line)) {
+    const size_t first = line.find_first_not_of(" \t");
+    const bool header = first != std::string::npos && line[first] == '[';
+    if (header) in_output = line.compare(first, std::string::npos, "[output]") == 0;
+    if (!in_output) out += line + "\n";
+  }
+  return out;
+}
+
+std::string config_identity(const Config& c) { return config_identity(config_to_toml(c)); }
 
 std::string config_keys_markdown() {
   std::string s = "| key | type | default | meaning |\n|---|---|---|---|\n";

@@ -127,6 +127,12 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
 // The effective configuration (every key, defaults filled in) as TOML text.
 std::string config_to_toml(const Config& c);
 
+// What identifies a run: config_to_toml() text without its [output] table (where results go
+// and how figures look change no number). The second form takes config_to_toml() text, e.g.
+// a run folder's config.toml.
+std::string config_identity(const Config& c);
+std::string config_identity(const std::string& config_toml_text);
+
 // configs/README.md's key table, generated from config_keys().
 std::string config_keys_markdown();
 

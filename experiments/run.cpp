@@ -488,8 +488,8 @@ std::string resolve_run_id(const RunOptions& o, const Config& cfg) {
   if (id.empty() && o.shard.empty() && std::getenv("SLURM_ARRAY_TASK_ID")) {
     if (const char* job = std::getenv("SLURM_ARRAY_JOB_ID")) id = std::string("slurm-") + job;
   }
-  if (id.empty()) {
-    const std::string text = config_to_toml(cfg);
+  if (id.empty()) {  // the config as run, without [output]: --out rr and --out ./rr are one run
+    const std::string text = config_identity(cfg);
     id = "cfg-" + sha256_hex(text.data(), text.size()).substr(0, 12);
   }
   if (!is_folder_name(id)) {
@@ -525,22 +525,33 @@ ShardPlan make_plan(const Prepared& p, int shards) {
   return plan_shards(cell_cost, forward_cost(nc), batches, p.cfg.batch_size, p.eval_count, shards);
 }
 
-// The work folder of a run id, created. The config as run is the run's identity: a folder
-// that holds another configuration is refused. Returns the config's text.
+// The work folder of a run id, created. The config as run, but for its [output] table, is
+// the run's identity (config_identity): a folder that holds another configuration is
+// refused. The config.toml there is this attempt's (its output settings are merge's). Returns
+// the identity text.
 std::string claim_work_dir(const fs::path& work, const Config& cfg) {
   std::error_code ec;
   fs::create_directories(work, ec);
   if (ec) user_error("cannot create '{}': {}", work.string(), ec.message());
-  const std::string config_text = config_to_toml(cfg);
-  if (fs::exists(work / "config.toml")) {
-    if (read_file(work / "config.toml") != config_text) {
-      user_error("'{}' belongs to a run with another configuration (compare its config.toml); use another --run-id",
-                 work.string());
-    }
-  } else {
-    write_file_atomic(work / "config.toml", config_text);
+  const std::string identity = config_identity(cfg);
+  if (fs::exists(work / "config.toml") && config_identity(read_file(work / "config.toml")) != identity) {
+    user_error("'{}' belongs to a run with another configuration (compare its config.toml); use another --run-id",
+               work.string());
   }
-  return config_text;
+  write_file_atomic(work / "config.toml", config_to_toml(cfg));
+  return identity;
+}
+
+// Whether `final_dir` holds this configuration's finished run (summary.json): the numbers of
+// another configuration under the same run id are refused, not served as this one's.
+bool finished_here(const fs::path& final_dir, const Config& cfg) {
+  if (!fs::exists(final_dir / "summary.json")) return false;
+  if (fs::exists(final_dir / "config.toml") && config_identity(read_file(final_dir / "config.toml")) != config_identity(cfg)) {
+    user_error("'{}' holds a finished run of another configuration (compare its config.toml); use another --run-id, "
+               "or --fresh",
+               final_dir.string());
+  }
+  return true;
 }
 
 // What records depend on besides the config: the model file and the data.
@@ -670,14 +681,14 @@ RunOutcome run_layerwise(const RunOptions& o, const Prepared& p, const Activatio
   RunOutcome out;
   out.config = cfg;
   out.folder = final_dir;
-  if (fs::exists(final_dir / "summary.json")) {
+  if (finished_here(final_dir, cfg)) {
     if (verbose) fmt::print("already complete: {} (pass --fresh to compute it again)\nresults: {}\n", final_dir.string(), final_dir.string());
     return out;
   }
 
   // The config as run is the run's identity: every shard must have the same one.
   std::error_code ec;
-  const std::string config_text = claim_work_dir(work, cfg);
+  const std::string identity = claim_work_dir(work, cfg);
   // Every attempt at this run id splits the grid the same way (merge could not combine others).
   for (const auto& e : fs::directory_iterator(work)) {
     int i = 0, n = 0;
@@ -828,7 +839,7 @@ RunOutcome run_layerwise(const RunOptions& o, const Prepared& p, const Activatio
       json dj = {{"shard", shard},
                  {"shards", shards},
                  {"run_id", run_id},
-                 {"config_sha256", sha256_hex(config_text.data(), config_text.size())},
+                 {"config_sha256", sha256_hex(identity.data(), identity.size())},
                  {"batches", plan.batches},
                  {"records", records.size()},
                  {"estimated_cost", plan.cost[shard]},
@@ -898,7 +909,7 @@ RunOutcome run_experiment(const RunOptions& o) {
     return run_experiment(fresh);
   }
   // A finished run is found before anything is loaded or hashed.
-  if (const fs::path done = fs::path(cfg.root) / cfg.name / resolve_run_id(o, cfg); fs::exists(done / "summary.json")) {
+  if (const fs::path done = fs::path(cfg.root) / cfg.name / resolve_run_id(o, cfg); finished_here(done, cfg)) {
     if (verbose) fmt::print("already complete: {} (pass --fresh to compute it again)\nresults: {}\n", done.string(), done.string());
     RunOutcome out;
     out.config = cfg;
@@ -938,7 +949,7 @@ RunOutcome run_experiment(const RunOptions& o) {
   const PairedBootstrap boot(static_cast<size_t>(p->eval_count), cfg.bootstrap, cfg.stats_seed, cfg.confidence);
   json summary = summary_header(*p);
   ResultsFolder folder(cfg.root, cfg.name, resolve_run_id(o, cfg));
-  if (fs::exists(folder.final_path() / "summary.json")) {
+  if (finished_here(folder.final_path(), cfg)) {
     RunOutcome out;
     out.config = cfg;
     out.folder = folder.final_path();
@@ -1054,8 +1065,8 @@ RunOutcome merge_run(const std::string& dir, bool quiet) {
                work.string());
   }
   if (!fs::exists(work / "config.toml")) user_error("'{}' has no config.toml; it is not a qsweep run folder", work.string());
-  const std::string config_text = read_file(work / "config.toml");
-  const std::string config_sha = sha256_hex(config_text.data(), config_text.size());
+  const std::string identity = config_identity(read_file(work / "config.toml"));  // what each DONE.json hashed
+  const std::string config_sha = sha256_hex(identity.data(), identity.size());
   // Shards present and their count.
   std::map<int, fs::path> shard_dirs;
   std::set<int> counts;

@@ -438,6 +438,32 @@ TEST_F(Cli, ASignalWhileTheReportIsDrawnLeavesNothingFinished) {
       << r.err;
 }
 
+// A run's identity is its config without [output]: the same run is found whatever the spelling
+// of --out or the figure settings; a run id that holds another configuration's finished
+// numbers is refused instead of served.
+TEST_F(Cli, RunIdentityIgnoresOutputSettingsAndRefusesAnotherConfig) {
+  if (!fs::exists(kFashionMnistDir)) GTEST_SKIP() << "dataset-fashion-mnist is not installed";
+  const std::string base = "run " + std::string(QSWEEP_SOURCE_DIR) + "/configs/quickstart.toml" +
+                           " --set data.eval.count=200 --set data.calibration.count=32 --set 'quant.weight_bits=[4]'" +
+                           " --set output.plots=false";
+  const fs::path root = dir_ / "res";
+  CliRun r = run(base + " --out " + root.string());
+  ASSERT_EQ(r.code, 0) << r.err;
+  for (const std::string& again : {" --out " + root.string() + "/", " --out " + (root / "." / "").string(),
+                                   " --out " + root.string() + " --set output.saturate=3.0 --set output.worst=1"}) {
+    r = run(base + again);
+    EXPECT_EQ(r.code, 0) << r.err;
+    EXPECT_NE(r.out.find("already complete"), std::string::npos) << again << ": " << r.out;
+  }
+  EXPECT_EQ(std::distance(fs::directory_iterator(root / "quickstart"), fs::directory_iterator()), 1);
+  // --run-id X finished with 200 images; X with 300 is another run.
+  ASSERT_EQ(run(base + " --out " + root.string() + " --run-id x").code, 0);
+  r = run(base + " --out " + root.string() + " --run-id x --set data.eval.count=300");
+  EXPECT_EQ(r.code, 2);
+  EXPECT_NE(r.err.find("holds a finished run of another configuration"), std::string::npos) << r.err;
+  EXPECT_EQ(r.out.find("already complete"), std::string::npos) << r.out;
+}
+
 // `run --naive` computes the grid the naive way (a full forward per cell; it used to run the
 // one-pass grid under the naive label), with the same numbers as the one-pass run.
 TEST_F(Cli, NaiveRunComputesTheNaiveWayWithTheSameNumbers) {

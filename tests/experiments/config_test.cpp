@@ -189,16 +189,18 @@ TEST_F(ConfigFiles, ImageOrdersAndTheirSeed) {
   const Config plain = load_config(q, {});
   EXPECT_EQ(plain.calibration_order, "file");
   EXPECT_EQ(plain.eval_order, "file");
+  // config.toml holds every default, these too (a check against it then lists no key as absent).
   const toml::table as_run = toml::parse(config_to_toml(plain));
-  EXPECT_FALSE(as_run.at_path("data.calibration.order"));
-  EXPECT_FALSE(as_run.at_path("data.eval.order"));
-  EXPECT_FALSE(as_run.at_path("data.seed"));
+  EXPECT_EQ(as_run.at_path("data.calibration.order").value<std::string>(), "file");
+  EXPECT_EQ(as_run.at_path("data.eval.order").value<std::string>(), "file");
+  EXPECT_EQ(as_run.at_path("data.seed").value<int64_t>(), 0);
+  EXPECT_EQ(as_run.at_path("data.resize").value<int64_t>(), 0);
+  EXPECT_EQ(as_run.at_path("data.crop").value<int64_t>(), 0);
 
   const Config mixed = load_config(q, {"data.calibration.order=\"interleaved\""});
   const toml::table mixed_run = toml::parse(config_to_toml(mixed));
   EXPECT_EQ(mixed_run.at_path("data.calibration.order").value<std::string>(), "interleaved");
-  EXPECT_FALSE(mixed_run.at_path("data.eval.order"));
-  EXPECT_FALSE(mixed_run.at_path("data.seed"));
+  EXPECT_EQ(mixed_run.at_path("data.eval.order").value<std::string>(), "file");
 
   const Config shuffled = load_config(q, {"data.eval.order=\"shuffled\"", "data.seed=17"});
   const Config again = load_config(write("again.toml", config_to_toml(shuffled)), {});
