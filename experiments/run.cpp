@@ -497,8 +497,9 @@ std::string resolve_run_id(const RunOptions& o, const Config& cfg) {
                id);
   }
   // A folder name has at most 255 bytes; the work folder adds 6 and temporaries some more.
-  // --fresh appends 17 characters to the id it is given, so that one may have 163.
-  const size_t most = o.fresh ? 163 : 180;
+  // --fresh appends 17 characters to the id it is given (and -2, -3, ... where two runs
+  // start in the same second), so that one may have 159.
+  const size_t most = o.fresh ? 159 : 180;
   if (id.size() > most) {
     user_error("--run-id {}...: {} characters; a run id has at most {}{}", id.substr(0, 20), id.size(), most,
                o.fresh ? " with --fresh (which appends a 17-character time stamp)" : "");
@@ -905,8 +906,24 @@ RunOutcome run_experiment(const RunOptions& o) {
     for (char ch : started) {
       if (ch != '-' && ch != ':') stamp += ch;
     }
-    fresh.run_id = fmt::format("{}-{}", resolve_run_id(o, cfg), stamp);
-    return run_experiment(fresh);
+    // The id is reserved by creating its work folder (atomic: of two runs started in the same
+    // second, one gets -2), and given back if the run fails before it records anything.
+    const std::string base = fmt::format("{}-{}", resolve_run_id(o, cfg), stamp);
+    const fs::path parent = fs::path(cfg.root) / cfg.name;
+    std::error_code ec;
+    fs::create_directories(parent, ec);
+    if (ec) user_error("cannot create the results folder '{}': {}", parent.string(), ec.message());
+    fresh.run_id = base;
+    for (int i = 2; fs::exists(parent / fresh.run_id) || !fs::create_directory(work_dir_of(parent / fresh.run_id), ec); ++i) {
+      if (ec) user_error("cannot create '{}': {}", work_dir_of(parent / fresh.run_id).string(), ec.message());
+      fresh.run_id = fmt::format("{}-{}", base, i);
+    }
+    try {
+      return run_experiment(fresh);
+    } catch (...) {
+      fs::remove(work_dir_of(parent / fresh.run_id), ec);  // only while empty
+      throw;
+    }
   }
   // A finished run is found before anything is loaded or hashed.
   if (const fs::path done = fs::path(cfg.root) / cfg.name / resolve_run_id(o, cfg); finished_here(done, cfg)) {

@@ -464,6 +464,30 @@ TEST_F(Cli, RunIdentityIgnoresOutputSettingsAndRefusesAnotherConfig) {
   EXPECT_EQ(r.out.find("already complete"), std::string::npos) << r.out;
 }
 
+// --fresh gives every run an id of its own, also to runs started in the same second, one after
+// the other or side by side (they used to share the time-stamped id: "already complete", or
+// "already exists" after the whole grid).
+TEST_F(Cli, FreshRunsStartedInTheSameSecondGetTheirOwnIds) {
+  if (!fs::exists(kFashionMnistDir)) GTEST_SKIP() << "dataset-fashion-mnist is not installed";
+  const std::string args = "run " + std::string(QSWEEP_SOURCE_DIR) + "/configs/quickstart.toml --quiet --fresh --out " +
+                           (dir_ / "res").string() + " --set data.eval.count=50 --set data.calibration.count=16" +
+                           " --set 'quant.weight_bits=[8]' --set output.plots=false";
+  // Two side by side, then two after them: four folders whatever the clock did.
+  const std::string both = std::string(QSWEEP_BINARY) + " " + args + " & " + QSWEEP_BINARY + " " + args + " & wait";
+  ASSERT_EQ(std::system(both.c_str()), 0);
+  for (int i = 0; i < 2; ++i) ASSERT_EQ(run(args).code, 0) << slurp(dir_ / "err");
+  // A fresh run that fails gives its reserved id back.
+  std::ofstream(dir_ / "bad.onnx") << "not a model";
+  EXPECT_EQ(run(args + " --set 'model.path=\"" + (dir_ / "bad.onnx").string() + "\"'").code, 2);
+  int finished = 0, other = 0;
+  for (const auto& e : fs::directory_iterator(dir_ / "res/quickstart")) {
+    if (fs::exists(e.path() / "summary.json")) ++finished;
+    else ++other;
+  }
+  EXPECT_EQ(finished, 4);
+  EXPECT_EQ(other, 0) << "no work folder or reservation left behind";
+}
+
 // `run --naive` computes the grid the naive way (a full forward per cell; it used to run the
 // one-pass grid under the naive label), with the same numbers as the one-pass run.
 TEST_F(Cli, NaiveRunComputesTheNaiveWayWithTheSameNumbers) {
