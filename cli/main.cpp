@@ -1,4 +1,5 @@
 // qsweep: batch experiment runner for layer-wise quantization analysis.
+#include <atomic>
 #include <cmath>
 #include <cerrno>
 #include <csignal>
@@ -11,6 +12,7 @@
 #include <vector>
 
 #include <sys/stat.h>
+#include <time.h>
 
 #include <CLI/CLI.hpp>
 #include <fmt/format.h>
@@ -163,9 +165,18 @@ int report(const std::string& dir, double saturate, int bar_bits, bool saturate_
 }
 
 // SIGTERM (what SLURM sends before killing) and SIGINT: finish the batches in flight, keep
-// what is recorded, exit 143; a second signal ends the process at once.
+// what is recorded, exit 143. A second signal ends the process at once, unless it comes within
+// half a second of the first: `timeout` (and some schedulers) send the same stop to the
+// process and to its process group.
+std::atomic<int64_t> first_stop_ns{0};
+
 extern "C" void on_stop_signal(int sig) {
-  if (qsweep::stop_requested().exchange(true)) {
+  timespec ts{};
+  clock_gettime(CLOCK_MONOTONIC, &ts);  // async-signal-safe
+  const int64_t now = static_cast<int64_t>(ts.tv_sec) * 1000000000 + ts.tv_nsec;
+  int64_t unset = 0;
+  first_stop_ns.compare_exchange_strong(unset, now);
+  if (qsweep::stop_requested().exchange(true) && now - first_stop_ns.load() >= 500000000) {
     std::signal(sig, SIG_DFL);
     std::raise(sig);
   }

@@ -8,6 +8,7 @@
 #include <fstream>
 
 #include <fmt/format.h>
+#include <signal.h>
 #include <unistd.h>
 
 #include "runtime/error.h"
@@ -51,6 +52,41 @@ void write_file_atomic(const fs::path& path, const std::string& content) {
   }
 }
 
+namespace {
+
+// This host's name, at most 40 characters (a run id has at most 180, a folder name 255).
+std::string host_tag() {
+  char host[256] = {0};
+  gethostname(host, sizeof host - 1);
+  return std::string(host).substr(0, 40);
+}
+
+// The staging folder of a run id: ".<id>.partial-<host>-<pid>". Host and pid tell whether the
+// process that made it is gone (a run killed outright, e.g. by a second signal or SIGKILL).
+std::string staging_name(const std::string& run_id) {
+  return fmt::format(".{}.partial-{}-{}", run_id, host_tag(), getpid());
+}
+
+// Removes the staging folders of `run_id` in `parent` that a process of this host which no
+// longer exists left behind (another host's cannot be judged, so they stay).
+void remove_abandoned_staging(const fs::path& parent, const std::string& run_id) {
+  const std::string prefix = fmt::format(".{}.partial-{}-", run_id, host_tag());
+  std::error_code ec;
+  for (const auto& e : fs::directory_iterator(parent, ec)) {
+    const std::string name = e.path().filename().string();
+    if (name.size() <= prefix.size() || name.compare(0, prefix.size(), prefix) != 0) continue;
+    const std::string digits = name.substr(prefix.size());
+    if (digits.find_first_not_of("0123456789") != std::string::npos || digits.size() > 9) continue;
+    const pid_t pid = static_cast<pid_t>(std::stol(digits));
+    if (pid != getpid() && kill(pid, 0) != 0 && errno == ESRCH) {
+      std::error_code ignored;
+      fs::remove_all(e.path(), ignored);
+    }
+  }
+}
+
+}  // namespace
+
 ResultsFolder::ResultsFolder(const std::string& root, const std::string& experiment) {
   const fs::path parent = fs::path(root) / experiment;
   std::error_code ec;
@@ -64,7 +100,7 @@ ResultsFolder::ResultsFolder(const std::string& root, const std::string& experim
   run_id_ = stamp;
   for (int i = 2; fs::exists(parent / run_id_); ++i) run_id_ = fmt::format("{}-{}", stamp, i);
   final_ = parent / run_id_;
-  staging_ = parent / fmt::format(".{}.partial-{}", run_id_, getpid());
+  staging_ = parent / staging_name(run_id_);
   fs::create_directories(staging_, ec);
   if (ec) user_error("cannot create '{}': {}", staging_.string(), ec.message());
 }
@@ -76,7 +112,8 @@ ResultsFolder::ResultsFolder(const std::string& root, const std::string& experim
   fs::create_directories(parent, ec);
   if (ec) user_error("cannot create the results folder '{}': {}", parent.string(), ec.message());
   final_ = parent / run_id_;
-  staging_ = parent / fmt::format(".{}.partial-{}", run_id_, getpid());
+  remove_abandoned_staging(parent, run_id_);
+  staging_ = parent / staging_name(run_id_);
   fs::remove_all(staging_, ec);
   fs::create_directories(staging_, ec);
   if (ec) user_error("cannot create '{}': {}", staging_.string(), ec.message());

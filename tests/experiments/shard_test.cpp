@@ -218,9 +218,11 @@ size_t count_records(const fs::path& root, const std::string& prefix = "") {
   return n;
 }
 
-// Starts qsweep, sends `sig` once a record named `prefix`* exists under `root` (bounded wait),
-// and returns its exit status.
-int signal_after_first_record(const std::string& args, const fs::path& root, const std::string& prefix, int sig) {
+// Starts qsweep, sends `sig` (`times` times, 50 ms apart: signals still pending merge into
+// one) once a record named `prefix`* exists under `root` (bounded wait), and returns its exit
+// status.
+int signal_after_first_record(const std::string& args, const fs::path& root, const std::string& prefix, int sig,
+                              int times = 1) {
   const pid_t pid = fork();
   if (pid == 0) {
     const std::string cmd = "exec " + std::string(QSWEEP_BINARY) + " " + args + " 2>/dev/null";
@@ -231,7 +233,10 @@ int signal_after_first_record(const std::string& args, const fs::path& root, con
   while (count_records(root, prefix) == 0 && std::chrono::steady_clock::now() < deadline) {
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
   }
-  kill(pid, sig);
+  for (int i = 0; i < times; ++i) {
+    if (i > 0) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    kill(pid, sig);
+  }
   int st = 0;
   waitpid(pid, &st, 0);
   return st;
@@ -259,6 +264,45 @@ TEST_F(Shards, SigtermCheckpointsAndExits143) {
   EXPECT_TRUE(fs::exists(result(dir_ / "t") / "summary.json"));
   EXPECT_EQ(nlohmann::json::parse(slurp(result(dir_ / "t") / "manifest.json"))["batches_from_earlier_attempts"], kept);
   EXPECT_GT(nlohmann::json::parse(slurp(result(dir_ / "t") / "summary.json"))["grid_seconds"].get<double>(), first);
+}
+
+// `timeout` and some schedulers send one stop to the process and one to its process group: two
+// signals at once are one stop (exit 143, records kept), not the "second signal" that ends the
+// process outright (exit 130/143 by the signal, its staging folder left behind).
+TEST_F(Shards, TwoSignalsAtOnceAreOneStop) {
+  const std::string a = "run " + std::string(QSWEEP_SOURCE_DIR) +
+                        "/configs/quickstart.toml --quiet --out " + (dir_ / "t").string() +
+                        " --set data.eval.count=6000 --set run.batch_size=1000 --set data.calibration.count=100" +
+                        " --set run.threads=1";  // the batch in flight outlasts the 50 ms between the signals
+  const int st = signal_after_first_record(a, dir_ / "t", "batch-", SIGINT, 2);
+  if (WIFEXITED(st) && WEXITSTATUS(st) == 0) GTEST_SKIP() << "the run finished before the signal";
+  ASSERT_TRUE(WIFEXITED(st)) << "killed by signal " << (WIFSIGNALED(st) ? WTERMSIG(st) : 0);
+  EXPECT_EQ(WEXITSTATUS(st), 143);
+  EXPECT_GT(count_records(dir_ / "t"), 0u);
+}
+
+// A staging folder that a process of this host left behind (killed outright) is removed by the
+// next run of its run id; one of a live process stays.
+TEST_F(Shards, AbandonedStagingFoldersAreRemovedByTheNextRun) {
+  const pid_t dead = fork();
+  if (dead == 0) _exit(0);
+  waitpid(dead, nullptr, 0);
+  char host[256] = {0};
+  gethostname(host, sizeof host - 1);
+  const fs::path exp = dir_ / "t" / "quickstart";
+  const fs::path abandoned = exp / (".r.partial-" + std::string(host).substr(0, 40) + "-" + std::to_string(dead));
+  const fs::path alive = exp / (".r.partial-" + std::string(host).substr(0, 40) + "-" + std::to_string(getppid()));
+  fs::create_directories(abandoned);
+  std::ofstream(abandoned / "summary.json") << "{}";
+  fs::create_directories(alive);
+  ASSERT_EQ(run("run " + std::string(QSWEEP_SOURCE_DIR) + "/configs/quickstart.toml --quiet --run-id r --out " +
+                (dir_ / "t").string() + " --set data.eval.count=100 --set data.calibration.count=16" +
+                " --set 'quant.weight_bits=[8]' --set output.plots=false"),
+            0)
+      << slurp(dir_ / "stderr");
+  EXPECT_TRUE(fs::exists(exp / "r" / "summary.json"));
+  EXPECT_FALSE(fs::exists(abandoned));
+  EXPECT_TRUE(fs::exists(alive));
 }
 
 // A model file changed under the same path between attempts (same architecture, other
