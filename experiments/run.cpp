@@ -210,6 +210,14 @@ std::unique_ptr<Prepared> prepare(const Config& cfg, const std::function<void(co
   p->threads = cfg.threads > 0 ? cfg.threads : omp_get_num_procs();
   p->eval_count = cfg.eval_count > 0 ? std::min(cfg.eval_count, p->eval.count) : p->eval.count;
   p->calib_count = std::min(cfg.calibration_count, p->calib.count);
+  if (cfg.eval_count > p->eval.count) {
+    say(fmt::format("note: data.eval.count = {}, but the {} split has {} images: all {} are used", cfg.eval_count,
+                    cfg.eval_split, p->eval.count, p->eval.count));
+  }
+  if (cfg.calibration_count > p->calib.count) {
+    say(fmt::format("note: data.calibration.count = {}, but the {} split has {} images: all {} are used",
+                    cfg.calibration_count, cfg.calibration_split, p->calib.count, p->calib.count));
+  }
   p->model_sha256 = sha256_file(cfg.model_path);
   // Reading every image of a large folder takes a while: a stop ends the run here.
   const auto throw_if_stop = [] {

@@ -488,6 +488,23 @@ TEST_F(Cli, FreshRunsStartedInTheSameSecondGetTheirOwnIds) {
   EXPECT_EQ(other, 0) << "no work folder or reservation left behind";
 }
 
+// More images asked for than a split has: all are used, and the run says so.
+TEST_F(Cli, CountsBeyondTheSplitAreNoted) {
+  if (!fs::exists(kFashionMnistDir)) GTEST_SKIP() << "dataset-fashion-mnist is not installed";
+  const CliRun r = run("run " + std::string(QSWEEP_SOURCE_DIR) + "/configs/quickstart.toml --out " +
+                       (dir_ / "res").string() + " --run-id c --set data.eval.count=20000 --set data.calibration.count=16" +
+                       " --set 'data.calibration.split=\"test\"' --set data.calibration.count=10001" +
+                       " --set 'quant.weight_bits=[8]' --set output.plots=false");
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.err.find("note: data.eval.count = 20000, but the test split has 10000 images: all 10000 are used"),
+            std::string::npos)
+      << r.err;
+  EXPECT_NE(r.err.find("note: data.calibration.count = 10001, but the test split has 10000 images"), std::string::npos)
+      << r.err;
+  const auto m = nlohmann::json::parse(slurp(dir_ / "res/quickstart/c/manifest.json"));
+  EXPECT_EQ(m["dataset"]["eval"]["images_used"], 10000) << m["dataset"].dump();
+}
+
 // `run --naive` computes the grid the naive way (a full forward per cell; it used to run the
 // one-pass grid under the naive label), with the same numbers as the one-pass run.
 TEST_F(Cli, NaiveRunComputesTheNaiveWayWithTheSameNumbers) {
