@@ -156,7 +156,10 @@ int report(const std::string& dir, double saturate, int bar_bits, bool saturate_
   qsweep::ReportOptions o = qsweep::report_options_for(dir);
   o.plots = true;  // asked for by name, whatever output.plots says
   if (saturate > 0.0) o.saturate = saturate;
-  if (bar_bits > 0) o.bar_bits = bar_bits;
+  if (bar_bits > 0) {
+    o.bar_bits = bar_bits;
+    o.bar_bits_from = "--bar-bits";
+  }
   const qsweep::ReportResult r = qsweep::write_report(dir, o);
   for (const auto& w : r.warnings) fmt::print(stderr, "qsweep: warning: {}\n", w);
   fmt::print("{} of {} figures drawn; report: {}\n", r.drawn.size(), r.figures.size(),

@@ -1373,9 +1373,8 @@ ReportResult write_report(const fs::path& dir, const ReportOptions& o, const Gra
   int bar_bits = o.bar_bits > 0 ? o.bar_bits : lowest;
   if (grid && std::find(r.bits.begin(), r.bits.end(), bar_bits) == r.bits.end()) {
     result.warnings.push_back(
-        fmt::format("output.bar_bits = {} is not a bit-width of this run; the per-layer bars "
-                    "use {} bits",
-                    bar_bits, lowest));
+        fmt::format("{} {} is not a bit-width of this run; the per-layer bars use {} bits",
+                    o.bar_bits_from == "output.bar_bits" ? "output.bar_bits =" : o.bar_bits_from, bar_bits, lowest));
     bar_bits = lowest;
   }
   // How many worst layers: as asked, else as many as summary.json lists.

@@ -26,6 +26,7 @@ struct ReportOptions {
   bool plots = true;                // run gnuplot; false: data, scripts and page only
   double saturate = 5.0;            // the degradation heatmap's colour scale saturates here (points)
   int bar_bits = 0;                 // bit-width of the per-layer bars; 0: the lowest of the run
+  std::string bar_bits_from = "output.bar_bits";  // where bar_bits came from, for its warning
   int worst = 0;                    // worst layers highlighted and histogrammed; 0: as summary.json lists
   std::string gnuplot = "gnuplot";  // program to run, looked up on PATH
   int gnuplot_timeout_s = 60;       // per figure

@@ -885,7 +885,12 @@ RunOutcome run_experiment(const RunOptions& o) {
   const auto t0 = std::chrono::steady_clock::now();
   const std::string started = utc_now();
   std::vector<std::string> overrides = o.overrides;
-  if (!o.backend.empty()) overrides.push_back(fmt::format("run.backend=\"{}\"", o.backend));
+  if (!o.backend.empty()) {
+    if (o.backend != "cpu" && o.backend != "cuda" && o.backend != "auto") {
+      user_error("--backend {}: accepted: cpu, cuda, auto", o.backend);
+    }
+    overrides.push_back(fmt::format("run.backend=\"{}\"", o.backend));
+  }
   if (o.naive) overrides.push_back("run.naive=true");
   if (!o.out_root.empty()) overrides.push_back(fmt::format("output.root={}", toml_string(o.out_root)));
   Config cfg = load_config(o.config_path, overrides);
@@ -1082,7 +1087,7 @@ RunOutcome merge_run(const std::string& dir, bool quiet) {
   RunOutcome out;
   out.folder = final_dir;
   if (fs::exists(final_dir / "summary.json")) {
-    if (verbose) fmt::print("already merged: {}\n", final_dir.string());
+    if (verbose) fmt::print("already complete, nothing to merge: {}\n", final_dir.string());
     return out;
   }
   if (!fs::is_directory(work)) {

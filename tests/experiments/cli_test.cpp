@@ -488,6 +488,25 @@ TEST_F(Cli, FreshRunsStartedInTheSameSecondGetTheirOwnIds) {
   EXPECT_EQ(other, 0) << "no work folder or reservation left behind";
 }
 
+// Options are named as the user gave them: --backend (not "--set run.backend"), --bar-bits
+// (not "output.bar_bits").
+TEST_F(Cli, MessagesNameTheOptionGiven) {
+  CliRun r = run("run " + std::string(QSWEEP_SOURCE_DIR) + "/configs/quickstart.toml --backend gpu");
+  EXPECT_EQ(r.code, 2);
+  EXPECT_EQ(r.err, "qsweep: error: --backend gpu: accepted: cpu, cuda, auto\n");
+  if (!fs::exists(kFashionMnistDir)) GTEST_SKIP() << "dataset-fashion-mnist is not installed";
+  const std::string out = (dir_ / "res").string();
+  ASSERT_EQ(run("run " + std::string(QSWEEP_SOURCE_DIR) + "/configs/quickstart.toml --quiet --run-id b --out " + out +
+                " --set data.eval.count=100 --set data.calibration.count=16 --set 'quant.weight_bits=[4, 8]'" +
+                " --set output.plots=false")
+                .code,
+            0);
+  r = run("report " + out + "/quickstart/b --bar-bits 2");
+  EXPECT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.err.find("--bar-bits 2 is not a bit-width of this run; the per-layer bars use 4 bits"), std::string::npos)
+      << r.err;
+}
+
 // More images asked for than a split has: all are used, and the run says so.
 TEST_F(Cli, CountsBeyondTheSplitAreNoted) {
   if (!fs::exists(kFashionMnistDir)) GTEST_SKIP() << "dataset-fashion-mnist is not installed";
