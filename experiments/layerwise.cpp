@@ -307,7 +307,7 @@ GridResult run_layerwise_grid(const Executor& exec, const Dataset& eval, const N
     auto sums = make_sums(batches, ncells);
     // Float32 reference logits first (one pass), then every cell re-decodes and re-runs
     // the whole network on every batch, the way a per-configuration script does.
-    Progress progress("grid, naive", count * static_cast<int64_t>(ncells), 1, opt.progress);
+    Progress progress("grid, naive", count, static_cast<int64_t>(ncells), opt.progress);
     if (auto session = exec.backend().make_session(exec.graph())) {
       // On the device, each cell's whole-network forward runs after a float32 forward of the
       // same batch (the naive way re-runs everything per cell).
@@ -332,7 +332,7 @@ GridResult run_layerwise_grid(const Executor& exec, const Dataset& eval, const N
               sums[i].noise[c] = o.noise[0];
               sums[i].correct[c] = o.correct[0];
               std::copy(o.flags[0].begin(), o.flags[0].end(), cells[c].correct_images.begin() + begin);
-              progress.add_images(n);
+              progress.add_image_cells(n);
             },
             opt.stop);
         throw_if_stopped(opt);
@@ -357,7 +357,7 @@ GridResult run_layerwise_grid(const Executor& exec, const Dataset& eval, const N
                          const Tensor& y = reference[i];
                          sums[i].noise[c] = squared_error_sum(y.ptr(), yq.ptr(), n, y.numel() / n);
                          sums[i].correct[c] = record_top1(yq, labels + begin, n, cells[c].correct_images.data() + begin);
-                         progress.add_images(n);
+                         progress.add_image_cells(n);
                        });
       }
     }
@@ -648,7 +648,7 @@ GridResult run_network_plans(const Executor& exec, const Dataset& eval, const No
     rec.cells = all_plans;
     return rec;
   };
-  Progress progress(label, todo_images, static_cast<int64_t>(P), opt.progress);
+  Progress progress(label, todo_images, static_cast<int64_t>(P), opt.progress, "configs");
   if (todo.empty()) {
     // every batch recorded by an earlier attempt
   } else if (auto session = exec.backend().make_session(exec.graph())) {

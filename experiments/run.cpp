@@ -1042,8 +1042,10 @@ RunOutcome run_experiment(const RunOptions& o) {
       fmt::print("float32 top-1: {:.2f}% (top-5 {:.2f}%) on {} images\n", c.eval.float_top1(), c.eval.float_top5(),
                  c.eval.images);
       for (const auto& row : c.rows) {
-        fmt::print("  {:<24} top-1 {:6.2f}%  degradation {:+6.2f} pts [{}, {}]  noise {:.4g}\n", row.name, row.top1,
-                   row.degradation, fmt_ci(row.ci.lo), fmt_ci(row.ci.hi), row.noise);
+        // No interval without bootstrap resamples (stats.bootstrap = 0).
+        const std::string ci = std::isfinite(row.ci.lo) ? fmt::format(" [{}, {}]", fmt_ci(row.ci.lo), fmt_ci(row.ci.hi)) : "";
+        fmt::print("  {:<24} top-1 {:6.2f}%  degradation {:+6.2f} pts{}  noise {:.4g}\n", row.name, row.top1,
+                   row.degradation, ci, row.noise);
       }
     }
   }

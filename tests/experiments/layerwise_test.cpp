@@ -6,6 +6,7 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <numeric>
 #include <random>
 
@@ -13,6 +14,7 @@
 
 #include <gtest/gtest.h>
 
+#include "experiments/progress.h"
 #include "kernels/cpu/winograd.h"
 #include "runtime/cpu_backend.h"
 #include "runtime/onnx_import.h"
@@ -376,6 +378,29 @@ TEST(AutoBatch, CpuRuleKeepsEveryWorkerBusy) {
     const int64_t batches = (10000 + b - 1) / b;
     if (b > 32 && b < 250) EXPECT_GE(batches, 4 * threads) << threads << " threads";
   }
+}
+
+// Progress counts images, whatever order the work comes in: the one-pass grid finishes images
+// (each through every cell), the naive way (image, cell) pairs; whole-network runs count
+// configurations, not cells.
+TEST(Progress, CountsImagesOfEveryCellAndNamesWhatItCounts) {
+  auto final_line = [](const std::function<void(Progress&)>& work, const std::string& noun) {
+    ::testing::internal::CaptureStderr();
+    {
+      Progress p("x", 300, 20, true, noun);
+      work(p);
+    }
+    return ::testing::internal::GetCapturedStderr();
+  };
+  const std::string one_pass = final_line([](Progress& p) { p.add_images(300); }, "cells");
+  EXPECT_NE(one_pass.find("[x] 100.0% | images 300/300 | 20 cells |"), std::string::npos) << one_pass;
+  const std::string naive = final_line([](Progress& p) {
+    for (int c = 0; c < 20; ++c) p.add_image_cells(300);
+  }, "cells");
+  EXPECT_NE(naive.find("[x] 100.0% | images 300/300 | 20 cells |"), std::string::npos) << naive;
+  const std::string half = final_line([](Progress& p) { p.add_image_cells(3000); }, "configs");
+  EXPECT_NE(half.find("[x]  50.0% | images 150/300 | 20 configs |"), std::string::npos) << half;
+  EXPECT_NE(half.find("img*configs/s"), std::string::npos) << half;
 }
 
 }  // namespace
