@@ -100,14 +100,14 @@ TEST_F(Cli, OverlongRunIdIsOneSentence) {
   EXPECT_EQ(r.code, 2) << r.err;
   EXPECT_EQ(r.err, "qsweep: error: --run-id " + std::string(20, 'r') + "...: 300 characters; a run id has at most 180\n");
   EXPECT_FALSE(fs::exists(dir_ / "res"));
-  // With --fresh the id may have 163 characters (the time stamp makes 180); the check comes
-  // before the model and the data are read.
+  // With --fresh the id may have 159 characters (the time stamp and a -N suffix for runs started
+  // in the same second make at most 180); the check comes before the model and the data are read.
   const CliRun f = run("run " + std::string(QSWEEP_SOURCE_DIR) + "/configs/quickstart.toml --quiet --fresh --out " +
                        (dir_ / "res").string() + " --run-id " + std::string(170, 'f') +
                        " --set 'model.path=\"/nonexistent.onnx\"'");
   EXPECT_EQ(f.code, 2);
   EXPECT_EQ(f.err, "qsweep: error: --run-id " + std::string(20, 'f') +
-                       "...: 170 characters; a run id has at most 163 with --fresh (which appends a 17-character time "
+                       "...: 170 characters; a run id has at most 159 with --fresh (which appends a 17-character time "
                        "stamp)\n");
 }
 
