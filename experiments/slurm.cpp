@@ -81,7 +81,7 @@ SubmitOutcome submit_run(const SubmitOptions& o) {
   if (cfg.kind != "layerwise") user_error("qsweep submit shards layer-wise grids; '{}' has kind = \"{}\"", o.config_path, cfg.kind);
   std::string run_id = o.run_id;
   if (run_id.empty()) {
-    const std::string text = config_to_toml(cfg);
+    const std::string text = config_identity(cfg);  // as qsweep run names it
     run_id = "cfg-" + sha256_hex(text.data(), text.size()).substr(0, 12);
   }
   // The rules of qsweep run's --run-id, checked before anything is written or submitted.
