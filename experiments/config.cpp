@@ -733,20 +733,24 @@ std::string config_to_toml(const Config& c) {
   return os.str();
 }
 
-std::string config_identity(const std::string& text) {
+std::string config_identity(const std::string& text, bool any_batch_size) {
   std::istringstream in(text);
-  std::string out, line;
-  bool in_output = false;
+  std::string out, line, table;
   while (std::getline(in, line)) {
     const size_t first = line.find_first_not_of(" \t");
-    const bool header = first != std::string::npos && line[first] == '[';
-    if (header) in_output = line.compare(first, std::string::npos, "[output]") == 0;
-    if (!in_output) out += line + "\n";
+    if (first != std::string::npos && line[first] == '[') table = line.substr(first);
+    if (table == "[output]") continue;
+    if (any_batch_size && table == "[run]" && first != std::string::npos && line.compare(first, 11, "batch_size ") == 0) {
+      continue;
+    }
+    out += line + "\n";
   }
   return out;
 }
 
-std::string config_identity(const Config& c) { return config_identity(config_to_toml(c)); }
+std::string config_identity(const Config& c, bool any_batch_size) {
+  return config_identity(config_to_toml(c), any_batch_size);
+}
 
 std::string config_keys_markdown() {
   std::string s = "| key | type | default | meaning |\n|---|---|---|---|\n";

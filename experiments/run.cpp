@@ -141,6 +141,7 @@ struct Prepared {
   int64_t eval_count = 0, calib_count = 0;
   std::string model_sha256;
   DataIdentity eval_id, calib_id;
+  bool batch_auto = false;  // cfg.batch_size was "auto" (config_identity ignores the size chosen)
 };
 
 // The backend options a config asks for, on `device`.
@@ -158,6 +159,7 @@ std::unique_ptr<Prepared> prepare(const Config& cfg, const std::function<void(co
                                   bool compute = true) {
   auto p = std::make_unique<Prepared>();
   p->cfg = cfg;
+  p->batch_auto = cfg.batch_size == 0;
   p->g = import_onnx(cfg.model_path);
   Graph& g = p->g;
   if (g.layers.empty()) user_error("{}: the model has no Conv, Gemm or MatMul layer to quantize", cfg.model_path);
@@ -538,12 +540,12 @@ ShardPlan make_plan(const Prepared& p, int shards) {
 // the run's identity (config_identity): a folder that holds another configuration is
 // refused. The config.toml there is this attempt's (its output settings are merge's). Returns
 // the identity text.
-std::string claim_work_dir(const fs::path& work, const Config& cfg) {
+std::string claim_work_dir(const fs::path& work, const Config& cfg, bool any_batch_size) {
   std::error_code ec;
   fs::create_directories(work, ec);
   if (ec) user_error("cannot create '{}': {}", work.string(), ec.message());
-  const std::string identity = config_identity(cfg);
-  if (fs::exists(work / "config.toml") && config_identity(read_file(work / "config.toml")) != identity) {
+  const std::string identity = config_identity(cfg, any_batch_size);
+  if (fs::exists(work / "config.toml") && config_identity(read_file(work / "config.toml"), any_batch_size) != identity) {
     user_error("'{}' belongs to a run with another configuration (compare its config.toml); use another --run-id",
                work.string());
   }
@@ -553,9 +555,10 @@ std::string claim_work_dir(const fs::path& work, const Config& cfg) {
 
 // Whether `final_dir` holds this configuration's finished run (summary.json): the numbers of
 // another configuration under the same run id are refused, not served as this one's.
-bool finished_here(const fs::path& final_dir, const Config& cfg) {
+bool finished_here(const fs::path& final_dir, const Config& cfg, bool any_batch_size) {
   if (!fs::exists(final_dir / "summary.json")) return false;
-  if (fs::exists(final_dir / "config.toml") && config_identity(read_file(final_dir / "config.toml")) != config_identity(cfg)) {
+  if (fs::exists(final_dir / "config.toml") &&
+      config_identity(read_file(final_dir / "config.toml"), any_batch_size) != config_identity(cfg, any_batch_size)) {
     user_error("'{}' holds a finished run of another configuration (compare its config.toml); use another --run-id, "
                "or --fresh",
                final_dir.string());
@@ -690,14 +693,14 @@ RunOutcome run_layerwise(const RunOptions& o, const Prepared& p, const Activatio
   RunOutcome out;
   out.config = cfg;
   out.folder = final_dir;
-  if (finished_here(final_dir, cfg)) {
+  if (finished_here(final_dir, cfg, p.batch_auto)) {
     if (verbose) fmt::print("already complete: {} (pass --fresh to compute it again)\nresults: {}\n", final_dir.string(), final_dir.string());
     return out;
   }
 
   // The config as run is the run's identity: every shard must have the same one.
   std::error_code ec;
-  const std::string identity = claim_work_dir(work, cfg);
+  const std::string identity = claim_work_dir(work, cfg, p.batch_auto);
   // Every attempt at this run id splits the grid the same way (merge could not combine others).
   for (const auto& e : fs::directory_iterator(work)) {
     int i = 0, n = 0;
@@ -753,7 +756,7 @@ RunOutcome run_layerwise(const RunOptions& o, const Prepared& p, const Activatio
   std::vector<size_t> cells_here;
   std::vector<std::pair<int, int>> layer_bits;
   for (size_t c = 0; c < ncells; ++c) {
-    if (!needed[c] || todo == 0) continue;
+    if (!needed[c] || todo == 0 || cfg.naive) continue;  // the naive grid quantizes its cells itself
     cells_here.push_back(c);
     layer_bits.emplace_back(static_cast<int>(c / B), cfg.quant.weight_bits[c % B]);
   }
@@ -864,6 +867,7 @@ RunOutcome run_layerwise(const RunOptions& o, const Prepared& p, const Activatio
     }
     grid = assemble_grid(std::move(records), p.g.layers.size(), cfg.quant.weight_bits, p.eval_count, cfg.batch_size);
     grid.seconds = grid_seconds();
+    record_grid_seconds(sdir, grid.seconds);  // a stop while the report is drawn keeps them
   }
   json manifest = manifest_json(p, o.command_line, o.overrides, started,
                                 std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
@@ -911,6 +915,10 @@ RunOutcome run_experiment(const RunOptions& o) {
       user_error("--fresh inside a SLURM array task would give every shard a run of its own; submit with a new "
                  "--run-id instead");
     }
+    if (!o.shard.empty()) {
+      user_error("--fresh with --shard would give every shard a run of its own; give the shards one new --run-id "
+                 "instead");
+    }
     // A new run id: nothing earlier is reused.
     RunOptions fresh = o;
     fresh.fresh = false;
@@ -931,15 +939,37 @@ RunOutcome run_experiment(const RunOptions& o) {
       if (ec) user_error("cannot create '{}': {}", work_dir_of(parent / fresh.run_id).string(), ec.message());
       fresh.run_id = fmt::format("{}-{}", base, i);
     }
+    // A run that ends before recording a batch gives its id back; one that stopped with
+    // records says how to resume it (the same command would start another fresh run).
+    const fs::path work = work_dir_of(parent / fresh.run_id);
+    auto after_stop = [&] {
+      bool records = false;
+      for (const auto& e : fs::recursive_directory_iterator(work, ec)) records = records || e.path().extension() == ".rec";
+      if (!records) {
+        fs::remove_all(work, ec);
+      } else {
+        fmt::print(stderr, "qsweep: this --fresh run is {}: resume it with --run-id {} instead of --fresh\n",
+                   fresh.run_id, fresh.run_id);
+      }
+    };
+    RunOutcome out;
     try {
-      return run_experiment(fresh);
+      out = run_experiment(fresh);
+    } catch (const RunInterrupted&) {
+      after_stop();
+      throw;
     } catch (...) {
-      fs::remove(work_dir_of(parent / fresh.run_id), ec);  // only while empty
+      fs::remove_all(work, ec);  // a failed attempt: nothing in it is worth resuming
       throw;
     }
+    if (out.interrupted) after_stop();
+    return out;
   }
+  // The run id, from the config as given ("auto" batch size unresolved), for every step below.
+  RunOptions ro = o;
+  ro.run_id = resolve_run_id(o, cfg);
   // A finished run is found before anything is loaded or hashed.
-  if (const fs::path done = fs::path(cfg.root) / cfg.name / resolve_run_id(o, cfg); finished_here(done, cfg)) {
+  if (const fs::path done = fs::path(cfg.root) / cfg.name / ro.run_id; finished_here(done, cfg, cfg.batch_size == 0)) {
     if (verbose) fmt::print("already complete: {} (pass --fresh to compute it again)\nresults: {}\n", done.string(), done.string());
     RunOutcome out;
     out.config = cfg;
@@ -961,7 +991,7 @@ RunOutcome run_experiment(const RunOptions& o) {
   const ActivationRanges ranges =
       calibrate(*p->exec, p->calib, p->norm, p->calib_count, p->cfg.batch_size, p->threads, &stop_requested());
   stop_before_batches();
-  if (cfg.kind == "layerwise") return run_layerwise(o, *p, ranges, started, t0, verbose);
+  if (cfg.kind == "layerwise") return run_layerwise(ro, *p, ranges, started, t0, verbose);
 
   StudyContext ctx;
   ctx.exec = p->exec.get();
@@ -978,8 +1008,8 @@ RunOutcome run_experiment(const RunOptions& o) {
   ctx.options.stop = &stop_requested();
   const PairedBootstrap boot(static_cast<size_t>(p->eval_count), cfg.bootstrap, cfg.stats_seed, cfg.confidence);
   json summary = summary_header(*p);
-  ResultsFolder folder(cfg.root, cfg.name, resolve_run_id(o, cfg));
-  if (finished_here(folder.final_path(), cfg)) {
+  ResultsFolder folder(cfg.root, cfg.name, ro.run_id);
+  if (finished_here(folder.final_path(), p->cfg, p->batch_auto)) {
     RunOutcome out;
     out.config = cfg;
     out.folder = folder.final_path();
@@ -988,7 +1018,7 @@ RunOutcome run_experiment(const RunOptions& o) {
   }
   // Finished batches are kept in the work folder, so a stopped run resumes where it stopped.
   const fs::path work = work_dir_of(folder.final_path());
-  claim_work_dir(work, cfg);  // as the run id: records of another batch size are not reused (checked per record)
+  claim_work_dir(work, p->cfg, p->batch_auto);  // records of another batch size are not reused (checked per record)
   const fs::path records_dir = work / "study";
   check_record_inputs(records_dir, inputs_of(*p));
   const RecordFiles grid_records(records_dir, "grid"), plan_records(records_dir, "plans");
@@ -1130,6 +1160,10 @@ RunOutcome merge_run(const std::string& dir, bool quiet) {
                "--shard {}/{}) and merge again", final_dir.string(), fmt::join(missing, ", "), shards, missing[0], shards);
   }
   Config cfg = load_config((work / "config.toml").string(), {});
+  // The results go where merge was pointed, whatever output.root the shards were given (a
+  // relative one would resolve against merge's working folder).
+  cfg.root = final_dir.parent_path().parent_path().string();
+  if (cfg.root.empty()) cfg.root = ".";
   auto p = prepare(cfg, [](const std::string&) {}, /*compute=*/false);
   const std::string& eval_images_sha = p->eval_id.images_sha256;
   const std::string& eval_labels_sha = p->eval_id.labels_sha256;

@@ -403,6 +403,20 @@ TEST_F(Cli, ASignalWhileTheReportIsDrawnLeavesNothingFinished) {
   r = run(args + " --run-id r");  // the real gnuplot (or none): finishes from the recorded batches
   EXPECT_EQ(r.code, 0) << r.err;
   EXPECT_TRUE(fs::exists(dir_ / "res/quickstart/r/summary.json"));
+  // The grid's time was kept from the attempt that computed it (it read about 0).
+  EXPECT_GT(nlohmann::json::parse(slurp(dir_ / "res/quickstart/r/summary.json"))["grid_seconds"].get<double>(), 0.005);
+  // A --fresh run stopped with records says which run id resumes it (the same command would
+  // start yet another fresh run); that id finishes it.
+  r = run_with_env("PATH=" + (dir_ / "bin").string() + ":$PATH ", args + " --fresh");
+  EXPECT_EQ(r.code, 143) << r.err;
+  const std::string hint = "qsweep: this --fresh run is ";
+  const size_t at = r.err.find(hint);
+  ASSERT_NE(at, std::string::npos) << r.err;
+  const std::string fresh_id = r.err.substr(at + hint.size(), r.err.find(':', at + hint.size()) - at - hint.size());
+  EXPECT_NE(r.err.find("resume it with --run-id " + fresh_id + " instead of --fresh"), std::string::npos) << r.err;
+  r = run(args + " --run-id " + fresh_id);
+  EXPECT_EQ(r.code, 0) << r.err;
+  EXPECT_TRUE(fs::exists(dir_ / "res/quickstart" / fresh_id / "summary.json"));
   // A study (kind "full") keeps its batches too: the same, and the second attempt computes
   // nothing again.
   const std::string full = "run " + std::string(QSWEEP_SOURCE_DIR) + "/configs/compare_resnet.toml --out " +
@@ -456,6 +470,13 @@ TEST_F(Cli, RunIdentityIgnoresOutputSettingsAndRefusesAnotherConfig) {
     EXPECT_NE(r.out.find("already complete"), std::string::npos) << again << ": " << r.out;
   }
   EXPECT_EQ(std::distance(fs::directory_iterator(root / "quickstart"), fs::directory_iterator()), 1);
+  // run.batch_size = "auto": the run is found again although its config.toml holds the size
+  // chosen (it was refused as another configuration).
+  for (int i = 0; i < 2; ++i) {
+    r = run(base + " --out " + root.string() + " --run-id auto --set 'run.batch_size=\"auto\"'");
+    EXPECT_EQ(r.code, 0) << r.err;
+  }
+  EXPECT_NE(r.out.find("already complete"), std::string::npos) << r.out;
   // --run-id X finished with 200 images; X with 300 is another run.
   ASSERT_EQ(run(base + " --out " + root.string() + " --run-id x").code, 0);
   r = run(base + " --out " + root.string() + " --run-id x --set data.eval.count=300");
@@ -476,6 +497,10 @@ TEST_F(Cli, FreshRunsStartedInTheSameSecondGetTheirOwnIds) {
   const std::string both = std::string(QSWEEP_BINARY) + " " + args + " & " + QSWEEP_BINARY + " " + args + " & wait";
   ASSERT_EQ(std::system(both.c_str()), 0);
   for (int i = 0; i < 2; ++i) ASSERT_EQ(run(args).code, 0) << slurp(dir_ / "err");
+  // Shards of one fresh run cannot find each other.
+  CliRun s = run(args + " --shard 0/2");
+  EXPECT_EQ(s.code, 2);
+  EXPECT_NE(s.err.find("--fresh with --shard would give every shard a run of its own"), std::string::npos) << s.err;
   // A fresh run that fails gives its reserved id back.
   std::ofstream(dir_ / "bad.onnx") << "not a model";
   EXPECT_EQ(run(args + " --set 'model.path=\"" + (dir_ / "bad.onnx").string() + "\"'").code, 2);

@@ -338,6 +338,25 @@ TEST_F(Shards, ChangedInputsAreComputedAgainNotMixed) {
   EXPECT_GT(nlohmann::json::parse(slurp(result(root) / "summary.json"))["grid_seconds"].get<double>(), 0.0);
 }
 
+// Shards given their --out from other working folders (so spelt otherwise) are one run, and
+// merge writes the results where it is pointed, from any working folder (it used to take the
+// last shard's output.root, resolved against its own working folder).
+TEST_F(Shards, MergeWritesWhereItIsPointed) {
+  fs::create_directories(dir_ / "a" / "b");
+  const std::string cfg = std::string(QSWEEP_SOURCE_DIR) + "/configs/quickstart.toml";
+  const std::string small = " --quiet --set data.eval.count=200 --set data.calibration.count=32 --set 'quant.weight_bits=[4]'"
+                            " --set output.plots=false --run-id m";
+  auto in = [&](const fs::path& cwd, const std::string& args) {
+    return std::system(("cd " + cwd.string() + " && " + QSWEEP_BINARY + " " + args + " 2>" + (dir_ / "stderr").string())
+                           .c_str());
+  };
+  ASSERT_EQ(in(dir_ / "a", "run " + cfg + small + " --out res --shard 0/2"), 0) << slurp(dir_ / "stderr");
+  ASSERT_EQ(in(dir_ / "a" / "b", "run " + cfg + small + " --out ../res/ --shard 1/2"), 0) << slurp(dir_ / "stderr");
+  ASSERT_EQ(in(dir_, "merge " + (dir_ / "a/res/quickstart/m").string() + " --quiet"), 0) << slurp(dir_ / "stderr");
+  EXPECT_TRUE(fs::exists(dir_ / "a/res/quickstart/m/summary.json"));
+  EXPECT_FALSE(fs::exists(dir_ / "res")) << "results written relative to merge's working folder";
+}
+
 // One run id, one split: a shard of another count is refused at run time, before any work
 // (merge could not combine them); an empty --shard is an error, not an unsharded run.
 TEST_F(Shards, AnotherShardCountForTheSameRunIsRefused) {
