@@ -579,6 +579,18 @@ GridResult assemble_grid(std::vector<BatchRecord> records, size_t layers, const 
   for (size_t r = 0; r < records.size(); ++r) {
     const BatchRecord& rec = records[r];
     if (rec.batch < 0 || rec.batch >= batches) throw std::runtime_error("record of a batch outside the grid");
+    // Its images as this grid cuts them: records of another batch size do not fit.
+    const int64_t begin = rec.batch * batch_size, n = std::min(batch_size, count - begin);
+    bool fits = rec.begin == begin && rec.images == n && rec.float_flags.size() == static_cast<size_t>(n) &&
+                rec.flags.size() == rec.cells.size() && rec.noise.size() == rec.cells.size() &&
+                rec.correct.size() == rec.cells.size();
+    for (const auto& f : rec.flags) fits = fits && f.size() == static_cast<size_t>(n);
+    if (!fits) {
+      throw std::runtime_error("the record of batch " + std::to_string(rec.batch) + " holds images " +
+                               std::to_string(rec.begin) + ".." + std::to_string(rec.begin + rec.images - 1) +
+                               ", not " + std::to_string(begin) + ".." + std::to_string(begin + n - 1) +
+                               " (another batch size)");
+    }
     if (float_of[rec.batch] < 0) float_of[rec.batch] = static_cast<int>(r);
     for (size_t k = 0; k < rec.cells.size(); ++k) {
       const int c = rec.cells[k];

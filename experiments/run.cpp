@@ -668,9 +668,13 @@ class RecordFiles {
 };
 
 // Writes the final results folder of a layer-wise grid (unsharded end of run, or merge).
-fs::path finish_layerwise(const Prepared& p, const GridResult& grid, const std::string& run_id, json manifest) {
+// `final_dir`: <output.root>/<experiment.name>/<run_id>, or the folder merge was pointed at
+// (the shards' output.root may be relative to other working folders, the experiment folder
+// renamed).
+fs::path finish_layerwise(const Prepared& p, const GridResult& grid, const fs::path& final_dir, json manifest) {
   const PairedBootstrap boot(static_cast<size_t>(p.eval_count), p.cfg.bootstrap, p.cfg.stats_seed, p.cfg.confidence);
-  ResultsFolder folder(p.cfg.root, p.cfg.name, run_id);
+  ResultsFolder folder(final_dir.parent_path().parent_path().string(), final_dir.parent_path().filename().string(),
+                       final_dir.filename().string());
   folder.write("config.toml", config_to_toml(p.cfg));
   json summary = summary_header(p);
   write_grid(folder, p, grid, boot, summary);
@@ -731,7 +735,10 @@ RunOutcome run_layerwise(const RunOptions& o, const Prepared& p, const Activatio
     const std::string name = e.path().filename().string();
     if (name.rfind("batch-", 0) != 0 || e.path().extension() != ".rec") continue;
     auto rec = decode_record(read_file(e.path()));
-    if (!rec || rec->batch < 0 || rec->batch >= plan.batches || rec->cells != job.cells_of_batch[rec->batch]) {
+    // Only a record of this batch as this attempt cuts the images (an "auto" batch size may
+    // come out otherwise on a resume) and of its cells is kept.
+    if (!rec || rec->batch < 0 || rec->batch >= plan.batches || rec->cells != job.cells_of_batch[rec->batch] ||
+        rec->begin != rec->batch * cfg.batch_size || rec->images != std::min(cfg.batch_size, p.eval_count - rec->begin)) {
       fs::remove(e.path(), ec);
       continue;
     }
@@ -843,15 +850,19 @@ RunOutcome run_layerwise(const RunOptions& o, const Prepared& p, const Activatio
     if (!complete) {
       record_grid_seconds(sdir, grid_seconds());
       out.interrupted = true;
-      fmt::print(stderr, "qsweep: interrupted: {} batches of shard {}/{} are recorded in {}; run the same command "
-                 "again to resume\n", records.size(), shard, shards, sdir.string());
+      fmt::print(stderr, "qsweep: interrupted: {} batches of shard {}/{} are recorded in {}; {}\n", records.size(), shard,
+                 shards, sdir.string(),
+                 o.fresh_id ? fmt::format("run it again with --run-id {} instead of --fresh to resume", run_id)
+                            : std::string("run the same command again to resume"));
       return out;
     }
     if (shards > 1) {
+      // The identity without the batch size: merge checks each record's images instead.
+      const std::string shard_identity = config_identity(cfg, true);
       json dj = {{"shard", shard},
                  {"shards", shards},
                  {"run_id", run_id},
-                 {"config_sha256", sha256_hex(identity.data(), identity.size())},
+                 {"config_sha256", sha256_hex(shard_identity.data(), shard_identity.size())},
                  {"batches", plan.batches},
                  {"records", records.size()},
                  {"estimated_cost", plan.cost[shard]},
@@ -873,7 +884,7 @@ RunOutcome run_layerwise(const RunOptions& o, const Prepared& p, const Activatio
                                 std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
   manifest["run_id"] = run_id;
   manifest["batches_from_earlier_attempts"] = done.size();  // resumed: grid_seconds sums every attempt
-  out.folder = finish_layerwise(p, grid, run_id, manifest);
+  out.folder = finish_layerwise(p, grid, final_dir, manifest);
   fs::remove_all(work, ec);  // its records are in the results now
   if (verbose) {
     print_grid(p, grid);
@@ -910,7 +921,7 @@ RunOutcome run_experiment(const RunOptions& o) {
     }
   }
   if (o.fresh) {
-    if (o.run_id.empty() && o.shard.empty() && std::getenv("SLURM_ARRAY_TASK_ID")) {
+    if (std::getenv("SLURM_ARRAY_TASK_ID")) {
       // Each task would stamp its own id: the shards of one array would land in different runs.
       user_error("--fresh inside a SLURM array task would give every shard a run of its own; submit with a new "
                  "--run-id instead");
@@ -922,6 +933,7 @@ RunOutcome run_experiment(const RunOptions& o) {
     // A new run id: nothing earlier is reused.
     RunOptions fresh = o;
     fresh.fresh = false;
+    fresh.fresh_id = true;
     // started is YYYY-MM-DDTHH:MM:SSZ; the suffix is YYYYMMDDTHHMMSSZ.
     std::string stamp;
     for (char ch : started) {
@@ -945,19 +957,23 @@ RunOutcome run_experiment(const RunOptions& o) {
     auto after_stop = [&] {
       bool records = false;
       for (const auto& e : fs::recursive_directory_iterator(work, ec)) records = records || e.path().extension() == ".rec";
-      if (!records) {
-        fs::remove_all(work, ec);
-      } else {
-        fmt::print(stderr, "qsweep: this --fresh run is {}: resume it with --run-id {} instead of --fresh\n",
-                   fresh.run_id, fresh.run_id);
-      }
+      if (!records) fs::remove_all(work, ec);
     };
     RunOutcome out;
     try {
       out = run_experiment(fresh);
-    } catch (const RunInterrupted&) {
+    } catch (const RunInterrupted& e) {
       after_stop();
-      throw;
+      // "run the same command again" would start another fresh run: where there is something to
+      // resume, after_stop() named the --run-id that does.
+      std::string m = e.what();
+      const std::string same = "run the same command again";
+      if (fs::exists(work)) {
+        for (size_t at; (at = m.find(same)) != std::string::npos;) {
+          m.replace(at, same.size(), "run it again with --run-id " + fresh.run_id + " instead of --fresh");
+        }
+      }
+      throw RunInterrupted(m);
     } catch (...) {
       fs::remove_all(work, ec);  // a failed attempt: nothing in it is worth resuming
       throw;
@@ -1105,7 +1121,7 @@ RunOutcome run_experiment(const RunOptions& o) {
 RunOutcome merge_run(const std::string& dir, bool quiet) {
   const auto t0 = std::chrono::steady_clock::now();
   const bool verbose = !quiet;
-  fs::path given = fs::path(dir).lexically_normal();
+  fs::path given = fs::absolute(fs::path(dir)).lexically_normal();  // a bare run id names ./<id>
   if (given.filename().empty()) given = given.parent_path();
   fs::path final_dir, work;
   const std::string base = given.filename().string();
@@ -1127,7 +1143,7 @@ RunOutcome merge_run(const std::string& dir, bool quiet) {
                work.string());
   }
   if (!fs::exists(work / "config.toml")) user_error("'{}' has no config.toml; it is not a qsweep run folder", work.string());
-  const std::string identity = config_identity(read_file(work / "config.toml"));  // what each DONE.json hashed
+  const std::string identity = config_identity(read_file(work / "config.toml"), true);  // what each DONE.json hashed
   const std::string config_sha = sha256_hex(identity.data(), identity.size());
   // Shards present and their count.
   std::map<int, fs::path> shard_dirs;
@@ -1160,10 +1176,6 @@ RunOutcome merge_run(const std::string& dir, bool quiet) {
                "--shard {}/{}) and merge again", final_dir.string(), fmt::join(missing, ", "), shards, missing[0], shards);
   }
   Config cfg = load_config((work / "config.toml").string(), {});
-  // The results go where merge was pointed, whatever output.root the shards were given (a
-  // relative one would resolve against merge's working folder).
-  cfg.root = final_dir.parent_path().parent_path().string();
-  if (cfg.root.empty()) cfg.root = ".";
   auto p = prepare(cfg, [](const std::string&) {}, /*compute=*/false);
   const std::string& eval_images_sha = p->eval_id.images_sha256;
   const std::string& eval_labels_sha = p->eval_id.labels_sha256;
@@ -1223,7 +1235,7 @@ RunOutcome merge_run(const std::string& dir, bool quiet) {
                                 std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
   manifest["run_id"] = final_dir.filename().string();
   manifest["shards"] = shards;
-  out.folder = finish_layerwise(*p, grid, final_dir.filename().string(), manifest);
+  out.folder = finish_layerwise(*p, grid, final_dir, manifest);
   out.config = cfg;
   if (verbose) {
     print_grid(*p, grid);

@@ -22,6 +22,7 @@ struct RunOptions {
   std::string shard;                   // --shard I/N
   std::string run_id;                  // --run-id
   bool fresh = false;                  // --fresh: a new run id, nothing reused
+  bool fresh_id = false;               // run_id was made by --fresh: resuming needs --run-id
   std::string command_line;
 };
 

@@ -409,11 +409,12 @@ TEST_F(Cli, ASignalWhileTheReportIsDrawnLeavesNothingFinished) {
   // start yet another fresh run); that id finishes it.
   r = run_with_env("PATH=" + (dir_ / "bin").string() + ":$PATH ", args + " --fresh");
   EXPECT_EQ(r.code, 143) << r.err;
-  const std::string hint = "qsweep: this --fresh run is ";
+  const std::string hint = "run it again with --run-id ";
   const size_t at = r.err.find(hint);
   ASSERT_NE(at, std::string::npos) << r.err;
-  const std::string fresh_id = r.err.substr(at + hint.size(), r.err.find(':', at + hint.size()) - at - hint.size());
-  EXPECT_NE(r.err.find("resume it with --run-id " + fresh_id + " instead of --fresh"), std::string::npos) << r.err;
+  const std::string fresh_id = r.err.substr(at + hint.size(), r.err.find(' ', at + hint.size()) - at - hint.size());
+  EXPECT_NE(r.err.find(fresh_id + " instead of --fresh"), std::string::npos) << r.err;
+  EXPECT_EQ(r.err.find("run the same command again"), std::string::npos) << r.err;
   r = run(args + " --run-id " + fresh_id);
   EXPECT_EQ(r.code, 0) << r.err;
   EXPECT_TRUE(fs::exists(dir_ / "res/quickstart" / fresh_id / "summary.json"));
@@ -501,6 +502,9 @@ TEST_F(Cli, FreshRunsStartedInTheSameSecondGetTheirOwnIds) {
   CliRun s = run(args + " --shard 0/2");
   EXPECT_EQ(s.code, 2);
   EXPECT_NE(s.err.find("--fresh with --shard would give every shard a run of its own"), std::string::npos) << s.err;
+  s = run_with_env("SLURM_ARRAY_TASK_ID=1 SLURM_ARRAY_TASK_COUNT=2 SLURM_ARRAY_JOB_ID=9 ", args + " --run-id x");
+  EXPECT_EQ(s.code, 2);
+  EXPECT_NE(s.err.find("--fresh inside a SLURM array task"), std::string::npos) << s.err;
   // A fresh run that fails gives its reserved id back.
   std::ofstream(dir_ / "bad.onnx") << "not a model";
   EXPECT_EQ(run(args + " --set 'model.path=\"" + (dir_ / "bad.onnx").string() + "\"'").code, 2);

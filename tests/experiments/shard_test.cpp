@@ -281,6 +281,30 @@ TEST_F(Shards, TwoSignalsAtOnceAreOneStop) {
   EXPECT_GT(count_records(dir_ / "t"), 0u);
 }
 
+// run.batch_size = "auto" may come out otherwise when a stopped run resumes (here: less
+// memory available): the records cut at the first size are computed again, not stood in for
+// batches of the second (which gave a float top-1 of 46% or 129%); the result equals an
+// uninterrupted run's.
+TEST_F(Shards, AResumedAutoBatchSizeOfAnotherSizeRecomputesItsBatches) {
+  const std::string a = "run " + std::string(QSWEEP_SOURCE_DIR) + "/configs/quickstart.toml --quiet --run-id r" +
+                        " --set data.eval.count=3000 --set data.calibration.count=32 --set 'quant.weight_bits=[4]'" +
+                        " --set output.plots=false --set run.threads=2 --set 'run.batch_size=\"auto\"'";
+  setenv("QSWEEP_AVAILABLE_MEMORY", "80000000", 1);  // 81 images per batch
+  const int st = signal_after_first_record(a + " --out " + (dir_ / "t").string(), dir_ / "t", "batch-", SIGTERM);
+  unsetenv("QSWEEP_AVAILABLE_MEMORY");
+  if (WIFEXITED(st) && WEXITSTATUS(st) == 0) GTEST_SKIP() << "the run finished before the signal";
+  ASSERT_TRUE(WIFEXITED(st));
+  ASSERT_EQ(WEXITSTATUS(st), 143);
+  ASSERT_GT(count_records(dir_ / "t"), 0u);
+  setenv("QSWEEP_AVAILABLE_MEMORY", "40000000", 1);  // 38 images per batch
+  const int resumed = run(a + " --out " + (dir_ / "t").string()), fresh = run(a + " --out " + (dir_ / "u").string());
+  unsetenv("QSWEEP_AVAILABLE_MEMORY");
+  ASSERT_EQ(resumed, 0) << slurp(dir_ / "stderr");
+  ASSERT_EQ(fresh, 0) << slurp(dir_ / "stderr");
+  EXPECT_EQ(slurp(result(dir_ / "t") / "layerwise.csv"), slurp(result(dir_ / "u") / "layerwise.csv"));
+  EXPECT_EQ(nlohmann::json::parse(slurp(result(dir_ / "t") / "manifest.json"))["batches_from_earlier_attempts"], 0);
+}
+
 // A staging folder that a process of this host left behind (killed outright) is removed by the
 // next run of its run id; one of a live process stays.
 TEST_F(Shards, AbandonedStagingFoldersAreRemovedByTheNextRun) {
@@ -340,19 +364,21 @@ TEST_F(Shards, ChangedInputsAreComputedAgainNotMixed) {
 
 // Shards given their --out from other working folders (so spelt otherwise) are one run, and
 // merge writes the results where it is pointed, from any working folder (it used to take the
-// last shard's output.root, resolved against its own working folder).
+// last shard's output.root, resolved against its own working folder), also given a bare run
+// id in the experiment folder. With run.batch_size = "auto" (merge compared the shards'
+// configs with the size chosen and refused them).
 TEST_F(Shards, MergeWritesWhereItIsPointed) {
   fs::create_directories(dir_ / "a" / "b");
   const std::string cfg = std::string(QSWEEP_SOURCE_DIR) + "/configs/quickstart.toml";
   const std::string small = " --quiet --set data.eval.count=200 --set data.calibration.count=32 --set 'quant.weight_bits=[4]'"
-                            " --set output.plots=false --run-id m";
+                            " --set output.plots=false --run-id m --set 'run.batch_size=\"auto\"'";
   auto in = [&](const fs::path& cwd, const std::string& args) {
     return std::system(("cd " + cwd.string() + " && " + QSWEEP_BINARY + " " + args + " 2>" + (dir_ / "stderr").string())
                            .c_str());
   };
   ASSERT_EQ(in(dir_ / "a", "run " + cfg + small + " --out res --shard 0/2"), 0) << slurp(dir_ / "stderr");
   ASSERT_EQ(in(dir_ / "a" / "b", "run " + cfg + small + " --out ../res/ --shard 1/2"), 0) << slurp(dir_ / "stderr");
-  ASSERT_EQ(in(dir_, "merge " + (dir_ / "a/res/quickstart/m").string() + " --quiet"), 0) << slurp(dir_ / "stderr");
+  ASSERT_EQ(in(dir_ / "a/res/quickstart", "merge m --quiet"), 0) << slurp(dir_ / "stderr");
   EXPECT_TRUE(fs::exists(dir_ / "a/res/quickstart/m/summary.json"));
   EXPECT_FALSE(fs::exists(dir_ / "res")) << "results written relative to merge's working folder";
 }
