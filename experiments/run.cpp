@@ -965,7 +965,7 @@ RunOutcome run_experiment(const RunOptions& o) {
     } catch (const RunInterrupted& e) {
       after_stop();
       // "run the same command again" would start another fresh run: where there is something to
-      // resume, after_stop() named the --run-id that does.
+      // resume (after_stop() kept the work folder), the message names the --run-id that does.
       std::string m = e.what();
       const std::string same = "run the same command again";
       if (fs::exists(work)) {
