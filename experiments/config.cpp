@@ -733,23 +733,24 @@ std::string config_to_toml(const Config& c) {
   return os.str();
 }
 
-std::string config_identity(const std::string& text, bool any_batch_size) {
-  std::istringstream in(text);
-  std::string out, line, table;
-  while (std::getline(in, line)) {
-    const size_t first = line.find_first_not_of(" \t");
-    if (first != std::string::npos && line[first] == '[') table = line.substr(first);
-    if (table == "[output]") continue;
-    if (any_batch_size && table == "[run]" && first != std::string::npos && line.compare(first, 11, "batch_size ") == 0) {
-      continue;
-    }
-    out += line + "\n";
-  }
-  return out;
+std::string config_identity(const Config& c, bool any_batch_size) {
+  Config id = c;
+  const Config defaults;
+  id.root = defaults.root;
+  id.worst = defaults.worst;
+  id.plots = defaults.plots;
+  id.saturate = defaults.saturate;
+  id.bar_bits = defaults.bar_bits;
+  if (any_batch_size) id.batch_size = 0;
+  return config_to_toml(id);
 }
 
-std::string config_identity(const Config& c, bool any_batch_size) {
-  return config_identity(config_to_toml(c), any_batch_size);
+std::string config_identity_of_file(const std::string& path, bool any_batch_size) {
+  try {
+    return config_identity(load_config(path, {}), any_batch_size);
+  } catch (const UserError&) {
+    return "unreadable: " + path;  // matches no configuration
+  }
 }
 
 std::string config_keys_markdown() {

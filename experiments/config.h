@@ -127,13 +127,14 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
 // The effective configuration (every key, defaults filled in) as TOML text.
 std::string config_to_toml(const Config& c);
 
-// What identifies a run: config_to_toml() text without its [output] table (where results go
-// and how figures look change no number), and without run.batch_size where the run asked
-// for "auto" (its config.toml holds the size chosen, which may differ between attempts; each
-// batch record is checked against the size in use). The second form takes config_to_toml()
-// text, e.g. a run folder's config.toml.
+// What identifies a run: config_to_toml() of the config with its [output] keys at their
+// defaults (where results go and how figures look change no number), and with run.batch_size
+// "auto" where the run asked for that (its config.toml holds the size chosen, which may
+// differ between attempts; each batch record is checked against the size in use). The second
+// form reads a run folder's config.toml (written by any qsweep version: keys it lacks take
+// their defaults).
 std::string config_identity(const Config& c, bool any_batch_size = false);
-std::string config_identity(const std::string& config_toml_text, bool any_batch_size = false);
+std::string config_identity_of_file(const std::string& config_toml_path, bool any_batch_size = false);
 
 // configs/README.md's key table, generated from config_keys().
 std::string config_keys_markdown();

@@ -68,7 +68,8 @@ std::string staging_name(const std::string& run_id) {
 }
 
 // Removes the staging folders of `run_id` in `parent` that a process of this host which no
-// longer exists left behind (another host's cannot be judged, so they stay).
+// longer exists left behind, untouched for 10 minutes (another host's cannot be judged, and
+// containers may share a host name but not their process ids: a live run's folder is new).
 void remove_abandoned_staging(const fs::path& parent, const std::string& run_id) {
   const std::string prefix = fmt::format(".{}.partial-{}-", run_id, host_tag());
   std::error_code ec;
@@ -78,7 +79,8 @@ void remove_abandoned_staging(const fs::path& parent, const std::string& run_id)
     const std::string digits = name.substr(prefix.size());
     if (digits.find_first_not_of("0123456789") != std::string::npos || digits.size() > 9) continue;
     const pid_t pid = static_cast<pid_t>(std::stol(digits));
-    if (pid != getpid() && kill(pid, 0) != 0 && errno == ESRCH) {
+    const auto age = fs::file_time_type::clock::now() - fs::last_write_time(e.path(), ec);
+    if (!ec && age > std::chrono::minutes(10) && pid != getpid() && kill(pid, 0) != 0 && errno == ESRCH) {
       std::error_code ignored;
       fs::remove_all(e.path(), ignored);
     }

@@ -538,18 +538,19 @@ ShardPlan make_plan(const Prepared& p, int shards) {
 
 // The work folder of a run id, created. The config as run, but for its [output] table, is
 // the run's identity (config_identity): a folder that holds another configuration is
-// refused. The config.toml there is this attempt's (its output settings are merge's). Returns
-// the identity text.
+// refused. The config.toml there is the first attempt's (written once: shards on several
+// hosts would race to replace it). Returns the identity text.
 std::string claim_work_dir(const fs::path& work, const Config& cfg, bool any_batch_size) {
   std::error_code ec;
   fs::create_directories(work, ec);
   if (ec) user_error("cannot create '{}': {}", work.string(), ec.message());
   const std::string identity = config_identity(cfg, any_batch_size);
-  if (fs::exists(work / "config.toml") && config_identity(read_file(work / "config.toml"), any_batch_size) != identity) {
+  if (!fs::exists(work / "config.toml")) {
+    write_file_atomic(work / "config.toml", config_to_toml(cfg));  // the first attempt's
+  } else if (config_identity_of_file((work / "config.toml").string(), any_batch_size) != identity) {
     user_error("'{}' belongs to a run with another configuration (compare its config.toml); use another --run-id",
                work.string());
   }
-  write_file_atomic(work / "config.toml", config_to_toml(cfg));
   return identity;
 }
 
@@ -558,7 +559,7 @@ std::string claim_work_dir(const fs::path& work, const Config& cfg, bool any_bat
 bool finished_here(const fs::path& final_dir, const Config& cfg, bool any_batch_size) {
   if (!fs::exists(final_dir / "summary.json")) return false;
   if (fs::exists(final_dir / "config.toml") &&
-      config_identity(read_file(final_dir / "config.toml"), any_batch_size) != config_identity(cfg, any_batch_size)) {
+      config_identity_of_file((final_dir / "config.toml").string(), any_batch_size) != config_identity(cfg, any_batch_size)) {
     user_error("'{}' holds a finished run of another configuration (compare its config.toml); use another --run-id, "
                "or --fresh",
                final_dir.string());
@@ -859,6 +860,7 @@ RunOutcome run_layerwise(const RunOptions& o, const Prepared& p, const Activatio
     if (shards > 1) {
       // The identity without the batch size: merge checks each record's images instead.
       const std::string shard_identity = config_identity(cfg, true);
+      record_grid_seconds(sdir, grid_seconds());  // a rerun of the finished shard adds to them
       json dj = {{"shard", shard},
                  {"shards", shards},
                  {"run_id", run_id},
@@ -975,7 +977,11 @@ RunOutcome run_experiment(const RunOptions& o) {
       }
       throw RunInterrupted(m);
     } catch (...) {
-      fs::remove_all(work, ec);  // a failed attempt: nothing in it is worth resuming
+      after_stop();  // records a failed attempt finished are kept, like a stopped one's
+      if (fs::exists(work)) {
+        fmt::print(stderr, "qsweep: the batches this --fresh run recorded are kept: run it with --run-id {} instead "
+                           "of --fresh to resume\n", fresh.run_id);
+      }
       throw;
     }
     if (out.interrupted) after_stop();
@@ -1143,7 +1149,7 @@ RunOutcome merge_run(const std::string& dir, bool quiet) {
                work.string());
   }
   if (!fs::exists(work / "config.toml")) user_error("'{}' has no config.toml; it is not a qsweep run folder", work.string());
-  const std::string identity = config_identity(read_file(work / "config.toml"), true);  // what each DONE.json hashed
+  const std::string identity = config_identity_of_file((work / "config.toml").string(), true);  // as each DONE.json
   const std::string config_sha = sha256_hex(identity.data(), identity.size());
   // Shards present and their count.
   std::map<int, fs::path> shard_dirs;

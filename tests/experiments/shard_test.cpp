@@ -305,8 +305,9 @@ TEST_F(Shards, AResumedAutoBatchSizeOfAnotherSizeRecomputesItsBatches) {
   EXPECT_EQ(nlohmann::json::parse(slurp(result(dir_ / "t") / "manifest.json"))["batches_from_earlier_attempts"], 0);
 }
 
-// A staging folder that a process of this host left behind (killed outright) is removed by the
-// next run of its run id; one of a live process stays.
+// A staging folder that a process of this host left behind (killed outright) and untouched for
+// 10 minutes is removed by the next run of its run id; one of a live process, or a recent one,
+// stays.
 TEST_F(Shards, AbandonedStagingFoldersAreRemovedByTheNextRun) {
   const pid_t dead = fork();
   if (dead == 0) _exit(0);
@@ -319,6 +320,10 @@ TEST_F(Shards, AbandonedStagingFoldersAreRemovedByTheNextRun) {
   fs::create_directories(abandoned);
   std::ofstream(abandoned / "summary.json") << "{}";
   fs::create_directories(alive);
+  const fs::path recent = exp / (".r.partial-" + std::string(host).substr(0, 40) + "-" + std::to_string(dead + 1000000));
+  fs::create_directories(recent);  // no such process, but touched a moment ago: maybe another container's
+  fs::last_write_time(abandoned, fs::file_time_type::clock::now() - std::chrono::hours(1));
+  fs::last_write_time(alive, fs::file_time_type::clock::now() - std::chrono::hours(1));
   ASSERT_EQ(run("run " + std::string(QSWEEP_SOURCE_DIR) + "/configs/quickstart.toml --quiet --run-id r --out " +
                 (dir_ / "t").string() + " --set data.eval.count=100 --set data.calibration.count=16" +
                 " --set 'quant.weight_bits=[8]' --set output.plots=false"),
@@ -327,6 +332,7 @@ TEST_F(Shards, AbandonedStagingFoldersAreRemovedByTheNextRun) {
   EXPECT_TRUE(fs::exists(exp / "r" / "summary.json"));
   EXPECT_FALSE(fs::exists(abandoned));
   EXPECT_TRUE(fs::exists(alive));
+  EXPECT_TRUE(fs::exists(recent));
 }
 
 // A model file changed under the same path between attempts (same architecture, other
