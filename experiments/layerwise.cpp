@@ -141,8 +141,7 @@ std::vector<char> load_records(const GridOptions& opt, const std::vector<int>& c
   if (!opt.store) return done;
   for (int64_t b = 0; b < batches; ++b) {
     std::optional<BatchRecord> rec = opt.store->load(b);
-    if (rec && rec->batch == b && rec->begin == b * bs && rec->images == std::min(bs, count - b * bs) &&
-        rec->cells == cells) {
+    if (rec && rec->batch == b && record_fits_batches(*rec, bs, count) && rec->cells == cells) {
       records[b] = std::move(*rec);
       done[b] = 1;
     }
@@ -581,7 +580,7 @@ GridResult assemble_grid(std::vector<BatchRecord> records, size_t layers, const 
     if (rec.batch < 0 || rec.batch >= batches) throw std::runtime_error("record of a batch outside the grid");
     // Its images as this grid cuts them: records of another batch size do not fit.
     const int64_t begin = rec.batch * batch_size, n = std::min(batch_size, count - begin);
-    bool fits = rec.begin == begin && rec.images == n && rec.float_flags.size() == static_cast<size_t>(n) &&
+    bool fits = record_fits_batches(rec, batch_size, count) && rec.float_flags.size() == static_cast<size_t>(n) &&
                 rec.flags.size() == rec.cells.size() && rec.noise.size() == rec.cells.size() &&
                 rec.correct.size() == rec.cells.size();
     for (const auto& f : rec.flags) fits = fits && f.size() == static_cast<size_t>(n);

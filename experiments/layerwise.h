@@ -2,6 +2,7 @@
 // bit-width, only that layer quantized, over the whole evaluation set, in one pass.
 #pragma once
 
+#include <algorithm>
 #include <atomic>
 #include <functional>
 #include <memory>
@@ -173,6 +174,12 @@ struct BatchRecord {
   std::vector<int64_t> correct;
   std::vector<std::vector<uint8_t>> flags;
 };
+
+// Whether `rec` holds batch rec.batch's images as batches of `batch_size` among `count` images
+// cut them (a record made with another batch size does not).
+inline bool record_fits_batches(const BatchRecord& rec, int64_t batch_size, int64_t count) {
+  return rec.begin == rec.batch * batch_size && rec.images == std::min(batch_size, count - rec.begin);
+}
 
 // Binary encoding with a checksum; decode returns nothing for a damaged or foreign file.
 std::string encode_record(const BatchRecord& r);

@@ -539,8 +539,8 @@ ShardPlan make_plan(const Prepared& p, int shards) {
 // The work folder of a run id, created. The config as run, but for its [output] table, is
 // the run's identity (config_identity): a folder that holds another configuration is
 // refused. The config.toml there is the first attempt's (written once: shards on several
-// hosts would race to replace it). Returns the identity text.
-std::string claim_work_dir(const fs::path& work, const Config& cfg, bool any_batch_size) {
+// hosts would race to replace it).
+void claim_work_dir(const fs::path& work, const Config& cfg, bool any_batch_size) {
   std::error_code ec;
   fs::create_directories(work, ec);
   if (ec) user_error("cannot create '{}': {}", work.string(), ec.message());
@@ -551,7 +551,6 @@ std::string claim_work_dir(const fs::path& work, const Config& cfg, bool any_bat
     user_error("'{}' belongs to a run with another configuration (compare its config.toml); use another --run-id",
                work.string());
   }
-  return identity;
 }
 
 // Whether `final_dir` holds this configuration's finished run (summary.json): the numbers of
@@ -705,7 +704,7 @@ RunOutcome run_layerwise(const RunOptions& o, const Prepared& p, const Activatio
 
   // The config as run is the run's identity: every shard must have the same one.
   std::error_code ec;
-  const std::string identity = claim_work_dir(work, cfg, p.batch_auto);
+  claim_work_dir(work, cfg, p.batch_auto);
   // Every attempt at this run id splits the grid the same way (merge could not combine others).
   for (const auto& e : fs::directory_iterator(work)) {
     int i = 0, n = 0;
@@ -739,7 +738,7 @@ RunOutcome run_layerwise(const RunOptions& o, const Prepared& p, const Activatio
     // Only a record of this batch as this attempt cuts the images (an "auto" batch size may
     // come out otherwise on a resume) and of its cells is kept.
     if (!rec || rec->batch < 0 || rec->batch >= plan.batches || rec->cells != job.cells_of_batch[rec->batch] ||
-        rec->begin != rec->batch * cfg.batch_size || rec->images != std::min(cfg.batch_size, p.eval_count - rec->begin)) {
+        !record_fits_batches(*rec, cfg.batch_size, p.eval_count)) {
       fs::remove(e.path(), ec);
       continue;
     }
@@ -860,7 +859,8 @@ RunOutcome run_layerwise(const RunOptions& o, const Prepared& p, const Activatio
     if (shards > 1) {
       // The identity without the batch size: merge checks each record's images instead.
       const std::string shard_identity = config_identity(cfg, true);
-      record_grid_seconds(sdir, grid_seconds());  // a rerun of the finished shard adds to them
+      const double seconds = grid_seconds();
+      record_grid_seconds(sdir, seconds);  // a rerun of the finished shard adds to them
       json dj = {{"shard", shard},
                  {"shards", shards},
                  {"run_id", run_id},
@@ -868,7 +868,7 @@ RunOutcome run_layerwise(const RunOptions& o, const Prepared& p, const Activatio
                  {"batches", plan.batches},
                  {"records", records.size()},
                  {"estimated_cost", plan.cost[shard]},
-                 {"grid_seconds", grid_seconds()},  // this shard's, over its attempts
+                 {"grid_seconds", seconds},  // this shard's, over its attempts
                  {"finished_utc", utc_now()}};
       dj.update(inputs);  // the model's and the data's sha256, hashed once at the start
       write_file_atomic(sdir / "DONE.json", dj.dump(2) + "\n");
