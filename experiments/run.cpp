@@ -15,6 +15,7 @@
 #include <functional>
 #include <map>
 #include <numeric>
+#include <optional>
 #include <set>
 #include <sstream>
 #include <thread>
@@ -1191,23 +1192,45 @@ RunOutcome merge_run(const std::string& dir, bool quiet) {
   double grid_seconds = 0.0;  // the shards' compute time, summed
   for (int i = 0; i < shards; ++i) {
     const fs::path sdir = work / shard_dir_name(i, shards);
-    json dj;
+    // DONE.json's fields; a file that is not a JSON object, or whose fields have other types
+    // (a hand edit, a truncated copy), is damaged.
+    std::string d_config, d_model, d_eval_images, d_eval_labels, d_calib_images, d_calib_labels;
+    bool d_has_calib = false;
+    std::optional<size_t> d_records;
     try {
-      dj = json::parse(read_file(sdir / "DONE.json"));
+      const json dj = json::parse(read_file(sdir / "DONE.json"));
       if (!dj.is_object()) throw std::runtime_error("not a JSON object");
-      if (dj.contains("grid_seconds") && dj["grid_seconds"].is_number()) grid_seconds += dj["grid_seconds"].get<double>();
+      auto text = [&](const char* key) {
+        if (!dj.contains(key)) return std::string();
+        if (!dj[key].is_string()) throw std::runtime_error("a field of another type");
+        return dj[key].get<std::string>();
+      };
+      d_config = text("config_sha256");
+      d_model = text("model_sha256");
+      d_eval_images = text("eval_images_sha256");
+      d_eval_labels = text("eval_labels_sha256");
+      d_has_calib = dj.contains("calibration_images_sha256");
+      d_calib_images = text("calibration_images_sha256");
+      d_calib_labels = text("calibration_labels_sha256");
+      if (dj.contains("records")) {
+        if (!dj["records"].is_number_unsigned()) throw std::runtime_error("a field of another type");
+        d_records = dj["records"].get<size_t>();
+      }
+      if (dj.contains("grid_seconds")) {
+        if (!dj["grid_seconds"].is_number()) throw std::runtime_error("a field of another type");
+        grid_seconds += dj["grid_seconds"].get<double>();
+      }
     } catch (const std::exception&) {
       mismatched.push_back(fmt::format("shard {} (DONE.json is damaged)", i));
       continue;
     }
-    if (dj.value("config_sha256", "") != config_sha) mismatched.push_back(fmt::format("shard {} (another config)", i));
-    else if (dj.value("model_sha256", "") != p->model_sha256) mismatched.push_back(fmt::format("shard {} (another model file)", i));
-    else if (dj.value("eval_images_sha256", "") != eval_images_sha || dj.value("eval_labels_sha256", "") != eval_labels_sha) {
+    if (d_config != config_sha) mismatched.push_back(fmt::format("shard {} (another config)", i));
+    else if (d_model != p->model_sha256) mismatched.push_back(fmt::format("shard {} (another model file)", i));
+    else if (d_eval_images != eval_images_sha || d_eval_labels != eval_labels_sha) {
       mismatched.push_back(fmt::format("shard {} (another dataset)", i));
-    } else if (!dj.contains("calibration_images_sha256")) {
+    } else if (!d_has_calib) {
       mismatched.push_back(fmt::format("shard {} (finished by an earlier qsweep)", i));
-    } else if (dj.value("calibration_images_sha256", "") != calib_images_sha ||
-               dj.value("calibration_labels_sha256", "") != calib_labels_sha) {
+    } else if (d_calib_images != calib_images_sha || d_calib_labels != calib_labels_sha) {
       mismatched.push_back(fmt::format("shard {} (other calibration data)", i));
     }
     size_t n = 0;
@@ -1223,8 +1246,8 @@ RunOutcome merge_run(const std::string& dir, bool quiet) {
       records.push_back(std::move(*rec));
       ++n;
     }
-    if (dj.contains("records") && dj["records"].get<size_t>() != n) {
-      mismatched.push_back(fmt::format("shard {} ({} batch files, DONE.json lists {})", i, n, dj["records"].get<size_t>()));
+    if (d_records && *d_records != n) {
+      mismatched.push_back(fmt::format("shard {} ({} batch files, DONE.json lists {})", i, n, *d_records));
     }
   }
   if (!mismatched.empty()) {

@@ -148,6 +148,20 @@ TEST_F(Shards, MergeRefusesMissingForeignAndCorruptedShards) {
   EXPECT_NE(slurp(dir_ / "stderr").find("is corrupted"), std::string::npos) << slurp(dir_ / "stderr");
   EXPECT_FALSE(fs::exists(final_dir));
   std::ofstream(victim, std::ios::binary) << good;
+  // Damaged: DONE.json fields of other types (a hand edit) are one sentence, not an internal error.
+  const fs::path done1 = work / "shard-1-of-3" / "DONE.json";
+  const std::string done_good = slurp(done1);
+  for (const char* edit : {R"({"records": "three"})", R"({"config_sha256": 5})", R"({"grid_seconds": "1"})"}) {
+    nlohmann::json dj = nlohmann::json::parse(done_good);
+    dj.merge_patch(nlohmann::json::parse(edit));
+    std::ofstream(done1) << dj.dump();
+    fs::remove(dir_ / "stderr");
+    EXPECT_EQ(run("merge " + final_dir.string()), 2) << edit;
+    EXPECT_NE(slurp(dir_ / "stderr").find("shard 1 (DONE.json is damaged)"), std::string::npos) << slurp(dir_ / "stderr");
+    EXPECT_EQ(slurp(dir_ / "stderr").find("internal error"), std::string::npos) << slurp(dir_ / "stderr");
+    EXPECT_FALSE(fs::exists(final_dir));
+  }
+  std::ofstream(done1) << done_good;
   // Foreign: shard 0 recomputed from another config (act_bits 6) into the same run id.
   const fs::path other = dir_ / "other";
   ASSERT_EQ(run("run " + common(other.string()) + id + " --set quant.act_bits=6 --shard 0/3"), 0);
