@@ -6,6 +6,8 @@
 
 #include <algorithm>
 #include <cstdlib>
+#include <cerrno>
+#include <charconv>
 #include <chrono>
 #include <cmath>
 #include <ctime>
@@ -13,6 +15,7 @@
 #include <fstream>
 #include <mutex>
 #include <functional>
+#include <limits>
 #include <map>
 #include <numeric>
 #include <optional>
@@ -143,6 +146,7 @@ struct Prepared {
   std::string model_sha256;
   DataIdentity eval_id, calib_id;
   bool batch_auto = false;  // cfg.batch_size was "auto" (config_identity ignores the size chosen)
+  int64_t batch_fit = std::numeric_limits<int64_t>::max();  // "auto": the largest batch that fits here
 };
 
 // The backend options a config asks for, on `device`.
@@ -258,12 +262,14 @@ std::unique_ptr<Prepared> prepare(const Config& cfg, const std::function<void(co
   if (cfg.batch_size == 0) {  // "auto"
     if (auto session = p->backend->make_session(g)) {
       p->cfg.batch_size = session->max_batch(std::min<int64_t>(images, 8192));
+      p->batch_fit = p->cfg.batch_size;
     } else {
       p->cfg.batch_size = cpu_auto_batch_size(images, p->threads);
       if (available > 0) {  // half of what is available, shared by the workers
         const int64_t spare = std::max<int64_t>(available / 2 - 3 * model_bytes(g), 0);
         const int64_t fit = spare / (per_image * std::max(p->threads, 1));
         p->cfg.batch_size = std::max<int64_t>(1, std::min(p->cfg.batch_size, fit));
+        p->batch_fit = std::max<int64_t>(1, fit);
       }
     }
     say(fmt::format("run.batch_size = \"auto\": {} images per batch on {}", p->cfg.batch_size, p->backend->device_name()));
@@ -552,6 +558,67 @@ void claim_work_dir(const fs::path& work, const Config& cfg, bool any_batch_size
     user_error("'{}' belongs to a run with another configuration (compare its config.toml); use another --run-id",
                work.string());
   }
+}
+
+// run.batch_size = "auto" is settled once per run id: the first attempt (or shard) records the
+// size it chose in the work folder, and every later one takes that size where it fits. A
+// resume on a busier machine so keeps the recorded batches, and shards on mixed machines cut
+// the data the same way (merge combines records of one batch size only; calibration, done
+// next, uses it too). A shard where the recorded size does not fit is refused before it
+// computes; an unsharded resume takes the size that fits here and records it, and its batches
+// of the other size are computed again.
+constexpr const char* kAutoBatchFile = "auto_batch_size";
+
+void settle_auto_batch_size(const fs::path& work, Prepared& p, bool sharded,
+                            const std::function<void(const std::string&)>& say) {
+  if (!p.batch_auto) return;
+  const fs::path pin = work / kAutoBatchFile;
+  const int64_t mine = p.cfg.batch_size;
+  const std::string text = std::to_string(mine) + "\n";
+  auto recorded = [&]() -> int64_t {  // 0: absent or damaged
+    std::error_code ec;
+    if (!fs::exists(pin, ec)) return 0;
+    const std::string t = read_file(pin);
+    int64_t v = 0;
+    const auto [end, err] = std::from_chars(t.data(), t.data() + t.size(), v);
+    return err == std::errc() && v > 0 && (end == t.data() + t.size() || *end == '\n') ? v : 0;
+  };
+  int64_t first = recorded();
+  if (first == 0) {
+    // Created with its content or not at all (link() fails where the file exists), so that of
+    // shards starting together one size wins and the others read it whole.
+    char host[256] = {0};
+    gethostname(host, sizeof host - 1);
+    const fs::path tmp = work / fmt::format(".{}.{}-{}", kAutoBatchFile, std::string(host).substr(0, 40), getpid());
+    write_file_atomic(tmp, text);
+    const bool linked = ::link(tmp.c_str(), pin.c_str()) == 0;
+    const int err = errno;
+    std::error_code ec;
+    fs::remove(tmp, ec);
+    if (linked) return;
+    if (err != EEXIST || (first = recorded()) == 0) {  // no hard links here, or a damaged file
+      write_file_atomic(pin, text);
+      return;
+    }
+  }
+  if (first == mine) return;
+  if (first <= p.batch_fit) {
+    p.cfg.batch_size = first;
+    say(fmt::format("run.batch_size = \"auto\": {} images per batch, as this run's first attempt chose ({})", first,
+                    pin.string()));
+    return;
+  }
+  if (sharded) {
+    user_error("run.batch_size = \"auto\": this run's shards compute {} images per batch (chosen by its first shard, "
+               "'{}'), but at most {} fit here, and shards of other batch sizes cannot be merged; set run.batch_size "
+               "to a number that fits every machine (e.g. {}) and use another --run-id",
+               first, pin.string(), p.batch_fit, p.batch_fit);
+  }
+  fmt::print(stderr,
+             "qsweep: note: run.batch_size = \"auto\": this run's earlier attempt computed {} images per batch, but at "
+             "most {} fit here; its recorded batches are computed again with {}\n",
+             first, p.batch_fit, mine);
+  write_file_atomic(pin, text);
 }
 
 // Whether `final_dir` holds this configuration's finished run (summary.json): the numbers of
@@ -1000,6 +1067,11 @@ RunOutcome run_experiment(const RunOptions& o) {
     return out;
   }
   const auto p = prepare(cfg, say);
+  if (p->batch_auto) {
+    const fs::path work = work_dir_of(fs::path(cfg.root) / cfg.name / ro.run_id);
+    claim_work_dir(work, p->cfg, true);
+    settle_auto_batch_size(work, *p, resolve_shard(o.shard).second > 1, say);
+  }
   say(fmt::format("qsweep {} ({}): {} layers on {} {} images ({}{}), backend {} ({} threads)", cfg.name, cfg.kind,
                   p->g.layers.size(), p->eval_count, cfg.eval_split, cfg.dataset,
                   cfg.eval_order == "file" ? "" : fmt::format(", {} order", cfg.eval_order), p->backend->name(),

@@ -319,6 +319,37 @@ TEST_F(Shards, AResumedAutoBatchSizeOfAnotherSizeRecomputesItsBatches) {
   EXPECT_EQ(nlohmann::json::parse(slurp(result(dir_ / "t") / "manifest.json"))["batches_from_earlier_attempts"], 0);
 }
 
+// Shards of an "auto" batch size on machines with other memory: the first shard's size is
+// taken wherever it fits (the merge equals one process at that size), and a shard where it
+// does not fit is refused before it computes, not at merge.
+TEST_F(Shards, AutoBatchSizeIsSettledByTheFirstShard) {
+  const std::string a = std::string(QSWEEP_SOURCE_DIR) + "/configs/quickstart.toml --quiet" +
+                        " --set data.eval.count=600 --set data.calibration.count=32 --set 'quant.weight_bits=[4]'" +
+                        " --set output.plots=false --set run.threads=2 --set stats.bootstrap=0";
+  const std::string sharded = "run " + a + " --set 'run.batch_size=\"auto\"' --out " + (dir_ / "t").string();
+  setenv("QSWEEP_AVAILABLE_MEMORY", "40000000", 1);  // 38 fit: 38 images per batch
+  ASSERT_EQ(run(sharded + " --run-id r --shard 0/3"), 0) << slurp(dir_ / "stderr");
+  setenv("QSWEEP_AVAILABLE_MEMORY", "200000000", 1);  // would choose 75 (600 / (4 x 2)); takes 38
+  fs::remove(dir_ / "stderr");
+  ASSERT_EQ(run(sharded + " --run-id r --shard 1/3"), 0) << slurp(dir_ / "stderr");
+  ASSERT_EQ(run(sharded + " --run-id r --shard 2/3"), 0) << slurp(dir_ / "stderr");
+  unsetenv("QSWEEP_AVAILABLE_MEMORY");
+  ASSERT_EQ(run("merge " + (dir_ / "t" / "quickstart" / "r").string()), 0) << slurp(dir_ / "stderr");
+  ASSERT_EQ(run("run " + a + " --set run.batch_size=38 --out " + (dir_ / "u").string()), 0) << slurp(dir_ / "stderr");
+  EXPECT_EQ(slurp(dir_ / "t" / "quickstart" / "r" / "layerwise.csv"), slurp(result(dir_ / "u") / "layerwise.csv"));
+  // The other way round: 75 chosen first, then a machine where only 38 fit.
+  setenv("QSWEEP_AVAILABLE_MEMORY", "200000000", 1);
+  ASSERT_EQ(run(sharded + " --run-id q --shard 0/3"), 0) << slurp(dir_ / "stderr");
+  setenv("QSWEEP_AVAILABLE_MEMORY", "40000000", 1);
+  fs::remove(dir_ / "stderr");
+  EXPECT_EQ(run(sharded + " --run-id q --shard 1/3"), 2);
+  unsetenv("QSWEEP_AVAILABLE_MEMORY");
+  EXPECT_NE(slurp(dir_ / "stderr").find("shards compute 75 images per batch (chosen by its first shard"),
+            std::string::npos)
+      << slurp(dir_ / "stderr");
+  EXPECT_FALSE(fs::exists(dir_ / "t" / "quickstart" / ".q.work" / "shard-1-of-3"));
+}
+
 // A staging folder that a process of this host left behind (killed outright) and untouched for
 // 10 minutes is removed by the next run of its run id; one of a live process, or a recent one,
 // stays.
