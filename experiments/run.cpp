@@ -983,7 +983,10 @@ RunOutcome run_experiment(const RunOptions& o) {
   auto say = [&](const std::string& s) {
     if (verbose) fmt::print(stderr, "{}\n", s);
   };
-  resolve_shard(o.shard);  // a bad --shard or --run-id is reported before any work
+  // A bad --shard or --run-id, or a naive grid asked to be sharded, is reported before any work.
+  if (resolve_shard(o.shard).second > 1 && cfg.naive && cfg.kind == "layerwise") {
+    user_error("run.naive cannot be sharded; the naive way is for comparisons on one machine");
+  }
   resolve_run_id(o, cfg);
   if (cfg.kind != "layerwise" && (!o.shard.empty() || std::getenv("SLURM_ARRAY_TASK_ID"))) {
     if (!o.shard.empty() || std::getenv("SLURM_ARRAY_TASK_COUNT")) {
