@@ -8,6 +8,7 @@
 #include <limits>
 #include <map>
 #include <optional>
+#include <set>
 #include <sstream>
 
 #include "experiments/csv.h"
@@ -61,6 +62,31 @@ Folder load(const fs::path& dir, const char* role) {
   for (const auto& [name, j] : {std::pair{"summary.json", &f.summary}, std::pair{"manifest.json", &f.manifest}}) {
     if (*j && !(*j)->is_object()) user_error("{}: not a qsweep {} (a JSON object)", (dir / name).string(), name);
   }
+  // The float32 network's numbers check compares: counts of images (top-5's only in folders
+  // written since qsweep reported it), and the rounded points, which must agree with them.
+  if (f.summary) {
+    const json& s = *f.summary;
+    const fs::path file = dir / "summary.json";
+    auto count = [&](const char* key, bool required) {
+      if (!s.contains(key)) {
+        if (required) user_error("{}: no field '{}'; not a qsweep summary.json", file.string(), key);
+        return;
+      }
+      if (!s[key].is_number_unsigned()) {
+        user_error("{}: field '{}' holds {}, not a count of images (a whole number of 0 or more)", file.string(), key,
+                   s[key].dump());
+      }
+    };
+    count("images", true);
+    count("float_correct", true);
+    count("float_correct5", false);
+    for (const char* key : {"float_top1", "float_top5"}) {
+      if (s.contains(key) && !s[key].is_number()) {
+        user_error("{}: field '{}' holds {}, not a number", file.string(), key, s[key].dump());
+      }
+    }
+    if (s["images"].get<uint64_t>() == 0) user_error("{}: field 'images' is 0; not a finished run", file.string());
+  }
   if (const auto text = read_text(dir / "config.toml")) {
     try {
       f.config = toml::parse(*text, (dir / "config.toml").string());
@@ -92,6 +118,22 @@ void require_numbers(const Csv& csv, const fs::path& file, std::initializer_list
       const std::string& v = csv.at(r, c);
       if (!csv_is_number(v)) {
         user_error("{}, line {}: column '{}' holds '{}', not a number", file.string(), csv.line[r], c, v);
+      }
+    }
+  }
+}
+
+// Counts of images (correct, correct5, images) are whole numbers of 0 or more: "nan", "inf" or
+// "12.5" in one is a damaged table, not a result that could pass.
+void require_counts(const Csv& csv, const fs::path& file, std::initializer_list<const char*> cols) {
+  for (const char* c : cols) {
+    if (!csv.has(c)) continue;
+    for (size_t r = 0; r < csv.rows.size(); ++r) {
+      const std::string& v = csv.at(r, c);
+      const double x = csv_number(v);
+      if (!csv_is_number(v) || !std::isfinite(x) || x < 0 || x != std::floor(x)) {
+        user_error("{}, line {}: column '{}' holds '{}', not a count of images (a whole number of 0 or more)",
+                   file.string(), csv.line[r], c, v);
       }
     }
   }
@@ -142,7 +184,8 @@ Table rows_of(const Folder& f, const std::string& table) {
   if (table == "layerwise.csv") {
     const Csv& c = *f.layerwise;
     require_columns(c, file, {"layer_name", "weight_bits", "act_bits", "noise", "top1"});
-    require_numbers(c, file, {"noise", "top1", "correct", "images", "float_top1", "top5", "correct5"});
+    require_numbers(c, file, {"noise", "top1", "float_top1", "top5"});
+    require_counts(c, file, {"correct", "images", "correct5"});
     for (size_t i = 0; i < c.rows.size(); ++i) {
       add(bits_key(c, i), Row{top1_of(c, i, "top1"), csv_number(c.at(i, "noise")), csv_number(c.at(i, "images")), "",
                               top5_of(c, i, "top5")});
@@ -260,20 +303,23 @@ class Checker {
     for (const auto& [k, v] : b) in_base.emplace(k, &v);
     std::map<std::string, const Row*> in_cur;
     for (const auto& [k, v] : c) in_cur.emplace(k, &v);
-    // Differing image counts make every row differ: one line says so instead of each row.
-    bool images_differ = false;
+    // Rows evaluated on other image counts are not compared; when every matched row is (another
+    // data.eval.count), one line says so instead of each row.
+    size_t matched = 0;
+    std::set<std::string> other_images;
     double base_images = kNaN, cur_images = kNaN;
     for (const auto& [k, v] : c) {
       const auto it = in_base.find(k);
       if (it == in_base.end()) continue;
+      ++matched;
       if (!same_value(it->second->images, v.images)) {
-        images_differ = true;
+        other_images.insert(k);
         base_images = it->second->images;
         cur_images = v.images;
-        break;
       }
     }
-    if (images_differ) {
+    const bool all_images_differ = !other_images.empty() && other_images.size() == matched;
+    if (all_images_differ) {
       row(table, "every row", fmt::format("evaluated on {} images, the baseline on {}", cur_images, base_images));
     }
     for (const auto& [k, v] : b) {
@@ -290,7 +336,11 @@ class Checker {
         row(table, k, fmt::format("{} (baseline: {})", v.identity, was.identity));
         continue;
       }
-      if (images_differ) continue;
+      if (all_images_differ) continue;
+      if (other_images.count(k)) {
+        row(table, k, fmt::format("evaluated on {} images, the baseline on {}", v.images, was.images));
+        continue;
+      }
       top1(table, k, was.top1, v.top1);
       noise(table, k, was.noise, v.noise);
       if (top5_base && top5_cur) top5(table, k, was.top5, v.top5);
@@ -445,10 +495,22 @@ CheckResult check_results(const fs::path& current, const fs::path& baseline, con
   context(base, cur, r.context);
 
   Checker check(r, options);
-  const double fb = float_top1(base), fc = float_top1(cur);
-  if (!std::isnan(fb) || !std::isnan(fc)) check.top1("summary.json", "float32 network", fb, fc);
-  const double fb5 = float_top5(base), fc5 = float_top5(cur);
-  if (!std::isnan(fb5) && !std::isnan(fc5)) check.top5("summary.json", "float32 network", fb5, fc5);
+  // summary.json holds the float32 network's numbers: on one side only, it counts as moved, like
+  // a table (a baseline without it would leave the float32 top-5 unchecked).
+  if (base.summary.has_value() != cur.summary.has_value()) {
+    check.row("summary.json", "the whole file", base.summary ? "in the baseline only" : "in the results only");
+  } else {
+    const double fb = float_top1(base), fc = float_top1(cur);
+    if (!std::isnan(fb) || !std::isnan(fc)) check.top1("summary.json", "float32 network", fb, fc);
+    const double fb5 = float_top5(base), fc5 = float_top5(cur);
+    if (!std::isnan(fb5) && !std::isnan(fc5)) {
+      check.top5("summary.json", "float32 network", fb5, fc5);
+    } else if (std::isnan(fb5) != std::isnan(fc5)) {
+      r.context.push_back(fmt::format("the float32 network's top-5 is not compared: only the {}'s summary.json has "
+                                      "it (earlier qsweep versions did not write it)",
+                                      std::isnan(fb5) ? "results" : "baseline"));
+    }
+  }
   const std::pair<const char*, bool> tables[] = {{"layerwise.csv", base.layerwise && cur.layerwise},
                                                  {"additivity.csv", base.additivity && cur.additivity},
                                                  {"comparison.csv", base.comparison && cur.comparison}};

@@ -12,6 +12,7 @@
 #include <nlohmann/json.hpp>
 #include <sstream>
 #include <thread>
+#include <tuple>
 
 #include <sys/stat.h>
 
@@ -270,7 +271,29 @@ TEST_F(Check, BadFoldersAreOneSentenceErrors) {
   std::string word = cell(0, "/conv1/Conv", 3, "23.2559466", 8612);
   word.replace(word.find(",8612,"), 6, ",abc,");
   const auto abc = grid("abc", base_rows(0, word));
-  EXPECT_EQ(message(abc, good), (abc / "layerwise.csv").string() + ", line 2: column 'correct' holds 'abc', not a number");
+  const std::string not_count = "not a count of images (a whole number of 0 or more)";
+  EXPECT_EQ(message(abc, good), (abc / "layerwise.csv").string() + ", line 2: column 'correct' holds 'abc', " + not_count);
+  // nan, inf or a fraction where a count belongs would compare as "not comparable" or pass.
+  for (const char* v : {"nan", "inf", "86.5", "-1"}) {
+    std::string bad = cell(0, "/conv1/Conv", 3, "23.2559466", 8612);
+    bad.replace(bad.find(",8612,"), 6, fmt::format(",{},", v));
+    const auto f = grid(std::string("count_") + v, base_rows(0, bad));
+    EXPECT_EQ(message(f, good),
+              (f / "layerwise.csv").string() + fmt::format(", line 2: column 'correct' holds '{}', ", v) + not_count);
+  }
+  word = cell(0, "/conv1/Conv", 3, "23.2559466", 8612);
+  word.replace(word.find(",10000,"), 7, ",nan,");
+  const auto nan_images = grid("nan_images", base_rows(0, word));
+  EXPECT_EQ(message(nan_images, good),
+            (nan_images / "layerwise.csv").string() + ", line 2: column 'images' holds 'nan', " + not_count);
+  // summary.json's counts: present, and counts.
+  const auto no_images = folder("no_images", {{"layerwise.csv", kHeader + base_rows()}, {"summary.json", "{\"float_correct\": 9295}"}});
+  EXPECT_EQ(message(no_images, good), (no_images / "summary.json").string() + ": no field 'images'; not a qsweep summary.json");
+  const auto text_count = grid("text_count", base_rows(), ", \"float_correct5\": \"9990\"");
+  EXPECT_EQ(message(text_count, good),
+            (text_count / "summary.json").string() + ": field 'float_correct5' holds \"9990\", " + not_count);
+  const auto null_top1 = grid("null_top1", base_rows(), ", \"float_top1\": null");
+  EXPECT_EQ(message(null_top1, good), (null_top1 / "summary.json").string() + ": field 'float_top1' holds null, not a number");
   const auto list = folder("list", {{"layerwise.csv", kHeader + base_rows()}, {"summary.json", "[]"}});
   EXPECT_EQ(message(list, good), (list / "summary.json").string() + ": not a qsweep summary.json (a JSON object)");
 }
@@ -318,10 +341,50 @@ TEST_F(Check, TopFiveIsComparedWhereBothFoldersHaveIt) {
   const CheckResult against_old = check_results(grid5("new5", 9000), old, {});
   EXPECT_TRUE(against_old.passed()) << format_check(against_old, {});
   EXPECT_EQ(against_old.compared, 1u + 2u * 2u);
-  ASSERT_EQ(against_old.context.size(), 1u);
+  ASSERT_EQ(against_old.context.size(), 2u);
   EXPECT_EQ(against_old.context[0],
+            "the float32 network's top-5 is not compared: only the results's summary.json has it (earlier qsweep "
+            "versions did not write it)");
+  EXPECT_EQ(against_old.context[1],
             "top-5 is not compared in layerwise.csv: only the results has it (earlier qsweep versions did not write "
             "it)");
+}
+
+// summary.json holds the float32 network's top-1 and top-5: on one side only it counts as
+// moved, like a table, rather than leaving the float32 top-5 unchecked.
+TEST_F(Check, ASummaryOnOneSideOnlyCountsAsMoved) {
+  const auto base = grid("base", base_rows());
+  const auto cur = folder("cur", {{"layerwise.csv", std::string(kHeader) + base_rows()}});
+  for (const bool swapped : {false, true}) {
+    const CheckResult r = swapped ? check_results(base, cur, {}) : check_results(cur, base, {});
+    EXPECT_FALSE(r.passed());
+    ASSERT_EQ(r.moved.size(), 1u);
+    EXPECT_EQ(r.moved[0].table, "summary.json");
+    EXPECT_EQ(r.moved[0].detail, swapped ? "in the results only" : "in the baseline only");
+    EXPECT_EQ(r.compared, 4u * 2u);  // every cell is still compared
+  }
+}
+
+// A row evaluated on another number of images is named; the other rows are still compared.
+// Only when every row differs (another data.eval.count) does one line stand for all.
+TEST_F(Check, ARowOfOtherImagesIsNamedAndTheRestCompared) {
+  const auto base = grid("base", base_rows());
+  const auto one = grid("one", base_rows(2, cell(1, "/layer1/conv1/Conv", 3, "20.08", 8714, 9999)) );
+  const CheckResult r = check_results(one, base, {});
+  ASSERT_EQ(r.moved.size(), 1u);
+  EXPECT_EQ(r.moved[0].row, "/layer1/conv1/Conv, 3-bit weights, 8-bit activations");
+  EXPECT_EQ(r.moved[0].detail, "evaluated on 9999 images, the baseline on 10000");
+  EXPECT_EQ(r.compared, 1u + 3u * 2u);
+  std::string all;
+  for (const auto& [i, name, bits, noise, correct] :
+       {std::tuple{0, "/conv1/Conv", 3, "23.2559466", 8612}, std::tuple{0, "/conv1/Conv", 4, "8.58095362", 9050},
+        std::tuple{1, "/layer1/conv1/Conv", 3, "20.08", 8715}, std::tuple{1, "/layer1/conv1/Conv", 4, "1.5", 9201}}) {
+    all += cell(i, name, bits, noise, correct, 5000);
+  }
+  const CheckResult every = check_results(grid("every", all), base, {});
+  ASSERT_EQ(every.moved.size(), 1u);
+  EXPECT_EQ(every.moved[0].row, "every row");
+  EXPECT_EQ(every.moved[0].detail, "evaluated on 5000 images, the baseline on 10000");
 }
 
 TEST_F(Check, JsonListsEveryMovedRow) {
