@@ -97,48 +97,6 @@ Folder load(const fs::path& dir, const char* role) {
   return f;
 }
 
-void require_columns(const Csv& csv, const fs::path& file, std::initializer_list<const char*> cols) {
-  for (const char* c : cols) {
-    if (!csv.has(c)) user_error("{}: no column '{}'", file.string(), c);
-  }
-  // A row of another width is a damaged table (a stray comma, a cut line), not a result.
-  for (size_t r = 0; r < csv.rows.size(); ++r) {
-    if (csv.fields[r] != csv.header.size()) {
-      user_error("{}, line {}: {} fields where the header has {}", file.string(), csv.line[r], csv.fields[r],
-                 csv.header.size());
-    }
-  }
-}
-
-// The numbers check compares must be numbers ("nan" and "inf" are); anything else is named.
-void require_numbers(const Csv& csv, const fs::path& file, std::initializer_list<const char*> cols) {
-  for (const char* c : cols) {
-    if (!csv.has(c)) continue;
-    for (size_t r = 0; r < csv.rows.size(); ++r) {
-      const std::string& v = csv.at(r, c);
-      if (!csv_is_number(v)) {
-        user_error("{}, line {}: column '{}' holds '{}', not a number", file.string(), csv.line[r], c, v);
-      }
-    }
-  }
-}
-
-// Counts of images (correct, correct5, images) are whole numbers of 0 or more: "nan", "inf" or
-// "12.5" in one is a damaged table, not a result that could pass.
-void require_counts(const Csv& csv, const fs::path& file, std::initializer_list<const char*> cols) {
-  for (const char* c : cols) {
-    if (!csv.has(c)) continue;
-    for (size_t r = 0; r < csv.rows.size(); ++r) {
-      const std::string& v = csv.at(r, c);
-      const double x = csv_number(v);
-      if (!csv_is_number(v) || !std::isfinite(x) || x < 0 || x != std::floor(x)) {
-        user_error("{}, line {}: column '{}' holds '{}', not a count of images (a whole number of 0 or more)",
-                   file.string(), csv.line[r], c, v);
-      }
-    }
-  }
-}
-
 // Top-1 of a row in points: from the counts when the table has them (exact), else the column.
 double top1_of(const Csv& csv, size_t i, const char* top1_col, const char* correct_col = "correct") {
   if (csv.has(correct_col) && csv.has("images")) {

@@ -6,6 +6,10 @@
 #include <fstream>
 #include <sstream>
 
+#include <fmt/format.h>
+
+#include "runtime/error.h"
+
 namespace qsweep {
 
 int Csv::col(const std::string& name) const {
@@ -106,6 +110,48 @@ bool csv_is_number(const std::string& s) {
   char* end = nullptr;
   std::strtod(s.c_str(), &end);
   return end == s.c_str() + s.size();
+}
+
+void require_columns(const Csv& csv, const std::filesystem::path& file, std::initializer_list<const char*> cols) {
+  for (const char* c : cols) {
+    if (!csv.has(c)) user_error("{}: no column '{}'", file.string(), c);
+  }
+  // A row of another width is a damaged table (a stray comma, a cut line), not a result.
+  for (size_t r = 0; r < csv.rows.size(); ++r) {
+    if (csv.fields[r] != csv.header.size()) {
+      user_error("{}, line {}: {} fields where the header has {}", file.string(), csv.line[r], csv.fields[r],
+                 csv.header.size());
+    }
+  }
+}
+
+// The numbers check compares must be numbers ("nan" and "inf" are); anything else is named.
+void require_numbers(const Csv& csv, const std::filesystem::path& file, std::initializer_list<const char*> cols) {
+  for (const char* c : cols) {
+    if (!csv.has(c)) continue;
+    for (size_t r = 0; r < csv.rows.size(); ++r) {
+      const std::string& v = csv.at(r, c);
+      if (!csv_is_number(v)) {
+        user_error("{}, line {}: column '{}' holds '{}', not a number", file.string(), csv.line[r], c, v);
+      }
+    }
+  }
+}
+
+// Counts of images (correct, correct5, images) are whole numbers of 0 or more: "nan", "inf" or
+// "12.5" in one is a damaged table, not a result that could pass.
+void require_counts(const Csv& csv, const std::filesystem::path& file, std::initializer_list<const char*> cols) {
+  for (const char* c : cols) {
+    if (!csv.has(c)) continue;
+    for (size_t r = 0; r < csv.rows.size(); ++r) {
+      const std::string& v = csv.at(r, c);
+      const double x = csv_number(v);
+      if (!csv_is_number(v) || !std::isfinite(x) || x < 0 || x != std::floor(x)) {
+        user_error("{}, line {}: column '{}' holds '{}', not a whole number of 0 or more",
+                   file.string(), csv.line[r], c, v);
+      }
+    }
+  }
 }
 
 }  // namespace qsweep

@@ -2,6 +2,7 @@
 #pragma once
 
 #include <filesystem>
+#include <initializer_list>
 #include <optional>
 #include <string>
 #include <vector>
@@ -32,5 +33,14 @@ std::optional<Csv> read_csv(const std::filesystem::path& p);
 double csv_number(const std::string& s);
 // Whether s is a whole number as csv_number reads it (also "inf", "nan"; not empty).
 bool csv_is_number(const std::string& s);
+
+// Checks of a results table read back (check, report): a damaged table is one sentence naming
+// the file, line and column (a UserError), never a wrong figure or a passing check.
+// Every column of `cols` present, and every row as wide as the header.
+void require_columns(const Csv& csv, const std::filesystem::path& file, std::initializer_list<const char*> cols);
+// Every field of the columns of `cols` (those present) a number ("nan" and "inf" are).
+void require_numbers(const Csv& csv, const std::filesystem::path& file, std::initializer_list<const char*> cols);
+// Every field of the columns of `cols` (those present) a whole number of 0 or more.
+void require_counts(const Csv& csv, const std::filesystem::path& file, std::initializer_list<const char*> cols);
 
 }  // namespace qsweep

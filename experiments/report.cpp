@@ -48,15 +48,19 @@ void write_into(const fs::path& path, const std::string& content) {
   write_file_atomic(path, content);
 }
 
-std::optional<json> read_json(const fs::path& p, std::vector<std::string>& warnings) {
+// A JSON object of the folder, or nullopt where the file is absent; a damaged one is an error
+// (a figure or table drawn without it would be wrong or missing).
+std::optional<json> read_json(const fs::path& p, std::vector<std::string>&) {
   auto text = read_text(p);
   if (!text) return std::nullopt;
+  json j;
   try {
-    return json::parse(*text);
+    j = json::parse(*text);
   } catch (const json::exception& e) {
-    warnings.push_back(fmt::format("{} is not valid JSON ({}); the report leaves it out", p.string(), e.what()));
-    return std::nullopt;
+    user_error("{}: not valid JSON ({})", p.string(), e.what());
   }
+  if (!j.is_object()) user_error("{}: not a qsweep {} (a JSON object)", p.string(), p.filename().string());
+  return j;
 }
 
 int integer(const std::string& s) {
@@ -120,6 +124,57 @@ struct Results {
   }
 };
 
+// What summary.json says the folder holds, against its tables: a table cut at a row boundary
+// (or rows deleted) is well-formed, so only the count tells; a table the kind of run writes
+// must be there.
+void check_against_summary(const fs::path& dir, const Results& r, bool has_grid) {
+  if (!r.summary) {
+    user_error("'{}' has no summary.json: not a complete qsweep results folder (a run writes it with its tables)",
+               dir.string());
+  }
+  const json& s = *r.summary;
+  const std::string kind = s.contains("kind") && s["kind"].is_string() ? s["kind"].get<std::string>() : "";
+  auto need = [&](bool present, const char* table) {
+    if (!present) user_error("'{}' has no {}, which a kind = \"{}\" run writes (summary.json)", dir.string(), table, kind);
+  };
+  if (kind == "layerwise" || kind == "additivity") need(has_grid, "layerwise.csv");
+  if (kind == "additivity") need(r.additivity.has_value(), "additivity.csv");
+  if (kind == "full") need(r.comparison.has_value(), "comparison.csv");
+  auto rows = [&](size_t have, const json* listed, const char* table, const char* what) {
+    if (listed == nullptr || !listed->is_number_unsigned()) return;
+    if (have != listed->get<size_t>()) {
+      user_error("{}: {} rows, but summary.json lists {} {}; the table was cut or edited", (dir / table).string(), have,
+                 listed->get<size_t>(), what);
+    }
+  };
+  const json grid_size = s.contains("grid") && s["grid"].is_array() ? json(s["grid"].size()) : json();
+  if (has_grid) rows(r.grid.rows.size(), &grid_size, "layerwise.csv", "grid cells");
+  if (r.additivity && s.contains("additivity") && s["additivity"].is_object() && s["additivity"].contains("configs")) {
+    rows(r.additivity->rows.size(), &s["additivity"]["configs"], "additivity.csv", "configurations");
+  }
+  const json variants = s.contains("comparison") && s["comparison"].is_array() ? json(s["comparison"].size()) : json();
+  if (r.comparison) rows(r.comparison->rows.size(), &variants, "comparison.csv", "variants");
+  // Every layer at every bit-width: the heatmap and bars have no holes to show.
+  std::set<std::pair<int, int>> cells;
+  std::set<int> layers, bits;
+  for (size_t i = 0; i < r.grid.rows.size(); ++i) {
+    const int l = integer(r.grid.at(i, "layer_index")), b = integer(r.grid.at(i, "weight_bits"));
+    layers.insert(l);
+    bits.insert(b);
+    if (!cells.emplace(l, b).second) {
+      user_error("{}, line {}: a second row for layer {} at {} bits", (dir / "layerwise.csv").string(), r.grid.line[i],
+                 l, b);
+    }
+  }
+  for (const int l : layers) {
+    for (const int b : bits) {
+      if (!cells.count({l, b})) {
+        user_error("{}: no row for layer {} at {} bits; the grid is incomplete", (dir / "layerwise.csv").string(), l, b);
+      }
+    }
+  }
+}
+
 Results load_results(const fs::path& dir, std::vector<std::string>& warnings) {
   Results r;
   r.dir = dir;
@@ -132,11 +187,32 @@ Results load_results(const fs::path& dir, std::vector<std::string>& warnings) {
     user_error("'{}' has no layerwise.csv, comparison.csv or additivity.csv: not a qsweep results folder",
                dir.string());
   }
+  // Tables read back as written by qsweep, else one sentence naming the file, line and column:
+  // a cut or hand-edited table would draw wrong figures.
   if (grid) {
     r.grid = std::move(*grid);
-    for (const char* c : {"layer_index", "layer_name", "weight_bits", "noise", "degradation"}) {
-      if (!r.grid.has(c)) user_error("{}: no column '{}'", (dir / "layerwise.csv").string(), c);
-    }
+    const fs::path file = dir / "layerwise.csv";
+    require_columns(r.grid, file, {"layer_index", "layer_name", "op_type", "weight_bits", "noise", "degradation", "top1"});
+    require_counts(r.grid, file, {"layer_index", "weight_bits", "act_bits", "correct", "images", "correct5"});
+    require_numbers(r.grid, file, {"noise", "sqnr_db", "top1", "degradation", "float_top1", "ci_low", "ci_high", "top5",
+                                   "top5_degradation", "float_top5", "top5_ci_low", "top5_ci_high"});
+  }
+  if (r.additivity) {
+    const fs::path file = dir / "additivity.csv";
+    require_columns(*r.additivity, file,
+                    {"config_index", "low_bits", "high_bits", "num_low_layers", "predicted_degradation",
+                     "measured_degradation", "predicted_noise", "measured_noise", "measured_top1"});
+    require_counts(*r.additivity, file, {"config_index", "low_bits", "high_bits", "num_low_layers"});
+    require_numbers(*r.additivity, file,
+                    {"predicted_degradation", "measured_degradation", "predicted_noise", "measured_noise",
+                     "measured_top1", "ci_low", "ci_high", "measured_top5"});
+  }
+  if (r.comparison) {
+    const fs::path file = dir / "comparison.csv";
+    require_columns(*r.comparison, file, {"variant", "top1", "degradation", "noise"});
+    require_numbers(*r.comparison, file,
+                    {"top1", "degradation", "noise", "ci_low", "ci_high", "top5", "top5_degradation", "top5_ci_low",
+                     "top5_ci_high"});
   }
   std::set<int> bits;
   std::map<int, LayerInfo> layers;
@@ -155,6 +231,7 @@ Results load_results(const fs::path& dir, std::vector<std::string>& warnings) {
   r.bits.assign(bits.begin(), bits.end());
   r.summary = read_json(dir / "summary.json", warnings);
   r.manifest = read_json(dir / "manifest.json", warnings);
+  check_against_summary(dir, r, grid.has_value());
   if (r.summary && std::isnan(r.float_top1) && (*r.summary)["float_top1"].is_number()) {
     r.float_top1 = (*r.summary)["float_top1"].get<double>();
   }
@@ -1128,9 +1205,11 @@ std::string build_page(const Results& r, const std::vector<PageFigure>& figures,
   const json& m = r.manifest ? *r.manifest : empty;
   const json& s = r.summary ? *r.summary : empty;
   auto get = [](const json& j, const char* k) -> std::string { return j.contains(k) ? json_text(j[k]) : ""; };
-  const std::string name =
-      s.contains("experiment") ? get(s, "experiment") : final_dir.parent_path().filename().string();
-  const std::string run_id = final_dir.filename().string();
+  // The folder as named ("qsweep report ." or "run/" name the folder itself).
+  fs::path named = fs::absolute(final_dir).lexically_normal();
+  if (named.filename().empty()) named = named.parent_path();
+  const std::string name = s.contains("experiment") ? get(s, "experiment") : named.parent_path().filename().string();
+  const std::string run_id = named.filename().string();
   std::string h;
   h += "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n";
   h += "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n";

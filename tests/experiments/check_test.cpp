@@ -271,7 +271,7 @@ TEST_F(Check, BadFoldersAreOneSentenceErrors) {
   std::string word = cell(0, "/conv1/Conv", 3, "23.2559466", 8612);
   word.replace(word.find(",8612,"), 6, ",abc,");
   const auto abc = grid("abc", base_rows(0, word));
-  const std::string not_count = "not a count of images (a whole number of 0 or more)";
+  const std::string not_count = "not a whole number of 0 or more";
   EXPECT_EQ(message(abc, good), (abc / "layerwise.csv").string() + ", line 2: column 'correct' holds 'abc', " + not_count);
   // nan, inf or a fraction where a count belongs would compare as "not comparable" or pass.
   for (const char* v : {"nan", "inf", "86.5", "-1"}) {
@@ -291,7 +291,8 @@ TEST_F(Check, BadFoldersAreOneSentenceErrors) {
   EXPECT_EQ(message(no_images, good), (no_images / "summary.json").string() + ": no field 'images'; not a qsweep summary.json");
   const auto text_count = grid("text_count", base_rows(), ", \"float_correct5\": \"9990\"");
   EXPECT_EQ(message(text_count, good),
-            (text_count / "summary.json").string() + ": field 'float_correct5' holds \"9990\", " + not_count);
+            (text_count / "summary.json").string() + ": field 'float_correct5' holds \"9990\", not a count of images (a "
+                                                     "whole number of 0 or more)");
   const auto null_top1 = grid("null_top1", base_rows(), ", \"float_top1\": null");
   EXPECT_EQ(message(null_top1, good), (null_top1 / "summary.json").string() + ": field 'float_top1' holds null, not a number");
   const auto list = folder("list", {{"layerwise.csv", kHeader + base_rows()}, {"summary.json", "[]"}});

@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <filesystem>
+#include <functional>
 #include <fstream>
 #include <map>
 #include <nlohmann/json.hpp>
@@ -143,6 +144,7 @@ class Report : public ::testing::Test {
   // A copy of the fixture folder (the tests write into it).
   fs::path fixture() {
     const fs::path dir = tmp_ / "fixture";
+    fs::remove_all(dir);
     fs::copy(fs::path(QSWEEP_SOURCE_DIR) / "tests/data/report_fixture", dir, fs::copy_options::recursive);
     return dir;
   }
@@ -395,6 +397,7 @@ TEST_F(Report, SixtyFourLayersStayReadable) {
     }
   }
   csv.close();
+  std::ofstream(dir / "summary.json") << R"({"kind": "layerwise", "images": 50000})";
   const ReportResult r = write_report(dir, gnuplot_on_path() ? ReportOptions{} : no_plots());
   const auto dat = dat_records(dir / "figures/heatmap_degradation.dat");
   ASSERT_EQ(dat.size(), 64u * 6u);
@@ -419,6 +422,9 @@ TEST_F(Report, ComparisonOnlyFolderGetsItsChartAndTable) {
   const fs::path dir = fixture();
   for (const char* f : {"layerwise.csv", "additivity.csv"}) fs::remove(dir / f);
   fs::remove_all(dir / "weights");
+  auto summary = nlohmann::json::parse(slurp(dir / "summary.json"));
+  summary["kind"] = "full";  // a comparison's folder
+  std::ofstream(dir / "summary.json") << summary.dump();
   const ReportResult r = write_report(dir, no_plots());
   EXPECT_EQ(r.figures, std::vector<std::string>{"comparison"});
   const std::string html = slurp(dir / "report.html");
@@ -427,6 +433,74 @@ TEST_F(Report, ComparisonOnlyFolderGetsItsChartAndTable) {
 }
 
 TEST_F(Report, FolderWithoutResultsIsAUserError) { EXPECT_THROW(write_report(tmp_, ReportOptions{}), UserError); }
+
+// A damaged folder is one sentence naming the file (and line and column where there is one),
+// not a report drawn from part of the table (audit: a cut layerwise.csv drew 13 of 60 cells,
+// 'abc' went into the figures, a missing summary.json gave an untitled page, all exit 0).
+TEST_F(Report, DamagedTablesAndSummariesAreOneSentenceErrors) {
+  auto message = [&](const std::function<void(const fs::path&)>& damage) -> std::string {
+    const fs::path dir = fixture();
+    damage(dir);
+    try {
+      write_report(dir, no_plots());
+    } catch (const UserError& e) {
+      return e.what();
+    }
+    return "no error";
+  };
+  auto edit_field = [](const fs::path& file, int line, const std::string& column, const std::string& value) {
+    std::istringstream in(slurp(file));
+    std::string text, l;
+    for (int i = 1; std::getline(in, l); ++i) {
+      if (i == line) {
+        std::vector<std::string> f;
+        std::string field;
+        for (std::istringstream ls(l); std::getline(ls, field, ',');) f.push_back(field);
+        std::istringstream hs(slurp(file).substr(0, slurp(file).find('\n')));
+        int c = 0;
+        for (std::string h; std::getline(hs, h, ',') && h != column;) ++c;
+        f.at(c) = value;
+        l.clear();
+        for (size_t k = 0; k < f.size(); ++k) l += (k ? "," : "") + f[k];
+      }
+      text += l + "\n";
+    }
+    std::ofstream(file) << text;
+  };
+  const std::string lw = "/layerwise.csv";
+  // Cut inside a row, and at a row boundary (well-formed: only summary.json's count tells).
+  EXPECT_NE(message([](const fs::path& d) {
+              const std::string t = slurp(d / "layerwise.csv");
+              std::ofstream(d / "layerwise.csv") << t.substr(0, t.size() / 2);
+            }).find("fields where the header has"),
+            std::string::npos);
+  const std::string cut = message([](const fs::path& d) {
+    const std::string t = slurp(d / "layerwise.csv");
+    std::ofstream(d / "layerwise.csv") << t.substr(0, t.find('\n', t.find('\n') + 1) + 1);  // the header and one row
+  });
+  EXPECT_NE(cut.find(lw + ": 1 rows, but summary.json lists "), std::string::npos) << cut;
+  const std::string abc = message([&](const fs::path& d) { edit_field(d / "layerwise.csv", 2, "noise", "abc"); });
+  EXPECT_NE(abc.find(lw + ", line 2: column 'noise' holds 'abc', not a number"), std::string::npos) << abc;
+  const std::string index = message([&](const fs::path& d) { edit_field(d / "layerwise.csv", 2, "layer_index", "x"); });
+  EXPECT_NE(index.find(lw + ", line 2: column 'layer_index' holds 'x', not a whole number"), std::string::npos) << index;
+  const std::string no_summary = message([](const fs::path& d) { fs::remove(d / "summary.json"); });
+  EXPECT_NE(no_summary.find("has no summary.json: not a complete qsweep results folder"), std::string::npos) << no_summary;
+  const std::string array = message([](const fs::path& d) { std::ofstream(d / "summary.json") << "[1]"; });
+  EXPECT_NE(array.find("summary.json: not a qsweep summary.json (a JSON object)"), std::string::npos) << array;
+  const std::string no_add = message([](const fs::path& d) {
+    auto s = nlohmann::json::parse(slurp(d / "summary.json"));
+    s["kind"] = "additivity";
+    std::ofstream(d / "summary.json") << s.dump();
+    fs::remove(d / "additivity.csv");
+  });
+  EXPECT_NE(no_add.find("has no additivity.csv, which a kind = \"additivity\" run writes"), std::string::npos) << no_add;
+  const std::string empty_cmp = message([](const fs::path& d) {
+    const std::string t = slurp(d / "comparison.csv");
+    std::ofstream(d / "comparison.csv") << t.substr(0, t.find('\n') + 1);
+  });
+  EXPECT_NE(empty_cmp.find("comparison.csv: 0 rows, but summary.json lists"), std::string::npos) << empty_cmp;
+  EXPECT_EQ(message([](const fs::path&) {}), "no error");
+}
 
 struct CliRun {
   int code;

@@ -44,9 +44,13 @@ summary = {
     "granularity": "per-tensor",
     "layers": [{"index": i, "name": n, "op_type": ops[i], "activation": "Relu" if i < 5 else "",
                 "weight_shape": [8, 4, 3, 3] if i < 5 else [10, 32]} for i, n in enumerate(names)],
+    "grid": [{"layer_index": r[0], "layer_name": r[1], "weight_bits": r[3], "noise": float(r[5]),
+              "degradation": float(r[8]), "top1": float(r[7]), "correct": r[9]} for r in rows],
     "worst_layers": {str(b): [{"layer_index": i, "layer_name": names[i], "degradation": deg[(i, b)],
                                "noise": noise[(i, b)]} for i in worst(b)] for b in bits},
-    "additivity": {"degradation": {"pearson_r": 0.987, "slope": 1.04}, "noise": {"pearson_r": 0.995, "slope": 0.98}},
+    "additivity": {"configs": 8, "degradation": {"pearson_r": 0.987, "slope": 1.04},
+                   "noise": {"pearson_r": 0.995, "slope": 0.98}},
+    "comparison": [{"variant": v} for v in ("minmax", "sawb-global", "sawb-conv1")],
     "grid_seconds": 1.5,
 }
 with open(os.path.join(here, "summary.json"), "w") as f:
