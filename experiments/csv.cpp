@@ -126,12 +126,13 @@ void require_columns(const Csv& csv, const std::filesystem::path& file, std::ini
 }
 
 // The numbers check compares must be numbers ("nan" and "inf" are); anything else is named.
-void require_numbers(const Csv& csv, const std::filesystem::path& file, std::initializer_list<const char*> cols) {
+void require_numbers(const Csv& csv, const std::filesystem::path& file, std::initializer_list<const char*> cols,
+                     bool empty_ok) {
   for (const char* c : cols) {
     if (!csv.has(c)) continue;
     for (size_t r = 0; r < csv.rows.size(); ++r) {
       const std::string& v = csv.at(r, c);
-      if (!csv_is_number(v)) {
+      if (!csv_is_number(v) && !(empty_ok && v.empty())) {
         user_error("{}, line {}: column '{}' holds '{}', not a number", file.string(), csv.line[r], c, v);
       }
     }

@@ -38,8 +38,10 @@ bool csv_is_number(const std::string& s);
 // the file, line and column (a UserError), never a wrong figure or a passing check.
 // Every column of `cols` present, and every row as wide as the header.
 void require_columns(const Csv& csv, const std::filesystem::path& file, std::initializer_list<const char*> cols);
-// Every field of the columns of `cols` (those present) a number ("nan" and "inf" are).
-void require_numbers(const Csv& csv, const std::filesystem::path& file, std::initializer_list<const char*> cols);
+// Every field of the columns of `cols` (those present) a number ("nan" and "inf" are), or empty
+// where `empty_ok` (confidence intervals without bootstrap resamples).
+void require_numbers(const Csv& csv, const std::filesystem::path& file, std::initializer_list<const char*> cols,
+                     bool empty_ok = false);
 // Every field of the columns of `cols` (those present) a whole number of 0 or more.
 void require_counts(const Csv& csv, const std::filesystem::path& file, std::initializer_list<const char*> cols);
 

@@ -218,19 +218,37 @@ LayerStats layer_stats(const Graph& g, const Layer& L, const QuantSpec& spec, in
   return s;
 }
 
-std::string layers_csv(const Graph& g, const std::vector<QuantSpec>& specs, int bits) {
-  std::string out =
-      "layer_index,layer_name,op_type,weight_min,weight_max,range_min,range_max,clip_fraction,kurtosis,"
-      "channel_range_spread,weight_clip,granularity,bits\n";
+namespace {
+
+constexpr const char* kLayersHeader =
+    "layer_index,layer_name,op_type,weight_min,weight_max,range_min,range_max,clip_fraction,kurtosis,"
+    "channel_range_spread,weight_clip,granularity,bits\n";
+
+// The rows of layers_csv(); bits 0: each layer at its spec's weight_bits. `prefix` starts each row.
+std::string layers_rows(const Graph& g, const std::vector<QuantSpec>& specs, int bits, const std::string& prefix) {
+  std::string out;
   for (const Layer& L : g.layers) {
-    const LayerStats s = layer_stats(g, L, specs[L.index], bits);
+    const int b = bits > 0 ? bits : specs[L.index].weight_bits;
+    const LayerStats s = layer_stats(g, L, specs[L.index], b);
     const std::string name = csv_field(L.name);
-    out += fmt::format("{},{},{},{:.9g},{:.9g},{:.9g},{:.9g},{:.6g},{:.6g},{:.6g},{},{},{}\n", L.index, name,
-                       op_name(g.nodes[L.node].op), s.weight_min, s.weight_max, s.range_min, s.range_max,
-                       s.clip_fraction, s.kurtosis, s.channel_range_spread, clip_name(specs[L.index].clip),
-                       granularity_name(specs[L.index].granularity), bits);
+    out += prefix + fmt::format("{},{},{},{:.9g},{:.9g},{:.9g},{:.9g},{:.6g},{:.6g},{:.6g},{},{},{}\n", L.index, name,
+                                op_name(g.nodes[L.node].op), s.weight_min, s.weight_max, s.range_min, s.range_max,
+                                s.clip_fraction, s.kurtosis, s.channel_range_spread, clip_name(specs[L.index].clip),
+                                granularity_name(specs[L.index].granularity), b);
   }
   return out;
+}
+
+}  // namespace
+
+std::string layers_csv(const Graph& g, const std::vector<QuantSpec>& specs, int bits) {
+  return kLayersHeader + layers_rows(g, specs, bits, "");
+}
+
+std::string variant_layers_header() { return std::string("variant,") + kLayersHeader; }
+
+std::string variant_layers_rows(const std::string& variant, const Graph& g, const std::vector<QuantSpec>& specs) {
+  return layers_rows(g, specs, 0, csv_field(variant) + ",");
 }
 
 int equalize_cross_layer(Graph& g, int iterations) {

@@ -55,6 +55,10 @@ struct LayerStats {
 };
 LayerStats layer_stats(const Graph& g, const Layer& L, const QuantSpec& spec, int bits);
 std::string layers_csv(const Graph& g, const std::vector<QuantSpec>& specs, int bits);
+// layers.csv of a comparison: a leading `variant` column, and each variant's layers at their own
+// weight bit-widths, on the variant's graph (equalized where the variant asks).
+std::string variant_layers_header();
+std::string variant_layers_rows(const std::string& variant, const Graph& g, const std::vector<QuantSpec>& specs);
 
 // Cross-layer equalization (Nagel et al. 2019, "Data-Free Quantization Through Weight
 // Equalization and Bias Correction"; Meller et al. 2019): for every Conv -> (ReLU |

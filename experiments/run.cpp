@@ -1166,6 +1166,7 @@ RunOutcome run_experiment(const RunOptions& o) {
     }
     summary["comparison"] = rows;
     folder.write("comparison.csv", comparison_csv(c));
+    folder.write("layers.csv", c.layers_csv);  // each variant's ranges, not the base [quant]'s only
     if (verbose) {
       fmt::print("float32 top-1: {:.2f}% (top-5 {:.2f}%) on {} images\n", c.eval.float_top1(), c.eval.float_top5(),
                  c.eval.images);
@@ -1177,7 +1178,7 @@ RunOutcome run_experiment(const RunOptions& o) {
       }
     }
   }
-  folder.write("layers.csv", layers_csv(p->g, p->specs, stats_bits));
+  if (cfg.kind != "full") folder.write("layers.csv", layers_csv(p->g, p->specs, stats_bits));
   folder.write("summary.json", summary.dump(2) + "\n");
   json manifest = manifest_json(*p, o.command_line, o.overrides, started,
                                 std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());

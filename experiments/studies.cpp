@@ -127,6 +127,8 @@ ComparisonResult run_comparison(const StudyContext& ctx, const Config& cfg, cons
   std::vector<std::unique_ptr<ActivationRanges>> ranges;
   std::vector<std::vector<std::unique_ptr<QuantizedLayer>>> layers(variants.size());
   std::vector<QuantPlan> plans;
+  ComparisonResult r;
+  r.layers_csv = variant_layers_header();
   for (size_t v = 0; v < variants.size(); ++v) {
     const QuantConfig& q = variants[v].quant;
     const Executor* ve = &exec;
@@ -143,6 +145,7 @@ ComparisonResult run_comparison(const StudyContext& ctx, const Config& cfg, cons
       vr = ranges.back().get();
     }
     const std::vector<QuantSpec> specs = resolve_layer_specs(ve->graph(), q);
+    r.layers_csv += variant_layers_rows(variants[v].name, ve->graph(), specs);
     QuantPlan plan(L, nullptr);
     std::vector<std::pair<int, int>> layer_bits;
     for (int l = 0; l < L; ++l) layer_bits.emplace_back(l, specs[l].weight_bits);
@@ -162,7 +165,6 @@ ComparisonResult run_comparison(const StudyContext& ctx, const Config& cfg, cons
     }
     plans.push_back(std::move(plan));
   }
-  ComparisonResult r;
   GridOptions plan_options = ctx.options;
   plan_options.store = ctx.plan_store;
   r.eval = run_network_plans(exec, *ctx.eval, ctx.norm, ctx.eval_count, plans, plan_options, "full");

@@ -56,6 +56,7 @@ struct VariantRow {
 struct ComparisonResult {
   GridResult eval;  // cells[i] belongs to variant i
   std::vector<VariantRow> rows;
+  std::string layers_csv;  // every variant's layers: ranges as quantized (variant_layers_rows)
 };
 
 // kind = "full": the whole network quantized under each variant (or the base [quant]).

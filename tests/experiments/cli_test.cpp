@@ -2,6 +2,7 @@
 #include <algorithm>
 #include <cstdlib>
 #include <filesystem>
+#include <map>
 #include <fstream>
 #include <sstream>
 
@@ -456,6 +457,65 @@ TEST_F(Cli, ASignalWhileTheReportIsDrawnLeavesNothingFinished) {
 // A run's identity is its config without [output]: the same run is found whatever the spelling
 // of --out or the figure settings; a run id that holds another configuration's finished
 // numbers is refused instead of served.
+// Every kind of run, with and without bootstrap intervals, writes a report its own `qsweep
+// report` reads back without a warning (report checks the tables it reads: empty interval
+// columns are allowed), and a comparison's layers.csv holds each variant's ranges (it held
+// the base [quant]'s only, so SAWB and MSE ranges appeared nowhere).
+TEST_F(Cli, EveryKindsReportReadsBackAndComparisonsListEachVariantsRanges) {
+  if (!fs::exists(kFashionMnistDir)) GTEST_SKIP() << "dataset-fashion-mnist is not installed";
+  const std::string src = std::string(QSWEEP_SOURCE_DIR) + "/configs/";
+  for (const char* config : {"quickstart", "additivity_resnet", "compare_resnet"}) {
+    for (const char* bootstrap : {"0", "20"}) {
+      const std::string id = std::string(config) + "-" + bootstrap;
+      const CliRun r = run("run " + src + config + ".toml --quiet --out " + (dir_ / "res").string() + " --run-id " +
+                           id + " --set data.eval.count=100 --set data.calibration.count=32 --set stats.bootstrap=" +
+                           bootstrap + (std::string(config) == "quickstart" ? " --set 'quant.weight_bits=[4]'" : "") +
+                           (std::string(config) == "additivity_resnet" ? " --set additivity.configs=3" : ""));
+      ASSERT_EQ(r.code, 0) << r.err;
+      EXPECT_EQ(r.err.find("warning"), std::string::npos) << id << ": " << r.err;
+      fs::path folder;
+      for (const auto& e : fs::directory_iterator(dir_ / "res")) {
+        if (fs::exists(e.path() / id)) folder = e.path() / id;
+      }
+      ASSERT_FALSE(folder.empty()) << id;
+      EXPECT_TRUE(fs::exists(folder / "report.html")) << id;
+      const CliRun again = run("report " + folder.string());
+      EXPECT_EQ(again.code, 0) << id << ": " << again.err;
+      EXPECT_EQ(again.err.find("warning"), std::string::npos) << id << ": " << again.err;
+    }
+  }
+  // compare_resnet.toml: 9 variants x 10 layers, each at its own clipping and granularity.
+  const std::string layers = slurp(dir_ / "res/compare-resnet/compare_resnet-0/layers.csv");
+  std::istringstream in(layers);
+  std::string line;
+  std::getline(in, line);
+  EXPECT_EQ(line.rfind("variant,layer_index,layer_name,", 0), 0u) << line;
+  std::map<std::string, int> rows;
+  std::map<std::string, std::string> conv1, layer1;  // variant -> its /conv1/Conv and /layer1/conv1/Conv rows
+  while (std::getline(in, line)) {
+    const std::string variant = line.substr(0, line.find(','));
+    ++rows[variant];
+    if (line.find(",0,/conv1/Conv,") != std::string::npos) conv1[variant] = line;
+    if (line.find(",1,/layer1/conv1/Conv,") != std::string::npos) layer1[variant] = line;
+  }
+  EXPECT_EQ(rows.size(), 9u);
+  for (const auto& [v, n] : rows) EXPECT_EQ(n, 10) << v;
+  EXPECT_NE(conv1["sawb-global"].find(",sawb,per-tensor,4"), std::string::npos) << conv1["sawb-global"];
+  EXPECT_NE(conv1["minmax"].find(",minmax,per-tensor,4"), std::string::npos) << conv1["minmax"];
+  EXPECT_NE(conv1["per-channel-global"].find(",minmax,per-channel,4"), std::string::npos) << conv1["per-channel-global"];
+  // SAWB clips /layer1/conv1/Conv at 4 bits to about +-1.07 (min/max: -1.69, 2.00); fields 6
+  // and 7 are range_min and range_max.
+  auto field = [](const std::string& row, int i) {
+    std::istringstream s(row);
+    std::string f;
+    for (int k = 0; k <= i; ++k) std::getline(s, f, ',');
+    return std::stod(f);
+  };
+  EXPECT_LT(field(layer1["sawb-global"], 7) - field(layer1["sawb-global"], 6),
+            0.9 * (field(layer1["minmax"], 7) - field(layer1["minmax"], 6)))
+      << layer1["sawb-global"] << "\n" << layer1["minmax"];
+}
+
 TEST_F(Cli, RunIdentityIgnoresOutputSettingsAndRefusesAnotherConfig) {
   if (!fs::exists(kFashionMnistDir)) GTEST_SKIP() << "dataset-fashion-mnist is not installed";
   const std::string base = "run " + std::string(QSWEEP_SOURCE_DIR) + "/configs/quickstart.toml" +
