@@ -188,9 +188,18 @@ std::unique_ptr<Prepared> prepare(const Config& cfg, const std::function<void(co
                     p->backend->name()));
   }
   p->exec = std::make_unique<Executor>(g, *p->backend);
+  // A model of flat inputs (N, F) reads images flattened (below); an image folder's channels
+  // then come from data.mean.
+  const bool flat_input = g.input_shape.size() == 1;
   auto load_split = [&](const std::string& split) {
     if (cfg.dataset != "imagefolder") return load_idx_split(cfg.data_path, split);
-    const int channels = g.input_shape.empty() ? 0 : static_cast<int>(g.input_shape[0]);
+    const int channels = flat_input ? static_cast<int>(cfg.mean.size())
+                                    : g.input_shape.empty() ? 0 : static_cast<int>(g.input_shape[0]);
+    if (channels != 1 && channels != 3) {
+      user_error("{}: {}; image folders give 1 (grayscale) or 3 (RGB) channels", flat_input ? cfg.source : cfg.model_path,
+                 flat_input ? fmt::format("data.mean has {} values, one per image channel", channels)
+                            : fmt::format("the model takes {} input channels", channels));
+    }
     return load_image_folder_split(cfg.data_path, split, channels, ImageTransforms{cfg.resize, cfg.crop});
   };
   p->calib = load_split(cfg.calibration_split);
@@ -208,10 +217,20 @@ std::unique_ptr<Prepared> prepare(const Config& cfg, const std::function<void(co
                p->eval.channels);
   }
   const Shape sample{p->eval.channels, p->eval.height, p->eval.width};
+  if (flat_input && g.input_shape[0] == shape_numel(sample)) {
+    // The images flattened, channel by channel and row by row, as x.view(N, -1) in PyTorch.
+    flatten_graph_input(g, sample);
+    p->exec = std::make_unique<Executor>(g, *p->backend);
+    say(fmt::format("the model takes flat inputs of {} values: each {} image is flattened (as x.view(N, -1))",
+                    shape_numel(sample), shape_str(sample)));
+  }
   if (g.input_shape != sample) {
     user_error("{}: the model expects inputs of shape {} per image; the dataset in '{}' has {}{}", cfg.model_path,
                shape_str(g.input_shape), cfg.data_path, shape_str(sample),
-               cfg.dataset == "imagefolder" ? " (data.resize and data.crop bring the images to the model's size)" : "");
+               flat_input ? fmt::format(" ({} values; a model of flat inputs needs as many as an image has)",
+                                        shape_numel(sample))
+               : cfg.dataset == "imagefolder" ? " (data.resize and data.crop bring the images to the model's size)"
+                                              : "");
   }
   p->norm = Normalization{cfg.mean, cfg.std};
   p->threads = cfg.threads > 0 ? cfg.threads : omp_get_num_procs();

@@ -247,6 +247,22 @@ int64_t flatten_axis(const Node& n, size_t rank) {
   return axis;
 }
 
+void flatten_graph_input(Graph& g, const Shape& image) {
+  const int flat = g.input;
+  const int v = g.add_value(g.values[flat].name + "_image");
+  Node n;
+  n.name = "qsweep_flatten_input";
+  n.onnx_op = "Flatten";
+  n.op = OpType::kFlatten;
+  n.inputs = {v};
+  n.output = flat;
+  n.attrs.axis = 1;
+  g.nodes.insert(g.nodes.begin(), std::move(n));
+  g.input = v;
+  g.input_shape = image;
+  g.enumerate_layers();
+}
+
 Shape reshape_target(const Node& n, const Shape& in) {
   Shape s = n.attrs.shape;
   int64_t known = 1;

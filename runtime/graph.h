@@ -152,6 +152,11 @@ int64_t normalize_axis(const Node& n, int64_t axis, size_t rank);
 int64_t flatten_axis(const Node& n, size_t rank);
 Shape reshape_target(const Node& n, const Shape& in);
 
+// A model that takes flat vectors, (N, F), fed images of shape `image` (C, H, W) with
+// C * H * W = F: a Flatten (axis 1) becomes the graph's first node, so the graph takes
+// (N, C, H, W) and its former input holds what torch's x.view(N, -1) gives.
+void flatten_graph_input(Graph& g, const Shape& image);
+
 // Folds every BatchNormalization that directly and solely consumes a Conv output into
 // that Conv (method.md): W' = W * g / sqrt(v + eps), b' = (b - m) * g / sqrt(v + eps) + beta,
 // computed in double and rounded once to float32. Returns how many were folded.

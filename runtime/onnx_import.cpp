@@ -674,6 +674,16 @@ class Importer {
         add_input(0);
         a.shape = require_ints(n, name, 1, "shape");
         a.allow_zero = attr_i(n, "allowzero", 0) != 0;
+        // The first dimension must follow the batch: 0 (copied) or -1 (inferred). A fixed one,
+        // as torch.onnx.export writes x.view(x.size(0), -1) for a model exported with a fixed
+        // batch of 1, would fold a batch of many images into one row (found at run time, the
+        // next layer then blamed for twice its features).
+        if (!a.shape.empty() && a.shape[0] > 0) {
+          user_error("{}: node '{}' (Reshape) has the shape [{}], whose first dimension fixes the batch size at {}; "
+                     "qsweep evaluates batches of many images: export with torch.flatten(x, 1), or with a dynamic "
+                     "batch axis (dynamic_axes), so that it reads 0 or -1",
+                     origin_, name, fmt::join(a.shape, ","), a.shape[0]);
+        }
         break;
       case OpType::kSoftmax:
         add_input(0);

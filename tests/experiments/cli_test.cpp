@@ -1,5 +1,6 @@
 // The qsweep binary as a user runs it: exit codes, one-sentence errors, results folders.
 #include <algorithm>
+#include <cmath>
 #include <cstdlib>
 #include <filesystem>
 #include <map>
@@ -514,6 +515,59 @@ TEST_F(Cli, EveryKindsReportReadsBackAndComparisonsListEachVariantsRanges) {
   EXPECT_LT(field(layer1["sawb-global"], 7) - field(layer1["sawb-global"], 6),
             0.9 * (field(layer1["minmax"], 7) - field(layer1["minmax"], 6)))
       << layer1["sawb-global"] << "\n" << layer1["minmax"];
+}
+
+// A model of flat inputs, (N, 784), reads each 1x28x28 image flattened as x.view(N, -1): its
+// grid equals that of the same model with the Flatten written in front (audit: the importer
+// accepted such models, but no dataset could feed them). Another input size is one sentence.
+TEST_F(Cli, FlatInputModelsReadImagesFlattened) {
+  if (!fs::exists(kFashionMnistDir)) GTEST_SKIP() << "dataset-fashion-mnist is not installed";
+  std::vector<float> w1(32 * 784), w2(10 * 32), b1(32), b2(10);
+  for (size_t i = 0; i < w1.size(); ++i) w1[i] = 0.05f * std::sin(0.37f * static_cast<float>(i));
+  for (size_t i = 0; i < w2.size(); ++i) w2[i] = 0.3f * std::cos(0.91f * static_cast<float>(i));
+  for (size_t i = 0; i < b1.size(); ++i) b1[i] = 0.01f * static_cast<float>(i % 5);
+  auto model = [&](const std::string& name, bool flat, int64_t features) {
+    test::OnnxBuilder b;
+    if (flat) {
+      b.input("x", {features});
+    } else {
+      b.input("x", {1, 28, 28}).node("Flatten", {"x"}, {"f"}, {}, "flatten");
+    }
+    w1.resize(static_cast<size_t>(32 * features), 0.01f);
+    b.initializer("w1", w1, {32, features})
+        .initializer("b1", b1, {32})
+        .initializer("w2", w2, {10, 32})
+        .initializer("b2", b2, {10})
+        .node("Gemm", {flat ? "x" : "f", "w1", "b1"}, {"h"}, {test::attr_i("transB", 1)}, "fc1")
+        .node("Relu", {"h"}, {"r"}, {}, "relu")
+        .node("Gemm", {"r", "w2", "b2"}, {"y"}, {test::attr_i("transB", 1)}, "fc2")
+        .output("y");
+    std::ofstream(dir_ / name, std::ios::binary) << b.serialize();
+    return (dir_ / name).string();
+  };
+  auto args = [&](const std::string& m, const std::string& id) {
+    return "run " + std::string(QSWEEP_SOURCE_DIR) + "/configs/quickstart.toml --quiet --out " +
+           (dir_ / "res").string() + " --run-id " + id + " --set 'model.path=\"" + m +
+           "\"' --set data.eval.count=300 --set data.calibration.count=64 --set 'quant.weight_bits=[3,8]'"
+           " --set output.plots=false";
+  };
+  const std::string flat = model("flat.onnx", true, 784), image = model("image.onnx", false, 784);
+  CliRun r = run(args(flat, "flat"));
+  ASSERT_EQ(r.code, 0) << r.err;
+  ASSERT_EQ(run(args(image, "image")).code, 0);
+  const std::string a = slurp(dir_ / "res/quickstart/flat/layerwise.csv"), b = slurp(dir_ / "res/quickstart/image/layerwise.csv");
+  EXPECT_EQ(a, b);
+  EXPECT_NE(a.find("fc1"), std::string::npos);
+  r = run(args(flat, "flat2").replace(args(flat, "flat2").find("--quiet"), 7, ""));
+  EXPECT_NE(r.err.find("the model takes flat inputs of 784 values: each (1, 28, 28) image is flattened"),
+            std::string::npos)
+      << r.err;
+  r = run(args(model("flat500.onnx", true, 500), "f500"));
+  EXPECT_EQ(r.code, 2);
+  EXPECT_NE(r.err.find("the model expects inputs of shape (500) per image; the dataset in '"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("has (1, 28, 28) (784 values; a model of flat inputs needs as many as an image has)"),
+            std::string::npos)
+      << r.err;
 }
 
 TEST_F(Cli, RunIdentityIgnoresOutputSettingsAndRefusesAnotherConfig) {

@@ -1548,12 +1548,14 @@ TEST(Executor, ShapeErrorsAtRunTimeNameTheNode) {
     for (const char* p : {"'pool' (MaxPool)", "3x3 window", "2x2 input"}) EXPECT_NE(msg.find(p), std::string::npos) << msg;
   }
   // Reshape shapes that cannot hold the input are refused naming the node: at import where ONNX
-  // infers a too large per-image size, at run time where the batch dimension carries it: an
-  // int64 product that wraps around, (2^62 + 9) * 8 = 2^65 + 72, to the input's 72 values
-  // would pass a size check that wraps too; and two -1 or a negative size.
+  // infers a too large per-image size, or the first dimension fixes the batch (an int64 product
+  // (2^62 + 9) * 8 = 2^65 + 72 that wraps around to the input's 72 values would pass a size
+  // check that wraps too), at run time where the batch dimension carries it: an inferred -1
+  // beside a product that overflows; and two -1 or a negative size.
   for (const auto& [shape, want] : std::vector<std::pair<std::vector<int64_t>, std::string>>{
            {{0, 1099511627777}, "more than 2^28 values per image"},
-           {{(int64_t{1} << 62) + 9, 8}, "cannot reshape (2, 1, 6, 6) into 4611686018427387913,8"},
+           {{(int64_t{1} << 62) + 9, 8}, "has the shape [4611686018427387913,8], whose first dimension fixes the batch"},
+           {{1, -1}, "has the shape [1,-1], whose first dimension fixes the batch size at 1"},
            {{-1, int64_t{1} << 62, 4}, "cannot reshape (2, 1, 6, 6) into -1,4611686018427387904,4"},
            {{-1, -1}, ""},
            {{0, -2}, ""}}) {
