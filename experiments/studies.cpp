@@ -4,6 +4,7 @@
 #include <cmath>
 #include <numeric>
 #include <random>
+#include <set>
 
 #include <fmt/format.h>
 
@@ -12,17 +13,45 @@
 namespace qsweep {
 
 std::vector<std::vector<int>> additivity_subsets(int layers, int configs, uint64_t seed) {
-  std::mt19937_64 rng(seed);
-  std::vector<std::vector<int>> out;
+  // Sizes spread from 1 to every layer, each size used at most as often as it has distinct
+  // subsets (C(layers, size)): the excess goes to the nearest size with subsets to spare, so no
+  // configuration is measured twice (10 layers and 20 configurations used to draw "all 10
+  // layers" twice). More configurations than non-empty subsets: the rest are left out.
+  std::vector<int64_t> count(layers + 1, 0), cap(layers + 1, 0);
+  for (int s = 0; s <= layers; ++s) {
+    double c = 1.0;  // C(layers, s), saturated: only whether it exceeds a count matters
+    for (int i = 0; i < s; ++i) c = c * (layers - i) / (i + 1);
+    cap[s] = s == 0 ? 0 : static_cast<int64_t>(std::min(c, 1e15) + 0.5);
+  }
   for (int k = 0; k < configs; ++k) {
-    const int size = configs == 1 ? layers
-                                  : 1 + static_cast<int>(std::lround(static_cast<double>(layers - 1) * k / (configs - 1)));
-    std::vector<int> idx(layers);
-    std::iota(idx.begin(), idx.end(), 0);
-    std::shuffle(idx.begin(), idx.end(), rng);
-    idx.resize(size);
-    std::sort(idx.begin(), idx.end());
-    out.push_back(std::move(idx));
+    ++count[configs == 1 ? layers : 1 + static_cast<int>(std::lround(static_cast<double>(layers - 1) * k / (configs - 1)))];
+  }
+  for (int s = 1; s <= layers; ++s) {
+    for (int d = 1; count[s] > cap[s] && d <= layers; ++d) {
+      for (const int t : {s - d, s + d}) {
+        if (t < 1 || t > layers) continue;
+        const int64_t move = std::min(count[s] - cap[s], cap[t] - count[t]);
+        if (move > 0) count[t] += move, count[s] -= move;
+      }
+    }
+    count[s] = std::min(count[s], cap[s]);
+  }
+  std::mt19937_64 rng(seed);
+  std::set<std::vector<int>> drawn;
+  std::vector<std::vector<int>> out;
+  for (int size = 1; size <= layers; ++size) {
+    for (int64_t n = 0; n < count[size]; ++n) {
+      std::vector<int> idx;
+      do {  // a subset not drawn yet exists (count <= cap): drawn again until found
+        idx.resize(layers);
+        std::iota(idx.begin(), idx.end(), 0);
+        std::shuffle(idx.begin(), idx.end(), rng);
+        idx.resize(size);
+        std::sort(idx.begin(), idx.end());
+      } while (drawn.count(idx));
+      drawn.insert(idx);
+      out.push_back(std::move(idx));
+    }
   }
   return out;
 }
@@ -70,6 +99,10 @@ AdditivityResult run_additivity(const StudyContext& ctx, const Config& cfg, cons
     if (cfg.high_bits != 0) high[l] = std::move(made[L + l]);
   }
   const auto subsets = additivity_subsets(L, cfg.additivity_configs, cfg.additivity_seed);
+  if (static_cast<int>(subsets.size()) < cfg.additivity_configs && ctx.options.progress) {
+    fmt::print(stderr, "note: additivity.configs = {}, but {} layers have {} distinct non-empty subsets: each is "
+                       "measured once\n", cfg.additivity_configs, L, subsets.size());
+  }
   std::vector<QuantPlan> plans;
   for (const auto& s : subsets) {
     QuantPlan plan(L, nullptr);

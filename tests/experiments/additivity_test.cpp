@@ -219,10 +219,18 @@ TEST(Additivity, SubsetsSpreadFromOneLayerToAllSortedAndSeeded) {
       seen.insert(s[k].begin(), s[k].end());
     }
     EXPECT_EQ(seen.size(), static_cast<size_t>(layers));
+    // No configuration twice (10 layers, 20 configurations: "all 10" once, a third of size 9).
+    EXPECT_EQ(std::set<std::vector<int>>(s.begin(), s.end()).size(), s.size());
     // Reproducible with the seed; another seed draws other subsets.
     EXPECT_EQ(additivity_subsets(layers, configs, 1), s);
     EXPECT_NE(additivity_subsets(layers, configs, 2), s);
   }
+  // More configurations than non-empty subsets: each subset once.
+  const auto all = additivity_subsets(3, 10, 1);
+  EXPECT_EQ(std::set<std::vector<int>>(all.begin(), all.end()).size(), 7u);
+  EXPECT_EQ(all.size(), 7u);
+  const auto ten = additivity_subsets(10, 20, 1);
+  EXPECT_EQ(std::count_if(ten.begin(), ten.end(), [](const auto& v) { return v.size() == 9; }), 3);
   const auto single = additivity_subsets(6, 1, 3);
   ASSERT_EQ(single.size(), 1u);
   EXPECT_EQ(single[0], (std::vector<int>{0, 1, 2, 3, 4, 5}));
