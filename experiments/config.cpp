@@ -623,48 +623,20 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
                                cfg.quant.weight_bits.end()) {
     fail("output.bar_bits", fmt::format("is {}; it must be 0 (the lowest) or one of quant.weight_bits", cfg.bar_bits));
   }
-  // Per-layer bit-widths and SAWB's bit range, checked here rather than after the model and data
-  // are loaded (and a work folder made).
-  auto check_quant = [&](const QuantConfig& q, const std::string& prefix, const std::string& of) {
-    // The weight bit-widths this kind quantizes with, for layers that do not set their own.
-    std::vector<int> bits = q.weight_bits;
-    if (cfg.kind == "full") bits = {q.base.weight_bits};
-    if (cfg.kind == "additivity") {
-      bits = {cfg.low_bits};
-      if (cfg.high_bits != 0) bits.push_back(cfg.high_bits);
-    }
-    auto sawb_bits = [&](const std::vector<int>& used) {
-      for (int b : used) {
-        if (b < 2 || b > 8) return b;
-      }
-      return 0;
-    };
-    if (q.base.clip == ClipMethod::kSawb) {
-      if (const int b = sawb_bits(bits)) {
-        fail((prefix + ".weight_clip").c_str(),
-             fmt::format("is \"sawb\"{}, whose coefficients exist for 2..8 bits, but the weights are quantized at {} "
-                         "bits{}",
-                         of, b, cfg.kind == "additivity" ? " (additivity.low_bits / high_bits)" : ""));
+  // A [[quant.layer]] weight_bits has no meaning in an additivity run (SAWB's bit range is
+  // checked on the resolved layers, quant_plan.h check_sawb_bits, once the model is read).
+  if (cfg.kind == "additivity") {
+    for (const auto* q : {&cfg.quant}) {
+      for (const LayerOverride& o : q->layers) {
+        if (o.weight_bits) {
+          user_error("{}: weight_bits does not apply to kind = \"additivity\", whose configurations set every "
+                     "layer's bit-width from additivity.low_bits and additivity.high_bits; remove it (or compare "
+                     "per-layer bit-widths with kind = \"full\")",
+                     o.where);
+        }
       }
     }
-    for (const LayerOverride& o : q.layers) {
-      if (o.weight_bits && cfg.kind == "additivity") {
-        user_error("{}: weight_bits does not apply to kind = \"additivity\", whose configurations set every layer's "
-                   "bit-width from additivity.low_bits and additivity.high_bits; remove it (or compare per-layer "
-                   "bit-widths with kind = \"full\")",
-                   o.where);
-      }
-      const bool sawb = o.clip.value_or(q.base.clip) == ClipMethod::kSawb;
-      const std::vector<int> used = o.weight_bits && cfg.kind == "full" ? std::vector<int>{*o.weight_bits} : bits;
-      if (const int b = sawb_bits(used); sawb && b != 0) {
-        user_error("{}: weight_clip \"sawb\"{} has coefficients for 2..8 bits, but these layers' weights are "
-                   "quantized at {} bits",
-                   o.where, o.clip ? "" : fmt::format(" (from {}.weight_clip)", prefix), b);
-      }
-    }
-  };
-  check_quant(cfg.quant, "quant", "");
-  for (const auto& v : cfg.variants) check_quant(v.quant, "variant.quant", fmt::format(" in variant '{}'", v.name));
+  }
   return cfg;
 }
 

@@ -99,6 +99,30 @@ std::vector<QuantSpec> resolve_layer_specs(const Graph& g, const QuantConfig& q)
   return specs;
 }
 
+void check_sawb_bits(const Graph& g, const QuantConfig& q, const std::vector<int>& grid_bits,
+                     const std::string& bits_from, const std::string& base_where) {
+  std::vector<QuantSpec> specs(g.layers.size(), q.base);
+  std::vector<std::string> where(g.layers.size(), base_where);  // what set a layer's clip or bits last
+  for (const LayerOverride& o : q.layers) {
+    for (int l : select_layers(g, o.selectors, o.where)) {
+      if (o.weight_bits) specs[l].weight_bits = *o.weight_bits;
+      if (o.clip) specs[l].clip = *o.clip;
+      if (o.clip || (o.weight_bits && grid_bits.empty())) where[l] = o.where;
+    }
+  }
+  for (const Layer& L : g.layers) {
+    if (specs[L.index].clip != ClipMethod::kSawb) continue;
+    const std::vector<int> used = grid_bits.empty() ? std::vector<int>{specs[L.index].weight_bits} : grid_bits;
+    for (const int b : used) {
+      if (!sawb_coefficients(b)) {
+        user_error("{}: layer {} '{}' is quantized with weight_clip = \"sawb\" at {} bits ({}); SAWB's coefficients "
+                   "exist for 2..8 bits",
+                   where[L.index], L.index, L.name, b, grid_bits.empty() ? "its weight_bits" : bits_from);
+      }
+    }
+  }
+}
+
 namespace {
 
 // The quantization range of one slice of weights under a clipping method.

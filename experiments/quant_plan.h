@@ -55,6 +55,13 @@ struct LayerStats {
 };
 LayerStats layer_stats(const Graph& g, const Layer& L, const QuantSpec& spec, int bits);
 std::string layers_csv(const Graph& g, const std::vector<QuantSpec>& specs, int bits);
+// weight_clip = "sawb" only where its coefficients exist (2..8 bits), checked on the layers as
+// resolved (overrides apply in order): `grid_bits` are the bit-widths a grid or an additivity run
+// quantizes every layer at (named `bits_from`), empty where each layer's own weight_bits apply
+// (kind = "full"). UserError names the override that set the layer's clip or bits, else
+// `base_where`.
+void check_sawb_bits(const Graph& g, const QuantConfig& q, const std::vector<int>& grid_bits,
+                     const std::string& bits_from, const std::string& base_where);
 // layers.csv of a comparison: a leading `variant` column, and each variant's layers at their own
 // weight bit-widths, on the variant's graph (equalized where the variant asks).
 std::string variant_layers_header();

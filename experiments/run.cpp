@@ -171,6 +171,19 @@ std::unique_ptr<Prepared> prepare(const Config& cfg, const std::function<void(co
   // Layer selectors are checked before any work is done.
   p->specs = resolve_layer_specs(g, cfg.quant);
   for (const auto& v : cfg.variants) resolve_layer_specs(g, v.quant);
+  // SAWB's bit range on the layers as resolved, before the data are read.
+  std::vector<int> grid_bits = cfg.quant.weight_bits;
+  std::string bits_from = "quant.weight_bits";
+  if (cfg.kind == "additivity") {
+    grid_bits = {cfg.low_bits};
+    if (cfg.high_bits != 0) grid_bits.push_back(cfg.high_bits);
+    bits_from = "additivity.low_bits / high_bits";
+  }
+  if (cfg.kind == "full") grid_bits.clear();
+  check_sawb_bits(g, cfg.quant, grid_bits, bits_from, cfg.source + " ([quant])");
+  for (const auto& v : cfg.variants) {
+    check_sawb_bits(g, v.quant, grid_bits, bits_from, fmt::format("{} (variant '{}')", cfg.source, v.name));
+  }
   if (cfg.kind != "full" && cfg.quant.equalization) {
     const int pairs = equalize_cross_layer(g);
     say(fmt::format("cross-layer equalization: {} Conv -> Conv pairs equalized", pairs));

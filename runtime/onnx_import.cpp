@@ -678,10 +678,10 @@ class Importer {
         // as torch.onnx.export writes x.view(x.size(0), -1) for a model exported with a fixed
         // batch of 1, would fold a batch of many images into one row (found at run time, the
         // next layer then blamed for twice its features).
-        if (!a.shape.empty() && a.shape[0] > 0) {
+        if (!a.shape.empty() && a.shape[0] > 0 && !g_.values[node.inputs[0]].is_constant) {  // a constant has no batch
           user_error("{}: node '{}' (Reshape) has the shape [{}], whose first dimension fixes the batch size at {}; "
-                     "qsweep evaluates batches of many images: export with torch.flatten(x, 1), or with a dynamic "
-                     "batch axis (dynamic_axes), so that it reads 0 or -1",
+                     "qsweep evaluates batches of many images: write torch.flatten(x, 1) (or x.view(-1, features)) "
+                     "in the model, so that the export reads 0 or -1",
                      origin_, name, fmt::join(a.shape, ","), a.shape[0]);
         }
         break;

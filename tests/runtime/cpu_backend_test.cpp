@@ -1571,6 +1571,27 @@ TEST(Executor, ShapeErrorsAtRunTimeNameTheNode) {
         << msg;
     EXPECT_NE(msg.find(want), std::string::npos) << msg;
   }
+  {  // A Reshape of a constant (an export without constant folding: a per-channel scale shaped
+     // [1, C, 1, 1]) has no batch to fix: imported and run, each channel scaled by its value.
+    OnnxBuilder b;
+    b.input("x", {2, 3, 3})
+        .initializer("scale", {2.0f, -0.5f}, {2})
+        .int64_initializer("s", {1, 2, 1, 1})
+        .node("Reshape", {"scale", "s"}, {"sc"}, {}, "rs")
+        .node("Mul", {"x", "sc"}, {"y"}, {}, "mul")
+        .output("y");
+    const Graph g = import_onnx_bytes(b.serialize(), "test.onnx");
+    CpuBackend backend;
+    Executor ex(g, backend);
+    auto ws = ex.make_workspace();
+    Tensor in(Shape{3, 2, 3, 3});
+    for (size_t i = 0; i < in.data.size(); ++i) in.data[i] = static_cast<float>(i) - 20.0f;
+    const Tensor& y = ex.forward(ws, in);
+    ASSERT_EQ(y.shape, in.shape);
+    for (size_t i = 0; i < in.data.size(); ++i) {
+      EXPECT_EQ(y.data[i], in.data[i] * ((i / 9) % 2 == 0 ? 2.0f : -0.5f)) << i;
+    }
+  }
   {  // Softmax over the batch, with a negative axis that only the rank resolves to 0
     OnnxBuilder b;
     b.input("x", {1, 6, 6}).node("Softmax", {"x"}, {"y"}, {test::attr_i("axis", -4)}, "sm").output("y");
