@@ -579,13 +579,13 @@ ShardPlan make_plan(const Prepared& p, int shards) {
 // the run's identity (config_identity): a folder that holds another configuration is
 // refused. The config.toml there is the first attempt's (written once: shards on several
 // hosts would race to replace it).
-void claim_work_dir(const fs::path& work, const Config& cfg, bool any_batch_size) {
+void claim_work_dir(const fs::path& work, const Config& cfg, bool any_batch_size, bool write = true) {
   std::error_code ec;
   fs::create_directories(work, ec);
   if (ec) user_error("cannot create '{}': {}", work.string(), ec.message());
   const std::string identity = config_identity(cfg, any_batch_size);
   if (!fs::exists(work / "config.toml")) {
-    write_file_atomic(work / "config.toml", config_to_toml(cfg));  // the first attempt's
+    if (write) write_file_atomic(work / "config.toml", config_to_toml(cfg));  // the first attempt's
   } else if (config_identity_of_file((work / "config.toml").string(), any_batch_size) != identity) {
     user_error("'{}' belongs to a run with another configuration (compare its config.toml); use another --run-id",
                work.string());
@@ -1103,9 +1103,13 @@ RunOutcome run_experiment(const RunOptions& o) {
   }
   const auto p = prepare(cfg, say);
   if (p->batch_auto) {
+    // Another configuration's folder is refused first; config.toml is written once the size is
+    // settled (merge reads the shards' batch size from it: shards starting together wrote
+    // their own sizes before agreeing on one).
     const fs::path work = work_dir_of(fs::path(cfg.root) / cfg.name / ro.run_id);
-    claim_work_dir(work, p->cfg, true);
+    claim_work_dir(work, p->cfg, true, /*write=*/false);
     settle_auto_batch_size(work, *p, resolve_shard(o.shard).second > 1, say);
+    claim_work_dir(work, p->cfg, true);
   }
   say(fmt::format("qsweep {} ({}): {} layers on {} {} images ({}{}), backend {} ({} threads)", cfg.name, cfg.kind,
                   p->g.layers.size(), p->eval_count, cfg.eval_split, cfg.dataset,

@@ -348,6 +348,20 @@ TEST_F(Shards, AutoBatchSizeIsSettledByTheFirstShard) {
             std::string::npos)
       << slurp(dir_ / "stderr");
   EXPECT_FALSE(fs::exists(dir_ / "t" / "quickstart" / ".q.work" / "shard-1-of-3"));
+  // Shards starting together: one has recorded its size, not yet config.toml, which merge
+  // reads the batch size from; the next shard writes config.toml with the recorded size, not
+  // its own (review: a race that let every shard compute at 38 and merge refuse them).
+  const fs::path w = dir_ / "t" / "quickstart" / ".p.work";
+  fs::create_directories(w);
+  std::ofstream(w / "auto_batch_size") << "38\n";
+  setenv("QSWEEP_AVAILABLE_MEMORY", "200000000", 1);
+  for (int i = 0; i < 3; ++i) {
+    ASSERT_EQ(run(sharded + " --run-id p --shard " + std::to_string(i) + "/3"), 0) << slurp(dir_ / "stderr");
+    if (i == 0) EXPECT_NE(slurp(w / "config.toml").find("batch_size = 38"), std::string::npos) << slurp(w / "config.toml");
+  }
+  unsetenv("QSWEEP_AVAILABLE_MEMORY");
+  ASSERT_EQ(run("merge " + (dir_ / "t" / "quickstart" / "p").string()), 0) << slurp(dir_ / "stderr");
+  EXPECT_EQ(slurp(dir_ / "t" / "quickstart" / "p" / "layerwise.csv"), slurp(result(dir_ / "u") / "layerwise.csv"));
 }
 
 // A staging folder that a process of this host left behind (killed outright) and untouched for
