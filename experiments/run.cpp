@@ -710,9 +710,10 @@ void check_record_inputs(const fs::path& dir, const json& inputs) {
     }
     for (const auto& [key, value] : inputs.items()) {
       if (was.is_object() && was.contains(key) && was[key] == value) continue;
-      const std::string name = key.rfind("model", 0) == 0  ? "the model file"
-                               : key.rfind("eval", 0) == 0 ? "the evaluation data"
-                                                           : "the calibration data";
+      const std::string name = key.rfind("model", 0) == 0   ? "the model file"
+                               : key.rfind("eval", 0) == 0  ? "the evaluation data"
+                               : key.rfind("plans", 0) == 0 ? "the configurations' layer subsets (qsweep changed them)"
+                                                            : "the calibration data";
       if (std::find(what.begin(), what.end(), name) == what.end()) what.push_back(name);
     }
   } else if (fs::directory_iterator(dir) != fs::directory_iterator()) {
@@ -1154,7 +1155,18 @@ RunOutcome run_experiment(const RunOptions& o) {
   const fs::path work = work_dir_of(folder.final_path());
   claim_work_dir(work, p->cfg, p->batch_auto);  // records of another batch size are not reused (checked per record)
   const fs::path records_dir = work / "study";
-  check_record_inputs(records_dir, inputs_of(*p));
+  json study_inputs = inputs_of(*p);
+  if (cfg.kind == "additivity") {
+    // The configurations a plan record's index stands for (they changed once within one config:
+    // repeated subsets were redrawn), so that records of other subsets are not resumed.
+    std::string subsets;
+    for (const auto& s : additivity_subsets(static_cast<int>(p->g.layers.size()), cfg.additivity_configs,
+                                            cfg.additivity_seed)) {
+      subsets += fmt::format("{}\n", fmt::join(s, ";"));
+    }
+    study_inputs["plans_sha256"] = sha256_hex(subsets.data(), subsets.size());
+  }
+  check_record_inputs(records_dir, study_inputs);
   const RecordFiles grid_records(records_dir, "grid"), plan_records(records_dir, "plans");
   ctx.grid_store = grid_records.store();
   ctx.plan_store = plan_records.store();

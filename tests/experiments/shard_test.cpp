@@ -497,6 +497,28 @@ TEST_F(Shards, SigtermedStudyResumesToIdenticalResults) {
   EXPECT_EQ(run("merge " + work.string()), 2);
   EXPECT_NE(slurp(dir_ / "stderr").find("run the same qsweep run command again to resume it"), std::string::npos)
       << slurp(dir_ / "stderr");
+  // A copy whose records stand for other configurations (a qsweep that drew other subsets for
+  // the same config): computed again, not resumed into other rows.
+  const fs::path other = dir_ / "other";
+  fs::copy(root, other, fs::copy_options::recursive);
+  fs::path inputs;
+  for (const auto& e : fs::recursive_directory_iterator(other)) {
+    if (e.path().filename() == "inputs.json") inputs = e.path();
+  }
+  ASSERT_FALSE(inputs.empty());
+  auto j = nlohmann::json::parse(slurp(inputs));
+  ASSERT_TRUE(j.contains("plans_sha256"));
+  j["plans_sha256"] = "earlier";
+  std::ofstream(inputs) << j.dump();
+  fs::remove(dir_ / "stderr");
+  ASSERT_EQ(run(args(other, true)), 0) << slurp(dir_ / "stderr");
+  EXPECT_NE(slurp(dir_ / "stderr").find("the configurations' layer subsets (qsweep changed them) changed since the "
+                                        "earlier attempt: its " + std::to_string(20 + plans) +
+                                        " recorded batches are computed again"),
+            std::string::npos)
+      << slurp(dir_ / "stderr");
+  EXPECT_EQ(slurp(result(other, "additivity-resnet") / "additivity.csv"),
+            slurp(result(dir_ / "clean", "additivity-resnet") / "additivity.csv"));
   fs::remove(dir_ / "stderr");
   ASSERT_EQ(run(args(root, false)), 0) << slurp(dir_ / "stderr");
   const std::string err = slurp(dir_ / "stderr");
