@@ -90,8 +90,10 @@ Folder load(const fs::path& dir, const char* role) {
   if (const auto text = read_text(dir / "config.toml")) {
     try {
       f.config = toml::parse(*text, (dir / "config.toml").string());
-    } catch (const toml::parse_error&) {
-      // The config is context only; an unreadable one is left out of the comparison.
+    } catch (const toml::parse_error& e) {
+      // Context only, but a damaged folder all the same (report refuses it too).
+      user_error("{}:{}:{}: not valid TOML: {}", (dir / "config.toml").string(), e.source().begin.line,
+                 e.source().begin.column, e.description());
     }
   }
   return f;
@@ -142,7 +144,8 @@ Table rows_of(const Folder& f, const std::string& table) {
   if (table == "layerwise.csv") {
     const Csv& c = *f.layerwise;
     require_columns(c, file, {"layer_name", "weight_bits", "act_bits", "noise", "top1"});
-    require_numbers(c, file, {"noise", "top1", "float_top1", "top5"});
+    require_numbers(c, file, {"noise"});
+    require_finite(c, file, {"top1", "float_top1", "top5"});
     require_counts(c, file, {"correct", "images", "correct5"});
     for (size_t i = 0; i < c.rows.size(); ++i) {
       add(bits_key(c, i), Row{top1_of(c, i, "top1"), csv_number(c.at(i, "noise")), csv_number(c.at(i, "images")), "",
@@ -151,7 +154,8 @@ Table rows_of(const Folder& f, const std::string& table) {
   } else if (table == "additivity.csv") {
     const Csv& c = *f.additivity;
     require_columns(c, file, {"config_index", "low_layers", "measured_top1", "measured_noise"});
-    require_numbers(c, file, {"measured_top1", "measured_noise", "measured_top5"});
+    require_numbers(c, file, {"measured_noise"});
+    require_finite(c, file, {"measured_top1", "measured_top5"});
     for (size_t i = 0; i < c.rows.size(); ++i) {
       add("configuration " + c.at(i, "config_index"),
           Row{csv_number(c.at(i, "measured_top1")), csv_number(c.at(i, "measured_noise")), kNaN,
@@ -162,7 +166,8 @@ Table rows_of(const Folder& f, const std::string& table) {
   } else {
     const Csv& c = *f.comparison;
     require_columns(c, file, {"variant", "top1", "noise"});
-    require_numbers(c, file, {"top1", "noise", "top5"});
+    require_numbers(c, file, {"noise"});
+    require_finite(c, file, {"top1", "top5"});
     for (size_t i = 0; i < c.rows.size(); ++i) {
       add("variant " + c.at(i, "variant"),
           Row{csv_number(c.at(i, "top1")), csv_number(c.at(i, "noise")), kNaN, "", top5_of(c, i, "top5")});

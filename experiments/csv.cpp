@@ -155,4 +155,17 @@ void require_counts(const Csv& csv, const std::filesystem::path& file, std::init
   }
 }
 
+void require_finite(const Csv& csv, const std::filesystem::path& file, std::initializer_list<const char*> cols) {
+  for (const char* c : cols) {
+    if (!csv.has(c)) continue;
+    for (size_t r = 0; r < csv.rows.size(); ++r) {
+      const std::string& v = csv.at(r, c);
+      if (!csv_is_number(v) || !std::isfinite(csv_number(v))) {
+        user_error("{}, line {}: column '{}' holds '{}', not a finite number (accuracies come from counts of images)",
+                   file.string(), csv.line[r], c, v);
+      }
+    }
+  }
+}
+
 }  // namespace qsweep

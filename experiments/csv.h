@@ -42,6 +42,9 @@ void require_columns(const Csv& csv, const std::filesystem::path& file, std::ini
 // where `empty_ok` (confidence intervals without bootstrap resamples).
 void require_numbers(const Csv& csv, const std::filesystem::path& file, std::initializer_list<const char*> cols,
                      bool empty_ok = false);
+// Every field of the columns of `cols` (those present) a finite number: accuracies and
+// degradations, which counts of images give ("nan" there is a damaged table, not a result).
+void require_finite(const Csv& csv, const std::filesystem::path& file, std::initializer_list<const char*> cols);
 // Every field of the columns of `cols` (those present) a whole number of 0 or more.
 void require_counts(const Csv& csv, const std::filesystem::path& file, std::initializer_list<const char*> cols);
 

@@ -194,8 +194,8 @@ Results load_results(const fs::path& dir, std::vector<std::string>& warnings) {
     const fs::path file = dir / "layerwise.csv";
     require_columns(r.grid, file, {"layer_index", "layer_name", "op_type", "weight_bits", "noise", "degradation", "top1"});
     require_counts(r.grid, file, {"layer_index", "weight_bits", "act_bits", "correct", "images", "correct5"});
-    require_numbers(r.grid, file, {"noise", "sqnr_db", "top1", "degradation", "float_top1", "top5", "top5_degradation",
-                                   "float_top5"});
+    require_numbers(r.grid, file, {"noise", "sqnr_db"});
+    require_finite(r.grid, file, {"top1", "degradation", "float_top1", "top5", "top5_degradation", "float_top5"});
     require_numbers(r.grid, file, {"ci_low", "ci_high", "top5_ci_low", "top5_ci_high"}, /*empty_ok=*/true);
   }
   if (r.additivity) {
@@ -205,15 +205,17 @@ Results load_results(const fs::path& dir, std::vector<std::string>& warnings) {
                      "measured_degradation", "predicted_noise", "measured_noise", "measured_top1"});
     require_counts(*r.additivity, file, {"config_index", "low_bits", "high_bits", "num_low_layers"});
     require_numbers(*r.additivity, file,
-                    {"predicted_degradation", "measured_degradation", "predicted_noise", "measured_noise",
-                     "measured_top1", "measured_top5"});
+                    {"predicted_noise", "measured_noise"});
+    require_finite(*r.additivity, file,
+                   {"predicted_degradation", "measured_degradation", "measured_top1", "measured_top5"});
     require_numbers(*r.additivity, file, {"ci_low", "ci_high"}, /*empty_ok=*/true);
   }
   if (r.comparison) {
     const fs::path file = dir / "comparison.csv";
     require_columns(*r.comparison, file, {"variant", "top1", "degradation", "noise"});
     require_numbers(*r.comparison, file,
-                    {"top1", "degradation", "noise", "top5", "top5_degradation"});
+                    {"noise"});
+    require_finite(*r.comparison, file, {"top1", "degradation", "top5", "top5_degradation"});
     require_numbers(*r.comparison, file, {"ci_low", "ci_high", "top5_ci_low", "top5_ci_high"}, /*empty_ok=*/true);
   }
   std::set<int> bits;

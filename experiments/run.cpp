@@ -520,7 +520,16 @@ std::pair<int, int> resolve_shard(const std::string& spec) {
   const char* count = std::getenv("SLURM_ARRAY_TASK_COUNT");
   if (id && count) {
     const char* min = std::getenv("SLURM_ARRAY_TASK_MIN");
+    const char* max = std::getenv("SLURM_ARRAY_TASK_MAX");
+    const char* step = std::getenv("SLURM_ARRAY_TASK_STEP");
     const int i = std::atoi(id) - (min ? std::atoi(min) : 0), n = std::atoi(count);
+    // Every task refuses an array with gaps (--array=0-6:2, --array=1,3,7), not only those whose
+    // index lies beyond the count: the others would compute shards that can never be merged.
+    if ((step && std::atoi(step) != 1) || (min && max && std::atoi(max) - std::atoi(min) + 1 != n)) {
+      user_error("the SLURM array runs tasks {}-{}{} ({} tasks): qsweep shards need a contiguous array such as "
+                 "--array=0-{}", min ? min : "?", max ? max : "?", step && std::atoi(step) != 1 ? fmt::format(":{}", step) : "",
+                 count, n > 0 ? n - 1 : 0);
+    }
     if (n < 1 || i < 0 || i >= n) {
       user_error("SLURM_ARRAY_TASK_ID={} (min {}) and SLURM_ARRAY_TASK_COUNT={} do not name a shard; use a "
                  "contiguous array such as --array=0-{}", id, min ? min : "0", count, n > 0 ? n - 1 : 0);
@@ -799,7 +808,11 @@ RunOutcome run_layerwise(const RunOptions& o, const Prepared& p, const Activatio
   out.config = cfg;
   out.folder = final_dir;
   if (finished_here(final_dir, cfg, p.batch_auto)) {
-    if (verbose) fmt::print("already complete: {} (pass --fresh to compute it again)\nresults: {}\n", final_dir.string(), final_dir.string());
+    if (verbose) {
+      fmt::print("already complete: {} ({})\nresults: {}\n", final_dir.string(),
+                 shards > 1 ? "give every shard one new --run-id to compute it again" : "pass --fresh to compute it again",
+                 final_dir.string());
+    }
     return out;
   }
 
@@ -1096,7 +1109,13 @@ RunOutcome run_experiment(const RunOptions& o) {
   ro.run_id = resolve_run_id(o, cfg);
   // A finished run is found before anything is loaded or hashed.
   if (const fs::path done = fs::path(cfg.root) / cfg.name / ro.run_id; finished_here(done, cfg, cfg.batch_size == 0)) {
-    if (verbose) fmt::print("already complete: {} (pass --fresh to compute it again)\nresults: {}\n", done.string(), done.string());
+    // --fresh gives every shard a run of its own: a shard is told to name a new run instead.
+    const bool sharded = resolve_shard(o.shard).second > 1;
+    if (verbose) {
+      fmt::print("already complete: {} ({})\nresults: {}\n", done.string(),
+                 sharded ? "give every shard one new --run-id to compute it again" : "pass --fresh to compute it again",
+                 done.string());
+    }
     RunOutcome out;
     out.config = cfg;
     out.folder = done;

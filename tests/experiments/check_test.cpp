@@ -293,6 +293,21 @@ TEST_F(Check, BadFoldersAreOneSentenceErrors) {
   EXPECT_EQ(message(text_count, good),
             (text_count / "summary.json").string() + ": field 'float_correct5' holds \"9990\", not a count of images (a "
                                                      "whole number of 0 or more)");
+  // An accuracy comes from counts: nan there is damage, not a moved number (audit).
+  const auto cmp_good = folder("cmp_good", {{"comparison.csv", "variant,top1,noise\nminmax,87.3333,0.5\n"},
+                                            {"summary.json", "{\"float_correct\": 9295, \"images\": 10000}"}});
+  const auto cmp_nan = folder("cmp_nan", {{"comparison.csv", "variant,top1,noise\nminmax,nan,0.5\n"},
+                                          {"summary.json", "{\"float_correct\": 9295, \"images\": 10000}"}});
+  EXPECT_EQ(message(cmp_nan, cmp_good), (cmp_nan / "comparison.csv").string() +
+                                            ", line 2: column 'top1' holds 'nan', not a finite number (accuracies come "
+                                            "from counts of images)");
+  EXPECT_EQ(message(cmp_good, cmp_good), "no error");
+  // config.toml is context, but a damaged one is a damaged folder (report refuses it too).
+  const auto bad_toml = folder("bad_toml", {{"layerwise.csv", kHeader + base_rows()},
+                                            {"summary.json", "{\"float_correct\": 9295, \"images\": 10000}"},
+                                            {"config.toml", "[x"}});
+  EXPECT_EQ(message(bad_toml, good).rfind((bad_toml / "config.toml").string() + ":1:3: not valid TOML", 0), 0u)
+      << message(bad_toml, good);
   const auto null_top1 = grid("null_top1", base_rows(), ", \"float_top1\": null");
   EXPECT_EQ(message(null_top1, good), (null_top1 / "summary.json").string() + ": field 'float_top1' holds null, not a number");
   const auto list = folder("list", {{"layerwise.csv", kHeader + base_rows()}, {"summary.json", "[]"}});

@@ -174,6 +174,18 @@ TEST_F(Cli, SbatchFailureIsOneLine) {
                                         (dir_ / "res").string());
   EXPECT_EQ(fresh.code, 2);
   EXPECT_NE(fresh.err.find("--fresh inside a SLURM array task"), std::string::npos) << fresh.err;
+  // An array with gaps is refused by every task, also those whose index lies within the count
+  // (audit: tasks 0 and 2 of --array=0-6:2 computed shards that could never be merged).
+  for (const std::string& env : {"SLURM_ARRAY_TASK_ID=0 SLURM_ARRAY_TASK_COUNT=4 SLURM_ARRAY_TASK_MIN=0 "
+                                 "SLURM_ARRAY_TASK_MAX=6 SLURM_ARRAY_TASK_STEP=2 ",
+                                 "SLURM_ARRAY_TASK_ID=1 SLURM_ARRAY_TASK_COUNT=3 SLURM_ARRAY_TASK_MIN=1 "
+                                 "SLURM_ARRAY_TASK_MAX=7 "}) {
+    const CliRun gaps = run_with_env(env, "run " + std::string(QSWEEP_SOURCE_DIR) + "/configs/quickstart.toml --out " +
+                                              (dir_ / "gaps").string());
+    EXPECT_EQ(gaps.code, 2) << env;
+    EXPECT_NE(gaps.err.find("qsweep shards need a contiguous array such as --array=0-"), std::string::npos) << gaps.err;
+    EXPECT_FALSE(fs::exists(dir_ / "gaps")) << env;
+  }
 }
 
 TEST_F(Cli, UnknownSetKeyIsRejected) {
