@@ -289,57 +289,77 @@ std::unique_ptr<Prepared> prepare(const Config& cfg, const std::function<void(co
   if (cpu) {
     per_image = cpu_bytes_per_image(*p->exec);
     const char* env = std::getenv("QSWEEP_AVAILABLE_MEMORY");
-    available = env && *env ? std::strtoll(env, nullptr, 10) : available_memory_bytes();
+    if (env && *env) {
+      const std::string text(env);
+      const auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), available);
+      if (ec != std::errc() || end != text.data() + text.size() || available < 1) {
+        user_error("QSWEEP_AVAILABLE_MEMORY='{}': a number of bytes (digits only, e.g. 8000000000)", text);
+      }
+    } else {
+      available = available_memory_bytes();
+    }
   }
+  // The rule a batch size must keep on the CPU: batches of b images keep b images' values in each
+  // busy worker (smaller batches keep more workers busy), plus the weights, their quantized
+  // copies and the kernels' rearranged copies (about 3 times), within 90% of what is available.
+  const int64_t threads = std::max(p->threads, 1);
+  const auto busy = [&](int64_t b) {
+    return std::max<int64_t>(1, std::min<int64_t>(threads, (std::max<int64_t>(images, 1) + b - 1) / b));
+  };
+  const double fixed = 3.0 * static_cast<double>(model_bytes(g));
+  const auto need = [&](int64_t b) {
+    b = std::min<int64_t>(b, std::max<int64_t>(images, 1));
+    return static_cast<double>(per_image) * static_cast<double>(b) * static_cast<double>(busy(b)) + fixed;
+  };
+  const double budget = 0.9 * static_cast<double>(available);
+  // The largest batch of at most `cap` images that keeps the rule (0: not even one); searched,
+  // as need() is not monotonic in b.
+  const auto largest_fit = [&](int64_t cap) {
+    int64_t b = std::max<int64_t>(std::min<int64_t>(cap, std::max<int64_t>(images, 1)), 1);
+    while (b >= 1 && need(b) > budget) --b;
+    return b;
+  };
+  const auto size = [](double b) {
+    return b >= (1 << 30) ? fmt::format("{:.1f} GiB", b / (1 << 30)) : fmt::format("{:.1f} MiB", b / (1 << 20));
+  };
+  const auto too_big = [&](int64_t batch) {
+    const int64_t workers = busy(std::min<int64_t>(batch, std::max<int64_t>(images, 1)));
+    const std::string what = fmt::format(
+        "{}: run.batch_size = {} on {} thread{} would keep about {} in memory ({} per image in each busy worker, plus "
+        "{} for the weights and their copies), more than 90% of the {} available",
+        cfg.source, cfg.batch_size == 0 ? "\"auto\" (1 image per batch)" : std::to_string(batch), workers,
+        workers == 1 ? "" : "s", size(need(batch)), size(static_cast<double>(per_image)),
+        size(fixed), size(static_cast<double>(available)));
+    const int64_t fit = largest_fit(batch);
+    const std::string fewer = threads > 1 ? ", or fewer run.threads" : "";
+    if (fit >= 1) {
+      user_error("{}; set run.batch_size to {} or less (or \"auto\"){} (the results do not depend on either)", what,
+                 fit, fewer);
+    }
+    user_error("{}; even one image per batch does not fit: {}", what,
+               threads > 1 ? "use fewer run.threads or a machine with more memory" : "use a machine with more memory");
+  };
   if (cfg.batch_size == 0) {  // "auto"
     if (auto session = p->backend->make_session(g)) {
       p->cfg.batch_size = session->max_batch(std::min<int64_t>(images, 8192));
       p->batch_fit = p->cfg.batch_size;
     } else {
       p->cfg.batch_size = cpu_auto_batch_size(images, p->threads);
-      if (available > 0) {  // half of what is available, shared by the workers
+      if (cpu && available > 0) {
+        // Half of what is available, shared by the workers; where not even one image fits so,
+        // the largest batch the rule above allows (none: refused as a fixed size would be).
         const int64_t spare = std::max<int64_t>(available / 2 - 3 * model_bytes(g), 0);
-        const int64_t fit = spare / (per_image * std::max(p->threads, 1));
-        p->cfg.batch_size = std::max<int64_t>(1, std::min(p->cfg.batch_size, fit));
-        p->batch_fit = std::max<int64_t>(1, fit);
+        const int64_t half_fit = spare / (per_image * threads);
+        p->batch_fit = largest_fit(std::max<int64_t>(images, 1));
+        if (p->batch_fit < 1) too_big(1);
+        p->cfg.batch_size = half_fit >= 1 ? std::min(p->cfg.batch_size, half_fit)
+                                          : std::min(p->cfg.batch_size, p->batch_fit);
       }
     }
-    say(fmt::format("run.batch_size = \"auto\": {} images per batch on {}", p->cfg.batch_size, p->backend->device_name()));
-  } else if (cpu && available > 0) {
-    // Batches of b images keep b images' values in each busy worker; smaller batches keep more
-    // workers busy, so the largest b that fits is searched, not derived.
-    const int64_t threads = std::max(p->threads, 1);
-    const auto busy = [&](int64_t b) {
-      return std::max<int64_t>(1, std::min<int64_t>(threads, (std::max<int64_t>(images, 1) + b - 1) / b));
-    };
-    const auto need = [&](int64_t b) {
-      b = std::min<int64_t>(b, std::max<int64_t>(images, 1));
-      return static_cast<double>(per_image) * static_cast<double>(b) * static_cast<double>(busy(b));
-    };
-    // The weights, their quantized copies and the kernels' rearranged copies: about 3 times.
-    const double fixed = 3.0 * static_cast<double>(model_bytes(g));
-    const double budget = 0.9 * static_cast<double>(available) - fixed;
-    const int64_t batch = p->cfg.batch_size;
-    if (need(batch) > budget) {
-      const auto size = [](double b) {
-        return b >= (1 << 30) ? fmt::format("{:.1f} GiB", b / (1 << 30)) : fmt::format("{:.1f} MiB", b / (1 << 20));
-      };
-      const int64_t workers = busy(std::min<int64_t>(batch, std::max<int64_t>(images, 1)));
-      const std::string what =
-          fmt::format("{}: run.batch_size = {} on {} thread(s) would keep about {} of this model's values in memory "
-                      "({} per image, plus {} for its weights) and {} are available",
-                      cfg.source, batch, workers, size(need(batch)), size(static_cast<double>(per_image)), size(fixed),
-                      size(static_cast<double>(available)));
-      int64_t fit = std::min<int64_t>(batch, std::max<int64_t>(images, 1));
-      while (fit >= 1 && need(fit) > budget) --fit;
-      const std::string fewer = threads > 1 ? ", or fewer run.threads" : "";
-      if (fit >= 1) {
-        user_error("{}; set run.batch_size to {} or less (or \"auto\"){} (the results do not depend on either)", what,
-                   fit, fewer);
-      }
-      user_error("{}; even one image per batch does not fit: {}", what,
-                 threads > 1 ? "use fewer run.threads or a machine with more memory" : "use a machine with more memory");
-    }
+    say(fmt::format("run.batch_size = \"auto\": {} image{} per batch on {}", p->cfg.batch_size,
+                    p->cfg.batch_size == 1 ? "" : "s", p->backend->device_name()));
+  } else if (cpu && available > 0 && need(p->cfg.batch_size) > budget) {
+    too_big(p->cfg.batch_size);
   }
   return p;
 }

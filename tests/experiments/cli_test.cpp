@@ -801,6 +801,22 @@ TEST_F(Cli, BatchSizeBeyondTheAvailableMemoryIsRefusedBeforeTheRun) {
   EXPECT_EQ(r.code, 2);
   EXPECT_NE(r.err.find("even one image per batch does not fit: use a machine with more memory"), std::string::npos)
       << r.err;
+  // "auto" where not even one image fits is refused as a fixed size is (audit: it ran with 1).
+  r = run_with_env("QSWEEP_AVAILABLE_MEMORY=1000 ", "run " + std::string(QSWEEP_SOURCE_DIR) +
+                                                        "/configs/quickstart.toml --quiet --set run.threads=1" +
+                                                        " --set 'run.batch_size=\"auto\"'");
+  EXPECT_EQ(r.code, 2);
+  EXPECT_NE(r.err.find("run.batch_size = \"auto\" (1 image per batch) on 1 thread would keep about"),
+            std::string::npos)
+      << r.err;
+  // The stand-in for the available memory is a number of bytes, or refused (1e9 read as 1).
+  for (const char* bad : {"1e9", "100MB", "abc", "0", "-5"}) {
+    r = run_with_env(std::string("QSWEEP_AVAILABLE_MEMORY=") + bad + " ",
+                     "run " + std::string(QSWEEP_SOURCE_DIR) + "/configs/quickstart.toml --quiet");
+    EXPECT_EQ(r.code, 2) << bad;
+    EXPECT_EQ(r.err, std::string("qsweep: error: QSWEEP_AVAILABLE_MEMORY='") + bad +
+                         "': a number of bytes (digits only, e.g. 8000000000)\n");
+  }
 }
 
 }  // namespace
