@@ -645,6 +645,21 @@ void settle_auto_batch_size(const fs::path& work, Prepared& p, bool sharded,
     return err == std::errc() && v > 0 && (end == t.data() + t.size() || *end == '\n') ? v : 0;
   };
   int64_t first = recorded();
+  std::error_code ec0;
+  if (first == 0 && fs::exists(pin, ec0) && fs::exists(work / "config.toml", ec0)) {
+    // Damaged (a hand edit): the size the shards agreed on is also in the work folder's
+    // config.toml, written once a size was settled.
+    try {
+      first = load_config((work / "config.toml").string(), {}).batch_size;
+    } catch (const UserError&) {
+      first = 0;
+    }
+    if (first > 0) {
+      fmt::print(stderr, "qsweep: note: '{}' is damaged; the batch size this run computes with, {}, is taken from '{}'\n",
+                 pin.string(), first, (work / "config.toml").string());
+      write_file_atomic(pin, std::to_string(first) + "\n");
+    }
+  }
   if (first == 0) {
     // Created with its content or not at all (link() fails where the file exists), so that of
     // shards starting together one size wins and the others read it whole.
@@ -1397,6 +1412,7 @@ RunOutcome merge_run(const std::string& dir, bool quiet) {
       mismatched.push_back(fmt::format("shard {} (other calibration data)", i));
     }
     size_t n = 0;
+    bool other_size = false;  // one record named is enough
     for (const auto& e : fs::directory_iterator(sdir)) {
       if (e.path().extension() != ".rec" || e.path().filename().string()[0] == '.') continue;
       const std::string bytes = read_file(e.path());
@@ -1406,10 +1422,18 @@ RunOutcome merge_run(const std::string& dir, bool quiet) {
                                          is_old_record(bytes) ? "was written by an earlier qsweep" : "is corrupted"));
         continue;
       }
+      if (!record_fits_batches(*rec, p->cfg.batch_size, p->eval_count)) {
+        other_size = true;
+        mismatched.push_back(fmt::format("shard {} ({} holds images {}..{}: batches of another size than the {} of "
+                                         "'{}')",
+                                         i, e.path().filename().string(), rec->begin, rec->begin + rec->images - 1,
+                                         p->cfg.batch_size, (work / "config.toml").string()));
+        break;
+      }
       records.push_back(std::move(*rec));
       ++n;
     }
-    if (d_records && *d_records != n) {
+    if (d_records && *d_records != n && !other_size) {
       mismatched.push_back(fmt::format("shard {} ({} batch files, DONE.json lists {})", i, n, *d_records));
     }
   }

@@ -330,8 +330,13 @@ TEST_F(Shards, AutoBatchSizeIsSettledByTheFirstShard) {
   setenv("QSWEEP_AVAILABLE_MEMORY", "40000000", 1);  // 38 fit: 38 images per batch
   ASSERT_EQ(run(sharded + " --run-id r --shard 0/3"), 0) << slurp(dir_ / "stderr");
   setenv("QSWEEP_AVAILABLE_MEMORY", "200000000", 1);  // would choose 75 (600 / (4 x 2)); takes 38
+  // Even from a damaged record of the size (a hand edit): the work folder's config.toml has it.
+  std::ofstream(dir_ / "t" / "quickstart" / ".r.work" / "auto_batch_size") << "abc";
   fs::remove(dir_ / "stderr");
   ASSERT_EQ(run(sharded + " --run-id r --shard 1/3"), 0) << slurp(dir_ / "stderr");
+  EXPECT_NE(slurp(dir_ / "stderr").find("is damaged; the batch size this run computes with, 38, is taken from"),
+            std::string::npos)
+      << slurp(dir_ / "stderr");
   ASSERT_EQ(run(sharded + " --run-id r --shard 2/3"), 0) << slurp(dir_ / "stderr");
   unsetenv("QSWEEP_AVAILABLE_MEMORY");
   ASSERT_EQ(run("merge " + (dir_ / "t" / "quickstart" / "r").string()), 0) << slurp(dir_ / "stderr");
@@ -362,6 +367,21 @@ TEST_F(Shards, AutoBatchSizeIsSettledByTheFirstShard) {
   unsetenv("QSWEEP_AVAILABLE_MEMORY");
   ASSERT_EQ(run("merge " + (dir_ / "t" / "quickstart" / "p").string()), 0) << slurp(dir_ / "stderr");
   EXPECT_EQ(slurp(dir_ / "t" / "quickstart" / "p" / "layerwise.csv"), slurp(result(dir_ / "u") / "layerwise.csv"));
+  // Shards of other sizes after all (the record of the size removed by hand): merge names them.
+  const fs::path wo = dir_ / "t" / "quickstart" / ".o.work";
+  setenv("QSWEEP_AVAILABLE_MEMORY", "40000000", 1);
+  ASSERT_EQ(run(sharded + " --run-id o --shard 0/2"), 0) << slurp(dir_ / "stderr");
+  fs::remove(wo / "auto_batch_size");
+  fs::remove(wo / "config.toml");
+  setenv("QSWEEP_AVAILABLE_MEMORY", "200000000", 1);
+  ASSERT_EQ(run(sharded + " --run-id o --shard 1/2"), 0) << slurp(dir_ / "stderr");
+  unsetenv("QSWEEP_AVAILABLE_MEMORY");
+  fs::remove(dir_ / "stderr");
+  EXPECT_EQ(run("merge " + (dir_ / "t" / "quickstart" / "o").string()), 2);
+  const std::string err = slurp(dir_ / "stderr");
+  EXPECT_NE(err.find("': shard 0 (batch-"), std::string::npos) << err;
+  EXPECT_NE(err.find(": batches of another size than the 75 of '"), std::string::npos) << err;
+  EXPECT_EQ(err.find("DONE.json lists"), std::string::npos) << err;
 }
 
 // A staging folder that a process of this host left behind (killed outright) and untouched for
