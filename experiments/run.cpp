@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cstdlib>
+#include <cstring>
 #include <cerrno>
 #include <charconv>
 #include <chrono>
@@ -30,6 +31,8 @@
 #include <omp.h>
 #include <toml++/toml.h>
 #include <unistd.h>
+#include <sys/file.h>
+#include <fcntl.h>
 
 #include "experiments/report.h"
 #include "experiments/results.h"
@@ -812,11 +815,61 @@ class RecordFiles {
   mutable std::atomic<int64_t> saved_{0};
 };
 
+// An exclusive lock on a folder of records (a shard's, or a study's) for as long as this process
+// computes into it: the same command started twice (or a requeued SLURM task whose first try
+// still runs) is refused at once instead of computing the same batches and then failing when
+// the first removes the work folder. flock() (NFS: emulated with fcntl locks); where the file
+// system has no locks the run goes on unlocked.
+class RecordsLock {
+ public:
+  explicit RecordsLock(const fs::path& dir) {
+    const fs::path file = dir / "lock";
+    fd_ = ::open(file.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    if (fd_ < 0) user_error("cannot create '{}': {}", file.string(), std::strerror(errno));
+    if (::flock(fd_, LOCK_EX | LOCK_NB) != 0) {
+      const int err = errno;
+      if (err != EWOULDBLOCK) return;  // no locks here (ENOLCK, EINVAL): unlocked
+      char holder[256] = {0};
+      const ssize_t n = ::pread(fd_, holder, sizeof holder - 1, 0);
+      std::string who = n > 0 ? std::string(holder, static_cast<size_t>(n)) : std::string();
+      while (!who.empty() && (who.back() == '\n' || who.back() == ' ')) who.pop_back();
+      ::close(fd_);
+      fd_ = -1;
+      user_error("'{}' is being computed by another process{}; wait for it to finish (the same command then says "
+                 "where the results are), or stop it first",
+                 dir.string(), who.empty() ? "" : " (" + who + ")");
+    }
+    char host[256] = {0};
+    gethostname(host, sizeof host - 1);
+    const std::string me = fmt::format("pid {} on {}\n", getpid(), host);
+    if (::ftruncate(fd_, 0) == 0) (void)!::pwrite(fd_, me.data(), me.size(), 0);
+  }
+  RecordsLock(const RecordsLock&) = delete;
+  RecordsLock& operator=(const RecordsLock&) = delete;
+  ~RecordsLock() {
+    if (fd_ >= 0) ::close(fd_);  // releases the lock
+  }
+
+ private:
+  int fd_ = -1;
+};
+
+// The same run's finished folder, where another process of it (the same command started twice)
+// finished first: its result, not a clash ("already exists"). A finished run of another
+// configuration there is refused (finished_here).
+std::optional<fs::path> finished_meanwhile(const fs::path& final_dir, const Config& cfg, bool batch_auto) {
+  if (!finished_here(final_dir, cfg, batch_auto)) return std::nullopt;
+  fmt::print(stderr, "qsweep: note: another process of this run finished it first; its results: {}\n",
+             final_dir.string());
+  return final_dir;
+}
+
 // Writes the final results folder of a layer-wise grid (unsharded end of run, or merge).
 // `final_dir`: <output.root>/<experiment.name>/<run_id>, or the folder merge was pointed at
 // (the shards' output.root may be relative to other working folders, the experiment folder
 // renamed).
 fs::path finish_layerwise(const Prepared& p, const GridResult& grid, const fs::path& final_dir, json manifest) {
+  if (auto done = finished_meanwhile(final_dir, p.cfg, p.batch_auto)) return *done;
   const PairedBootstrap boot(static_cast<size_t>(p.eval_count), p.cfg.bootstrap, p.cfg.stats_seed, p.cfg.confidence);
   ResultsFolder folder(final_dir.parent_path().parent_path().string(), final_dir.parent_path().filename().string(),
                        final_dir.filename().string());
@@ -866,6 +919,9 @@ RunOutcome run_layerwise(const RunOptions& o, const Prepared& p, const Activatio
   const fs::path sdir = work / shard_dir_name(shard, shards);
   fs::create_directories(sdir, ec);
   if (ec) user_error("cannot create '{}': {}", sdir.string(), ec.message());
+  const RecordsLock lock(sdir);
+  // A process of this run that held the lock until now has finished it.
+  if (auto done = finished_meanwhile(final_dir, cfg, p.batch_auto)) return out;
 
   const ShardPlan plan = make_plan(p, shards);
   GridJob job;
@@ -1209,6 +1265,18 @@ RunOutcome run_experiment(const RunOptions& o) {
   const fs::path work = work_dir_of(folder.final_path());
   claim_work_dir(work, p->cfg, p->batch_auto);  // records of another batch size are not reused (checked per record)
   const fs::path records_dir = work / "study";
+  {
+    std::error_code ec;
+    fs::create_directories(records_dir, ec);
+    if (ec) user_error("cannot create '{}': {}", records_dir.string(), ec.message());
+  }
+  const RecordsLock lock(records_dir);
+  if (auto done = finished_meanwhile(folder.final_path(), p->cfg, p->batch_auto)) {  // finished while we waited
+    RunOutcome out;
+    out.config = cfg;
+    out.folder = *done;
+    return out;
+  }
   json study_inputs = inputs_of(*p);
   if (cfg.kind == "additivity") {
     // The configurations a plan record's index stands for (they changed once within one config:
@@ -1294,7 +1362,11 @@ RunOutcome run_experiment(const RunOptions& o) {
   add_report(folder, p->g, !(cfg.kind == "additivity" && cfg.naive));  // a naive grid would be computed again
 
   RunOutcome out;
-  out.folder = folder.commit();
+  if (auto done = finished_meanwhile(folder.final_path(), p->cfg, p->batch_auto)) {
+    out.folder = *done;
+  } else {
+    out.folder = folder.commit();
+  }
   std::error_code ec;
   fs::remove_all(work, ec);  // its records are in the results now
   out.config = cfg;

@@ -622,6 +622,35 @@ TEST_F(Cli, SawbOutsideItsBitRangeIsRefusedBeforeTheData) {
       << r.err;
 }
 
+// The same command started twice at once: one computes; the other is refused at once, naming
+// the process that computes (or, started after it finished, finds the results). Audit: both
+// computed, and the second failed after the whole grid ("already exists", or a record it could
+// not write into the work folder the first had removed).
+TEST_F(Cli, TheSameRunStartedTwiceAtOnceComputesOnce) {
+  if (!fs::exists(kFashionMnistDir)) GTEST_SKIP() << "dataset-fashion-mnist is not installed";
+  for (const char* config : {"quickstart", "compare_resnet"}) {
+    const std::string cmd = std::string(QSWEEP_BINARY) + " run " + QSWEEP_SOURCE_DIR + "/configs/" + config +
+                            ".toml --quiet --out " + (dir_ / "res").string() +
+                            " --set data.eval.count=2000 --set data.calibration.count=32 --set output.plots=false" +
+                            " --set stats.bootstrap=0 --set run.threads=1";
+    const std::string both = "(" + cmd + " 2>" + (dir_ / "e1").string() + "; echo $? >" + (dir_ / "c1").string() +
+                             ") & (" + cmd + " 2>" + (dir_ / "e2").string() + "; echo $? >" + (dir_ / "c2").string() +
+                             ") & wait";
+    ASSERT_EQ(std::system(("sh -c '" + both + "' >/dev/null").c_str()), 0);
+    const std::string c1 = slurp(dir_ / "c1"), c2 = slurp(dir_ / "c2"), e1 = slurp(dir_ / "e1"), e2 = slurp(dir_ / "e2");
+    EXPECT_TRUE(c1 == "0\n" || c2 == "0\n") << config << ": " << e1 << e2;
+    for (const auto& [c, e] : {std::pair{c1, e1}, std::pair{c2, e2}}) {
+      if (c == "0\n") continue;
+      EXPECT_EQ(c, "2\n") << e;
+      EXPECT_NE(e.find("is being computed by another process (pid "), std::string::npos) << e;
+      EXPECT_NE(e.find("wait for it to finish"), std::string::npos) << e;
+    }
+    size_t folders = 0;
+    for (const auto& e : fs::recursive_directory_iterator(dir_ / "res")) folders += e.path().filename() == "summary.json";
+    EXPECT_EQ(folders, std::string(config) == "quickstart" ? 1u : 2u) << config;
+  }
+}
+
 TEST_F(Cli, RunIdentityIgnoresOutputSettingsAndRefusesAnotherConfig) {
   if (!fs::exists(kFashionMnistDir)) GTEST_SKIP() << "dataset-fashion-mnist is not installed";
   const std::string base = "run " + std::string(QSWEEP_SOURCE_DIR) + "/configs/quickstart.toml" +
