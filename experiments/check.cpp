@@ -469,9 +469,9 @@ CheckResult check_results(const fs::path& current, const fs::path& baseline, con
     if (!std::isnan(fb5) && !std::isnan(fc5)) {
       check.top5("summary.json", "float32 network", fb5, fc5);
     } else if (std::isnan(fb5) != std::isnan(fc5)) {
-      r.context.push_back(fmt::format("the float32 network's top-5 is not compared: only the {}'s summary.json has "
+      r.context.push_back(fmt::format("the float32 network's top-5 is not compared: only the {} summary.json has "
                                       "it (earlier qsweep versions did not write it)",
-                                      std::isnan(fb5) ? "results" : "baseline"));
+                                      std::isnan(fb5) ? "results'" : "baseline's"));
     }
   }
   const std::pair<const char*, bool> tables[] = {{"layerwise.csv", base.layerwise && cur.layerwise},

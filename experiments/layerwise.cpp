@@ -493,7 +493,8 @@ bool run_grid_batches(const Executor& exec, const Dataset& eval, const Normaliza
     todo_images += std::min(bs, count - b * bs);
     cells_max = std::max<int64_t>(cells_max, static_cast<int64_t>(job.cells_of_batch[b].size()));
   }
-  Progress progress("grid", todo_images, cells_max, opt.progress);
+  Progress own("grid", todo_images, cells_max, opt.progress && opt.shared_progress == nullptr);
+  Progress& progress = opt.shared_progress ? *opt.shared_progress : own;
   if (auto session = exec.backend().make_session(exec.graph())) {
     // Device-resident: every cell's weights uploaded once, each batch staged while the
     // previous one computes.
@@ -530,7 +531,7 @@ bool run_grid_batches(const Executor& exec, const Dataset& eval, const Normaliza
           progress.add_images(n);
         },
         job.stop);
-    progress.finish();
+    own.finish();
     return finished;
   }
   std::atomic<bool> stopped{false};
@@ -562,7 +563,7 @@ bool run_grid_batches(const Executor& exec, const Dataset& eval, const Normaliza
         progress.add_images(n);
       },
       &todo);
-  progress.finish();
+  own.finish();
   return !stopped;
 }
 

@@ -87,6 +87,8 @@ struct BatchStore {
   std::function<void(const BatchRecord&)> save;
 };
 
+class Progress;
+
 struct GridOptions {
   int64_t batch_size = 250;
   int threads = 1;
@@ -98,6 +100,8 @@ struct GridOptions {
   // Where finished batches are kept (one-pass grids and network plans; the naive grid keeps
   // none). Null: kept in memory only, and a stopped run starts over.
   const BatchStore* store = nullptr;
+  // Several workers of one grid (run.devices) count into one progress line; null: its own.
+  Progress* shared_progress = nullptr;
 };
 
 // A stop was requested (SIGINT/SIGTERM) where nothing can be kept: a grid without records, or

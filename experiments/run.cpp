@@ -34,6 +34,7 @@
 #include <sys/file.h>
 #include <fcntl.h>
 
+#include "experiments/progress.h"
 #include "experiments/report.h"
 #include "experiments/results.h"
 #include "experiments/stats.h"
@@ -911,9 +912,9 @@ RunOutcome run_layerwise(const RunOptions& o, const Prepared& p, const Activatio
   for (const auto& e : fs::directory_iterator(work)) {
     int i = 0, n = 0;
     if (e.is_directory() && std::sscanf(e.path().filename().c_str(), "shard-%d-of-%d", &i, &n) == 2 && n != shards) {
-      user_error("'{}' holds shards of the grid split {} ways; this run splits it {} ways (shard {}/{}): use the same "
-                 "count, or another --run-id",
-                 work.string(), n, shards, shard, shards);
+      auto split = [](int k) { return k == 1 ? std::string("unsplit (one shard)") : fmt::format("split {} ways", k); };
+      user_error("'{}' holds the grid {}; this run has it {} (shard {}/{}): use the same count, or another --run-id",
+                 work.string(), split(n), split(shards), shard, shards);
     }
   }
   const fs::path sdir = work / shard_dir_name(shard, shards);
@@ -1020,9 +1021,18 @@ RunOutcome run_layerwise(const RunOptions& o, const Prepared& p, const Activatio
       complete = run_grid_batches(*p.exec, p.eval, p.norm, p.eval_count, cell_quant, B, job, gopt);
     } else {
       if (verbose) {
-        fmt::print(stderr, "{} workers on devices [{}], {} threads each\n", workers, fmt::join(devices, ", "),
-                   std::max(1, p.threads / workers));
+        const int each = std::max(1, p.threads / workers);
+        fmt::print(stderr, "{} workers on devices [{}], {} thread{} each\n", workers, fmt::join(devices, ", "), each,
+                   each == 1 ? "" : "s");
       }
+      // One progress line for all workers: the images of every batch left to compute.
+      int64_t todo_images = 0, cells_max = 0;
+      for (int64_t b = 0; b < static_cast<int64_t>(job.cells_of_batch.size()); ++b) {
+        if (job.cells_of_batch[b].empty() || (job.done && job.done(b))) continue;
+        todo_images += std::min<int64_t>(p.cfg.batch_size, p.eval_count - b * p.cfg.batch_size);
+        cells_max = std::max<int64_t>(cells_max, static_cast<int64_t>(job.cells_of_batch[b].size()));
+      }
+      Progress shared("grid", todo_images, cells_max, gopt.progress);
       std::vector<std::thread> pool;
       std::vector<char> ok(workers, 1);
       std::vector<std::string> errors(workers);
@@ -1038,7 +1048,7 @@ RunOutcome run_layerwise(const RunOptions& o, const Prepared& p, const Activatio
             }
             GridOptions wo = gopt;
             wo.threads = std::max(1, p.threads / workers);
-            wo.progress = gopt.progress && w == 0;
+            wo.shared_progress = &shared;
             ok[w] = run_grid_batches(exec, p.eval, p.norm, p.eval_count, cell_quant, B, mine, wo);
           } catch (const std::exception& e) {
             ok[w] = 0;
@@ -1047,6 +1057,7 @@ RunOutcome run_layerwise(const RunOptions& o, const Prepared& p, const Activatio
         });
       }
       for (auto& t : pool) t.join();
+      shared.finish();
       for (int w = 0; w < workers; ++w) {
         if (!errors[w].empty()) user_error("worker {} (device {}): {}", w, devices[w], errors[w]);
         complete = complete && ok[w];

@@ -359,7 +359,7 @@ TEST_F(Check, TopFiveIsComparedWhereBothFoldersHaveIt) {
   EXPECT_EQ(against_old.compared, 1u + 2u * 2u);
   ASSERT_EQ(against_old.context.size(), 2u);
   EXPECT_EQ(against_old.context[0],
-            "the float32 network's top-5 is not compared: only the results's summary.json has it (earlier qsweep "
+            "the float32 network's top-5 is not compared: only the results' summary.json has it (earlier qsweep "
             "versions did not write it)");
   EXPECT_EQ(against_old.context[1],
             "top-5 is not compared in layerwise.csv: only the results has it (earlier qsweep versions did not write "

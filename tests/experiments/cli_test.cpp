@@ -651,6 +651,19 @@ TEST_F(Cli, TheSameRunStartedTwiceAtOnceComputesOnce) {
   }
 }
 
+// Several workers (run.devices) count into one progress line: all the images, not one
+// worker's share (audit: 3 workers on 1000 images printed "images 334/334" or less).
+TEST_F(Cli, SeveralWorkersShowOneProgressOfEveryImage) {
+  if (!fs::exists(kFashionMnistDir)) GTEST_SKIP() << "dataset-fashion-mnist is not installed";
+  const CliRun r = run("run " + std::string(QSWEEP_SOURCE_DIR) + "/configs/quickstart.toml --out " +
+                       (dir_ / "res").string() + " --set 'run.devices=[0,1,2]' --set data.eval.count=1000" +
+                       " --set data.calibration.count=32 --set 'quant.weight_bits=[4]' --set run.batch_size=100" +
+                       " --set output.plots=false");
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.err.find("3 workers on devices [0, 1, 2]"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("| images 1000/1000 | 10 cells |"), std::string::npos) << r.err;
+}
+
 TEST_F(Cli, RunIdentityIgnoresOutputSettingsAndRefusesAnotherConfig) {
   if (!fs::exists(kFashionMnistDir)) GTEST_SKIP() << "dataset-fashion-mnist is not installed";
   const std::string base = "run " + std::string(QSWEEP_SOURCE_DIR) + "/configs/quickstart.toml" +

@@ -475,7 +475,7 @@ TEST_F(Shards, AnotherShardCountForTheSameRunIsRefused) {
   ASSERT_EQ(run("run " + common(root.string()) + " --run-id sh --shard 0/2"), 0) << slurp(dir_ / "stderr");
   fs::remove(dir_ / "stderr");
   EXPECT_EQ(run("run " + common(root.string()) + " --run-id sh --shard 1/3"), 2);
-  EXPECT_NE(slurp(dir_ / "stderr").find("holds shards of the grid split 2 ways; this run splits it 3 ways (shard 1/3)"),
+  EXPECT_NE(slurp(dir_ / "stderr").find("holds the grid split 2 ways; this run has it split 3 ways (shard 1/3)"),
             std::string::npos)
       << slurp(dir_ / "stderr");
   EXPECT_FALSE(fs::exists(work_of(root) / "shard-1-of-3"));
