@@ -1303,7 +1303,7 @@ RunOutcome run_experiment(const RunOptions& o) {
   const RecordFiles grid_records(records_dir, "grid"), plan_records(records_dir, "plans");
   ctx.grid_store = grid_records.store();
   ctx.plan_store = plan_records.store();
-  folder.write("config.toml", config_to_toml(cfg));
+  folder.write("config.toml", config_to_toml(p->cfg));  // as run: an "auto" batch size as chosen, as layer-wise runs write it
   GridResult grid;
   int stats_bits = cfg.quant.base.weight_bits;
   if (cfg.kind == "additivity") {
