@@ -151,6 +151,9 @@ struct Prepared {
   DataIdentity eval_id, calib_id;
   bool batch_auto = false;  // cfg.batch_size was "auto" (config_identity ignores the size chosen)
   int64_t batch_fit = std::numeric_limits<int64_t>::max();  // "auto": the largest batch that fits here
+  // "auto": whether a batch of b images fits here by the rule a fixed run.batch_size is held to
+  // (an earlier attempt's size is taken where it does).
+  std::function<bool(int64_t)> batch_fits = [](int64_t) { return true; };
 };
 
 // The backend options a config asks for, on `device`.
@@ -184,7 +187,10 @@ std::unique_ptr<Prepared> prepare(const Config& cfg, const std::function<void(co
     bits_from = "additivity.low_bits / high_bits";
   }
   if (cfg.kind == "full") grid_bits.clear();
-  check_sawb_bits(g, cfg.quant, grid_bits, bits_from, cfg.source + " ([quant])");
+  // A comparison with variants computes the variants only (each the base with its changes).
+  if (!(cfg.kind == "full" && !cfg.variants.empty())) {
+    check_sawb_bits(g, cfg.quant, grid_bits, bits_from, cfg.source + " ([quant])");
+  }
   for (const auto& v : cfg.variants) {
     check_sawb_bits(g, v.quant, grid_bits, bits_from, fmt::format("{} (variant '{}')", cfg.source, v.name));
   }
@@ -311,9 +317,10 @@ std::unique_ptr<Prepared> prepare(const Config& cfg, const std::function<void(co
     return std::max<int64_t>(1, std::min<int64_t>(threads, (std::max<int64_t>(images, 1) + b - 1) / b));
   };
   const double fixed = 3.0 * static_cast<double>(model_bytes(g));
-  const auto need = [&](int64_t b) {
+  const auto need = [per_image, images, threads, fixed](int64_t b) {
     b = std::min<int64_t>(b, std::max<int64_t>(images, 1));
-    return static_cast<double>(per_image) * static_cast<double>(b) * static_cast<double>(busy(b)) + fixed;
+    const int64_t busy = std::max<int64_t>(1, std::min<int64_t>(threads, (std::max<int64_t>(images, 1) + b - 1) / b));
+    return static_cast<double>(per_image) * static_cast<double>(b) * static_cast<double>(busy) + fixed;
   };
   const double budget = 0.9 * static_cast<double>(available);
   // The largest batch of at most `cap` images that keeps the rule (0: not even one); searched,
@@ -347,6 +354,7 @@ std::unique_ptr<Prepared> prepare(const Config& cfg, const std::function<void(co
     if (auto session = p->backend->make_session(g)) {
       p->cfg.batch_size = session->max_batch(std::min<int64_t>(images, 8192));
       p->batch_fit = p->cfg.batch_size;
+      p->batch_fits = [fit = p->batch_fit](int64_t b) { return b <= fit; };
     } else {
       p->cfg.batch_size = cpu_auto_batch_size(images, p->threads);
       if (cpu && available > 0) {
@@ -356,6 +364,7 @@ std::unique_ptr<Prepared> prepare(const Config& cfg, const std::function<void(co
         const int64_t half_fit = spare / (per_image * threads);
         p->batch_fit = largest_fit(std::max<int64_t>(images, 1));
         if (p->batch_fit < 1) too_big(1);
+        p->batch_fits = [need, budget](int64_t b) { return need(b) <= budget; };
         p->cfg.batch_size = half_fit >= 1 ? std::min(p->cfg.batch_size, half_fit)
                                           : std::min(p->cfg.batch_size, p->batch_fit);
       }
@@ -682,7 +691,7 @@ void settle_auto_batch_size(const fs::path& work, Prepared& p, bool sharded,
     }
   }
   if (first == mine) return;
-  if (first <= p.batch_fit) {
+  if (p.batch_fits(first)) {
     p.cfg.batch_size = first;
     say(fmt::format("run.batch_size = \"auto\": {} images per batch, as this run's first attempt chose ({})", first,
                     pin.string()));
@@ -917,12 +926,9 @@ RunOutcome run_layerwise(const RunOptions& o, const Prepared& p, const Activatio
                  work.string(), split(n), split(shards), shard, shards);
     }
   }
-  const fs::path sdir = work / shard_dir_name(shard, shards);
+  const fs::path sdir = work / shard_dir_name(shard, shards);  // locked by run_experiment
   fs::create_directories(sdir, ec);
   if (ec) user_error("cannot create '{}': {}", sdir.string(), ec.message());
-  const RecordsLock lock(sdir);
-  // A process of this run that held the lock until now has finished it.
-  if (auto done = finished_meanwhile(final_dir, cfg, p.batch_auto)) return out;
 
   const ShardPlan plan = make_plan(p, shards);
   GridJob job;
@@ -1224,15 +1230,44 @@ RunOutcome run_experiment(const RunOptions& o) {
     return out;
   }
   const auto p = prepare(cfg, say);
-  if (p->batch_auto) {
-    // Another configuration's folder is refused first; config.toml is written once the size is
-    // settled (merge reads the shards' batch size from it: shards starting together wrote
-    // their own sizes before agreeing on one).
-    const fs::path work = work_dir_of(fs::path(cfg.root) / cfg.name / ro.run_id);
-    claim_work_dir(work, p->cfg, true, /*write=*/false);
-    settle_auto_batch_size(work, *p, resolve_shard(o.shard).second > 1, say);
-    claim_work_dir(work, p->cfg, true);
+  // The records folder this process computes into is locked before anything in the work folder
+  // changes (a second process of the run changes nothing and is refused). Another
+  // configuration's folder, or a shard of another split, is refused before that.
+  const auto [shard, shards] = resolve_shard(o.shard);
+  const fs::path final_dir = fs::path(cfg.root) / cfg.name / ro.run_id;
+  const fs::path work = work_dir_of(final_dir);
+  claim_work_dir(work, p->cfg, p->batch_auto, /*write=*/false);
+  fs::path records = work / "study";
+  if (cfg.kind == "layerwise") {
+    for (const auto& e : fs::directory_iterator(work)) {  // every attempt splits the grid the same way
+      int i = 0, n = 0;
+      if (e.is_directory() && std::sscanf(e.path().filename().c_str(), "shard-%d-of-%d", &i, &n) == 2 && n != shards) {
+        auto split = [](int k) { return k == 1 ? std::string("unsplit (one shard)") : fmt::format("split {} ways", k); };
+        user_error("'{}' holds the grid {}; this run has it {} (shard {}/{}): use the same count, or another --run-id",
+                   work.string(), split(n), split(shards), shard, shards);
+      }
+    }
+    records = work / shard_dir_name(shard, shards);
   }
+  {
+    std::error_code ec;
+    fs::create_directories(records, ec);
+    if (ec) user_error("cannot create '{}': {}", records.string(), ec.message());
+  }
+  const RecordsLock lock(records);
+  if (finished_here(final_dir, p->cfg, p->batch_auto)) {  // by the process that held the lock until now
+    if (verbose) fmt::print("already complete: {} (another process of this run finished it)\n", final_dir.string());
+    std::error_code ec;
+    if (shards == 1) fs::remove_all(work, ec);  // made again by this process; the results hold its records
+    RunOutcome out;
+    out.config = cfg;
+    out.folder = final_dir;
+    return out;
+  }
+  // config.toml is written once an "auto" batch size is settled (merge reads the shards' batch
+  // size from it: shards starting together wrote their own sizes before agreeing on one).
+  if (p->batch_auto) settle_auto_batch_size(work, *p, shards > 1, say);
+  claim_work_dir(work, p->cfg, p->batch_auto);
   say(fmt::format("qsweep {} ({}): {} layers on {} {} images ({}{}), backend {} ({} threads)", cfg.name, cfg.kind,
                   p->g.layers.size(), p->eval_count, cfg.eval_split, cfg.dataset,
                   cfg.eval_order == "file" ? "" : fmt::format(", {} order", cfg.eval_order), p->backend->name(),
@@ -1272,22 +1307,9 @@ RunOutcome run_experiment(const RunOptions& o) {
     if (verbose) fmt::print("already complete: {} (pass --fresh to compute it again)\n", out.folder.string());
     return out;
   }
-  // Finished batches are kept in the work folder, so a stopped run resumes where it stopped.
-  const fs::path work = work_dir_of(folder.final_path());
-  claim_work_dir(work, p->cfg, p->batch_auto);  // records of another batch size are not reused (checked per record)
-  const fs::path records_dir = work / "study";
-  {
-    std::error_code ec;
-    fs::create_directories(records_dir, ec);
-    if (ec) user_error("cannot create '{}': {}", records_dir.string(), ec.message());
-  }
-  const RecordsLock lock(records_dir);
-  if (auto done = finished_meanwhile(folder.final_path(), p->cfg, p->batch_auto)) {  // finished while we waited
-    RunOutcome out;
-    out.config = cfg;
-    out.folder = *done;
-    return out;
-  }
+  // Finished batches are kept in the work folder (claimed and locked above), so a stopped run
+  // resumes where it stopped; records of another batch size are not reused (checked per record).
+  const fs::path records_dir = records;
   json study_inputs = inputs_of(*p);
   if (cfg.kind == "additivity") {
     // The configurations a plan record's index stands for (they changed once within one config:

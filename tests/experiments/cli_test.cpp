@@ -613,6 +613,12 @@ TEST_F(Cli, SawbOutsideItsBitRangeIsRefusedBeforeTheData) {
   EXPECT_EQ(r.code, 2);
   EXPECT_EQ(r.err, "qsweep: error: " + cfg.string() + ":14:1: layer 0 '/conv1/Conv' is quantized with weight_clip = "
                    "\"sawb\" at 12 bits (its weight_bits); SAWB's coefficients exist for 2..8 bits\n");
+  // A comparison with variants computes only the variants: the base [quant] is not checked.
+  std::ofstream(cfg) << "[experiment]\nname = \"v\"\nkind = \"full\"\n[model]\npath = \"" << QSWEEP_SOURCE_DIR
+                     << "/models/qsweep_resnet.onnx\"\n[quant]\nweight_bits = [12]\nweight_clip = \"sawb\"\n"
+                        "[[variant]]\nname = \"w4\"\n[variant.quant]\nweight_bits = [4]\n";
+  r = run("run " + cfg.string() + small);
+  EXPECT_EQ(r.code, 0) << r.err;
   r = run("run " + std::string(QSWEEP_SOURCE_DIR) + "/configs/compare_resnet.toml" + small +
           " --set quant.weight_bits=[9]");
   EXPECT_EQ(r.code, 2);

@@ -352,7 +352,7 @@ TEST_F(Shards, AutoBatchSizeIsSettledByTheFirstShard) {
   EXPECT_NE(slurp(dir_ / "stderr").find("shards compute 75 images per batch (chosen by its first shard"),
             std::string::npos)
       << slurp(dir_ / "stderr");
-  EXPECT_FALSE(fs::exists(dir_ / "t" / "quickstart" / ".q.work" / "shard-1-of-3"));
+  EXPECT_EQ(count_records(dir_ / "t" / "quickstart" / ".q.work" / "shard-1-of-3"), 0u);  // nothing computed
   // Shards starting together: one has recorded its size, not yet config.toml, which merge
   // reads the batch size from; the next shard writes config.toml with the recorded size, not
   // its own (review: a race that let every shard compute at 38 and merge refuse them).
@@ -367,6 +367,18 @@ TEST_F(Shards, AutoBatchSizeIsSettledByTheFirstShard) {
   unsetenv("QSWEEP_AVAILABLE_MEMORY");
   ASSERT_EQ(run("merge " + (dir_ / "t" / "quickstart" / "p").string()), 0) << slurp(dir_ / "stderr");
   EXPECT_EQ(slurp(dir_ / "t" / "quickstart" / "p" / "layerwise.csv"), slurp(result(dir_ / "u") / "layerwise.csv"));
+  // The first size is taken where the rule for a fixed size accepts it: 32 images per batch of
+  // a 20-image split are 20 (review: 'at most 20 fit here' refused it).
+  const std::string tiny = "run " + std::string(QSWEEP_SOURCE_DIR) + "/configs/quickstart.toml --quiet --out " +
+                           (dir_ / "t").string() + " --set data.eval.count=20 --set data.calibration.count=20" +
+                           " --set 'quant.weight_bits=[4]' --set output.plots=false --set stats.bootstrap=0" +
+                           " --set 'run.batch_size=\"auto\"' --run-id tiny";
+  ASSERT_EQ(run(tiny + " --shard 0/2"), 0) << slurp(dir_ / "stderr");
+  EXPECT_EQ(slurp(dir_ / "t" / "quickstart" / ".tiny.work" / "auto_batch_size"), "32\n");
+  setenv("QSWEEP_AVAILABLE_MEMORY", "8000000", 1);
+  EXPECT_EQ(run(tiny + " --shard 1/2"), 0) << slurp(dir_ / "stderr");
+  unsetenv("QSWEEP_AVAILABLE_MEMORY");
+  EXPECT_EQ(run("merge " + (dir_ / "t" / "quickstart" / "tiny").string()), 0) << slurp(dir_ / "stderr");
   // Shards of other sizes after all (the record of the size removed by hand): merge names them.
   const fs::path wo = dir_ / "t" / "quickstart" / ".o.work";
   setenv("QSWEEP_AVAILABLE_MEMORY", "40000000", 1);
@@ -382,6 +394,36 @@ TEST_F(Shards, AutoBatchSizeIsSettledByTheFirstShard) {
   EXPECT_NE(err.find("': shard 0 (batch-"), std::string::npos) << err;
   EXPECT_NE(err.find(": batches of another size than the 75 of '"), std::string::npos) << err;
   EXPECT_EQ(err.find("DONE.json lists"), std::string::npos) << err;
+}
+
+// A second process of a running "auto" run (a duplicate command, or a requeued task) on a machine
+// with less memory is refused by the lock before it changes anything: the recorded size stays
+// (review: it rewrote it first, and the first run's resume then recomputed every batch).
+TEST_F(Shards, AProcessRefusedByTheLockChangesNothing) {
+  const std::string a = "run " + std::string(QSWEEP_SOURCE_DIR) + "/configs/quickstart.toml --quiet --run-id l --out " +
+                        (dir_ / "t").string() +
+                        " --set data.eval.count=10000 --set data.calibration.count=32 --set 'quant.weight_bits=[3,4,5,6,8]'" +
+                        " --set output.plots=false --set stats.bootstrap=0 --set 'run.batch_size=\"auto\"'";
+  const fs::path work = dir_ / "t" / "quickstart" / ".l.work";
+  std::ofstream(dir_ / "first.sh") << "QSWEEP_AVAILABLE_MEMORY=2000000000 exec " << QSWEEP_BINARY << " " << a << " 2>"
+                                   << (dir_ / "e1").string() << "\n";
+  ASSERT_EQ(std::system(("sh " + (dir_ / "first.sh").string() + " & echo $! >" + (dir_ / "pid").string()).c_str()), 0);
+  // Wait for its first record: it holds the lock and has recorded its size.
+  for (int i = 0; i < 600 && count_records(work) == 0; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  const std::string pinned = slurp(work / "auto_batch_size");
+  ASSERT_FALSE(pinned.empty());
+  setenv("QSWEEP_AVAILABLE_MEMORY", "30000000", 1);  // a smaller machine: its own size would differ
+  const int second = run(a);
+  unsetenv("QSWEEP_AVAILABLE_MEMORY");
+  const pid_t pid = static_cast<pid_t>(std::stol(slurp(dir_ / "pid")));
+  const bool still_running = kill(pid, 0) == 0;
+  kill(pid, SIGKILL);
+  if (!still_running && second == 0) GTEST_SKIP() << "the first run finished before the second started";
+  EXPECT_EQ(second, 2);
+  EXPECT_NE(slurp(dir_ / "stderr").find("is being computed by another process (pid "), std::string::npos)
+      << slurp(dir_ / "stderr");
+  EXPECT_EQ(slurp(dir_ / "stderr").find("computed again"), std::string::npos) << slurp(dir_ / "stderr");
+  EXPECT_EQ(slurp(work / "auto_batch_size"), pinned);
 }
 
 // A staging folder that a process of this host left behind (killed outright) and untouched for
