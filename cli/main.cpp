@@ -295,7 +295,9 @@ int main(int argc, char** argv) {
       if (run_check.empty() && (!run_check_reports.json.empty() || !run_check_reports.junit.empty())) {
         qsweep::user_error("--json and --junit report the comparison --check BASELINE makes; add --check");
       }
-      if (!run_check.empty() && !run.shard.empty()) {
+      const char* array_tasks = std::getenv("SLURM_ARRAY_TASK_COUNT");
+      const bool array_task = std::getenv("SLURM_ARRAY_TASK_ID") && array_tasks && std::atoi(array_tasks) > 1;
+      if (!run_check.empty() && (!run.shard.empty() || array_task)) {
         qsweep::user_error("--check compares a whole run; check the merged folder after `qsweep merge` instead of "
                            "one shard");
       }

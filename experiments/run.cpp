@@ -825,6 +825,18 @@ class RecordFiles {
   mutable std::atomic<int64_t> saved_{0};
 };
 
+// A word for a command line shown to the user: as is where the shell would read it so, else in
+// single quotes.
+std::string quoted_arg(const std::string& s) {
+  if (!s.empty() && s.find_first_not_of("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-./=:,+@%") ==
+                        std::string::npos) {
+    return s;
+  }
+  std::string q = "'";
+  for (char c : s) q += c == '\'' ? std::string("'\\''") : std::string(1, c);
+  return q + "'";
+}
+
 // An exclusive lock on a folder of records (a shard's, or a study's) for as long as this process
 // computes into it: the same command started twice (or a requeued SLURM task whose first try
 // still runs) is refused at once instead of computing the same batches and then failing when
@@ -832,10 +844,18 @@ class RecordFiles {
 // system has no locks the run goes on unlocked.
 class RecordsLock {
  public:
-  explicit RecordsLock(const fs::path& dir) {
+  // `wait`: block until the holder is done (merge: the second of two merges then finds the
+  // results), instead of refusing.
+  explicit RecordsLock(const fs::path& dir, bool wait = false) {
     const fs::path file = dir / "lock";
     fd_ = ::open(file.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
     if (fd_ < 0) user_error("cannot create '{}': {}", file.string(), std::strerror(errno));
+    if (wait) {
+      while (::flock(fd_, LOCK_EX) != 0 && errno == EINTR) {
+        if (stop_requested()) throw RunInterrupted("interrupted while waiting for another merge; nothing was written");
+      }
+      return;
+    }
     if (::flock(fd_, LOCK_EX | LOCK_NB) != 0) {
       const int err = errno;
       if (err != EWOULDBLOCK) return;  // no locks here (ENOLCK, EINVAL): unlocked
@@ -1433,6 +1453,13 @@ RunOutcome merge_run(const std::string& dir, bool quiet) {
                work.string());
   }
   if (!fs::exists(work / "config.toml")) user_error("'{}' has no config.toml; it is not a qsweep run folder", work.string());
+  // Two merges of one run (the SLURM merge job and one by hand): the second waits, then finds
+  // the results (it used to fail with "already exists").
+  const RecordsLock merging(work, /*wait=*/true);
+  if (fs::exists(final_dir / "summary.json")) {
+    if (verbose) fmt::print("already complete, nothing to merge: {}\n", final_dir.string());
+    return out;
+  }
   const std::string identity = config_identity_of_file((work / "config.toml").string(), true);  // as each DONE.json
   const std::string config_sha = sha256_hex(identity.data(), identity.size());
   // Shards present and their count.
@@ -1462,8 +1489,13 @@ RunOutcome merge_run(const std::string& dir, bool quiet) {
     if (!fs::exists(done)) missing.push_back(std::to_string(i));
   }
   if (!missing.empty()) {
+    // The command that computes a missing shard into this run: its id and output root too (an
+    // explicit --shard does not take the id from a SLURM array).
+    const fs::path root = final_dir.parent_path().parent_path();
     user_error("cannot merge '{}': shard(s) {} of {} are missing or unfinished; run them (e.g. qsweep run CONFIG "
-               "--shard {}/{}) and merge again", final_dir.string(), fmt::join(missing, ", "), shards, missing[0], shards);
+               "--shard {}/{} --run-id {} --out {}) and merge again",
+               final_dir.string(), fmt::join(missing, ", "), shards, missing[0], shards, final_dir.filename().string(),
+               quoted_arg(root.empty() ? std::string(".") : root.string()));
   }
   Config cfg = load_config((work / "config.toml").string(), {});
   auto p = prepare(cfg, [](const std::string&) {}, /*compute=*/false);

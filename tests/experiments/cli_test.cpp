@@ -186,6 +186,14 @@ TEST_F(Cli, SbatchFailureIsOneLine) {
     EXPECT_NE(gaps.err.find("qsweep shards need a contiguous array such as --array=0-"), std::string::npos) << gaps.err;
     EXPECT_FALSE(fs::exists(dir_ / "gaps")) << env;
   }
+  // --check in an array task is refused before its shard is computed, as with --shard.
+  const CliRun check = run_with_env("SLURM_ARRAY_JOB_ID=5 SLURM_ARRAY_TASK_ID=0 SLURM_ARRAY_TASK_COUNT=2 ",
+                                    "run " + std::string(QSWEEP_SOURCE_DIR) + "/configs/quickstart.toml --out " +
+                                        (dir_ / "gaps").string() + " --check " + QSWEEP_SOURCE_DIR +
+                                        "/configs/baselines/quickstart");
+  EXPECT_EQ(check.code, 2);
+  EXPECT_NE(check.err.find("--check compares a whole run"), std::string::npos) << check.err;
+  EXPECT_FALSE(fs::exists(dir_ / "gaps"));
 }
 
 TEST_F(Cli, UnknownSetKeyIsRejected) {
