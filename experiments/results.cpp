@@ -67,9 +67,9 @@ std::string staging_name(const std::string& run_id) {
   return fmt::format(".{}.partial-{}-{}", run_id, host_tag(), getpid());
 }
 
-// Removes the staging folders of `run_id` in `parent` that a process of this host which no
-// longer exists left behind, untouched for 10 minutes (another host's cannot be judged, and
-// containers may share a host name but not their process ids: a live run's folder is new).
+}  // namespace
+
+// Another host's staging folder cannot be judged; a live run's folder is new (results.h).
 void remove_abandoned_staging(const fs::path& parent, const std::string& run_id) {
   const std::string prefix = fmt::format(".{}.partial-{}-", run_id, host_tag());
   std::error_code ec;
@@ -86,8 +86,6 @@ void remove_abandoned_staging(const fs::path& parent, const std::string& run_id)
     }
   }
 }
-
-}  // namespace
 
 ResultsFolder::ResultsFolder(const std::string& root, const std::string& experiment) {
   const fs::path parent = fs::path(root) / experiment;

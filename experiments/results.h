@@ -42,4 +42,9 @@ std::string csv_field(const std::string& s);
 // Writes `content` to `path` atomically (temp file in the same folder + rename).
 void write_file_atomic(const std::filesystem::path& path, const std::string& content);
 
+// Removes the staging folders (".<run_id>.partial-<host>-<pid>") in `parent` that a process of
+// this host left behind: its pid gone and the folder untouched for 10 minutes (containers may
+// share a host name but not their process ids).
+void remove_abandoned_staging(const std::filesystem::path& parent, const std::string& run_id);
+
 }  // namespace qsweep

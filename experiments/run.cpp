@@ -626,9 +626,25 @@ void claim_work_dir(const fs::path& work, const Config& cfg, bool any_batch_size
   fs::create_directories(work, ec);
   if (ec) user_error("cannot create '{}': {}", work.string(), ec.message());
   const std::string identity = config_identity(cfg, any_batch_size);
-  if (!fs::exists(work / "config.toml")) {
-    if (write) write_file_atomic(work / "config.toml", config_to_toml(cfg));  // the first attempt's
-  } else if (config_identity_of_file((work / "config.toml").string(), any_batch_size) != identity) {
+  const fs::path file = work / "config.toml";
+  if (!fs::exists(file)) {
+    if (!write) return;
+    // The first attempt's, created whole or not at all (link() fails where it exists): of two
+    // configurations started together under one run id, the second then compares with it.
+    char host[256] = {0};
+    gethostname(host, sizeof host - 1);
+    const fs::path tmp = work / fmt::format(".config.toml.{}-{}", std::string(host).substr(0, 40), getpid());
+    write_file_atomic(tmp, config_to_toml(cfg));
+    const bool linked = ::link(tmp.c_str(), file.c_str()) == 0;
+    const int err = errno;
+    fs::remove(tmp, ec);
+    if (linked) return;
+    if (err != EEXIST) {  // no hard links here
+      write_file_atomic(file, config_to_toml(cfg));
+      return;
+    }
+  }
+  if (config_identity_of_file(file.string(), any_batch_size) != identity) {
     user_error("'{}' belongs to a run with another configuration (compare its config.toml); use another --run-id",
                work.string());
   }
@@ -1235,8 +1251,20 @@ RunOutcome run_experiment(const RunOptions& o) {
   // The run id, from the config as given ("auto" batch size unresolved), for every step below.
   RunOptions ro = o;
   ro.run_id = resolve_run_id(o, cfg);
-  // A finished run is found before anything is loaded or hashed.
+  // A finished run is found before anything is loaded or hashed. What a process killed outright
+  // at its end left beside it goes: a staging folder (results.h), and an unsharded run's work
+  // folder, whose records are in the results (a merged run's keeps its shards, as documented).
   if (const fs::path done = fs::path(cfg.root) / cfg.name / ro.run_id; finished_here(done, cfg, cfg.batch_size == 0)) {
+    remove_abandoned_staging(done.parent_path(), ro.run_id);
+    if (const fs::path work = work_dir_of(done); fs::is_directory(work)) {
+      bool merged = false;
+      std::error_code ec;
+      for (const auto& e : fs::directory_iterator(work, ec)) {
+        int i = 0, n = 0;
+        merged = merged || (e.is_directory() && std::sscanf(e.path().filename().c_str(), "shard-%d-of-%d", &i, &n) == 2 && n > 1);
+      }
+      if (!merged) fs::remove_all(work, ec);
+    }
     // --fresh gives every shard a run of its own: a shard is told to name a new run instead.
     const bool sharded = resolve_shard(o.shard).second > 1;
     if (verbose) {

@@ -457,6 +457,21 @@ TEST_F(Shards, AbandonedStagingFoldersAreRemovedByTheNextRun) {
   EXPECT_FALSE(fs::exists(abandoned));
   EXPECT_TRUE(fs::exists(alive));
   EXPECT_TRUE(fs::exists(recent));
+  // A process killed outright at the end left a staging folder (now old) and its work folder
+  // beside the finished results: the same command, finding the run complete, removes both
+  // (audit: 'already complete' reruns left them for good).
+  fs::last_write_time(recent, fs::file_time_type::clock::now() - std::chrono::hours(1));
+  fs::create_directories(exp / ".r.work" / "shard-0-of-1");
+  std::ofstream(exp / ".r.work" / "shard-0-of-1" / "batch-000000.rec") << "x";
+  ASSERT_EQ(run("run " + std::string(QSWEEP_SOURCE_DIR) + "/configs/quickstart.toml --quiet --run-id r --out " +
+                (dir_ / "t").string() + " --set data.eval.count=100 --set data.calibration.count=16" +
+                " --set 'quant.weight_bits=[8]' --set output.plots=false"),
+            0)
+      << slurp(dir_ / "stderr");
+  EXPECT_FALSE(fs::exists(recent));
+  EXPECT_FALSE(fs::exists(exp / ".r.work"));
+  EXPECT_TRUE(fs::exists(alive));
+  EXPECT_TRUE(fs::exists(exp / "r" / "summary.json"));
 }
 
 // A model file changed under the same path between attempts (same architecture, other
