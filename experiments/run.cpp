@@ -485,6 +485,18 @@ json manifest_json(const Prepared& p, const std::string& command_line, const std
   return manifest;
 }
 
+// A word for a command line shown to the user: as is where the shell would read it so, else in
+// single quotes.
+std::string quoted_arg(const std::string& s) {
+  if (!s.empty() && s.find_first_not_of("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-./=:,+@%") ==
+                        std::string::npos) {
+    return s;
+  }
+  std::string q = "'";
+  for (char c : s) q += c == '\'' ? std::string("'\\''") : std::string(1, c);
+  return q + "'";
+}
+
 // Figures and report.html into the staging folder; never fails the run.
 // `resumable`: the numbers are recorded where the same command finds them again (a one-pass
 // layer-wise grid); other runs would start over.
@@ -500,7 +512,10 @@ void add_report(ResultsFolder& folder, const Graph& g, bool resumable) {
       for (const auto& w : r.warnings) fmt::print(stderr, "qsweep: warning: {}\n", w);
     }
   } catch (const std::exception& e) {
-    fmt::print(stderr, "qsweep: warning: the report could not be written: {}\n", e.what());
+    fmt::print(stderr,
+               "qsweep: warning: the report could not be written: {}; the numbers are complete: draw the figures and "
+               "report.html with `qsweep report {}` once that is fixed\n",
+               e.what(), quoted_arg(folder.final_path().string()));
   }
   // A signal to the process group (Ctrl-C, SLURM) kills gnuplot too: its figure would be
   // missing from a folder that looks finished. Where the numbers would have to be computed
@@ -840,18 +855,6 @@ class RecordFiles {
   BatchStore store_;
   mutable std::atomic<int64_t> saved_{0};
 };
-
-// A word for a command line shown to the user: as is where the shell would read it so, else in
-// single quotes.
-std::string quoted_arg(const std::string& s) {
-  if (!s.empty() && s.find_first_not_of("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-./=:,+@%") ==
-                        std::string::npos) {
-    return s;
-  }
-  std::string q = "'";
-  for (char c : s) q += c == '\'' ? std::string("'\\''") : std::string(1, c);
-  return q + "'";
-}
 
 // An exclusive lock on a folder of records (a shard's, or a study's) for as long as this process
 // computes into it: the same command started twice (or a requeued SLURM task whose first try
