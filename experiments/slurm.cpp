@@ -2,7 +2,9 @@
 
 #include <cstdio>
 #include <sstream>
+#include <optional>
 #include <fmt/format.h>
+#include <toml++/toml.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -70,6 +72,49 @@ std::string sbatch(const std::vector<std::string>& args) {
   return semi == std::string::npos ? out : out.substr(0, semi);
 }
 
+// A --set of a file path (model.path, data.path) made absolute: qsweep run reads such a --set
+// against its working folder, which a batch job's need not be (sbatch --chdir).
+std::string absolute_set(const std::string& o) {
+  const auto eq = o.find('=');
+  if (eq == std::string::npos) return o;
+  const std::string key = o.substr(0, eq);
+  if (key != "model.path" && key != "data.path") return o;
+  std::optional<std::string> v;
+  try {
+    v = toml::parse("v = " + o.substr(eq + 1))["v"].value<std::string>();
+  } catch (const toml::parse_error&) {
+    return o;  // qsweep run names it
+  }
+  if (!v || v->empty() || fs::path(*v).is_absolute()) return o;
+  std::string q = "\"";
+  for (const char c : fs::absolute(*v).lexically_normal().string()) {
+    if (c == '"' || c == '\\') q += '\\';
+    q += c;
+  }
+  return key + "=" + q + "\"";
+}
+
+// A run id's existing work folder that the array would not fit: another configuration's, or
+// the grid split another number of ways. Every task would fail, and the merge never run.
+void check_existing_work(const fs::path& work, const Config& cfg, int array) {
+  std::error_code ec;
+  if (!fs::is_directory(work, ec)) return;
+  if (fs::exists(work / "config.toml") &&
+      config_identity_of_file((work / "config.toml").string(), cfg.batch_size == 0) !=
+          config_identity(cfg, cfg.batch_size == 0)) {
+    user_error("'{}' belongs to a run with another configuration (compare its config.toml); use another --run-id",
+               work.string());
+  }
+  for (const auto& e : fs::directory_iterator(work, ec)) {
+    int i = 0, n = 0;
+    if (e.is_directory() && std::sscanf(e.path().filename().c_str(), "shard-%d-of-%d", &i, &n) == 2 && n != array) {
+      user_error("'{}' holds the grid split {} way{}; --array {} would split it {} ways: use --array {}, or another "
+                 "--run-id",
+                 work.string(), n, n == 1 ? "" : "s", array, array, n);
+    }
+  }
+}
+
 }  // namespace
 
 SubmitOutcome submit_run(const SubmitOptions& o) {
@@ -93,13 +138,14 @@ SubmitOutcome submit_run(const SubmitOptions& o) {
   SubmitOutcome out;
   out.run_dir = root / cfg.name / run_id;
   const fs::path work = root / cfg.name / ("." + run_id + ".work");
+  check_existing_work(work, cfg, o.array);
   const fs::path slurm = work / "slurm";
   std::error_code ec;
   fs::create_directories(slurm, ec);
   if (ec) user_error("cannot create '{}': {}", slurm.string(), ec.message());
 
   std::string sets;
-  for (const auto& s : o.overrides) sets += fmt::format("{}--set {}", sets.empty() ? "" : " ", sh_quote(s));
+  for (const auto& s : o.overrides) sets += fmt::format("{}--set {}", sets.empty() ? "" : " ", sh_quote(absolute_set(s)));
   std::string sbatch_args;
   for (const auto& a : o.sbatch_args) sbatch_args += (sbatch_args.empty() ? "" : " ") + a;
   const std::vector<std::pair<std::string, std::string>> vars = {

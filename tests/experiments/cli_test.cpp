@@ -196,6 +196,37 @@ TEST_F(Cli, SbatchFailureIsOneLine) {
   EXPECT_FALSE(fs::exists(dir_ / "gaps"));
 }
 
+// submit writes scripts that work from any working folder (a relative --set path is made
+// absolute, as sbatch --chdir may run them elsewhere) and refuses a run id whose work folder the
+// array would not fit (audit: every task failed on a 2-way split under --array 4).
+TEST_F(Cli, SubmitScriptsRunAnywhereAndFitTheRunId) {
+  const std::string q = std::string(QSWEEP_SOURCE_DIR) + "/configs/quickstart.toml";
+  fs::create_directories(dir_ / "cwd");
+  fs::copy_file(std::string(QSWEEP_SOURCE_DIR) + "/models/qsweep_resnet.onnx", dir_ / "cwd" / "m.onnx");
+  const std::string cmd = "cd " + (dir_ / "cwd").string() + " && " + QSWEEP_BINARY + " submit " + q +
+                          " --array 2 --dry-run --out " + (dir_ / "res").string() + " --set 'model.path=\"m.onnx\"' " +
+                          "--run-id s >" + (dir_ / "out").string() + " 2>" + (dir_ / "err").string();
+  ASSERT_EQ(std::system(cmd.c_str()), 0) << slurp(dir_ / "err");
+  const std::string script = slurp(dir_ / "res/quickstart/.s.work/slurm/array.sbatch");
+  EXPECT_NE(script.find("model.path=\"" + (dir_ / "cwd" / "m.onnx").string() + "\""), std::string::npos) << script;
+  // A 2-way split under the id (one shard computed): --array 4 is refused, --array 2 is not,
+  // and another configuration under the id is refused.
+  if (!fs::exists(kFashionMnistDir)) GTEST_SKIP() << "dataset-fashion-mnist is not installed";
+  const std::string small = " --out " + (dir_ / "res").string() + " --run-id t --set data.eval.count=100" +
+                            " --set data.calibration.count=16 --set 'quant.weight_bits=[8]' --set output.plots=false";
+  ASSERT_EQ(run("run " + q + " --quiet --shard 0/2" + small).code, 0);
+  CliRun r = run("submit " + q + " --array 4 --dry-run" + small);
+  EXPECT_EQ(r.code, 2);
+  EXPECT_NE(r.err.find("holds the grid split 2 ways; --array 4 would split it 4 ways: use --array 2, or another --run-id"),
+            std::string::npos)
+      << r.err;
+  r = run("submit " + q + " --array 2 --dry-run" + small);
+  EXPECT_EQ(r.code, 0) << r.err;
+  r = run("submit " + q + " --array 2 --dry-run" + small + " --set quant.act_bits=6");
+  EXPECT_EQ(r.code, 2);
+  EXPECT_NE(r.err.find("belongs to a run with another configuration"), std::string::npos) << r.err;
+}
+
 TEST_F(Cli, UnknownSetKeyIsRejected) {
   const std::string cfg = write("c.toml", "[model]\npath = \"m.onnx\"\n");
   const CliRun r = run("run " + cfg + " --set quant.wieght_bits=[4]");
