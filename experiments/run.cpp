@@ -369,8 +369,7 @@ std::unique_ptr<Prepared> prepare(const Config& cfg, const std::function<void(co
                                           : std::min(p->cfg.batch_size, p->batch_fit);
       }
     }
-    say(fmt::format("run.batch_size = \"auto\": {} image{} per batch on {}", p->cfg.batch_size,
-                    p->cfg.batch_size == 1 ? "" : "s", p->backend->device_name()));
+
   } else if (cpu && available > 0 && need(p->cfg.batch_size) > budget) {
     too_big(p->cfg.batch_size);
   }
@@ -674,9 +673,9 @@ void claim_work_dir(const fs::path& work, const Config& cfg, bool any_batch_size
 // of the other size are computed again.
 constexpr const char* kAutoBatchFile = "auto_batch_size";
 
-void settle_auto_batch_size(const fs::path& work, Prepared& p, bool sharded,
-                            const std::function<void(const std::string&)>& say) {
-  if (!p.batch_auto) return;
+// Returns whether the earlier size was taken.
+bool settle_auto_batch_size(const fs::path& work, Prepared& p, bool sharded) {
+  if (!p.batch_auto) return false;
   const fs::path pin = work / kAutoBatchFile;
   const int64_t mine = p.cfg.batch_size;
   const std::string text = std::to_string(mine) + "\n";
@@ -715,18 +714,16 @@ void settle_auto_batch_size(const fs::path& work, Prepared& p, bool sharded,
     const int err = errno;
     std::error_code ec;
     fs::remove(tmp, ec);
-    if (linked) return;
+    if (linked) return false;
     if (err != EEXIST || (first = recorded()) == 0) {  // no hard links here, or a damaged file
       write_file_atomic(pin, text);
-      return;
+      return false;
     }
   }
-  if (first == mine) return;
+  if (first == mine) return false;
   if (p.batch_fits(first)) {
     p.cfg.batch_size = first;
-    say(fmt::format("run.batch_size = \"auto\": {} images per batch, as this run's first attempt chose ({})", first,
-                    pin.string()));
-    return;
+    return true;
   }
   if (sharded) {
     user_error("run.batch_size = \"auto\": this run's shards compute {} images per batch (chosen by its first shard, "
@@ -739,6 +736,7 @@ void settle_auto_batch_size(const fs::path& work, Prepared& p, bool sharded,
              "most {} fit here; its recorded batches are computed again with {}\n",
              first, p.batch_fit, mine);
   write_file_atomic(pin, text);
+  return false;
 }
 
 // Whether `final_dir` holds this configuration's finished run (summary.json): the numbers of
@@ -961,8 +959,9 @@ RunOutcome run_layerwise(const RunOptions& o, const Prepared& p, const Activatio
     int i = 0, n = 0;
     if (e.is_directory() && std::sscanf(e.path().filename().c_str(), "shard-%d-of-%d", &i, &n) == 2 && n != shards) {
       auto split = [](int k) { return k == 1 ? std::string("unsplit (one shard)") : fmt::format("split {} ways", k); };
-      user_error("'{}' holds the grid {}; this run has it {} (shard {}/{}): use the same count, or another --run-id",
-                 work.string(), split(n), split(shards), shard, shards);
+      user_error("'{}' holds the grid {}; this run has it {}{}: use the same count, or another --run-id",
+                 work.string(), split(n), split(shards),
+                 shards > 1 ? fmt::format(" (shard {}/{})", shard, shards) : std::string());
     }
   }
   const fs::path sdir = work / shard_dir_name(shard, shards);  // locked by run_experiment
@@ -1294,8 +1293,9 @@ RunOutcome run_experiment(const RunOptions& o) {
       int i = 0, n = 0;
       if (e.is_directory() && std::sscanf(e.path().filename().c_str(), "shard-%d-of-%d", &i, &n) == 2 && n != shards) {
         auto split = [](int k) { return k == 1 ? std::string("unsplit (one shard)") : fmt::format("split {} ways", k); };
-        user_error("'{}' holds the grid {}; this run has it {} (shard {}/{}): use the same count, or another --run-id",
-                   work.string(), split(n), split(shards), shard, shards);
+        user_error("'{}' holds the grid {}; this run has it {}{}: use the same count, or another --run-id",
+                   work.string(), split(n), split(shards),
+                   shards > 1 ? fmt::format(" (shard {}/{})", shard, shards) : std::string());
       }
     }
     records = work / shard_dir_name(shard, shards);
@@ -1317,7 +1317,12 @@ RunOutcome run_experiment(const RunOptions& o) {
   }
   // config.toml is written once an "auto" batch size is settled (merge reads the shards' batch
   // size from it: shards starting together wrote their own sizes before agreeing on one).
-  if (p->batch_auto) settle_auto_batch_size(work, *p, shards > 1, say);
+  if (p->batch_auto) {
+    const bool adopted = settle_auto_batch_size(work, *p, shards > 1);
+    say(fmt::format("run.batch_size = \"auto\": {} image{} per batch on {}{}", p->cfg.batch_size,
+                    p->cfg.batch_size == 1 ? "" : "s", p->backend->device_name(),
+                    adopted ? " (as this run's first attempt or shard chose)" : ""));
+  }
   claim_work_dir(work, p->cfg, p->batch_auto);
   say(fmt::format("qsweep {} ({}): {} layers on {} {} images ({}{}), backend {} ({} threads)", cfg.name, cfg.kind,
                   p->g.layers.size(), p->eval_count, cfg.eval_split, cfg.dataset,
