@@ -4,6 +4,7 @@
 #include <cerrno>
 #include <cstring>
 #include <chrono>
+#include <cstdio>
 #include <ctime>
 #include <fstream>
 
@@ -84,6 +85,27 @@ void remove_abandoned_staging(const fs::path& parent, const std::string& run_id)
       std::error_code ignored;
       fs::remove_all(e.path(), ignored);
     }
+  }
+}
+
+int used_shard_split(const fs::directory_entry& e) {
+  int i = 0, n = 0;
+  std::error_code ec;
+  if (!e.is_directory(ec) || std::sscanf(e.path().filename().c_str(), "shard-%d-of-%d", &i, &n) != 2) return 0;
+  for (const auto& f : fs::directory_iterator(e.path(), ec)) {
+    if (f.path().filename() != "lock") return n;
+  }
+  return 0;
+}
+
+void remove_work_folder(const fs::path& work) {
+  std::error_code ec;
+  if (!fs::is_directory(work / "slurm", ec)) {
+    fs::remove_all(work, ec);
+    return;
+  }
+  for (const auto& e : fs::directory_iterator(work, ec)) {
+    if (e.path().filename() != "slurm") fs::remove_all(e.path(), ec);
   }
 }
 

@@ -867,9 +867,15 @@ class RecordsLock {
     const fs::path file = dir / "lock";
     fd_ = ::open(file.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
     if (fd_ < 0) user_error("cannot create '{}': {}", file.string(), std::strerror(errno));
-    if (wait) {
-      while (::flock(fd_, LOCK_EX) != 0 && errno == EINTR) {
-        if (stop_requested()) throw RunInterrupted("interrupted while waiting for another merge; nothing was written");
+    if (wait) {  // polled, so that a stop (Ctrl-C, scancel) ends the wait: flock() restarts after a signal
+      while (::flock(fd_, LOCK_EX | LOCK_NB) != 0) {
+        if (errno != EWOULDBLOCK && errno != EINTR) return;  // no locks here: unlocked
+        if (stop_requested()) {
+          ::close(fd_);
+          fd_ = -1;
+          throw RunInterrupted("interrupted while waiting for another merge of this run; nothing was written");
+        }
+        std::this_thread::sleep_for(std::chrono::milliseconds(100));
       }
       return;
     }
@@ -956,8 +962,7 @@ RunOutcome run_layerwise(const RunOptions& o, const Prepared& p, const Activatio
   claim_work_dir(work, cfg, p.batch_auto);
   // Every attempt at this run id splits the grid the same way (merge could not combine others).
   for (const auto& e : fs::directory_iterator(work)) {
-    int i = 0, n = 0;
-    if (e.is_directory() && std::sscanf(e.path().filename().c_str(), "shard-%d-of-%d", &i, &n) == 2 && n != shards) {
+    if (const int n = used_shard_split(e); n != 0 && n != shards) {
       auto split = [](int k) { return k == 1 ? std::string("unsplit (one shard)") : fmt::format("split {} ways", k); };
       user_error("'{}' holds the grid {}; this run has it {}{}: use the same count, or another --run-id",
                  work.string(), split(n), split(shards),
@@ -1147,7 +1152,7 @@ RunOutcome run_layerwise(const RunOptions& o, const Prepared& p, const Activatio
   manifest["run_id"] = run_id;
   manifest["batches_from_earlier_attempts"] = done.size();  // resumed: grid_seconds sums every attempt
   out.folder = finish_layerwise(p, grid, final_dir, manifest);
-  fs::remove_all(work, ec);  // its records are in the results now
+  remove_work_folder(work);  // its records are in the results now
   if (verbose) {
     print_grid(p, grid);
     fmt::print("results: {}\n", out.folder.string());
@@ -1261,11 +1266,8 @@ RunOutcome run_experiment(const RunOptions& o) {
     if (const fs::path work = work_dir_of(done); fs::is_directory(work)) {
       bool merged = false;
       std::error_code ec;
-      for (const auto& e : fs::directory_iterator(work, ec)) {
-        int i = 0, n = 0;
-        merged = merged || (e.is_directory() && std::sscanf(e.path().filename().c_str(), "shard-%d-of-%d", &i, &n) == 2 && n > 1);
-      }
-      if (!merged) fs::remove_all(work, ec);
+      for (const auto& e : fs::directory_iterator(work, ec)) merged = merged || used_shard_split(e) > 1;
+      if (!merged) remove_work_folder(work);
     }
     // --fresh gives every shard a run of its own: a shard is told to name a new run instead.
     const bool sharded = resolve_shard(o.shard).second > 1;
@@ -1290,8 +1292,7 @@ RunOutcome run_experiment(const RunOptions& o) {
   fs::path records = work / "study";
   if (cfg.kind == "layerwise") {
     for (const auto& e : fs::directory_iterator(work)) {  // every attempt splits the grid the same way
-      int i = 0, n = 0;
-      if (e.is_directory() && std::sscanf(e.path().filename().c_str(), "shard-%d-of-%d", &i, &n) == 2 && n != shards) {
+      if (const int n = used_shard_split(e); n != 0 && n != shards) {
         auto split = [](int k) { return k == 1 ? std::string("unsplit (one shard)") : fmt::format("split {} ways", k); };
         user_error("'{}' holds the grid {}; this run has it {}{}: use the same count, or another --run-id",
                    work.string(), split(n), split(shards),
@@ -1309,7 +1310,7 @@ RunOutcome run_experiment(const RunOptions& o) {
   if (finished_here(final_dir, p->cfg, p->batch_auto)) {  // by the process that held the lock until now
     if (verbose) fmt::print("already complete: {} (another process of this run finished it)\n", final_dir.string());
     std::error_code ec;
-    if (shards == 1) fs::remove_all(work, ec);  // made again by this process; the results hold its records
+    if (shards == 1) remove_work_folder(work);  // made again by this process; the results hold its records
     RunOutcome out;
     out.config = cfg;
     out.folder = final_dir;
@@ -1332,7 +1333,7 @@ RunOutcome run_experiment(const RunOptions& o) {
                   cfg.calibration_order == "file" ? "" : fmt::format(" ({} order)", cfg.calibration_order)));
   // A stop during the preparation (hashing, calibration) ends the run before its first batch.
   auto stop_before_batches = [] {
-    if (stop_requested()) throw RunInterrupted("interrupted before the first batch; nothing was written");
+    if (stop_requested()) throw RunInterrupted("interrupted before the first batch; no batch was recorded");
   };
   stop_before_batches();
   const ActivationRanges ranges =
@@ -1457,7 +1458,7 @@ RunOutcome run_experiment(const RunOptions& o) {
     out.folder = folder.commit();
   }
   std::error_code ec;
-  fs::remove_all(work, ec);  // its records are in the results now
+  remove_work_folder(work);  // its records are in the results now
   out.config = cfg;
   out.grid = std::move(grid);
   if (verbose) fmt::print("results: {}\n", out.folder.string());
@@ -1502,8 +1503,8 @@ RunOutcome merge_run(const std::string& dir, bool quiet) {
   std::map<int, fs::path> shard_dirs;
   std::set<int> counts;
   for (const auto& e : fs::directory_iterator(work)) {
-    int i, n;
-    if (e.is_directory() && std::sscanf(e.path().filename().c_str(), "shard-%d-of-%d", &i, &n) == 2) {
+    int i = 0, n = 0;
+    if (used_shard_split(e) != 0 && std::sscanf(e.path().filename().c_str(), "shard-%d-of-%d", &i, &n) == 2) {
       counts.insert(n);
       shard_dirs[i] = e.path();
     }

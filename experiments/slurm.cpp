@@ -106,8 +106,7 @@ void check_existing_work(const fs::path& work, const Config& cfg, int array) {
                work.string());
   }
   for (const auto& e : fs::directory_iterator(work, ec)) {
-    int i = 0, n = 0;
-    if (e.is_directory() && std::sscanf(e.path().filename().c_str(), "shard-%d-of-%d", &i, &n) == 2 && n != array) {
+    if (const int n = used_shard_split(e); n != 0 && n != array) {
       user_error("'{}' holds the grid split {} way{}; --array {} would split it {} ways: use --array {}, or another "
                  "--run-id",
                  work.string(), n, n == 1 ? "" : "s", array, array, n);

@@ -471,6 +471,17 @@ TEST_F(Shards, AbandonedStagingFoldersAreRemovedByTheNextRun) {
   EXPECT_FALSE(fs::exists(recent));
   EXPECT_FALSE(fs::exists(exp / ".r.work"));
   EXPECT_TRUE(fs::exists(alive));
+  // A submitted array's scripts and logs stay (its other tasks and merge job still write there).
+  fs::create_directories(exp / ".r.work" / "slurm");
+  std::ofstream(exp / ".r.work" / "slurm" / "array.sbatch") << "#!/bin/sh\n";
+  fs::create_directories(exp / ".r.work" / "shard-0-of-1");
+  ASSERT_EQ(run("run " + std::string(QSWEEP_SOURCE_DIR) + "/configs/quickstart.toml --quiet --run-id r --out " +
+                (dir_ / "t").string() + " --set data.eval.count=100 --set data.calibration.count=16" +
+                " --set 'quant.weight_bits=[8]' --set output.plots=false"),
+            0)
+      << slurp(dir_ / "stderr");
+  EXPECT_TRUE(fs::exists(exp / ".r.work" / "slurm" / "array.sbatch"));
+  EXPECT_FALSE(fs::exists(exp / ".r.work" / "shard-0-of-1"));
   EXPECT_TRUE(fs::exists(exp / "r" / "summary.json"));
 }
 
@@ -553,7 +564,22 @@ TEST_F(Shards, AnotherShardCountForTheSameRunIsRefused) {
   fs::remove(dir_ / "stderr");
   EXPECT_EQ(run("run " + common(root.string()) + " --run-id sh --shard ''"), 2);
   EXPECT_NE(slurp(dir_ / "stderr").find("--shard '': expected I/N"), std::string::npos) << slurp(dir_ / "stderr");
+  // An unused shard folder (a process stopped before its first batch leaves one, with its lock
+  // file) fixes no split: a run of another count, and the merge, ignore it (review).
+  fs::create_directories(work_of(root) / "shard-0-of-5");
+  std::ofstream(work_of(root) / "shard-0-of-5" / "lock") << "pid 1 on x\n";
   ASSERT_EQ(run("run " + common(root.string()) + " --run-id sh --shard 1/2"), 0) << slurp(dir_ / "stderr");
+  // A merge waiting for another one (here a lock held by hand) stops at Ctrl-C (review: it
+  // waited on; flock() restarts after a signal).
+  const std::string held = "flock " + (work_of(root) / "lock").string() + " sleep 5 & sleep 0.3; " + QSWEEP_BINARY +
+                           " merge " + work_of(root).string() + " --quiet & m=$!; sleep 0.8; kill -INT $m; wait $m; " +
+                           "echo $? >" + (dir_ / "merge_code").string();
+  const auto t0 = std::chrono::steady_clock::now();
+  std::system(("sh -c '" + held + "' 2>" + (dir_ / "stderr").string()).c_str());
+  EXPECT_EQ(slurp(dir_ / "merge_code"), "143\n") << slurp(dir_ / "stderr");
+  EXPECT_NE(slurp(dir_ / "stderr").find("interrupted while waiting for another merge of this run"), std::string::npos)
+      << slurp(dir_ / "stderr");
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::seconds(4));
   EXPECT_EQ(run("merge " + work_of(root).string() + " --quiet"), 0) << slurp(dir_ / "stderr");
 }
 
