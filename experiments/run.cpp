@@ -1530,7 +1530,7 @@ RunOutcome merge_run(const std::string& dir, bool quiet) {
     // explicit --shard does not take the id from a SLURM array).
     const fs::path root = final_dir.parent_path().parent_path();
     user_error("cannot merge '{}': shard(s) {} of {} are missing or unfinished; run them (e.g. qsweep run CONFIG "
-               "--shard {}/{} --run-id {} --out {}) and merge again",
+               "--shard {}/{} --run-id {} --out {}, with the other shards' --set options) and merge again",
                final_dir.string(), fmt::join(missing, ", "), shards, missing[0], shards, final_dir.filename().string(),
                quoted_arg(root.empty() ? std::string(".") : root.string()));
   }

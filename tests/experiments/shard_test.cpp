@@ -131,7 +131,8 @@ TEST_F(Shards, MergeRefusesMissingForeignAndCorruptedShards) {
   fs::remove(dir_ / "stderr");
   EXPECT_EQ(run("merge " + final_dir.string()), 2);
   EXPECT_NE(slurp(dir_ / "stderr").find("shard(s) 1 of 3 are missing or unfinished; run them (e.g. qsweep run CONFIG "
-                                        "--shard 1/3 --run-id test-run --out " + root.string() + ")"),
+                                        "--shard 1/3 --run-id test-run --out " + root.string() +
+                                        ", with the other shards' --set options)"),
             std::string::npos)
       << slurp(dir_ / "stderr");
   EXPECT_FALSE(fs::exists(final_dir));
