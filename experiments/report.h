@@ -59,5 +59,8 @@ ReportOptions report_options_for(const std::filesystem::path& dir);
 
 // Escapes &, <, >, " and ' for HTML text and attribute values.
 std::string html_escape(const std::string& s);
+// A word for a shell command shown to the user: as is where the shell reads it so, else in
+// single quotes.
+std::string shell_quote(const std::string& s);
 
 }  // namespace qsweep

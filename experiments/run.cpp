@@ -484,17 +484,6 @@ json manifest_json(const Prepared& p, const std::string& command_line, const std
   return manifest;
 }
 
-// A word for a command line shown to the user: as is where the shell would read it so, else in
-// single quotes.
-std::string quoted_arg(const std::string& s) {
-  if (!s.empty() && s.find_first_not_of("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-./=:,+@%") ==
-                        std::string::npos) {
-    return s;
-  }
-  std::string q = "'";
-  for (char c : s) q += c == '\'' ? std::string("'\\''") : std::string(1, c);
-  return q + "'";
-}
 
 // Figures and report.html into the staging folder; never fails the run.
 // `resumable`: the numbers are recorded where the same command finds them again (a one-pass
@@ -514,7 +503,7 @@ void add_report(ResultsFolder& folder, const Graph& g, bool resumable) {
     fmt::print(stderr,
                "qsweep: warning: the report could not be written: {}; the numbers are complete: draw the figures and "
                "report.html with `qsweep report {}` once that is fixed\n",
-               e.what(), quoted_arg(folder.final_path().string()));
+               e.what(), shell_quote(folder.final_path().string()));
   }
   // A signal to the process group (Ctrl-C, SLURM) kills gnuplot too: its figure would be
   // missing from a folder that looks finished. Where the numbers would have to be computed
@@ -1532,7 +1521,7 @@ RunOutcome merge_run(const std::string& dir, bool quiet) {
     user_error("cannot merge '{}': shard(s) {} of {} are missing or unfinished; run them (e.g. qsweep run CONFIG "
                "--shard {}/{} --run-id {} --out {}, with the other shards' --set options) and merge again",
                final_dir.string(), fmt::join(missing, ", "), shards, missing[0], shards, final_dir.filename().string(),
-               quoted_arg(root.empty() ? std::string(".") : root.string()));
+               shell_quote(root.empty() ? std::string(".") : root.string()));
   }
   Config cfg = load_config((work / "config.toml").string(), {});
   auto p = prepare(cfg, [](const std::string&) {}, /*compute=*/false);
