@@ -54,6 +54,23 @@ void write_file_atomic(const fs::path& path, const std::string& content) {
 }
 
 namespace {
+std::string host_tag();
+}  // namespace
+
+bool create_file_once(const fs::path& path, const std::string& content) {
+  const fs::path tmp = path.parent_path() / fmt::format(".{}.{}-{}", path.filename().string(), host_tag(), getpid());
+  write_file_atomic(tmp, content);
+  const bool linked = ::link(tmp.c_str(), path.c_str()) == 0;
+  const int err = errno;
+  std::error_code ec;
+  fs::remove(tmp, ec);
+  if (linked) return true;
+  if (err == EEXIST) return false;
+  write_file_atomic(path, content);  // no hard links here
+  return true;
+}
+
+namespace {
 
 // This host's name, at most 40 characters (a run id has at most 180, a folder name 255).
 std::string host_tag() {

@@ -41,6 +41,10 @@ std::string csv_field(const std::string& s);
 
 // Writes `content` to `path` atomically (temp file in the same folder + rename).
 void write_file_atomic(const std::filesystem::path& path, const std::string& content);
+// Creates `path` with `content`, whole, unless it exists (link() of a temporary file: atomic,
+// also on NFS); false where it existed. Where the file system has no hard links, written as
+// write_file_atomic() does.
+bool create_file_once(const std::filesystem::path& path, const std::string& content);
 
 // Removes the staging folders (".<run_id>.partial-<host>-<pid>") in `parent` that a process of
 // this host left behind: its pid gone and the folder untouched for 10 minutes (containers may

@@ -313,14 +313,13 @@ std::unique_ptr<Prepared> prepare(const Config& cfg, const std::function<void(co
   // busy worker (smaller batches keep more workers busy), plus the weights, their quantized
   // copies and the kernels' rearranged copies (about 3 times), within 90% of what is available.
   const int64_t threads = std::max(p->threads, 1);
-  const auto busy = [&](int64_t b) {
+  const auto busy = [images, threads](int64_t b) {
     return std::max<int64_t>(1, std::min<int64_t>(threads, (std::max<int64_t>(images, 1) + b - 1) / b));
   };
   const double fixed = 3.0 * static_cast<double>(model_bytes(g));
-  const auto need = [per_image, images, threads, fixed](int64_t b) {
+  const auto need = [per_image, images, busy, fixed](int64_t b) {  // kept by batch_fits: by value
     b = std::min<int64_t>(b, std::max<int64_t>(images, 1));
-    const int64_t busy = std::max<int64_t>(1, std::min<int64_t>(threads, (std::max<int64_t>(images, 1) + b - 1) / b));
-    return static_cast<double>(per_image) * static_cast<double>(b) * static_cast<double>(busy) + fixed;
+    return static_cast<double>(per_image) * static_cast<double>(b) * static_cast<double>(busy(b)) + fixed;
   };
   const double budget = 0.9 * static_cast<double>(available);
   // The largest batch of at most `cap` images that keeps the rule (0: not even one); searched,
@@ -369,7 +368,6 @@ std::unique_ptr<Prepared> prepare(const Config& cfg, const std::function<void(co
                                           : std::min(p->cfg.batch_size, p->batch_fit);
       }
     }
-
   } else if (cpu && available > 0 && need(p->cfg.batch_size) > budget) {
     too_big(p->cfg.batch_size);
   }
@@ -483,7 +481,6 @@ json manifest_json(const Prepared& p, const std::string& command_line, const std
                            {"compiler", __VERSION__}};
   return manifest;
 }
-
 
 // Figures and report.html into the staging folder; never fails the run.
 // `resumable`: the numbers are recorded where the same command finds them again (a one-pass
@@ -631,21 +628,9 @@ void claim_work_dir(const fs::path& work, const Config& cfg, bool any_batch_size
   const std::string identity = config_identity(cfg, any_batch_size);
   const fs::path file = work / "config.toml";
   if (!fs::exists(file)) {
-    if (!write) return;
-    // The first attempt's, created whole or not at all (link() fails where it exists): of two
-    // configurations started together under one run id, the second then compares with it.
-    char host[256] = {0};
-    gethostname(host, sizeof host - 1);
-    const fs::path tmp = work / fmt::format(".config.toml.{}-{}", std::string(host).substr(0, 40), getpid());
-    write_file_atomic(tmp, config_to_toml(cfg));
-    const bool linked = ::link(tmp.c_str(), file.c_str()) == 0;
-    const int err = errno;
-    fs::remove(tmp, ec);
-    if (linked) return;
-    if (err != EEXIST) {  // no hard links here
-      write_file_atomic(file, config_to_toml(cfg));
-      return;
-    }
+    // The first attempt's, created whole or not at all: of two configurations started together
+    // under one run id, the second then compares with it.
+    if (!write || create_file_once(file, config_to_toml(cfg))) return;
   }
   if (config_identity_of_file(file.string(), any_batch_size) != identity) {
     user_error("'{}' belongs to a run with another configuration (compare its config.toml); use another --run-id",
@@ -693,18 +678,9 @@ bool settle_auto_batch_size(const fs::path& work, Prepared& p, bool sharded) {
     }
   }
   if (first == 0) {
-    // Created with its content or not at all (link() fails where the file exists), so that of
-    // shards starting together one size wins and the others read it whole.
-    char host[256] = {0};
-    gethostname(host, sizeof host - 1);
-    const fs::path tmp = work / fmt::format(".{}.{}-{}", kAutoBatchFile, std::string(host).substr(0, 40), getpid());
-    write_file_atomic(tmp, text);
-    const bool linked = ::link(tmp.c_str(), pin.c_str()) == 0;
-    const int err = errno;
-    std::error_code ec;
-    fs::remove(tmp, ec);
-    if (linked) return false;
-    if (err != EEXIST || (first = recorded()) == 0) {  // no hard links here, or a damaged file
+    // Of shards starting together one size wins, and the others read it whole.
+    if (create_file_once(pin, text)) return false;
+    if ((first = recorded()) == 0) {  // damaged meanwhile
       write_file_atomic(pin, text);
       return false;
     }
