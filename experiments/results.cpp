@@ -10,6 +10,8 @@
 
 #include <fmt/format.h>
 #include <signal.h>
+#include <sys/file.h>
+#include <fcntl.h>
 #include <unistd.h>
 
 #include "runtime/error.h"
@@ -110,9 +112,19 @@ int used_shard_split(const fs::directory_entry& e) {
   std::error_code ec;
   if (!e.is_directory(ec) || std::sscanf(e.path().filename().c_str(), "shard-%d-of-%d", &i, &n) != 2) return 0;
   for (const auto& f : fs::directory_iterator(e.path(), ec)) {
-    if (f.path().filename() != "lock") return n;
+    if (f.path().extension() == ".rec" || f.path().filename() == "DONE.json") return n;  // records
   }
-  return 0;
+  // No records, but a process holds its lock: it is computing them (two runs of other shard
+  // counts started together each see the other's folder so, as each locks its own first).
+  const int fd = ::open((e.path() / "lock").c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return 0;
+  const bool held = ::flock(fd, LOCK_SH | LOCK_NB) != 0 && errno == EWOULDBLOCK;
+  ::close(fd);
+  return held ? n : 0;
+}
+
+std::string split_text(int shards) {
+  return shards == 1 ? std::string("unsplit (one shard)") : fmt::format("split {} ways", shards);
 }
 
 void remove_work_folder(const fs::path& work) {

@@ -51,10 +51,12 @@ bool create_file_once(const std::filesystem::path& path, const std::string& cont
 // share a host name but not their process ids).
 void remove_abandoned_staging(const std::filesystem::path& parent, const std::string& run_id);
 
-// N of a work folder's shard folder "shard-I-of-N" that is in use: it holds anything but its
-// lock file (a process stopped before its first batch leaves an unused one, which fixes no
-// split). 0 for anything else.
+// N of a work folder's shard folder "shard-I-of-N" that is in use: it holds records (a
+// batch's, or DONE.json), or a process holds its lock. A process stopped before its first batch
+// leaves an unused one, which fixes no split. 0 for anything else.
 int used_shard_split(const std::filesystem::directory_entry& e);
+// "unsplit (one shard)" or "split N ways", for messages about a grid's shard count.
+std::string split_text(int shards);
 
 // Removes a finished run's work folder, keeping `slurm/` where there is one: a submitted
 // array's scripts, and the logs its other tasks and its merge job still write.

@@ -663,17 +663,21 @@ bool settle_auto_batch_size(const fs::path& work, Prepared& p, bool sharded) {
   };
   int64_t first = recorded();
   std::error_code ec0;
-  if (first == 0 && fs::exists(pin, ec0) && fs::exists(work / "config.toml", ec0)) {
-    // Damaged (a hand edit): the size the shards agreed on is also in the work folder's
-    // config.toml, written once a size was settled.
+  if (first == 0 && fs::exists(work / "config.toml", ec0)) {
+    // The size this run's earlier attempts computed with is also in the work folder's
+    // config.toml, written once a size was settled: where the record of it is damaged (a hand
+    // edit), or absent because they asked for a number (the same run for the identity).
+    const bool damaged = fs::exists(pin, ec0);
     try {
       first = load_config((work / "config.toml").string(), {}).batch_size;
     } catch (const UserError&) {
       first = 0;
     }
     if (first > 0) {
-      fmt::print(stderr, "qsweep: note: '{}' is damaged; the batch size this run computes with, {}, is taken from '{}'\n",
-                 pin.string(), first, (work / "config.toml").string());
+      if (damaged) {
+        fmt::print(stderr, "qsweep: note: '{}' is damaged; the batch size this run computes with, {}, is taken from "
+                   "'{}'\n", pin.string(), first, (work / "config.toml").string());
+      }
       write_file_atomic(pin, std::to_string(first) + "\n");
     }
   }
@@ -873,7 +877,8 @@ class RecordsLock {
 };
 
 // The same run's finished folder, where another process of it (the same command started twice)
-// finished first: its result, not a clash ("already exists"). A finished run of another
+// finished first: its result, not a clash ("already exists"). Under the records lock this
+// cannot happen; it can where the file system has no locks. A finished run of another
 // configuration there is refused (finished_here).
 std::optional<fs::path> finished_meanwhile(const fs::path& final_dir, const Config& cfg, bool batch_auto) {
   if (!finished_here(final_dir, cfg, batch_auto)) return std::nullopt;
@@ -905,38 +910,17 @@ fs::path finish_layerwise(const Prepared& p, const GridResult& grid, const fs::p
 RunOutcome run_layerwise(const RunOptions& o, const Prepared& p, const ActivationRanges& ranges,
                          const std::string& started, std::chrono::steady_clock::time_point t0, bool verbose) {
   const Config& cfg = p.cfg;
-  const auto [shard, shards] = resolve_shard(o.shard);
-  if (cfg.naive && shards > 1) user_error("run.naive cannot be sharded; the naive way is for comparisons on one machine");
+  const auto [shard, shards] = resolve_shard(o.shard);  // a sharded naive grid is refused by run_experiment
   const std::string run_id = resolve_run_id(o, cfg);
   const fs::path final_dir = fs::path(cfg.root) / cfg.name / run_id;
   const fs::path work = work_dir_of(final_dir);
   RunOutcome out;
   out.config = cfg;
   out.folder = final_dir;
-  if (finished_here(final_dir, cfg, p.batch_auto)) {
-    if (verbose) {
-      fmt::print("already complete: {} ({})\nresults: {}\n", final_dir.string(),
-                 shards > 1 ? "give every shard one new --run-id to compute it again" : "pass --fresh to compute it again",
-                 final_dir.string());
-    }
-    return out;
-  }
-
-  // The config as run is the run's identity: every shard must have the same one.
+  // run_experiment has claimed the work folder (the identity, the split) and locked this
+  // shard's folder, and found the run unfinished.
   std::error_code ec;
-  claim_work_dir(work, cfg, p.batch_auto);
-  // Every attempt at this run id splits the grid the same way (merge could not combine others).
-  for (const auto& e : fs::directory_iterator(work)) {
-    if (const int n = used_shard_split(e); n != 0 && n != shards) {
-      auto split = [](int k) { return k == 1 ? std::string("unsplit (one shard)") : fmt::format("split {} ways", k); };
-      user_error("'{}' holds the grid {}; this run has it {}{}: use the same count, or another --run-id",
-                 work.string(), split(n), split(shards),
-                 shards > 1 ? fmt::format(" (shard {}/{})", shard, shards) : std::string());
-    }
-  }
-  const fs::path sdir = work / shard_dir_name(shard, shards);  // locked by run_experiment
-  fs::create_directories(sdir, ec);
-  if (ec) user_error("cannot create '{}': {}", sdir.string(), ec.message());
+  const fs::path sdir = work / shard_dir_name(shard, shards);
 
   const ShardPlan plan = make_plan(p, shards);
   GridJob job;
@@ -1254,27 +1238,24 @@ RunOutcome run_experiment(const RunOptions& o) {
   const fs::path final_dir = fs::path(cfg.root) / cfg.name / ro.run_id;
   const fs::path work = work_dir_of(final_dir);
   claim_work_dir(work, p->cfg, p->batch_auto, /*write=*/false);
-  fs::path records = work / "study";
-  if (cfg.kind == "layerwise") {
-    for (const auto& e : fs::directory_iterator(work)) {  // every attempt splits the grid the same way
-      if (const int n = used_shard_split(e); n != 0 && n != shards) {
-        auto split = [](int k) { return k == 1 ? std::string("unsplit (one shard)") : fmt::format("split {} ways", k); };
-        user_error("'{}' holds the grid {}; this run has it {}{}: use the same count, or another --run-id",
-                   work.string(), split(n), split(shards),
-                   shards > 1 ? fmt::format(" (shard {}/{})", shard, shards) : std::string());
-      }
-    }
-    records = work / shard_dir_name(shard, shards);
-  }
+  const fs::path records = cfg.kind == "layerwise" ? work / shard_dir_name(shard, shards) : work / "study";
   {
     std::error_code ec;
     fs::create_directories(records, ec);
     if (ec) user_error("cannot create '{}': {}", records.string(), ec.message());
   }
   const RecordsLock lock(records);
+  // Every attempt splits the grid the same way, checked once this shard's folder is locked (a
+  // run of another count started at the same moment sees it in use; used_shard_split).
+  for (const auto& e : fs::directory_iterator(work)) {
+    if (const int n = used_shard_split(e); n != 0 && n != shards) {
+      user_error("'{}' holds the grid {}; this run has it {}{}: use the same count, or another --run-id",
+                 work.string(), split_text(n), split_text(shards),
+                 shards > 1 ? fmt::format(" (shard {}/{})", shard, shards) : std::string());
+    }
+  }
   if (finished_here(final_dir, p->cfg, p->batch_auto)) {  // by the process that held the lock until now
     if (verbose) fmt::print("already complete: {} (another process of this run finished it)\n", final_dir.string());
-    std::error_code ec;
     if (shards == 1) remove_work_folder(work);  // made again by this process; the results hold its records
     RunOutcome out;
     out.config = cfg;
@@ -1321,14 +1302,7 @@ RunOutcome run_experiment(const RunOptions& o) {
   ctx.options.stop = &stop_requested();
   const PairedBootstrap boot(static_cast<size_t>(p->eval_count), cfg.bootstrap, cfg.stats_seed, cfg.confidence);
   json summary = summary_header(*p);
-  ResultsFolder folder(cfg.root, cfg.name, ro.run_id);
-  if (finished_here(folder.final_path(), p->cfg, p->batch_auto)) {
-    RunOutcome out;
-    out.config = cfg;
-    out.folder = folder.final_path();
-    if (verbose) fmt::print("already complete: {} (pass --fresh to compute it again)\n", out.folder.string());
-    return out;
-  }
+  ResultsFolder folder(cfg.root, cfg.name, ro.run_id);  // unfinished: checked under the lock above
   // Finished batches are kept in the work folder (claimed and locked above), so a stopped run
   // resumes where it stopped; records of another batch size are not reused (checked per record).
   const fs::path records_dir = records;
@@ -1454,7 +1428,13 @@ RunOutcome merge_run(const std::string& dir, bool quiet) {
     user_error("'{}' has no shard results (expected the folder '{}' written by `qsweep run --shard I/N`)", dir,
                work.string());
   }
-  if (!fs::exists(work / "config.toml")) user_error("'{}' has no config.toml; it is not a qsweep run folder", work.string());
+  if (!fs::exists(work / "config.toml")) {
+    if (fs::is_directory(work / "slurm")) {
+      user_error("'{}' holds only the scripts of qsweep submit: no shard has started; run the array first",
+                 work.string());
+    }
+    user_error("'{}' has no config.toml; it is not a qsweep run folder", work.string());
+  }
   // Two merges of one run (the SLURM merge job and one by hand): the second waits, then finds
   // the results (it used to fail with "already exists").
   const RecordsLock merging(work, /*wait=*/true);
@@ -1489,6 +1469,11 @@ RunOutcome merge_run(const std::string& dir, bool quiet) {
   for (int i = 0; i < shards; ++i) {
     const fs::path done = work / shard_dir_name(i, shards) / "DONE.json";
     if (!fs::exists(done)) missing.push_back(std::to_string(i));
+  }
+  if (shards == 1) {
+    user_error("'{}' holds the records of an unfinished run, which is not sharded: run the same qsweep run command "
+               "again to resume it",
+               work.string());
   }
   if (!missing.empty()) {
     // The command that computes a missing shard into this run: its id and output root too (an

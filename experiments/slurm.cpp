@@ -107,9 +107,8 @@ void check_existing_work(const fs::path& work, const Config& cfg, int array) {
   }
   for (const auto& e : fs::directory_iterator(work, ec)) {
     if (const int n = used_shard_split(e); n != 0 && n != array) {
-      user_error("'{}' holds the grid split {} way{}; --array {} would split it {} ways: use --array {}, or another "
-                 "--run-id",
-                 work.string(), n, n == 1 ? "" : "s", array, array, n);
+      user_error("'{}' holds the grid {}; --array {} would have it {}: use --array {}, or another --run-id",
+                 work.string(), split_text(n), array, split_text(array), n);
     }
   }
 }

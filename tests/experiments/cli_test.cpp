@@ -217,7 +217,8 @@ TEST_F(Cli, SubmitScriptsRunAnywhereAndFitTheRunId) {
   ASSERT_EQ(run("run " + q + " --quiet --shard 0/2" + small).code, 0);
   CliRun r = run("submit " + q + " --array 4 --dry-run" + small);
   EXPECT_EQ(r.code, 2);
-  EXPECT_NE(r.err.find("holds the grid split 2 ways; --array 4 would split it 4 ways: use --array 2, or another --run-id"),
+  EXPECT_NE(r.err.find("holds the grid split 2 ways; --array 4 would have it split 4 ways: use --array 2, or another "
+                       "--run-id"),
             std::string::npos)
       << r.err;
   r = run("submit " + q + " --array 2 --dry-run" + small);

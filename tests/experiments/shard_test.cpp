@@ -181,6 +181,30 @@ TEST_F(Shards, MergeRefusesMissingForeignAndCorruptedShards) {
   EXPECT_NE(slurp(dir_ / "stderr").find("belongs to a run with another configuration"), std::string::npos);
 }
 
+// merge on work folders it cannot merge says what to do instead (review: shard advice for an
+// unsharded run, "not a qsweep run folder" for the one qsweep submit made).
+TEST_F(Shards, MergeSaysWhatToDoWithFoldersThatAreNotShards) {
+  const fs::path exp = dir_ / "r" / "quickstart";
+  fs::create_directories(exp / ".s.work" / "slurm");
+  EXPECT_EQ(run("merge " + (exp / "s").string()), 2);
+  EXPECT_NE(slurp(dir_ / "stderr").find("holds only the scripts of qsweep submit: no shard has started; run the array "
+                                        "first"),
+            std::string::npos)
+      << slurp(dir_ / "stderr");
+  fs::remove(dir_ / "stderr");
+  // An unsharded run stopped with records.
+  ASSERT_EQ(run("run " + common((dir_ / "r").string()) + " --run-id u"), 0) << slurp(dir_ / "stderr");
+  fs::create_directories(exp / ".u.work" / "shard-0-of-1");
+  fs::copy_file(exp / "u" / "config.toml", exp / ".u.work" / "config.toml");
+  std::ofstream(exp / ".u.work" / "shard-0-of-1" / "batch-000000.rec") << "x";
+  fs::rename(exp / "u", dir_ / "u-moved");
+  EXPECT_EQ(run("merge " + (exp / "u").string()), 2);
+  EXPECT_NE(slurp(dir_ / "stderr").find("holds the records of an unfinished run, which is not sharded: run the same "
+                                        "qsweep run command again to resume it"),
+            std::string::npos)
+      << slurp(dir_ / "stderr");
+}
+
 // Starts qsweep, kills it with `sig` after `delay`, and returns its exit status.
 int run_and_kill(const std::string& args, int sig, std::chrono::milliseconds delay) {
   const pid_t pid = fork();
@@ -383,6 +407,15 @@ TEST_F(Shards, AutoBatchSizeIsSettledByTheFirstShard) {
   EXPECT_EQ(run(tiny + " --shard 1/2"), 0) << slurp(dir_ / "stderr");
   unsetenv("QSWEEP_AVAILABLE_MEMORY");
   EXPECT_EQ(run("merge " + (dir_ / "t" / "quickstart" / "tiny").string()), 0) << slurp(dir_ / "stderr");
+  // An "auto" shard joining a run id whose shards asked for a number (the same run for the
+  // identity) computes with that number (review: it computed at its own size, and merge refused).
+  const std::string fixed = "run " + std::string(QSWEEP_SOURCE_DIR) + "/configs/quickstart.toml --quiet --out " +
+                            (dir_ / "t").string() + " --set data.eval.count=300 --set data.calibration.count=20" +
+                            " --set 'quant.weight_bits=[4]' --set output.plots=false --set stats.bootstrap=0" +
+                            " --run-id fx";
+  ASSERT_EQ(run(fixed + " --set run.batch_size=50 --shard 0/2"), 0) << slurp(dir_ / "stderr");
+  ASSERT_EQ(run(fixed + " --set 'run.batch_size=\"auto\"' --shard 1/2"), 0) << slurp(dir_ / "stderr");
+  EXPECT_EQ(run("merge " + (dir_ / "t" / "quickstart" / "fx").string()), 0) << slurp(dir_ / "stderr");
   // Shards of other sizes after all (the record of the size removed by hand): merge names them.
   const fs::path wo = dir_ / "t" / "quickstart" / ".o.work";
   setenv("QSWEEP_AVAILABLE_MEMORY", "40000000", 1);
@@ -561,7 +594,7 @@ TEST_F(Shards, AnotherShardCountForTheSameRunIsRefused) {
   EXPECT_NE(slurp(dir_ / "stderr").find("holds the grid split 2 ways; this run has it split 3 ways (shard 1/3)"),
             std::string::npos)
       << slurp(dir_ / "stderr");
-  EXPECT_FALSE(fs::exists(work_of(root) / "shard-1-of-3"));
+  EXPECT_EQ(count_records(work_of(root) / "shard-1-of-3"), 0u);  // refused before computing
   fs::remove(dir_ / "stderr");
   EXPECT_EQ(run("run " + common(root.string()) + " --run-id sh --shard ''"), 2);
   EXPECT_NE(slurp(dir_ / "stderr").find("--shard '': expected I/N"), std::string::npos) << slurp(dir_ / "stderr");
@@ -569,6 +602,19 @@ TEST_F(Shards, AnotherShardCountForTheSameRunIsRefused) {
   // file) fixes no split: a run of another count, and the merge, ignore it (review).
   fs::create_directories(work_of(root) / "shard-0-of-5");
   std::ofstream(work_of(root) / "shard-0-of-5" / "lock") << "pid 1 on x\n";
+  std::ofstream(work_of(root) / "shard-0-of-5" / "inputs.json") << "{}";  // stopped while quantizing
+  // ... but one whose lock a process holds is in use: a run of another count started at the
+  // same moment (review: both computed, and the run could not be merged).
+  fs::create_directories(work_of(root) / "shard-0-of-4");
+  // flock -o: the lock stays with flock itself (not the sleep it runs), so killing it releases it.
+  const std::string holder = "flock -o " + (work_of(root) / "shard-0-of-4" / "lock").string() + " sleep 30";
+  std::ofstream(dir_ / "hold.sh") << holder << " & echo $! >" << (dir_ / "holder").string() << "\nsleep 0.3\n";
+  ASSERT_EQ(std::system(("sh " + (dir_ / "hold.sh").string()).c_str()), 0);
+  fs::remove(dir_ / "stderr");
+  EXPECT_EQ(run("run " + common(root.string()) + " --run-id sh --shard 1/2"), 2);
+  EXPECT_NE(slurp(dir_ / "stderr").find("holds the grid split 4 ways"), std::string::npos) << slurp(dir_ / "stderr");
+  std::system(("kill $(cat " + (dir_ / "holder").string() + ") 2>/dev/null").c_str());
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
   ASSERT_EQ(run("run " + common(root.string()) + " --run-id sh --shard 1/2"), 0) << slurp(dir_ / "stderr");
   // A merge waiting for another one (here a lock held by hand) stops at Ctrl-C (review: it
   // waited on; flock() restarts after a signal).
