@@ -695,7 +695,7 @@ bool settle_auto_batch_size(const fs::path& work, Prepared& p, bool sharded) {
     return true;
   }
   if (sharded) {
-    user_error("run.batch_size = \"auto\": this run's shards compute {} images per batch (chosen by its first shard, "
+    user_error("run.batch_size = \"auto\": this run's shards compute {} images per batch (recorded for this run in "
                "'{}'), but at most {} fit here, and shards of other batch sizes cannot be merged; set run.batch_size "
                "to a number that fits every machine (e.g. {}) and use another --run-id",
                first, pin.string(), p.batch_fit, p.batch_fit);
@@ -848,9 +848,15 @@ class RecordsLock {
       }
       return;
     }
-    if (::flock(fd_, LOCK_EX | LOCK_NB) != 0) {
-      const int err = errno;
-      if (err != EWOULDBLOCK) return;  // no locks here (ENOLCK, EINVAL): unlocked
+    // Tried for a second before refusing: another run's check of this folder (used_shard_split)
+    // holds it for a moment.
+    for (int tries = 1;; ++tries) {
+      if (::flock(fd_, LOCK_EX | LOCK_NB) == 0) break;
+      if (errno != EWOULDBLOCK) return;  // no locks here (ENOLCK, EINVAL): unlocked
+      if (tries < 10) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(100));
+        continue;
+      }
       char holder[256] = {0};
       const ssize_t n = ::pread(fd_, holder, sizeof holder - 1, 0);
       std::string who = n > 0 ? std::string(holder, static_cast<size_t>(n)) : std::string();
