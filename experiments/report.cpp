@@ -50,7 +50,7 @@ void write_into(const fs::path& path, const std::string& content) {
 
 // A JSON object of the folder, or nullopt where the file is absent; a damaged one is an error
 // (a figure or table drawn without it would be wrong or missing).
-std::optional<json> read_json(const fs::path& p, std::vector<std::string>&) {
+std::optional<json> read_json(const fs::path& p) {
   auto text = read_text(p);
   if (!text) return std::nullopt;
   json j;
@@ -175,7 +175,7 @@ void check_against_summary(const fs::path& dir, const Results& r, bool has_grid)
   }
 }
 
-Results load_results(const fs::path& dir, std::vector<std::string>& warnings) {
+Results load_results(const fs::path& dir) {
   Results r;
   r.dir = dir;
   r.additivity = read_csv(dir / "additivity.csv");
@@ -233,8 +233,8 @@ Results load_results(const fs::path& dir, std::vector<std::string>& warnings) {
   }
   for (auto& [i, L] : layers) r.layers.push_back(L);
   r.bits.assign(bits.begin(), bits.end());
-  r.summary = read_json(dir / "summary.json", warnings);
-  r.manifest = read_json(dir / "manifest.json", warnings);
+  r.summary = read_json(dir / "summary.json");
+  r.manifest = read_json(dir / "manifest.json");
   check_against_summary(dir, r, grid.has_value());
   if (r.summary && std::isnan(r.float_top1) && (*r.summary)["float_top1"].is_number()) {
     r.float_top1 = (*r.summary)["float_top1"].get<double>();
@@ -1450,7 +1450,7 @@ ReportOptions report_options_for(const fs::path& dir) {
 ReportResult write_report(const fs::path& dir, const ReportOptions& o, const Graph* graph) {
   ReportResult result;
   const fs::path final_dir = o.final_dir.empty() ? dir : o.final_dir;
-  const Results r = load_results(dir, result.warnings);
+  const Results r = load_results(dir);
   const bool grid = !r.cells.empty();
   const double saturate = o.saturate > 0 ? o.saturate : 5.0;
   const int lowest = grid ? r.bits.front() : 0;
