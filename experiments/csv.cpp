@@ -125,47 +125,46 @@ void require_columns(const Csv& csv, const std::filesystem::path& file, std::ini
   }
 }
 
-// The numbers check compares must be numbers ("nan" and "inf" are); anything else is named.
-void require_numbers(const Csv& csv, const std::filesystem::path& file, std::initializer_list<const char*> cols,
-                     bool empty_ok) {
+namespace {
+
+// Every field of the columns of `cols` (those present) passes `ok`, else one sentence naming
+// the file, line and column and saying what the field is `not`.
+template <typename Ok>
+void require_fields(const Csv& csv, const std::filesystem::path& file, std::initializer_list<const char*> cols, Ok ok,
+                    const char* not_what) {
   for (const char* c : cols) {
     if (!csv.has(c)) continue;
     for (size_t r = 0; r < csv.rows.size(); ++r) {
       const std::string& v = csv.at(r, c);
-      if (!csv_is_number(v) && !(empty_ok && v.empty())) {
-        user_error("{}, line {}: column '{}' holds '{}', not a number", file.string(), csv.line[r], c, v);
-      }
+      if (!ok(v)) user_error("{}, line {}: column '{}' holds '{}', {}", file.string(), csv.line[r], c, v, not_what);
     }
   }
+}
+
+}  // namespace
+
+// The numbers check compares must be numbers ("nan" and "inf" are); anything else is named.
+void require_numbers(const Csv& csv, const std::filesystem::path& file, std::initializer_list<const char*> cols,
+                     bool empty_ok) {
+  require_fields(csv, file, cols, [empty_ok](const std::string& v) { return csv_is_number(v) || (empty_ok && v.empty()); },
+                 "not a number");
 }
 
 // Counts of images (correct, correct5, images) are whole numbers of 0 or more: "nan", "inf" or
 // "12.5" in one is a damaged table, not a result that could pass.
 void require_counts(const Csv& csv, const std::filesystem::path& file, std::initializer_list<const char*> cols) {
-  for (const char* c : cols) {
-    if (!csv.has(c)) continue;
-    for (size_t r = 0; r < csv.rows.size(); ++r) {
-      const std::string& v = csv.at(r, c);
-      const double x = csv_number(v);
-      if (!csv_is_number(v) || !std::isfinite(x) || x < 0 || x != std::floor(x)) {
-        user_error("{}, line {}: column '{}' holds '{}', not a whole number of 0 or more",
-                   file.string(), csv.line[r], c, v);
-      }
-    }
-  }
+  require_fields(
+      csv, file, cols,
+      [](const std::string& v) {
+        const double x = csv_number(v);
+        return csv_is_number(v) && std::isfinite(x) && x >= 0 && x == std::floor(x);
+      },
+      "not a whole number of 0 or more");
 }
 
 void require_finite(const Csv& csv, const std::filesystem::path& file, std::initializer_list<const char*> cols) {
-  for (const char* c : cols) {
-    if (!csv.has(c)) continue;
-    for (size_t r = 0; r < csv.rows.size(); ++r) {
-      const std::string& v = csv.at(r, c);
-      if (!csv_is_number(v) || !std::isfinite(csv_number(v))) {
-        user_error("{}, line {}: column '{}' holds '{}', not a finite number (accuracies come from counts of images)",
-                   file.string(), csv.line[r], c, v);
-      }
-    }
-  }
+  require_fields(csv, file, cols, [](const std::string& v) { return csv_is_number(v) && std::isfinite(csv_number(v)); },
+                 "not a finite number (accuracies come from counts of images)");
 }
 
 }  // namespace qsweep

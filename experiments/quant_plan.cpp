@@ -83,10 +83,13 @@ std::vector<int> select_layers(const Graph& g, const std::vector<std::string>& s
   return out;
 }
 
-std::vector<QuantSpec> resolve_layer_specs(const Graph& g, const QuantConfig& q) {
+std::vector<QuantSpec> resolve_layer_specs(const Graph& g, const QuantConfig& q,
+                                           std::vector<std::vector<const LayerOverride*>>* applied) {
   std::vector<QuantSpec> specs(g.layers.size(), q.base);
+  if (applied) applied->assign(g.layers.size(), {});
   for (const LayerOverride& o : q.layers) {
     for (int l : select_layers(g, o.selectors, o.where)) {
+      if (applied) (*applied)[l].push_back(&o);
       QuantSpec& s = specs[l];
       if (o.weight_bits) s.weight_bits = *o.weight_bits;
       if (o.act_bits) s.act_bits = *o.act_bits;
@@ -101,23 +104,20 @@ std::vector<QuantSpec> resolve_layer_specs(const Graph& g, const QuantConfig& q)
 
 void check_sawb_bits(const Graph& g, const QuantConfig& q, const std::vector<int>& grid_bits,
                      const std::string& bits_from, const std::string& base_where) {
-  std::vector<QuantSpec> specs(g.layers.size(), q.base);
-  std::vector<std::string> where(g.layers.size(), base_where);  // what set a layer's clip or bits last
-  for (const LayerOverride& o : q.layers) {
-    for (int l : select_layers(g, o.selectors, o.where)) {
-      if (o.weight_bits) specs[l].weight_bits = *o.weight_bits;
-      if (o.clip) specs[l].clip = *o.clip;
-      if (o.clip || (o.weight_bits && grid_bits.empty())) where[l] = o.where;
-    }
-  }
+  std::vector<std::vector<const LayerOverride*>> applied;
+  const std::vector<QuantSpec> specs = resolve_layer_specs(g, q, &applied);
   for (const Layer& L : g.layers) {
     if (specs[L.index].clip != ClipMethod::kSawb) continue;
+    std::string where = base_where;  // what set the layer's clip (or its own bits) last
+    for (const LayerOverride* o : applied[L.index]) {
+      if (o->clip || (o->weight_bits && grid_bits.empty())) where = o->where;
+    }
     const std::vector<int> used = grid_bits.empty() ? std::vector<int>{specs[L.index].weight_bits} : grid_bits;
     for (const int b : used) {
       if (!sawb_coefficients(b)) {
         user_error("{}: layer {} '{}' is quantized with weight_clip = \"sawb\" at {} bits ({}); SAWB's coefficients "
                    "exist for 2..8 bits",
-                   where[L.index], L.index, L.name, b, grid_bits.empty() ? "its weight_bits" : bits_from);
+                   where, L.index, L.name, b, grid_bits.empty() ? "its weight_bits" : bits_from);
       }
     }
   }

@@ -29,7 +29,9 @@ ActivationRanges calibrate(const Executor& exec, const Dataset& data, const Norm
 std::vector<int> select_layers(const Graph& g, const std::vector<std::string>& selectors, const std::string& where);
 
 // The spec of every layer: q.base with the matching [[quant.layer]] overrides applied in order.
-std::vector<QuantSpec> resolve_layer_specs(const Graph& g, const QuantConfig& q);
+// `applied`, where given: per layer, the overrides applied to it, in order.
+std::vector<QuantSpec> resolve_layer_specs(const Graph& g, const QuantConfig& q,
+                                           std::vector<std::vector<const LayerOverride*>>* applied = nullptr);
 
 // A layer's fake-quantized weights and the range they were quantized with.
 struct QuantizedWeights {

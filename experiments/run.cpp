@@ -177,8 +177,8 @@ std::unique_ptr<Prepared> prepare(const Config& cfg, const std::function<void(co
   if (g.layers.empty()) user_error("{}: the model has no Conv, Gemm or MatMul layer to quantize", cfg.model_path);
   // Layer selectors are checked before any work is done.
   p->specs = resolve_layer_specs(g, cfg.quant);
-  for (const auto& v : cfg.variants) resolve_layer_specs(g, v.quant);
-  // SAWB's bit range on the layers as resolved, before the data are read.
+  // SAWB's bit range on the layers as resolved (the variants' selectors checked on the way),
+  // before the data are read.
   std::vector<int> grid_bits = cfg.quant.weight_bits;
   std::string bits_from = "quant.weight_bits";
   if (cfg.kind == "additivity") {
