@@ -94,8 +94,10 @@ int main(int argc, char** argv) {
   bool in_use_only = false;
   app.add_flag("--in-use-only", in_use_only,
                "The conv table times only the fused-conv variant in use ($QSWEEP_FQCONV_VARIANT or the default)");
-  app.add_option("--model", which, "Which models: all, shipped or resnet18")
-      ->check(CLI::IsMember({"all", "shipped", "resnet18"}));
+  app.add_option("--model", which,
+                 "Which models: all (the shipped ResNet and ResNet18), shipped, resnet18, or mobilenetv2 (the "
+                 "shipped MobileNetV2 alone)")
+      ->check(CLI::IsMember({"all", "shipped", "resnet18", "mobilenetv2"}));
   CLI11_PARSE(app, argc, argv);
   if (in_use_only) variants = {cuda::fq_conv_variant()};
 
@@ -110,11 +112,14 @@ int main(int argc, char** argv) {
              cuda.device_name(), cuda.library_versions(), peak / 1e12);
 
   std::vector<Model> models;
-  if (which != "resnet18") {
+  if (which == "mobilenetv2") {
+    models.push_back({"qsweep_mobilenetv2 (shipped, 1x28x28)",
+                      std::string(QSWEEP_SOURCE_DIR) + "/models/qsweep_mobilenetv2.onnx", 10, {0.2860f}, {0.3530f}});
+  } else if (which != "resnet18") {
     models.push_back({"qsweep_resnet (shipped, 1x28x28)", std::string(QSWEEP_SOURCE_DIR) + "/models/qsweep_resnet.onnx",
                       10, {0.2860f}, {0.3530f}});
   }
-  if (which == "shipped") {
+  if (which == "shipped" || which == "mobilenetv2") {
   } else if (std::filesystem::exists(resnet18)) {
     models.push_back({"torchvision resnet18 (random weights, 3x224x224)", resnet18, 1000, {0.485f, 0.456f, 0.406f},
                       {0.229f, 0.224f, 0.225f}});

@@ -27,6 +27,10 @@
 #                            ones are the variant in use only, one per shape of ResNet18's 11
 #   QSWEEP_FQCONV_VARIANT=V  the fused conv kernel variant the tests' grids and the benchmark's
 #                            grids use (kernels/cuda/fq_conv.cuh; the conv table times them all)
+#   QSWEEP_AFTER="..."       a command run at the end in the check's environment (its
+#                            LD_LIBRARY_PATH; $QSWEEP_GPU_BUILD names the build folder), its
+#                            output in the log and its exit status counted, e.g.
+#                            "bash bench/gpu_variant.sh 11"
 #   CUDNN_ROOT=DIR           a cuDNN folder holding include/cudnn.h and lib*/libcudnn.so*
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
@@ -243,12 +247,25 @@ elif [ -x "$build/bench/qsweep_bench_gpu" ]; then
     [ -n "$torch_py" ] && LD_LIBRARY_PATH=$orig_ld_path "$torch_py" bench/export_resnet18.py
   fi
   # A fused-conv variant that fails its tests is not timed (a faulting kernel would end the
-  # benchmark): only the default then.
+  # benchmark): each variant's tests run alone (with variant 0, their reference), the passing
+  # ones are timed, and the grids use variant 0 unless the one chosen passes.
   if [ -x "$build/tests/cuda_backend_test" ] &&
      ! "$build/tests/cuda_backend_test" --gtest_filter='CudaFakeQuantConv.*' >/dev/null 2>&1; then
-    echo "CudaFakeQuantConv.* failed: the benchmark runs and times fused-conv variant 0 only"
-    bench_args=(--variants 0)
-    export QSWEEP_FQCONV_VARIANT=0
+    nvar=$(sed -n 's/.*kFqConvVariants = \([0-9]*\);.*/\1/p' kernels/cuda/fq_conv.cuh)
+    passing=()
+    if QSWEEP_TEST_FQCONV_VARIANTS=0 "$build/tests/cuda_backend_test" --gtest_filter='CudaFakeQuantConv.*' >/dev/null 2>&1; then
+      passing=(0)
+      for ((v = 1; v < ${nvar:-1}; v++)); do
+        QSWEEP_TEST_FQCONV_VARIANTS=$v "$build/tests/cuda_backend_test" --gtest_filter='CudaFakeQuantConv.*' \
+          >/dev/null 2>&1 && passing+=("$v")
+      done
+    fi
+    [ ${#passing[@]} = 0 ] && passing=(0)
+    chosen=${QSWEEP_FQCONV_VARIANT:-$(sed -n 's/.*if (env == nullptr || \*env == .\\0.) return \([0-9]*\);.*/\1/p' kernels/cuda/fq_conv.cu)}
+    case " ${passing[*]} " in *" $chosen "*) ;; *) export QSWEEP_FQCONV_VARIANT=0 ;; esac
+    echo "CudaFakeQuantConv.* failed: variants passing their tests alone: ${passing[*]}; the benchmark times those," \
+         "its grids use variant ${QSWEEP_FQCONV_VARIANT:-$chosen}"
+    bench_args=(--variants "${passing[@]}")
   fi
   stage "GPU benchmark: $build/bench/qsweep_bench_gpu ${bench_args[*]} ${QSWEEP_BENCH_ARGS:-}"
   py_args=()
@@ -283,7 +300,7 @@ else
   for what in ${QSWEEP_NCU_WHAT:-fused cudnn}; do
     ncu_args=("${bench_args[@]}")
     if [ "$what" = fused ]; then
-      filter='regex:implicit_gemm(_async)?_kernel'; count=${QSWEEP_NCU_COUNT:-11}  # one launch per ResNet18 shape
+      filter='regex:implicit_gemm(_async|_tap)?_kernel'; count=${QSWEEP_NCU_COUNT:-11}  # one launch per ResNet18 shape
       # the variant in use only, so the launches cover more shapes
       [ ${#bench_args[@]} = 0 ] && ncu_args=(--in-use-only)
     else
@@ -307,6 +324,10 @@ else
     # Digest: one line per profiled launch (the full report comes back in $OUT).
     awk -f scripts/ncu_digest.awk "$out/ncu_$what.txt" | head -60
   done
+fi
+if [ -n "${QSWEEP_AFTER:-}" ] && [ "$have_gpu" = 1 ]; then
+  stage "after: $QSWEEP_AFTER"
+  QSWEEP_GPU_BUILD=$build OUT=$out bash -c "$QSWEEP_AFTER" || { echo "after: exited $?"; status=1; }
 fi
 stage "done, exit $status"
 exit $status

@@ -381,6 +381,147 @@ __global__ void __launch_bounds__((BM / TM) * (BP / TP), kMinBlocks)
   store_tile<BP, TM, TP, kVecB>(p, acc, tx, ty, m0, p0, P, OHW, Og, g);
 }
 
+// Asynchronous 16-byte global -> shared copy (both 16-byte aligned), zero-filled when !valid.
+__device__ __forceinline__ void copy16_async(float* dst, const float* src, bool valid) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  const unsigned d = static_cast<unsigned>(__cvta_generic_to_shared(dst));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(d), "l"(src), "r"(valid ? 16 : 0) : "memory");
+#else
+  *reinterpret_cast<float4*>(dst) = valid ? __ldg(reinterpret_cast<const float4*>(src)) : make_float4(0.f, 0.f, 0.f, 0.f);
+#endif
+}
+
+// The weights of a group in tap-major order for implicit_gemm_tap_kernel: wt[g][k'][m], rows
+// of Ogp >= Og floats (zero beyond Og, so each row is a whole number of 16-byte chunks), with
+// k' = (kh * KW + kw) * Cg + c, from w[g * Og + m][c][kh][kw].
+__global__ void tap_major_weights_kernel(float* __restrict__ wt, const float* __restrict__ w, int64_t total, int Og,
+                                         int Ogp, int Cg, int KHW) {
+  const int K = Cg * KHW;
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < total;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int m = static_cast<int>(i % Ogp);
+    const int64_t rest = i / Ogp;
+    const int kp = static_cast<int>(rest % K);
+    const int64_t g = rest / K;
+    const int tap = kp / Cg, c = kp - tap * Cg;
+    wt[i] = m < Og ? w[((g * Og + m) * Cg + c) * KHW + tap] : 0.0f;
+  }
+}
+
+// fake_quant_value() in 6 instructions instead of about 10: clamp(rint(x / s), qmin - z,
+// qmax - z) * s equals (clamp(rint(x / s) + z, qmin, qmax) - z) * s bit for bit while |z|,
+// |qmin| and |qmax| stay below 2^20 (rint(x / s) + z is exact below 2^23, and beyond it both
+// clamp to the same end); NaN goes to qmin in both (fmaxf returns its other operand), and
+// the + 0 turns a -0 into the +0 the integer path gives. The launcher checks the bounds.
+struct FastQuant {
+  float inv_scale, scale, lo, hi;
+};
+__device__ __forceinline__ FastQuant fast_quant(const QuantParams& q) {
+  return {q.inv_scale, q.scale, static_cast<float>(q.qmin - q.zero_point), static_cast<float>(q.qmax - q.zero_point)};
+}
+__device__ __forceinline__ float fast_quant_value(float x, const FastQuant& q) {
+  const float r = fminf(fmaxf(rintf(__fmul_rn(x, q.inv_scale)), q.lo), q.hi);
+  return __fmul_rn(__fadd_rn(r, 0.0f), q.scale);
+}
+
+// The pipelined implicit GEMM of implicit_gemm_async_kernel with the reduction in tap-major
+// order, k' = (kh, kw, c) instead of (c, kh, kw), for kernels larger than 1x1 whose channels
+// per group are a multiple of BK: every BK-deep step then reads BK consecutive channels of
+// one tap (kh, kw), so a thread tests its pixel's bounds once per step (not once per element)
+// and needs no k-table, and the weights, transposed to [k'][m] by tap_major_weights_kernel,
+// arrive in 16-byte copies (a quarter of the copy instructions). The sums run in another
+// order than variant 0's: results differ from it by rounding (the tests compare them with
+// the references, not bit for bit).
+template <int BM, int BP, int BK, int TM, int TP, int kStages, int kMinBlocks, bool kVecB>
+__global__ void __launch_bounds__((BM / TM) * (BP / TP), kMinBlocks)
+    implicit_gemm_tap_kernel(const FqConv p, const float* __restrict__ wt, int Ogp) {
+  constexpr int kThreads = (BM / TM) * (BP / TP);
+  constexpr int kCols = BP / TP;
+  constexpr int kBLoads = BK * BP / kThreads;
+  constexpr int kAChunks = BK * BM / 4;  // 16-byte chunks of an A tile
+  constexpr int kAIters = (kAChunks + kThreads - 1) / kThreads;
+  constexpr int kAStage = BK * (BM + 4), kBStage = BK * BP;
+  static_assert(BK * BP % kThreads == 0, "tile loads must divide evenly");
+  static_assert(kThreads % BP == 0, "each thread loads B elements of one column");
+  static_assert(kStages >= 2, "a pipeline needs two stages");
+  static_assert(!kVecB || TP % 4 == 0, "float4 B fragments need TP a multiple of 4");
+  static_assert(BM % 4 == 0 && (BM + 4) % 4 == 0, "A rows are whole 16-byte chunks");
+  extern __shared__ __align__(16) float smem[];
+  float* const As = smem;                      // [kStages][BK][BM + 4]
+  float* const Bs = smem + kStages * kAStage;  // [kStages][BK][BP]
+
+  const int tid = threadIdx.x;
+  constexpr int kBRowStep = kThreads / BP;
+  const TileSetup t = tile_setup<BM, BP>(p, tid);
+  const int Cg = t.Cg, Og = t.Og, K = t.K, H = t.H, W = t.W, HW = t.HW, OHW = t.OHW, P = t.P, g = t.g;
+  const int m0 = t.m0, p0 = t.p0, b_col = t.b_col, b_row0 = t.b_row0, ih0 = t.ih0, iw0 = t.iw0;
+  const bool col_ok = t.col_ok;
+  const float* const xbase = t.xbase;
+  const float* const wg = wt + static_cast<int64_t>(g) * K * Ogp;
+  const int KW = static_cast<int>(p.KW), dil_h = static_cast<int>(p.dil_h), dil_w = static_cast<int>(p.dil_w);
+  const FastQuant qin = fast_quant(p.input);
+
+  // The next step to issue: its first channel and its tap. Steps are issued in order.
+  int i_c0 = 0, i_kh = 0, i_kw = 0;
+  auto issue = [&](int stage, int k0) {
+    float* a = As + stage * kAStage;
+#pragma unroll
+    for (int i = 0; i < kAIters; ++i) {
+      const int idx = tid + i * kThreads;
+      if (kAChunks % kThreads == 0 || idx < kAChunks) {
+        const int row = idx / (BM / 4), col = (idx % (BM / 4)) * 4;
+        const bool ok = m0 + col < Og;  // rows are padded to Ogp: a chunk is wholly in or out
+        copy16_async(a + row * (BM + 4) + col, ok ? wg + (k0 + row) * Ogp + m0 + col : wg, ok);
+      }
+    }
+    float* b = Bs + stage * kBStage;
+    const int dh = i_kh * dil_h, dw = i_kw * dil_w;
+    const int ih = ih0 + dh, iw = iw0 + dw;
+    const bool ok = col_ok && ih >= 0 && ih < H && iw >= 0 && iw < W;
+    const float* src = ok ? xbase + (i_c0 + b_row0) * HW + dh * W + dw : p.x;
+#pragma unroll
+    for (int i = 0; i < kBLoads; ++i) {
+      copy4_async(b + (b_row0 + i * kBRowStep) * BP + b_col, ok ? src + i * kBRowStep * HW : src, ok);
+    }
+    i_c0 += BK;
+    if (i_c0 == Cg) {
+      i_c0 = 0;
+      if (++i_kw == KW) i_kw = 0, ++i_kh;
+    }
+  };
+
+  const int tx = tid % kCols, ty = tid / kCols;
+  float acc[TM][TP];
+  zero_tile(acc);
+
+  const int steps = K / BK;  // the launcher checks Cg % BK == 0
+#pragma unroll
+  for (int st = 0; st < kStages - 1; ++st) {
+    if (st < steps) issue(st, st * BK);
+    copy_commit();
+  }
+  for (int s = 0; s < steps; ++s) {
+    const int stage = s % kStages;
+    copy_wait<kStages - 2>();
+    if (p.quantize_input) {
+      float* b = Bs + stage * kBStage;
+#pragma unroll
+      for (int i = 0; i < kBLoads; ++i) {
+        float* v = b + (b_row0 + i * kBRowStep) * BP + b_col;
+        *v = fast_quant_value(*v, qin);
+      }
+    }
+    __syncthreads();
+    const int next = s + kStages - 1;
+    if (next < steps) issue(next % kStages, next * BK);
+    copy_commit();
+    tile_step<BM, BP, BK, TM, TP, kVecB>(As + stage * kAStage, Bs + stage * kBStage, tx, ty, acc);
+  }
+  copy_wait<0>();
+
+  store_tile<BP, TM, TP, kVecB>(p, acc, tx, ty, m0, p0, P, OHW, Og, g);
+}
+
 // Depthwise (one input and one output channel per group): one thread per output value.
 __global__ void depthwise_kernel(const FqConv p) {
   const int64_t total = p.N * p.O * p.OH * p.OW;
@@ -425,6 +566,27 @@ const int4* k_table(const FqConv& p, int K, cudaStream_t stream) {
   return tab;
 }
 
+// The weights of `p` in tap-major order (tap_major_weights_kernel), in a per-thread grow-only
+// device buffer like the k-table's.
+const float* tap_major_weights(const FqConv& p, int64_t Cg, int64_t Og, int64_t Ogp, cudaStream_t stream) {
+  thread_local float* buf = nullptr;
+  thread_local int64_t cap = 0;
+  const int64_t KHW = p.KH * p.KW, total = p.groups * Cg * KHW * Ogp;
+  if (total > cap) {
+    if (buf) {
+      cudaStreamSynchronize(stream);
+      cudaFree(buf);
+      buf = nullptr, cap = 0;
+    }
+    check(cudaMalloc(&buf, static_cast<size_t>(total) * sizeof(float)), "cudaMalloc (fused conv tap-major weights)");
+    cap = total;
+  }
+  const int64_t blocks = std::min<int64_t>((total + 255) / 256, 4096);
+  tap_major_weights_kernel<<<static_cast<unsigned>(blocks), 256, 0, stream>>>(
+      buf, p.w, total, static_cast<int>(Og), static_cast<int>(Ogp), static_cast<int>(Cg), static_cast<int>(KHW));
+  return buf;
+}
+
 template <int BM, int BP>
 dim3 gemm_grid(const FqConv& p) {
   const int64_t Og = p.O / p.groups, P = p.N * p.OH * p.OW;
@@ -452,6 +614,32 @@ void launch_gemm_async(const FqConv& p, cudaStream_t stream) {
   kernel<<<gemm_grid<BM, BP>(p), (BM / TM) * (BP / TP), kSmem, stream>>>(p, tab);
 }
 
+template <int BM, int BP, int BK, int TM, int TP, int kStages, int kMinBlocks, bool kVecB>
+void launch_gemm_tap(const FqConv& p, cudaStream_t stream) {
+  const int64_t Cg = p.C / p.groups, Og = p.O / p.groups, Ogp = (Og + 3) / 4 * 4;
+  const float* wt = tap_major_weights(p, Cg, Og, Ogp, stream);
+  constexpr size_t kSmem = sizeof(float) * kStages * (BK * (BM + 4) + BK * BP);
+  auto* kernel = implicit_gemm_tap_kernel<BM, BP, BK, TM, TP, kStages, kMinBlocks, kVecB>;
+  if constexpr (kSmem > 48 * 1024) {
+    check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(kSmem)),
+          "cudaFuncSetAttribute (fused conv shared memory)");
+  }
+  kernel<<<gemm_grid<BM, BP>(p), (BM / TM) * (BP / TP), kSmem, stream>>>(p, wt, static_cast<int>(Ogp));
+}
+
+// Variants 11-13 (tap-major) on the tile sizes of variant 10: BK the step depth, kVecSmall
+// float4 B fragments in the 64- and 32-row tiles too (the 128-row tile always has them).
+template <int BK, bool kVecSmall>
+void launch_dense_tap(const FqConv& p, int64_t Og, cudaStream_t stream) {
+  if (Og >= 128) {
+    launch_gemm_tap<128, 128, BK, 8, 8, 3, 2, true>(p, stream);
+  } else if (Og >= 64) {
+    launch_gemm_tap<64, 128, BK, 4, 8, 3, 3, kVecSmall>(p, stream);
+  } else {
+    launch_gemm_tap<32, 128, BK, 4, 4, 3, 3, kVecSmall>(p, stream);
+  }
+}
+
 // Whether the input quantizer maps +0 to +0 bit for bit (the async kernel quantizes the
 // zero-filled padding; quantizers from choose_quant_params() always do, since their range
 // holds 0 and their zero point lies in [qmin, qmax]).
@@ -475,7 +663,22 @@ void launch_gemm_async_vec(bool vec, const FqConv& p, cudaStream_t stream) {
 
 template <int kVariant>
 void launch_dense(const FqConv& p, int64_t Og, cudaStream_t stream) {
-  if constexpr (kVariant >= 4) {
+  if constexpr (kVariant >= 11) {
+    // 11-13: tap-major sums for kernels larger than 1x1 whose channels per group are a
+    // multiple of the step depth (16, or 32 for 12, which falls back to 16 when only that
+    // divides them; 13: 11 with float4 B fragments in every tile); everything else as
+    // variant 10. The input quantizer must suit fast_quant_value().
+    const int64_t Cg = p.C / p.groups;
+    constexpr int32_t kQ = 1 << 20;
+    const auto small = [&](int32_t v) { return v > -kQ && v < kQ; };
+    const bool fast_quant_ok =
+        !p.quantize_input || (small(p.input.zero_point) && small(p.input.qmin) && small(p.input.qmax));
+    const bool tap_major = p.KH * p.KW > 1 && zero_stays_zero(p) && fast_quant_ok &&
+                           p.groups * Cg * p.KH * p.KW * ((Og + 3) / 4 * 4) < (int64_t{1} << 31);
+    if (tap_major && kVariant == 12 && Cg % 32 == 0) return launch_dense_tap<32, false>(p, Og, stream);
+    if (tap_major && Cg % 16 == 0) return launch_dense_tap<16, kVariant == 13>(p, Og, stream);
+    return launch_dense<10>(p, Og, stream);
+  } else if constexpr (kVariant >= 4) {
     // 4: a 3-stage cp.async pipeline, 5: 4 stages, 6: 3 stages of BK = 32, 7: 4 with three
     // blocks per SM for the 64- and 32-row tiles, 8: 4 with float4 B fragments, 9: 7 with the
     // float4 B fragments of 8 in the 128-row tile unless the kernel is 1x1 (each the faster

@@ -77,11 +77,25 @@ void fq_conv2d(const FqConv& p, cudaStream_t stream);
 //      Measured beside it and removed: the 32x128 tile at three blocks per SM (1.31x) and a
 //      64x64 tile at four (1.25x: faster on the 64-channel shape only), and an earlier
 //      variant 10 with 128-thread blocks and 8x16 or 8x8 accumulators per thread (2.08x).
-// Variants 4-10 run only when the input quantizer maps +0 to +0 bit for bit (every quantizer
+//   11 10 with the reduction in tap-major order, k = (kh, kw, c), for kernels larger than 1x1
+//      whose channels per group are a multiple of 16 (ResNet18's 3x3 layers): each 16-deep
+//      step reads 16 channels of one tap, so a thread tests its pixel's bounds once per step
+//      and needs no k-table, and the weights, transposed once per call to [k][o], arrive in
+//      16-byte copies. Written without a GPU after the profile of variant 10, whose 3x3
+//      shapes of 56x56 and 28x28 inputs took 1.63-1.85x cuDNN's time with long_scoreboard
+//      stalls (the k-table loads each element's address waits on);
+//      The input is fake-quantized in 6 instructions instead of about 10 (the same values);
+//   12 11 with 32-deep steps where the channels per group are a multiple of 32;
+//   13 11 with float4 B fragments in the 64- and 32-row tiles too.
+// 11-13 sum in another order than 0-10, so their results differ from variant 0's by
+// rounding (fq_conv_variant_keeps_order() is false for them).
+// Variants 4-13 run only when the input quantizer maps +0 to +0 bit for bit (every quantizer
 // from choose_quant_params() does); otherwise they fall back to variant 2.
 // The process-wide choice starts at $QSWEEP_FQCONV_VARIANT when set, else 10.
-constexpr int kFqConvVariants = 11;
+constexpr int kFqConvVariants = 14;
 void set_fq_conv_variant(int variant);  // throws std::invalid_argument outside [0, kFqConvVariants)
 int fq_conv_variant();
+// Whether `variant` sums every output in variant 0's order (bit-identical results).
+constexpr bool fq_conv_variant_keeps_order(int variant) { return variant <= 10; }
 
 }  // namespace qsweep::cuda

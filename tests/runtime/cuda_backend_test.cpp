@@ -14,6 +14,7 @@
 #include <limits>
 #include <map>
 #include <random>
+#include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
@@ -504,6 +505,26 @@ struct VariantGuard {
   ~VariantGuard() { cuda::set_fq_conv_variant(saved); }
 };
 
+// The fused-conv variants the CudaFakeQuantConv tests run: all, or variant 0 (the reference
+// of the others) and those $QSWEEP_TEST_FQCONV_VARIANTS lists ("3 11"), which lets
+// bench/gpu_check.sh find the variants that pass when one fails.
+std::vector<int> variants_under_test() {
+  std::vector<int> v;
+  const char* env = std::getenv("QSWEEP_TEST_FQCONV_VARIANTS");
+  if (env == nullptr || *env == '\0') {
+    for (int i = 0; i < cuda::kFqConvVariants; ++i) v.push_back(i);
+    return v;
+  }
+  v.push_back(0);
+  std::istringstream in(env);
+  int i;
+  while (in >> i) {
+    if (i < 0 || i >= cuda::kFqConvVariants) throw std::invalid_argument("QSWEEP_TEST_FQCONV_VARIANTS: no variant " + std::to_string(i));
+    if (i != 0) v.push_back(i);
+  }
+  return v;
+}
+
 TEST(CudaFakeQuantConv, VariantChoiceIsChecked) {
   VariantGuard guard;
   EXPECT_THROW(cuda::set_fq_conv_variant(-1), std::invalid_argument);
@@ -514,8 +535,9 @@ TEST(CudaFakeQuantConv, VariantChoiceIsChecked) {
   }
 }
 
-// Every variant of the kernel (cuda::kFqConvVariants) is checked: variant 0 against the
-// unfused paths, the others bit for bit against variant 0 (same sums, same order).
+// Every variant of the kernel (cuda::kFqConvVariants) is checked: variant 0 and the variants
+// that sum in another order (cuda::fq_conv_variant_keeps_order) against the unfused paths,
+// the others bit for bit against variant 0 (same sums, same order).
 TEST(CudaFakeQuantConv, MatchesUnfusedCudaAndCpuPaths) {
   REQUIRE_CUDA_DEVICE();
   VariantGuard guard;
@@ -523,20 +545,31 @@ TEST(CudaFakeQuantConv, MatchesUnfusedCudaAndCpuPaths) {
   CudaBackend cuda{BackendOptions{}};
   std::mt19937 rng(21);
   Worst worst{"fused conv: fraction one output step apart"};
-  for (int t = 0; t < 40; ++t) {
+  for (int t = 0; t < 52; ++t) {
     // Cases 36-39: dense 1x1 convolutions with 128+ output channels and 40-256 input channels
     // (3-16 reduction steps, past the pipeline's 3 stages), which variant 10 gives another tile.
-    const bool wide_pointwise = t >= 36;
-    const int kind = wide_pointwise ? 0 : t % 4;  // dense, grouped, depthwise, Gemm
+    const bool wide_pointwise = t >= 36 && t < 40;
+    // Cases 40-51: dense and grouped 2x2 and 3x3 convolutions with 16-64 channels per group
+    // (a multiple of 16, half of them of 32), 20-200 outputs per group: the tap-major sums of
+    // variants 11-13 on each of their three tiles, 8-36 reduction steps.
+    const bool tap_major = t >= 40;
+    const int kind = wide_pointwise ? 0 : tap_major ? t % 2 : t % 4;  // dense, grouped, depthwise, Gemm
     const bool is_gemm = kind == 3;
     const int64_t G = kind == 1 ? 2 : kind == 2 ? rand_int(rng, 2, 16) : 1;
-    const int64_t C = kind == 2 ? G : wide_pointwise ? rand_int(rng, 40, 256) : G * rand_int(rng, 1, 24);
-    const int64_t O = kind == 2 ? G : wide_pointwise ? rand_int(rng, 128, 200) : G * rand_int(rng, 1, 140);
-    const int64_t k = is_gemm || wide_pointwise ? 1 : rand_int(rng, 1, 3), s = rand_int(rng, 1, 2);
+    const int64_t C = kind == 2                ? G
+                      : wide_pointwise         ? rand_int(rng, 40, 256)
+                      : tap_major              ? G * 16 * rand_int(rng, 1, 4)
+                                               : G * rand_int(rng, 1, 24);
+    const int64_t O = kind == 2                ? G
+                      : wide_pointwise         ? rand_int(rng, 128, 200)
+                      : tap_major              ? G * (t % 3 == 0 ? rand_int(rng, 20, 63) : t % 3 == 1 ? rand_int(rng, 64, 127) : rand_int(rng, 128, 200))
+                                               : G * rand_int(rng, 1, 140);
+    const int64_t k = is_gemm || wide_pointwise ? 1 : tap_major ? rand_int(rng, 2, 3) : rand_int(rng, 1, 3), s = rand_int(rng, 1, 2);
     const int64_t d = is_gemm ? 1 : rand_int(rng, 1, 2);
     const int64_t p = t % 3 == 0 ? 0 : 1;
     const int64_t N = rand_int(rng, 1, 4);
-    const int64_t H = is_gemm ? 1 : rand_int(rng, (k - 1) * d + 1, 14), W = is_gemm ? 1 : rand_int(rng, (k - 1) * d + 1, 14);
+    const int64_t max_hw = tap_major ? 20 : 14;
+    const int64_t H = is_gemm ? 1 : rand_int(rng, (k - 1) * d + 1, max_hw), W = is_gemm ? 1 : rand_int(rng, (k - 1) * d + 1, max_hw);
     Node n;
     Tensor x, w;
     if (is_gemm) {
@@ -592,30 +625,32 @@ TEST(CudaFakeQuantConv, MatchesUnfusedCudaAndCpuPaths) {
     f.output = qout;
     const std::string what = "case " + std::to_string(t);
     Tensor first;
-    for (int v = 0; v < cuda::kFqConvVariants; ++v) {
+    for (int v : variants_under_test()) {
       cuda::set_fq_conv_variant(v);
       ASSERT_EQ(cudaMemset(dy.p, 0xff, ref_cpu.data.size() * sizeof(float)), cudaSuccess);  // NaNs: no stale pass
       cuda::fq_conv2d(f, nullptr);
       ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
       const Tensor got = dy.get(ref_cpu.shape);
-      if (v > 0) {
+      if (v > 0 && cuda::fq_conv_variant_keeps_order(v)) {
         EXPECT_TRUE(std::memcmp(got.data.data(), first.data.data(), got.data.size() * sizeof(float)) == 0)
             << what << ": variant " << v << " differs from variant 0";
         continue;
       }
-      first = got;
-      const double a = one_step_fraction(got, ref_cuda, qout, what + " vs CUDA unfused");
-      const double b = one_step_fraction(got, ref_cpu, qout, what + " vs CPU");
-      EXPECT_LE(a, kMaxOneStepFraction) << what;
-      EXPECT_LE(b, kMaxOneStepFraction) << what;
+      if (v == 0) first = got;
+      const std::string wv = what + ", variant " + std::to_string(v);
+      const double a = one_step_fraction(got, ref_cuda, qout, wv + " vs CUDA unfused");
+      const double b = one_step_fraction(got, ref_cpu, qout, wv + " vs CPU");
+      EXPECT_LE(a, kMaxOneStepFraction) << wv;
+      EXPECT_LE(b, kMaxOneStepFraction) << wv;
       worst.add(std::max(a, b));
     }
   }
 }
 
-// Runs f (its x, w, y set here from the host tensors) under every variant: variant 0 against
-// a double-precision loop over the fake-quantized input with zero padding (padding is not
-// quantized), every other variant bit for bit against variant 0.
+// Runs f (its x, w, y set here from the host tensors) under every variant: variant 0 and the
+// variants that sum in another order against a double-precision loop over the fake-quantized
+// input with zero padding (padding is not quantized), every other variant bit for bit
+// against variant 0. f has no dilation and one group.
 void check_variants_against_reference(cuda::FqConv f, const Tensor& x, const Tensor& w, const std::string& what) {
   Tensor xq(x.shape);
   fake_quantize_per_tensor(x.ptr(), xq.ptr(), x.data.size(), f.input);
@@ -639,19 +674,19 @@ void check_variants_against_reference(cuda::FqConv f, const Tensor& x, const Ten
   Dev dx(x), dw(w), dy(want.size());
   f.x = dx.p, f.w = dw.p, f.y = dy.p;
   Tensor first;
-  for (int v = 0; v < cuda::kFqConvVariants; ++v) {
+  for (int v : variants_under_test()) {
     cuda::set_fq_conv_variant(v);
     ASSERT_EQ(cudaMemset(dy.p, 0xff, want.size() * sizeof(float)), cudaSuccess);
     cuda::fq_conv2d(f, nullptr);
     ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
     const Tensor got = dy.get({N, O, OH, OW});
-    if (v == 0) {
-      first = got;
+    if (v == 0 || !cuda::fq_conv_variant_keeps_order(v)) {
+      if (v == 0) first = got;
       double worst = 0.0;
       for (size_t i = 0; i < want.size(); ++i) {
         worst = std::max(worst, std::abs(static_cast<double>(got.data[i]) - want[i]) / (1.0 + std::abs(want[i])));
       }
-      EXPECT_LE(worst, 1e-5) << what << ": variant 0 against the double-precision reference";
+      EXPECT_LE(worst, 1e-5) << what << ": variant " << v << " against the double-precision reference";
     } else {
       EXPECT_EQ(std::memcmp(got.ptr(), first.ptr(), want.size() * sizeof(float)), 0) << what << ": variant " << v;
     }
@@ -706,6 +741,35 @@ TEST(CudaFakeQuantConv, PointwiseWithBottomRightPadding) {
   }
 }
 
+// Tap-major shapes (channels a multiple of 16, kernels larger than 1x1) on each tile of
+// variants 11-13, with padding on every side and stride 2: against the double-precision
+// loop, with a quantizer whose range holds 0 (the pipelined kernels quantize zero-filled
+// padding) and one that moves 0 (they must fall back).
+TEST(CudaFakeQuantConv, TapMajorShapesMatchTheReference) {
+  REQUIRE_CUDA_DEVICE();
+  VariantGuard guard;
+  std::mt19937 rng(7);
+  struct Case { int64_t N, C, H, W, O, k, stride, pad; };
+  for (const Case c : {Case{2, 32, 9, 11, 70, 3, 1, 1}, Case{3, 64, 12, 10, 130, 3, 2, 1}, Case{2, 48, 7, 13, 20, 3, 1, 1},
+                       Case{1, 16, 16, 16, 257, 2, 1, 0}, Case{2, 96, 6, 6, 64, 3, 1, 2}}) {
+    for (bool moves_zero : {false, true}) {
+      const Tensor x = random_tensor(rng, {c.N, c.C, c.H, c.W}, -2.0f, 3.0f);
+      const Tensor w = random_tensor(rng, {c.O, c.C, c.k, c.k}, -0.5f, 0.5f);
+      cuda::FqConv f;
+      f.N = c.N, f.C = c.C, f.H = c.H, f.W = c.W, f.O = c.O, f.KH = f.KW = c.k;
+      f.stride_h = f.stride_w = c.stride, f.pad_t = f.pad_l = c.pad;
+      f.OH = (c.H + 2 * c.pad - c.k) / c.stride + 1, f.OW = (c.W + 2 * c.pad - c.k) / c.stride + 1;
+      f.quantize_input = true;
+      f.input = choose_quant_params(-2.0f, 3.0f, 8, Scheme::kAsymmetric);
+      if (moves_zero) f.input.zero_point = f.input.qmin - 20;
+      check_variants_against_reference(f, x, w,
+                                       "C " + std::to_string(c.C) + ", O " + std::to_string(c.O) + ", " +
+                                           std::to_string(c.k) + "x" + std::to_string(c.k) + ", stride " +
+                                           std::to_string(c.stride) + (moves_zero ? ", a quantizer that moves 0" : ""));
+    }
+  }
+}
+
 // With weights of 1 and a 1x1 kernel, the fused kernel's output is its input quantizer's
 // output: it must equal the CPU fake-quant bit for bit, on exact ties too (dense and
 // depthwise kernels).
@@ -713,7 +777,7 @@ TEST(CudaFakeQuantConv, InputQuantizationIsBitExactOnTies) {
   REQUIRE_CUDA_DEVICE();
   VariantGuard guard;
   const QuantParams q = choose_quant_params(-1.0f, 2.5f, 5, Scheme::kAsymmetric);
-  for (int variant = 0; variant < cuda::kFqConvVariants; ++variant)
+  for (int variant : variants_under_test())
   for (int64_t groups : {1, 4}) {
     cuda::set_fq_conv_variant(variant);
     const int64_t C = 4, O = 4, HW = 2 * (q.qmax - q.qmin + 6);
@@ -737,6 +801,30 @@ TEST(CudaFakeQuantConv, InputQuantizationIsBitExactOnTies) {
     Tensor want = x;
     fake_quantize_per_tensor(x.ptr(), want.ptr(), x.data.size(), q);
     EXPECT_EQ(dy.get(x.shape).data, want.data) << "groups " << groups << ", variant " << variant;
+  }
+  // A 3x3 kernel, padding 1, 16 channels (the tap-major sums of variants 11-13): the
+  // identity as the centre tap, every other weight 0, so each output is one product and
+  // exact sums of zeros in any order.
+  for (int variant : variants_under_test()) {
+    cuda::set_fq_conv_variant(variant);
+    const int64_t C = 16, H = 3, W = (q.qmax - q.qmin + 6) * 2 / 3 + 1;
+    Tensor x({1, C, H, W});
+    for (int64_t i = 0; i < x.numel(); ++i) {
+      x.data[i] = (static_cast<float>(i / 2 % (H * W) - 3 - q.zero_point) + 0.5f * (i % 2) + 0.25f * (i / (H * W) == 3)) * q.scale;
+    }
+    Tensor w({C, C, 3, 3});
+    for (int64_t o = 0; o < C; ++o) w.data[((o * C + o) * 3 + 1) * 3 + 1] = 1.0f;
+    Dev dx(x), dw(w), dy(x.data.size());
+    cuda::FqConv f;
+    f.x = dx.p, f.w = dw.p, f.y = dy.p;
+    f.N = 1, f.C = C, f.H = H, f.W = W, f.O = C, f.KH = f.KW = 3, f.OH = H, f.OW = W, f.pad_t = f.pad_l = 1;
+    f.quantize_input = true;
+    f.input = q;
+    cuda::fq_conv2d(f, nullptr);
+    ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+    Tensor want = x;
+    fake_quantize_per_tensor(x.ptr(), want.ptr(), x.data.size(), q);
+    EXPECT_EQ(dy.get(x.shape).data, want.data) << "3x3, variant " << variant;
   }
 }
 
