@@ -71,7 +71,7 @@ int main(int argc, char** argv) {
   int torch_cells = 6, reps = 20;
   std::string python = "python3", resnet18 = std::string(QSWEEP_SOURCE_DIR) + "/bench/resnet18.onnx";
   bool skip_torch = false, skip_conv = false, skip_tf32 = false, skip_transforms = false, conv_only = false;
-  bool skip_bias = false;
+  bool skip_bias = false, skip_cudnn_convs = false;
   std::string which = "all";
   std::vector<int> variants;
   app.add_option("--images", images, "Generated images per model");
@@ -85,6 +85,8 @@ int main(int argc, char** argv) {
   app.add_flag("--skip-tf32", skip_tf32, "Do not time the grid again with run.tf32 = true");
   app.add_flag("--skip-transforms", skip_transforms,
                "Do not time the grid again with cuDNN's FFT/Winograd convolutions allowed");
+  app.add_flag("--skip-cudnn-convs", skip_cudnn_convs,
+               "Do not time the grid again with every float convolution on cuDNN (BackendOptions::own_convs off)");
   app.add_flag("--skip-bias-correction", skip_bias,
                "Do not time the grid with empirical bias correction (quant.bias_correction = true)");
   app.add_flag("--conv-only", conv_only, "Only the fused conv vs cuDNN comparison (no grids; e.g. under ncu)");
@@ -182,6 +184,11 @@ int main(int argc, char** argv) {
         BackendOptions to = bo;
         to.tf32 = true;
         grid_with("tf32", "FP32", to);
+      }
+      if (!skip_cudnn_convs && bo.own_convs) {  // every float convolution on cuDNN ($QSWEEP_CUDNN_CONVS=1)
+        BackendOptions co = bo;
+        co.own_convs = false;
+        grid_with("cudnn", "default", co);
       }
       if (!skip_transforms) {  // cuDNN free to pick FFT / Winograd (not a config key: what would it gain?)
         BackendOptions xo = bo;

@@ -75,6 +75,13 @@ struct BackendOptions {
   // stride-1 convolutions as Winograd F(4x4, 3x3) (CPU, AVX-512). Still float32, but rounded
   // differently from a direct convolution.
   bool transform_convs = false;
+  // CUDA: the float32 network's convolutions with a kernel larger than 1x1 and a multiple of
+  // 16 input channels per group run on qsweep's direct FP32 kernel (cuda::fq_conv2d_direct,
+  // the fused conv's tap-major kernel without its quantizers) instead of cuDNN's, which it
+  // beat on ResNet18's 3x3 layers on an H200 (bench/RESULTS.md). Plain FP32 FMA either way,
+  // summed in another order. Not with tf32 or transform_convs, which leave every
+  // convolution to cuDNN. $QSWEEP_CUDNN_CONVS=1 turns it off (the CUDA backend reads it).
+  bool own_convs = true;
 };
 
 // "cpu", "cuda" or "auto" (CUDA when built in and a device is present, else CPU), on

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <functional>
 #include <random>
+#include <cstdlib>
 #include <cstring>
 #include <limits>
 #include <map>
@@ -166,6 +167,9 @@ struct DevCtx {
   int device = 0;
   bool tf32 = false;
   bool transform_convs = false;  // FFT / Winograd allowed
+  // BackendOptions::own_convs: the float network's convolutions that cuda::fq_conv2d_direct()
+  // runs go to it instead of cuDNN (not with TF32 or transforms, which leave them to cuDNN).
+  bool own_convs = false;
   cudaStream_t stream = nullptr;
   cudnnHandle_t dnn = nullptr;
   cublasHandle_t blas = nullptr;
@@ -175,8 +179,11 @@ struct DevCtx {
   std::map<std::tuple<const Node*, int64_t, int64_t, int64_t, int64_t, int>, ConvPlan> convs;
   std::unordered_map<const Node*, std::pair<DTensor, DTensor>> bn;  // scale, shift
 
-  DevCtx(int dev, bool allow_tf32, bool allow_transforms = false)
-      : device(dev), tf32(allow_tf32), transform_convs(allow_transforms) {
+  DevCtx(int dev, bool allow_tf32, bool allow_transforms = false, bool allow_own_convs = false)
+      : device(dev),
+        tf32(allow_tf32),
+        transform_convs(allow_transforms),
+        own_convs(allow_own_convs && !allow_tf32 && !allow_transforms) {
     check(cudaSetDevice(device), "cudaSetDevice");
     check(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking), "cudaStreamCreate");
     check_dnn(cudnnCreate(&dnn), "cudnnCreate");
@@ -329,6 +336,13 @@ ConvPlan& conv_plan(DevCtx& ctx, const Node& n, const DTensor& x, const DTensor&
 void run_conv(DevCtx& ctx, const Node& n, const DTensor& x, const DTensor& w, const float* bias, bool relu,
               DTensor& out, cudnnTensorFormat_t format = CUDNN_TENSOR_NCHW) {
   cuda::FqConv args = conv_args(n, x, w, out);
+  if (format == CUDNN_TENSOR_NCHW && ctx.own_convs) {
+    args.bias = bias;
+    args.has_activation = relu;
+    args.act = Activation::kRelu;
+    if (cuda::fq_conv2d_direct(args, ctx.stream)) return;
+    args = conv_args(n, x, w, out);
+  }
   ConvPlan& p = conv_plan(ctx, n, x, w, format);
   if (format != CUDNN_TENSOR_NCHW && !p.use_cudnn) throw std::runtime_error("no cuDNN algorithm for this NHWC convolution");
   if (!p.use_cudnn) {
@@ -534,7 +548,7 @@ void run_op(DevCtx& ctx, const Node& n, std::span<const DTensor* const> in, DTen
 }
 
 struct HostCtx final : BackendContext {
-  HostCtx(int device, bool tf32, bool transforms) : dev(device, tf32, transforms) {}
+  HostCtx(int device, bool tf32, bool transforms, bool own_convs) : dev(device, tf32, transforms, own_convs) {}
   DevCtx dev;
   std::vector<DTensor> inputs;
   DTensor out;
@@ -551,7 +565,7 @@ void download(DevCtx& ctx, const DTensor& d, Tensor& h) {
 
 class CudaSession final : public DeviceSession {
  public:
-  CudaSession(const Graph& g, int device, bool tf32, bool transforms);
+  CudaSession(const Graph& g, int device, bool tf32, bool transforms, bool own_convs);
   ~CudaSession() override;
   void prepare(std::span<const std::pair<int, const LayerQuantization*>> qs) override;
   void stage(const Tensor& x, const int32_t* labels, int64_t n) override;
@@ -611,8 +625,8 @@ class CudaSession final : public DeviceSession {
   PinnedBuf host_flags_, host_sums_, host_counts_;
 };
 
-CudaSession::CudaSession(const Graph& g, int device, bool tf32, bool transforms)
-    : g_(g), ctx_(device, tf32, transforms) {
+CudaSession::CudaSession(const Graph& g, int device, bool tf32, bool transforms, bool own_convs)
+    : g_(g), ctx_(device, tf32, transforms, own_convs) {
   check(cudaStreamCreateWithFlags(&copy_, cudaStreamNonBlocking), "cudaStreamCreate");
   for (int i = 0; i < 2; ++i) {
     check(cudaEventCreateWithFlags(&staged_[i], cudaEventDisableTiming), "cudaEventCreate");
@@ -1167,6 +1181,11 @@ CudaBackend::CudaBackend(const BackendOptions& options) : options_(options) {
   } catch (const std::invalid_argument& e) {
     user_error("{}", e.what());
   }
+  if (const char* env = std::getenv("QSWEEP_CUDNN_CONVS"); env != nullptr && *env != '\0') {
+    const std::string v(env);
+    if (v != "0" && v != "1") user_error("QSWEEP_CUDNN_CONVS='{}': accepted values are 0 and 1", v);
+    if (v == "1") options_.own_convs = false;
+  }
   check(cudaSetDevice(options.device), "cudaSetDevice");
 }
 CudaBackend::~CudaBackend() = default;
@@ -1177,7 +1196,9 @@ std::string CudaBackend::device_name() const {
   return fmt::format("{} (device {}, sm_{}{}, {:.0f} GiB, {} SMs){}{}", prop.name, options_.device, prop.major,
                      prop.minor, prop.totalGlobalMem / double(1ull << 30), prop.multiProcessorCount,
                      options_.tf32 ? ", TF32 allowed" : ", FP32 (no TF32)",
-                     options_.transform_convs ? ", FFT/Winograd convolutions allowed" : "");
+                     options_.transform_convs ? ", FFT/Winograd convolutions allowed"
+                     : options_.own_convs && !options_.tf32 ? ", qsweep's direct FP32 kernel for the convolutions it runs"
+                                                            : "");
 }
 
 std::string CudaBackend::library_versions() const {
@@ -1205,7 +1226,7 @@ double CudaBackend::fp32_peak_flops() const {
 bool CudaBackend::supports(OpType) const { return true; }
 
 std::unique_ptr<BackendContext> CudaBackend::make_context() const {
-  return std::make_unique<HostCtx>(options_.device, options_.tf32, options_.transform_convs);
+  return std::make_unique<HostCtx>(options_.device, options_.tf32, options_.transform_convs, options_.own_convs);
 }
 
 void CudaBackend::run(BackendContext& base, const Node& node, std::span<const Tensor* const> inputs,
@@ -1230,7 +1251,8 @@ void CudaBackend::fake_quantize(BackendContext& base, const Tensor& x, const Qua
 }
 
 std::unique_ptr<DeviceSession> CudaBackend::make_session(const Graph& graph) const {
-  return std::make_unique<CudaSession>(graph, options_.device, options_.tf32, options_.transform_convs);
+  return std::make_unique<CudaSession>(graph, options_.device, options_.tf32, options_.transform_convs,
+                                       options_.own_convs);
 }
 
 }  // namespace qsweep

@@ -10,6 +10,7 @@
 #include <cstdlib>
 #include <stdexcept>
 #include <string>
+#include <unordered_map>
 #include <utility>
 
 namespace qsweep::cuda {
@@ -566,21 +567,34 @@ const int4* k_table(const FqConv& p, int K, cudaStream_t stream) {
   return tab;
 }
 
-// The weights of `p` in tap-major order (tap_major_weights_kernel), in a per-thread grow-only
-// device buffer like the k-table's.
+// The weights of `p` in tap-major order (tap_major_weights_kernel), in a grow-only device
+// buffer per host thread and stream (stream order keeps a call's weights until its kernel
+// is done; another stream of the same thread gets its own buffer).
 const float* tap_major_weights(const FqConv& p, int64_t Cg, int64_t Og, int64_t Ogp, cudaStream_t stream) {
-  thread_local float* buf = nullptr;
-  thread_local int64_t cap = 0;
-  const int64_t KHW = p.KH * p.KW, total = p.groups * Cg * KHW * Ogp;
-  if (total > cap) {
-    if (buf) {
-      cudaStreamSynchronize(stream);
-      cudaFree(buf);
-      buf = nullptr, cap = 0;
-    }
-    check(cudaMalloc(&buf, static_cast<size_t>(total) * sizeof(float)), "cudaMalloc (fused conv tap-major weights)");
-    cap = total;
+  struct Buf {
+    float* ptr = nullptr;
+    int64_t cap = 0;
+  };
+  thread_local std::unordered_map<cudaStream_t, Buf> bufs;
+  if (bufs.size() >= 4 && bufs.find(stream) == bufs.end()) {
+    // Streams come and go with contexts: past four, the buffers are freed once the device
+    // is idle (a destroyed stream's buffer would otherwise stay until the thread ends).
+    cudaDeviceSynchronize();
+    for (auto& [st, old] : bufs) cudaFree(old.ptr);
+    bufs.clear();
   }
+  Buf& b = bufs[stream];
+  const int64_t KHW = p.KH * p.KW, total = p.groups * Cg * KHW * Ogp;
+  if (total > b.cap) {
+    if (b.ptr) {
+      cudaStreamSynchronize(stream);
+      cudaFree(b.ptr);
+      b = Buf{};
+    }
+    check(cudaMalloc(&b.ptr, static_cast<size_t>(total) * sizeof(float)), "cudaMalloc (fused conv tap-major weights)");
+    b.cap = total;
+  }
+  float* const buf = b.ptr;
   const int64_t blocks = std::min<int64_t>((total + 255) / 256, 4096);
   tap_major_weights_kernel<<<static_cast<unsigned>(blocks), 256, 0, stream>>>(
       buf, p.w, total, static_cast<int>(Og), static_cast<int>(Ogp), static_cast<int>(Cg), static_cast<int>(KHW));
@@ -651,6 +665,18 @@ bool zero_stays_zero(const FqConv& p) {
   return std::signbit(y) == false && y == 0.0f;
 }
 
+// Whether the tap-major kernels (variants 11-13) run `p`: a dense or grouped kernel larger
+// than 1x1 with a multiple of 16 channels per group, an input quantizer (if any) that maps
+// +0 to +0 and suits fast_quant_value(), and transposed weights below 2^31 elements.
+bool tap_major_ok(const FqConv& p) {
+  const int64_t Cg = p.C / p.groups, Og = p.O / p.groups;
+  if (p.KH * p.KW <= 1 || Cg % 16 != 0 || (Cg == 1 && Og == 1)) return false;
+  constexpr int32_t kQ = 1 << 20;
+  const auto small = [&](int32_t v) { return v > -kQ && v < kQ; };
+  if (p.quantize_input && !(small(p.input.zero_point) && small(p.input.qmin) && small(p.input.qmax))) return false;
+  return zero_stays_zero(p) && p.groups * Cg * p.KH * p.KW * ((Og + 3) / 4 * 4) < (int64_t{1} << 31);
+}
+
 // launch_gemm_async with kVecB chosen at run time.
 template <int BM, int BP, int BK, int TM, int TP, int kStages, int kMinBlocks>
 void launch_gemm_async_vec(bool vec, const FqConv& p, cudaStream_t stream) {
@@ -667,16 +693,12 @@ void launch_dense(const FqConv& p, int64_t Og, cudaStream_t stream) {
     // 11-13: tap-major sums for kernels larger than 1x1 whose channels per group are a
     // multiple of the step depth (16, or 32 for 12, which falls back to 16 when only that
     // divides them; 13: 11 with float4 B fragments in every tile); everything else as
-    // variant 10. The input quantizer must suit fast_quant_value().
+    // variant 10.
     const int64_t Cg = p.C / p.groups;
-    constexpr int32_t kQ = 1 << 20;
-    const auto small = [&](int32_t v) { return v > -kQ && v < kQ; };
-    const bool fast_quant_ok =
-        !p.quantize_input || (small(p.input.zero_point) && small(p.input.qmin) && small(p.input.qmax));
-    const bool tap_major = p.KH * p.KW > 1 && zero_stays_zero(p) && fast_quant_ok &&
-                           p.groups * Cg * p.KH * p.KW * ((Og + 3) / 4 * 4) < (int64_t{1} << 31);
-    if (tap_major && kVariant == 12 && Cg % 32 == 0) return launch_dense_tap<32, false>(p, Og, stream);
-    if (tap_major && Cg % 16 == 0) return launch_dense_tap<16, kVariant == 13>(p, Og, stream);
+    if (tap_major_ok(p)) {
+      if (kVariant == 12 && Cg % 32 == 0) return launch_dense_tap<32, false>(p, Og, stream);
+      return launch_dense_tap<16, kVariant == 13>(p, Og, stream);
+    }
     return launch_dense<10>(p, Og, stream);
   } else if constexpr (kVariant >= 4) {
     // 4: a 3-stage cp.async pipeline, 5: 4 stages, 6: 3 stages of BK = 32, 7: 4 with three
@@ -728,7 +750,7 @@ void launch_variant(int v, const FqConv& p, int64_t Og, cudaStream_t stream, std
 
 int initial_variant() {
   const char* env = std::getenv("QSWEEP_FQCONV_VARIANT");
-  if (env == nullptr || *env == '\0') return 10;  // the fastest measured (fq_conv.cuh)
+  if (env == nullptr || *env == '\0') return 13;  // the fastest measured (fq_conv.cuh)
   const std::string s(env);
   int v = -1;
   const auto [end, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
@@ -756,13 +778,31 @@ void set_fq_conv_variant(int variant) {
 
 int fq_conv_variant() { return variant_slot().load(); }
 
-void fq_conv2d(const FqConv& p, cudaStream_t stream) {
-  if (p.N * p.O * p.OH * p.OW == 0) return;
-  const int64_t Cg = p.C / p.groups, Og = p.O / p.groups;
+namespace {
+void check_sizes(const FqConv& p) {
+  const int64_t Cg = p.C / p.groups;
   constexpr int64_t kMax = int64_t{1} << 31;
   if (p.C * p.H * p.W >= kMax || p.O * Cg * p.KH * p.KW >= kMax || p.N * p.OH * p.OW >= kMax) {
     throw std::runtime_error("fused fake-quant convolution: a tensor dimension product exceeds 2^31; use a smaller batch");
   }
+}
+}  // namespace
+
+bool tap_major_applies(const FqConv& p) { return tap_major_ok(p); }
+
+bool fq_conv2d_direct(const FqConv& p, cudaStream_t stream) {
+  if (!tap_major_ok(p)) return false;
+  if (p.N * p.O * p.OH * p.OW == 0) return true;
+  check_sizes(p);
+  launch_dense_tap<16, true>(p, p.O / p.groups, stream);
+  check(cudaGetLastError(), "direct convolution");
+  return true;
+}
+
+void fq_conv2d(const FqConv& p, cudaStream_t stream) {
+  if (p.N * p.O * p.OH * p.OW == 0) return;
+  const int64_t Cg = p.C / p.groups, Og = p.O / p.groups;
+  check_sizes(p);
   if (Cg == 1 && Og == 1) {
     const int64_t total = p.N * p.O * p.OH * p.OW;
     const int64_t blocks = std::min<int64_t>((total + 255) / 256, int64_t{1} << 30);

@@ -68,7 +68,7 @@ void fq_conv2d(const FqConv& p, cudaStream_t stream);
 //      slower on its 1x1 ones and on the shipped model's 16-channel shapes;
 //   9  7's small tiles, and 8's 128-row tile for kernels larger than 1x1 (4's for 1x1
 //      ones), each the faster on those shapes;
-//   10 the default: 9 with the 64x128 tile at three blocks per SM for 1x1 kernels of 128+
+//   10 9 with the 64x128 tile at three blocks per SM for 1x1 kernels of 128+
 //      output channels and at most 256 input channels per group (ResNet18's 1x1 stride-2
 //      downsamples took 1.0-2.3x cuDNN's time with 9, 0.73-1.25x with 10). On an H200
 //      (bench/RESULTS.md, 2026-11-27, two runs) ResNet18's 11 conv shapes at 1.24x / 1.28x
@@ -81,21 +81,32 @@ void fq_conv2d(const FqConv& p, cudaStream_t stream);
 //      whose channels per group are a multiple of 16 (ResNet18's 3x3 layers): each 16-deep
 //      step reads 16 channels of one tap, so a thread tests its pixel's bounds once per step
 //      and needs no k-table, and the weights, transposed once per call to [k][o], arrive in
-//      16-byte copies. Written without a GPU after the profile of variant 10, whose 3x3
-//      shapes of 56x56 and 28x28 inputs took 1.63-1.85x cuDNN's time with long_scoreboard
-//      stalls (the k-table loads each element's address waits on);
-//      The input is fake-quantized in 6 instructions instead of about 10 (the same values);
+//      16-byte copies. Written after the profile of variant 10, whose 3x3 shapes of 56x56 and
+//      28x28 inputs took 1.63-1.85x cuDNN's time with long_scoreboard stalls (the k-table
+//      loads each element's address waits on). The input is fake-quantized in 6
+//      instructions instead of about 10 (the same values);
 //   12 11 with 32-deep steps where the channels per group are a multiple of 32;
-//   13 11 with float4 B fragments in the 64- and 32-row tiles too.
+//   13 the default: 11 with float4 B fragments in the 64- and 32-row tiles too. On an H200
+//      (bench/RESULTS.md, 2026-11-27 18:49 session) every one of ResNet18's 11 conv shapes
+//      within 1.36x of cuDNN's conv + bias + ReLU (geometric mean 0.90x; variant 10 1.32x,
+//      worst 1.99x; 11 0.92x, 12 0.97x), its 3x3 shapes at 0.45-1.14x.
 // 11-13 sum in another order than 0-10, so their results differ from variant 0's by
 // rounding (fq_conv_variant_keeps_order() is false for them).
 // Variants 4-13 run only when the input quantizer maps +0 to +0 bit for bit (every quantizer
 // from choose_quant_params() does); otherwise they fall back to variant 2.
-// The process-wide choice starts at $QSWEEP_FQCONV_VARIANT when set, else 10.
+// The process-wide choice starts at $QSWEEP_FQCONV_VARIANT when set, else 13.
 constexpr int kFqConvVariants = 14;
 void set_fq_conv_variant(int variant);  // throws std::invalid_argument outside [0, kFqConvVariants)
 int fq_conv_variant();
 // Whether `variant` sums every output in variant 0's order (bit-identical results).
 constexpr bool fq_conv_variant_keeps_order(int variant) { return variant <= 10; }
+
+// Variant 13's tap-major kernel alone, whatever variant is chosen: the CUDA backend's direct
+// FP32 convolution for the float network (quantize_input and quantize_output false, bias and
+// activation fused). Runs `p` and returns true when the kernel applies (a kernel larger than
+// 1x1, a multiple of 16 input channels per group, an input quantizer, if any, that maps +0 to
+// +0); returns false, launching nothing, otherwise.
+bool fq_conv2d_direct(const FqConv& p, cudaStream_t stream);
+bool tap_major_applies(const FqConv& p);
 
 }  // namespace qsweep::cuda
