@@ -185,7 +185,7 @@ int main(int argc, char** argv) {
         to.tf32 = true;
         grid_with("tf32", "FP32", to);
       }
-      if (!skip_cudnn_convs && bo.own_convs) {  // every float convolution on cuDNN ($QSWEEP_CUDNN_CONVS=1)
+      if (!skip_cudnn_convs && cuda.own_convs()) {  // every float convolution on cuDNN ($QSWEEP_CUDNN_CONVS=1)
         BackendOptions co = bo;
         co.own_convs = false;
         grid_with("cudnn", "default", co);

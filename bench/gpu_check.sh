@@ -253,10 +253,11 @@ elif [ -x "$build/bench/qsweep_bench_gpu" ]; then
      ! "$build/tests/cuda_backend_test" --gtest_filter='CudaFakeQuantConv.*' >/dev/null 2>&1; then
     nvar=$(sed -n 's/.*kFqConvVariants = \([0-9]*\);.*/\1/p' kernels/cuda/fq_conv.cuh)
     passing=()
-    if QSWEEP_TEST_FQCONV_VARIANTS=0 "$build/tests/cuda_backend_test" --gtest_filter='CudaFakeQuantConv.*' >/dev/null 2>&1; then
+    # (each run under a timeout: a hung kernel must not eat the lease)
+    if QSWEEP_TEST_FQCONV_VARIANTS=0 timeout 120 "$build/tests/cuda_backend_test" --gtest_filter='CudaFakeQuantConv.*' >/dev/null 2>&1; then
       passing=(0)
       for ((v = 1; v < ${nvar:-1}; v++)); do
-        QSWEEP_TEST_FQCONV_VARIANTS=$v "$build/tests/cuda_backend_test" --gtest_filter='CudaFakeQuantConv.*' \
+        QSWEEP_TEST_FQCONV_VARIANTS=$v timeout 120 "$build/tests/cuda_backend_test" --gtest_filter='CudaFakeQuantConv.*' \
           >/dev/null 2>&1 && passing+=("$v")
       done
     fi

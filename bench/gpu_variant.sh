@@ -25,18 +25,22 @@ v=$1
 if [ $# -gt 1 ] && [ -f "$out/gpu_check.log" ]; then
   # The conv table's summary lines of the last model (ResNet18), one per variant timed.
   best=$(awk -v want=" $* " '
-    /^== / && /resnet18/ { r = 1 }
+    /^== / { r = /^== torchvision resnet18/ }
     r && /^conv     :   variant [0-9]+: geometric mean/ {
       n = $4; sub(":", "", n); g = $7; sub("x,", "", g)
       if (index(want, " " n " ") && (best == "" || g + 0 < bestg)) { best = n; bestg = g + 0 }
     }
     END { print best }' "$out/gpu_check.log")
-  [ -n "$best" ] && v=$best
-  echo "-- candidates $*: variant $v has the lowest geometric mean on ResNet18's shapes"
+  if [ -n "$best" ]; then
+    v=$best
+    echo "-- candidates $*: variant $v has the lowest geometric mean on ResNet18's shapes"
+  else
+    echo "-- candidates $*: none timed on ResNet18's shapes in $out/gpu_check.log; taking the first, $v"
+  fi
 fi
 default=$(sed -n 's/.*if (env == nullptr || \*env == .\\0.) return \([0-9]*\);.*/\1/p' kernels/cuda/fq_conv.cu)
 bench="$build/bench/qsweep_bench_gpu"
-grid_args=(--model resnet18 --skip-torch --skip-tf32 --skip-transforms --skip-bias-correction --skip-conv)
+grid_args=(--model resnet18 --skip-torch --skip-tf32 --skip-transforms --skip-bias-correction --skip-conv --skip-cudnn-convs)
 echo "-- variant $v (default $default): 1. CudaFakeQuantConv tests of variant $v alone"
 if ! QSWEEP_TEST_FQCONV_VARIANTS=$v "$build/tests/cuda_backend_test" --gtest_filter='CudaFakeQuantConv.*' 2>&1 | tail -25; then
   echo "-- variant $v fails its tests: stopping"
@@ -45,7 +49,7 @@ fi
 echo "-- 2. CudaGrid and CudaSession tests with QSWEEP_FQCONV_VARIANT=$v"
 status=0
 QSWEEP_FQCONV_VARIANT=$v timeout 240 "$build/tests/cuda_backend_test" --gtest_filter='*CudaGrid*:CudaSession.*' 2>&1 |
-  grep -E '^\[ *(OK|FAILED|PASSED|SKIPPED) *\]|Failure|worst|Expected|Which is' | head -60
+  grep -E '^\[ *(OK|FAILED|PASSED|SKIPPED) *\]|Failure|worst|Expected|Which is' | tail -60
 [ "${PIPESTATUS[0]}" = 0 ] || status=1
 if [ -f bench/resnet18.onnx ]; then
   for w in "$default" "$v"; do

@@ -384,6 +384,7 @@ void context(const Folder& base, const Folder& cur, std::vector<std::string>& ou
       {"dataset.calibration.images_sha256", "calibration images sha256"},
       {"backend.name", "backend"},
       {"backend.device", "device"},
+      {"backend.fused_conv_variant", "fused conv variant"},
       {"backend.threads", "threads"},
       {"libraries.backend", "backend libraries"},
       {"git_commit", "git commit"},

@@ -471,6 +471,7 @@ json manifest_json(const Prepared& p, const std::string& command_line, const std
   manifest["backend"] = {{"name", p.backend->name()},     {"device", p.backend->device_name()},
                          {"threads", p.threads},            {"tf32", p.backend->tf32()},
                          {"conv_transforms", p.backend->conv_transforms()}, {"batch_size", p.cfg.batch_size}};
+  if (const int v = p.backend->fused_conv_variant(); v >= 0) manifest["backend"]["fused_conv_variant"] = v;
   manifest["libraries"] = {{"backend", p.backend->library_versions()},
                            {"onnx", ONNX_NAMESPACE::LAST_RELEASE_VERSION},
                            {"protobuf", google::protobuf::internal::VersionString(GOOGLE_PROTOBUF_VERSION)},

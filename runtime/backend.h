@@ -66,6 +66,10 @@ class Backend {
   // Whether its convolutions may be FFT / Winograd ones (run.conv_transforms): cuDNN's choice
   // on CUDA, Winograd F(4x4, 3x3) for the 3x3 stride-1 ones on an AVX-512 CPU.
   virtual bool conv_transforms() const { return false; }
+  // CUDA: the fused fake-quant conv's implementation variant ($QSWEEP_FQCONV_VARIANT or the
+  // default; kernels/cuda/fq_conv.cuh), which some variants' summation order ties the numbers
+  // to; -1 for backends without one. Recorded in the manifest.
+  virtual int fused_conv_variant() const { return -1; }
 };
 
 struct BackendOptions {

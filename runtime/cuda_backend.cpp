@@ -1190,6 +1190,8 @@ CudaBackend::CudaBackend(const BackendOptions& options) : options_(options) {
 }
 CudaBackend::~CudaBackend() = default;
 
+int CudaBackend::fused_conv_variant() const { return cuda::fq_conv_variant(); }
+
 std::string CudaBackend::device_name() const {
   cudaDeviceProp prop{};
   check(cudaGetDeviceProperties(&prop, options_.device), "cudaGetDeviceProperties");
@@ -1197,8 +1199,8 @@ std::string CudaBackend::device_name() const {
                      prop.minor, prop.totalGlobalMem / double(1ull << 30), prop.multiProcessorCount,
                      options_.tf32 ? ", TF32 allowed" : ", FP32 (no TF32)",
                      options_.transform_convs ? ", FFT/Winograd convolutions allowed"
-                     : options_.own_convs && !options_.tf32 ? ", qsweep's direct FP32 kernel for the convolutions it runs"
-                                                            : "");
+                     : own_convs() ? ", qsweep's direct FP32 kernel for the convolutions it runs"
+                                   : "");
 }
 
 std::string CudaBackend::library_versions() const {

@@ -35,6 +35,11 @@ class CudaBackend final : public Backend {
   std::unique_ptr<DeviceSession> make_session(const Graph& graph) const override;
   bool tf32() const override { return options_.tf32; }
   bool conv_transforms() const override { return options_.transform_convs; }
+  int fused_conv_variant() const override;
+  // Whether the float network's convolutions run on qsweep's direct kernel where it applies
+  // (BackendOptions::own_convs, not turned off by $QSWEEP_CUDNN_CONVS, run.tf32 or
+  // run.conv_transforms).
+  bool own_convs() const { return options_.own_convs && !options_.tf32 && !options_.transform_convs; }
   int device() const { return options_.device; }
 
   // The card's FP32 (FMA) peak in FLOP/s: SMs x FP32 lanes per SM x 2 x the SM clock.

@@ -779,10 +779,15 @@ void set_fq_conv_variant(int variant) {
 int fq_conv_variant() { return variant_slot().load(); }
 
 namespace {
-void check_sizes(const FqConv& p) {
+// Whether the kernels' 32-bit index math holds: one image's C*H*W, the weights' O*K and
+// N*OH*OW below 2^31.
+bool sizes_fit(const FqConv& p) {
   const int64_t Cg = p.C / p.groups;
   constexpr int64_t kMax = int64_t{1} << 31;
-  if (p.C * p.H * p.W >= kMax || p.O * Cg * p.KH * p.KW >= kMax || p.N * p.OH * p.OW >= kMax) {
+  return p.C * p.H * p.W < kMax && p.O * Cg * p.KH * p.KW < kMax && p.N * p.OH * p.OW < kMax;
+}
+void check_sizes(const FqConv& p) {
+  if (!sizes_fit(p)) {
     throw std::runtime_error("fused fake-quant convolution: a tensor dimension product exceeds 2^31; use a smaller batch");
   }
 }
@@ -791,9 +796,8 @@ void check_sizes(const FqConv& p) {
 bool tap_major_applies(const FqConv& p) { return tap_major_ok(p); }
 
 bool fq_conv2d_direct(const FqConv& p, cudaStream_t stream) {
-  if (!tap_major_ok(p)) return false;
+  if (!tap_major_ok(p) || !sizes_fit(p)) return false;  // e.g. cuDNN runs it
   if (p.N * p.O * p.OH * p.OW == 0) return true;
-  check_sizes(p);
   launch_dense_tap<16, true>(p, p.O / p.groups, stream);
   check(cudaGetLastError(), "direct convolution");
   return true;

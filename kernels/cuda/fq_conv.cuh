@@ -40,9 +40,10 @@ struct FqConv {
 // grouped convolutions and Gemm, a direct kernel for depthwise ones (C/G = O/G = 1).
 void fq_conv2d(const FqConv& p, cudaStream_t stream);
 
-// Implementation variants of the implicit-GEMM kernel, all computing the same sums in the
-// same order (bit-identical results), kept side by side so a GPU run can measure them
-// (bench/gpu_bench.cpp) and the tests check every one:
+// Implementation variants of the implicit-GEMM kernel, kept side by side so a GPU run can
+// measure them (bench/gpu_bench.cpp) and the tests check every one. Variants 0-10 compute
+// the same sums in the same order (bit-identical results); 11-13 sum in another order (see
+// below):
 //   0  the first one, measured on an H200: each thread's pixel columns strided across the
 //      tile, read from shared memory one float at a time;
 //   1  each thread's pixel columns in groups of 4 adjacent ones, read as float4 (a quarter
@@ -87,7 +88,7 @@ void fq_conv2d(const FqConv& p, cudaStream_t stream);
 //      instructions instead of about 10 (the same values);
 //   12 11 with 32-deep steps where the channels per group are a multiple of 32;
 //   13 the default: 11 with float4 B fragments in the 64- and 32-row tiles too. On an H200
-//      (bench/RESULTS.md, 2026-11-27 18:49 session) every one of ResNet18's 11 conv shapes
+//      (bench/RESULTS.md, 2026-11-27 18:44 session) every one of ResNet18's 11 conv shapes
 //      within 1.36x of cuDNN's conv + bias + ReLU (geometric mean 0.90x; variant 10 1.32x,
 //      worst 1.99x; 11 0.92x, 12 0.97x), its 3x3 shapes at 0.45-1.14x.
 // 11-13 sum in another order than 0-10, so their results differ from variant 0's by
@@ -105,7 +106,7 @@ constexpr bool fq_conv_variant_keeps_order(int variant) { return variant <= 10; 
 // FP32 convolution for the float network (quantize_input and quantize_output false, bias and
 // activation fused). Runs `p` and returns true when the kernel applies (a kernel larger than
 // 1x1, a multiple of 16 input channels per group, an input quantizer, if any, that maps +0 to
-// +0); returns false, launching nothing, otherwise.
+// +0, index products below 2^31); returns false, launching nothing, otherwise.
 bool fq_conv2d_direct(const FqConv& p, cudaStream_t stream);
 bool tap_major_applies(const FqConv& p);
 

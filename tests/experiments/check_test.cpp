@@ -213,24 +213,25 @@ TEST_F(Check, ContextListsInputsAndConfigKeysThatDiffer) {
   const std::string rows = base_rows();
   const auto a = folder("a", {{"layerwise.csv", kHeader + rows},
                               {"manifest.json", R"({"git_commit": "1111111111111111", "model": {"sha256": "aa"},
-                                                   "backend": {"name": "cpu", "device": "x"}})"},
+                                                   "backend": {"name": "cpu", "device": "x", "fused_conv_variant": 13}})"},
                               {"config.toml",
                                "[model]\npath = \"/a/m.onnx\"\n[quant]\nweight_bits = [3, 4]\n"
                                "[output]\nroot = \"r1\"\n"}});
   const auto b = folder("b", {{"layerwise.csv", kHeader + rows},
                               {"manifest.json", R"({"git_commit": "2222222222222222", "model": {"sha256": "bb"},
-                                                   "backend": {"name": "cpu", "device": "x"}})"},
+                                                   "backend": {"name": "cpu", "device": "x", "fused_conv_variant": 10}})"},
                               {"config.toml",
                                "[model]\npath = \"/b/m.onnx\"\n[quant]\nweight_bits = [3, 4]\n"
                                "weight_clip = \"sawb\"\n"
                                "[output]\nroot = \"r2\"\n"}});
   const CheckResult r = check_results(a, b, {});
   EXPECT_TRUE(r.passed());  // context is not a move
-  ASSERT_EQ(r.context.size(), 3u);
+  ASSERT_EQ(r.context.size(), 4u);
   EXPECT_EQ(r.context[0], "model sha256: aa (baseline: bb)");
-  EXPECT_EQ(r.context[1], "git commit: 1111111111111111 (baseline: 2222222222222222)");
+  EXPECT_EQ(r.context[1], "fused conv variant: 13 (baseline: 10)");  // CUDA's kernel choice: its sums' order
+  EXPECT_EQ(r.context[2], "git commit: 1111111111111111 (baseline: 2222222222222222)");
   // output.root left out, and model.path, as the manifests give the model's sha256.
-  EXPECT_EQ(r.context[2], "config quant.weight_clip = (absent) (baseline: \"sawb\")");
+  EXPECT_EQ(r.context[3], "config quant.weight_clip = (absent) (baseline: \"sawb\")");
   EXPECT_EQ(r.current_about.rfind("git 111111111111, backend cpu (x)", 0), 0u) << r.current_about;
 }
 

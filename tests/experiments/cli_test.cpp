@@ -318,6 +318,7 @@ TEST_F(Cli, ComputeOptionsOnTheCpuAreHonouredOrSaidToBeIgnored) {
   const auto manifest = nlohmann::json::parse(slurp(run_dir / "manifest.json"));
   EXPECT_EQ(manifest["backend"]["conv_transforms"], winograd);
   EXPECT_EQ(manifest["backend"]["tf32"], false);
+  EXPECT_FALSE(manifest["backend"].contains("fused_conv_variant"));  // CUDA only
   // What was asked for stays in the config as run.
   const Config as_run = load_config((run_dir / "config.toml").string(), {});
   EXPECT_TRUE(as_run.conv_transforms);
