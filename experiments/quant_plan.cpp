@@ -19,6 +19,31 @@
 
 namespace qsweep {
 
+namespace {
+
+// The float32 network's values that quantization and the metrics read must be finite on the
+// calibration images: a NaN or infinity there (weights that overflow, a data.std near 0)
+// would make every cell's numbers NaN or infinite. min_max() skips NaNs, so a value that is
+// NaN throughout shows as the empty range (+inf, -inf).
+void check_finite_ranges(const Graph& g, const ActivationRanges& r) {
+  auto check = [&](int v, const std::string& what) {
+    if (v < 0 || g.values[v].is_constant) return;
+    if (std::isfinite(r.lo[v]) && std::isfinite(r.hi[v])) return;
+    const bool empty = r.lo[v] > r.hi[v];
+    user_error("calibration: {} ('{}') is {} on the calibration images{}; qsweep needs a finite float32 network "
+               "(check the model's weights and data.mean / data.std)",
+               what, g.values[v].name, empty ? "NaN throughout" : "not finite",
+               empty ? "" : fmt::format(" (range [{}, {}])", r.lo[v], r.hi[v]));
+  };
+  for (const Layer& L : g.layers) {
+    check(L.input_value, fmt::format("the input of layer {} '{}'", L.index, L.name));
+    check(L.output_value, fmt::format("the output of layer {} '{}'", L.index, L.name));
+  }
+  check(g.output, "the network's output");
+}
+
+}  // namespace
+
 ActivationRanges calibrate(const Executor& exec, const Dataset& data, const Normalization& norm, int64_t count,
                            int64_t batch_size, int threads, const std::atomic<bool>* stop) {
   auto stopped = [stop] { return stop != nullptr && stop->load(); };
@@ -35,6 +60,7 @@ ActivationRanges calibrate(const Executor& exec, const Dataset& data, const Norm
         *session, data, norm, count, batch_size, all_batches(count, batch_size),
         [](int64_t) { return std::span<const DeviceJob>(); }, true,
         [&](int64_t, int64_t, int64_t, DeviceOutcome&) { session->widen_ranges(r.lo, r.hi); }, stop);
+    if (!stopped()) check_finite_ranges(g, r);
     return r;
   }
   std::vector<std::vector<float>> lo(batches, std::vector<float>(nv, kInf)), hi(batches, std::vector<float>(nv, -kInf));
@@ -57,6 +83,7 @@ ActivationRanges calibrate(const Executor& exec, const Dataset& data, const Norm
       r.hi[v] = std::max(r.hi[v], hi[b][v]);
     }
   }
+  if (!stopped()) check_finite_ranges(g, r);
   return r;
 }
 

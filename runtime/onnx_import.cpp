@@ -227,12 +227,33 @@ class Importer {
     if (g_.values[g_.output].is_constant) {
       user_error("{}: the graph output '{}' is a constant", origin_, graph.output(0).name());
     }
+    check_finite_constants();
     if (options_.fold_batch_norm) fold_batch_norms(g_);
     g_.enumerate_layers();
     return std::move(g_);
   }
 
  private:
+  // Weights, biases, BatchNorm statistics and the other constant operands must be finite: a
+  // NaN or infinity there makes every number of the run NaN or infinite. (Clip's bounds may
+  // be infinite: they are attributes here, not operands.)
+  void check_finite_constants() const {
+    for (const Node& n : g_.nodes) {
+      if (n.op == OpType::kClip) continue;
+      for (int id : n.inputs) {
+        const Value& v = g_.values[id];
+        if (!v.is_constant) continue;
+        const auto& d = v.constant.data;
+        const auto bad = std::find_if(d.begin(), d.end(), [](float x) { return !std::isfinite(x); });
+        if (bad == d.end()) continue;
+        const auto count = std::count_if(d.begin(), d.end(), [](float x) { return !std::isfinite(x); });
+        user_error("{}: constant '{}' of node '{}' ({}) holds {} non-finite value{} ({} at element {}); qsweep needs "
+                   "finite weights and constants",
+                   origin_, v.name, n.name, n.onnx_op, count, count == 1 ? "" : "s", *bad, bad - d.begin());
+      }
+    }
+  }
+
   // Multi-line library messages folded into one line.
   static std::string one_line(const std::string& s) {
     std::string out;

@@ -17,6 +17,7 @@
 #include "experiments/progress.h"
 #include "kernels/cpu/winograd.h"
 #include "runtime/cpu_backend.h"
+#include "runtime/error.h"
 #include "runtime/onnx_import.h"
 #include "tests/reference_quant.h"
 #include "tests/shipped_models.h"
@@ -118,6 +119,32 @@ TEST_P(ShippedGrid, ResultsDoNotDependOnTheBatchSize) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Models, ShippedGrid, ::testing::Values(0, 1));
+
+// A float32 network that is not finite on the calibration images (here: a data.std so small
+// that the normalized pixels overflow) is refused by the calibration, naming the first layer
+// value concerned, instead of a run whose every number is NaN or infinite.
+TEST(Calibration, NonFiniteFloatNetworkIsRefused) {
+  const auto m = testing::shipped_models().at(0);
+  const Graph g = import_onnx(m.onnx);
+  Dataset d;
+  d.name = "synthetic";
+  d.count = 8, d.channels = 1, d.height = 28, d.width = 28, d.num_classes = 10;
+  d.pixels.resize(8 * 28 * 28);
+  for (size_t i = 0; i < d.pixels.size(); ++i) d.pixels[i] = static_cast<uint8_t>(i * 37 % 256);
+  d.labels.assign(8, 0);
+  CpuBackend cpu;
+  Executor exec(g, cpu);
+  EXPECT_NO_THROW(calibrate(exec, d, Normalization{{0.286f}, {0.353f}}, 8, 4, 1));
+  try {
+    calibrate(exec, d, Normalization{{0.286f}, {1e-45f}}, 8, 4, 1);
+    ADD_FAILURE() << "a non-finite network was calibrated";
+  } catch (const UserError& e) {
+    const std::string msg = e.what();
+    EXPECT_NE(msg.find("calibration: the input of layer 0 '" + g.layers[0].name + "'"), std::string::npos) << msg;
+    EXPECT_NE(msg.find("not finite"), std::string::npos) << msg;
+    EXPECT_NE(msg.find("data.mean / data.std"), std::string::npos) << msg;
+  }
+}
 
 TEST(ShippedGridConvTransforms, OnePassEqualsNaiveAndTracksTheDirectGrid) {
   // run.conv_transforms (Winograd on the ResNet's 3x3 convolutions): the one pass still equals

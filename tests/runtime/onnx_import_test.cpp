@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstdio>
 #include <functional>
+#include <limits>
 #include <random>
 #include <string>
 #include <vector>
@@ -642,6 +643,30 @@ TEST(ImportErrors, InitializerDataMustMatchItsDeclaredShape) {
                     t.set_dims(1, 4);
                   }),
                   {"tensor 'w'", "2^34 values"});
+}
+
+// NaN or infinite weights, biases or other constant operands are refused at import, naming
+// the constant, its node and the first bad value; Clip's bounds may be infinite.
+TEST(ImportErrors, NonFiniteConstantsAreRefused) {
+  const float inf = std::numeric_limits<float>::infinity(), nan = std::numeric_limits<float>::quiet_NaN();
+  auto conv_with = [&](std::vector<float> w, std::vector<float> bias) {
+    OnnxBuilder b;
+    b.input("x", {1, 4, 4}).initializer("w", std::move(w), {1, 1, 3, 3}).initializer("b", std::move(bias), {1});
+    b.node("Conv", {"x", "w", "b"}, {"y"}, {}, "conv1").output("y");
+    return b.serialize();
+  };
+  std::vector<float> w(9, 0.5f);
+  w[4] = inf;
+  expect_contains(import_error(conv_with(w, {0.1f}), "inf.onnx"),
+                  {"inf.onnx", "constant 'w'", "node 'conv1' (Conv)", "1 non-finite value", "inf at element 4",
+                   "finite weights"});
+  w[4] = 0.5f;
+  expect_contains(import_error(conv_with(w, {nan}), "nan.onnx"), {"constant 'b'", "node 'conv1'", "nan at element 0"});
+  EXPECT_NO_THROW(import_onnx_bytes(conv_with(w, {0.1f}), "ok.onnx"));
+  OnnxBuilder c(13);  // Clip(x, 0, +inf): the bounds are not operands of the computation
+  c.input("x", {4}).initializer("lo", std::vector<float>{0.0f}, {}).initializer("hi", std::vector<float>{inf}, {});
+  c.node("Clip", {"x", "lo", "hi"}, {"y"}, {}, "clip").output("y");
+  EXPECT_NO_THROW(import_onnx_bytes(c.serialize(), "clip.onnx"));
 }
 
 }  // namespace
