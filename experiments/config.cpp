@@ -191,6 +191,12 @@ bool is_table_prefix(const std::string& path) {
 void validate(const Ctx& c, const toml::table& t, const std::string& prefix) {
   for (const auto& [k, node] : t) {
     const std::string path = prefix.empty() ? std::string(k.str()) : prefix + "." + std::string(k.str());
+    // A quoted key holding a dot ("quant.act_bits" = 4) is one key named with a dot, not
+    // act_bits in [quant]: it would pass the key check below and never be read.
+    if (k.str().find('.') != std::string_view::npos) {
+      user_error("{}: the quoted key \"{}\" holds a dot; write it unquoted ({} = ...) or under its table ([{}])",
+                 where_src(c, path, k.source()), k.str(), k.str(), path.substr(0, path.rfind('.')));
+    }
     if (node.is_table()) {
       // [quant.layer] where [[quant.layer]] is meant: a table, read as nothing.
       if (const ConfigKey* key = find_key(path); key != nullptr && std::string(key->type) == "array of tables") {

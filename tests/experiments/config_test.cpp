@@ -66,6 +66,21 @@ TEST_F(ConfigFiles, UnknownKeyCitesFileLineColumnAndKnownKeys) {
   EXPECT_NE(e.find("quant.weight_bits"), std::string::npos) << e;  // the key they meant is listed
 }
 
+// A quoted key with a dot (as a flat dict written by Python's toml.dump gives) is one key
+// whose name holds a dot: refused, rather than passing the key check and never being read.
+TEST_F(ConfigFiles, QuotedKeyWithADotIsRefused) {
+  const std::string p = write("a.toml", "\"quant.act_bits\" = 6\n[model]\npath = \"m.onnx\"\n");
+  const std::string e = error_of(p);
+  EXPECT_NE(e.find(p + ":1:1: the quoted key \"quant.act_bits\" holds a dot; write it unquoted (quant.act_bits = ...) "
+                       "or under its table ([quant])"),
+            std::string::npos)
+      << e;
+  const std::string q = write("b.toml", "[model]\npath = \"m.onnx\"\n[data]\n\"calibration.count\" = 0\n");
+  EXPECT_NE(error_of(q).find("[data.calibration]"), std::string::npos) << error_of(q);
+  // Unquoted dotted keys are tables, as TOML says.
+  EXPECT_EQ(load_config(write("c.toml", "quant.act_bits = 6\n[model]\npath = \"m.onnx\"\n"), {}).quant.base.act_bits, 6);
+}
+
 TEST_F(ConfigFiles, UnknownSectionIsAnError) {
   const std::string p = write("a.toml", "[model]\npath = \"m.onnx\"\n[qunat]\nact_bits = 4\n");
   const std::string e = error_of(p);
