@@ -119,6 +119,13 @@ struct Ctx {
 
 std::string where_src(const Ctx& c, const std::string& key, const toml::source_region& src) {
   if (c.from_set.count(key)) return fmt::format("--set {}", key);
+  // Inside a table or array given by --set (--set 'quant.layer=[{...}]'): its line numbers
+  // count in the --set text, not in the file.
+  for (const auto& k : c.from_set) {
+    if (key.size() > k.size() && key.rfind(k, 0) == 0 && (key[k.size()] == '.' || key[k.size()] == '[')) {
+      return fmt::format("--set {}", k);
+    }
+  }
   if (src.begin.line == 0) {
     // A section that only --set created (--set a.b=1 makes [a]): name the override.
     for (const auto& k : c.from_set) {
@@ -613,6 +620,13 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
   }
   if (cfg.low_bits < 2 || cfg.low_bits > 16) fail("additivity.low_bits", "must be 2..16");
   if (cfg.high_bits != 0 && (cfg.high_bits < 2 || cfg.high_bits > 16)) fail("additivity.high_bits", "must be 0 (float32) or 2..16");
+  // Equal widths make every configuration the same network (r and slope come out NaN).
+  if (cfg.kind == "additivity" && cfg.high_bits != 0 && cfg.low_bits >= cfg.high_bits) {
+    fail(t.at_path("additivity.low_bits").node() ? "additivity.low_bits" : "additivity.high_bits",
+         fmt::format("gives low_bits = {} and high_bits = {}; low_bits must be below high_bits (or high_bits = 0: "
+                     "float32 outside the subset)",
+                     cfg.low_bits, cfg.high_bits));
+  }
   if (cfg.bootstrap < 0 || cfg.bootstrap > 100000) fail("stats.bootstrap", "must be 0 (no intervals) to 100000");
   if (!(cfg.confidence > 0.0 && cfg.confidence < 1.0)) fail("stats.confidence", "must be between 0 and 1");
   if (cfg.backend != "cpu" && cfg.backend != "cuda" && cfg.backend != "auto") {
@@ -625,8 +639,15 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
   if (cfg.root.empty()) fail("output.root", "must not be empty");
   if (cfg.worst < 1) fail("output.worst", "must be at least 1");
   if (!(cfg.saturate > 0.0)) fail("output.saturate", "must be positive");
-  if (cfg.bar_bits != 0 && std::find(cfg.quant.weight_bits.begin(), cfg.quant.weight_bits.end(), cfg.bar_bits) ==
-                               cfg.quant.weight_bits.end()) {
+  if (cfg.kind == "additivity") {  // its grid's columns: additivity.low_bits and high_bits
+    if (cfg.bar_bits != 0 && cfg.bar_bits != cfg.low_bits && (cfg.high_bits == 0 || cfg.bar_bits != cfg.high_bits)) {
+      fail("output.bar_bits",
+           fmt::format("is {}; for kind = \"additivity\" it must be 0 (the lowest), additivity.low_bits ({}){}",
+                       cfg.bar_bits, cfg.low_bits,
+                       cfg.high_bits ? fmt::format(" or additivity.high_bits ({})", cfg.high_bits) : std::string()));
+    }
+  } else if (cfg.bar_bits != 0 && std::find(cfg.quant.weight_bits.begin(), cfg.quant.weight_bits.end(), cfg.bar_bits) ==
+                                      cfg.quant.weight_bits.end()) {
     fail("output.bar_bits", fmt::format("is {}; it must be 0 (the lowest) or one of quant.weight_bits", cfg.bar_bits));
   }
   // A [[quant.layer]] weight_bits has no meaning in an additivity run (SAWB's bit range is

@@ -156,17 +156,36 @@ std::vector<char> load_records(const GridOptions& opt, const std::vector<int>& c
 
 int64_t outputs_per_image(const Executor& exec) {
   const Graph& g = exec.graph();
-  auto ws = exec.make_workspace();
-  // Two images: an output that is not one row of logits per image shows.
-  const Tensor& y = exec.forward(ws, Tensor(g.batch_shape(2)));  // zeros
-  // (N, classes), or (N, classes, 1, 1) as a model ending in global pooling without Flatten has.
-  const bool rows = y.rank() >= 2 && y.shape[0] == 2 &&
-                    std::all_of(y.shape.begin() + 2, y.shape.end(), [](int64_t d) { return d == 1; });
-  if (!rows) {
-    user_error("the model's output '{}' has shape {} for a batch of 2 images; qsweep needs logits of shape (N, "
-               "classes) (or (N, classes, 1, ...)), one row per image", g.values[g.output].name, shape_str(y.shape));
+  // Batches of 2 and 3 images: an output that is not one row of logits per image shows, and so
+  // does a constant whose first dimension lines up with the batch (it would broadcast against
+  // one batch size only, giving each image the constant of its position in the batch).
+  int64_t per_image = 0;
+  for (const int64_t n : {2, 3}) {
+    auto ws = exec.make_workspace();
+    Tensor y;
+    try {
+      y = exec.forward(ws, Tensor(g.batch_shape(n)));  // zeros
+    } catch (const UserError& e) {
+      if (n == 2) throw;
+      user_error("the model runs on a batch of 2 images but not of {} ({}); each image must be computed on its own, so "
+                 "no constant may have a first dimension other than 1 where it meets the batch",
+                 n, e.what());
+    }
+    // (N, classes), or (N, classes, 1, 1) as a model ending in global pooling without Flatten has.
+    const bool rows = y.rank() >= 2 && y.shape[0] == n &&
+                      std::all_of(y.shape.begin() + 2, y.shape.end(), [](int64_t d) { return d == 1; });
+    if (!rows) {
+      user_error("the model's output '{}' has shape {} for a batch of {} images; qsweep needs logits of shape (N, "
+                 "classes) (or (N, classes, 1, ...)), one row per image", g.values[g.output].name, shape_str(y.shape),
+                 n);
+    }
+    if (per_image != 0 && y.numel() / n != per_image) {
+      user_error("the model's output '{}' has {} values per image for a batch of 2 images and {} for 3; qsweep needs "
+                 "one row of logits per image", g.values[g.output].name, per_image, y.numel() / n);
+    }
+    per_image = y.numel() / n;
   }
-  return y.numel() / 2;
+  return per_image;
 }
 
 int64_t cpu_bytes_per_image(const Executor& exec) {

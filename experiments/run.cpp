@@ -227,6 +227,23 @@ std::unique_ptr<Prepared> prepare(const Config& cfg, const std::function<void(co
   };
   p->calib = load_split(cfg.calibration_split);
   p->eval = cfg.eval_split == cfg.calibration_split ? p->calib : load_split(cfg.eval_split);
+  // Image-folder labels are indices into the sorted class folders of each split: a split
+  // missing a class folder would shift every later label (audit: a validation split without
+  // its first class scored 0% at float32).
+  if (cfg.dataset == "imagefolder" && p->eval.classes != p->calib.classes) {
+    auto missing = [](const std::vector<std::string>& a, const std::vector<std::string>& b) {
+      std::vector<std::string> out;
+      for (const auto& c : a) {
+        if (std::find(b.begin(), b.end(), c) == b.end()) out.push_back("'" + c + "'");
+      }
+      if (out.size() > 3) out.resize(3), out.push_back("...");
+      return out.empty() ? std::string("none") : fmt::format("{}", fmt::join(out, ", "));
+    };
+    user_error("{}: the {} split's class folders differ from the {} split's (only in {}: {}; only in {}: {}); labels "
+               "are class folder indices, so both splits need the same class folders",
+               cfg.data_path, cfg.eval_split, cfg.calibration_split, cfg.calibration_split,
+               missing(p->calib.classes, p->eval.classes), cfg.eval_split, missing(p->eval.classes, p->calib.classes));
+  }
   // Which images are "the first N" of each (config.cpp validated the names).
   auto order_of = [](const std::string& name) {
     ImageOrder o = ImageOrder::kFile;
@@ -710,14 +727,43 @@ bool settle_auto_batch_size(const fs::path& work, Prepared& p, bool sharded) {
 }
 
 // Whether `final_dir` holds this configuration's finished run (summary.json): the numbers of
-// another configuration under the same run id are refused, not served as this one's.
+// another configuration under the same run id, of another model file content under the
+// same path (a retrained model), or of a damaged folder are refused, not served as this one's.
+// (The data are not hashed again here: a changed data file under the same path is not seen.)
 bool finished_here(const fs::path& final_dir, const Config& cfg, bool any_batch_size) {
   if (!fs::exists(final_dir / "summary.json")) return false;
-  if (fs::exists(final_dir / "config.toml") &&
-      config_identity_of_file((final_dir / "config.toml").string(), any_batch_size) != config_identity(cfg, any_batch_size)) {
+  const std::string table = cfg.kind == "layerwise"    ? "layerwise.csv"
+                            : cfg.kind == "additivity" ? "additivity.csv"
+                                                       : "comparison.csv";
+  auto damaged = [&](const std::string& what) {
+    user_error("'{}' holds a damaged finished run ({}); pass --fresh to compute it again, or use another --run-id",
+               final_dir.string(), what);
+  };
+  for (const std::string& f : {std::string("config.toml"), std::string("manifest.json"), table}) {
+    if (!fs::is_regular_file(final_dir / f)) damaged("summary.json but no " + f);
+  }
+  if (config_identity_of_file((final_dir / "config.toml").string(), any_batch_size) != config_identity(cfg, any_batch_size)) {
     user_error("'{}' holds a finished run of another configuration (compare its config.toml); use another --run-id, "
                "or --fresh",
                final_dir.string());
+  }
+  json manifest;
+  try {
+    if (json::parse(read_file(final_dir / "summary.json")).is_discarded()) damaged("summary.json is not valid JSON");
+    manifest = json::parse(read_file(final_dir / "manifest.json"));
+  } catch (const json::exception&) {
+    damaged("summary.json or manifest.json is not valid JSON");
+  }
+  const json* sha = manifest.contains("model") && manifest["model"].is_object() && manifest["model"].contains("sha256")
+                        ? &manifest["model"]["sha256"]
+                        : nullptr;
+  if (sha == nullptr || !sha->is_string()) damaged("its manifest.json names no model sha256");
+  if (fs::is_regular_file(cfg.model_path)) {
+    if (const std::string now = sha256_file(cfg.model_path); now != sha->get<std::string>()) {
+      user_error("'{}' holds a finished run of another model: '{}' has sha256 {} now, the run's manifest.json {}; "
+                 "pass --fresh to compute it again, or use another --run-id",
+                 final_dir.string(), cfg.model_path, now.substr(0, 12), sha->get<std::string>().substr(0, 12));
+    }
   }
   return true;
 }
@@ -1236,6 +1282,13 @@ RunOutcome run_experiment(const RunOptions& o) {
     out.config = cfg;
     out.folder = done;
     return out;
+  }
+  // Anything else at the results path would be found only when the finished run moves there,
+  // after the whole grid.
+  // (One that finished just now, by another process of this run, is served further down.)
+  if (const fs::path at = fs::path(cfg.root) / cfg.name / ro.run_id;
+      fs::exists(fs::symlink_status(at)) && !fs::exists(at / "summary.json")) {
+    user_error("'{}' already exists and holds no finished run; remove it or choose another --run-id", at.string());
   }
   const auto p = prepare(cfg, say);
   // The records folder this process computes into is locked before anything in the work folder

@@ -122,6 +122,16 @@ SubmitOutcome submit_run(const SubmitOptions& o) {
   overrides.push_back(fmt::format("output.root=\"{}\"", root.string()));
   const Config cfg = load_config(o.config_path, overrides);
   if (cfg.kind != "layerwise") user_error("qsweep submit shards layer-wise grids; '{}' has kind = \"{}\"", o.config_path, cfg.kind);
+  // What every array task would refuse, refused here before anything is written or submitted.
+  if (cfg.naive && o.array > 1) {
+    user_error("run.naive cannot be sharded; the naive way is for comparisons on one machine (use --array 1, or "
+               "qsweep run)");
+  }
+  if (!fs::is_regular_file(cfg.model_path)) {
+    user_error("model.path '{}' is not a file here; every array task would fail to read it (submit from a machine "
+               "that sees the cluster's file system)",
+               cfg.model_path);
+  }
   std::string run_id = o.run_id;
   if (run_id.empty()) {
     const std::string text = config_identity(cfg);  // as qsweep run names it

@@ -226,6 +226,16 @@ TEST_F(Cli, SubmitScriptsRunAnywhereAndFitTheRunId) {
   r = run("submit " + q + " --array 2 --dry-run" + small + " --set quant.act_bits=6");
   EXPECT_EQ(r.code, 2);
   EXPECT_NE(r.err.find("belongs to a run with another configuration"), std::string::npos) << r.err;
+  // What every array task would refuse is refused at submission (audit: scripts were written).
+  r = run("submit " + q + " --array 2 --dry-run --out " + (dir_ / "res2").string() + " --set run.naive=true");
+  EXPECT_EQ(r.code, 2);
+  EXPECT_NE(r.err.find("run.naive cannot be sharded"), std::string::npos) << r.err;
+  r = run("submit " + q + " --array 2 --dry-run --out " + (dir_ / "res2").string() + " --set 'model.path=\"" +
+          (dir_ / "none.onnx").string() + "\"'");
+  EXPECT_EQ(r.code, 2);
+  EXPECT_NE(r.err.find("model.path '" + (dir_ / "none.onnx").string() + "' is not a file here"), std::string::npos)
+      << r.err;
+  EXPECT_FALSE(fs::exists(dir_ / "res2"));
 }
 
 TEST_F(Cli, UnknownSetKeyIsRejected) {
@@ -380,6 +390,27 @@ TEST_F(Cli, ImageFolderRunAndACorruptImage) {
   r = run("run " + cfg + " --quiet --set data.crop=28");
   EXPECT_EQ(r.code, 2);
   EXPECT_NE(r.err.find("'data.crop' applies to image folders only"), std::string::npos) << r.err;
+}
+
+// Image-folder labels are class folder indices: an evaluation split that lacks a class folder
+// of the calibration split is refused, naming the folders (audit: every label shifted by one
+// and the float32 top-1 fell to 0%, exit 0).
+TEST_F(Cli, ImageFolderSplitsWithOtherClassesAreRefused) {
+  const fs::path data = dir_ / "data";
+  const fs::path fixture = fs::path(QSWEEP_SOURCE_DIR) / "tests/data/imagefolder/val";
+  fs::create_directories(data);
+  fs::copy(fixture, data / "cal", fs::copy_options::recursive);
+  fs::copy(fixture, data / "val", fs::copy_options::recursive);
+  fs::remove_all(data / "val" / "ant");
+  const CliRun r = run("run " + std::string(QSWEEP_SOURCE_DIR) + "/configs/quickstart.toml --quiet --out " +
+                       (dir_ / "res").string() + " --set 'data.dataset=\"imagefolder\"' --set 'data.path=\"" +
+                       data.string() + "\"' --set 'data.calibration.split=\"cal\"' --set 'data.eval.split=\"val\"'" +
+                       " --set data.resize=28 --set data.crop=28 --set 'quant.weight_bits=[4]'");
+  EXPECT_EQ(r.code, 2);
+  EXPECT_EQ(r.err, "qsweep: error: " + data.string() +
+                       ": the val split's class folders differ from the cal split's (only in cal: 'ant'; only in val: "
+                       "none); labels are class folder indices, so both splits need the same class folders\n");
+  EXPECT_FALSE(fs::exists(dir_ / "res" / "quickstart"));
 }
 
 // data.eval.order = "interleaved" with 3 images evaluates the first image of each of the 3
@@ -757,6 +788,64 @@ TEST_F(Cli, RunIdentityIgnoresOutputSettingsAndRefusesAnotherConfig) {
   EXPECT_EQ(r.code, 2);
   EXPECT_NE(r.err.find("holds a finished run of another configuration"), std::string::npos) << r.err;
   EXPECT_EQ(r.out.find("already complete"), std::string::npos) << r.out;
+}
+
+// A finished run is served again only while it is intact and made from the same model file
+// content: a model retrained under the same path, or a results folder missing a table or
+// holding damaged JSON, is refused (audit: all three were served as "already complete").
+TEST_F(Cli, FinishedRunOfAnotherModelOrDamagedIsRefused) {
+  if (!fs::exists(kFashionMnistDir)) GTEST_SKIP() << "dataset-fashion-mnist is not installed";
+  const fs::path model = dir_ / "m.onnx";
+  fs::copy_file(std::string(QSWEEP_SOURCE_DIR) + "/models/qsweep_resnet.onnx", model);
+  const std::string base = "run " + std::string(QSWEEP_SOURCE_DIR) + "/configs/quickstart.toml" +
+                           " --set data.eval.count=100 --set data.calibration.count=16 --set 'quant.weight_bits=[4]'" +
+                           " --set output.plots=false --set stats.bootstrap=0 --set 'model.path=\"" + model.string() +
+                           "\"' --out " + (dir_ / "res").string() + " --run-id r";
+  ASSERT_EQ(run(base).code, 0);
+  CliRun r = run(base);
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.out.find("already complete"), std::string::npos) << r.out;
+  // The same path, other bytes (a retrained model).
+  fs::copy_file(std::string(QSWEEP_SOURCE_DIR) + "/models/qsweep_mobilenetv2.onnx", model,
+                fs::copy_options::overwrite_existing);
+  r = run(base);
+  EXPECT_EQ(r.code, 2);
+  EXPECT_NE(r.err.find("holds a finished run of another model: '" + model.string() + "' has sha256"), std::string::npos)
+      << r.err;
+  EXPECT_NE(r.err.find("--fresh"), std::string::npos) << r.err;
+  fs::copy_file(std::string(QSWEEP_SOURCE_DIR) + "/models/qsweep_resnet.onnx", model, fs::copy_options::overwrite_existing);
+  ASSERT_EQ(run(base).code, 0);
+  // Damaged: a table gone, then a manifest that is not JSON.
+  const fs::path done = dir_ / "res" / "quickstart" / "r";
+  const std::string table = slurp(done / "layerwise.csv");
+  fs::remove(done / "layerwise.csv");
+  r = run(base);
+  EXPECT_EQ(r.code, 2);
+  EXPECT_NE(r.err.find("holds a damaged finished run (summary.json but no layerwise.csv)"), std::string::npos) << r.err;
+  std::ofstream(done / "layerwise.csv") << table;
+  std::ofstream(done / "manifest.json", std::ios::trunc) << "{";
+  r = run(base);
+  EXPECT_EQ(r.code, 2);
+  EXPECT_NE(r.err.find("(summary.json or manifest.json is not valid JSON)"), std::string::npos) << r.err;
+}
+
+// Something else at the run's results path (an empty folder, a file) is refused before any
+// work, not after the whole grid when the results move there.
+TEST_F(Cli, SomethingElseAtTheResultsPathIsRefusedFirst) {
+  const fs::path at = dir_ / "res" / "quickstart" / "x";
+  fs::create_directories(at);
+  const std::string cmd = "run " + std::string(QSWEEP_SOURCE_DIR) + "/configs/quickstart.toml --out " +
+                          (dir_ / "res").string() + " --run-id x --set output.plots=false";
+  CliRun r = run(cmd);
+  EXPECT_EQ(r.code, 2);
+  EXPECT_EQ(r.err, "qsweep: error: '" + at.string() +
+                       "' already exists and holds no finished run; remove it or choose another --run-id\n");
+  EXPECT_EQ(r.out.find("calibrating"), std::string::npos) << r.out;
+  fs::remove(at);
+  std::ofstream(at) << "a file";
+  r = run(cmd);
+  EXPECT_EQ(r.code, 2);
+  EXPECT_NE(r.err.find("already exists and holds no finished run"), std::string::npos) << r.err;
 }
 
 // --fresh gives every run an id of its own, also to runs started in the same second, one after

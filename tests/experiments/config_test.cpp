@@ -144,6 +144,41 @@ TEST_F(ConfigFiles, AdditivityRefusesPerLayerBitWidths) {
   EXPECT_EQ(error_of(over, {"experiment.kind=\"full\"", "quant.weight_bits=[4]"}), "");
 }
 
+// Additivity's bit-widths: low_bits must be below high_bits (equal ones made r and slope NaN),
+// and output.bar_bits names one of them, not one of quant.weight_bits, which additivity does
+// not use (audit: bar_bits = 4 was refused for a 4-bit low width, 3 accepted then replaced).
+TEST_F(ConfigFiles, AdditivityBitWidthsAreChecked) {
+  const std::string a = write("ad.toml", "[model]\npath = \"m\"\n[experiment]\nkind = \"additivity\"\n"
+                                         "[additivity]\nlow_bits = 8\nhigh_bits = 8\n");
+  EXPECT_NE(error_of(a).find(a + ":6:12: 'additivity.low_bits' gives low_bits = 8 and high_bits = 8; low_bits must be "
+                                 "below high_bits (or high_bits = 0: float32 outside the subset)"),
+            std::string::npos)
+      << error_of(a);
+  EXPECT_EQ(error_of(a, {"additivity.high_bits=0"}), "");
+  EXPECT_EQ(error_of(a, {"additivity.low_bits=4"}), "");
+  EXPECT_EQ(error_of(a, {"additivity.low_bits=4", "output.bar_bits=4", "quant.weight_bits=[3]"}), "");
+  EXPECT_EQ(error_of(a, {"additivity.low_bits=4", "output.bar_bits=8"}), "");
+  EXPECT_NE(error_of(a, {"additivity.low_bits=4", "output.bar_bits=3"})
+                .find("'output.bar_bits' is 3; for kind = \"additivity\" it must be 0 (the lowest), additivity.low_bits "
+                      "(4) or additivity.high_bits (8)"),
+            std::string::npos)
+      << error_of(a, {"additivity.low_bits=4", "output.bar_bits=3"});
+  // Other kinds: still one of quant.weight_bits.
+  EXPECT_NE(error_of(a, {"experiment.kind=\"layerwise\"", "quant.weight_bits=[3]", "output.bar_bits=4"})
+                .find("one of quant.weight_bits"),
+            std::string::npos);
+}
+
+// An error inside a table or array given by --set names that --set, not a line of the file
+// (audit: the --set text's own line and column were given as the file's).
+TEST_F(ConfigFiles, ErrorsInsideASetValueNameTheSet) {
+  const std::string p = write("s.toml", "[model]\npath = \"m.onnx\"\n");
+  EXPECT_EQ(error_of(p, {"quant.layer=[{layers=[0],weight_clip=\"bogus\"}]"}),
+            "--set quant.layer: 'quant.layer.weight_clip' is \"bogus\"; accepted: \"minmax\", \"sawb\", \"mse\", "
+            "\"percentile\"");
+  EXPECT_EQ(error_of(p, {"run={threads=-4}"}).rfind("--set run: 'run.threads'", 0), 0u) << error_of(p, {"run={threads=-4}"});
+}
+
 // [quant.layer] (one bracket) is a table, which would be read as no override at all.
 TEST_F(ConfigFiles, SingleBracketListTablesAreRefused) {
   const std::string p = write("a.toml", "[model]\npath = \"m.onnx\"\n[quant.layer]\nlayers = [0]\nact_bits = 2\n");

@@ -20,6 +20,7 @@
 #include "runtime/error.h"
 #include "runtime/onnx_import.h"
 #include "tests/reference_quant.h"
+#include "tests/runtime/onnx_builder.h"
 #include "tests/shipped_models.h"
 
 namespace qsweep {
@@ -144,6 +145,35 @@ TEST(Calibration, NonFiniteFloatNetworkIsRefused) {
     EXPECT_NE(msg.find("not finite"), std::string::npos) << msg;
     EXPECT_NE(msg.find("data.mean / data.std"), std::string::npos) << msg;
   }
+}
+
+// A constant whose first dimension meets the batch (Add of a (2, 1, 2, 2) constant) runs on a
+// batch of 2 images, giving each image its position's slice: refused before any work, as the
+// batch of 3 does not run (audit: with run.batch_size = 2 such a run exited 0).
+TEST(OutputsPerImage, ConstantAlongTheBatchIsRefused) {
+  test::OnnxBuilder b;
+  b.input("x", {1, 4, 4}).initializer("w", std::vector<float>(9, 0.5f), {1, 1, 3, 3});
+  b.initializer("k", std::vector<float>(8, 0.1f), {2, 1, 2, 2});
+  b.node("Conv", {"x", "w"}, {"c"}, {}, "conv").node("Add", {"c", "k"}, {"a"}, {}, "add");
+  b.node("Flatten", {"a"}, {"y"}, {}, "flat").output("y");
+  const Graph g = import_onnx_bytes(b.serialize(), "k.onnx");
+  CpuBackend cpu;
+  Executor exec(g, cpu);
+  try {
+    outputs_per_image(exec);
+    ADD_FAILURE() << "a constant along the batch was accepted";
+  } catch (const UserError& e) {
+    EXPECT_NE(std::string(e.what()).find("runs on a batch of 2 images but not of 3"), std::string::npos) << e.what();
+  }
+  // The same constant with a first dimension of 1 is fine: 4 outputs per image.
+  test::OnnxBuilder ok;
+  ok.input("x", {1, 4, 4}).initializer("w", std::vector<float>(9, 0.5f), {1, 1, 3, 3});
+  ok.initializer("k", std::vector<float>(4, 0.1f), {1, 1, 2, 2});
+  ok.node("Conv", {"x", "w"}, {"c"}, {}, "conv").node("Add", {"c", "k"}, {"a"}, {}, "add");
+  ok.node("Flatten", {"a"}, {"y"}, {}, "flat").output("y");
+  const Graph g1 = import_onnx_bytes(ok.serialize(), "ok.onnx");
+  Executor exec1(g1, cpu);
+  EXPECT_EQ(outputs_per_image(exec1), 4);
 }
 
 TEST(ShippedGridConvTransforms, OnePassEqualsNaiveAndTracksTheDirectGrid) {
