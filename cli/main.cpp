@@ -146,7 +146,10 @@ void add_check_options(CLI::App* cmd, qsweep::CheckOptions& o, CheckReports& rep
 
 int report(const std::string& dir, double saturate, int bar_bits, bool saturate_given, bool bar_bits_given) {
   std::error_code ec;
-  if (!std::filesystem::is_directory(dir, ec)) qsweep::user_error("results folder '{}' does not exist", dir);
+  if (!std::filesystem::is_directory(dir, ec)) {
+    qsweep::user_error("results folder '{}' {}", dir,
+                       std::filesystem::exists(dir, ec) ? "is not a folder" : "does not exist");
+  }
   if (saturate_given && !(saturate > 0.0 && std::isfinite(saturate))) {
     qsweep::user_error("--saturate {}: must be a positive number of points", saturate);
   }
@@ -291,6 +294,16 @@ int main(int argc, char** argv) {
     if (*run_cmd) {
       if (run_cmd->count("--shard") > 0 && run.shard.empty()) {
         qsweep::user_error("--shard '': expected I/N with 0 <= I < N, e.g. --shard 2/8");
+      }
+      // An empty value is not "unset": it would be ignored in silence.
+      for (const auto& [flag, value] : {std::pair<const char*, const std::string*>{"--out", &run.out_root},
+                                        {"--backend", &run.backend}, {"--run-id", &run.run_id}}) {
+        if (run_cmd->count(flag) > 0 && value->empty()) {
+          qsweep::user_error("{} '': give a value ({})", flag,
+                             std::string(flag) == "--out"       ? "a results root folder"
+                             : std::string(flag) == "--backend" ? "cpu, cuda or auto"
+                                                                : "a run folder name");
+        }
       }
       if (run_check.empty() && (!run_check_reports.json.empty() || !run_check_reports.junit.empty())) {
         qsweep::user_error("--json and --junit report the comparison --check BASELINE makes; add --check");

@@ -210,6 +210,11 @@ void validate(const Ctx& c, const toml::table& t, const std::string& prefix) {
         user_error("{}: '{}' is a list of tables: write [[{}]] (double brackets), one per entry",
                    where_src(c, path, k.source()), path, path);
       }
+      // [run.threads] where run.threads = ... is meant: a key written as a section.
+      if (const ConfigKey* key = find_key(path); key != nullptr) {
+        user_error("{}: '{}' is a key ({}), not a section: write {} = ... under [{}]", where_src(c, path, k.source()),
+                   path, key->type, k.str(), prefix.empty() ? path : prefix);
+      }
       if (!is_table_prefix(path)) {
         user_error("{}: unknown section [{}]; known sections{}: {}", where_src(c, path, k.source()), path,
                    prefix.empty() ? "" : fmt::format(" in [{}]", prefix), sections_below(prefix));
@@ -446,7 +451,10 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
   if (!path.empty()) {
     std::error_code ec;
     if (fs::is_directory(path, ec)) user_error("config file '{}' is a folder; give a TOML file", path);
-    if (!fs::is_regular_file(path, ec)) user_error("config file '{}' does not exist", path);
+    if (!fs::is_regular_file(path, ec)) {
+      user_error("config file '{}' {}", path,
+                 fs::exists(path, ec) ? "is not a regular file; give a TOML file" : "does not exist");
+    }
     c.file = path;
     try {
       t = toml::parse_file(path);
@@ -578,7 +586,8 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
     if (v < 0 || v > 16384) fail(k, "must be 0 (none) or a size in pixels up to 16384");
     if (v > 0 && !image_folder) fail(k, "applies to image folders only (data.dataset = \"imagefolder\")");
   }
-  if (cfg.mean.empty() || cfg.mean.size() != cfg.std.size()) {
+  if (cfg.mean.empty()) fail("data.mean", "must hold one value per image channel (it is empty)");
+  if (cfg.mean.size() != cfg.std.size()) {
     fail("data.std", fmt::format("must have as many values as data.mean ({} vs {})", cfg.std.size(), cfg.mean.size()));
   }
   for (float m : cfg.mean) {

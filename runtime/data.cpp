@@ -47,7 +47,15 @@ uint32_t be32(const std::vector<uint8_t>& b, size_t off) {
   return (uint32_t{b[off]} << 24) | (uint32_t{b[off + 1]} << 16) | (uint32_t{b[off + 2]} << 8) | b[off + 3];
 }
 
+// A data.path that is not a folder at all, said as such (not as a missing file inside it).
+void require_folder(const std::string& folder) {
+  std::error_code ec;
+  if (std::filesystem::is_directory(folder, ec)) return;
+  user_error("data folder '{}' {}", folder, std::filesystem::exists(folder, ec) ? "is not a folder" : "does not exist");
+}
+
 std::string first_existing(const std::string& folder, const std::string& stem) {
+  require_folder(folder);
   for (const char* ext : {".gz", ""}) {
     const std::string p = folder + "/" + stem + ext;
     std::error_code ec;  // a symlink loop or an unreadable folder reads as absent
@@ -98,6 +106,7 @@ Dataset load_image_folder_split(const std::string& folder, const std::string& sp
   if (channels != 1 && channels != 3) {
     user_error("image folders feed models with 1 (grayscale) or 3 (RGB) input channels; this model has {}", channels);
   }
+  require_folder(folder);
   const fs::path root = fs::path(folder) / split;
   std::error_code ec;
   if (!fs::is_directory(root, ec)) {

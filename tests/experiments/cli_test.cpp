@@ -238,6 +238,22 @@ TEST_F(Cli, SubmitScriptsRunAnywhereAndFitTheRunId) {
   EXPECT_FALSE(fs::exists(dir_ / "res2"));
 }
 
+// An empty option value is refused, not taken as unset (audit: --run-id '' ran under the
+// default id), and report says when its argument is not a folder.
+TEST_F(Cli, EmptyOptionValuesAndNonFoldersAreNamed) {
+  const std::string q = std::string(QSWEEP_SOURCE_DIR) + "/configs/quickstart.toml";
+  for (const auto& [flag, what] : {std::pair<std::string, std::string>{"--run-id", "a run folder name"},
+                                   {"--out", "a results root folder"}, {"--backend", "cpu, cuda or auto"}}) {
+    const CliRun r = run("run " + q + " " + flag + " ''");
+    EXPECT_EQ(r.code, 2);
+    EXPECT_EQ(r.err, "qsweep: error: " + flag + " '': give a value (" + what + ")\n");
+  }
+  const std::string file = write("f.txt", "x");
+  const CliRun r = run("report " + file);
+  EXPECT_EQ(r.code, 2);
+  EXPECT_EQ(r.err, "qsweep: error: results folder '" + file + "' is not a folder\n");
+}
+
 TEST_F(Cli, UnknownSetKeyIsRejected) {
   const std::string cfg = write("c.toml", "[model]\npath = \"m.onnx\"\n");
   const CliRun r = run("run " + cfg + " --set quant.wieght_bits=[4]");

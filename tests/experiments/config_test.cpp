@@ -179,6 +179,17 @@ TEST_F(ConfigFiles, ErrorsInsideASetValueNameTheSet) {
   EXPECT_EQ(error_of(p, {"run={threads=-4}"}).rfind("--set run: 'run.threads'", 0), 0u) << error_of(p, {"run={threads=-4}"});
 }
 
+// Messages that named the wrong thing (audit): a key written as a section, an empty data.mean
+// (blamed on data.std), a config path that is not a regular file (said not to exist).
+TEST_F(ConfigFiles, MisplacedKeysAndEmptyValuesAreNamed) {
+  const std::string p = write("k.toml", "[model]\npath = \"m.onnx\"\n[run.threads]\nx = 1\n");
+  EXPECT_EQ(error_of(p), p + ":3:6: 'run.threads' is a key (integer), not a section: write threads = ... under [run]");
+  const std::string q = write("m.toml", "[model]\npath = \"m.onnx\"\n");
+  EXPECT_EQ(error_of(q, {"data.mean=[]", "data.std=[]"}),
+            "--set data.mean: 'data.mean' must hold one value per image channel (it is empty)");
+  EXPECT_EQ(error_of("/dev/null"), "config file '/dev/null' is not a regular file; give a TOML file");
+}
+
 // [quant.layer] (one bracket) is a table, which would be read as no override at all.
 TEST_F(ConfigFiles, SingleBracketListTablesAreRefused) {
   const std::string p = write("a.toml", "[model]\npath = \"m.onnx\"\n[quant.layer]\nlayers = [0]\nact_bits = 2\n");
