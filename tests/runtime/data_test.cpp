@@ -80,6 +80,26 @@ TEST_F(IdxFiles, ErrorsNameTheFile) {
   }
 }
 
+// A data.path that is not a folder is said to be so, not reported as a missing file inside it.
+TEST_F(IdxFiles, DataPathThatIsNoFolderIsNamed) {
+  for (const std::string& split : {"test", "val"}) {
+    try {
+      if (split == "test") load_idx_split((dir_ / "nope").string(), split);
+      else load_image_folder_split((dir_ / "nope").string(), split, 1, ImageTransforms{});
+      ADD_FAILURE() << "a missing data folder was read";
+    } catch (const UserError& e) {
+      EXPECT_EQ(std::string(e.what()), "data folder '" + (dir_ / "nope").string() + "' does not exist");
+    }
+  }
+  std::ofstream(dir_ / "file") << "x";
+  try {
+    load_idx_split((dir_ / "file").string(), "test");
+    ADD_FAILURE() << "a file was read as a data folder";
+  } catch (const UserError& e) {
+    EXPECT_EQ(std::string(e.what()), "data folder '" + (dir_ / "file").string() + "' is not a folder");
+  }
+}
+
 TEST_F(IdxFiles, EmptySplitsAndShortLabelFilesAreNamed) {
   auto message = [&] {
     try {
