@@ -86,6 +86,12 @@ Folder load(const fs::path& dir, const char* role) {
       }
     }
     if (s["images"].get<uint64_t>() == 0) user_error("{}: field 'images' is 0; not a finished run", file.string());
+    for (const char* key : {"float_correct", "float_correct5"}) {
+      if (s.contains(key) && s[key].get<uint64_t>() > s["images"].get<uint64_t>()) {
+        user_error("{}: field '{}' holds {}, more than its {} images", file.string(), key, s[key].get<uint64_t>(),
+                   s["images"].get<uint64_t>());
+      }
+    }
   }
   if (const auto text = read_text(dir / "config.toml")) {
     try {

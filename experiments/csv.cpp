@@ -160,6 +160,17 @@ void require_counts(const Csv& csv, const std::filesystem::path& file, std::init
         return csv_is_number(v) && std::isfinite(x) && x >= 0 && x == std::floor(x);
       },
       "not a whole number of 0 or more");
+  // A count of correct images cannot exceed the row's images (a damaged table, not a move).
+  if (!csv.has("images")) return;
+  for (const char* c : cols) {
+    if (!csv.has(c) || std::string(c).rfind("correct", 0) != 0) continue;
+    for (size_t r = 0; r < csv.rows.size(); ++r) {
+      if (csv_number(csv.at(r, c)) > csv_number(csv.at(r, "images"))) {
+        user_error("{}, line {}: column '{}' holds {}, more than the row's {} images", file.string(), csv.line[r], c,
+                   csv.at(r, c), csv.at(r, "images"));
+      }
+    }
+  }
 }
 
 void require_finite(const Csv& csv, const std::filesystem::path& file, std::initializer_list<const char*> cols) {

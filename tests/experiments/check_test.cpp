@@ -257,6 +257,14 @@ TEST_F(Check, BadFoldersAreOneSentenceErrors) {
   EXPECT_EQ(message(no_noise, good), (no_noise / "layerwise.csv").string() + ": no column 'noise'");
   const auto bad_json = folder("bad_json", {{"layerwise.csv", kHeader + base_rows()}, {"summary.json", "{"}});
   EXPECT_EQ(message(bad_json, good).rfind((bad_json / "summary.json").string() + ": not valid JSON", 0), 0u);
+  // More correct images than images: a damaged table (exit 2), not a move of +2413 points.
+  const auto over = grid("over", cell(0, "/conv1/Conv", 3, "1", 12413));
+  EXPECT_EQ(message(over, good), (over / "layerwise.csv").string() +
+                                     ", line 2: column 'correct' holds 12413, more than the row's 10000 images");
+  const auto over_summary = folder("over_summary", {{"layerwise.csv", kHeader + base_rows()},
+                                                    {"summary.json", R"({"images": 10, "float_correct": 11})"}});
+  EXPECT_EQ(message(over_summary, good),
+            (over_summary / "summary.json").string() + ": field 'float_correct' holds 11, more than its 10 images");
   CheckOptions negative;
   negative.noise_rtol = -1;
   EXPECT_EQ(message(good, good, negative).rfind("check tolerances must be 0 or more", 0), 0u);
@@ -396,7 +404,7 @@ TEST_F(Check, ARowOfOtherImagesIsNamedAndTheRestCompared) {
   for (const auto& [i, name, bits, noise, correct] :
        {std::tuple{0, "/conv1/Conv", 3, "23.2559466", 8612}, std::tuple{0, "/conv1/Conv", 4, "8.58095362", 9050},
         std::tuple{1, "/layer1/conv1/Conv", 3, "20.08", 8715}, std::tuple{1, "/layer1/conv1/Conv", 4, "1.5", 9201}}) {
-    all += cell(i, name, bits, noise, correct, 5000);
+    all += cell(i, name, bits, noise, correct / 2, 5000);  // counts within the 5000 images
   }
   const CheckResult every = check_results(grid("every", all), base, {});
   ASSERT_EQ(every.moved.size(), 1u);
