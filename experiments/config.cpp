@@ -62,7 +62,7 @@ const std::vector<ConfigKey>& base_keys() {
       {"variant.name", "string", "(required)", "Row name in `comparison.csv`."},
       {"variant.description", "string", "\"\"", "Free text shown beside the row."},
       {"additivity.configs", "integer", "20", "Number K of random configurations (subset sizes spread from 1 layer to all, no subset twice: a size with fewer distinct subsets than its share gives the rest to the nearest sizes; with more configurations than non-empty subsets, each subset is measured once)."},
-      {"additivity.low_bits", "integer", "4", "Weight bit-width of the layers in a configuration's random subset."},
+      {"additivity.low_bits", "integer", "4", "Weight bit-width of the layers in a configuration's random subset; not equal to `high_bits`."},
       {"additivity.high_bits", "integer", "8", "Weight bit-width of the other layers; 0 leaves them in float32."},
       {"additivity.seed", "integer", "1", "Seed of the random subsets."},
       {"stats.bootstrap", "integer", "1000", "Paired bootstrap resamples (over images) for the degradation intervals; 0 turns intervals off."},
@@ -79,7 +79,7 @@ const std::vector<ConfigKey>& base_keys() {
       {"output.worst", "integer", "3", "How many worst layers per bit-width `summary.json` and the final printout list; also how many the figures highlight and histogram."},
       {"output.plots", "boolean", "true", "Draw the figures (`figures/*.png`, `*.svg`) with gnuplot; `false` writes only their data, scripts and `report.html`. Without gnuplot a run still succeeds and `qsweep report DIR` draws them later."},
       {"output.saturate", "float", "5.0", "Degradation (points) at which the heatmap's colour scale saturates."},
-      {"output.bar_bits", "integer", "0", "Weight bit-width of the per-layer bar chart; 0 means the lowest bit-width of the grid."},
+      {"output.bar_bits", "integer", "0", "Weight bit-width of the per-layer bar chart; 0 means the lowest bit-width of the grid. One of `quant.weight_bits`, or for `kind = \"additivity\"` `additivity.low_bits` or `high_bits`."},
   };
   return keys;
 }
@@ -118,9 +118,11 @@ struct Ctx {
 };
 
 std::string where_src(const Ctx& c, const std::string& key, const toml::source_region& src) {
+  // A node read from the file carries its path (toml::parse_file); one from --set does not
+  // (its line numbers count in the --set text), nor does a table --set created.
+  if (src.path && src.begin.line != 0) return fmt::format("{}:{}:{}", c.file, src.begin.line, src.begin.column);
   if (c.from_set.count(key)) return fmt::format("--set {}", key);
-  // Inside a table or array given by --set (--set 'quant.layer=[{...}]'): its line numbers
-  // count in the --set text, not in the file.
+  // Inside a table or array given by --set (--set 'quant.layer=[{...}]').
   for (const auto& k : c.from_set) {
     if (key.size() > k.size() && key.rfind(k, 0) == 0 && (key[k.size()] == '.' || key[k.size()] == '[')) {
       return fmt::format("--set {}", k);
@@ -630,11 +632,11 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
   if (cfg.low_bits < 2 || cfg.low_bits > 16) fail("additivity.low_bits", "must be 2..16");
   if (cfg.high_bits != 0 && (cfg.high_bits < 2 || cfg.high_bits > 16)) fail("additivity.high_bits", "must be 0 (float32) or 2..16");
   // Equal widths make every configuration the same network (r and slope come out NaN).
-  if (cfg.kind == "additivity" && cfg.high_bits != 0 && cfg.low_bits >= cfg.high_bits) {
+  if (cfg.kind == "additivity" && cfg.low_bits == cfg.high_bits) {
     fail(t.at_path("additivity.low_bits").node() ? "additivity.low_bits" : "additivity.high_bits",
-         fmt::format("gives low_bits = {} and high_bits = {}; low_bits must be below high_bits (or high_bits = 0: "
-                     "float32 outside the subset)",
-                     cfg.low_bits, cfg.high_bits));
+         fmt::format("gives low_bits = high_bits = {}: every configuration would be the same network; make them "
+                     "differ (or high_bits = 0: float32 outside the subset)",
+                     cfg.low_bits));
   }
   if (cfg.bootstrap < 0 || cfg.bootstrap > 100000) fail("stats.bootstrap", "must be 0 (no intervals) to 100000");
   if (!(cfg.confidence > 0.0 && cfg.confidence < 1.0)) fail("stats.confidence", "must be between 0 and 1");

@@ -227,10 +227,16 @@ std::unique_ptr<Prepared> prepare(const Config& cfg, const std::function<void(co
   };
   p->calib = load_split(cfg.calibration_split);
   p->eval = cfg.eval_split == cfg.calibration_split ? p->calib : load_split(cfg.eval_split);
-  // Image-folder labels are indices into the sorted class folders of each split: a split
-  // missing a class folder would shift every later label (audit: a validation split without
-  // its first class scored 0% at float32).
-  if (cfg.dataset == "imagefolder" && p->eval.classes != p->calib.classes) {
+  // Image-folder labels are indices into the sorted class folders of each split: an
+  // evaluation split missing a class folder of the calibration split would shift every later
+  // label (audit: a validation split without its first class scored 0% at float32). A
+  // calibration split of other folders (fewer classes, or one "unlabeled" folder) is fine:
+  // calibration reads no labels.
+  auto strict_subset = [](const std::vector<std::string>& a, const std::vector<std::string>& b) {
+    return a.size() < b.size() &&
+           std::all_of(a.begin(), a.end(), [&](const std::string& c) { return std::find(b.begin(), b.end(), c) != b.end(); });
+  };
+  if (cfg.dataset == "imagefolder" && strict_subset(p->eval.classes, p->calib.classes)) {
     auto missing = [](const std::vector<std::string>& a, const std::vector<std::string>& b) {
       std::vector<std::string> out;
       for (const auto& c : a) {
@@ -739,13 +745,15 @@ bool finished_here(const fs::path& final_dir, const Config& cfg, bool any_batch_
     user_error("'{}' holds a damaged finished run ({}); pass --fresh to compute it again, or use another --run-id",
                final_dir.string(), what);
   };
-  for (const std::string& f : {std::string("config.toml"), std::string("manifest.json"), table}) {
-    if (!fs::is_regular_file(final_dir / f)) damaged("summary.json but no " + f);
-  }
+  // Another configuration first (another kind has another table: not "damaged").
+  if (!fs::is_regular_file(final_dir / "config.toml")) damaged("summary.json but no config.toml");
   if (config_identity_of_file((final_dir / "config.toml").string(), any_batch_size) != config_identity(cfg, any_batch_size)) {
     user_error("'{}' holds a finished run of another configuration (compare its config.toml); use another --run-id, "
                "or --fresh",
                final_dir.string());
+  }
+  for (const std::string& f : {std::string("manifest.json"), table}) {
+    if (!fs::is_regular_file(final_dir / f)) damaged("summary.json but no " + f);
   }
   json manifest;
   try {
@@ -1260,7 +1268,7 @@ RunOutcome run_experiment(const RunOptions& o) {
   // The run id, from the config as given ("auto" batch size unresolved), for every step below.
   RunOptions ro = o;
   ro.run_id = resolve_run_id(o, cfg);
-  // A finished run is found before anything is loaded or hashed. What a process killed outright
+  // A finished run is found before anything is loaded (its model file hashed only). What a process killed outright
   // at its end left beside it goes: a staging folder (results.h), and an unsharded run's work
   // folder, whose records are in the results (a merged run's keeps its shards, as documented).
   if (const fs::path done = fs::path(cfg.root) / cfg.name / ro.run_id; finished_here(done, cfg, cfg.batch_size == 0)) {

@@ -127,9 +127,11 @@ SubmitOutcome submit_run(const SubmitOptions& o) {
     user_error("run.naive cannot be sharded; the naive way is for comparisons on one machine (use --array 1, or "
                "qsweep run)");
   }
+  // A login node may not see the compute nodes' mounts: a note, not a refusal.
   if (!fs::is_regular_file(cfg.model_path)) {
-    user_error("model.path '{}' is not a file here; every array task would fail to read it (submit from a machine "
-               "that sees the cluster's file system)",
+    fmt::print(stderr,
+               "qsweep: note: model.path '{}' is not a file here; the array tasks fail unless the compute nodes see "
+               "it\n",
                cfg.model_path);
   }
   std::string run_id = o.run_id;

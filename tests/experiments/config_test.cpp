@@ -150,11 +150,13 @@ TEST_F(ConfigFiles, AdditivityRefusesPerLayerBitWidths) {
 TEST_F(ConfigFiles, AdditivityBitWidthsAreChecked) {
   const std::string a = write("ad.toml", "[model]\npath = \"m\"\n[experiment]\nkind = \"additivity\"\n"
                                          "[additivity]\nlow_bits = 8\nhigh_bits = 8\n");
-  EXPECT_NE(error_of(a).find(a + ":6:12: 'additivity.low_bits' gives low_bits = 8 and high_bits = 8; low_bits must be "
-                                 "below high_bits (or high_bits = 0: float32 outside the subset)"),
+  EXPECT_NE(error_of(a).find(a + ":6:12: 'additivity.low_bits' gives low_bits = high_bits = 8: every configuration "
+                                 "would be the same network; make them differ (or high_bits = 0: float32 outside the "
+                                 "subset)"),
             std::string::npos)
       << error_of(a);
   EXPECT_EQ(error_of(a, {"additivity.high_bits=0"}), "");
+  EXPECT_EQ(error_of(a, {"additivity.high_bits=4"}), "");  // a subset at more bits than the rest: well defined
   EXPECT_EQ(error_of(a, {"additivity.low_bits=4"}), "");
   EXPECT_EQ(error_of(a, {"additivity.low_bits=4", "output.bar_bits=4", "quant.weight_bits=[3]"}), "");
   EXPECT_EQ(error_of(a, {"additivity.low_bits=4", "output.bar_bits=8"}), "");
@@ -188,6 +190,9 @@ TEST_F(ConfigFiles, MisplacedKeysAndEmptyValuesAreNamed) {
   EXPECT_EQ(error_of(q, {"data.mean=[]", "data.std=[]"}),
             "--set data.mean: 'data.mean' must hold one value per image channel (it is empty)");
   EXPECT_EQ(error_of("/dev/null"), "config file '/dev/null' is not a regular file; give a TOML file");
+  // A file's error is the file's even where --set names the same key.
+  const std::string d = write("d.toml", "\"quant.act_bits\" = 6\n[model]\npath = \"m.onnx\"\n");
+  EXPECT_EQ(error_of(d, {"quant.act_bits=4"}).rfind(d + ":1:1: the quoted key", 0), 0u) << error_of(d, {"quant.act_bits=4"});
 }
 
 // [quant.layer] (one bracket) is a table, which would be read as no override at all.
