@@ -495,6 +495,9 @@ __global__ void __launch_bounds__((BM / TM) * (BP / TP), kMinBlocks)
   float acc[TM][TP];
   zero_tile(acc);
 
+  // The pipeline below is implicit_gemm_async_kernel's, with fast_quant_value() as the
+  // quantizer. It is kept as a copy so the kernels stay exactly as measured on the GPU until a
+  // device session can time a shared version (bench/RESULTS.md).
   const int steps = K / BK;  // the launcher checks Cg % BK == 0
 #pragma unroll
   for (int st = 0; st < kStages - 1; ++st) {

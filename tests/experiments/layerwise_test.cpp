@@ -151,13 +151,17 @@ TEST(Calibration, NonFiniteFloatNetworkIsRefused) {
 // batch of 2 images, giving each image its position's slice: refused before any work, as the
 // batch of 3 does not run (audit: with run.batch_size = 2 such a run exited 0).
 TEST(OutputsPerImage, ConstantAlongTheBatchIsRefused) {
-  test::OnnxBuilder b;
-  b.input("x", {1, 4, 4}).initializer("w", std::vector<float>(9, 0.5f), {1, 1, 3, 3});
-  b.initializer("k", std::vector<float>(8, 0.1f), {2, 1, 2, 2});
-  b.node("Conv", {"x", "w"}, {"c"}, {}, "conv").node("Add", {"c", "k"}, {"a"}, {}, "add");
-  b.node("Flatten", {"a"}, {"y"}, {}, "flat").output("y");
-  const Graph g = import_onnx_bytes(b.serialize(), "k.onnx");
+  // conv (N, 1, 2, 2) + k, flattened: 4 outputs per image.
+  auto model = [](const std::vector<int64_t>& k_shape) {
+    test::OnnxBuilder b;
+    b.input("x", {1, 4, 4}).initializer("w", std::vector<float>(9, 0.5f), {1, 1, 3, 3});
+    b.initializer("k", std::vector<float>(static_cast<size_t>(k_shape[0]) * 4, 0.1f), k_shape);
+    b.node("Conv", {"x", "w"}, {"c"}, {}, "conv").node("Add", {"c", "k"}, {"a"}, {}, "add");
+    b.node("Flatten", {"a"}, {"y"}, {}, "flat").output("y");
+    return import_onnx_bytes(b.serialize(), "k.onnx");
+  };
   CpuBackend cpu;
+  const Graph g = model({2, 1, 2, 2});
   Executor exec(g, cpu);
   try {
     outputs_per_image(exec);
@@ -165,13 +169,8 @@ TEST(OutputsPerImage, ConstantAlongTheBatchIsRefused) {
   } catch (const UserError& e) {
     EXPECT_NE(std::string(e.what()).find("runs on a batch of 2 images but not of 3"), std::string::npos) << e.what();
   }
-  // The same constant with a first dimension of 1 is fine: 4 outputs per image.
-  test::OnnxBuilder ok;
-  ok.input("x", {1, 4, 4}).initializer("w", std::vector<float>(9, 0.5f), {1, 1, 3, 3});
-  ok.initializer("k", std::vector<float>(4, 0.1f), {1, 1, 2, 2});
-  ok.node("Conv", {"x", "w"}, {"c"}, {}, "conv").node("Add", {"c", "k"}, {"a"}, {}, "add");
-  ok.node("Flatten", {"a"}, {"y"}, {}, "flat").output("y");
-  const Graph g1 = import_onnx_bytes(ok.serialize(), "ok.onnx");
+  // The same constant with a first dimension of 1 is fine.
+  const Graph g1 = model({1, 1, 2, 2});
   Executor exec1(g1, cpu);
   EXPECT_EQ(outputs_per_image(exec1), 4);
 }

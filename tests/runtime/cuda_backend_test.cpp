@@ -866,6 +866,21 @@ TEST(CudaFakeQuantConv, TapMajorShapesMatchTheReference) {
   }
 }
 
+// Runs f (input quantizer q, its x, w and y set here) and expects the output to equal the CPU
+// fake-quant of x bit for bit: f's weights make each output one input value times 1.
+void expect_input_quantizer_output(cuda::FqConv f, const Tensor& x, const Tensor& w, const QuantParams& q,
+                                   const std::string& what) {
+  Dev dx(x), dw(w), dy(x.data.size());
+  f.x = dx.p, f.w = dw.p, f.y = dy.p;
+  f.quantize_input = true;
+  f.input = q;
+  cuda::fq_conv2d(f, nullptr);
+  ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+  Tensor want = x;
+  fake_quantize_per_tensor(x.ptr(), want.ptr(), x.data.size(), q);
+  EXPECT_EQ(dy.get(x.shape).data, want.data) << what;
+}
+
 // With weights of 1 and a 1x1 kernel, the fused kernel's output is its input quantizer's
 // output: it must equal the CPU fake-quant bit for bit, on exact ties too (dense and
 // depthwise kernels).
@@ -886,17 +901,9 @@ TEST(CudaFakeQuantConv, InputQuantizationIsBitExactOnTies) {
     // Dense: the identity as a 4x4 1x1 convolution; depthwise: one weight of 1 per channel.
     Tensor w(groups == 1 ? Shape{O, C, 1, 1} : Shape{O, 1, 1, 1});
     for (int64_t o = 0; o < O; ++o) w.data[groups == 1 ? o * C + o : o] = 1.0f;
-    Dev dx(x), dw(w), dy(x.data.size());
     cuda::FqConv f;
-    f.x = dx.p, f.w = dw.p, f.y = dy.p;
     f.N = 1, f.C = C, f.H = 1, f.W = HW, f.O = O, f.OH = 1, f.OW = HW, f.groups = groups;
-    f.quantize_input = true;
-    f.input = q;
-    cuda::fq_conv2d(f, nullptr);
-    ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
-    Tensor want = x;
-    fake_quantize_per_tensor(x.ptr(), want.ptr(), x.data.size(), q);
-    EXPECT_EQ(dy.get(x.shape).data, want.data) << "groups " << groups << ", variant " << variant;
+    expect_input_quantizer_output(f, x, w, q, "groups " + std::to_string(groups) + ", variant " + std::to_string(variant));
   }
   // A 3x3 kernel, padding 1, 16 channels (the tap-major sums of variants 11-13): the
   // identity as the centre tap, every other weight 0, so each output is one product and
@@ -910,17 +917,9 @@ TEST(CudaFakeQuantConv, InputQuantizationIsBitExactOnTies) {
     }
     Tensor w({C, C, 3, 3});
     for (int64_t o = 0; o < C; ++o) w.data[((o * C + o) * 3 + 1) * 3 + 1] = 1.0f;
-    Dev dx(x), dw(w), dy(x.data.size());
     cuda::FqConv f;
-    f.x = dx.p, f.w = dw.p, f.y = dy.p;
     f.N = 1, f.C = C, f.H = H, f.W = W, f.O = C, f.KH = f.KW = 3, f.OH = H, f.OW = W, f.pad_t = f.pad_l = 1;
-    f.quantize_input = true;
-    f.input = q;
-    cuda::fq_conv2d(f, nullptr);
-    ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
-    Tensor want = x;
-    fake_quantize_per_tensor(x.ptr(), want.ptr(), x.data.size(), q);
-    EXPECT_EQ(dy.get(x.shape).data, want.data) << "3x3, variant " << variant;
+    expect_input_quantizer_output(f, x, w, q, "3x3, variant " + std::to_string(variant));
   }
 }
 
