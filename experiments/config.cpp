@@ -207,13 +207,13 @@ void validate(const Ctx& c, const toml::table& t, const std::string& prefix) {
                  where_src(c, path, k.source()), k.str(), k.str(), path.substr(0, path.rfind('.')));
     }
     if (node.is_table()) {
-      // [quant.layer] where [[quant.layer]] is meant: a table, read as nothing.
-      if (const ConfigKey* key = find_key(path); key != nullptr && std::string(key->type) == "array of tables") {
-        user_error("{}: '{}' is a list of tables: write [[{}]] (double brackets), one per entry",
-                   where_src(c, path, k.source()), path, path);
-      }
-      // [run.threads] where run.threads = ... is meant: a key written as a section.
       if (const ConfigKey* key = find_key(path); key != nullptr) {
+        // [quant.layer] where [[quant.layer]] is meant: a table, read as nothing.
+        if (std::string(key->type) == "array of tables") {
+          user_error("{}: '{}' is a list of tables: write [[{}]] (double brackets), one per entry",
+                     where_src(c, path, k.source()), path, path);
+        }
+        // [run.threads] where run.threads = ... is meant: a key written as a section.
         user_error("{}: '{}' is a key ({}), not a section: write {} = ... under [{}]", where_src(c, path, k.source()),
                    path, key->type, k.str(), prefix.empty() ? path : prefix);
       }

@@ -237,18 +237,17 @@ std::unique_ptr<Prepared> prepare(const Config& cfg, const std::function<void(co
            std::all_of(a.begin(), a.end(), [&](const std::string& c) { return std::find(b.begin(), b.end(), c) != b.end(); });
   };
   if (cfg.dataset == "imagefolder" && strict_subset(p->eval.classes, p->calib.classes)) {
-    auto missing = [](const std::vector<std::string>& a, const std::vector<std::string>& b) {
-      std::vector<std::string> out;
-      for (const auto& c : a) {
-        if (std::find(b.begin(), b.end(), c) == b.end()) out.push_back("'" + c + "'");
+    std::vector<std::string> missing;
+    for (const auto& c : p->calib.classes) {
+      if (std::find(p->eval.classes.begin(), p->eval.classes.end(), c) == p->eval.classes.end()) {
+        missing.push_back("'" + c + "'");
       }
-      if (out.size() > 3) out.resize(3), out.push_back("...");
-      return out.empty() ? std::string("none") : fmt::format("{}", fmt::join(out, ", "));
-    };
-    user_error("{}: the {} split's class folders differ from the {} split's (only in {}: {}; only in {}: {}); labels "
-               "are class folder indices, so both splits need the same class folders",
-               cfg.data_path, cfg.eval_split, cfg.calibration_split, cfg.calibration_split,
-               missing(p->calib.classes, p->eval.classes), cfg.eval_split, missing(p->eval.classes, p->calib.classes));
+    }
+    if (missing.size() > 3) missing.resize(3), missing.push_back("...");
+    user_error("{}: the {} split lacks the class folder{} {} of the {} split; labels are class folder indices, so the "
+               "evaluation split needs every class folder",
+               cfg.data_path, cfg.eval_split, missing.size() == 1 ? "" : "s", fmt::join(missing, ", "),
+               cfg.calibration_split);
   }
   // Which images are "the first N" of each (config.cpp validated the names).
   auto order_of = [](const std::string& name) {
@@ -755,15 +754,12 @@ bool finished_here(const fs::path& final_dir, const Config& cfg, bool any_batch_
   for (const std::string& f : {std::string("manifest.json"), table}) {
     if (!fs::is_regular_file(final_dir / f)) damaged("summary.json but no " + f);
   }
-  json manifest;
-  try {
-    if (json::parse(read_file(final_dir / "summary.json")).is_discarded()) damaged("summary.json is not valid JSON");
-    manifest = json::parse(read_file(final_dir / "manifest.json"));
-  } catch (const json::exception&) {
-    damaged("summary.json or manifest.json is not valid JSON");
-  }
-  const json* sha = manifest.contains("model") && manifest["model"].is_object() && manifest["model"].contains("sha256")
-                        ? &manifest["model"]["sha256"]
+  if (!json::accept(read_file(final_dir / "summary.json"))) damaged("summary.json is not valid JSON");
+  const std::string manifest_text = read_file(final_dir / "manifest.json");
+  if (!json::accept(manifest_text)) damaged("manifest.json is not valid JSON");
+  const json manifest = json::parse(manifest_text);
+  const json* sha = manifest.contains("model") && manifest.at("model").is_object() && manifest.at("model").contains("sha256")
+                        ? &manifest.at("model").at("sha256")
                         : nullptr;
   if (sha == nullptr || !sha->is_string()) damaged("its manifest.json names no model sha256");
   if (fs::is_regular_file(cfg.model_path)) {
@@ -1268,9 +1264,10 @@ RunOutcome run_experiment(const RunOptions& o) {
   // The run id, from the config as given ("auto" batch size unresolved), for every step below.
   RunOptions ro = o;
   ro.run_id = resolve_run_id(o, cfg);
-  // A finished run is found before anything is loaded (its model file hashed only). What a process killed outright
-  // at its end left beside it goes: a staging folder (results.h), and an unsharded run's work
-  // folder, whose records are in the results (a merged run's keeps its shards, as documented).
+  // A finished run is found before anything is loaded (only its model file is hashed). What a
+  // process killed outright at its end left beside it goes: a staging folder (results.h), and an
+  // unsharded run's work folder, whose records are in the results (a merged run's keeps its
+  // shards, as documented).
   if (const fs::path done = fs::path(cfg.root) / cfg.name / ro.run_id; finished_here(done, cfg, cfg.batch_size == 0)) {
     remove_abandoned_staging(done.parent_path(), ro.run_id);
     if (const fs::path work = work_dir_of(done); fs::is_directory(work)) {
