@@ -335,22 +335,16 @@ ConvPlan& conv_plan(DevCtx& ctx, const Node& n, const DTensor& x, const DTensor&
 // `format` NHWC: x, w and out hold NHWC data (the benchmark's layout comparison; cuDNN only).
 void run_conv(DevCtx& ctx, const Node& n, const DTensor& x, const DTensor& w, const float* bias, bool relu,
               DTensor& out, cudnnTensorFormat_t format = CUDNN_TENSOR_NCHW) {
+  // qsweep's own kernels (the direct one, or the fused one without quantizers where cuDNN has
+  // no algorithm) take bias and ReLU in their epilogue.
   cuda::FqConv args = conv_args(n, x, w, out);
-  if (format == CUDNN_TENSOR_NCHW && ctx.own_convs) {
-    args.bias = bias;
-    args.has_activation = relu;
-    args.act = Activation::kRelu;
-    if (cuda::fq_conv2d_direct(args, ctx.stream)) return;
-    args = conv_args(n, x, w, out);
-  }
+  args.bias = bias;
+  args.has_activation = relu;
+  args.act = Activation::kRelu;
+  if (format == CUDNN_TENSOR_NCHW && ctx.own_convs && cuda::fq_conv2d_direct(args, ctx.stream)) return;
   ConvPlan& p = conv_plan(ctx, n, x, w, format);
   if (format != CUDNN_TENSOR_NCHW && !p.use_cudnn) throw std::runtime_error("no cuDNN algorithm for this NHWC convolution");
-  if (!p.use_cudnn) {
-    args.bias = bias;
-    args.has_activation = relu;
-    args.act = Activation::kRelu;
-    return cuda::fq_conv2d(args, ctx.stream);
-  }
+  if (!p.use_cudnn) return cuda::fq_conv2d(args, ctx.stream);
   void* ws = p.workspace ? ctx.workspace.reserve(p.workspace) : nullptr;
   const float one = 1.0f, zero = 0.0f;
   if (relu) {
