@@ -40,6 +40,10 @@ log="$out/gpu_check.log"
 exec > >(tee "$log") 2>&1
 
 orig_ld_path=${LD_LIBRARY_PATH:-}
+# The fused conv's default variant (kernels/cuda/fq_conv.cu), for the fallback below and the
+# QSWEEP_AFTER hook (bench/gpu_variant.sh).
+QSWEEP_FQCONV_DEFAULT=$(sed -n 's/.*if (env == nullptr || \*env == .\\0.) return \([0-9]*\);.*/\1/p' kernels/cuda/fq_conv.cu)
+export QSWEEP_FQCONV_DEFAULT
 t0=$SECONDS
 ts=$SECONDS
 stage() {  # closes the previous stage with its time and opens the next
@@ -265,7 +269,7 @@ elif [ -x "$build/bench/qsweep_bench_gpu" ]; then
       echo "CudaFakeQuantConv.* fails with variant 0 alone too (variant 0 is every variant's reference): see the test log above"
       passing=(0)
     fi
-    chosen=${QSWEEP_FQCONV_VARIANT:-$(sed -n 's/.*if (env == nullptr || \*env == .\\0.) return \([0-9]*\);.*/\1/p' kernels/cuda/fq_conv.cu)}
+    chosen=${QSWEEP_FQCONV_VARIANT:-$QSWEEP_FQCONV_DEFAULT}
     case " ${passing[*]} " in *" $chosen "*) ;; *) export QSWEEP_FQCONV_VARIANT=0 ;; esac
     echo "CudaFakeQuantConv.* failed: variants passing their tests alone: ${passing[*]}; the benchmark times those," \
          "its grids use variant ${QSWEEP_FQCONV_VARIANT:-$chosen}"

@@ -14,7 +14,8 @@
 #   4. Nsight Compute on V's kernels over ResNet18's conv shapes ($OUT/ncu_variant_V.txt, a
 #      digest here), when ncu exists;
 #   5. the fused-conv table of the shipped MobileNetV2 (default variant and V).
-# Environment: QSWEEP_GPU_BUILD (build folder, default build-gpu), OUT (report folder).
+# Environment: QSWEEP_GPU_BUILD (build folder, default build-gpu), OUT (report folder),
+# QSWEEP_FQCONV_DEFAULT (the default variant; gpu_check.sh sets these).
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
 [ $# -ge 1 ] || { echo "usage: bench/gpu_variant.sh VARIANT..."; exit 2; }
@@ -38,7 +39,7 @@ if [ $# -gt 1 ] && [ -f "$out/gpu_check.log" ]; then
     echo "-- candidates $*: none timed on ResNet18's shapes in $out/gpu_check.log; taking the first, $v"
   fi
 fi
-default=$(sed -n 's/.*if (env == nullptr || \*env == .\\0.) return \([0-9]*\);.*/\1/p' kernels/cuda/fq_conv.cu)
+default=${QSWEEP_FQCONV_DEFAULT:?run this script as bench/gpu_check.sh's QSWEEP_AFTER hook, which sets it}
 bench="$build/bench/qsweep_bench_gpu"
 grid_args=(--model resnet18 --skip-torch --skip-tf32 --skip-transforms --skip-bias-correction --skip-conv --skip-cudnn-convs)
 echo "-- variant $v (default $default): 1. CudaFakeQuantConv tests of variant $v alone"
