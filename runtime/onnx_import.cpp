@@ -235,11 +235,10 @@ class Importer {
 
  private:
   // Weights, biases, BatchNorm statistics and the other constant operands must be finite: a
-  // NaN or infinity there makes every number of the run NaN or infinite. (Clip's bounds may
-  // be infinite: they are attributes here, not operands.)
+  // NaN or infinity there makes every number of the run NaN or infinite. (Clip's bounds and
+  // Pad's value may be infinite: they are attributes here, not operands.)
   void check_finite_constants() const {
     for (const Node& n : g_.nodes) {
-      if (n.op == OpType::kClip) continue;
       for (int id : n.inputs) {
         const Value& v = g_.values[id];
         if (!v.is_constant) continue;
