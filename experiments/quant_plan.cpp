@@ -23,17 +23,21 @@ namespace {
 
 // The float32 network's values that quantization and the metrics read must be finite on the
 // calibration images: a NaN or infinity there (weights that overflow, a data.std near 0)
-// would make every cell's numbers NaN or infinite. min_max() skips NaNs, so a value that is
-// NaN throughout shows as the empty range (+inf, -inf).
-void check_finite_ranges(const Graph& g, const ActivationRanges& r) {
+// would make every cell's numbers NaN or infinite. min_max() skips NaNs, so `nan` (by value
+// id) says which values had one; a value that is NaN throughout also shows as the empty range
+// (+inf, -inf).
+void check_finite_ranges(const Graph& g, const ActivationRanges& r, const std::vector<uint8_t>& nan) {
   auto check = [&](int v, const std::string& what) {
     if (v < 0 || g.values[v].is_constant) return;
-    if (std::isfinite(r.lo[v]) && std::isfinite(r.hi[v])) return;
+    if (!nan[v] && std::isfinite(r.lo[v]) && std::isfinite(r.hi[v])) return;
     const bool empty = r.lo[v] > r.hi[v];
     user_error("calibration: {} ('{}') is {} on the calibration images{}; qsweep needs a finite float32 network "
                "(check the model's weights and data.mean / data.std)",
-               what, g.values[v].name, empty ? "NaN throughout" : "not finite",
-               empty ? "" : fmt::format(" (range [{}, {}])", r.lo[v], r.hi[v]));
+               what, g.values[v].name,
+               empty ? "NaN throughout" : nan[v] ? "NaN on some of them" : "not finite",
+               empty    ? ""
+               : nan[v] ? fmt::format(" (its other values in [{}, {}])", r.lo[v], r.hi[v])
+                        : fmt::format(" (range [{}, {}])", r.lo[v], r.hi[v]));
   };
   for (const Layer& L : g.layers) {
     check(L.input_value, fmt::format("the input of layer {} '{}'", L.index, L.name));
@@ -56,14 +60,16 @@ ActivationRanges calibrate(const Executor& exec, const Dataset& data, const Norm
     ActivationRanges r;
     r.lo.assign(nv, kInf);
     r.hi.assign(nv, -kInf);
+    std::vector<uint8_t> nan(nv, 0);
     for_each_device_batch(
         *session, data, norm, count, batch_size, all_batches(count, batch_size),
         [](int64_t) { return std::span<const DeviceJob>(); }, true,
-        [&](int64_t, int64_t, int64_t, DeviceOutcome&) { session->widen_ranges(r.lo, r.hi); }, stop);
-    if (!stopped()) check_finite_ranges(g, r);
+        [&](int64_t, int64_t, int64_t, DeviceOutcome&) { session->widen_ranges(r.lo, r.hi, nan); }, stop);
+    if (!stopped()) check_finite_ranges(g, r, nan);
     return r;
   }
   std::vector<std::vector<float>> lo(batches, std::vector<float>(nv, kInf)), hi(batches, std::vector<float>(nv, -kInf));
+  std::vector<std::vector<uint8_t>> nan(batches, std::vector<uint8_t>(nv, 0));
   for_each_batch(exec, data, norm, count, batch_size, threads,
                  [&](Executor::Workspace& ws, const Tensor& x, int64_t b, int64_t, int64_t) {
                    if (stopped()) return;  // the caller discards the ranges
@@ -72,18 +78,21 @@ ActivationRanges calibrate(const Executor& exec, const Dataset& data, const Norm
                    for (size_t v = 0; v < nv; ++v) {
                      if (g.values[v].is_constant || ws.values[v].data.empty()) continue;
                      min_max(ws.values[v].ptr(), ws.values[v].data.size(), &lo[b][v], &hi[b][v]);
+                     nan[b][v] = any_nan(ws.values[v].ptr(), ws.values[v].data.size());
                    }
                  });
   ActivationRanges r;
   r.lo.assign(nv, kInf);
   r.hi.assign(nv, -kInf);
+  std::vector<uint8_t> any(nv, 0);
   for (int64_t b = 0; b < batches; ++b) {  // min/max are exact: the order does not matter
     for (size_t v = 0; v < nv; ++v) {
       r.lo[v] = std::min(r.lo[v], lo[b][v]);
       r.hi[v] = std::max(r.hi[v], hi[b][v]);
+      any[v] |= nan[b][v];
     }
   }
-  if (!stopped()) check_finite_ranges(g, r);
+  if (!stopped()) check_finite_ranges(g, r, any);
   return r;
 }
 

@@ -565,7 +565,7 @@ class CudaSession final : public DeviceSession {
   void stage(const Tensor& x, const int32_t* labels, int64_t n) override;
   void launch(std::span<const DeviceJob> jobs, bool materialize) override;
   void collect(DeviceOutcome& out) override;
-  void widen_ranges(std::vector<float>& lo, std::vector<float>& hi) override;
+  void widen_ranges(std::vector<float>& lo, std::vector<float>& hi, std::vector<uint8_t>& nan) override;
   int64_t max_batch(int64_t cap) override;
   Tensor prepared_weights(int layer, const LayerQuantization* q) override;
   bool bias_sums(std::span<const std::pair<int, const LayerQuantization*>> cells,
@@ -1046,7 +1046,7 @@ void CudaSession::collect(DeviceOutcome& out) {
   }
 }
 
-void CudaSession::widen_ranges(std::vector<float>& lo, std::vector<float>& hi) {
+void CudaSession::widen_ranges(std::vector<float>& lo, std::vector<float>& hi, std::vector<uint8_t>& nan) {
   check(cudaStreamSynchronize(ctx_.stream), "calibration");
   for (size_t v = 0; v < g_.values.size(); ++v) {
     if (g_.values[v].is_constant) continue;
@@ -1054,6 +1054,7 @@ void CudaSession::widen_ranges(std::vector<float>& lo, std::vector<float>& hi) {
     if (t.shape.empty() || t.numel() == 0 || t.ptr() == nullptr) continue;
     float l, h;
     cuda::min_max(t.ptr(), static_cast<size_t>(t.numel()), &l, &h, ctx_.stream);
+    if (!nan[v] && cuda::any_nan(t.ptr(), static_cast<size_t>(t.numel()), ctx_.stream)) nan[v] = 1;
     lo[v] = std::min(lo[v], l);
     hi[v] = std::max(hi[v], h);
   }

@@ -55,8 +55,9 @@ class DeviceSession {
   virtual void collect(DeviceOutcome& out) = 0;
 
   // After a collect of a materialized launch: widens lo/hi (indexed by value id) by every
-  // non-constant value's min/max on the device (NaNs ignored).
-  virtual void widen_ranges(std::vector<float>& lo, std::vector<float>& hi) = 0;
+  // non-constant value's min/max on the device (NaNs ignored), and sets nan[v] to 1 for a
+  // value with a NaN in it.
+  virtual void widen_ranges(std::vector<float>& lo, std::vector<float>& hi, std::vector<uint8_t>& nan) = 0;
 
   // The largest batch (at most `cap`) whose values, suffix scratch and staging buffers fit
   // in half of the device's free memory.

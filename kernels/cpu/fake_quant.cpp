@@ -80,6 +80,13 @@ void min_max(const float* x, size_t n, float* lo, float* hi) {
   *hi = b;
 }
 
+__attribute__((target_clones("avx512f", "avx2", "default")))
+bool any_nan(const float* x, size_t n) {
+  int nan = 0;  // an integer OR over a compare mask: vectorizes, with no early exit
+  for (size_t i = 0; i < n; ++i) nan |= x[i] != x[i];
+  return nan != 0;
+}
+
 void min_max_per_channel(const float* x, size_t outer, size_t channels, size_t inner,
                          float* lo, float* hi) {
   for (size_t c = 0; c < channels; ++c) {

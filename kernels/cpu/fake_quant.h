@@ -61,6 +61,9 @@ void fake_quantize_per_channel(const float* x, float* y, size_t outer, size_t ch
 // Min and max of n values (n > 0). NaNs are ignored.
 void min_max(const float* x, size_t n, float* lo, float* hi);
 
+// Whether any of n values is NaN (what min_max() skips).
+bool any_nan(const float* x, size_t n);
+
 // Per-channel min/max over a (outer, channels, inner) layout.
 void min_max_per_channel(const float* x, size_t outer, size_t channels, size_t inner,
                          float* lo, float* hi);

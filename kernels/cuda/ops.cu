@@ -9,6 +9,7 @@
 #include <cub/device/device_reduce.cuh>
 #include <thrust/execution_policy.h>
 #include <thrust/iterator/transform_iterator.h>
+#include <thrust/logical.h>
 #include <thrust/transform_reduce.h>
 
 #include "kernels/cpu/metrics.h"
@@ -243,6 +244,9 @@ struct MinMaxOf {
     return v == v ? make_float2(v, v) : make_float2(FLT_MAX, -FLT_MAX);
   }
 };
+struct IsNan {
+  __host__ __device__ bool operator()(float v) const { return v != v; }
+};
 struct MinMaxJoin {
   __host__ __device__ float2 operator()(float2 a, float2 b) const {
     return make_float2(fminf(a.x, b.x), fmaxf(a.y, b.y));
@@ -407,6 +411,10 @@ void min_max(const float* x, size_t n, float* lo, float* hi, cudaStream_t stream
                                             make_float2(FLT_MAX, -FLT_MAX), MinMaxJoin());
   *lo = r.x;
   *hi = r.y;
+}
+
+bool any_nan(const float* x, size_t n, cudaStream_t stream) {
+  return thrust::any_of(thrust::cuda::par.on(stream), x, x + n, IsNan());
 }
 
 void transpose(const float* in, float* out, size_t rows, size_t cols, cudaStream_t stream) {

@@ -117,6 +117,9 @@ void channel_difference_sums(const float* a, const float* b, size_t outer, size_
 // synchronous (Thrust), returns to the host.
 void min_max(const float* x, size_t n, float* lo, float* hi, cudaStream_t stream);
 
+// Whether any of n device values is NaN (any_nan() of kernels/cpu/fake_quant.h); synchronous.
+bool any_nan(const float* x, size_t n, cudaStream_t stream);
+
 // out (rows, cols) = transpose of in (cols, rows).
 void transpose(const float* in, float* out, size_t rows, size_t cols, cudaStream_t stream);
 

@@ -147,6 +147,40 @@ TEST(Calibration, NonFiniteFloatNetworkIsRefused) {
   }
 }
 
+// A network that is NaN on some calibration images only (x * 1e38 + x * -1e38 is inf - inf
+// where |x| > 3.4, 0 elsewhere): min_max() skips NaNs, so the ranges alone look finite; it is
+// refused all the same, naming the layer input concerned.
+TEST(Calibration, PartlyNanFloatNetworkIsRefused) {
+  test::OnnxBuilder b;
+  b.input("x", {1, 4, 4}).initializer("big", {1e38f}, {}).initializer("neg", {-1e38f}, {});
+  b.initializer("w", std::vector<float>(9, 0.5f), {1, 1, 3, 3});
+  b.node("Mul", {"x", "big"}, {"p"}, {}, "mul_p").node("Mul", {"x", "neg"}, {"m"}, {}, "mul_m");
+  b.node("Add", {"p", "m"}, {"s"}, {}, "add").node("Conv", {"s", "w"}, {"c"}, {}, "conv");
+  b.node("Flatten", {"c"}, {"y"}, {}, "flat").output("y");
+  const Graph g = import_onnx_bytes(b.serialize(), "nan.onnx");
+  Dataset d;
+  d.name = "synthetic";
+  d.count = 8, d.channels = 1, d.height = 4, d.width = 4, d.num_classes = 4;
+  d.pixels.assign(8 * 16, 10);      // 10 / 255 / 0.1 = 0.39: finite
+  for (int i = 0; i < 16; ++i) d.pixels[5 * 16 + i] = static_cast<uint8_t>(i % 2 ? 250 : 0);  // image 5: 9.8 or 0
+  d.labels.assign(8, 0);
+  CpuBackend cpu;
+  Executor exec(g, cpu);
+  const Normalization norm{{0.0f}, {0.1f}};
+  EXPECT_NO_THROW(calibrate(exec, d, norm, 5, 2, 1));  // images 0-4: finite throughout
+  for (int threads : {1, 2}) {
+    try {
+      calibrate(exec, d, norm, 8, 2, threads);
+      ADD_FAILURE() << "a network that is NaN on image 5 was calibrated";
+    } catch (const UserError& e) {
+      const std::string msg = e.what();
+      EXPECT_NE(msg.find("calibration: the input of layer 0 'conv' ('s') is NaN on some of them"), std::string::npos)
+          << msg;
+      EXPECT_NE(msg.find("its other values in [0, 0]"), std::string::npos) << msg;
+    }
+  }
+}
+
 // A constant whose first dimension meets the batch (Add of a (2, 1, 2, 2) constant) runs on a
 // batch of 2 images, giving each image its position's slice: refused before any work, as the
 // batch of 3 does not run (audit: with run.batch_size = 2 such a run exited 0).

@@ -124,6 +124,24 @@ TEST(FakeQuant, MinMaxIgnoresNaN) {
   EXPECT_EQ(hi, 3.0f);
 }
 
+// any_nan() finds what min_max() skips, at every position of a vector longer than one
+// AVX-512 register, and not infinities.
+TEST(FakeQuant, AnyNanFindsEachPosition) {
+  std::vector<float> x(37);
+  for (size_t i = 0; i < x.size(); ++i) x[i] = static_cast<float>(i) - 18.5f;
+  EXPECT_FALSE(any_nan(x.data(), x.size()));
+  x[5] = std::numeric_limits<float>::infinity();
+  x[6] = -std::numeric_limits<float>::infinity();
+  EXPECT_FALSE(any_nan(x.data(), x.size()));
+  EXPECT_FALSE(any_nan(x.data(), 0));
+  for (size_t i = 0; i < x.size(); ++i) {
+    std::vector<float> y = x;
+    y[i] = std::nanf("");
+    EXPECT_TRUE(any_nan(y.data(), y.size())) << "NaN at " << i;
+    EXPECT_EQ(any_nan(y.data(), i), false) << "before " << i;
+  }
+}
+
 nlohmann::json load_torch_golden() {
   std::ifstream in(std::string(QSWEEP_SOURCE_DIR) + "/tests/data/fake_quant_torch.json");
   EXPECT_TRUE(in.good()) << "tests/data/fake_quant_torch.json is missing";

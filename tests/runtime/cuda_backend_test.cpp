@@ -39,6 +39,7 @@
 #include "runtime/device_session.h"
 #include "runtime/error.h"
 #include "runtime/onnx_import.h"
+#include "tests/runtime/onnx_builder.h"
 #include "tests/shipped_models.h"
 
 namespace qsweep {
@@ -972,6 +973,27 @@ TEST(CudaOps, PerChannelRangesAndFakeQuantMatchCpu) {
   }
 }
 
+// The device's min/max and NaN test against the host's: NaNs skipped by the one and found
+// by the other, at the start, the middle and the end of vectors of several sizes.
+TEST(CudaOps, MinMaxAndAnyNanMatchCpu) {
+  REQUIRE_CUDA_DEVICE();
+  std::mt19937 rng(405);
+  for (size_t n : {size_t{1}, size_t{31}, size_t{1000}, size_t{1} << 20}) {
+    for (int at : {-1, 0, 1, 2}) {  // no NaN, or one at the start / middle / end
+      Tensor x = random_tensor(rng, {static_cast<int64_t>(n)}, -3.0f, 2.0f);
+      if (at >= 0 && n > 1) x.data[at == 0 ? 0 : at == 1 ? n / 2 : n - 1] = std::numeric_limits<float>::quiet_NaN();
+      float lo, hi, dlo, dhi;
+      min_max(x.ptr(), n, &lo, &hi);
+      Dev dx(x);
+      cuda::min_max(dx.p, n, &dlo, &dhi, nullptr);
+      EXPECT_EQ(dlo, lo) << n << " values, NaN at " << at;
+      EXPECT_EQ(dhi, hi) << n << " values, NaN at " << at;
+      EXPECT_EQ(cuda::any_nan(dx.p, n, nullptr), any_nan(x.ptr(), n)) << n << " values, NaN at " << at;
+      EXPECT_EQ(any_nan(x.ptr(), n), at >= 0 && n > 1);
+    }
+  }
+}
+
 // A session makes min/max-ranged weights itself from the float weights it holds (ranges
 // reduced on the device): bit for bit the host's quantize_weights(), for every layer of both
 // shipped models, per tensor and per channel, both schemes, several bit-widths.
@@ -1126,6 +1148,38 @@ TEST_P(CudaGrid, DeviceCalibrationMatchesCpu) {
     EXPECT_NEAR(a.hi[v], b.hi[v], tol) << "value " << s.g.values[v].name;
   }
   EXPECT_GT(seen, s.g.layers.size());
+}
+
+// A network that is NaN on one calibration image only (inf - inf where the pixel is bright)
+// is refused by the device's calibration as by the host's (Calibration.PartlyNan... in
+// layerwise_test.cpp), naming the same layer input.
+TEST(CudaSession, PartlyNanCalibrationIsRefused) {
+  REQUIRE_CUDA_DEVICE();
+  test::OnnxBuilder b;
+  b.input("x", {1, 4, 4}).initializer("big", {1e38f}, {}).initializer("neg", {-1e38f}, {});
+  b.initializer("w", std::vector<float>(9, 0.5f), {1, 1, 3, 3});
+  b.node("Mul", {"x", "big"}, {"p"}, {}, "mul_p").node("Mul", {"x", "neg"}, {"m"}, {}, "mul_m");
+  b.node("Add", {"p", "m"}, {"s"}, {}, "add").node("Conv", {"s", "w"}, {"c"}, {}, "conv");
+  b.node("Flatten", {"c"}, {"y"}, {}, "flat").output("y");
+  const Graph g = import_onnx_bytes(b.serialize(), "nan.onnx");
+  Dataset d;
+  d.name = "synthetic";
+  d.count = 8, d.channels = 1, d.height = 4, d.width = 4, d.num_classes = 4;
+  d.pixels.assign(8 * 16, 10);
+  d.pixels[5 * 16 + 3] = 250;  // 250 / 255 / 0.1 = 9.8: x * 1e38 overflows
+  d.labels.assign(8, 0);
+  CudaBackend cuda{BackendOptions{}};
+  Executor exec(g, cuda);
+  const Normalization norm{{0.0f}, {0.1f}};
+  EXPECT_NO_THROW(calibrate(exec, d, norm, 5, 2, 1));
+  try {
+    calibrate(exec, d, norm, 8, 2, 1);
+    ADD_FAILURE() << "a network that is NaN on image 5 was calibrated on the device";
+  } catch (const UserError& e) {
+    EXPECT_NE(std::string(e.what()).find("the input of layer 0 'conv' ('s') is NaN on some of them"),
+              std::string::npos)
+        << e.what();
+  }
 }
 
 TEST_P(CudaGrid, AutoBatchSizeFitsAndIsBounded) {
