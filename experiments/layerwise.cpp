@@ -95,7 +95,8 @@ std::vector<std::unique_ptr<QuantizedLayer>> quantize_layers(const Executor& exe
     auto ql = std::make_unique<QuantizedLayer>();
     ql->layer = layer;
     ql->bits = bits;
-    ql->weights = quantize_weights(g, g.layers[layer], spec, bits);
+    ql->weights = quantize_weights(g, g.layers[layer], spec, bits, stop);
+    throw_if_stop();  // an MSE clip search ends early on a stop: its weights are discarded
     ql->q = make_layer_quantization(g.layers[layer], ranges, spec);
     if (spec.clip == ClipMethod::kMinMax) {  // a device session reduces the ranges and quantizes there
       ql->q.recipe = WeightRecipe{bits, spec.scheme, spec.granularity == Granularity::kPerChannel};

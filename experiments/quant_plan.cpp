@@ -162,7 +162,8 @@ void check_sawb_bits(const Graph& g, const QuantConfig& q, const std::vector<int
 namespace {
 
 // The quantization range of one slice of weights under a clipping method.
-void clip_range(const std::vector<float>& w, const QuantSpec& spec, int bits, float* lo, float* hi) {
+void clip_range(const std::vector<float>& w, const QuantSpec& spec, int bits, float* lo, float* hi,
+                const std::atomic<bool>* stop) {
   float mn, mx;
   min_max(w.data(), w.size(), &mn, &mx);
   float alpha = 0.0f;
@@ -184,7 +185,8 @@ void clip_range(const std::vector<float>& w, const QuantSpec& spec, int bits, fl
       if (!(alpha > 1e-3f * std::max(std::fabs(mn), std::fabs(mx)))) alpha = std::max(std::fabs(mn), std::fabs(mx));
       break;
     case ClipMethod::kMse:
-      alpha = mse_clip(w.data(), w.size(), bits, spec.scheme, spec.mse_grid);
+      alpha = mse_clip(w.data(), w.size(), bits, spec.scheme, spec.mse_grid, stop);
+      if (std::isnan(alpha)) alpha = std::max(std::fabs(mn), std::fabs(mx));  // stopped: discarded by the caller
       break;
   }
   *lo = std::max(mn, -alpha);
@@ -204,13 +206,14 @@ std::vector<float> channel_slice(const Tensor& w, const Layer& L, int64_t c) {
 
 }  // namespace
 
-QuantizedWeights quantize_weights(const Graph& g, const Layer& L, const QuantSpec& spec, int bits) {
+QuantizedWeights quantize_weights(const Graph& g, const Layer& L, const QuantSpec& spec, int bits,
+                                  const std::atomic<bool>* stop) {
   const Tensor& w = g.constant(L.weight_value);
   QuantizedWeights out;
   out.weights = Tensor(w.shape);
   if (spec.granularity == Granularity::kPerTensor) {
     float lo, hi;
-    clip_range(w.data, spec, bits, &lo, &hi);
+    clip_range(w.data, spec, bits, &lo, &hi, stop);
     fake_quantize_per_tensor(w.ptr(), out.weights.ptr(), w.data.size(), choose_quant_params(lo, hi, bits, spec.scheme));
     out.range_lo = lo;
     out.range_hi = hi;
@@ -223,7 +226,7 @@ QuantizedWeights quantize_weights(const Graph& g, const Layer& L, const QuantSpe
     for (int64_t c = 0; c < L.w_channels; ++c) {
       const std::vector<float> s = channel_slice(w, L, c);
       float lo, hi;
-      clip_range(s, spec, bits, &lo, &hi);
+      clip_range(s, spec, bits, &lo, &hi, stop);
       p[c] = choose_quant_params(lo, hi, bits, spec.scheme);
       clipped += static_cast<size_t>(std::llround(clipped_fraction(s.data(), s.size(), lo, hi) * s.size()));
       out.range_lo = std::min(out.range_lo, lo);

@@ -41,7 +41,10 @@ struct QuantizedWeights {
 };
 
 // Fake-quantizes layer L's weights at `bits` with spec's scheme, granularity and clipping.
-QuantizedWeights quantize_weights(const Graph& g, const Layer& L, const QuantSpec& spec, int bits);
+// With `stop` set during an MSE clip search, it returns early with weights to discard: the
+// caller checks the flag.
+QuantizedWeights quantize_weights(const Graph& g, const Layer& L, const QuantSpec& spec, int bits,
+                                  const std::atomic<bool>* stop = nullptr);
 
 // The activation quantizers of layer L under `spec` (the caller points weights/bias at
 // tensors that outlive it: see QuantizedLayer::finalize).

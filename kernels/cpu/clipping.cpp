@@ -31,7 +31,7 @@ float sawb_clip(const float* w, size_t n, int bits) {
   return static_cast<float>(clip);
 }
 
-float mse_clip(const float* w, size_t n, int bits, Scheme scheme, int grid_points) {
+float mse_clip(const float* w, size_t n, int bits, Scheme scheme, int grid_points, const std::atomic<bool>* stop) {
   float lo, hi;
   min_max(w, n, &lo, &hi);
   const float max_abs = std::max(std::fabs(lo), std::fabs(hi));
@@ -39,6 +39,7 @@ float mse_clip(const float* w, size_t n, int bits, Scheme scheme, int grid_point
   double best_err = INFINITY;
   float best = max_abs;
   for (int k = 1; k <= grid_points; ++k) {
+    if (stop != nullptr && stop->load(std::memory_order_relaxed)) return NAN;
     const float alpha = max_abs * static_cast<float>(k) / static_cast<float>(grid_points);
     const QuantParams p = choose_quant_params(std::max(lo, -alpha), std::min(hi, alpha), bits, scheme);
     double err = 0.0;

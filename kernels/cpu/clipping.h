@@ -2,6 +2,7 @@
 // min/max wastes levels on outliers (method.md, "Weight range").
 #pragma once
 
+#include <atomic>
 #include <cstddef>
 #include <optional>
 
@@ -24,7 +25,10 @@ float sawb_clip(const float* w, size_t n, int bits);
 
 // The clip magnitude alpha minimizing sum (w - fake_quant(w))^2 over the grid
 // alpha_k = max|w| * k / grid_points, k = 1..grid_points (the smallest alpha on ties).
-float mse_clip(const float* w, size_t n, int bits, Scheme scheme, int grid_points = 100);
+// With `stop` set (a signal), the search ends before its next candidate and returns NaN:
+// the caller must check the flag and discard the result.
+float mse_clip(const float* w, size_t n, int bits, Scheme scheme, int grid_points = 100,
+               const std::atomic<bool>* stop = nullptr);
 
 // Two-sided percentile range: lo = P(100 - pct), hi = P(pct), with NumPy's default linear
 // interpolation between order statistics.

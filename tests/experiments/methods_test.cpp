@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
@@ -14,6 +15,7 @@
 #include <random>
 #include <set>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "experiments/layerwise.h"
@@ -706,6 +708,32 @@ TEST(QuantizeLayers, AStopEndsQuantizationWithRunInterrupted) {
   const std::pair<int, const LayerQuantization*> cells[] = {{0, &q}};
   EXPECT_TRUE(bias_corrections(exec, cells, calib, norm, 40, 10, 1, &stop).empty());
   EXPECT_EQ(bias_corrections(exec, cells, calib, norm, 40, 10, 1).size(), 1u);
+}
+
+// A stop during one layer's MSE clip search (here 10,000 candidates over 524,288 weights,
+// seconds of work) ends it: RunInterrupted, not the search run to its end and the layer
+// returned as quantized.
+TEST(QuantizeLayers, AStopEndsAnMseSearchInProgress) {
+  std::mt19937 rng(11);
+  OnnxBuilder b;
+  b.input("x", {1, 32, 32}).initializer("w", uniform(rng, 1024 * 512), {1024, 512});
+  b.node("Flatten", {"x"}, {"f"}, {}, "flatten").node("Gemm", {"f", "w"}, {"y"}, {}, "fc").output("y");
+  const Graph g = import_onnx_bytes(b.serialize(), "wide.onnx");
+  CpuBackend cpu;
+  Executor exec(g, cpu);
+  const Dataset calib = random_dataset(4, 1, 32, 32, 3, 12);
+  const ActivationRanges ranges = calibrate(exec, calib, Normalization{{0.5f}, {0.25f}}, 4, 4, 1);
+  std::vector<QuantSpec> specs(g.layers.size());
+  specs[0].clip = ClipMethod::kMse;
+  specs[0].mse_grid = 10000;
+  const std::vector<std::pair<int, int>> layer_bits{{0, 3}};
+  std::atomic<bool> stop{false};
+  std::thread signal([&stop] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    stop = true;
+  });
+  EXPECT_THROW(quantize_layers(exec, layer_bits, specs, ranges, nullptr, 4, 1, &stop), RunInterrupted);
+  signal.join();
 }
 
 // A Gemm with beta != 1 would scale a corrected C: one clear error instead of a wrong bias.

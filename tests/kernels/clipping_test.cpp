@@ -8,6 +8,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdio>
 #include <limits>
@@ -161,6 +162,17 @@ TEST(MseClip, ClipsAFarOutlierAtLowBitsButNotAtSixteen) {
   EXPECT_LT(clip_error(w, a3, 3, Scheme::kAsymmetric), 0.5 * clip_error(w, max_abs, 3, Scheme::kAsymmetric));
   // At 16 bits the rounding error is negligible next to clipping the outlier by 1%.
   EXPECT_EQ(mse_clip(w.data(), w.size(), 16, Scheme::kAsymmetric, 100), max_abs);
+}
+
+// A stop (a signal) ends the search before its next candidate: NaN, for the caller to
+// discard; an unset flag changes nothing.
+TEST(MseClip, AStopEndsTheSearchWithNaN) {
+  const std::vector<float> w = outlier_tensor();
+  std::atomic<bool> stop{false};
+  EXPECT_EQ(mse_clip(w.data(), w.size(), 3, Scheme::kAsymmetric, 100, &stop),
+            mse_clip(w.data(), w.size(), 3, Scheme::kAsymmetric, 100));
+  stop = true;
+  EXPECT_TRUE(std::isnan(mse_clip(w.data(), w.size(), 3, Scheme::kAsymmetric, 100, &stop)));
 }
 
 TEST(MseClip, AllZeroTensorGivesZero) {
