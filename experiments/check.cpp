@@ -143,6 +143,10 @@ Table rows_of(const Folder& f, const std::string& table) {
   Table out;
   std::map<std::string, size_t> seen;
   const fs::path file = f.dir / table;
+  // additivity.csv and comparison.csv have no images column: their rows were evaluated on
+  // summary.json's images (checked to be a count when the folder was loaded).
+  const double summary_images =
+      f.summary && f.summary->contains("images") ? (*f.summary)["images"].get<double>() : kNaN;
   auto add = [&](std::string key, Row row) {
     if (!seen.emplace(key, out.size()).second) user_error("{}: the row '{}' appears twice", file.string(), key);
     out.emplace_back(std::move(key), std::move(row));
@@ -164,7 +168,7 @@ Table rows_of(const Folder& f, const std::string& table) {
     require_finite(c, file, {"measured_top1", "measured_top5"});
     for (size_t i = 0; i < c.rows.size(); ++i) {
       add("configuration " + c.at(i, "config_index"),
-          Row{csv_number(c.at(i, "measured_top1")), csv_number(c.at(i, "measured_noise")), kNaN,
+          Row{csv_number(c.at(i, "measured_top1")), csv_number(c.at(i, "measured_noise")), summary_images,
               fmt::format("layers {} at {} bits, the rest at {}", c.at(i, "low_layers"), c.at(i, "low_bits"),
                           c.at(i, "high_bits")),
               top5_of(c, i, "measured_top5")});
@@ -176,7 +180,7 @@ Table rows_of(const Folder& f, const std::string& table) {
     require_finite(c, file, {"top1", "top5"});
     for (size_t i = 0; i < c.rows.size(); ++i) {
       add("variant " + c.at(i, "variant"),
-          Row{csv_number(c.at(i, "top1")), csv_number(c.at(i, "noise")), kNaN, "", top5_of(c, i, "top5")});
+          Row{csv_number(c.at(i, "top1")), csv_number(c.at(i, "noise")), summary_images, "", top5_of(c, i, "top5")});
     }
   }
   return out;

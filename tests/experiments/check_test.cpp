@@ -209,6 +209,30 @@ TEST_F(Check, ComparisonVariantsAndTablesOnOneSide) {
   EXPECT_EQ(r.moved[2].quantity, "noise");
 }
 
+// comparison.csv and additivity.csv have no images column: their rows count as evaluated on
+// summary.json's images, so another data.eval.count is a move there too (audit: a comparison
+// on 9,990 images passed against one on 10,000 at the cross-backend tolerances).
+TEST_F(Check, ComparisonAndAdditivityRowsOfOtherImagesAreMoves) {
+  const std::string ch = "variant,description,top1,degradation,noise,ci_low,ci_high\n";
+  const std::string ah = "config_index,low_bits,high_bits,num_low_layers,low_layers,measured_noise,measured_top1\n";
+  auto run = [&](const std::string& name, int images, int float_correct) {
+    return folder(name, {{"comparison.csv", ch + "minmax,base,84.9900,7.96,41.9315451,0,0\n"},
+                         {"additivity.csv", ah + "0,4,8,1,6,0.48010447,92.7500\n"},
+                         {"summary.json", fmt::format("{{\"float_correct\": {}, \"images\": {}}}", float_correct,
+                                                      images)}});
+  };
+  const auto base = run("base", 10000, 9295);
+  EXPECT_TRUE(check_results(run("same", 10000, 9295), base, {}).passed());
+  const CheckResult r = check_results(run("fewer", 9990, 9286), base, {.top1_tol = 0.05, .noise_rtol = 0.01});
+  ASSERT_EQ(r.moved.size(), 2u) << "the float32 top-1 (92.95 / 92.95%) is within 0.05 points";
+  for (const CheckRow& m : r.moved) {
+    EXPECT_EQ(m.row, "every row");
+    EXPECT_EQ(m.detail, "evaluated on 9990 images, the baseline on 10000");
+  }
+  EXPECT_EQ(r.moved[0].table, "additivity.csv");
+  EXPECT_EQ(r.moved[1].table, "comparison.csv");
+}
+
 TEST_F(Check, ContextListsInputsAndConfigKeysThatDiffer) {
   const std::string rows = base_rows();
   const auto a = folder("a", {{"layerwise.csv", kHeader + rows},
