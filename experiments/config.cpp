@@ -473,7 +473,10 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
   for (const auto& o : overrides) {
     const auto eq = o.find('=');
     if (eq == std::string::npos) user_error("--set {}: expected KEY=VALUE, e.g. --set quant.act_bits=6", o);
-    const std::string key = o.substr(0, eq);
+    // Spaces around the key are allowed, as in a TOML file: --set 'data.eval.count = 500'.
+    std::string key = o.substr(0, eq);
+    key.erase(0, key.find_first_not_of(" \t"));
+    key.erase(key.find_last_not_of(" \t") + 1);
     const std::string val = o.substr(eq + 1);
     toml::table snippet;
     try {

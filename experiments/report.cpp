@@ -140,6 +140,30 @@ void check_against_summary(const fs::path& dir, const Results& r, bool has_grid)
   if (kind == "layerwise" || kind == "additivity") need(has_grid, "layerwise.csv");
   if (kind == "additivity") need(r.additivity.has_value(), "additivity.csv");
   if (kind == "full") need(r.comparison.has_value(), "comparison.csv");
+  need(r.layer_stats.has_value(), "layers.csv");  // every kind: the statistics table, the histograms' ranges
+  // One layers.csv row per layer summary.json lists (a comparison's: per variant).
+  if (s.contains("layers") && s["layers"].is_array()) {
+    const size_t listed = s["layers"].size();
+    const Csv& t = *r.layer_stats;
+    std::map<std::string, std::set<int>> per_variant;
+    for (size_t i = 0; i < t.rows.size(); ++i) {
+      const std::string variant = t.has("variant") ? t.at(i, "variant") : "";
+      const int l = integer(t.at(i, "layer_index"));
+      if (l >= static_cast<int>(listed) || !per_variant[variant].insert(l).second) {
+        user_error("{}, line {}: {} layer {}, but summary.json lists layers 0..{}; the table was cut or edited",
+                   (dir / "layers.csv").string(), t.line[i],
+                   l >= static_cast<int>(listed) ? "a row for" : "a second row for", l, listed - 1);
+      }
+    }
+    if (per_variant.empty()) per_variant[""];
+    for (const auto& [variant, seen] : per_variant) {
+      if (seen.size() != listed) {
+        user_error("{}: rows for {} of the {} layers summary.json lists{}; the table was cut or edited",
+                   (dir / "layers.csv").string(), seen.size(), listed,
+                   variant.empty() ? "" : fmt::format(" (variant '{}')", variant));
+      }
+    }
+  }
   auto rows = [&](size_t have, const json* listed, const char* table, const char* what) {
     if (listed == nullptr || !listed->is_number_unsigned()) return;
     if (have != listed->get<size_t>()) {
@@ -209,6 +233,16 @@ Results load_results(const fs::path& dir) {
     require_finite(*r.additivity, file,
                    {"predicted_degradation", "measured_degradation", "measured_top1", "measured_top5"});
     require_numbers(*r.additivity, file, {"ci_low", "ci_high"}, /*empty_ok=*/true);
+  }
+  if (r.layer_stats) {
+    const fs::path file = dir / "layers.csv";
+    require_columns(*r.layer_stats, file,
+                    {"layer_index", "layer_name", "op_type", "weight_min", "weight_max", "range_min", "range_max",
+                     "clip_fraction", "kurtosis", "channel_range_spread"});
+    require_counts(*r.layer_stats, file, {"layer_index", "bits"});  // bits: where written (since 2026-11-27)
+    require_numbers(*r.layer_stats, file,
+                    {"weight_min", "weight_max", "range_min", "range_max", "clip_fraction", "kurtosis",
+                     "channel_range_spread"});
   }
   if (r.comparison) {
     const fs::path file = dir / "comparison.csv";
@@ -1552,5 +1586,7 @@ ReportResult write_report(const fs::path& dir, const ReportOptions& o, const Gra
   write_into(dir / "report.html", build_page(r, figures, result, o, final_dir, bar_bits, worst));
   return result;
 }
+
+void check_results_tables(const fs::path& dir) { (void)load_results(dir); }
 
 }  // namespace qsweep

@@ -44,13 +44,19 @@ struct ReportResult {
   std::vector<std::string> warnings;  // one line each, for the user
 };
 
-// Reads layerwise.csv (required), summary.json, manifest.json, additivity.csv,
-// comparison.csv, layers.csv and weights/*.f32 from `dir` (each optional but the first) and
-// writes figures/ and report.html into it. `graph`: the model the folder was computed from;
-// when given, the worst layers' weights are saved to weights/ (else the model named in
-// manifest.json is imported when that file exists). Throws UserError when `dir` has no
-// readable layerwise.csv; figure problems become warnings.
+// Reads summary.json, the tables its kind writes (layerwise.csv, additivity.csv,
+// comparison.csv, layers.csv), manifest.json and weights/*.f32 from `dir` and writes figures/
+// and report.html into it. `graph`: the model the folder was computed from; when given, the
+// worst layers' weights are saved to weights/ (else the model named in manifest.json is
+// imported when that file exists). Throws UserError when a table or summary.json is missing,
+// cut short or damaged (check_results_tables()); figure problems become warnings.
 ReportResult write_report(const std::filesystem::path& dir, const ReportOptions& options, const Graph* graph = nullptr);
+
+// The checks write_report() makes of a results folder's summary.json and tables before it
+// draws anything: one UserError sentence naming the file (and line) that is missing, cut
+// short, unreadable or not as qsweep writes it. A finished run is served again only if it
+// passes them.
+void check_results_tables(const std::filesystem::path& dir);
 
 // The options a results folder's config.toml sets (output.plots, output.saturate,
 // output.bar_bits, output.worst), defaults for what it does not set. Read leniently: only

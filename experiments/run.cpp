@@ -757,6 +757,12 @@ bool finished_here(const fs::path& final_dir, const Config& cfg, bool any_batch_
   if (!json::accept(read_file(final_dir / "summary.json"))) damaged("summary.json is not valid JSON");
   const std::string manifest_text = read_file(final_dir / "manifest.json");
   if (!json::accept(manifest_text)) damaged("manifest.json is not valid JSON");
+  // Tables cut short, emptied or edited, as `qsweep report` finds them.
+  try {
+    check_results_tables(final_dir);
+  } catch (const UserError& e) {
+    damaged(e.what());
+  }
   const json manifest = json::parse(manifest_text);
   const json* sha = manifest.contains("model") && manifest.at("model").is_object() && manifest.at("model").contains("sha256")
                         ? &manifest.at("model").at("sha256")
@@ -1037,11 +1043,19 @@ RunOutcome run_layerwise(const RunOptions& o, const Prepared& p, const Activatio
     quant[cells_here[i]] = std::move(made[i]);
     cell_quant[cells_here[i]] = &quant[cells_here[i]]->q;
   }
+  const auto g0 = std::chrono::steady_clock::now();
+  const double earlier = earlier_grid_seconds(sdir);
+  const auto grid_seconds = [&] {
+    return earlier + std::chrono::duration<double>(std::chrono::steady_clock::now() - g0).count();
+  };
   std::mutex mu;
   job.done = [&](int64_t b) { return done.count(b) > 0; };
   job.sink = [&](BatchRecord&& rec) {
-    write_file_atomic(sdir / fmt::format("batch-{:06}.rec", rec.batch), encode_record(rec));
     std::lock_guard lock(mu);
+    // With each record (just before it): an attempt that ends without a word (SIGKILL, a lost
+    // node) keeps its time up to its last recorded batch.
+    record_grid_seconds(sdir, grid_seconds());
+    write_file_atomic(sdir / fmt::format("batch-{:06}.rec", rec.batch), encode_record(rec));
     records.push_back(std::move(rec));
   };
   job.stop = &stop_requested();
@@ -1056,11 +1070,6 @@ RunOutcome run_layerwise(const RunOptions& o, const Prepared& p, const Activatio
     grid = run_layerwise_grid(*p.exec, p.eval, p.norm, p.eval_count, ranges, p.specs, cfg.quant.weight_bits, gopt,
                               cfg.quant.bias_correction ? &bc : nullptr);
   } else {
-    const auto g0 = std::chrono::steady_clock::now();
-    const double earlier = earlier_grid_seconds(sdir);
-    const auto grid_seconds = [&] {
-      return earlier + std::chrono::duration<double>(std::chrono::steady_clock::now() - g0).count();
-    };
     // One worker per device, each with its own backend and executor; they take turns over
     // the batches and share the CPU threads. Records do not depend on who computed them.
     // run.devices = "all": every GPU of the CUDA backend, one worker for the CPU backend.
@@ -1293,7 +1302,8 @@ RunOutcome run_experiment(const RunOptions& o) {
   // (One that finished just now, by another process of this run, is served further down.)
   if (const fs::path at = fs::path(cfg.root) / cfg.name / ro.run_id;
       fs::exists(fs::symlink_status(at)) && !fs::exists(at / "summary.json")) {
-    user_error("'{}' already exists and holds no finished run; remove it or choose another --run-id", at.string());
+    user_error("'{}' already exists and holds no finished run; remove it, choose another --run-id, or pass --fresh",
+               at.string());
   }
   const auto p = prepare(cfg, say);
   // The records folder this process computes into is locked before anything in the work folder
@@ -1485,10 +1495,20 @@ RunOutcome merge_run(const std::string& dir, bool quiet) {
   }
   RunOutcome out;
   out.folder = final_dir;
-  if (fs::exists(final_dir / "summary.json")) {
+  // A merged run is served again only while its tables are intact.
+  const auto merged_already = [&] {
+    if (!fs::exists(final_dir / "summary.json")) return false;
+    try {
+      check_results_tables(final_dir);
+    } catch (const UserError& e) {
+      user_error("'{}' holds a damaged finished run ({}); move it away and run the shards again (its records went "
+                 "into it), or restore it from a copy",
+                 final_dir.string(), e.what());
+    }
     if (verbose) fmt::print("already complete, nothing to merge: {}\n", final_dir.string());
-    return out;
-  }
+    return true;
+  };
+  if (merged_already()) return out;
   if (!fs::is_directory(work)) {
     user_error("'{}' has no shard results (expected the folder '{}' written by `qsweep run --shard I/N`)", dir,
                work.string());
@@ -1503,10 +1523,7 @@ RunOutcome merge_run(const std::string& dir, bool quiet) {
   // Two merges of one run (the SLURM merge job and one by hand): the second waits, then finds
   // the results (it used to fail with "already exists").
   const RecordsLock merging(work, /*wait=*/true);
-  if (fs::exists(final_dir / "summary.json")) {
-    if (verbose) fmt::print("already complete, nothing to merge: {}\n", final_dir.string());
-    return out;
-  }
+  if (merged_already()) return out;
   const std::string identity = config_identity_of_file((work / "config.toml").string(), true);  // as each DONE.json
   const std::string config_sha = sha256_hex(identity.data(), identity.size());
   // Shards present and their count.

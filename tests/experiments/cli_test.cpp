@@ -850,7 +850,25 @@ TEST_F(Cli, FinishedRunOfAnotherModelOrDamagedIsRefused) {
   r = run(base);
   EXPECT_EQ(r.code, 2);
   EXPECT_NE(r.err.find("holds a damaged finished run (summary.json but no layerwise.csv)"), std::string::npos) << r.err;
+  // A table cut at a row boundary, emptied, or layers.csv gone: what `qsweep report` refuses
+  // (audit: served as "already complete").
+  std::ofstream(done / "layerwise.csv") << table.substr(0, table.find('\n', table.find('\n') + 1) + 1);
+  r = run(base);
+  EXPECT_EQ(r.code, 2);
+  EXPECT_NE(r.err.find("holds a damaged finished run (" + (done / "layerwise.csv").string() +
+                       ": 1 rows, but summary.json lists 10 grid cells"),
+            std::string::npos)
+      << r.err;
+  std::ofstream(done / "layerwise.csv", std::ios::trunc);
+  EXPECT_EQ(run(base).code, 2);
   std::ofstream(done / "layerwise.csv") << table;
+  const std::string stats = slurp(done / "layers.csv");
+  fs::remove(done / "layers.csv");
+  r = run(base);
+  EXPECT_EQ(r.code, 2);
+  EXPECT_NE(r.err.find("has no layers.csv, which a kind = \"layerwise\" run writes"), std::string::npos) << r.err;
+  std::ofstream(done / "layers.csv") << stats;
+  ASSERT_EQ(run(base).code, 0) << "restored: served again";
   std::ofstream(done / "manifest.json", std::ios::trunc) << "{";
   r = run(base);
   EXPECT_EQ(r.code, 2);
@@ -867,7 +885,7 @@ TEST_F(Cli, SomethingElseAtTheResultsPathIsRefusedFirst) {
   CliRun r = run(cmd);
   EXPECT_EQ(r.code, 2);
   EXPECT_EQ(r.err, "qsweep: error: '" + at.string() +
-                       "' already exists and holds no finished run; remove it or choose another --run-id\n");
+                       "' already exists and holds no finished run; remove it, choose another --run-id, or pass --fresh\n");
   EXPECT_EQ(r.out.find("calibrating"), std::string::npos) << r.out;
   fs::remove(at);
   std::ofstream(at) << "a file";

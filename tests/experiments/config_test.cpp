@@ -181,6 +181,16 @@ TEST_F(ConfigFiles, ErrorsInsideASetValueNameTheSet) {
   EXPECT_EQ(error_of(p, {"run={threads=-4}"}).rfind("--set run: 'run.threads'", 0), 0u) << error_of(p, {"run={threads=-4}"});
 }
 
+// Spaces around '=' in a --set, as a TOML file allows them (audit: 'data.eval.count ' was an
+// unknown key); the key is recorded as set from the command line either way.
+TEST_F(ConfigFiles, SetAllowsSpacesAroundTheEqualsSign) {
+  const std::string p = write("sp.toml", "[model]\npath = \"m.onnx\"\n");
+  const Config c = load_config(p, {"data.eval.count = 500", " quant.act_bits\t=6"});
+  EXPECT_EQ(c.eval_count, 500);
+  EXPECT_EQ(c.quant.base.act_bits, 6);
+  EXPECT_EQ(error_of(p, {" = 5"}).rfind("--set  = 5:", 0), 0u) << error_of(p, {" = 5"});
+}
+
 // Messages that named the wrong thing (audit): a key written as a section, an empty data.mean
 // (blamed on data.std), a config path that is not a regular file (said not to exist).
 TEST_F(ConfigFiles, MisplacedKeysAndEmptyValuesAreNamed) {

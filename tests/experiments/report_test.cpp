@@ -398,6 +398,11 @@ TEST_F(Report, SixtyFourLayersStayReadable) {
   }
   csv.close();
   std::ofstream(dir / "summary.json") << R"({"kind": "layerwise", "images": 50000})";
+  std::ofstream stats(dir / "layers.csv");
+  stats << "layer_index,layer_name,op_type,weight_min,weight_max,range_min,range_max,clip_fraction,kurtosis,"
+           "channel_range_spread\n";
+  for (int i = 0; i < kLayers; ++i) stats << i << ",l" << i << ",Conv,-1,1,-1,1,0,3,1\n";
+  stats.close();
   const ReportResult r = write_report(dir, gnuplot_on_path() ? ReportOptions{} : no_plots());
   const auto dat = dat_records(dir / "figures/heatmap_degradation.dat");
   ASSERT_EQ(dat.size(), 64u * 6u);
@@ -499,6 +504,27 @@ TEST_F(Report, DamagedTablesAndSummariesAreOneSentenceErrors) {
     std::ofstream(d / "comparison.csv") << t.substr(0, t.find('\n') + 1);
   });
   EXPECT_NE(empty_cmp.find("comparison.csv: 0 rows, but summary.json lists"), std::string::npos) << empty_cmp;
+  // layers.csv, which every kind writes (audit: a missing, cut or hand-edited one drew a
+  // report without its statistics, or with them, and histogram ranges from another rule).
+  const std::string no_stats = message([](const fs::path& d) { fs::remove(d / "layers.csv"); });
+  EXPECT_NE(no_stats.find("has no layers.csv, which a kind = \"layerwise\" run writes"), std::string::npos) << no_stats;
+  const std::string short_stats = message([](const fs::path& d) {
+    const std::string t = slurp(d / "layers.csv");
+    std::ofstream(d / "layers.csv") << t.substr(0, t.find('\n', t.find('\n', t.find('\n') + 1) + 1) + 1);  // 2 rows
+  });
+  EXPECT_NE(short_stats.find("/layers.csv: rows for 2 of the 6 layers summary.json lists; the table was cut or edited"),
+            std::string::npos)
+      << short_stats;
+  const std::string twice = message([](const fs::path& d) {
+    const std::string t = slurp(d / "layers.csv");
+    const size_t row1 = t.find('\n') + 1;
+    std::ofstream(d / "layers.csv") << t + t.substr(row1, t.find('\n', row1) + 1 - row1);  // row 1 again, at the end
+  });
+  EXPECT_NE(twice.find("/layers.csv, line 8: a second row for layer 0, but summary.json lists layers 0..5"),
+            std::string::npos)
+      << twice;
+  const std::string xx = message([&](const fs::path& d) { edit_field(d / "layers.csv", 2, "weight_min", "xx"); });
+  EXPECT_NE(xx.find("/layers.csv, line 2: column 'weight_min' holds 'xx', not a number"), std::string::npos) << xx;
   EXPECT_EQ(message([](const fs::path&) {}), "no error");
 }
 

@@ -308,6 +308,24 @@ TEST_F(Shards, SigtermCheckpointsAndExits143) {
   EXPECT_GT(nlohmann::json::parse(slurp(result(dir_ / "t") / "summary.json"))["grid_seconds"].get<double>(), first);
 }
 
+// A run killed without a word (SIGKILL, a lost node) keeps its grid time up to its last
+// recorded batch, and the resumed run's grid_seconds adds to it (audit: it restarted at 0).
+TEST_F(Shards, SigkillKeepsTheGridTimeOfTheRecordedBatches) {
+  const std::string a = "run " + std::string(QSWEEP_SOURCE_DIR) +
+                        "/configs/quickstart.toml --quiet --out " + (dir_ / "k").string() +
+                        " --set data.eval.count=3000 --set run.batch_size=50 --set data.calibration.count=100";
+  const int st = signal_after_first_record(a, dir_ / "k", "batch-", SIGKILL);
+  if (WIFEXITED(st) && WEXITSTATUS(st) == 0) GTEST_SKIP() << "the run finished before the signal";
+  ASSERT_TRUE(WIFSIGNALED(st));
+  double first = 0.0;
+  for (const auto& e : fs::recursive_directory_iterator(dir_ / "k")) {
+    if (e.path().filename() == "grid_seconds.json") first = nlohmann::json::parse(slurp(e.path()))["grid_seconds"];
+  }
+  EXPECT_GT(first, 0.0) << "grid_seconds.json of the killed attempt";
+  ASSERT_EQ(run(a), 0) << slurp(dir_ / "stderr");
+  EXPECT_GT(nlohmann::json::parse(slurp(result(dir_ / "k") / "summary.json"))["grid_seconds"].get<double>(), first);
+}
+
 // `timeout` and some schedulers send one stop to the process and one to its process group: two
 // signals at once are one stop (exit 143, records kept), not the "second signal" that ends the
 // process outright (exit 130/143 by the signal, its staging folder left behind).
@@ -582,6 +600,15 @@ TEST_F(Shards, MergeWritesWhereItIsPointed) {
   EXPECT_EQ(merged, 1);
   EXPECT_TRUE(fs::exists(dir_ / "a/res/quickstart/m/summary.json"));
   EXPECT_FALSE(fs::exists(dir_ / "res")) << "results written relative to merge's working folder";
+  // Merged once more: served while intact, refused once a table is cut (audit: "already complete").
+  EXPECT_EQ(std::system((m + " >/dev/null 2>" + (dir_ / "stderr").string()).c_str()), 0);
+  const fs::path table = dir_ / "a/res/quickstart/m/layerwise.csv";
+  const std::string text = slurp(table);
+  std::ofstream(table, std::ios::trunc) << text.substr(0, text.find('\n') + 1);
+  EXPECT_NE(std::system((m + " >/dev/null 2>" + (dir_ / "stderr").string()).c_str()), 0);
+  EXPECT_NE(slurp(dir_ / "stderr").find("holds a damaged finished run (" + table.string() + ": 0 rows"),
+            std::string::npos)
+      << slurp(dir_ / "stderr");
 }
 
 // One run id, one split: a shard of another count is refused at run time, before any work
