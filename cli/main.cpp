@@ -3,6 +3,7 @@
 #include <cmath>
 #include <cerrno>
 #include <csignal>
+#include <system_error>
 #include <cstdio>
 #include <cstring>
 #include <exception>
@@ -112,7 +113,7 @@ int check(const std::string& dir, const std::string& baseline, const qsweep::Che
   if (!quiet || !r.passed()) fmt::print("{}", qsweep::format_check(r, o));
   if (r.passed()) return 0;
   std::fflush(stdout);
-  fmt::print(stderr, "qsweep: check failed against {}: {}\n", baseline, r.verdict(o));
+  qsweep::eprint("qsweep: check failed against {}: {}\n", baseline, r.verdict(o));
   return qsweep::kCheckMovedExit;
 }
 
@@ -144,6 +145,8 @@ void add_check_options(CLI::App* cmd, qsweep::CheckOptions& o, CheckReports& rep
   cmd->add_option("--show", o.show, "Moved rows printed at most (default 20)")->check(non_negative());
 }
 
+void install_signal_handlers();
+
 int report(const std::string& dir, double saturate, int bar_bits, bool saturate_given, bool bar_bits_given) {
   std::error_code ec;
   if (!std::filesystem::is_directory(dir, ec)) {
@@ -163,8 +166,15 @@ int report(const std::string& dir, double saturate, int bar_bits, bool saturate_
     o.bar_bits = bar_bits;
     o.bar_bits_from = "--bar-bits";
   }
+  install_signal_handlers();  // a stop ends the drawing between two figures, with a word
+  o.stop = &qsweep::stop_requested();
   const qsweep::ReportResult r = qsweep::write_report(dir, o);
-  for (const auto& w : r.warnings) fmt::print(stderr, "qsweep: warning: {}\n", w);
+  if (qsweep::stop_requested()) {
+    throw qsweep::RunInterrupted(fmt::format("interrupted while the figures were drawn; the tables are untouched: run "
+                                             "qsweep report {} again to draw them all",
+                                             qsweep::shell_quote(dir)));
+  }
+  for (const auto& w : r.warnings) qsweep::eprint("qsweep: warning: {}\n", w);
   fmt::print("{} of {} figures drawn; report: {}\n", r.drawn.size(), r.figures.size(),
              (std::filesystem::path(dir) / "report.html").string());
   return 0;
@@ -188,14 +198,19 @@ extern "C" void on_stop_signal(int sig) {
   }
 }
 
+// SIGHUP (a closed terminal or SSH session) stops a run as SIGTERM does.
 void install_signal_handlers() {
   std::signal(SIGTERM, on_stop_signal);
   std::signal(SIGINT, on_stop_signal);
+  std::signal(SIGHUP, on_stop_signal);
 }
 
 }  // namespace
 
 int main(int argc, char** argv) {
+  // A reader gone (`qsweep run ... | head`) makes writes fail with EPIPE, reported as an error,
+  // instead of killing the process without a word.
+  std::signal(SIGPIPE, SIG_IGN);
   CLI::App app{"qsweep: layer-wise quantization analysis of ONNX networks"};
   app.set_version_flag("--version", std::string("qsweep ") + QSWEEP_VERSION + " (" + QSWEEP_GIT_COMMIT + ")");
   app.require_subcommand(1);
@@ -283,7 +298,7 @@ int main(int argc, char** argv) {
     } else if (argc <= 1 || app.get_subcommands().empty()) {
       what = "a command is required";
     }
-    fmt::print(stderr, "qsweep: error: {}; {}\n", what,
+    qsweep::eprint("qsweep: error: {}; {}\n", what,
                app.get_subcommands().empty()
                    ? "the commands are run, merge, submit, check, report, layers and keys (qsweep --help)"
                    : fmt::format("see qsweep {} --help", app.get_subcommands()[0]->get_name()));
@@ -341,13 +356,17 @@ int main(int argc, char** argv) {
       return check(check_dir, check_baseline, check_options, check_reports, check_quiet);
     }
   } catch (const qsweep::RunInterrupted& e) {
-    fmt::print(stderr, "qsweep: {}\n", e.what());
+    qsweep::eprint("qsweep: {}\n", e.what());
     return 143;
   } catch (const qsweep::UserError& e) {
-    fmt::print(stderr, "qsweep: error: {}\n", e.what());
+    qsweep::eprint("qsweep: error: {}\n", e.what());
+    return 2;
+  } catch (const std::system_error& e) {
+    // The system refused (a path not readable, a stdout that cannot be written): not a bug.
+    qsweep::eprint("qsweep: error: {}\n", qsweep::printable(e.what()));
     return 2;
   } catch (const std::exception& e) {
-    fmt::print(stderr, "qsweep: internal error: {}\n", e.what());
+    qsweep::eprint("qsweep: internal error: {}\n", e.what());
     return 1;
   }
   return 0;

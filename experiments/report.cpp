@@ -1481,10 +1481,32 @@ ReportOptions report_options_for(const fs::path& dir) {
   return o;
 }
 
+// Temp files a process killed outright (SIGKILL) left in `folder`: `.gnuplot-<pid>.err` and
+// `.<name>.tmp<pid>` (write_file_atomic) of a process that no longer runs. Those of a live
+// process (another report drawing into the same folder) are its own.
+static void remove_dead_temp_files(const fs::path& folder) {
+  std::error_code ec;
+  for (const auto& e : fs::directory_iterator(folder, ec)) {
+    const std::string name = e.path().filename().string();
+    if (name.empty() || name[0] != '.') continue;
+    std::string pid;
+    if (name.rfind(".gnuplot-", 0) == 0 && name.size() > 13 && name.substr(name.size() - 4) == ".err") {
+      pid = name.substr(9, name.size() - 13);
+    } else if (const size_t at = name.rfind(".tmp"); at != std::string::npos && at > 0) {
+      pid = name.substr(at + 4);
+    }
+    if (pid.empty() || pid.find_first_not_of("0123456789") != std::string::npos || pid.size() > 9) continue;
+    const pid_t p = static_cast<pid_t>(std::stol(pid));
+    if (p > 0 && kill(p, 0) != 0 && errno == ESRCH) fs::remove(e.path(), ec);
+  }
+}
+
 ReportResult write_report(const fs::path& dir, const ReportOptions& o, const Graph* graph) {
   ReportResult result;
   const fs::path final_dir = o.final_dir.empty() ? dir : o.final_dir;
   const Results r = load_results(dir);
+  remove_dead_temp_files(dir);
+  remove_dead_temp_files(dir / "figures");
   const bool grid = !r.cells.empty();
   const double saturate = o.saturate > 0 ? o.saturate : 5.0;
   const int lowest = grid ? r.bits.front() : 0;

@@ -517,11 +517,10 @@ void add_report(ResultsFolder& folder, const Graph& g, bool resumable) {
     const ReportResult r = write_report(dir, ro, &g);
     // Warnings (figures skipped: gnuplot missing or failing) are shown even with --quiet.
     if (!stop_requested()) {
-      for (const auto& w : r.warnings) fmt::print(stderr, "qsweep: warning: {}\n", w);
+      for (const auto& w : r.warnings) eprint("qsweep: warning: {}\n", w);
     }
   } catch (const std::exception& e) {
-    fmt::print(stderr,
-               "qsweep: warning: the report could not be written: {}; the numbers are complete: draw the figures and "
+    eprint("qsweep: warning: the report could not be written: {}; the numbers are complete: draw the figures and "
                "report.html with `qsweep report {}` once that is fixed\n",
                e.what(), shell_quote(folder.final_path().string()));
   }
@@ -533,7 +532,7 @@ void add_report(ResultsFolder& folder, const Graph& g, bool resumable) {
       throw RunInterrupted("interrupted while the report was drawn; nothing was moved into place (run the same "
                            "command again to finish it)");
     }
-    fmt::print(stderr, "qsweep: warning: a stop was requested during the run; its numbers are complete, its figures "
+    eprint("qsweep: warning: a stop was requested during the run; its numbers are complete, its figures "
                        "may not be: draw them with qsweep report {}\n",
                folder.final_path().string());
   }
@@ -698,7 +697,7 @@ bool settle_auto_batch_size(const fs::path& work, Prepared& p, bool sharded) {
     }
     if (first > 0) {
       if (damaged) {
-        fmt::print(stderr, "qsweep: note: '{}' is damaged; the batch size this run computes with, {}, is taken from "
+        eprint("qsweep: note: '{}' is damaged; the batch size this run computes with, {}, is taken from "
                    "'{}'\n", pin.string(), first, (work / "config.toml").string());
       }
       write_file_atomic(pin, std::to_string(first) + "\n");
@@ -723,8 +722,7 @@ bool settle_auto_batch_size(const fs::path& work, Prepared& p, bool sharded) {
                "to a number that fits every machine (e.g. {}) and use another --run-id",
                first, pin.string(), p.batch_fit, p.batch_fit);
   }
-  fmt::print(stderr,
-             "qsweep: note: run.batch_size = \"auto\": this run's earlier attempt computed {} images per batch, but at "
+  eprint("qsweep: note: run.batch_size = \"auto\": this run's earlier attempt computed {} images per batch, but at "
              "most {} fit here; its recorded batches are computed again with {}\n",
              first, p.batch_fit, mine);
   write_file_atomic(pin, text);
@@ -847,7 +845,7 @@ void check_record_inputs(const fs::path& dir, const json& inputs) {
     dropped += f.extension() == ".rec";
   }
   if (dropped > 0) {
-    fmt::print(stderr, "qsweep: {} changed since the earlier attempt: its {} recorded batches are computed again\n",
+    eprint("qsweep: {} changed since the earlier attempt: its {} recorded batches are computed again\n",
                changed, dropped);
   }
   write_file_atomic(dir / "inputs.json", inputs.dump(2) + "\n");
@@ -945,7 +943,7 @@ class RecordsLock {
 // configuration there is refused (finished_here).
 std::optional<fs::path> finished_meanwhile(const fs::path& final_dir, const Config& cfg, bool batch_auto) {
   if (!finished_here(final_dir, cfg, batch_auto)) return std::nullopt;
-  fmt::print(stderr, "qsweep: note: another process of this run finished it first; its results: {}\n",
+  eprint("qsweep: note: another process of this run finished it first; its results: {}\n",
              final_dir.string());
   return final_dir;
 }
@@ -1015,11 +1013,11 @@ RunOutcome run_layerwise(const RunOptions& o, const Prepared& p, const Activatio
   int64_t todo = 0;
   for (int64_t b = 0; b < plan.batches; ++b) todo += !job.cells_of_batch[b].empty() && !done.count(b);
   if (verbose && shards > 1) {
-    fmt::print(stderr, "shard {}/{} of run {}: {} work units, estimated cost {:.3g} (mean {:.3g})\n", shard, shards, run_id,
+    eprint("shard {}/{} of run {}: {} work units, estimated cost {:.3g} (mean {:.3g})\n", shard, shards, run_id,
                plan.units[shard].size(), plan.cost[shard],
                std::accumulate(plan.cost.begin(), plan.cost.end(), 0.0) / shards);
   }
-  if (verbose && !done.empty()) fmt::print(stderr, "resuming: {} batches already recorded, {} to go\n", done.size(), todo);
+  if (verbose && !done.empty()) eprint("resuming: {} batches already recorded, {} to go\n", done.size(), todo);
 
   // Quantize only the cells this shard computes, once each.
   std::vector<char> needed(ncells, 0);
@@ -1086,7 +1084,7 @@ RunOutcome run_layerwise(const RunOptions& o, const Prepared& p, const Activatio
     } else {
       if (verbose) {
         const int each = std::max(1, p.threads / workers);
-        fmt::print(stderr, "{} workers on devices [{}], {} thread{} each\n", workers, fmt::join(devices, ", "), each,
+        eprint("{} workers on devices [{}], {} thread{} each\n", workers, fmt::join(devices, ", "), each,
                    each == 1 ? "" : "s");
       }
       // One progress line for all workers: the images of every batch left to compute.
@@ -1130,7 +1128,7 @@ RunOutcome run_layerwise(const RunOptions& o, const Prepared& p, const Activatio
     if (!complete) {
       record_grid_seconds(sdir, grid_seconds());
       out.interrupted = true;
-      fmt::print(stderr, "qsweep: interrupted: {} batches of shard {}/{} are recorded in {}; {}\n", records.size(), shard,
+      eprint("qsweep: interrupted: {} batches of shard {}/{} are recorded in {}; {}\n", records.size(), shard,
                  shards, sdir.string(),
                  o.fresh_id ? fmt::format("run it again with --run-id {} instead of --fresh to resume", run_id)
                             : std::string("run the same command again to resume"));
@@ -1193,7 +1191,7 @@ RunOutcome run_experiment(const RunOptions& o) {
   Config cfg = load_config(o.config_path, overrides);
   const bool verbose = !o.quiet;
   auto say = [&](const std::string& s) {
-    if (verbose) fmt::print(stderr, "{}\n", s);
+    if (verbose) eprint("{}\n", s);
   };
   // A bad --shard or --run-id, or a naive grid asked to be sharded, is reported before any work.
   if (resolve_shard(o.shard).second > 1 && cfg.naive && cfg.kind == "layerwise") {
@@ -1262,7 +1260,7 @@ RunOutcome run_experiment(const RunOptions& o) {
     } catch (...) {
       after_stop();  // records a failed attempt finished are kept, like a stopped one's
       if (fs::exists(work)) {
-        fmt::print(stderr, "qsweep: the batches this --fresh run recorded are kept: run it with --run-id {} instead "
+        eprint("qsweep: the batches this --fresh run recorded are kept: run it with --run-id {} instead "
                            "of --fresh to resume\n", fresh.run_id);
       }
       throw;

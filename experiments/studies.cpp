@@ -9,6 +9,7 @@
 #include <fmt/format.h>
 
 #include "experiments/results.h"
+#include "runtime/error.h"
 
 namespace qsweep {
 
@@ -100,7 +101,7 @@ AdditivityResult run_additivity(const StudyContext& ctx, const Config& cfg, cons
   }
   const auto subsets = additivity_subsets(L, cfg.additivity_configs, cfg.additivity_seed);
   if (static_cast<int>(subsets.size()) < cfg.additivity_configs && ctx.options.progress) {
-    fmt::print(stderr, "note: additivity.configs = {}, but {} layers have {} distinct non-empty subsets: each is "
+    eprint("note: additivity.configs = {}, but {} layers have {} distinct non-empty subsets: each is "
                        "measured once\n", cfg.additivity_configs, L, subsets.size());
   }
   std::vector<QuantPlan> plans;

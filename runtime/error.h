@@ -2,6 +2,7 @@
 // reported by the CLI without a stack trace, exit code 2. Everything else is a bug.
 #pragma once
 
+#include <cstdio>
 #include <stdexcept>
 #include <string>
 
@@ -29,6 +30,18 @@ inline std::string printable(const std::string& s) {
 template <typename... Args>
 [[noreturn]] void user_error(fmt::format_string<Args...> f, Args&&... args) {
   throw UserError(printable(fmt::format(f, std::forward<Args>(args)...)));
+}
+
+// fmt::print(stderr, ...) that never throws: a stderr that cannot be written (a full disk, a
+// closed descriptor, a reader gone) loses the message, not the run or the error being
+// reported (fmt::print throws, and a throw from the CLI's error handler aborts).
+template <typename... Args>
+void eprint(fmt::format_string<Args...> f, Args&&... args) noexcept {
+  try {
+    const std::string s = fmt::format(f, std::forward<Args>(args)...);
+    std::fwrite(s.data(), 1, s.size(), stderr);
+  } catch (...) {
+  }
 }
 
 }  // namespace qsweep

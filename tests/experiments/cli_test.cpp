@@ -561,6 +561,42 @@ TEST_F(Cli, ASignalWhileTheReportIsDrawnLeavesNothingFinished) {
   EXPECT_NE(r.err.find("its numbers are complete, its figures may not be: draw them with qsweep report"),
             std::string::npos)
       << r.err;
+  // `qsweep report` stopped likewise: one sentence, exit 143, no temp files left in figures/
+  // (audit: it died without a word, leaving them), and drawn in full when run again.
+  const fs::path done = dir_ / "res/quickstart/r";
+  r = run_with_env("PATH=" + (dir_ / "bin").string() + ":$PATH ", "report " + done.string());
+  EXPECT_EQ(r.code, 143) << r.err;
+  EXPECT_NE(r.err.find("qsweep: interrupted while the figures were drawn; the tables are untouched: run qsweep report " +
+                       done.string() + " again"),
+            std::string::npos)
+      << r.err;
+  for (const auto& e : fs::directory_iterator(done / "figures")) {
+    EXPECT_NE(e.path().filename().string()[0], '.') << e.path();
+  }
+  EXPECT_EQ(run("report " + done.string()).code, 0);
+}
+
+// A stderr or stdout that cannot be written (a full disk, a closed descriptor, a reader gone)
+// is not a crash (audit: abort, exit 134, at the first progress line or error message): the
+// run goes on with its messages lost; output that cannot be written is one error, exit 2.
+TEST_F(Cli, UnwritableStreamsAreNotACrash) {
+  if (!fs::exists(kFashionMnistDir)) GTEST_SKIP() << "dataset-fashion-mnist is not installed";
+  const std::string bin = QSWEEP_BINARY;
+  const std::string args = " run " + std::string(QSWEEP_SOURCE_DIR) + "/configs/quickstart.toml --out " +
+                           (dir_ / "res").string() + " --run-id r --set data.eval.count=100 " +
+                           "--set data.calibration.count=32 --set 'quant.weight_bits=[4]' --set output.plots=false";
+  auto status = [](const std::string& cmd) {
+    const int st = std::system(cmd.c_str());
+    return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+  };
+  EXPECT_EQ(status(bin + args + " >/dev/null 2>/dev/full"), 0);
+  EXPECT_TRUE(fs::exists(dir_ / "res/quickstart/r/summary.json"));
+  EXPECT_EQ(status(bin + args + " >/dev/null 2>&-"), 0) << "served again with stderr closed";
+  EXPECT_EQ(status(bin + " check " + (dir_ / "res/quickstart/r").string() + " " + (dir_ / "none").string() +
+                   " 2>/dev/full"),
+            2);
+  EXPECT_EQ(status(bin + " keys >/dev/full 2>" + (dir_ / "err").string()), 2);
+  EXPECT_NE(slurp(dir_ / "err").find("qsweep: error: "), std::string::npos) << slurp(dir_ / "err");
 }
 
 // A run's identity is its config without [output]: the same run is found whatever the spelling

@@ -442,6 +442,25 @@ TEST_F(Report, FolderWithoutResultsIsAUserError) { EXPECT_THROW(write_report(tmp
 // A damaged folder is one sentence naming the file (and line and column where there is one),
 // not a report drawn from part of the table (audit: a cut layerwise.csv drew 13 of 60 cells,
 // 'abc' went into the figures, a missing summary.json gave an untitled page, all exit 0).
+// Temp files of a report or run killed outright (SIGKILL) are removed by the next report;
+// those of a process still running (another report into the same folder) are not.
+TEST_F(Report, TempFilesOfDeadProcessesAreRemoved) {
+  const fs::path dir = fixture();
+  fs::create_directories(dir / "figures");
+  const std::string live = std::to_string(getppid());  // alive, and not this process (whose own temp names these are)
+  const std::vector<std::string> dead = {".gnuplot-999999999.err", ".heatmap_noise.dat.tmp999999999",
+                                         ".report.html.tmp999999999"};
+  const std::vector<std::string> kept = {".gnuplot-" + live + ".err", ".layer_bars.gp.tmp" + live, ".notes",
+                                         ".x.tmpabc"};
+  for (const auto& f : dead) std::ofstream(dir / "figures" / f) << "x";
+  for (const auto& f : kept) std::ofstream(dir / "figures" / f) << "x";
+  std::ofstream(dir / ".summary.json.tmp999999999") << "x";
+  write_report(dir, no_plots());
+  for (const auto& f : dead) EXPECT_FALSE(fs::exists(dir / "figures" / f)) << f;
+  for (const auto& f : kept) EXPECT_TRUE(fs::exists(dir / "figures" / f)) << f;
+  EXPECT_FALSE(fs::exists(dir / ".summary.json.tmp999999999"));
+}
+
 TEST_F(Report, DamagedTablesAndSummariesAreOneSentenceErrors) {
   auto message = [&](const std::function<void(const fs::path&)>& damage) -> std::string {
     const fs::path dir = fixture();

@@ -308,6 +308,19 @@ TEST_F(Shards, SigtermCheckpointsAndExits143) {
   EXPECT_GT(nlohmann::json::parse(slurp(result(dir_ / "t") / "summary.json"))["grid_seconds"].get<double>(), first);
 }
 
+// SIGHUP (a closed terminal or SSH session) stops a run as SIGTERM does (audit: it killed the
+// run without a word).
+TEST_F(Shards, SighupStopsLikeSigterm) {
+  const std::string a = "run " + std::string(QSWEEP_SOURCE_DIR) +
+                        "/configs/quickstart.toml --quiet --out " + (dir_ / "h").string() +
+                        " --set data.eval.count=3000 --set run.batch_size=50 --set data.calibration.count=100";
+  const int st = signal_after_first_record(a, dir_ / "h", "batch-", SIGHUP);
+  if (WIFEXITED(st) && WEXITSTATUS(st) == 0) GTEST_SKIP() << "the run finished before the signal";
+  ASSERT_TRUE(WIFEXITED(st)) << "SIGHUP must end the run cleanly, not kill it";
+  EXPECT_EQ(WEXITSTATUS(st), 143);
+  EXPECT_GT(count_records(dir_ / "h"), 0u);
+}
+
 // A run killed without a word (SIGKILL, a lost node) keeps its grid time up to its last
 // recorded batch, and the resumed run's grid_seconds adds to it (audit: it restarted at 0).
 TEST_F(Shards, SigkillKeepsTheGridTimeOfTheRecordedBatches) {
