@@ -1,8 +1,10 @@
 #include "experiments/csv.h"
 
 #include <algorithm>
+#include <cerrno>
 #include <cmath>
 #include <cstdlib>
+#include <cstring>
 #include <fstream>
 #include <sstream>
 
@@ -85,8 +87,15 @@ Csv parse_csv(const std::string& text) {
 }
 
 std::optional<std::string> read_text(const std::filesystem::path& p) {
+  errno = 0;
   std::ifstream in(p, std::ios::binary);
-  if (!in) return std::nullopt;
+  if (!in) {
+    const int err = errno;
+    if (err == 0 || err == ENOENT || err == ENOTDIR) return std::nullopt;
+    // There but not readable (permissions, a symlink loop): not "missing", which would send
+    // the user looking for a file that is there.
+    user_error("cannot read '{}': {}", p.string(), std::strerror(err));
+  }
   std::stringstream ss;
   ss << in.rdbuf();
   return ss.str();

@@ -25,7 +25,8 @@ struct Csv {
 // line is the header; shorter rows are padded with empty fields.
 Csv parse_csv(const std::string& text);
 
-// The whole file, or nullopt when it cannot be read.
+// The whole file, or nullopt when it does not exist; a UserError when it exists but cannot
+// be read (permissions, a symlink loop).
 std::optional<std::string> read_text(const std::filesystem::path& p);
 std::optional<Csv> read_csv(const std::filesystem::path& p);
 
