@@ -51,7 +51,7 @@ const std::vector<ConfigKey>& base_keys() {
       {"quant.equalization", "boolean", "false", "Cross-layer equalization (Nagel et al. 2019; Meller et al. 2019) of every Conv -> ReLU -> Conv pair before calibration."},
       {"quant.bias_correction", "boolean", "false", "Empirical bias correction: each quantized layer's bias absorbs the mean output shift its quantization causes on the calibration images."},
       {"quant.layer", "array of tables", "[]", "Per-layer overrides, applied in order: `[[quant.layer]]` with `layers = [...]` and any of `weight_bits`, `act_bits`, `scheme`, `granularity`, `weight_clip`, `percentile`."},
-      {"quant.layer.layers", "array of integers or strings", "(required)", "Which layers an override applies to: indices, exact names, or glob patterns over names (`\"/layer3/*\"`)."},
+      {"quant.layer.layers", "array of integers or strings", "(required)", "Which layers an override applies to: indices (integers), exact names, or glob patterns over names (`\"/layer3/*\"`). A string is a layer's exact name where a layer has it (names may be digits or hold `*?[`), else an index where it is all digits, else a pattern."},
       {"quant.layer.weight_bits", "integer", "(inherited)", "Weight bit-width of these layers (`full` and its variants; ignored by the grid, whose columns set it; refused by `additivity`, whose configurations set every layer's bit-width)."},
       {"quant.layer.act_bits", "integer", "(inherited)", "Activation bit-width of these layers."},
       {"quant.layer.scheme", "string", "(inherited)", "As `quant.scheme`, for these layers."},
@@ -419,6 +419,7 @@ void read_quant(const Reader& r, const toml::table& t, const std::string& prefix
       if (!sel || sel->empty()) user_error("{}: every [[{}]] needs a non-empty 'layers' list (indices, names or patterns)", o.where, lp);
       for (const auto& s : *sel) {
         o.selectors.push_back(s.is_integer() ? std::to_string(*s.value<int64_t>()) : *s.value<std::string>());
+        o.is_index.push_back(s.is_integer() ? 1 : 0);
       }
       if (const toml::node* n = lt.get("weight_bits")) o.weight_bits = parse_bits(r, lp + ".weight_bits", *n);
       if (const toml::node* n = lt.get("act_bits")) o.act_bits = parse_bits(r, lp + ".act_bits", *n);
@@ -704,10 +705,10 @@ toml::table quant_table(const QuantConfig& q) {
   toml::array layers;
   for (const auto& o : q.layers) {
     toml::array sel;
-    for (const auto& s : o.selectors) {
-      const bool numeric = !s.empty() && std::all_of(s.begin(), s.end(), ::isdigit);
-      if (numeric) sel.push_back(static_cast<int64_t>(std::stoll(s)));
-      else sel.push_back(s);
+    for (size_t i = 0; i < o.selectors.size(); ++i) {
+      const std::string& s = o.selectors[i];
+      if (i < o.is_index.size() && o.is_index[i]) sel.push_back(static_cast<int64_t>(std::stoll(s)));
+      else sel.push_back(s);  // a string of digits stays a string: it may be a layer's name
     }
     toml::table lt{{"layers", sel}};
     if (o.weight_bits) lt.insert("weight_bits", *o.weight_bits);

@@ -35,8 +35,10 @@ struct QuantSpec {
 // A [[quant.layer]] table: selectors plus the fields it sets.
 struct LayerOverride {
   // Each selector: a layer index (an integer), an exact layer name, or a glob pattern
-  // (* ? [..]) over names.
+  // (* ? [..]) over names. A string is a layer's exact name where one has it, else (all
+  // digits) an index, else a pattern; `is_index[i]` (where present) marks an integer.
   std::vector<std::string> selectors;
+  std::vector<char> is_index;
   std::optional<int> weight_bits, act_bits;
   std::optional<Scheme> scheme;
   std::optional<Granularity> granularity;

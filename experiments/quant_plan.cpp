@@ -96,12 +96,18 @@ ActivationRanges calibrate(const Executor& exec, const Dataset& data, const Norm
   return r;
 }
 
-std::vector<int> select_layers(const Graph& g, const std::vector<std::string>& selectors, const std::string& where) {
+std::vector<int> select_layers(const Graph& g, const std::vector<std::string>& selectors, const std::string& where,
+                               const std::vector<char>& is_index) {
   std::vector<int> out;
-  for (const auto& s : selectors) {
+  for (size_t i = 0; i < selectors.size(); ++i) {
+    const std::string& s = selectors[i];
     bool matched = false;
-    const bool numeric = !s.empty() && std::all_of(s.begin(), s.end(), ::isdigit);
-    const bool glob = s.find_first_of("*?[") != std::string::npos;
+    // An integer is an index. A string is a layer's exact name first (names may be digits, or
+    // hold * ? [), then an index where it is all digits, then a glob pattern.
+    const bool integer = i < is_index.size() && is_index[i];
+    const bool named = !integer && std::any_of(g.layers.begin(), g.layers.end(), [&](const Layer& L) { return L.name == s; });
+    const bool numeric = integer || (!named && !s.empty() && std::all_of(s.begin(), s.end(), ::isdigit));
+    const bool glob = !named && s.find_first_of("*?[") != std::string::npos;
     for (const Layer& L : g.layers) {
       const bool hit = numeric ? std::to_string(L.index) == s
                                : glob ? fnmatch(s.c_str(), L.name.c_str(), 0) == 0 : L.name == s;
@@ -124,7 +130,7 @@ std::vector<QuantSpec> resolve_layer_specs(const Graph& g, const QuantConfig& q,
   std::vector<QuantSpec> specs(g.layers.size(), q.base);
   if (applied) applied->assign(g.layers.size(), {});
   for (const LayerOverride& o : q.layers) {
-    for (int l : select_layers(g, o.selectors, o.where)) {
+    for (int l : select_layers(g, o.selectors, o.where, o.is_index)) {
       if (applied) (*applied)[l].push_back(&o);
       QuantSpec& s = specs[l];
       if (o.weight_bits) s.weight_bits = *o.weight_bits;

@@ -26,7 +26,8 @@ ActivationRanges calibrate(const Executor& exec, const Dataset& data, const Norm
 
 // Which layers a selector list picks (indices, exact names, glob patterns). Throws
 // UserError citing `where` when a selector matches nothing.
-std::vector<int> select_layers(const Graph& g, const std::vector<std::string>& selectors, const std::string& where);
+std::vector<int> select_layers(const Graph& g, const std::vector<std::string>& selectors, const std::string& where,
+                               const std::vector<char>& is_index = {});
 
 // The spec of every layer: q.base with the matching [[quant.layer]] overrides applied in order.
 // `applied`, where given: per layer, the overrides applied to it, in order.

@@ -18,6 +18,9 @@
 #include <thread>
 #include <vector>
 
+#include <unistd.h>
+
+#include "experiments/config.h"
 #include "experiments/layerwise.h"
 #include "experiments/quant_plan.h"
 #include "experiments/stats.h"
@@ -442,6 +445,40 @@ TEST(LayerSpecs, SelectLayersSortsMergesAndRejectsUnmatchedSelectors) {
   QuantConfig q;
   q.layers = {override_of({"/nowhere/*"}, "cfg.toml:30")};
   EXPECT_THROW(resolve_layer_specs(g, q), UserError);
+}
+
+// Names that look like indices or patterns (audit: a layer named "0" could not be picked by
+// name, the string "0" picked layer 0 in silence; "a*[b]" matched no layer as a pattern). A
+// string is a layer's exact name first; an integer in the config is always an index.
+TEST(LayerSpecs, ExactNamesComeFirstAndIntegersAreIndices) {
+  std::mt19937 rng(21);
+  OnnxBuilder b;
+  b.input("x", {1, 4, 4}).initializer("w0", uniform(rng, 9), {1, 1, 3, 3}).initializer("w1", uniform(rng, 1), {1, 1, 1, 1});
+  b.initializer("w2", uniform(rng, 1), {1, 1, 1, 1});
+  b.node("Conv", {"x", "w0"}, {"a"}, {}, "2").node("Conv", {"a", "w1"}, {"c"}, {}, "conv*[b]");
+  b.node("Conv", {"c", "w2"}, {"d"}, {}, "0").node("Flatten", {"d"}, {"y"}, {}, "flat").output("y");
+  const Graph g = import_onnx_bytes(b.serialize(), "names.onnx");
+  ASSERT_EQ(g.layers.size(), 3u);
+  ASSERT_EQ(g.layers[0].name, "2");
+  ASSERT_EQ(g.layers[2].name, "0");
+  EXPECT_EQ(select_layers(g, {"0"}, "here"), (std::vector<int>{2}));      // the layer named "0"
+  EXPECT_EQ(select_layers(g, {"0"}, "here", {1}), (std::vector<int>{0}));  // the integer 0
+  EXPECT_EQ(select_layers(g, {"1"}, "here"), (std::vector<int>{1}));      // no layer named "1": index 1
+  EXPECT_EQ(select_layers(g, {"conv*[b]"}, "here"), (std::vector<int>{1}));
+  EXPECT_EQ(select_layers(g, {"conv*"}, "here"), (std::vector<int>{1}));  // a pattern where no name is equal
+  // Through a config: layers = [0, "0"] is layer 0 (index) and layer 2 (name), and config.toml
+  // writes them back as they were given.
+  namespace fs = std::filesystem;
+  const fs::path dir = fs::temp_directory_path() / ("qsweep_selectors_" + std::to_string(getpid()));
+  fs::create_directories(dir);
+  std::ofstream(dir / "c.toml") << "[model]\npath = \"m.onnx\"\n[[quant.layer]]\nlayers = [0, \"0\"]\nact_bits = 6\n";
+  const Config cfg = load_config((dir / "c.toml").string(), {});
+  const std::vector<QuantSpec> specs = resolve_layer_specs(g, cfg.quant);
+  EXPECT_EQ(specs[0].act_bits, 6);
+  EXPECT_EQ(specs[1].act_bits, 8);
+  EXPECT_EQ(specs[2].act_bits, 6);
+  EXPECT_NE(config_to_toml(cfg).find("layers = [ 0, '0' ]"), std::string::npos) << config_to_toml(cfg);
+  fs::remove_all(dir);
 }
 
 // ---------------------------------------------------------------- (b) equalization
