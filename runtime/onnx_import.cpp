@@ -17,12 +17,14 @@
 
 #include "kernels/cpu/eltwise.h"
 #include "runtime/error.h"
+#include "runtime/onnx_fold.h"
 
 namespace qsweep {
 namespace {
 
 constexpr int kMinOpset = 11;
 constexpr int kMaxOpset = 17;
+constexpr int64_t kMaxIrVersion = 10;  // ONNX 1.16
 
 const std::map<std::string, OpType>& op_table() {
   static const std::map<std::string, OpType> table = {
@@ -185,7 +187,26 @@ class Importer {
   Graph run(onnx::ModelProto& model) {
     // Our own per-node checks first: their messages name the node and what is accepted,
     // where the ONNX checker's are multi-line and generic.
+    // Shapes and pad amounts computed from constants (PyTorch's F.pad, x.view(x.size(0), -1))
+    // become constants first.
+    fold_shape_computations(model);
     precheck(model.graph());
+    // External data: qsweep's sentence, before the checker's, which looks for the data file
+    // relative to the working folder and says it is missing.
+    for (const auto& init : model.graph().initializer()) {
+      if (init.data_location() == onnx::TensorProto::EXTERNAL) (void)tensor_from_proto(init, origin_);
+    }
+    // IR versions 9 and 10 (ONNX 1.13-1.16's helpers write them) add element types qsweep
+    // refuses anyway (float8, int4); the ONNX library here checks up to its own version.
+    const int64_t ir = model.ir_version();
+    if (ir > onnx::IR_VERSION) {
+      if (ir > kMaxIrVersion) {
+        user_error("{}: the model has ONNX IR version {}; qsweep reads IR versions up to {} (save it with an "
+                   "earlier onnx, or set model.ir_version = {} in Python before saving)",
+                   origin_, ir, kMaxIrVersion, kMaxIrVersion);
+      }
+      model.set_ir_version(onnx::IR_VERSION);
+    }
     try {
       onnx::checker::check_model(model);
     } catch (const std::exception& e) {
@@ -284,8 +305,21 @@ class Importer {
       const std::string name = node_name(n, i);
       const bool standard = n.domain().empty() || n.domain() == "ai.onnx";
       if (!standard || (!op_table().count(n.op_type()) && !import_time_ops().count(n.op_type()))) {
-        user_error("{}: node '{}' has op '{}'{}, which qsweep does not support; supported ops: {}", origin_, name,
-                   n.op_type(), standard ? "" : fmt::format(" from domain '{}'", n.domain()), supported_onnx_ops());
+        // Ops that compute shapes or pad amounts at run time: PyTorch writes them for
+        // x.view(x.size(0), -1) and for F.pad / nn.ZeroPad2d.
+        static const std::set<std::string> shape_ops = {"Shape", "ConstantOfShape", "Gather", "Unsqueeze", "Squeeze",
+                                                        "Slice", "Cast", "Range", "Expand"};
+        const bool shape_op = standard && shape_ops.count(n.op_type());
+        user_error("{}: node '{}' has op '{}'{}, which qsweep does not support; supported ops: {}{}", origin_, name,
+                   n.op_type(), standard ? "" : fmt::format(" from domain '{}'", n.domain()), supported_onnx_ops(),
+                   !shape_op ? ""
+                   : n.op_type() == "Shape"
+                       ? " (a Shape node usually computes a reshape's size, e.g. x.view(x.size(0), -1): write "
+                         "torch.flatten(x, 1) instead; or fold the model's constant parts first, e.g. with "
+                         "onnx-simplifier)"
+                       : " (such nodes usually compute a shape or pad amounts from constants, as PyTorch exports "
+                         "F.pad and nn.ZeroPad2d: fold the model's constant parts first, e.g. with onnx-simplifier, "
+                         "or export with a fixed input shape and do_constant_folding=True)");
       }
       for (const auto& in : n.input()) {
         if (!in.empty() && !known.count(in)) {

@@ -1,0 +1,224 @@
+// Import-time folding of shape and pad computations (runtime/onnx_fold.h), on the node
+// sequences torch.onnx.export (1.13, opset 13) writes for F.pad and x.view(x.size(0), -1):
+// Flatten, on batches of several images; what cannot be folded keeps the clear error. Also: the
+// IR versions and external data the import accepts or names.
+// Flatten, on batches of several images; what cannot be folded keeps the clear error.
+#include "runtime/onnx_fold.h"
+
+#include <cstdint>
+#include <limits>
+#include <random>
+#include <string>
+#include <vector>
+
+#include <gtest/gtest.h>
+
+#include "runtime/cpu_backend.h"
+#include "runtime/error.h"
+#include "runtime/executor.h"
+#include "runtime/onnx_import.h"
+#include "tests/runtime/onnx_builder.h"
+
+namespace qsweep {
+namespace {
+
+using test::attr_i;
+using test::attr_ints;
+using test::OnnxBuilder;
+
+// A Constant node's `value` attribute: an int64 tensor of `dims` ({}: a scalar).
+onnx::AttributeProto int64_value(const std::vector<int64_t>& v, const std::vector<int64_t>& dims) {
+  onnx::AttributeProto a;
+  a.set_name("value");
+  a.set_type(onnx::AttributeProto::TENSOR);
+  onnx::TensorProto* t = a.mutable_t();
+  t->set_data_type(onnx::TensorProto::INT64);
+  for (int64_t d : dims) t->add_dims(d);
+  for (int64_t x : v) t->add_int64_data(x);
+  return a;
+}
+
+std::vector<float> uniform(std::mt19937& rng, size_t n) {
+  std::uniform_real_distribution<float> d(-1.0f, 1.0f);
+  std::vector<float> v(n);
+  for (float& x : v) x = d(rng);
+  return v;
+}
+
+Tensor run(const Graph& g, const Tensor& x) {
+  CpuBackend backend;
+  Executor ex(g, backend);
+  auto ws = ex.make_workspace();
+  return ex.forward(ws, x);
+}
+
+void expect_same_outputs(const Graph& a, const Graph& b, const Shape& shape) {
+  std::mt19937 rng(8);
+  Tensor x(shape);
+  x.data = uniform(rng, x.data.size());
+  const Tensor ya = run(a, x), yb = run(b, x);
+  ASSERT_EQ(ya.shape, yb.shape);
+  for (size_t i = 0; i < ya.data.size(); ++i) ASSERT_EQ(ya.data[i], yb.data[i]) << "output " << i;
+}
+
+// Conv -> Relu -> F.pad(x, (1, 2, 0, 1)) -> Conv -> Flatten -> Gemm; `torch_pads` writes the
+// pads as torch.onnx.export does, else as one constant [0,0,0,1, 0,0,1,2] (begins of N, C, H,
+// W, then ends: W gets 1 before and 2 after, H 0 and 1).
+std::string padded_model(bool torch_pads, const std::string& mode) {
+  std::mt19937 rng(3);
+  OnnxBuilder b;
+  b.input("x", {1, 6, 6}).initializer("w1", uniform(rng, 4 * 9), {4, 1, 3, 3});
+  b.initializer("w2", uniform(rng, 4 * 4 * 9), {4, 4, 3, 3}).initializer("fc", uniform(rng, 4 * 5 * 7 * 3), {140, 3});
+  b.node("Conv", {"x", "w1"}, {"c1"}, {attr_ints("pads", {1, 1, 1, 1})}, "conv1").node("Relu", {"c1"}, {"r1"});
+  if (torch_pads) {
+    onnx::AttributeProto zero = int64_value({0}, {1});
+    b.node("Constant", {}, {"k0"}, {int64_value({4}, {1})});
+    b.node("Constant", {}, {"k1"}, {int64_value({1, 2, 0, 1}, {4})});
+    b.node("ConstantOfShape", {"k0"}, {"zeros"}, {zero});
+    b.node("Concat", {"k1", "zeros"}, {"cat"}, {attr_i("axis", 0)});
+    b.node("Constant", {}, {"k2"}, {int64_value({-1, 2}, {2})});
+    b.node("Reshape", {"cat", "k2"}, {"pairs"});
+    b.node("Constant", {}, {"k4"}, {int64_value({-1}, {1})});
+    b.node("Constant", {}, {"k5"}, {int64_value({std::numeric_limits<int64_t>::min() + 1}, {1})});
+    b.node("Constant", {}, {"k3"}, {int64_value({0}, {1})});
+    b.node("Constant", {}, {"k6"}, {int64_value({-1}, {1})});
+    b.node("Slice", {"pairs", "k4", "k5", "k3", "k6"}, {"rev"});
+    b.node("Transpose", {"rev"}, {"tr"}, {attr_ints("perm", {1, 0})});
+    b.node("Constant", {}, {"k7"}, {int64_value({-1}, {1})});
+    b.node("Reshape", {"tr", "k7"}, {"flat_pads"});
+    b.node("Cast", {"flat_pads"}, {"pads"}, {attr_i("to", onnx::TensorProto::INT64)});
+  } else {
+    b.int64_initializer("pads", {0, 0, 0, 1, 0, 0, 1, 2});
+  }
+  b.node("Pad", {"r1", "pads"}, {"p"}, {test::attr_s("mode", mode)}, "pad");
+  b.node("Conv", {"p", "w2"}, {"c2"}, {}, "conv2").node("Flatten", {"c2"}, {"f"});
+  b.node("Gemm", {"f", "fc"}, {"y"}, {}, "fc").output("y");
+  return b.serialize();
+}
+
+TEST(OnnxFold, TorchPadAmountsFoldToTheConstantPad) {
+  for (const char* mode : {"constant", "reflect"}) {
+    SCOPED_TRACE(mode);
+    const Graph torch = import_onnx_bytes(padded_model(true, mode), "torch_pad.onnx");
+    const Graph plain = import_onnx_bytes(padded_model(false, mode), "plain_pad.onnx");
+    ASSERT_EQ(torch.nodes.size(), plain.nodes.size());
+    expect_same_outputs(torch, plain, {3, 1, 6, 6});
+  }
+}
+
+// Conv -> Relu -> x.view(x.size(0), -1) -> Gemm, the view written as torch.onnx.export does
+// with a dynamic batch (Shape -> Gather 0 -> Unsqueeze -> Concat [-1] -> Reshape), against
+// the same network with a Flatten.
+std::string viewed_model(int variant) {
+  std::mt19937 rng(4);
+  OnnxBuilder b;
+  b.input("x", {2, 5, 5}).initializer("w", uniform(rng, 3 * 2 * 9), {3, 2, 3, 3});
+  b.initializer("fc", uniform(rng, 27 * 4), {27, 4});
+  b.node("Conv", {"x", "w"}, {"c"}, {}, "conv").node("Relu", {"c"}, {"r"});
+  if (variant == 0) {
+    b.node("Flatten", {"r"}, {"f"});
+  } else {
+    b.node("Shape", {"r"}, {"shape"});
+    b.node("Constant", {}, {"zero"}, {int64_value({0}, {})});
+    b.node("Gather", {"shape", "zero"}, {"n"}, {attr_i("axis", 0)});
+    b.node("Constant", {}, {"axes"}, {int64_value({0}, {1})});
+    b.node("Unsqueeze", {"n", "axes"}, {"n1"});
+    b.node("Constant", {}, {"rest"}, {int64_value({-1}, {1})});
+    // variant 2: [-1, N], the batch size last: no constant can say that.
+    b.node("Concat", variant == 1 ? std::vector<std::string>{"n1", "rest"} : std::vector<std::string>{"rest", "n1"},
+           {"target"}, {attr_i("axis", 0)});
+    b.node("Reshape", {"r", "target"}, {"f"}, {}, "view");
+  }
+  b.node("Gemm", {"f", "fc"}, {"y"}, {}, "fc").output("y");
+  // The output's shape as the exporter declares it, (N, 4): shape inference cannot see
+  // through a Reshape to a computed shape.
+  onnx::ModelProto m;
+  EXPECT_TRUE(m.ParseFromString(b.serialize(false)));
+  auto* shape = m.mutable_graph()->mutable_output(0)->mutable_type()->mutable_tensor_type()->mutable_shape();
+  shape->clear_dim();
+  shape->add_dim()->set_dim_param("N");
+  shape->add_dim()->set_dim_value(4);
+  return m.SerializeAsString();
+}
+
+TEST(OnnxFold, TorchViewOfTheBatchSizeFoldsToAReshapeThatCopiesIt) {
+  const Graph torch = import_onnx_bytes(viewed_model(1), "torch_view.onnx");
+  const Graph plain = import_onnx_bytes(viewed_model(0), "flatten.onnx");
+  expect_same_outputs(torch, plain, {4, 2, 5, 5});
+  expect_same_outputs(torch, plain, {1, 2, 5, 5});
+  // The fold itself: the shape nodes are gone, the Reshape reads a constant [0, -1].
+  onnx::ModelProto m;
+  ASSERT_TRUE(m.ParseFromString(viewed_model(1)));
+  EXPECT_EQ(fold_shape_computations(m), 7);  // Shape, Gather, Unsqueeze, Concat and 3 Constants
+  ASSERT_EQ(m.graph().node_size(), 4);
+  EXPECT_EQ(m.graph().node(2).op_type(), "Reshape");
+  const std::string target = m.graph().node(2).input(1);
+  bool found = false;
+  for (const auto& init : m.graph().initializer()) {
+    if (init.name() != target) continue;
+    found = true;
+    EXPECT_EQ(std::vector<int64_t>(init.int64_data().begin(), init.int64_data().end()), (std::vector<int64_t>{0, -1}));
+  }
+  EXPECT_TRUE(found) << target;
+}
+
+// Where the batch size would have to be a constant anywhere else, nothing is folded and the
+// error names the first node qsweep does not run, with what to do.
+TEST(OnnxFold, WhatCannotBeFoldedKeepsTheClearError) {
+  onnx::ModelProto m;
+  ASSERT_TRUE(m.ParseFromString(viewed_model(2)));
+  EXPECT_EQ(fold_shape_computations(m), 0);
+  EXPECT_EQ(m.graph().node_size(), 11);
+  try {
+    import_onnx_bytes(viewed_model(2), "batch_last.onnx");
+    ADD_FAILURE() << "imported";
+  } catch (const UserError& e) {
+    const std::string msg = e.what();
+    EXPECT_NE(msg.find("node 'Shape_2' has op 'Shape', which qsweep does not support"), std::string::npos) << msg;
+    EXPECT_NE(msg.find("write torch.flatten(x, 1) instead"), std::string::npos) << msg;
+  }
+}
+
+// IR versions 9 and 10 (what newer onnx helpers write) import like 8; a later one is one
+// sentence (the ONNX library here said "Your model ir_version is higher than the checker's").
+TEST(OnnxImportVersions, IrVersionsUpToTenImport) {
+  onnx::ModelProto m;
+  ASSERT_TRUE(m.ParseFromString(viewed_model(0)));
+  for (int ir : {9, 10}) {
+    m.set_ir_version(ir);
+    EXPECT_EQ(import_onnx_bytes(m.SerializeAsString(), "ir.onnx").layers.size(), 2u) << ir;
+  }
+  m.set_ir_version(11);
+  try {
+    import_onnx_bytes(m.SerializeAsString(), "ir11.onnx");
+    ADD_FAILURE() << "IR version 11 imported";
+  } catch (const UserError& e) {
+    EXPECT_EQ(std::string(e.what()).rfind("ir11.onnx: the model has ONNX IR version 11; qsweep reads IR versions up "
+                                          "to 10", 0),
+              0u)
+        << e.what();
+  }
+}
+
+// A tensor stored outside the .onnx file gets qsweep's sentence, not the checker's (which
+// looks for the data file relative to the working folder and calls it missing).
+TEST(OnnxImportVersions, ExternalDataIsNamedBeforeTheChecker) {
+  onnx::ModelProto m;
+  ASSERT_TRUE(m.ParseFromString(viewed_model(0)));
+  onnx::TensorProto& w = *m.mutable_graph()->mutable_initializer(0);
+  w.clear_float_data();
+  w.set_data_location(onnx::TensorProto::EXTERNAL);
+  auto* loc = w.add_external_data();
+  loc->set_key("location");
+  loc->set_value("weights.bin");
+  try {
+    import_onnx_bytes(m.SerializeAsString(), "ext.onnx");
+    ADD_FAILURE() << "imported";
+  } catch (const UserError& e) {
+    EXPECT_EQ(std::string(e.what()), "ext.onnx: tensor 'w' uses external data, which qsweep does not load; save the "
+                                     "model with all tensors inside the .onnx file");
+  }
+}
+
+}  // namespace
+}  // namespace qsweep
