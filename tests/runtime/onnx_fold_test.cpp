@@ -1,8 +1,8 @@
 // Import-time folding of shape and pad computations (runtime/onnx_fold.h), on the node
 // sequences torch.onnx.export (1.13, opset 13) writes for F.pad and x.view(x.size(0), -1):
-// Flatten, on batches of several images; what cannot be folded keeps the clear error. Also: the
-// IR versions and external data the import accepts or names.
-// Flatten, on batches of several images; what cannot be folded keeps the clear error.
+// the folded network equals, bit for bit, the same network written with a constant Pad and a
+// Flatten, on batches of several images; what cannot be folded keeps the clear error. Also:
+// the IR versions and external data the import accepts or names.
 #include "runtime/onnx_fold.h"
 
 #include <cstdint>
