@@ -555,7 +555,9 @@ int fold_shape_computations(onnx::ModelProto& model) {
       if (batch) {
         // Only a Reshape's shape with the batch size first: 0 copies the input's first
         // dimension (allowzero 0). Anything else cannot be a constant: leave the model as it is.
+        // The data must be a run-time value (with the batch first), not a constant.
         const bool reshape_shape = n.op_type() == "Reshape" && i == 1 && attr_int(n, "allowzero", 0) == 0 &&
+                                   !known.count(n.input(0)) &&
                                    v.dims.size() == 1 && !v.i.empty() && v.i[0] == kBatch &&
                                    std::count(v.i.begin(), v.i.end(), kBatch) == 1;
         if (!reshape_shape) return 0;
