@@ -1507,6 +1507,9 @@ RunOutcome merge_run(const std::string& dir, bool quiet) {
     return true;
   };
   if (merged_already()) return out;
+  if (std::error_code ec; fs::exists(final_dir, ec)) {  // found only when the results move there, after the work
+    user_error("'{}' already exists and holds no finished run; move it away and merge again", final_dir.string());
+  }
   if (!fs::is_directory(work)) {
     user_error("'{}' has no shard results (expected the folder '{}' written by `qsweep run --shard I/N`)", dir,
                work.string());
@@ -1530,6 +1533,10 @@ RunOutcome merge_run(const std::string& dir, bool quiet) {
   for (const auto& e : fs::directory_iterator(work)) {
     int i = 0, n = 0;
     if (used_shard_split(e) != 0 && std::sscanf(e.path().filename().c_str(), "shard-%d-of-%d", &i, &n) == 2) {
+      if (i < 0 || n < 1 || i >= n || e.path().filename().string() != shard_dir_name(i, n)) {
+        user_error("'{}' is not a shard folder qsweep writes (shard I of N has 0 <= I < N); remove it and merge again",
+                   e.path().string());
+      }
       counts.insert(n);
       shard_dirs[i] = e.path();
     }
@@ -1571,6 +1578,7 @@ RunOutcome merge_run(const std::string& dir, bool quiet) {
   const std::string& calib_images_sha = p->calib_id.images_sha256;
   const std::string& calib_labels_sha = p->calib_id.labels_sha256;
   std::vector<BatchRecord> records;
+  std::map<std::pair<int64_t, int>, int> cell_owner;  // (batch, cell) -> the shard holding it
   double grid_seconds = 0.0;  // the shards' compute time, summed
   for (int i = 0; i < shards; ++i) {
     const fs::path sdir = work / shard_dir_name(i, shards);
@@ -1598,12 +1606,20 @@ RunOutcome merge_run(const std::string& dir, bool quiet) {
         if (!dj["records"].is_number_unsigned()) throw std::runtime_error("a field of another type");
         d_records = dj["records"].get<size_t>();
       }
+      // A DONE.json copied from another shard's folder.
+      for (const auto& [key, want] : {std::pair<const char*, int>{"shard", i}, {"shards", shards}}) {
+        if (dj.contains(key) && (!dj[key].is_number_integer() || dj[key].get<int64_t>() != want)) {
+          throw std::runtime_error("names another shard");
+        }
+      }
       if (dj.contains("grid_seconds")) {
         if (!dj["grid_seconds"].is_number()) throw std::runtime_error("a field of another type");
         grid_seconds += dj["grid_seconds"].get<double>();
       }
-    } catch (const std::exception&) {
-      mismatched.push_back(fmt::format("shard {} (DONE.json is damaged)", i));
+    } catch (const std::exception& e) {
+      mismatched.push_back(fmt::format("shard {} (DONE.json {})", i,
+                                       std::string(e.what()) == "names another shard" ? "names another shard"
+                                                                                       : "is damaged"));
       continue;
     }
     if (d_config != config_sha) mismatched.push_back(fmt::format("shard {} (another config)", i));
@@ -1633,6 +1649,17 @@ RunOutcome merge_run(const std::string& dir, bool quiet) {
                                          i, e.path().filename().string(), rec->begin, rec->begin + rec->images - 1,
                                          p->cfg.batch_size, (work / "config.toml").string()));
         break;
+      }
+      // A cell of a batch in two shards: records copied from one shard's folder into another.
+      bool twice = false;
+      for (const int c : rec->cells) {
+        const auto [it, fresh] = cell_owner.emplace(std::make_pair(rec->batch, c), i);
+        if (!fresh && !twice) {
+          twice = true;
+          mismatched.push_back(fmt::format("shards {} and {} (both hold cell {} of batch {}: records copied between "
+                                           "shard folders?)",
+                                           it->second, i, c, rec->batch));
+        }
       }
       records.push_back(std::move(*rec));
       ++n;

@@ -166,6 +166,42 @@ TEST_F(Shards, MergeRefusesMissingForeignAndCorruptedShards) {
     EXPECT_FALSE(fs::exists(final_dir));
   }
   std::ofstream(done1) << done_good;
+  // Copied between shard folders (audit: accepted, or "cell 1 of batch 0 recorded twice"
+  // naming no shard): another shard's DONE.json, another shard's records, a stray folder.
+  const fs::path done2 = work / "shard-2-of-3" / "DONE.json";
+  const std::string done2_good = slurp(done2);
+  fs::copy_file(work / "shard-0-of-3" / "DONE.json", done2, fs::copy_options::overwrite_existing);
+  fs::remove(dir_ / "stderr");
+  EXPECT_EQ(run("merge " + final_dir.string()), 2);
+  EXPECT_NE(slurp(dir_ / "stderr").find("shard 2 (DONE.json names another shard)"), std::string::npos)
+      << slurp(dir_ / "stderr");
+  std::ofstream(done2) << done2_good;
+  fs::path rec0;
+  for (const auto& e : fs::directory_iterator(work / "shard-0-of-3")) {
+    if (e.path().extension() == ".rec") rec0 = e.path();
+  }
+  const fs::path copied = work / "shard-1-of-3" / ("copy-" + rec0.filename().string());
+  fs::copy_file(rec0, copied);
+  fs::remove(dir_ / "stderr");
+  EXPECT_EQ(run("merge " + final_dir.string()), 2);
+  EXPECT_NE(slurp(dir_ / "stderr").find("shards 0 and 1 (both hold cell "), std::string::npos) << slurp(dir_ / "stderr");
+  fs::remove(copied);
+  fs::create_directories(work / "shard-3-of-3");
+  fs::copy_file(done2, work / "shard-3-of-3" / "DONE.json");
+  fs::remove(dir_ / "stderr");
+  EXPECT_EQ(run("merge " + final_dir.string()), 2);
+  EXPECT_NE(slurp(dir_ / "stderr").find("shard-3-of-3' is not a shard folder qsweep writes"), std::string::npos)
+      << slurp(dir_ / "stderr");
+  fs::remove_all(work / "shard-3-of-3");
+  EXPECT_FALSE(fs::exists(final_dir));
+  // Something at the results path: said before any work, without a --run-id merge lacks.
+  fs::create_directories(final_dir);
+  fs::remove(dir_ / "stderr");
+  EXPECT_EQ(run("merge " + final_dir.string()), 2);
+  EXPECT_NE(slurp(dir_ / "stderr").find("already exists and holds no finished run; move it away and merge again"),
+            std::string::npos)
+      << slurp(dir_ / "stderr");
+  fs::remove(final_dir);
   // Foreign: shard 0 recomputed from another config (act_bits 6) into the same run id.
   const fs::path other = dir_ / "other";
   ASSERT_EQ(run("run " + common(other.string()) + id + " --set quant.act_bits=6 --shard 0/3"), 0);
