@@ -294,11 +294,15 @@ Results load_results(const fs::path& dir) {
 // ---------------------------------------------------------------- figure text helpers
 
 // A field of a tab-separated data file: no tabs or line breaks; double quotes would start a
-// quoted string in gnuplot's tokenizer.
-std::string tsv_text(std::string s) {
-  for (char& c : s) {
+// quoted string in gnuplot's tokenizer, and gnuplot's reader drops a single backslash (it
+// reads two as one).
+std::string tsv_text(const std::string& in) {
+  std::string s;
+  for (char c : in) {
     if (c == '\t' || c == '\n' || c == '\r') c = ' ';
     if (c == '"') c = '\'';
+    if (c == '\\') s += '\\';
+    s += c;
   }
   return s.empty() ? "-" : s;
 }
@@ -310,7 +314,7 @@ std::string tsv_number(const std::string& s) { return s.empty() ? "NaN" : tsv_te
 // width however long the names are.
 constexpr size_t kMaxLabelChars = 40;
 std::string shorten(const std::string& name) {
-  std::string s = tsv_text(name);
+  std::string s = name;  // cut first, escaped after: a cut must not split a doubled backslash
   if (s.size() > kMaxLabelChars) {
     const size_t keep = kMaxLabelChars - 1;
     size_t head = keep / 3, tail = keep - head;
@@ -320,7 +324,7 @@ std::string shorten(const std::string& name) {
     while (from < s.size() && (static_cast<unsigned char>(s[from]) & 0xC0) == 0x80) ++from;
     s = s.substr(0, head) + "\u2026" + s.substr(from);
   }
-  return s;
+  return tsv_text(s);
 }
 
 std::string Results::tick_label(const LayerInfo& L) const {

@@ -442,6 +442,28 @@ TEST_F(Report, FolderWithoutResultsIsAUserError) { EXPECT_THROW(write_report(tmp
 // A damaged folder is one sentence naming the file (and line and column where there is one),
 // not a report drawn from part of the table (audit: a cut layerwise.csv drew 13 of 60 cells,
 // 'abc' went into the figures, a missing summary.json gave an untitled page, all exit 0).
+// A backslash in a layer name reaches the figures (audit: gnuplot's data reader dropped it,
+// drawing "back\slash" as "backslash"): the data files write it twice, gnuplot reads one.
+TEST_F(Report, BackslashesInNamesReachTheFigures) {
+  const fs::path dir = fixture();
+  for (const char* f : {"layerwise.csv", "layers.csv", "summary.json", "comparison.csv"}) {
+    std::string t = slurp(dir / f);
+    const std::string to = std::string(f) == "summary.json" ? "/conv1\\\\x/Conv" : "/conv1\\x/Conv";
+    for (size_t at = t.find("/conv1/Conv"); at != std::string::npos; at = t.find("/conv1/Conv", at + to.size())) {
+      t.replace(at, 11, to);
+    }
+    std::ofstream(dir / f, std::ios::trunc) << t;
+  }
+  const ReportResult r = write_report(dir, gnuplot_on_path() ? ReportOptions{} : no_plots());
+  const std::string dat = slurp(dir / "figures/heatmap_degradation.dat");
+  EXPECT_NE(dat.find("conv1\\\\x/Conv"), std::string::npos) << dat.substr(0, 400);
+  if (!gnuplot_on_path()) GTEST_SKIP() << "gnuplot is not installed: the drawn label not checked";
+  ASSERT_TRUE(std::find(r.drawn.begin(), r.drawn.end(), "heatmap_degradation") != r.drawn.end());
+  const std::string svg = slurp(dir / "figures/heatmap_degradation.svg");
+  EXPECT_NE(svg.find("conv1\\x/Conv"), std::string::npos);
+  EXPECT_EQ(svg.find("conv1x/Conv"), std::string::npos);
+}
+
 // Temp files of a report or run killed outright (SIGKILL) are removed by the next report;
 // those of a process still running (another report into the same folder) are not.
 TEST_F(Report, TempFilesOfDeadProcessesAreRemoved) {
