@@ -46,7 +46,7 @@ int list_layers(const std::string& model) {
              g.nodes.size());
   fmt::print("{:>5}  {:<40} {:<7} {:<12} {}\n", "index", "name", "op", "activation", "weight shape");
   for (const auto& L : g.layers) {
-    fmt::print("{:>5}  {:<40} {:<7} {:<12} {}\n", L.index, L.name, qsweep::op_name(g.nodes[L.node].op),
+    fmt::print("{:>5}  {:<40} {:<7} {:<12} {}\n", L.index, qsweep::printable(L.name), qsweep::op_name(g.nodes[L.node].op),
                L.act_node >= 0 ? std::string(qsweep::op_name(g.nodes[L.act_node].op)) : "-",
                qsweep::shape_str(g.constant(L.weight_value).shape));
   }

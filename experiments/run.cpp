@@ -547,7 +547,8 @@ void print_grid(const Prepared& p, const GridResult& grid) {
     auto w = worst_at(grid, b);
     for (size_t i = 0; i < w.size() && i < static_cast<size_t>(p.cfg.worst); ++i) {
       fmt::print("  {:>3} {:<40} degradation {:+7.2f} pts  noise {:.4g}  SQNR {} dB\n", w[i]->layer,
-                 p.g.layers[w[i]->layer].name, grid.degradation(*w[i]), grid.noise(*w[i]), fmt_sqnr(grid.sqnr_db(*w[i])));
+                 printable(p.g.layers[w[i]->layer].name), grid.degradation(*w[i]), grid.noise(*w[i]),
+                 fmt_sqnr(grid.sqnr_db(*w[i])));
     }
     if (grid.weight_bits.size() == 1) break;
   }
