@@ -143,7 +143,26 @@ class Folder {
  public:
   Folder(const onnx::ModelProto& model, int opset) : opset_(opset) {
     for (const auto& vi : model.graph().value_info()) shapes_[vi.name()] = &vi;
-    for (const auto& vi : model.graph().input()) shapes_[vi.name()] = &vi;
+    for (const auto& vi : model.graph().output()) shapes_[vi.name()] = &vi;
+    std::set<std::string> initializers;
+    for (const auto& t : model.graph().initializer()) initializers.insert(t.name());
+    for (const auto& vi : model.graph().input()) {
+      shapes_[vi.name()] = &vi;
+      // The batch: the symbolic first dimension of the (one) image input.
+      if (!initializers.count(vi.name()) && batch_symbol_.empty()) {
+        const auto& t = vi.type().tensor_type();
+        if (t.has_shape() && t.shape().dim_size() > 0) batch_symbol_ = t.shape().dim(0).dim_param();
+      }
+    }
+  }
+
+  // Whether shape inference gives `value` the image input's symbolic batch as its first
+  // dimension (not another symbol: reshape(-1, k) makes one of its own).
+  bool batch_first(const std::string& value) const {
+    const auto it = shapes_.find(value);
+    if (batch_symbol_.empty() || it == shapes_.end() || !it->second->type().tensor_type().has_shape()) return false;
+    const auto& shape = it->second->type().tensor_type().shape();
+    return shape.dim_size() > 0 && shape.dim(0).dim_param() == batch_symbol_;
   }
 
   // The outputs of node n from its inputs' values (null: an optional input left out), or
@@ -226,7 +245,7 @@ class Folder {
     Val v;
     for (int k = 0; k < dims.size(); ++k) {
       if (dims[k].has_dim_value() && dims[k].dim_value() >= 0) v.i.push_back(dims[k].dim_value());
-      else if (k == 0) v.i.push_back(kBatch);
+      else if (k == 0 && batch_first(n.input(0))) v.i.push_back(kBatch);
       else return std::nullopt;
     }
     const int64_t r = static_cast<int64_t>(v.i.size());
@@ -464,6 +483,7 @@ class Folder {
 
   int opset_;
   std::map<std::string, const onnx::ValueInfoProto*> shapes_;
+  std::string batch_symbol_;
 };
 
 onnx::TensorProto to_tensor(const std::string& name, const Val& v) {
@@ -488,7 +508,10 @@ const std::set<std::string>& foldable_ops() {
 
 }  // namespace
 
-int fold_shape_computations(onnx::ModelProto& model) {
+namespace {
+
+// One pass: what is foldable with the shapes inference finds now.
+int fold_once(onnx::ModelProto& model) {
   const onnx::GraphProto& graph = model.graph();
   // Only where there is something to fold that qsweep does not run itself.
   static const std::set<std::string> not_run = {"ConstantOfShape", "Shape", "Gather", "Unsqueeze",
@@ -557,7 +580,7 @@ int fold_shape_computations(onnx::ModelProto& model) {
         // dimension (allowzero 0). Anything else cannot be a constant: leave the model as it is.
         // The data must be a run-time value (with the batch first), not a constant.
         const bool reshape_shape = n.op_type() == "Reshape" && i == 1 && attr_int(n, "allowzero", 0) == 0 &&
-                                   !known.count(n.input(0)) &&
+                                   !known.count(n.input(0)) && folder.batch_first(n.input(0)) &&
                                    v.dims.size() == 1 && !v.i.empty() && v.i[0] == kBatch &&
                                    std::count(v.i.begin(), v.i.end(), kBatch) == 1;
         if (!reshape_shape) return 0;
@@ -601,6 +624,20 @@ int fold_shape_computations(onnx::ModelProto& model) {
     if (!produced.count(vi.name())) *infos.Add() = vi;
   }
   g->mutable_value_info()->Swap(&infos);
+  return removed;
+}
+
+}  // namespace
+
+int fold_shape_computations(onnx::ModelProto& model) {
+  // Pads folded in one pass let shape inference size what follows them, and so fold a Shape
+  // of it in the next (F.pad, then x.view(x.size(0), -1)).
+  int removed = 0;
+  for (int pass = 0; pass < 4; ++pass) {
+    const int n = fold_once(model);
+    if (n == 0) break;
+    removed += n;
+  }
   return removed;
 }
 

@@ -755,8 +755,10 @@ class Importer {
         a.pad_amounts = require_ints(n, name, 1, "pads");
         for (size_t i = 0; i < a.pad_amounts.size(); ++i) {
           const int64_t v = a.pad_amounts[i];
-          if (v < -65536 || v > 65536) {
-            user_error("{}: node '{}' (Pad) pads by {}; each amount must be -65536 to 65536", origin_, name, v);
+          if (v < 0 || v > 65536) {
+            user_error("{}: node '{}' (Pad) pads by {}; each amount must be 0 to 65536 (a negative pad crops, which "
+                       "qsweep's Pad does not: crop in the data, or with a strided or smaller convolution)",
+                       origin_, name, v);
           }
           // pads = [x1_begin, x2_begin, ..., x1_end, ...]: axis 0 is the batch.
           if (v != 0 && (i == 0 || i == a.pad_amounts.size() / 2)) batch_axis_error(n, name, "pads along");

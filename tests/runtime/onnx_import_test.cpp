@@ -594,6 +594,11 @@ TEST(ImportErrors, MalformedModelsAreOneSentenceNamingTheNode) {
          b.int64_initializer("pads", {1, 0, 0, 0, 0, 0, 0, 0}).node("Pad", {"x", "pads"}, {"y"}, {}, "pad").output("y");
        },
        {"'pad' (Pad)", "axis 0, the batch"}},
+      {"negative pad (a crop; refused at run time only, leaving a results folder)",
+       [](OnnxBuilder& b) {
+         b.int64_initializer("pads", {0, 0, 0, -1, 0, 0, 1, 2}).node("Pad", {"x", "pads"}, {"y"}, {}, "pad").output("y");
+       },
+       {"'pad' (Pad) pads by -1; each amount must be 0 to 65536 (a negative pad crops"}},
       {"negative variance",
        [](OnnxBuilder& b) {
          b.initializer("g", {1.0f}, {1}).initializer("be", {0.0f}, {1}).initializer("m", {0.0f}, {1});
