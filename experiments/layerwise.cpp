@@ -306,14 +306,18 @@ GridResult run_layerwise_grid(const Executor& exec, const Dataset& eval, const N
     const std::vector<char> done = load_records(opt, job.cells_of_batch.empty() ? std::vector<int>{} : job.cells_of_batch[0],
                                                 count, records);
     job.done = [&](int64_t b) { return done[b] != 0; };
+    const auto elapsed = [&] { return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(); };
     job.sink = [&](BatchRecord&& rec) {
-      if (opt.store) opt.store->save(rec);
+      if (opt.store) {
+        opt.store->save(rec);
+        if (opt.store->seconds) opt.store->seconds(elapsed());
+      }
       records[rec.batch] = std::move(rec);
     };
     job.stop = opt.stop;
     if (!run_grid_batches(exec, eval, norm, count, cell_quant, B, job, opt)) throw_if_stopped(opt);
     GridResult r = assemble_grid(std::move(records), L, weight_bits, count, bs);
-    r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    r.seconds = opt.store && opt.store->seconds ? opt.store->seconds(elapsed()) : elapsed();
     return r;
   } else {  // naive: only the per-cell sums a full forward per cell produces
     std::vector<CellStats> cells(ncells);

@@ -85,6 +85,10 @@ struct BatchRecord;
 struct BatchStore {
   std::function<std::optional<BatchRecord>(int64_t batch)> load;
   std::function<void(const BatchRecord&)> save;
+  // Optional: given this attempt's grid seconds so far, keeps and returns the total over the
+  // attempts (earlier ones' read where the records are), so that a resumed grid's seconds
+  // cover every attempt, also one killed outright. Called after each save and at the end.
+  std::function<double(double)> seconds;
 };
 
 class Progress;

@@ -856,7 +856,16 @@ void check_record_inputs(const fs::path& dir, const json& inputs) {
 // file reads as no record (the batch is computed again).
 class RecordFiles {
  public:
-  RecordFiles(fs::path dir, std::string phase) : dir_(std::move(dir)), phase_(std::move(phase)) {
+  // keep_seconds: the grid phase, whose seconds sum over the attempts (grid_seconds.json).
+  RecordFiles(fs::path dir, std::string phase, bool keep_seconds = false)
+      : dir_(std::move(dir)), phase_(std::move(phase)) {
+    if (keep_seconds) {
+      store_.seconds = [this, earlier = earlier_grid_seconds(dir_)](double now) {
+        std::lock_guard lock(seconds_mu_);
+        record_grid_seconds(dir_, earlier + now);
+        return earlier + now;
+      };
+    }
     store_.load = [this](int64_t b) -> std::optional<BatchRecord> {
       const fs::path f = path(b);
       std::error_code ec;
@@ -877,6 +886,7 @@ class RecordFiles {
   std::string phase_;
   BatchStore store_;
   mutable std::atomic<int64_t> saved_{0};
+  std::mutex seconds_mu_;
 };
 
 // An exclusive lock on a folder of records (a shard's, or a study's) for as long as this process
@@ -1392,7 +1402,7 @@ RunOutcome run_experiment(const RunOptions& o) {
     study_inputs["plans_sha256"] = sha256_hex(subsets.data(), subsets.size());
   }
   check_record_inputs(records_dir, study_inputs);
-  const RecordFiles grid_records(records_dir, "grid"), plan_records(records_dir, "plans");
+  const RecordFiles grid_records(records_dir, "grid", /*keep_seconds=*/true), plan_records(records_dir, "plans");
   ctx.grid_store = grid_records.store();
   ctx.plan_store = plan_records.store();
   folder.write("config.toml", config_to_toml(p->cfg));  // as run: an "auto" batch size as chosen, as layer-wise runs write it

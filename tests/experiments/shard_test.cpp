@@ -733,6 +733,13 @@ TEST_F(Shards, SigtermedStudyResumesToIdenticalResults) {
     EXPECT_NE(e.path().filename(), "summary.json") << e.path() << ": nothing may look finished";
   }
   EXPECT_EQ(count_records(root, "grid-"), 20u);
+  // The grid's time is kept beside its records (a study's grid_seconds covered the last
+  // attempt only: about 0 once the grid was resumed whole).
+  double first = 0.0;
+  for (const auto& e : fs::recursive_directory_iterator(root)) {
+    if (e.path().filename() == "grid_seconds.json") first = nlohmann::json::parse(slurp(e.path()))["grid_seconds"];
+  }
+  EXPECT_GT(first, 0.0);
   const size_t plans = count_records(root, "plans-");
   EXPECT_GE(plans, 1u);
   EXPECT_LT(plans, 20u) << "the signal should have stopped the run before its end";
@@ -777,6 +784,8 @@ TEST_F(Shards, SigtermedStudyResumesToIdenticalResults) {
     return nlohmann::json::parse(slurp(result(r, "additivity-resnet") / "manifest.json"));
   };
   EXPECT_EQ(manifest(root)["batches_from_earlier_attempts"], 20 + plans);
+  EXPECT_GT(nlohmann::json::parse(slurp(result(root, "additivity-resnet") / "summary.json"))["grid_seconds"].get<double>(),
+            first);
   EXPECT_EQ(manifest(dir_ / "clean")["batches_from_earlier_attempts"], 0);
   for (const auto& e : fs::directory_iterator(root / "additivity-resnet")) {
     EXPECT_NE(e.path().extension(), ".work") << "the work folder is gone once the results are in";
