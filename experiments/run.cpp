@@ -194,6 +194,19 @@ std::unique_ptr<Prepared> prepare(const Config& cfg, const std::function<void(co
   for (const auto& v : cfg.variants) {
     check_sawb_bits(g, v.quant, grid_bits, bits_from, fmt::format("{} (variant '{}')", cfg.source, v.name));
   }
+  // Bias correction's one limit, before the data are read (it was found when the layer was
+  // quantized, without naming the model).
+  const bool correct_bias = (!(cfg.kind == "full" && !cfg.variants.empty()) && cfg.quant.bias_correction) ||
+                            std::any_of(cfg.variants.begin(), cfg.variants.end(),
+                                        [](const Variant& v) { return v.quant.bias_correction; });
+  for (const Layer& L : g.layers) {
+    const Node& n = g.nodes[L.node];
+    if (correct_bias && n.op == OpType::kGemm && n.attrs.beta != 1.0f) {
+      user_error("{}: node '{}' (Gemm) has beta = {}; quant.bias_correction supports Gemm layers with beta = 1 only "
+                 "(fold beta into the model's bias, or turn bias correction off)",
+                 cfg.model_path, n.name, n.attrs.beta);
+    }
+  }
   if (cfg.kind != "full" && cfg.quant.equalization) {
     const int pairs = equalize_cross_layer(g);
     say(fmt::format("cross-layer equalization: {} Conv -> Conv pairs equalized", pairs));

@@ -94,6 +94,30 @@ TEST_F(Cli, MoreClassesThanModelOutputsIsRefused) {
       << r.err;
 }
 
+// Bias correction's limit (a Gemm with beta != 1) is found before any data is read, naming the
+// model (audit: found when the layer was quantized, without the file).
+TEST_F(Cli, BiasCorrectionOfAGemmWithBetaIsRefusedUpFront) {
+  test::OnnxBuilder b;
+  b.input("x", {1, 28, 28})
+      .initializer("w", std::vector<float>(10 * 784, 0.001f), {10, 784})
+      .initializer("c", std::vector<float>(10, 0.5f), {10})
+      .node("Flatten", {"x"}, {"f"}, {}, "flatten")
+      .node("Gemm", {"f", "w", "c"}, {"y"}, {test::attr_i("transB", 1), test::attr_f("beta", 2.0f)}, "fc")
+      .output("y");
+  std::ofstream(dir_ / "beta.onnx", std::ios::binary) << b.serialize();
+  const std::string args = "run " + std::string(QSWEEP_SOURCE_DIR) + "/configs/quickstart.toml --quiet --out " +
+                           (dir_ / "res").string() + " --set 'model.path=\"" + (dir_ / "beta.onnx").string() +
+                           "\"' --set data.path='\"" + (dir_ / "no-data").string() + "\"'";
+  CliRun r = run(args + " --set quant.bias_correction=true");
+  EXPECT_EQ(r.code, 2) << r.err;
+  EXPECT_EQ(r.err, "qsweep: error: " + (dir_ / "beta.onnx").string() +
+                       ": node 'fc' (Gemm) has beta = 2; quant.bias_correction supports Gemm layers with beta = 1 only "
+                       "(fold beta into the model's bias, or turn bias correction off)\n");
+  r = run(args);  // without it, the run goes on to the data (which is not there)
+  EXPECT_EQ(r.code, 2);
+  EXPECT_NE(r.err.find("no-data"), std::string::npos) << r.err;
+}
+
 TEST_F(Cli, OverlongRunIdIsOneSentence) {
   if (!fs::exists(kFashionMnistDir)) GTEST_SKIP() << "dataset-fashion-mnist is not installed";
   const CliRun r = run("run " + std::string(QSWEEP_SOURCE_DIR) + "/configs/quickstart.toml --quiet --out " +
