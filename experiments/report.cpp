@@ -291,6 +291,16 @@ Results load_results(const fs::path& dir) {
   return r;
 }
 
+// j[key] for a const JSON value, null where j is no object or has no such key (nlohmann's
+// const operator[] on a missing key is undefined behaviour: a crash on a summary.json that
+// lacks an optional field).
+const json& field(const json& j, const std::string& key) {
+  static const json null;
+  if (!j.is_object()) return null;
+  const auto it = j.find(key);
+  return it == j.end() ? null : *it;
+}
+
 // ---------------------------------------------------------------- figure text helpers
 
 // A field of a tab-separated data file: no tabs or line breaks; double quotes would start a
@@ -762,10 +772,10 @@ Figure additivity(const Results& r, bool noise) {
   auto [pr, slope] = fit(xs, ys);
   std::string source = "computed by qsweep report";
   if (r.summary && r.summary->contains("additivity")) {
-    const json& s = (*r.summary)["additivity"][noise ? "noise" : "degradation"];
-    if (s.is_object() && s["pearson_r"].is_number() && s["slope"].is_number()) {
-      pr = s["pearson_r"].get<double>();
-      slope = s["slope"].get<double>();
+    const json& s = field(field(*r.summary, "additivity"), noise ? "noise" : "degradation");
+    if (field(s, "pearson_r").is_number() && field(s, "slope").is_number()) {
+      pr = field(s, "pearson_r").get<double>();
+      slope = field(s, "slope").get<double>();
       source = "from summary.json";
     }
   }
@@ -980,9 +990,9 @@ std::vector<WeightLayer> worst_layer_weights(const Results& r, const std::vector
   std::optional<Graph> imported;
   auto model_weights = [&](int index) -> const std::vector<float>* {
     if (!graph && !imported && r.manifest) {
-      const json& m = (*r.manifest)["model"];
-      if (m.is_object() && m["path"].is_string()) {
-        const std::string path = m["path"].get<std::string>();
+      const json& m = field(*r.manifest, "model");
+      if (field(m, "path").is_string()) {
+        const std::string path = field(m, "path").get<std::string>();
         std::error_code ec;
         if (fs::is_regular_file(path, ec)) {
           try {
@@ -1002,7 +1012,7 @@ std::vector<WeightLayer> worst_layer_weights(const Results& r, const std::vector
     return &g->constant(L.weight_value).data;
   };
   const std::string scheme =
-      r.summary && (*r.summary)["scheme"].is_string() ? (*r.summary)["scheme"].get<std::string>() : "asymmetric";
+      r.summary && field(*r.summary, "scheme").is_string() ? field(*r.summary, "scheme").get<std::string>() : "asymmetric";
   for (int index : worst) {
     WeightLayer W;
     W.index = index;
@@ -1264,9 +1274,9 @@ std::string build_page(const Results& r, const std::vector<PageFigure>& figures,
   if (r.summary && r.summary->contains("float_top5") && (*r.summary)["float_top5"].is_number()) {
     h += fmt::format(" (top-5 {:.2f}%)", (*r.summary)["float_top5"].get<double>());
   }
-  if (m.contains("model") && m["model"].contains("path")) {
+  if (field(field(m, "model"), "path").is_string()) {
     h += fmt::format(" &middot; model <code>{}</code>",
-                     html_escape(fs::path(get(m["model"], "path")).filename().string()));
+                     html_escape(fs::path(get(field(m, "model"), "path")).filename().string()));
   }
   if (!r.cells.empty()) {
     h += fmt::format(" &middot; {} layers &times; {} weight bit-widths", r.layers.size(), r.bits.size());
@@ -1362,10 +1372,10 @@ std::string build_page(const Results& r, const std::vector<PageFigure>& figures,
     h += "<h3>Additivity</h3>\n<p class=\"files\">from <a href=\"additivity.csv\">additivity.csv</a>";
     if (s.contains("additivity")) {
       for (const char* k : {"degradation", "noise"}) {
-        const json& a = s["additivity"][k];
+        const json& a = field(field(s, "additivity"), k);
         if (a.is_object()) {
-          h += fmt::format("; {}: r = {}, slope = {}", k, html_escape(json_text(a["pearson_r"])),
-                           html_escape(json_text(a["slope"])));
+          h += fmt::format("; {}: r = {}, slope = {}", k, html_escape(json_text(field(a, "pearson_r"))),
+                           html_escape(json_text(field(a, "slope"))));
         }
       }
     }
@@ -1523,8 +1533,8 @@ ReportResult write_report(const fs::path& dir, const ReportOptions& o, const Gra
   }
   // How many worst layers: as asked, else as many as summary.json lists.
   int nworst = o.worst;
-  if (nworst <= 0 && r.summary && (*r.summary)["worst_layers"].is_object()) {
-    const json& w = (*r.summary)["worst_layers"][std::to_string(lowest)];
+  if (nworst <= 0 && r.summary) {
+    const json& w = field(field(*r.summary, "worst_layers"), std::to_string(lowest));
     if (w.is_array()) nworst = static_cast<int>(w.size());
   }
   if (nworst <= 0) nworst = 3;

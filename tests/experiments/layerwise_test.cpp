@@ -19,6 +19,7 @@
 #include "runtime/cpu_backend.h"
 #include "runtime/error.h"
 #include "runtime/onnx_import.h"
+#include "tests/partly_nan.h"
 #include "tests/reference_quant.h"
 #include "tests/runtime/onnx_builder.h"
 #include "tests/shipped_models.h"
@@ -151,19 +152,8 @@ TEST(Calibration, NonFiniteFloatNetworkIsRefused) {
 // where |x| > 3.4, 0 elsewhere): min_max() skips NaNs, so the ranges alone look finite; it is
 // refused all the same, naming the layer input concerned.
 TEST(Calibration, PartlyNanFloatNetworkIsRefused) {
-  test::OnnxBuilder b;
-  b.input("x", {1, 4, 4}).initializer("big", {1e38f}, {}).initializer("neg", {-1e38f}, {});
-  b.initializer("w", std::vector<float>(9, 0.5f), {1, 1, 3, 3});
-  b.node("Mul", {"x", "big"}, {"p"}, {}, "mul_p").node("Mul", {"x", "neg"}, {"m"}, {}, "mul_m");
-  b.node("Add", {"p", "m"}, {"s"}, {}, "add").node("Conv", {"s", "w"}, {"c"}, {}, "conv");
-  b.node("Flatten", {"c"}, {"y"}, {}, "flat").output("y");
-  const Graph g = import_onnx_bytes(b.serialize(), "nan.onnx");
-  Dataset d;
-  d.name = "synthetic";
-  d.count = 8, d.channels = 1, d.height = 4, d.width = 4, d.num_classes = 4;
-  d.pixels.assign(8 * 16, 10);      // 10 / 255 / 0.1 = 0.39: finite
-  for (int i = 0; i < 16; ++i) d.pixels[5 * 16 + i] = static_cast<uint8_t>(i % 2 ? 250 : 0);  // image 5: 9.8 or 0
-  d.labels.assign(8, 0);
+  const Graph g = testing::partly_nan_network();
+  const Dataset d = testing::partly_nan_images();
   CpuBackend cpu;
   Executor exec(g, cpu);
   const Normalization norm{{0.0f}, {0.1f}};

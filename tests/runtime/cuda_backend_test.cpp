@@ -39,6 +39,7 @@
 #include "runtime/device_session.h"
 #include "runtime/error.h"
 #include "runtime/onnx_import.h"
+#include "tests/partly_nan.h"
 #include "tests/runtime/onnx_builder.h"
 #include "tests/shipped_models.h"
 
@@ -1155,19 +1156,8 @@ TEST_P(CudaGrid, DeviceCalibrationMatchesCpu) {
 // layerwise_test.cpp), naming the same layer input.
 TEST(CudaSession, PartlyNanCalibrationIsRefused) {
   REQUIRE_CUDA_DEVICE();
-  test::OnnxBuilder b;
-  b.input("x", {1, 4, 4}).initializer("big", {1e38f}, {}).initializer("neg", {-1e38f}, {});
-  b.initializer("w", std::vector<float>(9, 0.5f), {1, 1, 3, 3});
-  b.node("Mul", {"x", "big"}, {"p"}, {}, "mul_p").node("Mul", {"x", "neg"}, {"m"}, {}, "mul_m");
-  b.node("Add", {"p", "m"}, {"s"}, {}, "add").node("Conv", {"s", "w"}, {"c"}, {}, "conv");
-  b.node("Flatten", {"c"}, {"y"}, {}, "flat").output("y");
-  const Graph g = import_onnx_bytes(b.serialize(), "nan.onnx");
-  Dataset d;
-  d.name = "synthetic";
-  d.count = 8, d.channels = 1, d.height = 4, d.width = 4, d.num_classes = 4;
-  d.pixels.assign(8 * 16, 10);
-  d.pixels[5 * 16 + 3] = 250;  // 250 / 255 / 0.1 = 9.8: x * 1e38 overflows
-  d.labels.assign(8, 0);
+  const Graph g = testing::partly_nan_network();
+  const Dataset d = testing::partly_nan_images();
   CudaBackend cuda{BackendOptions{}};
   Executor exec(g, cuda);
   const Normalization norm{{0.0f}, {0.1f}};
