@@ -187,10 +187,7 @@ class Importer {
   Graph run(onnx::ModelProto& model) {
     // Our own per-node checks first: their messages name the node and what is accepted,
     // where the ONNX checker's are multi-line and generic.
-    // Shapes and pad amounts computed from constants (PyTorch's F.pad, x.view(x.size(0), -1))
-    // become constants first.
-    fold_shape_computations(model);
-    precheck(model.graph());
+    precheck(model.graph(), /*ops=*/false);
     // External data: qsweep's sentence, before the checker's, which looks for the data file
     // relative to the working folder and says it is missing.
     for (const auto& init : model.graph().initializer()) {
@@ -212,6 +209,10 @@ class Importer {
     } catch (const std::exception& e) {
       user_error("{}: the ONNX checker rejects the model: {}", origin_, one_line(e.what()));
     }
+    // Shapes and pad amounts computed from constants (PyTorch's F.pad, x.view(x.size(0), -1))
+    // become constants, on a model the checker passed; then every op left must be one qsweep runs.
+    fold_shape_computations(model);
+    precheck(model.graph(), /*ops=*/true);
     for (const auto& imp : model.opset_import()) {
       if (imp.domain().empty() || imp.domain() == "ai.onnx") g_.opset = static_cast<int>(imp.version());
     }
@@ -296,7 +297,9 @@ class Importer {
     return n.name().empty() ? fmt::format("{}_{}", n.op_type(), position) : n.name();
   }
 
-  void precheck(const onnx::GraphProto& graph) {
+  // ops = false: the checks shape inference needs first (domains, node order, window
+  // attributes that it would divide by); ops = true: every op one qsweep runs.
+  void precheck(const onnx::GraphProto& graph, bool ops) {
     std::set<std::string> known;
     for (const auto& i : graph.input()) known.insert(i.name());
     for (const auto& i : graph.initializer()) known.insert(i.name());
@@ -304,7 +307,7 @@ class Importer {
       const auto& n = graph.node(i);
       const std::string name = node_name(n, i);
       const bool standard = n.domain().empty() || n.domain() == "ai.onnx";
-      if (!standard || (!op_table().count(n.op_type()) && !import_time_ops().count(n.op_type()))) {
+      if (!standard || (ops && !op_table().count(n.op_type()) && !import_time_ops().count(n.op_type()))) {
         // Ops that compute shapes or pad amounts at run time: PyTorch writes them for
         // x.view(x.size(0), -1) and for F.pad / nn.ZeroPad2d.
         static const std::set<std::string> shape_ops = {"Shape", "ConstantOfShape", "Gather", "Unsqueeze", "Squeeze",
@@ -314,12 +317,11 @@ class Importer {
                    n.op_type(), standard ? "" : fmt::format(" from domain '{}'", n.domain()), supported_onnx_ops(),
                    !shape_op ? ""
                    : n.op_type() == "Shape"
-                       ? " (a Shape node usually computes a reshape's size, e.g. x.view(x.size(0), -1): write "
-                         "torch.flatten(x, 1) instead; or fold the model's constant parts first, e.g. with "
-                         "onnx-simplifier)"
-                       : " (such nodes usually compute a shape or pad amounts from constants, as PyTorch exports "
-                         "F.pad and nn.ZeroPad2d: fold the model's constant parts first, e.g. with onnx-simplifier, "
-                         "or export with a fixed input shape and do_constant_folding=True)");
+                       ? " (qsweep folds x.view(x.size(0), -1) and other shapes computed from the batch size and "
+                         "fixed dimensions; this one is used otherwise: write torch.flatten(x, 1) where a flatten "
+                         "is meant)"
+                       : " (qsweep folds such nodes where they compute a shape or pad amounts from constants, as "
+                         "PyTorch exports F.pad and nn.ZeroPad2d; this one depends on other values)");
       }
       for (const auto& in : n.input()) {
         if (!in.empty() && !known.count(in)) {
@@ -328,7 +330,9 @@ class Importer {
         }
       }
       for (const auto& out : n.output()) known.insert(out);
-      if (n.op_type() == "Conv" || n.op_type() == "MaxPool" || n.op_type() == "AveragePool") check_window(n, name);
+      if (!ops && (n.op_type() == "Conv" || n.op_type() == "MaxPool" || n.op_type() == "AveragePool")) {
+        check_window(n, name);
+      }
     }
   }
 
