@@ -198,11 +198,13 @@ extern "C" void on_stop_signal(int sig) {
   }
 }
 
-// SIGHUP (a closed terminal or SSH session) stops a run as SIGTERM does.
+// SIGHUP (a closed terminal or SSH session) stops a run as SIGTERM does, unless it is ignored
+// (nohup): then the run goes on after the logout, as nohup asks.
 void install_signal_handlers() {
   std::signal(SIGTERM, on_stop_signal);
   std::signal(SIGINT, on_stop_signal);
-  std::signal(SIGHUP, on_stop_signal);
+  struct sigaction hup {};
+  if (sigaction(SIGHUP, nullptr, &hup) == 0 && hup.sa_handler != SIG_IGN) std::signal(SIGHUP, on_stop_signal);
 }
 
 }  // namespace

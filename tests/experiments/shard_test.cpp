@@ -300,10 +300,10 @@ size_t count_records(const fs::path& root, const std::string& prefix = "") {
 // one) once a record named `prefix`* exists under `root` (bounded wait), and returns its exit
 // status.
 int signal_after_first_record(const std::string& args, const fs::path& root, const std::string& prefix, int sig,
-                              int times = 1) {
+                              int times = 1, const std::string& shell_first = "") {
   const pid_t pid = fork();
   if (pid == 0) {
-    const std::string cmd = "exec " + std::string(QSWEEP_BINARY) + " " + args + " 2>/dev/null";
+    const std::string cmd = shell_first + "exec " + std::string(QSWEEP_BINARY) + " " + args + " 2>/dev/null";
     execl("/bin/sh", "sh", "-c", cmd.c_str(), static_cast<char*>(nullptr));
     _exit(127);
   }
@@ -355,6 +355,13 @@ TEST_F(Shards, SighupStopsLikeSigterm) {
   ASSERT_TRUE(WIFEXITED(st)) << "SIGHUP must end the run cleanly, not kill it";
   EXPECT_EQ(WEXITSTATUS(st), 143);
   EXPECT_GT(count_records(dir_ / "h"), 0u);
+  // Under nohup (SIGHUP ignored) the run goes on to its end (review: the handler replaced
+  // nohup's SIG_IGN, so a logout stopped it).
+  std::string b = a;
+  b.replace(b.find((dir_ / "h").string()), (dir_ / "h").string().size(), (dir_ / "nohup").string());
+  const int nohup = signal_after_first_record(b, dir_ / "nohup", "batch-", SIGHUP, 1, "trap '' HUP; ");
+  ASSERT_TRUE(WIFEXITED(nohup));
+  EXPECT_EQ(WEXITSTATUS(nohup), 0);
 }
 
 // A run killed without a word (SIGKILL, a lost node) keeps its grid time up to its last
