@@ -1496,10 +1496,12 @@ ReportOptions report_options_for(const fs::path& dir) {
 }
 
 // Temp files a process killed outright (SIGKILL) left in `folder`: `.gnuplot-<pid>.err` and
-// `.<name>.tmp<pid>` (write_file_atomic) of a process that no longer runs. Those of a live
-// process (another report drawing into the same folder) are its own.
+// `.<name>.tmp<pid>` (write_file_atomic) of a process that no longer runs here, untouched for
+// 10 minutes. Those of a live process are its own; the age spares those of a process on
+// another host (a shared file system) or in another PID namespace, whose writes take seconds.
 static void remove_dead_temp_files(const fs::path& folder) {
   std::error_code ec;
+  const auto old = fs::file_time_type::clock::now() - std::chrono::minutes(10);
   for (const auto& e : fs::directory_iterator(folder, ec)) {
     const std::string name = e.path().filename().string();
     if (name.empty() || name[0] != '.') continue;
@@ -1511,7 +1513,8 @@ static void remove_dead_temp_files(const fs::path& folder) {
     }
     if (pid.empty() || pid.find_first_not_of("0123456789") != std::string::npos || pid.size() > 9) continue;
     const pid_t p = static_cast<pid_t>(std::stol(pid));
-    if (p > 0 && kill(p, 0) != 0 && errno == ESRCH) fs::remove(e.path(), ec);
+    const auto written = fs::last_write_time(e.path(), ec);
+    if (!ec && written < old && p > 0 && kill(p, 0) != 0 && errno == ESRCH) fs::remove(e.path(), ec);
   }
 }
 

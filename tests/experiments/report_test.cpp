@@ -464,8 +464,8 @@ TEST_F(Report, BackslashesInNamesReachTheFigures) {
   EXPECT_EQ(svg.find("conv1x/Conv"), std::string::npos);
 }
 
-// Temp files of a report or run killed outright (SIGKILL) are removed by the next report;
-// those of a process still running (another report into the same folder) are not.
+// Temp files of a report or run killed outright (SIGKILL) are removed by the next report once
+// 10 minutes old; those of a process still running, or younger, are not.
 TEST_F(Report, TempFilesOfDeadProcessesAreRemoved) {
   const fs::path dir = fixture();
   fs::create_directories(dir / "figures");
@@ -474,13 +474,20 @@ TEST_F(Report, TempFilesOfDeadProcessesAreRemoved) {
                                          ".report.html.tmp999999999"};
   const std::vector<std::string> kept = {".gnuplot-" + live + ".err", ".layer_bars.gp.tmp" + live, ".notes",
                                          ".x.tmpabc"};
+  // An hour old, but one of a dead process written just now (another host's, perhaps).
+  const auto hour_ago = fs::file_time_type::clock::now() - std::chrono::hours(1);
   for (const auto& f : dead) std::ofstream(dir / "figures" / f) << "x";
   for (const auto& f : kept) std::ofstream(dir / "figures" / f) << "x";
   std::ofstream(dir / ".summary.json.tmp999999999") << "x";
+  for (const auto& f : dead) fs::last_write_time(dir / "figures" / f, hour_ago);
+  for (const auto& f : kept) fs::last_write_time(dir / "figures" / f, hour_ago);
+  fs::last_write_time(dir / ".summary.json.tmp999999999", hour_ago);
+  std::ofstream(dir / "figures" / ".young.dat.tmp999999998") << "x";
   write_report(dir, no_plots());
   for (const auto& f : dead) EXPECT_FALSE(fs::exists(dir / "figures" / f)) << f;
   for (const auto& f : kept) EXPECT_TRUE(fs::exists(dir / "figures" / f)) << f;
   EXPECT_FALSE(fs::exists(dir / ".summary.json.tmp999999999"));
+  EXPECT_TRUE(fs::exists(dir / "figures" / ".young.dat.tmp999999998"));
 }
 
 TEST_F(Report, DamagedTablesAndSummariesAreOneSentenceErrors) {
