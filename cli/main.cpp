@@ -170,8 +170,9 @@ int report(const std::string& dir, double saturate, int bar_bits, bool saturate_
   o.stop = &qsweep::stop_requested();
   const qsweep::ReportResult r = qsweep::write_report(dir, o);
   if (qsweep::stop_requested()) {
-    throw qsweep::RunInterrupted(fmt::format("interrupted while the figures were drawn; the tables are untouched: run "
-                                             "qsweep report {} again to draw them all",
+    throw qsweep::RunInterrupted(fmt::format("interrupted while the figures were drawn; the tables and report.html are "
+                                             "untouched, a figure being drawn may be missing: run qsweep report {} "
+                                             "again to draw them all",
                                              qsweep::shell_quote(dir)));
   }
   for (const auto& w : r.warnings) qsweep::eprint("qsweep: warning: {}\n", w);

@@ -1622,6 +1622,9 @@ ReportResult write_report(const fs::path& dir, const ReportOptions& o, const Gra
     }
   }
 
+  // Stopped: the page of a complete earlier drawing is kept (the run that stops discards its
+  // staging folder anyway).
+  if (o.stop != nullptr && o.stop->load()) return result;
   write_into(dir / "report.html", build_page(r, figures, result, o, final_dir, bar_bits, worst));
   return result;
 }

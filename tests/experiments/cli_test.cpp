@@ -588,12 +588,14 @@ TEST_F(Cli, ASignalWhileTheReportIsDrawnLeavesNothingFinished) {
   // `qsweep report` stopped likewise: one sentence, exit 143, no temp files left in figures/
   // (audit: it died without a word, leaving them), and drawn in full when run again.
   const fs::path done = dir_ / "res/quickstart/r";
+  const std::string page = slurp(done / "report.html");
   r = run_with_env("PATH=" + (dir_ / "bin").string() + ":$PATH ", "report " + done.string());
   EXPECT_EQ(r.code, 143) << r.err;
-  EXPECT_NE(r.err.find("qsweep: interrupted while the figures were drawn; the tables are untouched: run qsweep report " +
-                       done.string() + " again"),
+  EXPECT_NE(r.err.find("qsweep: interrupted while the figures were drawn; the tables and report.html are untouched, a "
+                       "figure being drawn may be missing: run qsweep report " + done.string() + " again"),
             std::string::npos)
       << r.err;
+  EXPECT_EQ(slurp(done / "report.html"), page) << "the complete page is kept";
   for (const auto& e : fs::directory_iterator(done / "figures")) {
     EXPECT_NE(e.path().filename().string()[0], '.') << e.path();
   }
