@@ -156,6 +156,13 @@ void check_against_summary(const fs::path& dir, const Results& r, bool has_grid)
       }
     }
     if (per_variant.empty()) per_variant[""];
+    // A comparison's: one group of rows per variant summary.json lists (a cut at a variant's
+    // boundary leaves whole groups).
+    if (t.has("variant") && s.contains("comparison") && s["comparison"].is_array() &&
+        per_variant.size() != s["comparison"].size()) {
+      user_error("{}: rows for {} of the {} variants summary.json lists; the table was cut or edited",
+                 (dir / "layers.csv").string(), per_variant.size(), s["comparison"].size());
+    }
     for (const auto& [variant, seen] : per_variant) {
       if (seen.size() != listed) {
         user_error("{}: rows for {} of the {} layers summary.json lists{}; the table was cut or edited",
@@ -832,8 +839,7 @@ Figure comparison(const Results& r) {
   f.dat = "# row\tvariant\ttop1\tdegradation\tnoise\tci_low\tci_high\tlabel\n";
   size_t longest = 0;
   for (size_t i = 0; i < c.rows.size(); ++i) {
-    std::string label = tsv_text(c.at(i, "variant"));
-    label = shorten(label);
+    const std::string label = shorten(c.at(i, "variant"));  // escaped by shorten(), once
     longest = std::max(longest, utf8_length(label));
     f.dat += fmt::format("{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\n", i, tsv_text(c.at(i, "variant")), tsv_text(c.at(i, "top1")),
                          tsv_text(c.at(i, "degradation")), tsv_text(c.at(i, "noise")), tsv_text(c.at(i, "ci_low")),
@@ -880,7 +886,12 @@ struct WeightLayer {
 };
 
 std::optional<std::vector<float>> read_f32(const fs::path& p) {
-  auto text = read_text(p);
+  std::optional<std::string> text;
+  try {
+    text = read_text(p);
+  } catch (const UserError&) {
+    return std::nullopt;  // unreadable: the model's weights serve instead
+  }
   if (!text || text->size() % 4 != 0 || text->empty()) return std::nullopt;
   static_assert(std::endian::native == std::endian::little, "weights/*.f32 are little-endian float32");
   std::vector<float> v(text->size() / 4);
@@ -1142,8 +1153,13 @@ GnuplotRun run_gnuplot(const std::string& program, const fs::path& relative_dir,
 
 // Both images exist and start like a PNG / an SVG.
 bool images_ok(const fs::path& figures, const std::string& stem) {
-  const auto png = read_text(figures / (stem + ".png"));
-  const auto svg = read_text(figures / (stem + ".svg"));
+  std::optional<std::string> png, svg;
+  try {
+    png = read_text(figures / (stem + ".png"));
+    svg = read_text(figures / (stem + ".svg"));
+  } catch (const UserError&) {
+    return false;  // unreadable: a figure that failed, with a warning
+  }
   return png && png->size() > 8 && png->compare(0, 8, "\x89PNG\r\n\x1a\n") == 0 && svg &&
          svg->find("<svg") != std::string::npos && svg->find("</svg>") != std::string::npos;
 }

@@ -77,7 +77,9 @@ std::string sbatch(const std::vector<std::string>& args) {
 std::string absolute_set(const std::string& o) {
   const auto eq = o.find('=');
   if (eq == std::string::npos) return o;
-  const std::string key = o.substr(0, eq);
+  std::string key = o.substr(0, eq);  // spaces around the key allowed, as load_config allows them
+  key.erase(0, key.find_first_not_of(" \t"));
+  key.erase(key.find_last_not_of(" \t") + 1);
   if (key != "model.path" && key != "data.path") return o;
   std::optional<std::string> v;
   try {

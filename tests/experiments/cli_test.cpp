@@ -233,6 +233,15 @@ TEST_F(Cli, SubmitScriptsRunAnywhereAndFitTheRunId) {
   ASSERT_EQ(std::system(cmd.c_str()), 0) << slurp(dir_ / "err");
   const std::string script = slurp(dir_ / "res/quickstart/.s.work/slurm/array.sbatch");
   EXPECT_NE(script.find("model.path=\"" + (dir_ / "cwd" / "m.onnx").string() + "\""), std::string::npos) << script;
+  // Spaces around '=' (which run accepts) made absolute the same way (review: left relative).
+  const std::string spaced = "cd " + (dir_ / "cwd").string() + " && " + QSWEEP_BINARY + " submit " + q +
+                             " --array 2 --dry-run --out " + (dir_ / "res").string() +
+                             " --set 'model.path = \"m.onnx\"' --run-id sp >/dev/null 2>" + (dir_ / "err").string();
+  ASSERT_EQ(std::system(spaced.c_str()), 0) << slurp(dir_ / "err");
+  EXPECT_NE(slurp(dir_ / "res/quickstart/.sp.work/slurm/array.sbatch")
+                .find("model.path=\"" + (dir_ / "cwd" / "m.onnx").string() + "\""),
+            std::string::npos)
+      << slurp(dir_ / "res/quickstart/.sp.work/slurm/array.sbatch");
   // A 2-way split under the id (one shard computed): --array 4 is refused, --array 2 is not,
   // and another configuration under the id is refused.
   if (!fs::exists(kFashionMnistDir)) GTEST_SKIP() << "dataset-fashion-mnist is not installed";
@@ -685,6 +694,15 @@ TEST_F(Cli, EveryKindsReportReadsBackAndComparisonsListEachVariantsRanges) {
   EXPECT_LT(field(layer1["sawb-global"], 7) - field(layer1["sawb-global"], 6),
             0.9 * (field(layer1["minmax"], 7) - field(layer1["minmax"], 6)))
       << layer1["sawb-global"] << "\n" << layer1["minmax"];
+  // Cut at a variant's boundary (whole groups left): refused (review: every group left was
+  // whole, so it passed).
+  const fs::path cmp = dir_ / "res/compare-resnet/compare_resnet-0";
+  size_t at = 0;
+  for (int k = 0; k < 1 + 8 * 10; ++k) at = layers.find('\n', at) + 1;  // the header and 8 variants
+  std::ofstream(cmp / "layers.csv", std::ios::trunc) << layers.substr(0, at);
+  const CliRun cut = run("report " + cmp.string());
+  EXPECT_EQ(cut.code, 2);
+  EXPECT_NE(cut.err.find("layers.csv: rows for 8 of the 9 variants summary.json lists"), std::string::npos) << cut.err;
 }
 
 // A model of flat inputs, (N, 784), reads each 1x28x28 image flattened as x.view(N, -1): its

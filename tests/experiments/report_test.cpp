@@ -455,9 +455,16 @@ TEST_F(Report, BackslashesInNamesReachTheFigures) {
     }
     std::ofstream(dir / f, std::ios::trunc) << t;
   }
+  // A variant name too: its label is escaped once (review: twice, drawn as "min\\max").
+  std::string cmp = slurp(dir / "comparison.csv");
+  cmp.replace(cmp.find("\nminmax,"), 8, "\nmin\\max,");
+  std::ofstream(dir / "comparison.csv", std::ios::trunc) << cmp;
   const ReportResult r = write_report(dir, gnuplot_on_path() ? ReportOptions{} : no_plots());
   const std::string dat = slurp(dir / "figures/heatmap_degradation.dat");
   EXPECT_NE(dat.find("conv1\\\\x/Conv"), std::string::npos) << dat.substr(0, 400);
+  const std::string cdat = slurp(dir / "figures/comparison.dat");
+  EXPECT_NE(cdat.find("\tmin\\\\max\n"), std::string::npos) << cdat;
+  EXPECT_EQ(cdat.find("min\\\\\\\\max"), std::string::npos) << cdat;
   if (!gnuplot_on_path()) GTEST_SKIP() << "gnuplot is not installed: the drawn label not checked";
   ASSERT_TRUE(std::find(r.drawn.begin(), r.drawn.end(), "heatmap_degradation") != r.drawn.end());
   const std::string svg = slurp(dir / "figures/heatmap_degradation.svg");
