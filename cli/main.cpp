@@ -365,6 +365,9 @@ int main(int argc, char** argv) {
     qsweep::eprint("qsweep: error: {}\n", e.what());
     return 2;
   } catch (const std::system_error& e) {
+    // The reader of the output went away (`qsweep layers m.onnx | head`): quietly, with the
+    // status a death by SIGPIPE has (a run keeps its records and resumes).
+    if (e.code() == std::errc::broken_pipe) return 141;
     // The system refused (a path not readable, a stdout that cannot be written): not a bug.
     qsweep::eprint("qsweep: error: {}\n", qsweep::printable(e.what()));
     return 2;

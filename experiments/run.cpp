@@ -899,7 +899,7 @@ class RecordFiles {
   std::string phase_;
   BatchStore store_;
   mutable std::atomic<int64_t> saved_{0};
-  std::mutex seconds_mu_;
+  mutable std::mutex seconds_mu_;
 };
 
 // An exclusive lock on a folder of records (a shard's, or a study's) for as long as this process

@@ -375,8 +375,8 @@ class Folder {
         infer = static_cast<int64_t>(k);
       } else if (dims[k] < 0) {
         return std::nullopt;
-      } else {
-        known *= dims[k];
+      } else if (__builtin_mul_overflow(known, dims[k], &known)) {
+        return std::nullopt;
       }
     }
     const int64_t n = static_cast<int64_t>(x.size());
@@ -409,8 +409,12 @@ class Folder {
     std::vector<int64_t> begin(r, 0), step(r, 1), dims = x.dims;
     for (size_t k = 0; k < axes.size(); ++k) {
       const auto a = axis_in(axes[k], r);
-      if (!a || steps[k] == 0) return std::nullopt;
+      if (!a || steps[k] == 0 || steps[k] == std::numeric_limits<int64_t>::min()) return std::nullopt;
       const int64_t len = x.dims[*a];
+      if (len == 0) {
+        dims[*a] = 0;
+        continue;
+      }
       int64_t s = starts->i[k], e = ends->i[k];
       if (s < 0) s += len;
       if (e < 0 && e != std::numeric_limits<int64_t>::min()) e += len;
@@ -457,11 +461,22 @@ class Folder {
     if (to == onnx::TensorProto::INT64 || to == onnx::TensorProto::INT32) {
       if (!x.is_float) {
         v.i = x.i;
+        for (int64_t k : v.i) {  // int64 -> int32 wraps: not folded (the batch size stays)
+          if (to == onnx::TensorProto::INT32 && k != kBatch &&
+              (k < std::numeric_limits<int32_t>::min() || k > std::numeric_limits<int32_t>::max())) {
+            return std::nullopt;
+          }
+        }
         return v;
       }
       for (double d : x.f) {
         if (!(d > -9.2e18 && d < 9.2e18)) return std::nullopt;  // NaN or out of range: undefined
         v.i.push_back(static_cast<int64_t>(d));
+      }
+      if (to == onnx::TensorProto::INT32) {
+        for (int64_t k : v.i) {
+          if (k < std::numeric_limits<int32_t>::min() || k > std::numeric_limits<int32_t>::max()) return std::nullopt;
+        }
       }
       return v;
     }

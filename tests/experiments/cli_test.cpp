@@ -632,6 +632,12 @@ TEST_F(Cli, UnwritableStreamsAreNotACrash) {
             2);
   EXPECT_EQ(status(bin + " keys >/dev/full 2>" + (dir_ / "err").string()), 2);
   EXPECT_NE(slurp(dir_ / "err").find("qsweep: error: "), std::string::npos) << slurp(dir_ / "err");
+  // A reader gone (`| head`): quietly, exit 141 as a death by SIGPIPE would be.
+  EXPECT_EQ(status("sh -c '(sleep 0.3; " + bin + " keys 2>" + (dir_ / "err").string() + "; echo $? >" +
+                   (dir_ / "rc").string() + ") | true'"),
+            0);
+  EXPECT_EQ(slurp(dir_ / "rc"), "141\n");
+  EXPECT_EQ(slurp(dir_ / "err"), "");
 }
 
 // A run's identity is its config without [output]: the same run is found whatever the spelling
