@@ -302,7 +302,7 @@ int main(int argc, char** argv) {
       what = "a command is required";
     }
     qsweep::eprint("qsweep: error: {}; {}\n", what,
-               app.get_subcommands().empty()
+                   app.get_subcommands().empty()
                    ? "the commands are run, merge, submit, check, report, layers and keys (qsweep --help)"
                    : fmt::format("see qsweep {} --help", app.get_subcommands()[0]->get_name()));
     return 2;

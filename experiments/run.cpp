@@ -534,8 +534,8 @@ void add_report(ResultsFolder& folder, const Graph& g, bool resumable) {
     }
   } catch (const std::exception& e) {
     eprint("qsweep: warning: the report could not be written: {}; the numbers are complete: draw the figures and "
-               "report.html with `qsweep report {}` once that is fixed\n",
-               e.what(), shell_quote(folder.final_path().string()));
+           "report.html with `qsweep report {}` once that is fixed\n",
+           e.what(), shell_quote(folder.final_path().string()));
   }
   // A signal to the process group (Ctrl-C, SLURM) kills gnuplot too: its figure would be
   // missing from a folder that looks finished. Where the numbers would have to be computed
@@ -546,8 +546,8 @@ void add_report(ResultsFolder& folder, const Graph& g, bool resumable) {
                            "command again to finish it)");
     }
     eprint("qsweep: warning: a stop was requested during the run; its numbers are complete, its figures "
-                       "may not be: draw them with qsweep report {}\n",
-               folder.final_path().string());
+           "may not be: draw them with qsweep report {}\n",
+           folder.final_path().string());
   }
 }
 
@@ -712,7 +712,7 @@ bool settle_auto_batch_size(const fs::path& work, Prepared& p, bool sharded) {
     if (first > 0) {
       if (damaged) {
         eprint("qsweep: note: '{}' is damaged; the batch size this run computes with, {}, is taken from "
-                   "'{}'\n", pin.string(), first, (work / "config.toml").string());
+               "'{}'\n", pin.string(), first, (work / "config.toml").string());
       }
       write_file_atomic(pin, std::to_string(first) + "\n");
     }
@@ -737,8 +737,8 @@ bool settle_auto_batch_size(const fs::path& work, Prepared& p, bool sharded) {
                first, pin.string(), p.batch_fit, p.batch_fit);
   }
   eprint("qsweep: note: run.batch_size = \"auto\": this run's earlier attempt computed {} images per batch, but at "
-             "most {} fit here; its recorded batches are computed again with {}\n",
-             first, p.batch_fit, mine);
+         "most {} fit here; its recorded batches are computed again with {}\n",
+         first, p.batch_fit, mine);
   write_file_atomic(pin, text);
   return false;
 }
@@ -860,7 +860,7 @@ void check_record_inputs(const fs::path& dir, const json& inputs) {
   }
   if (dropped > 0) {
     eprint("qsweep: {} changed since the earlier attempt: its {} recorded batches are computed again\n",
-               changed, dropped);
+           changed, dropped);
   }
   write_file_atomic(dir / "inputs.json", inputs.dump(2) + "\n");
 }
@@ -968,7 +968,7 @@ class RecordsLock {
 std::optional<fs::path> finished_meanwhile(const fs::path& final_dir, const Config& cfg, bool batch_auto) {
   if (!finished_here(final_dir, cfg, batch_auto)) return std::nullopt;
   eprint("qsweep: note: another process of this run finished it first; its results: {}\n",
-             final_dir.string());
+         final_dir.string());
   return final_dir;
 }
 
@@ -1038,8 +1038,8 @@ RunOutcome run_layerwise(const RunOptions& o, const Prepared& p, const Activatio
   for (int64_t b = 0; b < plan.batches; ++b) todo += !job.cells_of_batch[b].empty() && !done.count(b);
   if (verbose && shards > 1) {
     eprint("shard {}/{} of run {}: {} work units, estimated cost {:.3g} (mean {:.3g})\n", shard, shards, run_id,
-               plan.units[shard].size(), plan.cost[shard],
-               std::accumulate(plan.cost.begin(), plan.cost.end(), 0.0) / shards);
+           plan.units[shard].size(), plan.cost[shard],
+           std::accumulate(plan.cost.begin(), plan.cost.end(), 0.0) / shards);
   }
   if (verbose && !done.empty()) eprint("resuming: {} batches already recorded, {} to go\n", done.size(), todo);
 
@@ -1109,7 +1109,7 @@ RunOutcome run_layerwise(const RunOptions& o, const Prepared& p, const Activatio
       if (verbose) {
         const int each = std::max(1, p.threads / workers);
         eprint("{} workers on devices [{}], {} thread{} each\n", workers, fmt::join(devices, ", "), each,
-                   each == 1 ? "" : "s");
+               each == 1 ? "" : "s");
       }
       // One progress line for all workers: the images of every batch left to compute.
       int64_t todo_images = 0, cells_max = 0;
@@ -1153,9 +1153,9 @@ RunOutcome run_layerwise(const RunOptions& o, const Prepared& p, const Activatio
       record_grid_seconds(sdir, grid_seconds());
       out.interrupted = true;
       eprint("qsweep: interrupted: {} batches of shard {}/{} are recorded in {}; {}\n", records.size(), shard,
-                 shards, sdir.string(),
-                 o.fresh_id ? fmt::format("run it again with --run-id {} instead of --fresh to resume", run_id)
-                            : std::string("run the same command again to resume"));
+             shards, sdir.string(),
+             o.fresh_id ? fmt::format("run it again with --run-id {} instead of --fresh to resume", run_id)
+             : std::string("run the same command again to resume"));
       return out;
     }
     if (shards > 1) {
@@ -1285,7 +1285,7 @@ RunOutcome run_experiment(const RunOptions& o) {
       after_stop();  // records a failed attempt finished are kept, like a stopped one's
       if (fs::exists(work)) {
         eprint("qsweep: the batches this --fresh run recorded are kept: run it with --run-id {} instead "
-                           "of --fresh to resume\n", fresh.run_id);
+               "of --fresh to resume\n", fresh.run_id);
       }
       throw;
     }

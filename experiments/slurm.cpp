@@ -132,8 +132,8 @@ SubmitOutcome submit_run(const SubmitOptions& o) {
   // A login node may not see the compute nodes' mounts: a note, not a refusal.
   if (!fs::is_regular_file(cfg.model_path)) {
     eprint("qsweep: note: model.path '{}' is not a file here; the array tasks fail unless the compute nodes see "
-               "it\n",
-               cfg.model_path);
+           "it\n",
+           cfg.model_path);
   }
   std::string run_id = o.run_id;
   if (run_id.empty()) {

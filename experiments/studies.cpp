@@ -102,7 +102,7 @@ AdditivityResult run_additivity(const StudyContext& ctx, const Config& cfg, cons
   const auto subsets = additivity_subsets(L, cfg.additivity_configs, cfg.additivity_seed);
   if (static_cast<int>(subsets.size()) < cfg.additivity_configs && ctx.options.progress) {
     eprint("note: additivity.configs = {}, but {} layers have {} distinct non-empty subsets: each is "
-                       "measured once\n", cfg.additivity_configs, L, subsets.size());
+           "measured once\n", cfg.additivity_configs, L, subsets.size());
   }
   std::vector<QuantPlan> plans;
   for (const auto& s : subsets) {
