@@ -63,6 +63,17 @@ GridResult collect(const std::vector<BatchSums>& sums, std::vector<CellStats> ce
   return r;
 }
 
+// The float32 network's output on a batch must be finite (its squared norm is): NaN or
+// infinite logits (calibration saw finite ones) would make the cells' numbers NaN, found
+// only when the grid is done.
+void require_finite_output(double energy, int64_t begin, int64_t n) {
+  if (!std::isfinite(energy)) {
+    user_error("the float32 network's output is not finite (NaN or infinite) on evaluation images {}..{}; qsweep "
+               "needs a finite float32 network (check the model's weights and data.mean / data.std)",
+               begin, begin + n - 1);
+  }
+}
+
 std::vector<BatchSums> make_sums(int64_t batches, size_t cells) {
   std::vector<BatchSums> sums(batches);
   for (auto& s : sums) {
@@ -350,6 +361,7 @@ GridResult run_layerwise_grid(const Executor& exec, const Dataset& eval, const N
               if (c == 0) {
                 sums[i].float_correct = o.float_correct;
                 sums[i].energy = o.energy;
+                require_finite_output(o.energy, begin, n);
                 std::copy(o.float_flags.begin(), o.float_flags.end(), float_images.begin() + begin);
               }
               sums[i].noise[c] = o.noise[0];
@@ -369,6 +381,7 @@ GridResult run_layerwise_grid(const Executor& exec, const Dataset& eval, const N
                        reference[i] = exec.forward(ws, x);
                        sums[i].float_correct = record_top1(reference[i], labels + begin, n, float_images.data() + begin);
                        sums[i].energy = squared_norm_sum(reference[i].ptr(), n, reference[i].numel() / n);
+                       require_finite_output(sums[i].energy, begin, n);
                      });
       for (size_t c = 0; c < ncells; ++c) {
         QuantPlan plan(L, nullptr);
@@ -544,6 +557,7 @@ bool run_grid_batches(const Executor& exec, const Dataset& eval, const Normaliza
           rec.float_flags = std::move(o.float_flags);
           rec.float_correct = o.float_correct;
           rec.energy = o.energy;
+          require_finite_output(rec.energy, begin, n);
           const auto& cells = job.cells_of_batch[i];
           for (size_t k = 0; k < cells.size(); ++k) {
             rec.cells.push_back(cells[k]);
@@ -576,6 +590,7 @@ bool run_grid_batches(const Executor& exec, const Dataset& eval, const Normaliza
         rec.float_flags.assign(n, 0);
         rec.float_correct = record_top1(y, labels, n, rec.float_flags.data());
         rec.energy = squared_norm_sum(y.ptr(), n, classes);
+        require_finite_output(rec.energy, begin, n);
         for (int c : job.cells_of_batch[i]) {
           const Tensor& yq = exec.suffix_forward(ws, static_cast<int>(c / bits_per_layer), *cell_quant[c]);
           rec.cells.push_back(c);
@@ -703,6 +718,7 @@ GridResult run_network_plans(const Executor& exec, const Dataset& eval, const No
           BatchRecord rec = start_record(i, begin, n);
           rec.float_correct = o.float_correct;
           rec.energy = o.energy;
+          require_finite_output(rec.energy, begin, n);
           rec.float_flags = std::move(o.float_flags);
           for (size_t p = 0; p < P; ++p) {
             rec.noise.push_back(o.noise[p]);
@@ -726,6 +742,7 @@ GridResult run_network_plans(const Executor& exec, const Dataset& eval, const No
           rec.float_flags.assign(n, 0);
           rec.float_correct = record_top1(y, labels, n, rec.float_flags.data());
           rec.energy = squared_norm_sum(y.ptr(), n, classes);
+          require_finite_output(rec.energy, begin, n);
           for (size_t p = 0; p < P; ++p) {
             const Tensor& yq = exec.forward(ws, x, &plans[p]);
             rec.noise.push_back(squared_error_sum(y.ptr(), yq.ptr(), n, classes));

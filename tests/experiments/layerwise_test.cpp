@@ -171,6 +171,35 @@ TEST(Calibration, PartlyNanFloatNetworkIsRefused) {
   }
 }
 
+// Finite on the calibration images, NaN on an evaluation image: the grid stops at that batch
+// with one sentence naming its images (it ran to the end, every cell's noise NaN), the one
+// pass and the naive way alike.
+TEST(Grid, NonFiniteFloatOutputOnEvaluationIsRefused) {
+  const Graph g = testing::partly_nan_network();
+  const Dataset d = testing::partly_nan_images();
+  CpuBackend cpu;
+  Executor exec(g, cpu);
+  const Normalization norm{{0.0f}, {0.1f}};
+  const ActivationRanges r = calibrate(exec, d, norm, 5, 5, 1);
+  Config cfg;
+  cfg.quant.weight_bits = {4};
+  for (bool naive : {false, true}) {
+    GridOptions o;
+    o.batch_size = 2;
+    o.threads = 2;
+    o.naive = naive;
+    o.progress = false;
+    try {
+      run_layerwise_grid(exec, d, norm, 8, r, resolve_layer_specs(g, cfg.quant), cfg.quant.weight_bits, o);
+      ADD_FAILURE() << "a grid with a NaN float output ran (naive " << naive << ")";
+    } catch (const UserError& e) {
+      EXPECT_EQ(std::string(e.what()),
+                "the float32 network's output is not finite (NaN or infinite) on evaluation images 4..5; qsweep needs "
+                "a finite float32 network (check the model's weights and data.mean / data.std)");
+    }
+  }
+}
+
 // A constant whose first dimension meets the batch (Add of a (2, 1, 2, 2) constant) runs on a
 // batch of 2 images, giving each image its position's slice: refused before any work, as the
 // batch of 3 does not run (audit: with run.batch_size = 2 such a run exited 0).
