@@ -39,7 +39,7 @@ const std::vector<ConfigKey>& base_keys() {
       {"data.eval.count", "integer", "0", "Number of evaluation images (the first ones, in `data.eval.order`); 0 means the whole split."},
       {"data.eval.order", "string", "\"file\"", "As `data.calibration.order`, for the evaluation images. With the whole split evaluated the same images are counted: top-1 and top-5 do not change, noise only by the order of the sums; the bootstrap intervals do, as they resample image positions."},
       {"data.seed", "integer", "0", "Seed of `\"shuffled\"` orders: qsweep's own Fisher-Yates shuffle on mt19937_64, so the same seed picks the same images on every machine."},
-      {"quant.weight_bits", "array of integers", "[3, 4, 5, 6, 7, 8]", "Weight bit-widths (each 2..16): the grid's columns for `layerwise`; for `full`, give one value (the bit-width of every layer not overridden)."},
+      {"quant.weight_bits", "array of integers", "[3, 4, 5, 6, 7, 8]", "Weight bit-widths (each 2..16): the grid's columns for `layerwise`; for `full`, give one value (the bit-width of every layer not overridden); not used by `additivity` (a note says so), whose bit-widths are `additivity.low_bits` and `high_bits`."},
       {"quant.act_bits", "integer", "8", "Bit-width of a quantized layer's input and output activations (2..16)."},
       {"quant.scheme", "string", "\"asymmetric\"", "`\"asymmetric\"` (affine, zero point) or `\"symmetric\"` (zero point 0, restricted range); weights and activations."},
       {"quant.granularity", "string", "\"per-tensor\"", "Weight quantization granularity: `\"per-tensor\"` or `\"per-channel\"` (per output channel). Activations are always per tensor."},

@@ -207,6 +207,13 @@ std::unique_ptr<Prepared> prepare(const Config& cfg, const std::function<void(co
                  cfg.model_path, n.name, n.attrs.beta);
     }
   }
+  // quant.weight_bits is the layer-wise grid's columns (and full's bit-width); an additivity run
+  // takes its bit-widths from [additivity] (a config.toml a run wrote lists the default).
+  if (cfg.kind == "additivity" && cfg.quant.weight_bits != QuantConfig{}.weight_bits) {
+    say(fmt::format("note: quant.weight_bits = [{}] is not used by an additivity run: its grid and configurations "
+                    "use additivity.low_bits and high_bits",
+                    fmt::join(cfg.quant.weight_bits, ", ")));
+  }
   if (cfg.kind != "full" && cfg.quant.equalization) {
     const int pairs = equalize_cross_layer(g);
     say(fmt::format("cross-layer equalization: {} Conv -> Conv pairs equalized", pairs));

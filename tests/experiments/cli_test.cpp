@@ -385,6 +385,24 @@ TEST_F(Cli, ComputeOptionsOnTheCpuAreHonouredOrSaidToBeIgnored) {
   EXPECT_TRUE(as_run.tf32);
 }
 
+// quant.weight_bits in an additivity run is said to be unused (it was ignored in silence);
+// the default, which the run's own config.toml lists, is not remarked on.
+TEST_F(Cli, AdditivitySaysQuantWeightBitsIsUnused) {
+  if (!fs::exists(kFashionMnistDir)) GTEST_SKIP() << "dataset-fashion-mnist is not installed";
+  const std::string args = "run " + std::string(QSWEEP_SOURCE_DIR) + "/configs/additivity_resnet.toml --out " +
+                           (dir_ / "res").string() + " --set data.eval.count=20 --set data.calibration.count=16" +
+                           " --set additivity.configs=2 --set output.plots=false --set stats.bootstrap=0";
+  CliRun r = run(args + " --run-id a --set 'quant.weight_bits=[4]'");
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.err.find("note: quant.weight_bits = [4] is not used by an additivity run: its grid and configurations "
+                       "use additivity.low_bits and high_bits"),
+            std::string::npos)
+      << r.err;
+  r = run(args + " --run-id b");
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_EQ(r.err.find("quant.weight_bits"), std::string::npos) << r.err;
+}
+
 }  // namespace
 }  // namespace qsweep
 
