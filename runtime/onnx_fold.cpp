@@ -15,9 +15,6 @@
 namespace qsweep {
 namespace {
 
-// The batch size, unknown until run time: an entry of an integer value (Shape of an image
-// value, then moved around by Gather, Unsqueeze, Concat, ...).
-constexpr int64_t kBatch = std::numeric_limits<int64_t>::min();
 // Folded values stay small: shapes, pads, a reshaped weight at most.
 constexpr int64_t kMaxValues = int64_t{1} << 24;
 
@@ -26,7 +23,11 @@ struct Val {
   bool is_float = false;
   std::vector<int64_t> i;  // integer element types
   std::vector<double> f;   // float element types
+  // Per entry of i, or empty for none: the batch size, unknown until run time (a Shape of an
+  // image value, then moved around by Gather, Unsqueeze, Concat, ...).
+  std::vector<char> batch;
   size_t size() const { return is_float ? f.size() : i.size(); }
+  bool has_batch() const { return std::find(batch.begin(), batch.end(), 1) != batch.end(); }
 };
 
 std::optional<int64_t> count_of(const std::vector<int64_t>& dims) {
@@ -75,9 +76,6 @@ std::optional<Val> from_tensor(const onnx::TensorProto& t) {
     default: return std::nullopt;
   }
   if (static_cast<int64_t>(v.size()) != *n) return std::nullopt;
-  for (int64_t x : v.i) {
-    if (x == kBatch) return std::nullopt;  // the sentinel is not a value of a model's constant
-  }
   return v;
 }
 
@@ -89,6 +87,7 @@ Val take(const Val& v, std::vector<int64_t> dims, const std::vector<int64_t>& at
   for (int64_t k : at) {
     if (v.is_float) out.f.push_back(v.f[k]);
     else out.i.push_back(v.i[k]);
+    if (!v.batch.empty()) out.batch.push_back(v.batch[k]);
   }
   return out;
 }
@@ -136,7 +135,7 @@ int64_t attr_int(const onnx::NodeProto& n, const char* name, int64_t def) {
 
 // Integer values without the batch size (indices, axes, shapes to build).
 bool plain_ints(const Val& v) {
-  return !v.is_float && std::none_of(v.i.begin(), v.i.end(), [](int64_t x) { return x == kBatch; });
+  return !v.is_float && !v.has_batch();
 }
 
 class Folder {
@@ -228,7 +227,6 @@ class Folder {
     } else {
       return std::nullopt;
     }
-    if (!v.is_float && std::find(v.i.begin(), v.i.end(), kBatch) != v.i.end()) return std::nullopt;
     return v;
   }
 
@@ -244,15 +242,17 @@ class Folder {
     const auto& dims = it->second->type().tensor_type().shape().dim();
     Val v;
     for (int k = 0; k < dims.size(); ++k) {
-      if (dims[k].has_dim_value() && dims[k].dim_value() >= 0) v.i.push_back(dims[k].dim_value());
-      else if (k == 0 && batch_first(n.input(0))) v.i.push_back(kBatch);
-      else return std::nullopt;
+      const bool known = dims[k].has_dim_value() && dims[k].dim_value() >= 0;
+      if (!known && !(k == 0 && batch_first(n.input(0)))) return std::nullopt;
+      v.i.push_back(known ? dims[k].dim_value() : 0);
+      v.batch.push_back(known ? 0 : 1);
     }
     const int64_t r = static_cast<int64_t>(v.i.size());
     int64_t start = attr_int(n, "start", 0), end = attr_int(n, "end", r);
     start = std::clamp<int64_t>(start < 0 ? start + r : start, 0, r);
     end = std::clamp<int64_t>(end < 0 ? end + r : end, 0, r);
     v.i = std::vector<int64_t>(v.i.begin() + start, v.i.begin() + std::max(start, end));
+    v.batch = std::vector<char>(v.batch.begin() + start, v.batch.begin() + std::max(start, end));
     v.dims = {static_cast<int64_t>(v.i.size())};
     return v;
   }
@@ -355,6 +355,7 @@ class Folder {
         for (int64_t e = 0; e < block; ++e) {
           if (v.is_float) v.f.push_back(p->f[o * block + e]);
           else v.i.push_back(p->i[o * block + e]);
+          if (!v.is_float) v.batch.push_back(p->batch.empty() ? 0 : p->batch[o * block + e]);
         }
       }
     }
@@ -461,8 +462,9 @@ class Folder {
     if (to == onnx::TensorProto::INT64 || to == onnx::TensorProto::INT32) {
       if (!x.is_float) {
         v.i = x.i;
-        for (int64_t k : v.i) {  // int64 -> int32 wraps: not folded (the batch size stays)
-          if (to == onnx::TensorProto::INT32 && k != kBatch &&
+        v.batch = x.batch;
+        for (int64_t k : v.i) {  // int64 -> int32 wraps: not folded
+          if (to == onnx::TensorProto::INT32 &&
               (k < std::numeric_limits<int32_t>::min() || k > std::numeric_limits<int32_t>::max())) {
             return std::nullopt;
           }
@@ -589,18 +591,18 @@ int fold_once(onnx::ModelProto& model) {
     for (int i = 0; i < n.input_size(); ++i) {
       if (!produced.count(n.input(i))) continue;
       Val v = known.at(n.input(i));
-      const bool batch = !v.is_float && std::find(v.i.begin(), v.i.end(), kBatch) != v.i.end();
-      if (batch) {
+      if (v.has_batch()) {
         // Only a Reshape's shape with the batch size first: 0 copies the input's first
         // dimension (allowzero 0). Anything else cannot be a constant: leave the model as it is.
         // The data must be a run-time value (with the batch first), not a constant.
         const bool reshape_shape = n.op_type() == "Reshape" && i == 1 && attr_int(n, "allowzero", 0) == 0 &&
                                    !known.count(n.input(0)) && folder.batch_first(n.input(0)) &&
-                                   v.dims.size() == 1 && !v.i.empty() && v.i[0] == kBatch &&
-                                   std::count(v.i.begin(), v.i.end(), kBatch) == 1;
+                                   v.dims.size() == 1 && v.batch[0] == 1 &&
+                                   std::count(v.batch.begin(), v.batch.end(), 1) == 1;
         if (!reshape_shape) return 0;
         // A distinct name: the same folded value may also be read elsewhere.
         v.i[0] = 0;
+        v.batch.clear();
         needed.emplace(n.input(i) + "__qsweep_batch0", std::move(v));
         continue;
       }

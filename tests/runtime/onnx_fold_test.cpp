@@ -65,7 +65,9 @@ void expect_same_outputs(const Graph& a, const Graph& b, const Shape& shape) {
 // F.pad(in, (1, 2, 0, 1)) as torch.onnx.export writes it for a 4-D input: the pad tuple
 // extended with zeros, paired, the pairs reversed and transposed into ONNX's
 // [N, C, H, W begins, N, C, H, W ends] = [0,0,0,1, 0,0,1,2] (W: 1 before, 2 after; H: 0, 1).
-void add_torch_pads(OnnxBuilder& b, const std::string& in, const std::string& out, const std::string& mode) {
+// `end`: the Slice end torch writes (INT64_MIN + 1), or INT64_MIN as other exporters do.
+void add_torch_pads(OnnxBuilder& b, const std::string& in, const std::string& out, const std::string& mode,
+                    int64_t end = std::numeric_limits<int64_t>::min() + 1) {
   b.node("Constant", {}, {"k0"}, {int64_value({4}, {1})});
   b.node("Constant", {}, {"k1"}, {int64_value({1, 2, 0, 1}, {4})});
   onnx::AttributeProto zero = int64_value({0}, {1});
@@ -74,7 +76,7 @@ void add_torch_pads(OnnxBuilder& b, const std::string& in, const std::string& ou
   b.node("Constant", {}, {"k2"}, {int64_value({-1, 2}, {2})});
   b.node("Reshape", {"cat", "k2"}, {"pairs"});
   b.node("Constant", {}, {"k4"}, {int64_value({-1}, {1})});
-  b.node("Constant", {}, {"k5"}, {int64_value({std::numeric_limits<int64_t>::min() + 1}, {1})});
+  b.node("Constant", {}, {"k5"}, {int64_value({end}, {1})});
   b.node("Constant", {}, {"k3"}, {int64_value({0}, {1})});
   b.node("Constant", {}, {"k6"}, {int64_value({-1}, {1})});
   b.node("Slice", {"pairs", "k4", "k5", "k3", "k6"}, {"rev"});
@@ -115,14 +117,15 @@ std::string with_output_shape(const OnnxBuilder& b, int64_t classes) {
 // Conv -> Relu -> F.pad(x, (1, 2, 0, 1)) -> Conv -> flatten -> Gemm; `torch` writes the pads
 // (and with `view` the flatten) as torch.onnx.export does, else as one constant Pad and a
 // Flatten.
-std::string padded_model(bool torch, const std::string& mode, bool view = false) {
+std::string padded_model(bool torch, const std::string& mode, bool view = false,
+                         int64_t end = std::numeric_limits<int64_t>::min() + 1) {
   std::mt19937 rng(3);
   OnnxBuilder b;
   b.input("x", {1, 6, 6}).initializer("w1", uniform(rng, 4 * 9), {4, 1, 3, 3});
   b.initializer("w2", uniform(rng, 4 * 4 * 9), {4, 4, 3, 3}).initializer("fc", uniform(rng, 4 * 5 * 7 * 3), {140, 3});
   b.node("Conv", {"x", "w1"}, {"c1"}, {attr_ints("pads", {1, 1, 1, 1})}, "conv1").node("Relu", {"c1"}, {"r1"});
   if (torch) {
-    add_torch_pads(b, "r1", "p", mode);
+    add_torch_pads(b, "r1", "p", mode, end);
   } else {
     b.int64_initializer("pads", {0, 0, 0, 1, 0, 0, 1, 2});
     b.node("Pad", {"r1", "pads"}, {"p"}, {test::attr_s("mode", mode)}, "pad");
@@ -142,6 +145,11 @@ TEST(OnnxFold, TorchPadAmountsFoldToTheConstantPad) {
     ASSERT_EQ(torch.nodes.size(), plain.nodes.size());
     expect_same_outputs(torch, plain, {3, 1, 6, 6});
   }
+  // A Slice to the start written with INT64_MIN (review: the value was the batch size's
+  // sentinel, so such pads were not folded).
+  const Graph min_end = import_onnx_bytes(padded_model(true, "constant", false, std::numeric_limits<int64_t>::min()),
+                                          "min_end.onnx");
+  expect_same_outputs(min_end, import_onnx_bytes(padded_model(false, "constant"), "plain.onnx"), {2, 1, 6, 6});
 }
 
 // Conv -> Relu -> x.view(x.size(0), -1) -> Gemm: variant 0 with a Flatten, 1 with the
