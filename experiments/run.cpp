@@ -1258,6 +1258,9 @@ RunOutcome run_experiment(const RunOptions& o) {
     const std::string base = fmt::format("{}-{}", resolve_run_id(o, cfg), stamp);
     const fs::path parent = fs::path(cfg.root) / cfg.name;
     std::error_code ec;
+    // The folders this attempt makes (the results root, the experiment's), given back with the id.
+    std::vector<fs::path> made;
+    for (fs::path f = parent; !f.empty() && !fs::exists(f, ec); f = f.parent_path()) made.push_back(f);
     fs::create_directories(parent, ec);
     if (ec) user_error("cannot create the results folder '{}': {}", parent.string(), ec.message());
     fresh.run_id = base;
@@ -1271,7 +1274,10 @@ RunOutcome run_experiment(const RunOptions& o) {
     auto after_stop = [&] {
       bool records = false;
       for (const auto& e : fs::recursive_directory_iterator(work, ec)) records = records || e.path().extension() == ".rec";
-      if (!records) fs::remove_all(work, ec);
+      if (!records) {
+        fs::remove_all(work, ec);
+        for (const fs::path& f : made) fs::remove(f, ec);  // each only while empty (another run may use it)
+      }
     };
     RunOutcome out;
     try {

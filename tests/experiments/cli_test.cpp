@@ -49,6 +49,15 @@ TEST_F(Cli, BadModelLeavesNoResultsFolder) {
   EXPECT_NE(r.err.find("bad.onnx: not a valid ONNX model"), std::string::npos) << r.err;
   EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << r.err;
   EXPECT_FALSE(fs::exists(dir_ / "res"));
+  // --fresh too (audit: it left the empty results root and experiment folder it made), and a
+  // results root that was there stays.
+  const CliRun fresh = run("run " + cfg + " --fresh --out " + (dir_ / "res").string());
+  EXPECT_EQ(fresh.code, 2);
+  EXPECT_FALSE(fs::exists(dir_ / "res"));
+  fs::create_directories(dir_ / "kept");
+  EXPECT_EQ(run("run " + cfg + " --fresh --out " + (dir_ / "kept").string()).code, 2);
+  EXPECT_TRUE(fs::exists(dir_ / "kept"));
+  EXPECT_TRUE(fs::is_empty(dir_ / "kept"));
 }
 
 // Labels the model cannot output would count as wrong on every image: refused before the run.
