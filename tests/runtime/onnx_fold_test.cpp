@@ -19,6 +19,7 @@
 #include "runtime/executor.h"
 #include "runtime/onnx_import.h"
 #include "tests/runtime/onnx_builder.h"
+#include "tests/runtime/run_graph.h"
 
 namespace qsweep {
 namespace {
@@ -46,18 +47,13 @@ std::vector<float> uniform(std::mt19937& rng, size_t n) {
   return v;
 }
 
-Tensor run(const Graph& g, const Tensor& x) {
-  CpuBackend backend;
-  Executor ex(g, backend);
-  auto ws = ex.make_workspace();
-  return ex.forward(ws, x);
-}
+using test::run_graph;
 
 void expect_same_outputs(const Graph& a, const Graph& b, const Shape& shape) {
   std::mt19937 rng(8);
   Tensor x(shape);
   x.data = uniform(rng, x.data.size());
-  const Tensor ya = run(a, x), yb = run(b, x);
+  const Tensor ya = run_graph(a, x), yb = run_graph(b, x);
   ASSERT_EQ(ya.shape, yb.shape);
   for (size_t i = 0; i < ya.data.size(); ++i) ASSERT_EQ(ya.data[i], yb.data[i]) << "output " << i;
 }

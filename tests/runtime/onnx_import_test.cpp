@@ -18,6 +18,7 @@
 #include "runtime/error.h"
 #include "runtime/executor.h"
 #include "tests/runtime/onnx_builder.h"
+#include "tests/runtime/run_graph.h"
 
 namespace qsweep {
 namespace {
@@ -50,12 +51,7 @@ Tensor random_tensor(std::mt19937& rng, Shape s) {
   return t;
 }
 
-Tensor run(const Graph& g, const Tensor& x) {
-  CpuBackend backend;
-  Executor ex(g, backend);
-  auto ws = ex.make_workspace();
-  return ex.forward(ws, x);
-}
+using test::run_graph;
 
 int count_op(const Graph& g, OpType op) {
   return static_cast<int>(std::count_if(g.nodes.begin(), g.nodes.end(), [&](const Node& n) { return n.op == op; }));
@@ -165,8 +161,8 @@ TEST_P(BnFoldConvBnRelu, KeepsOutputs) {
   EXPECT_EQ(unfolded.layers[0].act_node, -1);  // the BN sits between the Conv and the Relu
 
   const Tensor x = random_tensor(rng, {3, C, 10, 10});
-  const Tensor yf = run(folded, x);
-  const Tensor yu = run(unfolded, x);
+  const Tensor yf = run_graph(folded, x);
+  const Tensor yu = run_graph(unfolded, x);
   ASSERT_EQ(yf.shape, yu.shape);
   double max_diff = 0.0, max_y = 0.0;
   int positive = 0;
@@ -228,7 +224,7 @@ TEST(BnFold, ConvOutputWithSecondConsumerIsNotFolded) {
   // Same graph, same numbers as with folding disabled.
   const Graph u = import_onnx_bytes(b.serialize(), "test.onnx", ImportOptions{.fold_batch_norm = false});
   const Tensor x = random_tensor(rng, {2, C, 6, 6});
-  const Tensor y1 = run(g, x), y2 = run(u, x);
+  const Tensor y1 = run_graph(g, x), y2 = run_graph(u, x);
   EXPECT_EQ(y1.shape, y2.shape);
   EXPECT_EQ(y1.data, y2.data);
 }
@@ -345,7 +341,7 @@ TEST(Layers, EnumerationNamesAndFields) {
 
   // And the graph runs: (2, 3) logits.
   std::mt19937 rng(22);
-  const Tensor y = run(g, random_tensor(rng, {2, 3, 8, 8}));
+  const Tensor y = run_graph(g, random_tensor(rng, {2, 3, 8, 8}));
   EXPECT_EQ(y.shape, (Shape{2, 3}));
 }
 
