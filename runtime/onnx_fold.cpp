@@ -175,7 +175,7 @@ class Folder {
     auto input = [&](size_t k) -> const Val* { return k < in.size() ? in[k] : nullptr; };
     if (op == "Constant") return one(constant(n));
     if (op == "Identity") return input(0) ? one(*input(0)) : std::nullopt;
-    if (op == "Shape") return one(shape_of(n));
+    if (op == "Shape") return one(input(0) ? shape_from(n, input(0)->dims, {}) : shape_of(n));
     if (!input(0)) return std::nullopt;
     const Val& x = *input(0);
     if (op == "ConstantOfShape") return one(constant_of_shape(n, x));
@@ -205,6 +205,7 @@ class Folder {
       return one(transpose(x, perm));
     }
     if (op == "Cast") return one(cast(x, attr_int(n, "to", 0)));
+    if (op == "Add" || op == "Sub" || op == "Mul") return input(1) ? one(arithmetic(op, x, *input(1))) : std::nullopt;
     return std::nullopt;
   }
 
@@ -240,13 +241,24 @@ class Folder {
       return std::nullopt;
     }
     const auto& dims = it->second->type().tensor_type().shape().dim();
-    Val v;
+    std::vector<int64_t> sizes;
+    std::vector<char> batch;
     for (int k = 0; k < dims.size(); ++k) {
       const bool known = dims[k].has_dim_value() && dims[k].dim_value() >= 0;
       if (!known && !(k == 0 && batch_first(n.input(0)))) return std::nullopt;
-      v.i.push_back(known ? dims[k].dim_value() : 0);
-      v.batch.push_back(known ? 0 : 1);
+      sizes.push_back(known ? dims[k].dim_value() : 0);
+      batch.push_back(known ? 0 : 1);
     }
+    return shape_from(n, sizes, batch);
+  }
+
+  // The Shape node n's output for these dimensions (batch: which is the batch size; empty for
+  // none), its start and end attributes applied.
+  static std::optional<Val> shape_from(const onnx::NodeProto& n, const std::vector<int64_t>& sizes,
+                                       const std::vector<char>& batch) {
+    Val v;
+    v.i = sizes;
+    v.batch = batch.empty() ? std::vector<char>(sizes.size(), 0) : batch;
     const int64_t r = static_cast<int64_t>(v.i.size());
     int64_t start = attr_int(n, "start", 0), end = attr_int(n, "end", r);
     start = std::clamp<int64_t>(start < 0 ? start + r : start, 0, r);
@@ -439,6 +451,52 @@ class Folder {
     });
   }
 
+  // Add, Sub or Mul with NumPy broadcasting: int64 arithmetic (an overflow is not folded), or
+  // float32 as the network computes it. Not on the batch size.
+  static std::optional<Val> arithmetic(const std::string& op, const Val& a, const Val& b) {
+    if (a.is_float != b.is_float || a.has_batch() || b.has_batch()) return std::nullopt;
+    const size_t r = std::max(a.dims.size(), b.dims.size());
+    std::vector<int64_t> dims(r), sa(r, 0), sb(r, 0);
+    const auto as = strides_of(a.dims), bs = strides_of(b.dims);
+    for (size_t k = 0; k < r; ++k) {
+      const size_t ka = k + a.dims.size(), kb = k + b.dims.size();  // >= r where the axis exists
+      const int64_t da = ka >= r ? a.dims[ka - r] : 1, db = kb >= r ? b.dims[kb - r] : 1;
+      if (da != db && da != 1 && db != 1) return std::nullopt;
+      dims[k] = da == 1 ? db : da;
+      if (ka >= r && da != 1) sa[k] = as[ka - r];
+      if (kb >= r && db != 1) sb[k] = bs[kb - r];
+    }
+    const auto n = count_of(dims);
+    if (!n) return std::nullopt;
+    Val v;
+    v.dims = dims;
+    v.is_float = a.is_float;
+    std::vector<int64_t> m(r, 0);
+    for (int64_t e = 0; e < *n; ++e) {
+      int64_t ia = 0, ib = 0;
+      for (size_t k = 0; k < r; ++k) {
+        ia += m[k] * sa[k];
+        ib += m[k] * sb[k];
+      }
+      if (v.is_float) {
+        const float x = static_cast<float>(a.f[ia]), y = static_cast<float>(b.f[ib]);
+        v.f.push_back(op == "Add" ? x + y : op == "Sub" ? x - y : x * y);
+      } else {
+        int64_t z = 0;
+        const bool overflow = op == "Add"   ? __builtin_add_overflow(a.i[ia], b.i[ib], &z)
+                              : op == "Sub" ? __builtin_sub_overflow(a.i[ia], b.i[ib], &z)
+                                            : __builtin_mul_overflow(a.i[ia], b.i[ib], &z);
+        if (overflow) return std::nullopt;
+        v.i.push_back(z);
+      }
+      for (int k = static_cast<int>(r) - 1; k >= 0; --k) {
+        if (++m[k] < dims[k]) break;
+        m[k] = 0;
+      }
+    }
+    return v;
+  }
+
   static std::optional<Val> transpose(const Val& x, const std::vector<int64_t>& perm) {
     if (perm.size() != x.dims.size()) return std::nullopt;
     std::vector<int64_t> dims(perm.size());
@@ -518,8 +576,9 @@ onnx::TensorProto to_tensor(const std::string& name, const Val& v) {
 }
 
 const std::set<std::string>& foldable_ops() {
-  static const std::set<std::string> ops = {"Constant", "ConstantOfShape", "Shape",   "Gather",    "Unsqueeze", "Squeeze",
-                                            "Concat",   "Reshape",         "Slice",   "Transpose", "Cast",      "Identity"};
+  static const std::set<std::string> ops = {"Constant", "ConstantOfShape", "Shape", "Gather",    "Unsqueeze",
+                                            "Squeeze",  "Concat",          "Reshape", "Slice",  "Transpose",
+                                            "Cast",     "Identity",        "Add",   "Sub",    "Mul"};
   return ops;
 }
 

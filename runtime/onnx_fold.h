@@ -11,8 +11,9 @@
 namespace qsweep {
 
 // Replaces every node of Constant, ConstantOfShape, Shape, Gather, Unsqueeze, Squeeze, Concat,
-// Reshape, Slice, Transpose, Cast or Identity whose inputs are all known (constants, or a
-// Shape of a value whose dimensions after the batch shape inference knows) by an initializer
+// Reshape, Slice, Transpose, Cast, Identity, Add, Sub or Mul whose inputs are all known
+// (constants, or a Shape of a value whose dimensions after the batch shape inference knows;
+// arithmetic never on the batch size) by an initializer
 // holding its output, where every such output that a remaining node reads can be written as
 // a constant: a batch size in it only as the first entry of a Reshape's shape (then 0, "copy
 // the input's dimension"). Otherwise the model is left as it was. Returns the nodes removed.

@@ -62,10 +62,20 @@ void expect_same_outputs(const Graph& a, const Graph& b, const Shape& shape) {
 // extended with zeros, paired, the pairs reversed and transposed into ONNX's
 // [N, C, H, W begins, N, C, H, W ends] = [0,0,0,1, 0,0,1,2] (W: 1 before, 2 after; H: 0, 1).
 // `end`: the Slice end torch writes (INT64_MIN + 1), or INT64_MIN as other exporters do.
+// computed: the count of zeros as an export without constant folding writes it, 4 * 2 minus
+// Shape(pads)[0] (Shape of a constant, Mul, Sub).
 void add_torch_pads(OnnxBuilder& b, const std::string& in, const std::string& out, const std::string& mode,
-                    int64_t end = std::numeric_limits<int64_t>::min() + 1) {
-  b.node("Constant", {}, {"k0"}, {int64_value({4}, {1})});
+                    int64_t end = std::numeric_limits<int64_t>::min() + 1, bool computed = false) {
   b.node("Constant", {}, {"k1"}, {int64_value({1, 2, 0, 1}, {4})});
+  if (computed) {
+    b.node("Shape", {"k1"}, {"k1_shape"}).node("Constant", {}, {"first"}, {int64_value({0}, {})});
+    b.node("Gather", {"k1_shape", "first"}, {"k1_len"}, {attr_i("axis", 0)});
+    b.node("Constant", {}, {"rank"}, {int64_value({4}, {})}).node("Constant", {}, {"two"}, {int64_value({2}, {})});
+    b.node("Mul", {"rank", "two"}, {"all"}).node("Sub", {"all", "k1_len"}, {"zeros_n"});
+    b.node("Constant", {}, {"one"}, {int64_value({0}, {1})}).node("Unsqueeze", {"zeros_n", "one"}, {"k0"});
+  } else {
+    b.node("Constant", {}, {"k0"}, {int64_value({4}, {1})});
+  }
   onnx::AttributeProto zero = int64_value({0}, {1});
   b.node("ConstantOfShape", {"k0"}, {"zeros"}, {zero});
   b.node("Concat", {"k1", "zeros"}, {"cat"}, {attr_i("axis", 0)});
@@ -114,14 +124,14 @@ std::string with_output_shape(const OnnxBuilder& b, int64_t classes) {
 // (and with `view` the flatten) as torch.onnx.export does, else as one constant Pad and a
 // Flatten.
 std::string padded_model(bool torch, const std::string& mode, bool view = false,
-                         int64_t end = std::numeric_limits<int64_t>::min() + 1) {
+                         int64_t end = std::numeric_limits<int64_t>::min() + 1, bool computed = false) {
   std::mt19937 rng(3);
   OnnxBuilder b;
   b.input("x", {1, 6, 6}).initializer("w1", uniform(rng, 4 * 9), {4, 1, 3, 3});
   b.initializer("w2", uniform(rng, 4 * 4 * 9), {4, 4, 3, 3}).initializer("fc", uniform(rng, 4 * 5 * 7 * 3), {140, 3});
   b.node("Conv", {"x", "w1"}, {"c1"}, {attr_ints("pads", {1, 1, 1, 1})}, "conv1").node("Relu", {"c1"}, {"r1"});
   if (torch) {
-    add_torch_pads(b, "r1", "p", mode, end);
+    add_torch_pads(b, "r1", "p", mode, end, computed);
   } else {
     b.int64_initializer("pads", {0, 0, 0, 1, 0, 0, 1, 2});
     b.node("Pad", {"r1", "pads"}, {"p"}, {test::attr_s("mode", mode)}, "pad");
@@ -146,6 +156,32 @@ TEST(OnnxFold, TorchPadAmountsFoldToTheConstantPad) {
   const Graph min_end = import_onnx_bytes(padded_model(true, "constant", false, std::numeric_limits<int64_t>::min()),
                                           "min_end.onnx");
   expect_same_outputs(min_end, import_onnx_bytes(padded_model(false, "constant"), "plain.onnx"), {2, 1, 6, 6});
+  // Exported without constant folding: the count of zeros computed with Shape, Mul and Sub
+  // (review: refused at the Sub).
+  const Graph computed = import_onnx_bytes(
+      padded_model(true, "constant", false, std::numeric_limits<int64_t>::min() + 1, true), "computed.onnx");
+  expect_same_outputs(computed, import_onnx_bytes(padded_model(false, "constant"), "plain.onnx"), {2, 1, 6, 6});
+}
+
+// Add, Sub and Mul of constants fold with NumPy broadcasting: (2, 1) + (1, 3) is (2, 3); in
+// float32 for float tensors; the product feeds a run-time Mul, so it becomes an initializer.
+TEST(OnnxFold, ArithmeticOnConstantsBroadcasts) {
+  OnnxBuilder b;
+  b.input("x", {2, 3}).initializer("a", {1.0f, 2.0f}, {2, 1}).initializer("c", {10.0f, 20.0f, 30.0f}, {1, 3});
+  b.initializer("third", {1.0f / 3.0f}, {});
+  b.node("Add", {"a", "c"}, {"sum"}).node("Mul", {"sum", "third"}, {"k"}).node("Shape", {"x"}, {"s"});
+  b.node("Mul", {"x", "k"}, {"xk"}).node("Flatten", {"xk"}, {"f"});
+  b.initializer("w", std::vector<float>(6 * 2, 0.5f), {6, 2}).node("Gemm", {"f", "w"}, {"y"}, {}, "fc").output("y");
+  onnx::ModelProto m;
+  ASSERT_TRUE(m.ParseFromString(b.serialize()));
+  // The Add, the first Mul, and the Shape (which makes the fold run at all; nothing reads it).
+  EXPECT_EQ(fold_shape_computations(m), 3);
+  std::vector<float> k;
+  for (const auto& init : m.graph().initializer()) {
+    if (init.name() == "k") k.assign(init.float_data().begin(), init.float_data().end());
+  }
+  const float third = 1.0f / 3.0f;
+  EXPECT_EQ(k, (std::vector<float>{11 * third, 21 * third, 31 * third, 12 * third, 22 * third, 32 * third}));
 }
 
 // Conv -> Relu -> x.view(x.size(0), -1) -> Gemm: variant 0 with a Flatten, 1 with the
