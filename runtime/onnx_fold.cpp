@@ -590,8 +590,8 @@ namespace {
 int fold_once(onnx::ModelProto& model) {
   const onnx::GraphProto& graph = model.graph();
   // Only where there is something to fold that qsweep does not run itself.
-  static const std::set<std::string> not_run = {"ConstantOfShape", "Shape", "Gather", "Unsqueeze",
-                                                "Squeeze",         "Slice", "Cast",   "Transpose"};
+  static const std::set<std::string> not_run = {"ConstantOfShape", "Shape", "Gather",    "Unsqueeze", "Squeeze",
+                                                "Slice",           "Cast",  "Transpose", "Sub"};
   if (std::none_of(graph.node().begin(), graph.node().end(),
                    [](const onnx::NodeProto& n) { return not_run.count(n.op_type()) > 0; })) {
     return 0;
