@@ -212,6 +212,7 @@ class Importer {
     // Shapes and pad amounts computed from constants (PyTorch's F.pad, x.view(x.size(0), -1))
     // become constants, on a model the checker passed; then every op left must be one qsweep runs.
     fold_shape_computations(model);
+    explain_unfolded_shape(model);
     precheck(model.graph(), /*ops=*/true);
     for (const auto& imp : model.opset_import()) {
       if (imp.domain().empty() || imp.domain() == "ai.onnx") g_.opset = static_cast<int>(imp.version());
@@ -295,6 +296,70 @@ class Importer {
 
   static std::string node_name(const onnx::NodeProto& n, int position) {
     return n.name().empty() ? fmt::format("{}_{}", n.op_type(), position) : n.name();
+  }
+
+  // Where the first op qsweep does not run is a Shape of a value whose first dimension is not
+  // the batch (the fold takes the batch size only from such values): one sentence that says
+  // so, instead of the generic refusal.
+  void explain_unfolded_shape(const onnx::ModelProto& model) const {
+    const onnx::GraphProto& graph = model.graph();
+    const onnx::NodeProto* shape = nullptr;
+    int position = 0;
+    for (int i = 0; i < graph.node_size() && shape == nullptr; ++i) {
+      const auto& n = graph.node(i);
+      if (op_table().count(n.op_type()) || import_time_ops().count(n.op_type())) continue;
+      if (n.op_type() != "Shape" || n.input_size() < 1) return;
+      shape = &n;
+      position = i;
+    }
+    if (shape == nullptr || graph.input_size() < 1) return;
+    onnx::ModelProto inferred = model;
+    try {
+      onnx::shape_inference::InferShapes(inferred);
+    } catch (const std::exception&) {
+      return;
+    }
+    auto first_dim = [&](const std::string& name) -> const onnx::TensorShapeProto_Dimension* {
+      for (const auto* list : {&inferred.graph().value_info(), &inferred.graph().input()}) {
+        for (const auto& vi : *list) {
+          if (vi.name() == name && vi.type().tensor_type().has_shape() && vi.type().tensor_type().shape().dim_size() > 0) {
+            return &vi.type().tensor_type().shape().dim(0);
+          }
+        }
+      }
+      return nullptr;
+    };
+    const auto* batch = first_dim(graph.input(0).name());
+    if (batch == nullptr || batch->dim_param().empty()) return;
+    // The first dimension of `value`, said as a number or symbol; empty where it is the batch.
+    auto other_first = [&](const std::string& value) -> std::optional<std::string> {
+      const auto* first = first_dim(value);
+      if (first == nullptr || first->dim_param() == batch->dim_param()) return std::nullopt;
+      return first->has_dim_value() ? std::to_string(first->dim_value())
+             : first->dim_param().empty() ? std::string("unknown")
+                                          : "'" + first->dim_param() + "'";
+    };
+    const std::string why = fmt::format(
+        "qsweep folds the sizes a model computes only from and into values that start with the batch ('{}'), as "
+        "x.view(x.size(0), -1) has them, so this model cannot be analysed as it is (take the size from a value "
+        "with the batch first, or write -1 for it)",
+        batch->dim_param());
+    if (const auto what = other_first(shape->input(0))) {
+      user_error("{}: node '{}' (Shape) reads '{}', whose first dimension ({}) is not the batch; {}", origin_,
+                 node_name(*shape, position), shape->input(0), *what, why);
+    }
+    // The size goes into a Reshape of a value that does not start with the batch.
+    std::set<std::string> initializers;
+    for (const auto& t : graph.initializer()) initializers.insert(t.name());
+    for (int i = 0; i < graph.node_size(); ++i) {
+      const auto& n = graph.node(i);
+      if (n.op_type() != "Reshape" || n.input_size() < 2 || initializers.count(n.input(1))) continue;
+      if (const auto what = other_first(n.input(0))) {
+        user_error("{}: node '{}' (Reshape) reshapes '{}', whose first dimension ({}) is not the batch, to a size "
+                   "computed from the batch; {}",
+                   origin_, node_name(n, i), n.input(0), *what, why);
+      }
+    }
   }
 
   // ops = false: the checks shape inference needs first (domains, node order, window
