@@ -806,22 +806,37 @@ json inputs_of(const Prepared& p) {
           {"calibration_labels_sha256", p.calib_id.labels_sha256}};
 }
 
-// The grid seconds of the earlier attempts at a layer-wise run (or shard), kept beside its
-// batch records, so that a resumed run's grid_seconds covers every attempt.
+// A grid's compute time over the attempts at a run (or shard, or study): the earlier
+// attempts' is kept in grid_seconds.json beside the batch records, and record() adds this
+// attempt's so far and writes the total down. Called with each batch record, so that a process
+// killed outright keeps its time up to its last record; a resumed run's grid_seconds covers
+// every attempt.
 constexpr const char* kSecondsFile = "grid_seconds.json";
 
-double earlier_grid_seconds(const fs::path& dir) {
-  if (!fs::exists(dir / kSecondsFile)) return 0.0;
-  try {
-    return json::parse(read_file(dir / kSecondsFile)).value("grid_seconds", 0.0);
-  } catch (const std::exception&) {
-    return 0.0;  // damaged: the earlier attempts' time is unknown
+class GridSeconds {
+ public:
+  explicit GridSeconds(fs::path dir) : dir_(std::move(dir)), earlier_(read(dir_)) {}
+  // this_attempt: the seconds since this attempt's grid began. Returns the total.
+  double record(double this_attempt) const {
+    std::lock_guard lock(mu_);
+    const double total = earlier_ + this_attempt;
+    write_file_atomic(dir_ / kSecondsFile, json{{"grid_seconds", total}}.dump() + "\n");
+    return total;
   }
-}
 
-void record_grid_seconds(const fs::path& dir, double seconds) {
-  write_file_atomic(dir / kSecondsFile, json{{"grid_seconds", seconds}}.dump() + "\n");
-}
+ private:
+  static double read(const fs::path& dir) {
+    if (!fs::exists(dir / kSecondsFile)) return 0.0;
+    try {
+      return json::parse(read_file(dir / kSecondsFile)).value("grid_seconds", 0.0);
+    } catch (const std::exception&) {
+      return 0.0;  // damaged: the earlier attempts' time is unknown
+    }
+  }
+  fs::path dir_;
+  double earlier_;
+  mutable std::mutex mu_;
+};
 
 // A folder of batch records (`*.rec`) computed from `inputs`. A resumed attempt whose inputs
 // changed since (a fixed image, a retrained model under the same path) computes everything
@@ -880,11 +895,8 @@ class RecordFiles {
   RecordFiles(fs::path dir, std::string phase, bool keep_seconds = false)
       : dir_(std::move(dir)), phase_(std::move(phase)) {
     if (keep_seconds) {
-      store_.seconds = [this, earlier = earlier_grid_seconds(dir_)](double now) {
-        std::lock_guard lock(seconds_mu_);
-        record_grid_seconds(dir_, earlier + now);
-        return earlier + now;
-      };
+      seconds_ = std::make_unique<GridSeconds>(dir_);
+      store_.seconds = [this](double now) { return seconds_->record(now); };
     }
     store_.load = [this](int64_t b) -> std::optional<BatchRecord> {
       const fs::path f = path(b);
@@ -906,7 +918,7 @@ class RecordFiles {
   std::string phase_;
   BatchStore store_;
   mutable std::atomic<int64_t> saved_{0};
-  mutable std::mutex seconds_mu_;
+  std::unique_ptr<GridSeconds> seconds_;
 };
 
 // An exclusive lock on a folder of records (a shard's, or a study's) for as long as this process
@@ -1072,10 +1084,10 @@ RunOutcome run_layerwise(const RunOptions& o, const Prepared& p, const Activatio
     quant[cells_here[i]] = std::move(made[i]);
     cell_quant[cells_here[i]] = &quant[cells_here[i]]->q;
   }
+  const GridSeconds clock(sdir);
   const auto g0 = std::chrono::steady_clock::now();
-  const double earlier = earlier_grid_seconds(sdir);
-  const auto grid_seconds = [&] {
-    return earlier + std::chrono::duration<double>(std::chrono::steady_clock::now() - g0).count();
+  const auto grid_seconds = [&] {  // the total over the attempts, written down
+    return clock.record(std::chrono::duration<double>(std::chrono::steady_clock::now() - g0).count());
   };
   std::mutex mu;
   job.done = [&](int64_t b) { return done.count(b) > 0; };
@@ -1083,7 +1095,7 @@ RunOutcome run_layerwise(const RunOptions& o, const Prepared& p, const Activatio
     std::lock_guard lock(mu);
     // With each record (just before it): an attempt that ends without a word (SIGKILL, a lost
     // node) keeps its time up to its last recorded batch.
-    record_grid_seconds(sdir, grid_seconds());
+    grid_seconds();
     write_file_atomic(sdir / fmt::format("batch-{:06}.rec", rec.batch), encode_record(rec));
     records.push_back(std::move(rec));
   };
@@ -1157,7 +1169,7 @@ RunOutcome run_layerwise(const RunOptions& o, const Prepared& p, const Activatio
       }
     }
     if (!complete) {
-      record_grid_seconds(sdir, grid_seconds());
+      grid_seconds();
       out.interrupted = true;
       eprint("qsweep: interrupted: {} batches of shard {}/{} are recorded in {}; {}\n", records.size(), shard,
              shards, sdir.string(),
@@ -1168,8 +1180,7 @@ RunOutcome run_layerwise(const RunOptions& o, const Prepared& p, const Activatio
     if (shards > 1) {
       // The identity without the batch size: merge checks each record's images instead.
       const std::string shard_identity = config_identity(cfg, true);
-      const double seconds = grid_seconds();
-      record_grid_seconds(sdir, seconds);  // a rerun of the finished shard adds to them
+      const double seconds = grid_seconds();  // a rerun of the finished shard adds to them
       json dj = {{"shard", shard},
                  {"shards", shards},
                  {"run_id", run_id},
@@ -1188,8 +1199,7 @@ RunOutcome run_layerwise(const RunOptions& o, const Prepared& p, const Activatio
       return out;
     }
     grid = assemble_grid(std::move(records), p.g.layers.size(), cfg.quant.weight_bits, p.eval_count, cfg.batch_size);
-    grid.seconds = grid_seconds();
-    record_grid_seconds(sdir, grid.seconds);  // a stop while the report is drawn keeps them
+    grid.seconds = grid_seconds();  // a stop while the report is drawn keeps them
   }
   json manifest = manifest_json(p, o.command_line, o.overrides, started,
                                 std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
