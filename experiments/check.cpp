@@ -153,6 +153,17 @@ Table rows_of(const Folder& f, const std::string& table) {
   // summary.json's images (checked to be a count when the folder was loaded).
   const double summary_images =
       f.summary && f.summary->contains("images") ? (*f.summary)["images"].get<double>() : kNaN;
+  // Accuracies of rows without counts (written with 4 decimals) must be a whole number of the
+  // images out of summary.json's: another value is an edited or damaged table, not a move.
+  auto require_whole = [&](const Csv& c, size_t i, const char* col) {
+    if (!c.has(col) || !(summary_images > 0) || summary_images * 5e-7 >= 0.25) return;
+    const double pts = csv_number(c.at(i, col)), count = pts * summary_images / 100.0;
+    if (std::abs(count - std::round(count)) > summary_images * 5e-7 + 1e-6) {
+      user_error("{}, line {}: column '{}' holds {}, which is no whole number of the {} images summary.json gives; the "
+                 "table was edited or damaged",
+                 file.string(), c.line[i], col, c.at(i, col), summary_images);
+    }
+  };
   auto add = [&](std::string key, Row row) {
     if (!seen.emplace(key, out.size()).second) user_error("{}: the row '{}' appears twice", file.string(), key);
     out.emplace_back(std::move(key), std::move(row));
@@ -173,6 +184,8 @@ Table rows_of(const Folder& f, const std::string& table) {
     require_numbers(c, file, {"measured_noise"});
     require_finite(c, file, {"measured_top1", "measured_top5"});
     for (size_t i = 0; i < c.rows.size(); ++i) {
+      require_whole(c, i, "measured_top1");
+      require_whole(c, i, "measured_top5");
       add("configuration " + c.at(i, "config_index"),
           Row{csv_number(c.at(i, "measured_top1")), csv_number(c.at(i, "measured_noise")), summary_images,
               fmt::format("layers {} at {} bits, the rest at {}", c.at(i, "low_layers"), c.at(i, "low_bits"),
@@ -185,6 +198,8 @@ Table rows_of(const Folder& f, const std::string& table) {
     require_numbers(c, file, {"noise"});
     require_finite(c, file, {"top1", "top5"});
     for (size_t i = 0; i < c.rows.size(); ++i) {
+      require_whole(c, i, "top1");
+      require_whole(c, i, "top5");
       add("variant " + c.at(i, "variant"),
           Row{csv_number(c.at(i, "top1")), csv_number(c.at(i, "noise")), summary_images, "", top5_of(c, i, "top5")});
     }

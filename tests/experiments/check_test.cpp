@@ -215,9 +215,12 @@ TEST_F(Check, ComparisonVariantsAndTablesOnOneSide) {
 TEST_F(Check, ComparisonAndAdditivityRowsOfOtherImagesAreMoves) {
   const std::string ch = "variant,description,top1,degradation,noise,ci_low,ci_high\n";
   const std::string ah = "config_index,low_bits,high_bits,num_low_layers,low_layers,measured_noise,measured_top1\n";
+  // Accuracies as whole counts of each folder's images: 8499 and 9275 of 10,000, 8490 and
+  // 9266 of 9,990.
   auto run = [&](const std::string& name, int images, int float_correct) {
-    return folder(name, {{"comparison.csv", ch + "minmax,base,84.9900,7.96,41.9315451,0,0\n"},
-                         {"additivity.csv", ah + "0,4,8,1,6,0.48010447,92.7500\n"},
+    const bool all = images == 10000;
+    return folder(name, {{"comparison.csv", ch + "minmax,base," + (all ? "84.9900" : "84.9850") + ",7.96,41.9315451,0,0\n"},
+                         {"additivity.csv", ah + "0,4,8,1,6,0.48010447," + (all ? "92.7500" : "92.7528") + "\n"},
                          {"summary.json", fmt::format("{{\"float_correct\": {}, \"images\": {}}}", float_correct,
                                                       images)}});
   };
@@ -327,7 +330,7 @@ TEST_F(Check, BadFoldersAreOneSentenceErrors) {
             (text_count / "summary.json").string() + ": field 'float_correct5' holds \"9990\", not a count of images (a "
                                                      "whole number of 0 or more)");
   // An accuracy comes from counts: nan there is damage, not a moved number (audit).
-  const auto cmp_good = folder("cmp_good", {{"comparison.csv", "variant,top1,noise\nminmax,87.3333,0.5\n"},
+  const auto cmp_good = folder("cmp_good", {{"comparison.csv", "variant,top1,noise\nminmax,87.3300,0.5\n"},
                                             {"summary.json", "{\"float_correct\": 9295, \"images\": 10000}"}});
   const auto cmp_nan = folder("cmp_nan", {{"comparison.csv", "variant,top1,noise\nminmax,nan,0.5\n"},
                                           {"summary.json", "{\"float_correct\": 9295, \"images\": 10000}"}});
@@ -335,6 +338,13 @@ TEST_F(Check, BadFoldersAreOneSentenceErrors) {
                                             ", line 2: column 'top1' holds 'nan', not a finite number (accuracies come "
                                             "from counts of images)");
   EXPECT_EQ(message(cmp_good, cmp_good), "no error");
+  // 89.21% of 500 images would be 446.05 of them: an edited table, not a moved number (audit:
+  // reported as a move, exit 3).
+  const auto cmp_edit = folder("cmp_edit", {{"comparison.csv", "variant,top1,noise\nminmax,89.2100,0.5\n"},
+                                            {"summary.json", "{\"float_correct\": 460, \"images\": 500}"}});
+  EXPECT_EQ(message(cmp_edit, cmp_good), (cmp_edit / "comparison.csv").string() +
+                                             ", line 2: column 'top1' holds 89.2100, which is no whole number of the "
+                                             "500 images summary.json gives; the table was edited or damaged");
   // config.toml is context, but a damaged one is a damaged folder (report refuses it too).
   const auto bad_toml = folder("bad_toml", {{"layerwise.csv", kHeader + base_rows()},
                                             {"summary.json", "{\"float_correct\": 9295, \"images\": 10000}"},
