@@ -93,13 +93,8 @@ Folder load(const fs::path& dir, const char* role) {
       }
     }
   }
-  std::optional<std::string> config_text;
-  try {
-    config_text = read_text(dir / "config.toml");
-  } catch (const UserError&) {
-    // Context only: an unreadable config.toml leaves its keys out of the comparison's context.
-  }
-  if (const auto& text = config_text) {
+  // Context only: an unreadable config.toml leaves its keys out of the comparison's context.
+  if (const auto text = read_text_if_readable(dir / "config.toml")) {
     try {
       f.config = toml::parse(*text, (dir / "config.toml").string());
     } catch (const toml::parse_error& e) {

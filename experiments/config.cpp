@@ -447,6 +447,15 @@ std::string clip_name(ClipMethod c) {
 std::string scheme_name(Scheme s) { return s == Scheme::kAsymmetric ? "asymmetric" : "symmetric"; }
 std::string granularity_name(Granularity g) { return g == Granularity::kPerTensor ? "per-tensor" : "per-channel"; }
 
+std::optional<std::pair<std::string, std::string>> split_set(const std::string& o) {
+  const auto eq = o.find('=');
+  if (eq == std::string::npos) return std::nullopt;
+  std::string key = o.substr(0, eq);
+  key.erase(0, key.find_first_not_of(" \t"));
+  key.erase(key.find_last_not_of(" \t") + 1);
+  return std::make_pair(key, o.substr(eq + 1));
+}
+
 Config load_config(const std::string& path, const std::vector<std::string>& overrides) {
   Ctx c;
   toml::table t;
@@ -472,13 +481,9 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
   // Which string keys are file paths, and which of them came from --set (CWD-relative).
   std::map<std::string, std::string> set_values;
   for (const auto& o : overrides) {
-    const auto eq = o.find('=');
-    if (eq == std::string::npos) user_error("--set {}: expected KEY=VALUE, e.g. --set quant.act_bits=6", o);
-    // Spaces around the key are allowed, as in a TOML file: --set 'data.eval.count = 500'.
-    std::string key = o.substr(0, eq);
-    key.erase(0, key.find_first_not_of(" \t"));
-    key.erase(key.find_last_not_of(" \t") + 1);
-    const std::string val = o.substr(eq + 1);
+    const auto kv = split_set(o);
+    if (!kv) user_error("--set {}: expected KEY=VALUE, e.g. --set quant.act_bits=6", o);
+    const auto& [key, val] = *kv;
     toml::table snippet;
     try {
       snippet = toml::parse("v = " + val);

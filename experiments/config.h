@@ -3,6 +3,7 @@
 
 #include <cstdint>
 #include <optional>
+#include <utility>
 #include <string>
 #include <vector>
 
@@ -125,6 +126,10 @@ const std::vector<ConfigKey>& config_keys();
 // TOML syntax). Relative input paths in the file are resolved against the file's folder,
 // those given by --set against the working directory. Throws UserError with file:line:column.
 Config load_config(const std::string& path, const std::vector<std::string>& overrides);
+
+// A --set override split into its key (spaces around it dropped, as a TOML file allows them:
+// 'data.eval.count = 500') and its value text; nothing where it has no '='.
+std::optional<std::pair<std::string, std::string>> split_set(const std::string& override);
 
 // The effective configuration (every key, defaults filled in) as TOML text.
 std::string config_to_toml(const Config& c);

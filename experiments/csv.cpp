@@ -101,6 +101,14 @@ std::optional<std::string> read_text(const std::filesystem::path& p) {
   return ss.str();
 }
 
+std::optional<std::string> read_text_if_readable(const std::filesystem::path& p) {
+  try {
+    return read_text(p);
+  } catch (const UserError&) {
+    return std::nullopt;
+  }
+}
+
 std::optional<Csv> read_csv(const std::filesystem::path& p) {
   auto text = read_text(p);
   if (!text) return std::nullopt;

@@ -28,6 +28,8 @@ Csv parse_csv(const std::string& text);
 // The whole file, or nullopt when it does not exist; a UserError when it exists but cannot
 // be read (permissions, a symlink loop).
 std::optional<std::string> read_text(const std::filesystem::path& p);
+// read_text() for optional files (context, caches): nothing also when it cannot be read.
+std::optional<std::string> read_text_if_readable(const std::filesystem::path& p);
 std::optional<Csv> read_csv(const std::filesystem::path& p);
 
 // A CSV number: "inf" and "nan" as strtod reads them; empty or malformed: NaN.

@@ -886,12 +886,7 @@ struct WeightLayer {
 };
 
 std::optional<std::vector<float>> read_f32(const fs::path& p) {
-  std::optional<std::string> text;
-  try {
-    text = read_text(p);
-  } catch (const UserError&) {
-    return std::nullopt;  // unreadable: the model's weights serve instead
-  }
+  const auto text = read_text_if_readable(p);  // unreadable: the model's weights serve instead
   if (!text || text->size() % 4 != 0 || text->empty()) return std::nullopt;
   static_assert(std::endian::native == std::endian::little, "weights/*.f32 are little-endian float32");
   std::vector<float> v(text->size() / 4);
@@ -1153,13 +1148,9 @@ GnuplotRun run_gnuplot(const std::string& program, const fs::path& relative_dir,
 
 // Both images exist and start like a PNG / an SVG.
 bool images_ok(const fs::path& figures, const std::string& stem) {
-  std::optional<std::string> png, svg;
-  try {
-    png = read_text(figures / (stem + ".png"));
-    svg = read_text(figures / (stem + ".svg"));
-  } catch (const UserError&) {
-    return false;  // unreadable: a figure that failed, with a warning
-  }
+  // Unreadable: a figure that failed, with a warning.
+  const auto png = read_text_if_readable(figures / (stem + ".png"));
+  const auto svg = read_text_if_readable(figures / (stem + ".svg"));
   return png && png->size() > 8 && png->compare(0, 8, "\x89PNG\r\n\x1a\n") == 0 && svg &&
          svg->find("<svg") != std::string::npos && svg->find("</svg>") != std::string::npos;
 }

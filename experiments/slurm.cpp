@@ -75,15 +75,13 @@ std::string sbatch(const std::vector<std::string>& args) {
 // A --set of a file path (model.path, data.path) made absolute: qsweep run reads such a --set
 // against its working folder, which a batch job's need not be (sbatch --chdir).
 std::string absolute_set(const std::string& o) {
-  const auto eq = o.find('=');
-  if (eq == std::string::npos) return o;
-  std::string key = o.substr(0, eq);  // spaces around the key allowed, as load_config allows them
-  key.erase(0, key.find_first_not_of(" \t"));
-  key.erase(key.find_last_not_of(" \t") + 1);
+  const auto kv = split_set(o);
+  if (!kv) return o;
+  const std::string& key = kv->first;
   if (key != "model.path" && key != "data.path") return o;
   std::optional<std::string> v;
   try {
-    v = toml::parse("v = " + o.substr(eq + 1))["v"].value<std::string>();
+    v = toml::parse("v = " + kv->second)["v"].value<std::string>();
   } catch (const toml::parse_error&) {
     return o;  // qsweep run names it
   }
